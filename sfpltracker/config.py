@@ -1,0 +1,364 @@
+"""Typed configuration loaded from ``config.json``.
+
+Keys keep the original tracker's PascalCase names so an existing ``config.json`` reads the same.
+Every key is declared once below with its type and default; an unknown key, a wrong type or a
+missing file stops start-up with one line that names the key (``ConfigError``). Keys that the
+original accepted but that have no meaning here are listed in ``LEGACY_KEYS``: they are accepted
+with a warning so a migrating user is told instead of refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: one line, naming the key."""
+
+
+@dataclass
+class BatchSettings:
+    """Per-table batching settings (the seed README's table-specific configurations)."""
+
+    Strategy: str = "hybrid"
+    MaxBatchSize: int = 1000
+    MaxBatchTime: float = 2.0  # seconds; "2s" / "500ms" strings are accepted too
+    MaxMemoryMB: float = 10.0
+    Priority: int = 3
+    RetryAttempts: int = 3
+    RetryBackoffMs: int = 100
+
+
+@dataclass
+class NotifyEntry:
+    """One ``Notify`` entry: a store (``embedded``, ``clickhouse``) or a publisher (``nats``)."""
+
+    Type: str = "embedded"
+    Hosts: list[str] = field(default_factory=list)
+    Database: str = "sfpla"
+    Context: str = ""
+    Username: str = "default"
+    Password: str = ""
+    Secure: bool = False
+    CACert: str = ""
+    Cert: str = ""
+    Key: str = ""
+    Compression: str = ""
+    Connections: int = 4
+    Timeout: float = 10.0  # seconds
+    Cluster: str = ""
+    Subject: str = "toc.track.notify"
+    JetStream: bool = False
+    Stream: str = "SFPL_EVENTS"
+    Critical: bool = False
+    Skip: bool = False
+
+
+@dataclass
+class SiteEntry:
+    """One ``Sites`` entry: a host (or ``*``) served from a static root and/or proxy routes."""
+
+    Root: str = ""
+    Proxy: dict[str, str] = field(default_factory=dict)
+    CacheControl: str = "public, max-age=300"
+    TrackPages: bool = False
+    ProxyUrlFilter: str = ""
+
+
+@dataclass
+class Config:
+    # Listeners (API.md section 2). An empty string disables a listener.
+    ProxyPort: str = ":8080"
+    ProxyPortTLS: str = ":8443"
+    ProxyExceptHTTP: str = ":8880"
+    QueryPort: str = "127.0.0.1:8123"
+    QueryUser: str = ""
+    QueryPassword: str = ""
+    ForceHTTPS: bool = False
+    HSTS: bool = False
+    ReadTimeoutSeconds: float = 20.0
+    IdleTimeoutSeconds: float = 60.0
+    MaxHeaderBytes: int = 16384
+    MaxConnections: int = 10000
+    RateLimitPerDay: int = 0
+
+    # Routes and request handling (section 3).
+    ApiVersion: int = 1
+    AllowOrigin: str = "*"
+    Domains: list[str] = field(default_factory=list)
+    RedirectAllowHosts: list[str] = field(default_factory=list)
+    DefaultRedirect: str = "/"
+    StaticDirectory: str = "static"
+    MaxBodyBytes: int = 1048576
+    MaxBatchEvents: int = 500
+    MaxMessageBytes: int = 1048576
+    IgnoreQueryParamsKey: str = "igqp"
+
+    # Identity and privacy (section 4).
+    SessionMinutes: int = 30
+    VisitorCookieDays: int = 395
+    RequireConsent: bool = False
+    HonorDNT: bool = False
+    CookielessSalt: str = ""
+    TrustedProxies: list[str] = field(default_factory=list)
+    IPMode: str = "truncate"
+    IPHashSecret: str = ""
+    PrefixPrivateHash: str = ""
+    DropBots: bool = False
+    GeoIPDatabase: str = ""
+    DataRetentionDays: int = 0
+
+    # Durability and storage (sections 5 and 6).
+    DataDirectory: str = "data"
+    SpoolMaxBytes: int = 1073741824
+    SpoolCommitWindowMs: float = 2.0
+    Notify: list[NotifyEntry] = field(default_factory=list)
+    Batching: dict[str, BatchSettings] = field(default_factory=dict)
+
+    # Edge (section 7).
+    Sites: dict[str, SiteEntry] = field(default_factory=dict)
+    UseLocalTLS: bool = False
+    TLSCert: str = ""
+    TLSKey: str = ""
+    LetsEncryptDomains: list[str] = field(default_factory=list)
+    ACMEDirectory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    ACMEEmail: str = ""
+    ACMERenewDays: int = 30
+
+    # Operations (section 8).
+    LogFormat: str = "text"
+    Debug: bool = False
+
+    # Where the file was read from; relative paths in the file resolve against its folder.
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    @property
+    def prefix(self) -> str:
+        return f"/tr/v{self.ApiVersion}"
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the config relative to the config file's folder."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.DataDirectory)
+
+    def stores(self) -> list[NotifyEntry]:
+        return [n for n in self.Notify if n.Type in STORE_TYPES and not n.Skip]
+
+    def store_entry(self) -> NotifyEntry:
+        """The store events are loaded into: the first store entry, else the embedded one."""
+        stores = self.stores()
+        return stores[0] if stores else NotifyEntry(Type="embedded")
+
+
+STORE_TYPES = ("embedded", "clickhouse")
+NOTIFY_TYPES = (*STORE_TYPES, "nats")
+
+# Keys of the original tracker's config.json that mean nothing here: accepted, warned about.
+LEGACY_KEYS = frozenset(
+    """IgnoreInsecureTLS ProxyPortRedirect ProxyUrl ProxyUrlFilter IgnoreProxyOptions
+    ProxyForceJson ProxyDailyLimit ProxyDailyLimitChecker MaximumConnections
+    ReadHeaderTimeoutSeconds WriteTimeoutSeconds TempDirectory UseGeoIP GeoIPVersion
+    IPv4GeoIPZip IPv6GeoIPZip IPv4GeoIPCSVDest IPv6GeoIPCSVDest UseRegionDescriptions
+    UseRemoveIP AccountHashMixer UrlFilter UrlFilterMatchGroup CFlagsMarketing CFlagsIgnore
+    SchemaVersion PruneLogsTTL PruneLogsOnly PruneLogsSkip PruneLogsPageSize PruneUpdateConfig
+    PruneLimit PruneSkipToTimestamp S3Bucket S3Prefix S3Region S3AccessKeyID S3SecretAccessKey
+    HealthCheckInterval InactivityTimeoutSeconds MaxShardSizeBytes Consume NodeId
+    AnonymizeIP PruneOldData ConnectionTimeout""".split()
+)
+LEGACY_NOTIFY_KEYS = frozenset(
+    """Service Unencrypted Retries AttemptAll Filter Prune ProxyRealtimeStorageServiceName
+    ProxyRealtimeStorageServiceTables Format MessageLimit ByteLimit Consumer Ephemeral Note
+    Host Port BatchingEnabled MaxBatchSize MaxBatchTime BatchFlushInterval EnableCompression
+    Keyspace""".split()
+)
+
+STRATEGIES = ("immediate", "time", "size", "hybrid", "memory", "adaptive")
+IP_MODES = ("truncate", "hash", "full", "none")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from a number or a Go-style duration string ("2s", "500ms", "1m")."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{where}: expected seconds or a duration like "2s", got {value!r}')
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
+            return float(m.group(1)) * scale
+    raise ConfigError(f'{where}: expected seconds or a duration like "2s", got {value!r}')
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "an object"
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        return "an object"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
+
+
+def _convert(value: Any, tp: Any, where: str, warnings: list[str]) -> Any:
+    origin = get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {json.dumps(value)}")
+        (item,) = get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]", warnings) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {json.dumps(value)}")
+        _, item = get_args(tp)
+        return {str(k): _convert(v, item, f"{where}.{k}", warnings) for k, v in value.items()}
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {json.dumps(value)}")
+        legacy = LEGACY_NOTIFY_KEYS if tp is NotifyEntry else frozenset()
+        return _build(tp, value, where, warnings, legacy)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {json.dumps(value)}")
+
+
+def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: frozenset) -> Any:
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key in known:
+            tp = known[key].type
+            tp = eval(tp, globals()) if isinstance(tp, str) else tp  # noqa: S307 - our annotations
+            if key == "MaxBatchTime":
+                kwargs[key] = parse_duration(value, path)
+            else:
+                kwargs[key] = _convert(value, tp, path, warnings)
+        elif key in legacy:
+            warnings.append(f"{path}: key of the original tracker, ignored here")
+        else:
+            hint = _closest(key, known)
+            raise ConfigError(f"{path}: unknown key{hint}")
+    return cls(**kwargs)
+
+
+def _closest(key: str, known: dict) -> str:
+    lower = {k.lower(): k for k in known}
+    if key.lower() in lower:
+        return f' (did you mean "{lower[key.lower()]}"?)'
+    return ""
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.ApiVersion < 0:
+        raise ConfigError("ApiVersion: must be 0 or more")
+    if cfg.IPMode not in IP_MODES:
+        raise ConfigError(f"IPMode: must be one of {', '.join(IP_MODES)}, got {cfg.IPMode!r}")
+    if cfg.LogFormat not in ("text", "json"):
+        raise ConfigError(f"LogFormat: must be text or json, got {cfg.LogFormat!r}")
+    for name in ("ProxyPort", "ProxyPortTLS", "ProxyExceptHTTP", "QueryPort"):
+        value = getattr(cfg, name)
+        if value:
+            try:
+                parse_listen(value)
+            except ValueError as e:
+                raise ConfigError(f"{name}: {e}") from None
+    for i, entry in enumerate(cfg.Notify):
+        if entry.Type not in NOTIFY_TYPES:
+            raise ConfigError(
+                f"Notify[{i}].Type: must be one of {', '.join(NOTIFY_TYPES)}, got {entry.Type!r}"
+            )
+        if entry.Type in ("clickhouse", "nats") and not entry.Hosts:
+            raise ConfigError(f"Notify[{i}].Hosts: a {entry.Type} entry needs at least one host")
+    for table, settings in cfg.Batching.items():
+        if settings.Strategy not in STRATEGIES:
+            raise ConfigError(
+                f"Batching.{table}.Strategy: must be one of {', '.join(STRATEGIES)}, "
+                f"got {settings.Strategy!r}"
+            )
+        if settings.MaxBatchSize < 1:
+            raise ConfigError(f"Batching.{table}.MaxBatchSize: must be at least 1")
+    for name in ("MaxBodyBytes", "MaxBatchEvents", "MaxMessageBytes", "SessionMinutes"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``":8080"`` / ``"127.0.0.1:8123"`` / ``"8080"`` -> (interface, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "", value
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f'expected ":PORT" or "HOST:PORT", got {value!r}')
+    return host, int(port)
+
+
+def load_dict(data: dict, base_dir: str = ".", warnings: list[str] | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a JSON object")
+    warnings = [] if warnings is None else warnings
+    cfg = _build(Config, data, "", warnings, LEGACY_KEYS)
+    cfg.base_dir = base_dir
+    _apply_env(cfg)
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike, warnings: list[str] | None = None) -> Config:
+    """Read and validate a config file; ``ConfigError`` names the file and the key."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: not valid JSON: {e.msg} at line {e.lineno}") from None
+    try:
+        return load_dict(data, str(p.resolve().parent), warnings)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def _apply_env(cfg: Config) -> None:
+    """``SFPL_<Key>`` overrides a top-level scalar key (containers set ports and paths so)."""
+    for f in fields(Config):
+        raw = os.environ.get(f"SFPL_{f.name}")
+        if raw is None or f.metadata.get("internal"):
+            continue
+        tp = eval(f.type, globals()) if isinstance(f.type, str) else f.type  # noqa: S307
+        where = f"environment SFPL_{f.name}"
+        if tp is str:
+            value: Any = raw
+        else:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{where}: not valid JSON: {raw!r}") from None
+        setattr(cfg, f.name, _convert(value, tp, where, []))

@@ -1,0 +1,125 @@
+"""The running gateway's parts, built from the config and shared by every listener.
+
+``Gateway`` owns the one-way flow: event model (ingest) -> intake (the point of
+acknowledgement) -> batcher -> store. Web resources receive it and call into it; nothing in
+``ingest``, ``pipeline`` or ``store`` knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from . import __version__
+from .config import Config
+from .ingest.event import EventModel
+from .pipeline.batcher import Batcher
+from .pipeline.intake import MemoryIntake
+from .privacy.identity import CookielessIds, CookiePolicy
+from .privacy.ip import IPPolicy, TrustedProxies
+
+log = Logger()
+
+
+def load_or_create_secret(path: Path, configured: str = "") -> bytes:
+    """A secret from the config, else one generated once and kept in ``DataDirectory``."""
+    if configured:
+        return configured.encode()
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32).encode()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(value)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return value
+
+
+def make_store(cfg: Config, reactor):
+    entry = cfg.store_entry()
+    if entry.Type == "embedded":
+        from .store.embedded import EmbeddedStore
+
+        return EmbeddedStore(cfg.data_dir, reactor, database=entry.Database or "sfpla")
+    raise NotImplementedError(f"store type {entry.Type!r} is not available yet")
+
+
+class Gateway:
+    def __init__(self, cfg: Config, reactor, store=None):
+        self.cfg = cfg
+        self.reactor = reactor
+        self.version = __version__
+        self.started_at = time.time()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = load_or_create_secret(cfg.data_dir / "secret.key")
+        self.trusted_proxies = TrustedProxies(cfg.TrustedProxies)
+        ip_secret = cfg.IPHashSecret.encode() if cfg.IPHashSecret else secret
+        self.events = EventModel(
+            ip_policy=IPPolicy(cfg.IPMode, ip_secret),
+            cookie_policy=CookiePolicy(cfg.RequireConsent, cfg.HonorDNT),
+            cookieless=CookielessIds(cfg.CookielessSalt.encode() or secret),
+            hash_key=cfg.PrefixPrivateHash.encode() or secret,
+            drop_bots=cfg.DropBots,
+        )
+        self.store = store if store is not None else make_store(cfg, reactor)
+        self.batcher = Batcher(self.store, reactor, cfg.Batching)
+        self.intake = MemoryIntake(self.batcher)
+        self.open_connections = 0
+        # Callables yielding prometheus metric families (spool, TLS, ...), read at scrape time.
+        self.metric_sources: list = []
+        self.store_ready = False
+        self.counters: dict[str, int] = {
+            "events_accepted": 0,
+            "events_rejected": 0,
+            "requests_refused": 0,
+            "payments_accepted": 0,
+        }
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def now_ms(self) -> int:
+        return int(self.reactor.seconds() * 1000)
+
+    @defer.inlineCallbacks
+    def start(self):
+        yield self.store.start()
+        self.store_ready = True
+        log.info("store ready: {kind} at {where}", kind=self.store.kind, where=_where(self.store))
+
+    @defer.inlineCallbacks
+    def stop(self):
+        try:
+            yield self.intake.close()
+        finally:
+            self.batcher.stop()
+            yield self.store.stop()
+
+    def extra_metrics(self):
+        for source in self.metric_sources:
+            yield from source()
+
+    def health(self) -> dict:
+        intake = self.intake.health()
+        return {
+            "status": intake["status"] if self.store_ready else "down",
+            "store": {
+                "kind": self.store.kind,
+                "ready": self.store_ready,
+                "circuit": self.batcher.breaker.state,
+            },
+            "spool": intake.get("spool"),
+        }
+
+
+def _where(store) -> str:
+    return str(getattr(store, "path", "") or getattr(store, "hosts", ""))

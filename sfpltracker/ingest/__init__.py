@@ -1,0 +1,1 @@
+"""Turning what a client sent into rows: parsing every input form, typing fields, ids."""

@@ -1,0 +1,160 @@
+"""Typing of event fields: each known input key, the column it fills and how it is coerced.
+
+A wrongly typed value is coerced when that is unambiguous (``"12"`` for an integer, ``94107``
+for a zip) and otherwise dropped for that field alone, so one bad field never fails its event or
+the batch it came in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from .ids import parse_uuid
+
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def to_str(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) and math.isfinite(value):
+        return str(value)
+    return None  # objects, arrays, null: dropped
+
+
+def to_int(value: Any, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int | None:
+    if isinstance(value, bool):
+        n: int | None = int(value)
+    elif isinstance(value, int):
+        n = value
+    elif isinstance(value, float):
+        n = int(value) if math.isfinite(value) and value == int(value) else None
+    elif isinstance(value, str) and _INT.match(value.strip()):
+        n = int(value.strip())
+    elif isinstance(value, str) and _FLOAT.match(value.strip()):
+        f = float(value)
+        n = int(f) if math.isfinite(f) and f == int(f) else None
+    else:
+        n = None
+    return n if n is not None and lo <= n <= hi else None
+
+
+def to_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        f = float(value)
+    elif isinstance(value, str) and _FLOAT.match(value.strip()):
+        f = float(value)
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def to_json_object(value: Any) -> dict | None:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
+
+
+def param_value(value: Any) -> Any:
+    """A custom parameter's value, typed the same whichever form it came in.
+
+    GET, path and WebSocket values are strings; JSON bodies have numbers. ``"3"`` and ``3``
+    both become 3, ``"true"`` becomes true, but ``"02134"`` stays a string (its zero matters).
+    """
+    if isinstance(value, str):
+        s = value.strip()
+        if s in ("true", "false"):
+            return s == "true"
+        if _INT.match(s) and str(int(s)) == s.lstrip("+") and INT64_MIN <= int(s) <= INT64_MAX:
+            return int(s)
+        if _is_plain_decimal(s):
+            return float(s)
+        return s
+    if isinstance(value, dict):
+        return {str(k): param_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [param_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _is_plain_decimal(s: str) -> bool:
+    """``"1.5"``, ``"-0.25"``: yes; ``"007.5"``, ``"1e9"``, ``"1."``: no (kept as text)."""
+    if not _FLOAT.match(s) or "." not in s or "e" in s.lower() or s.endswith("."):
+        return False
+    whole = s.lstrip("+-").split(".")[0]
+    return whole in ("", "0") or not whole.startswith("0")
+
+
+# Input key -> (column, kind). Kinds: uuid, str, lower, upper, int, int32, float, json.
+EVENT_FIELDS: dict[str, tuple[str, str]] = {
+    **{k: (k, "uuid") for k in "uid oid tid rid auth_id invoice_id device_id ref".split()},
+    **{
+        k: (k, "str")
+        for k in """org app rel ptyp xid split sink content term relation aff arm_id mcid device
+        os browser region city zip tz gaid idfa msid fbid culture rcode last url outcome
+        ehash""".split()
+    },
+    **{k: (k, "lower") for k in "ename etyp source medium campaign".split()},
+    "country": ("country", "upper"),
+    "cflags": ("cflags", "int"),
+    "duration": ("duration", "int"),
+    "w": ("vp_w", "int"),
+    "h": ("vp_h", "int"),
+    "vp_w": ("vp_w", "int"),
+    "vp_h": ("vp_h", "int"),
+    "ver": ("ver", "int32"),
+    "lat": ("lat", "float"),
+    "lon": ("lon", "float"),
+    "score": ("score", "float"),
+    "targets": ("targets", "json"),
+}
+
+# Keys with a meaning of their own that must not be copied into ``params``: the typed fields
+# above, identifiers handled by the event model, and personal data that is only stored hashed.
+NOT_PARAMS = frozenset(EVENT_FIELDS) | frozenset(
+    """eid vid sid params email cell chash uname uhash acct first uri hhash iphash bhash ip
+    latlon tr time created did vp v1 hostname""".split()
+)
+
+
+def coerce(kind: str, value: Any) -> Any:
+    """The column value for ``value``, or None when it cannot be typed (field dropped)."""
+    if kind == "str":
+        return to_str(value)
+    if kind == "lower":
+        s = to_str(value)
+        return s.strip().lower() if s is not None else None
+    if kind == "upper":
+        s = to_str(value)
+        return s.strip().upper() if s is not None else None
+    if kind == "uuid":
+        return parse_uuid(value)
+    if kind == "int":
+        return to_int(value)
+    if kind == "int32":
+        return to_int(value, INT32_MIN, INT32_MAX)
+    if kind == "float":
+        return to_float(value)
+    if kind == "json":
+        obj = to_json_object(value)
+        return json.dumps(param_value(obj), separators=(",", ":")) if obj is not None else None
+    raise ValueError(kind)

@@ -1,0 +1,68 @@
+"""Every input form of an event, turned into plain dicts with lower-cased keys.
+
+GET query strings, REST path pairs (``/tr/v1/tr/vid/X/ename/page_view``), a JSON object, a JSON
+array of objects, and WebSocket frames all end up as ``dict[str, Any]`` here, so the event model
+treats them the same way (unknown keys go to ``params`` from every form).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+
+class BadInput(ValueError):
+    """Input the client must fix: answered with 400 and this message."""
+
+
+def path_pairs(rest: str) -> dict[str, str]:
+    """``vid/X/ename/page_view`` -> ``{"vid": "X", "ename": "page_view"}``.
+
+    ``rest`` is the path after the route prefix. An odd trailing key is ignored; values keep
+    their case; segments are percent-decoded after splitting, so ``%2F`` stays inside a value.
+    """
+    parts = [unquote(p) for p in rest.strip("/").split("/")] if rest.strip("/") else []
+    return {parts[i].lower(): parts[i + 1] for i in range(0, len(parts) - 1, 2) if parts[i]}
+
+
+def query_pairs(query: str, ignore_key: str) -> dict[str, str]:
+    """Query parameters, first value wins; ``utm_`` dropped from keys unless ``ignore_key``.
+
+    With ``ignore_key`` present (``igqp`` by default) the query string is not ingested at all,
+    as in the original.
+    """
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() == ignore_key for k, _ in pairs):
+        return {}
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        key = key.lower().replace("utm_", "")
+        if key and key not in out:
+            out[key] = value
+    return out
+
+
+def json_events(body: bytes, max_events: int) -> list[Any]:
+    """A JSON object or array from a POST body, as a list of items (not yet checked).
+
+    Raises ``BadInput`` for malformed JSON, an empty array or too many events. Items that are
+    not objects are returned as they are so the caller can refuse them one by one.
+    """
+    if not body.strip():
+        return []
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BadInput(f"malformed JSON: {getattr(e, 'msg', str(e))}") from None
+    if isinstance(data, dict):
+        return [data]
+    if isinstance(data, list):
+        if len(data) > max_events:
+            raise BadInput(f"too many events in one batch: {len(data)} > {max_events}")
+        return data
+    raise BadInput("expected a JSON object or an array of objects")
+
+
+def lower_keys(obj: dict) -> dict:
+    return {str(k).lower(): v for k, v in obj.items()}

@@ -1,0 +1,105 @@
+"""``makeService(config)``: the gateway as a Twisted service tree (used by twistd and the .tac).
+
+Start-up order: open the store and load the schema, then listen; so the first request a
+client can make already finds the store ready. Shutdown (SIGTERM) runs it backwards: stop
+listening, flush what was accepted, close the store.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from .config import Config, parse_listen
+from .gateway import Gateway
+from .web.query import query_site
+from .web.site import GatewayRoot, GatewaySite
+
+log = Logger()
+
+
+def tcp_endpoint(reactor, listen: str, backlog: int = 1024):
+    interface, port = parse_listen(listen)
+    return (
+        endpoints.TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+        if ":" not in interface
+        else endpoints.TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    )
+
+
+class GatewayService(service.Service):
+    """Runs the gateway and its listeners; ``ports`` holds what is listening (for tests)."""
+
+    name = "sfpltracker"
+
+    def __init__(self, cfg: Config, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.cfg = cfg
+        self.reactor = reactor
+        self.gateway = Gateway(cfg, reactor)
+        self.root = GatewayRoot(self.gateway)
+        self.ports: dict[str, object] = {}
+        self._starting: defer.Deferred | None = None
+
+    def listeners(self) -> list[tuple[str, str, object]]:
+        """(name, address, factory) for every configured listener."""
+        cfg = self.cfg
+        site = GatewaySite(self.gateway, self.root, reactor=self.reactor)
+        out = []
+        for name in ("ProxyPort", "ProxyExceptHTTP"):
+            address = getattr(cfg, name)
+            if address:
+                out.append((name, address, site))
+        if cfg.ProxyPortTLS:
+            log.warn(
+                "ProxyPortTLS {address} is not served: TLS certificates are not configured",
+                address=cfg.ProxyPortTLS,
+            )
+        if cfg.QueryPort and self.gateway.store.kind == "embedded":
+            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway.store, cfg)))
+        return out
+
+    def startService(self):
+        super().startService()
+        self._starting = self._start()
+        self._starting.addErrback(self._start_failed)
+
+    @defer.inlineCallbacks
+    def _start(self):
+        yield self.gateway.start()
+        for name, address, factory in self.listeners():
+            port = yield tcp_endpoint(self.reactor, address).listen(factory)
+            self.ports[name] = port
+            log.info("{name} listening on {address}", name=name, address=_address(port))
+        log.info("sfpltracker {version} ready", version=self.gateway.version)
+
+    def _start_failed(self, failure):
+        log.critical("start-up failed: {why}", why=failure.getErrorMessage())
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        for port in self.ports.values():
+            yield port.stopListening()
+        self.ports.clear()
+        yield self.gateway.stop()
+        log.info("sfpltracker stopped; everything accepted was flushed")
+
+
+def _address(port) -> str:
+    host = port.getHost()
+    return f"{host.host}:{host.port}"
+
+
+def makeService(cfg: Config, reactor=None) -> service.MultiService:
+    top = service.MultiService()
+    GatewayService(cfg, reactor).setServiceParent(top)
+    return top

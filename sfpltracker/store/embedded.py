@@ -1,0 +1,235 @@
+"""The embedded store: chDB (ClickHouse in-process) in ``DataDirectory/chdb``.
+
+All writes go through one writer thread (chDB lets one process open a data directory; one
+writer keeps inserts in order). Reads run on a small pool of reader threads, each with its own
+read-only chDB connection (``readonly = 1``: no writes, no settings changes, no table functions such as
+``file()``), so a slow dashboard query never delays inserts. Rows are handed to
+ClickHouse as an Arrow table (``INSERT ... SELECT * FROM Python(batch)``), never as SQL text.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from .schema import load_statements
+
+log = Logger()
+
+
+class StoreError(Exception):
+    """A store failure; ``code`` is ClickHouse's error code when there is one."""
+
+    def __init__(self, message: str, code: int = 0):
+        super().__init__(message)
+        self.code = code
+
+
+def _arrow_type(ch_type: str) -> pa.DataType:
+    t = ch_type
+    for wrapper in ("LowCardinality(", "Nullable("):
+        while t.startswith(wrapper):
+            t = t[len(wrapper) : -1]
+    if t.startswith("DateTime"):
+        return pa.timestamp("ms", tz="UTC")
+    if t.startswith(("Int", "UInt")):
+        return pa.int64()
+    if t.startswith(("Float", "Decimal")):
+        return pa.float64()
+    if t == "Bool":
+        return pa.bool_()
+    if t.startswith("Array("):
+        return pa.list_(_arrow_type(t[6:-1]))
+    return pa.string()  # String, UUID, JSON, FixedString, Enum, IPv4/6, Date as text
+
+
+def to_arrow(rows: list[dict], columns: dict[str, str]) -> tuple[pa.Table, list[str]]:
+    """Columnar Arrow data for ``rows``; only columns some row sets, missing values -> default."""
+    present = [c for c in columns if any(c in r for r in rows)]
+    arrays = []
+    for name in present:
+        values = [r.get(name) for r in rows]
+        arrays.append(pa.array(values, type=_arrow_type(columns[name])))
+    return pa.Table.from_arrays(arrays, names=present), present
+
+
+def _error(exc: Exception) -> StoreError:
+    text = str(exc)
+    code = 0
+    if text.startswith("Code: "):
+        try:
+            code = int(text[6 : text.index(".")])
+        except ValueError:
+            code = 0
+    return StoreError(text, code)
+
+
+class EmbeddedStore:
+    kind = "embedded"
+
+    def __init__(self, data_dir: Path, reactor, database: str = "sfpla", readers: int = 2):
+        self.path = Path(data_dir) / "chdb"
+        self.reactor = reactor
+        self.database = database
+        self.writer_pool = ThreadPool(1, 1, name="chdb-writer")
+        self.reader_pool = ThreadPool(1, readers, name="chdb-reader")
+        self.columns: dict[str, dict[str, str]] = {}
+        self._writer = None
+        self._local = threading.local()
+        self._inserts = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        self.writer_pool.start()
+        self.reader_pool.start()
+        return self._on_writer(self._open_and_load)
+
+    def stop(self) -> defer.Deferred:
+        def close():
+            if self._writer is not None:
+                try:
+                    self._writer.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+                self._writer = None
+
+        d = self._on_writer(close)
+
+        def stop_pools(result):
+            self.writer_pool.stop()
+            self.reader_pool.stop()
+            return result
+
+        d.addBoth(stop_pools)
+        return d
+
+    def _open_and_load(self) -> None:
+        import chdb
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer = chdb.connect(str(self.path))
+        except Exception as e:
+            raise StoreError(f"cannot open the embedded store at {self.path}: {e}") from None
+        for statement in load_statements(self.database):
+            self._writer.query(statement.sql)
+        self._read_columns()
+
+    def _read_columns(self) -> None:
+        result = self._writer.query(
+            "SELECT table, name, type FROM system.columns WHERE database = {db:String} "
+            "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS') ORDER BY table, position",
+            "TabSeparated",
+            params={"db": self.database},
+        )
+        columns: dict[str, dict[str, str]] = {}
+        for line in result.bytes().decode().splitlines():
+            table, name, ch_type = line.split("\t")
+            columns.setdefault(table, {})[name] = ch_type
+        self.columns = columns
+
+    # -- threads ----------------------------------------------------------------------------
+
+    def _on_writer(self, fn, *args) -> defer.Deferred:
+        return deferToThreadPool(self.reactor, self.writer_pool, fn, *args)
+
+    def _reader(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            import chdb
+
+            conn = chdb.connect(str(self.path))
+            conn.query("SET readonly = 1")
+            self._local.conn = conn
+        return conn
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def insert(self, table: str, rows: list[dict], dedup: bool = False) -> defer.Deferred:
+        """Insert rows; with ``dedup`` rows whose key is already stored are skipped first.
+
+        ``dedup`` is set for retries and replays, where an earlier attempt may have landed.
+        """
+        return self._on_writer(self._insert, table, rows, dedup)
+
+    def _insert(self, table: str, rows: list[dict], dedup: bool) -> int:
+        columns = self.columns.get(table)
+        if columns is None:
+            raise StoreError(f"no table {self.database}.{table}")
+        if dedup:
+            rows = self._without_stored(table, rows)
+            if not rows:
+                return 0
+        batch, names = to_arrow(rows, columns)  # noqa: F841 - read by name in the SQL below
+        column_list = ", ".join(f"`{n}`" for n in names)
+        try:
+            self._writer.query(
+                f"INSERT INTO {self.database}.`{table}` ({column_list}) SELECT * FROM Python(batch)"
+            )
+        except Exception as e:
+            raise _error(e) from None
+        self._inserts += 1
+        return len(rows)
+
+    def _without_stored(self, table: str, rows: list[dict]) -> list[dict]:
+        key = DEDUP_KEYS.get(table)
+        if key is None:
+            return rows
+        wanted = [r[key] for r in rows if r.get(key)]
+        if not wanted:
+            return rows
+        result = self._writer.query(
+            f"SELECT toString(`{key}`) FROM {self.database}.`{table}` "
+            f"WHERE `{key}` IN {{keys:Array(UUID)}}",
+            "TabSeparated",
+            params={"keys": "[" + ",".join(f"'{k}'" for k in wanted) + "]"},
+        )
+        stored = set(result.bytes().decode().split())
+        return [r for r in rows if r.get(key) not in stored]
+
+    def execute(self, sql: str) -> defer.Deferred:
+        """A statement on the writer connection (schema changes, maintenance, tests)."""
+
+        def run():
+            try:
+                return self._writer.query(sql, "TabSeparated").bytes()
+            except Exception as e:
+                raise _error(e) from None
+
+        return self._on_writer(run)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def query(
+        self,
+        sql: str,
+        fmt: str = "JSONEachRow",
+        params: dict[str, Any] | None = None,
+        database: str | None = None,
+    ) -> defer.Deferred:
+        """A read-only query on a reader thread; fires with the formatted bytes."""
+
+        def run():
+            conn = self._reader()
+            try:
+                conn.query(f"USE `{database or 'default'}`")
+                return conn.query(sql, fmt, params=params).bytes()
+            except Exception as e:
+                raise _error(e) from None
+
+        return deferToThreadPool(self.reactor, self.reader_pool, run)
+
+    def ping(self) -> defer.Deferred:
+        return self.query("SELECT 1", "TabSeparated")
+
+
+# The column that identifies a row for deduplication of replays and retries.
+DEDUP_KEYS = {"events": "eid", "payments": "id", "agreed": "id", "agreements": "id"}

@@ -1,0 +1,92 @@
+"""Reading the ``schema/`` files into statements a store executes.
+
+The files are the single source of the schema. Stores differ only in how they run the
+statements (chDB in-process, a ClickHouse server over the native protocol) and, for a cluster,
+in how each statement is rewritten; both happen in the store, not here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
+DEFAULT_DATABASE = "sfpla"
+
+
+@dataclass(frozen=True)
+class Statement:
+    file: str
+    sql: str
+
+    @property
+    def kind(self) -> str:
+        """``database`` / ``table`` / ``view`` / ``materialized_view`` / ``insert`` / ``other``."""
+        head = " ".join(self.sql.split()[:4]).upper()
+        if head.startswith("CREATE DATABASE"):
+            return "database"
+        if head.startswith("CREATE MATERIALIZED VIEW"):
+            return "materialized_view"
+        if head.startswith("CREATE VIEW"):
+            return "view"
+        if head.startswith("CREATE TABLE"):
+            return "table"
+        if head.startswith("INSERT"):
+            return "insert"
+        return "other"
+
+    @property
+    def name(self) -> str | None:
+        """The object the statement creates, without the database (``events``)."""
+        m = re.search(
+            r"\bCREATE\s+(?:MATERIALIZED\s+VIEW|VIEW|TABLE|DATABASE)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+            r"(?:\w+\.)?(\w+)",
+            self.sql,
+            re.IGNORECASE,
+        )
+        return m.group(1) if m else None
+
+
+def _strip_comments(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith("--"):
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def split_statements(text: str) -> list[str]:
+    """Statements end with ``;`` at the end of a line (the convention of our schema files)."""
+    statements, current = [], []
+    for line in _strip_comments(text).splitlines():
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            sql = "\n".join(current).strip().rstrip(";").strip()
+            if sql:
+                statements.append(sql)
+            current = []
+    rest = "\n".join(current).strip()
+    if rest:
+        statements.append(rest)
+    return statements
+
+
+def load_statements(
+    database: str = DEFAULT_DATABASE, directory: Path = SCHEMA_DIR
+) -> list[Statement]:
+    """Every statement of every ``*.sql`` file, in file-name order, for ``database``."""
+    statements = []
+    for path in sorted(directory.glob("*.sql")):
+        for sql in split_statements(path.read_text()):
+            if database != DEFAULT_DATABASE:
+                sql = re.sub(rf"\b{DEFAULT_DATABASE}\.", f"{database}.", sql)
+                sql = re.sub(
+                    rf"(CREATE DATABASE IF NOT EXISTS )\b{DEFAULT_DATABASE}\b",
+                    rf"\g<1>{database}",
+                    sql,
+                )
+            statements.append(Statement(path.name, sql))
+    return statements

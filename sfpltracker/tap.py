@@ -1,0 +1,32 @@
+"""twistd options and service maker, as Twisted's own ``twisted.web.tap`` does it."""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from .config import ConfigError, load
+from .service import makeService as _make_service
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", "config.json", "Path to the JSON configuration file."],
+    ]
+
+    def postOptions(self):
+        warnings: list[str] = []
+        try:
+            self["cfg"] = load(self["config"], warnings)
+        except ConfigError as e:
+            # One clear line naming the key, not a traceback or the whole usage text.
+            raise SystemExit(f"sfpltracker: config error: {e}") from None
+        self["warnings"] = warnings
+
+
+def makeService(options):
+    from twisted.logger import Logger
+
+    log = Logger(namespace="sfpltracker.config")
+    for warning in options["warnings"]:
+        log.warn("config: {warning}", warning=warning)
+    return _make_service(options["cfg"])

@@ -1,0 +1,187 @@
+"""The query listener: the ClickHouse HTTP interface, read-only, over the embedded store.
+
+chDB lets only one process open a data directory, so the running gateway is the read path:
+``python -m sfpltracker query``, clickhouse-connect, Grafana and curl send their SELECTs here.
+The query comes in the ``query`` parameter and/or the body, as with ClickHouse; ``FORMAT`` /
+``default_format`` pick the output format; ``database`` the default database.
+
+Two guards keep it read-only: the statement must start with SELECT, SHOW, DESCRIBE, EXISTS,
+WITH or EXPLAIN and may not write a file (``INTO OUTFILE``), and the store runs it on a chDB
+connection with ``readonly = 1`` (which also refuses table functions such as ``file()`` and
+``url()``, and changing settings).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import re
+import uuid
+from urllib.parse import parse_qs
+
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from ..store.embedded import StoreError
+from .common import header
+
+log = Logger()
+
+READ_STATEMENTS = ("SELECT", "SHOW", "DESCRIBE", "DESC", "EXISTS", "WITH", "EXPLAIN")
+
+_LITERALS = re.compile(
+    r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`|--[^\n]*|/\*.*?\*/",
+    re.DOTALL,
+)
+_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
+
+CONTENT_TYPES = {
+    "JSON": "application/json; charset=UTF-8",
+    "JSONCompact": "application/json; charset=UTF-8",
+    "JSONEachRow": "application/x-ndjson; charset=UTF-8",
+    "CSV": "text/csv; charset=UTF-8",
+    "CSVWithNames": "text/csv; charset=UTF-8",
+    "Native": "application/octet-stream",
+    "RowBinary": "application/octet-stream",
+    "RowBinaryWithNamesAndTypes": "application/octet-stream",
+    "Parquet": "application/octet-stream",
+    "Arrow": "application/octet-stream",
+    "ArrowStream": "application/octet-stream",
+}
+
+# ClickHouse error codes answered as client errors rather than 500 (the query is the input).
+NOT_FOUND_CODES = {60, 81, 390}  # unknown table, database, table function
+
+
+class QueryRefused(Exception):
+    pass
+
+
+def check_read_only(sql: str) -> str:
+    """The statement without a trailing ``;``, or ``QueryRefused`` saying why not."""
+    bare = _LITERALS.sub(" ", sql).strip()
+    if not bare:
+        raise QueryRefused("empty query")
+    body = bare.rstrip().rstrip(";")
+    if ";" in body:
+        raise QueryRefused("one statement per request")
+    first = body.lstrip("( \t\r\n").split(None, 1)[0].upper() if body.strip("( \t\r\n") else ""
+    if first not in READ_STATEMENTS:
+        raise QueryRefused(
+            f"the query listener is read-only: {first or 'this'} is not allowed "
+            f"(use {', '.join(READ_STATEMENTS)})"
+        )
+    if re.search(r"\bINTO\s+OUTFILE\b", body, re.IGNORECASE):
+        raise QueryRefused("the query listener is read-only: INTO OUTFILE is not allowed")
+    return sql.strip().rstrip(";").rstrip()
+
+
+def split_format(sql: str) -> tuple[str, str | None]:
+    """``SELECT 1 FORMAT JSON`` -> (``SELECT 1``, ``JSON``)."""
+    bare = _LITERALS.sub(lambda m: " " * len(m.group(0)), sql)
+    m = _FORMAT.search(bare)
+    if not m:
+        return sql, None
+    return sql[: m.start()].rstrip(), m.group(1)
+
+
+class QueryResource(Resource):
+    isLeaf = True
+
+    def __init__(self, store, cfg):
+        super().__init__()
+        self.store = store
+        self.user = cfg.QueryUser
+        self.password = cfg.QueryPassword
+
+    def render_GET(self, request):
+        return self._handle(request, b"")
+
+    def render_POST(self, request):
+        request.content.seek(0)
+        return self._handle(request, request.content.read())
+
+    def _authorized(self, request, args: dict) -> bool:
+        if not self.user and not self.password:
+            return True
+        user = args.get("user", [""])[0] or header(request, "x-clickhouse-user")
+        password = args.get("password", [""])[0] or header(request, "x-clickhouse-key")
+        auth = header(request, "authorization")
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+        return hmac.compare_digest(user.encode(), self.user.encode()) and hmac.compare_digest(
+            password.encode(), self.password.encode()
+        )
+
+    def _handle(self, request, body: bytes):
+        args = {
+            k.decode(): [v.decode("utf-8", "replace") for v in vs]
+            for k, vs in parse_qs(request.uri.partition(b"?")[2], keep_blank_values=True).items()
+        }
+        query_id = args.get("query_id", [""])[0] or str(uuid.uuid4())
+        request.setHeader(b"x-clickhouse-query-id", query_id.encode())
+        request.setHeader(b"x-clickhouse-timezone", b"UTC")
+        request.setHeader(b"x-clickhouse-server-display-name", b"sfpltracker")
+        if not self._authorized(request, args):
+            return _exception(request, 401, 516, "Authentication failed", "AUTHENTICATION_FAILED")
+        sql = args.get("query", [""])[0]
+        text = body.decode("utf-8", "replace")
+        sql = f"{sql}\n{text}" if sql and text else (sql or text)
+        if not sql.strip():
+            request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
+            return b"Ok.\n"
+        try:
+            sql = check_read_only(sql)
+        except QueryRefused as e:
+            return _exception(request, 403, 164, str(e), "READONLY")
+        sql, fmt = split_format(sql)
+        fmt = fmt or args.get("default_format", ["TabSeparated"])[0]
+        database = args.get("database", [""])[0]
+        d = self.store.query(sql, fmt, database=database or None)
+
+        def done(data: bytes):
+            request.setHeader(b"x-clickhouse-format", fmt.encode())
+            request.setHeader(
+                b"content-type",
+                CONTENT_TYPES.get(fmt, "text/tab-separated-values; charset=UTF-8").encode(),
+            )
+            _finish(request, data)
+
+        def failed(failure):
+            err = failure.value
+            if isinstance(err, StoreError) and err.code:
+                status = 404 if err.code in NOT_FOUND_CODES else 400
+                body = _exception(request, status, err.code, str(err), None, raw=True)
+            else:
+                log.failure("query failed", failure)
+                body = _exception(request, 503, 0, "the store is not available", None)
+            _finish(request, body)
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
+def _exception(request, status, code, message, name, raw=False) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
+    request.setHeader(b"x-clickhouse-exception-code", str(code).encode())
+    if raw:
+        return (message.rstrip() + "\n").encode()
+    return f"Code: {code}. DB::Exception: {message}. ({name or 'UNKNOWN'})\n".encode()
+
+
+def _finish(request, data: bytes) -> None:
+    if request._disconnected or request.finished:
+        return
+    request.write(data)
+    request.finish()
+
+
+def query_site(store, cfg) -> server.Site:
+    site = server.Site(QueryResource(store, cfg), timeout=cfg.IdleTimeoutSeconds)
+    site.log = lambda request: None  # queries may hold personal data; never log them
+    return site

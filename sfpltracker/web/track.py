@@ -1,0 +1,191 @@
+"""Event ingestion over HTTP: ``/tr/`` (client), ``/str/`` (server), ``/img/`` (pixel), ``/ltv/``.
+
+Every route answers only once the intake has accepted the events (2xx), refuses with 503 and
+``Retry-After`` when it cannot, and answers malformed input with 400 and a JSON reason. In a
+batch, one bad item is refused alone; the others are stored.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from ..ingest.ids import parse_uuid
+from ..ingest.parse import BadInput, json_events, lower_keys, path_pairs, query_pairs
+from ..ingest.payments import payment_rows
+from ..pipeline.intake import Refused
+from .common import (
+    NOT_DONE_YET,
+    apply_cors,
+    body_too_large,
+    error,
+    finish,
+    preflight,
+    read_body,
+    request_info,
+    write_json,
+)
+
+log = Logger()
+
+GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=")
+
+
+def _rest_of_path(request, depth: int) -> str:
+    """The path after ``/tr/v1/<route>/`` (``depth`` segments), still percent-encoded."""
+    path = request.path.decode("latin-1")
+    parts = path.split("/", depth + 1)
+    return parts[depth + 1] if len(parts) > depth + 1 else ""
+
+
+class IngestResource(Resource):
+    """Shared request handling: CORS, body limits, answering after the intake."""
+
+    isLeaf = True
+
+    def __init__(self, gateway):
+        super().__init__()
+        self.gateway = gateway
+        self.cfg = gateway.cfg
+
+    def render_OPTIONS(self, request):
+        return preflight(request, self.cfg.AllowOrigin)
+
+    def render_HEAD(self, request):
+        # Link checkers and prefetchers send HEAD; it must not count as an event.
+        apply_cors(request, self.cfg.AllowOrigin)
+        return b""
+
+    def render_DELETE(self, request):
+        return error(request, 405, "method not allowed")
+
+    def _body_items(self, request) -> list[Any]:
+        if body_too_large(request):
+            raise BadInput(f"request body larger than MaxBodyBytes ({self.cfg.MaxBodyBytes})")
+        return json_events(read_body(request), self.cfg.MaxBatchEvents)
+
+    def _submit(self, request, records, on_accepted):
+        """Hand ``records`` to the intake; answer with ``on_accepted()`` or a 503."""
+        d = self.gateway.intake.accept(records)
+
+        def accepted(_):
+            finish(request, on_accepted())
+
+        def refused(failure):
+            if failure.check(Refused):
+                self.gateway.count("requests_refused")
+                reason = failure.value.reason
+                finish(request, error(request, 503, reason, retry_after=failure.value.retry_after))
+            else:
+                log.failure("intake failed", failure)
+                finish(request, error(request, 503, "events cannot be accepted now", 5))
+
+        d.addCallbacks(accepted, refused)
+        return NOT_DONE_YET
+
+
+class TrackResource(IngestResource):
+    """``/tr/v1/{tr,str,img}/...``: GET query + REST path pairs, POST an object or an array."""
+
+    def __init__(self, gateway, kind: str):
+        super().__init__(gateway)
+        self.kind = kind
+        self.server = kind == "str"
+        self.client = kind in ("tr", "img")
+
+    def render_GET(self, request):
+        apply_cors(request, self.cfg.AllowOrigin)
+        base = path_pairs(_rest_of_path(request, 3))
+        query = request.uri.decode("latin-1").partition("?")[2]
+        base.update(query_pairs(query, self.cfg.IgnoreQueryParamsKey))
+        return self._ingest(request, [{}], base)
+
+    def render_POST(self, request):
+        apply_cors(request, self.cfg.AllowOrigin)
+        try:
+            items = self._body_items(request)
+        except BadInput as e:
+            return error(request, 400, str(e))
+        if not items:
+            return error(request, 400, "no event in the request body")
+        return self._ingest(request, items, path_pairs(_rest_of_path(request, 3)))
+
+    render_PUT = render_POST
+
+    def _ingest(self, request, items: list[Any], base: dict[str, str]):
+        gw = self.gateway
+        req = request_info(request, gw)
+        first = next((i for i in items if isinstance(i, dict)), {})
+        visitor = gw.events.visitor(req, {**base, **lower_keys(first)})
+        records, eids, problems = [], [], []
+        for n, item in enumerate(items):
+            if not isinstance(item, dict):
+                problems.append(f"event {n}: not a JSON object")
+                eids.append(None)
+                continue
+            raw = {**base, **lower_keys(item)}
+            row = gw.events.event_row(
+                raw, req, visitor, server=self.server, with_user_agent=not self.server
+            )
+            if row is None:  # a bot, with DropBots
+                eids.append(None)
+                continue
+            records.append(("events", row))
+            eids.append(row["eid"])
+        gw.count("events_rejected", len(problems))
+        if problems and not records:
+            return error(request, 400, "; ".join(problems[:5]))
+
+        def answer() -> bytes:
+            gw.count("events_accepted", len(records))
+            if self.client and visitor.cookies_allowed:
+                self._set_cookies(request, visitor, req.https)
+            if problems:
+                request.setHeader(b"x-rejected-events", str(len(problems)).encode())
+            if self.kind == "img":
+                request.setHeader(b"content-type", b"image/gif")
+                request.setHeader(b"cache-control", b"no-store, max-age=0")
+                return GIF
+            if self.kind == "str":
+                return write_json(request, 200, eids if len(items) > 1 else eids[0])
+            return b""
+
+        return self._submit(request, records, answer)
+
+    def _set_cookies(self, request, visitor, https: bool) -> None:
+        cfg = self.cfg
+        common = {"path": b"/", "secure": https or None, "sameSite": "lax"}
+        request.addCookie(
+            b"vid", visitor.vid.encode(), max_age=str(cfg.VisitorCookieDays * 86400), **common
+        )
+        request.addCookie(
+            b"sid", visitor.sid.encode(), max_age=str(cfg.SessionMinutes * 60), **common
+        )
+
+
+class LtvResource(IngestResource):
+    """``POST /tr/v1/ltv/``: a payment or a ``payments`` batch -> ``payments`` rows."""
+
+    def render_GET(self, request):
+        return error(request, 405, "use POST with a JSON payment")
+
+    def render_POST(self, request):
+        apply_cors(request, self.cfg.AllowOrigin)
+        try:
+            items = self._body_items(request)
+            if len(items) != 1 or not isinstance(items[0], dict):
+                raise BadInput('expected one JSON object (use "payments": [...] for a batch)')
+            req = request_info(request, self.gateway)
+            rows = payment_rows(lower_keys(items[0]), req, parse_uuid(req.cookies.get("vid")))
+        except BadInput as e:
+            return error(request, 400, str(e))
+        records = [("payments", row) for row in rows]
+
+        def answer() -> bytes:
+            self.gateway.count("payments_accepted", len(rows))
+            return write_json(request, 200, {"ok": True, "ids": [r["id"] for r in rows]})
+
+        return self._submit(request, records, answer)
