@@ -167,5 +167,4 @@ class GatewayCollector:
         healthy = GaugeMetricFamily("sfpl_up", "1 when events are being accepted")
         healthy.add_metric([], 0 if gw.health()["status"] == "down" else 1)
         yield healthy
-        for family in gw.extra_metrics():
-            yield family
+        yield from gw.extra_metrics()

@@ -1,0 +1,25 @@
+import pytest
+
+from tests.gateway_process import GatewayProcess
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """A running gateway on the embedded store with default settings."""
+    with GatewayProcess(tmp_path) as gw:
+        yield gw
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    """Start gateways with config overrides: ``gateway_factory({"IPMode": "none"})``."""
+    started = []
+
+    def start(overrides=None, name=None):
+        gw = GatewayProcess(tmp_path, overrides, name=name or f"gw{len(started)}")
+        started.append(gw)
+        return gw.start()
+
+    yield start
+    for gw in started:
+        gw.__exit__(None, None, None)
