@@ -15,7 +15,7 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from . import __version__
+from . import __version__, admin
 from .config import Config
 from .ingest.event import EventModel
 from .pipeline.batcher import Batcher
@@ -77,6 +77,7 @@ class Gateway:
         # Callables yielding prometheus metric families (spool, TLS, ...), read at scrape time.
         self.metric_sources: list = []
         self.store_ready = False
+        self.admin_token = ""
         self.counters: dict[str, int] = {
             "events_accepted": 0,
             "events_rejected": 0,
@@ -94,6 +95,7 @@ class Gateway:
     def start(self):
         yield self.store.start()
         self.store_ready = True
+        self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=_where(self.store))
 
     @defer.inlineCallbacks

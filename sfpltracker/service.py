@@ -59,8 +59,8 @@ class GatewayService(service.Service):
                 "ProxyPortTLS {address} is not served: TLS certificates are not configured",
                 address=cfg.ProxyPortTLS,
             )
-        if cfg.QueryPort and self.gateway.store.kind == "embedded":
-            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway.store, cfg)))
+        if cfg.QueryPort:
+            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway)))
         return out
 
     def startService(self):

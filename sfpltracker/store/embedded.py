@@ -118,10 +118,25 @@ class EmbeddedStore:
         try:
             self._writer = chdb.connect(str(self.path))
         except Exception as e:
-            raise StoreError(f"cannot open the embedded store at {self.path}: {e}") from None
-        for statement in load_statements(self.database):
-            self._writer.query(statement.sql)
+            hint = ""
+            if "lock" in str(e).lower():
+                hint = " (another process - a running gateway? - has it open)"
+            raise StoreError(f"cannot open the embedded store at {self.path}{hint}: {e}") from None
+        self._load_schema()
+
+    def load_schema(self) -> defer.Deferred:
+        """Run every schema statement again (idempotent); fires with how many ran."""
+        return self._on_writer(self._load_schema)
+
+    def _load_schema(self) -> int:
+        statements = load_statements(self.database)
+        for statement in statements:
+            try:
+                self._writer.query(statement.sql)
+            except Exception as e:
+                raise StoreError(f"schema {statement.file}: {e}") from None
         self._read_columns()
+        return len(statements)
 
     def _read_columns(self) -> None:
         result = self._writer.query(

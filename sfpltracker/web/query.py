@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import re
 import uuid
 from urllib.parse import parse_qs
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from .. import admin
 from ..store.embedded import StoreError
 from .common import header
 
@@ -89,18 +91,48 @@ def split_format(sql: str) -> tuple[str, str | None]:
 class QueryResource(Resource):
     isLeaf = True
 
-    def __init__(self, store, cfg):
+    def __init__(self, gateway):
         super().__init__()
-        self.store = store
-        self.user = cfg.QueryUser
-        self.password = cfg.QueryPassword
+        self.gateway = gateway
+        self.store = gateway.store
+        self.user = gateway.cfg.QueryUser
+        self.password = gateway.cfg.QueryPassword
 
     def render_GET(self, request):
         return self._handle(request, b"")
 
     def render_POST(self, request):
         request.content.seek(0)
-        return self._handle(request, request.content.read())
+        body = request.content.read()
+        if request.path.startswith(b"/admin/"):
+            return self._admin(request, request.path[7:].decode("latin-1"), body)
+        return self._handle(request, body)
+
+    def _admin(self, request, name: str, body: bytes):
+        """``POST /admin/<command>``: run an admin command for the CLI (token required)."""
+        token = header(request, "x-sfpl-admin-token")
+        if not token or not hmac.compare_digest(token.encode(), self.gateway.admin_token.encode()):
+            return _json(request, 403, {"error": "admin token missing or wrong"})
+        try:
+            args = json.loads(body or b"{}")
+            if not isinstance(args, dict):
+                raise ValueError("expected a JSON object")
+        except ValueError as e:
+            return _json(request, 400, {"error": f"bad arguments: {e}"})
+        d = admin.run(admin.AdminContext(self.gateway.cfg, self.store, self.gateway), name, args)
+
+        def done(result):
+            _finish(request, _json(request, 200, result))
+
+        def failed(failure):
+            if failure.check(admin.AdminError):
+                _finish(request, _json(request, 400, {"error": str(failure.value)}))
+            else:
+                log.failure("admin command {name} failed", failure, name=name)
+                _finish(request, _json(request, 500, {"error": failure.getErrorMessage()}))
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
 
     def _authorized(self, request, args: dict) -> bool:
         if not self.user and not self.password:
@@ -174,6 +206,12 @@ def _exception(request, status, code, message, name, raw=False) -> bytes:
     return f"Code: {code}. DB::Exception: {message}. ({name or 'UNKNOWN'})\n".encode()
 
 
+def _json(request, status: int, payload) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(payload).encode() + b"\n"
+
+
 def _finish(request, data: bytes) -> None:
     if request._disconnected or request.finished:
         return
@@ -181,7 +219,7 @@ def _finish(request, data: bytes) -> None:
     request.finish()
 
 
-def query_site(store, cfg) -> server.Site:
-    site = server.Site(QueryResource(store, cfg), timeout=cfg.IdleTimeoutSeconds)
+def query_site(gateway) -> server.Site:
+    site = server.Site(QueryResource(gateway), timeout=gateway.cfg.IdleTimeoutSeconds)
     site.log = lambda request: None  # queries may hold personal data; never log them
     return site
