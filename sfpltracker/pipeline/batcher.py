@@ -189,7 +189,8 @@ class Batcher:
     # -- flushing ---------------------------------------------------------------------------
 
     def _take(self, t: _Table) -> list[_Entry]:
-        limit = max(self._threshold_rows(t) or t.settings.MaxBatchSize, 1)
+        """The entries of the next insert: up to the size threshold, else all that wait."""
+        limit = self._threshold_rows(t) or t.rows
         taken, rows = [], 0
         while t.entries and (not taken or rows + len(t.entries[0].rows) <= limit):
             e = t.entries.popleft()

@@ -67,7 +67,7 @@ def check_read_only(sql: str) -> str:
         raise QueryRefused("empty query")
     body = bare.rstrip().rstrip(";")
     if ";" in body:
-        raise QueryRefused("one statement per request")
+        raise QueryRefused("the query listener is read-only: one statement per request")
     first = body.lstrip("( \t\r\n").split(None, 1)[0].upper() if body.strip("( \t\r\n") else ""
     if first not in READ_STATEMENTS:
         raise QueryRefused(
