@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 import uuid
 
 import chdb
@@ -158,7 +159,12 @@ def test_ops_routes(gateway):
     assert clear.body == b"OK" and "cookies" in clear.header("clear-site-data")
     gateway.http("POST", "/tr/v1/tr/", json_body=[{"ename": "m"}] * 3)
     gateway.wait_for("SELECT count() AS n FROM sfpla.events", lambda rows: rows[0]["n"] == 3)
-    metrics = gateway.http("GET", "/metrics").json()
+    deadline = time.monotonic() + 10
+    while True:  # the stats update on the reactor right after the insert returns
+        metrics = gateway.http("GET", "/metrics").json()
+        if metrics["batching"]["total_items"] == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert metrics["batching"]["total_items"] == 3 and metrics["batching"]["queued_items"] == 0
     assert metrics["metrics"]["event_count"] == 3
     assert metrics["batching"]["batch_success_rate"] == 1.0

@@ -1,0 +1,189 @@
+"""Shared pieces of the benchmarks: wrk runs, nginx and bare Twisted baselines, a gateway.
+
+Every server listens on 127.0.0.1 with a free port and is stopped at the end. Numbers on a
+shared 2-core machine are noisy: compare the rows of one run, not runs of different days.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.gateway_process import GatewayProcess, free_port, http_request  # noqa: E402
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    non_2xx: int
+    errors: int
+    seconds: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.non_2xx - self.errors
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(
+    url: str, seconds: int = 10, connections: int = 50, threads: int = 2, script: str | None = None
+) -> WrkResult:
+    """Run wrk against ``url``; ``script`` is Lua (e.g. a POST body)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    args = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency"]
+    tmp = None
+    if script:
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        tmp.write(script)
+        tmp.close()
+        args += ["-s", tmp.name]
+    try:
+        out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    finally:
+        if tmp:
+            os.unlink(tmp.name)
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
+    requests, dur, unit = int(m.group(1)), float(m.group(2)), m.group(3)
+    seconds_ = dur * {"s": 1.0, "ms": 0.001, "m": 60.0}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    return WrkResult(
+        requests=requests,
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        errors=sum(int(errors.group(i)) for i in (1, 2, 3)) if errors else 0,
+        seconds=seconds_,
+        latency_p50_ms=_ms(*p50.groups()) if p50 else 0.0,
+        latency_p99_ms=_ms(*p99.groups()) if p99 else 0.0,
+    )
+
+
+class Nginx:
+    """nginx (Debian nginx-light) in the foreground with a private config."""
+
+    def __init__(self, locations: str, workdir: Path):
+        self.port = free_port()
+        self.dir = workdir / "nginx"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = textwrap.dedent(f"""
+            worker_processes auto;
+            daemon off;
+            pid {self.dir}/nginx.pid;
+            error_log {self.dir}/error.log;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log {self.dir}/access.log;
+                client_body_temp_path {self.dir}/body;
+                proxy_temp_path {self.dir}/proxy;
+                fastcgi_temp_path {self.dir}/fastcgi;
+                uwsgi_temp_path {self.dir}/uwsgi;
+                scgi_temp_path {self.dir}/scgi;
+                server {{
+                    listen 127.0.0.1:{self.port};
+                    {locations}
+                }}
+            }}
+        """)
+        (self.dir / "nginx.conf").write_text(conf)
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            ["nginx", "-c", str(self.dir / "nginx.conf")],
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_port(self.port)
+        return self
+
+    def __exit__(self, *exc):
+        os.killpg(self.proc.pid, signal.SIGQUIT)
+        self.proc.wait(10)
+
+
+BARE_TWISTED = """
+import sys, base64
+from twisted.internet import reactor
+from twisted.web import server, resource
+GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=")
+class Pixel(resource.Resource):
+    isLeaf = True
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"image/gif")
+        return GIF
+    render_POST = render_GET
+site = server.Site(Pixel())
+site.log = lambda request: None
+reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1", backlog=1024)
+reactor.run()
+"""
+
+
+class BareTwisted:
+    """A bare twisted.web resource answering the GIF: the ceiling for one CPython process."""
+
+    def __init__(self):
+        self.port = free_port()
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", BARE_TWISTED, str(self.port)], start_new_session=True
+        )
+        _wait_port(self.port)
+        return self
+
+    def __exit__(self, *exc):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def _wait_port(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+__all__ = ["BareTwisted", "GatewayProcess", "Nginx", "WrkResult", "http_request", "table", "wrk"]

@@ -1,0 +1,103 @@
+"""Ingestion throughput: gateway vs nginx empty_gif vs a bare Twisted resource, in one run.
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 50]
+
+(a) nginx `empty_gif` with an access log, (b) a bare twisted.web resource returning the GIF,
+(c) the gateway's GET REST-path tracking, (d) JSON POST batches of 20 events. For (c) and (d)
+the rows in `sfpla.events` are counted after the run, so the table shows events *stored* per
+second and whether stored == 2xx answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from common import BareTwisted, GatewayProcess, Nginx, table, wrk
+
+BATCH = 20
+
+
+def count_events(gw: GatewayProcess) -> int:
+    """Rows stored, after the batcher has drained (waits until the count stops moving)."""
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - stable_since < 3:
+        n = gw.query("SELECT count() AS n FROM sfpla.events FINAL")[0]["n"]
+        if n != last:
+            last, stable_since = n, time.monotonic()
+        time.sleep(0.5)
+    return last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    run = dict(seconds=args.seconds, connections=args.connections)
+    work = Path(tempfile.mkdtemp(prefix="sfpl-bench-"))
+    rows = []
+
+    with Nginx("location / { empty_gif; }", work) as nginx:
+        a = wrk(f"http://127.0.0.1:{nginx.port}/tr/v1/img/", **run)
+    rows.append(["(a) nginx empty_gif + access log", a, a.ok, None])
+
+    with BareTwisted() as bare:
+        b = wrk(f"http://127.0.0.1:{bare.port}/", **run)
+    rows.append(["(b) bare Twisted resource", b, b.ok, None])
+
+    with GatewayProcess(work, name="gw-get") as gw:
+        c = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/ename/page_view/etyp/view/app/bench", **run)
+        rows.append(["(c) gateway GET REST path", c, c.ok, count_events(gw)])
+
+    body = json.dumps([{"ename": "bench", "etyp": "batch", "n": i} for i in range(BATCH)])
+    script = (
+        f"wrk.method = 'POST'\nwrk.body = {json.dumps(body)}\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n"
+    )
+    with GatewayProcess(work, name="gw-post") as gw:
+        d = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
+        rows.append([f"(d) gateway POST batches of {BATCH}", d, d.ok * BATCH, count_events(gw)])
+
+    out = []
+    for name, r, answered, stored in rows:
+        per_s = (stored if stored is not None else answered) / r.seconds
+        out.append(
+            [
+                name,
+                r.rps,
+                r.latency_p50_ms,
+                r.latency_p99_ms,
+                answered,
+                "-" if stored is None else stored,
+                "-" if stored is None else ("yes" if stored == answered else "NO"),
+                per_s,
+                per_s / (a.ok / a.seconds),
+                per_s / (b.ok / b.seconds),
+            ]
+        )
+    print(
+        table(
+            [
+                "case",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "events 2xx",
+                "events stored",
+                "stored==2xx",
+                "events/s",
+                "vs (a)",
+                "vs (b)",
+            ],
+            out,
+        )
+    )
+    print(f"\n{args.connections} connections, {args.seconds}s per case, wrk on the same machine.")
+
+
+if __name__ == "__main__":
+    main()
