@@ -5,7 +5,7 @@
 (a) nginx `empty_gif` with an access log, (b) a bare twisted.web resource returning the GIF,
 (c) the gateway's GET REST-path tracking, (d) JSON POST batches of 20 events. For (c) and (d)
 the rows in `sfpla.events` are counted after the run, so the table shows events *stored* per
-second and whether stored == 2xx answered.
+second and how many 2xx-answered events are missing from the store (must be 0).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -70,13 +71,17 @@ class IPPolicy:
     def __init__(self, mode: str, secret: bytes):
         self.mode = mode
         self.secret = secret
+        # Visitors send many events from one address; parsing and hashing it once is enough.
+        # The cache lives in this process's memory only and is never written anywhere.
+        self.stored_ip = functools.lru_cache(maxsize=65536)(self._stored_ip)
+        self.stored_iphash = functools.lru_cache(maxsize=65536)(self._stored_iphash)
 
     def keyed_hash(self, ip: str) -> str:
         if not ip:
             return ""
         return hmac.new(self.secret, ip.encode(), hashlib.sha256).hexdigest()[:26]
 
-    def stored_ip(self, ip: str) -> str:
+    def _stored_ip(self, ip: str) -> str:
         if self.mode == "full":
             return ip
         if self.mode == "truncate":
@@ -85,5 +90,5 @@ class IPPolicy:
             return self.keyed_hash(ip)
         return ""
 
-    def stored_iphash(self, ip: str) -> str:
+    def _stored_iphash(self, ip: str) -> str:
         return "" if self.mode == "none" else self.keyed_hash(ip)
