@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,10 +96,14 @@ class IP2LocationReader:
         import IP2Location
 
         self.path = path
+        _check_bin_header(path)
         try:
             self._db = IP2Location.IP2Location(str(path))
-        except ValueError as e:
-            raise GeoIPError(f"{path}: not an IP2Location BIN database: {e}") from None
+            self._db.get_all("1.1.1.1")  # a corrupt body fails here, not on the first event
+        except (ValueError, struct.error, IndexError) as e:
+            raise GeoIPError(
+                f"GeoIPDatabase: {path} is not a usable IP2Location BIN: {e}"
+            ) from None
 
     def lookup(self, ip: str) -> GeoRecord | None:
         rec = self._db.get_all(ip)
@@ -120,6 +125,27 @@ class IP2LocationReader:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _check_bin_header(path: Path) -> None:
+    """The header's counts and offsets must fit the file (the reader does not check)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if len(head) < 32:
+        raise GeoIPError(f"GeoIPDatabase: {path} is too short for an IP2Location BIN")
+    db_type, columns = head[0], head[1]
+    v4_count, v4_addr, v6_count, v6_addr, v4_index, v6_index = struct.unpack("<6I", head[5:29])
+    fits = (
+        1 <= db_type <= 26
+        and 2 <= columns <= 40
+        and v4_addr + v4_count * columns * 4 <= size + 1
+        and v6_addr + v6_count * (columns * 4 + 12) <= size + 1
+        and v4_index < size
+        and v6_index < size
+    )
+    if not fits:
+        raise GeoIPError(f"GeoIPDatabase: {path} is neither a MaxMind DB nor an IP2Location BIN")
 
 
 def _field(value) -> str:
@@ -152,7 +178,7 @@ class GeoIP:
             return None
         try:
             return self.reader.lookup(ip)
-        except ValueError:
+        except (ValueError, struct.error, IndexError):  # a bad record: no geo for this one
             return None
 
     def close(self) -> None:
