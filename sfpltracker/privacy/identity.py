@@ -154,6 +154,7 @@ class CookielessIds:
 
     def __init__(self, salts: DailySalts):
         self.salts = salts
+        self._day_key: tuple[str, bytes] = ("", b"")
 
     def visitor_id(self, day: str, site: str, ip: str, user_agent: str) -> str:
         digest = hmac.new(
@@ -167,7 +168,9 @@ class CookielessIds:
 
     def day_key(self, day: str) -> bytes:
         """A key that only lives for ``day`` (keys the IP hash of cookieless visitors)."""
-        return hmac.new(self.salts.salt(day), b"ip", hashlib.sha256).digest()
+        if self._day_key[0] != day:
+            self._day_key = (day, hmac.new(self.salts.salt(day), b"ip", hashlib.sha256).digest())
+        return self._day_key[1]
 
 
 def _as_uuid(digest: bytes) -> str:
