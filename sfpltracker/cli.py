@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 # defaults carry ``handler=fn(cfg, namespace) -> int``.
 EXTRA_COMMANDS: list = []
 
+from .privacy.cli import register as _register_privacy  # noqa: E402 - prune, forget, export
+
+EXTRA_COMMANDS.append(_register_privacy)
+
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)

@@ -20,7 +20,10 @@ from .config import Config
 from .ingest.event import EventModel
 from .pipeline.batcher import Batcher
 from .pipeline.intake import MemoryIntake
-from .privacy.identity import CookielessIds, CookiePolicy
+from .privacy import build_enrichers
+from .privacy import commands as _privacy_commands  # noqa: F401 - registers prune, forget, ...
+from .privacy.geoip import open_geoip
+from .privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from .privacy.ip import IPPolicy, TrustedProxies
 
 log = Logger()
@@ -63,12 +66,16 @@ class Gateway:
         secret = load_or_create_secret(cfg.data_dir / "secret.key")
         self.trusted_proxies = TrustedProxies(cfg.TrustedProxies)
         ip_secret = cfg.IPHashSecret.encode() if cfg.IPHashSecret else secret
+        # GeoIP reads a local file only (GeoIPDatabase); None: no geo fields, /ppi/geoip 503.
+        self.geoip = open_geoip(cfg.path(cfg.GeoIPDatabase)) if cfg.GeoIPDatabase else None
+        salts = DailySalts(cfg.data_dir / "cookieless", cfg.CookielessSalt.encode())
         self.events = EventModel(
             ip_policy=IPPolicy(cfg.IPMode, ip_secret),
             cookie_policy=CookiePolicy(cfg.RequireConsent, cfg.HonorDNT),
-            cookieless=CookielessIds(cfg.CookielessSalt.encode() or secret),
+            cookieless=CookielessIds(salts),
             hash_key=cfg.PrefixPrivateHash.encode() or secret,
             drop_bots=cfg.DropBots,
+            enrichers=build_enrichers(self.geoip),
         )
         self.store = store if store is not None else make_store(cfg, reactor)
         self.batcher = Batcher(self.store, reactor, cfg.Batching)

@@ -37,6 +37,10 @@ class Visitor:
     sid: str
     cookies_allowed: bool
     from_cookie: bool
+    # No cookie may be set (GPC, DNT, no consent): the vid is the day's cookieless id and the
+    # client's own vid is not used, so no identifier outlives the day.
+    cookieless: bool = False
+    day_key: bytes | None = None  # keys the IP hash of a cookieless visitor (IPMode hash)
 
 
 @dataclass
@@ -48,14 +52,31 @@ class EventModel:
     drop_bots: bool = False
     enrichers: tuple[Enricher, ...] = ()
 
-    def visitor(self, req: RequestInfo, first: dict | None = None) -> Visitor:
+    def visitor(
+        self, req: RequestInfo, first: dict | None = None, *, server: bool = False
+    ) -> Visitor:
+        """The visitor of a request; ``first`` is its first event (ids the client sent).
+
+        Server events (``/str/``) come from the site's backend: no cookie is read or set, the
+        vid is the one the backend sends. Client events follow the cookie policy.
+        """
         first = first or {}
-        if not self.cookie_policy.cookies_allowed(req.headers, req.cookies):
-            vid = parse_uuid(first.get("vid")) or self.cookieless.visitor_id(
-                req.day, req.host, req.ip, req.user_agent
-            )
-            sid = parse_uuid(first.get("sid")) or self.cookieless.session_id(req.day, vid)
+        if server:
+            vid = parse_uuid(first.get("vid")) or parse_uuid(req.cookies.get("vid")) or uuid4()
+            sid = parse_uuid(first.get("sid")) or parse_uuid(req.cookies.get("sid")) or uuid4()
             return Visitor(vid, sid, cookies_allowed=False, from_cookie=False)
+        if not self.cookie_policy.cookies_allowed(req.headers, req.cookies):
+            day = req.day
+            vid = self.cookieless.visitor_id(day, req.host, req.ip, req.user_agent)
+            sid = parse_uuid(first.get("sid")) or self.cookieless.session_id(day, vid)
+            return Visitor(
+                vid,
+                sid,
+                cookies_allowed=False,
+                from_cookie=False,
+                cookieless=True,
+                day_key=self.cookieless.day_key(day),
+            )
         cookie_vid = parse_uuid(req.cookies.get("vid"))
         vid = cookie_vid or parse_uuid(first.get("vid")) or uuid4()
         sid = parse_uuid(req.cookies.get("sid")) or parse_uuid(first.get("sid")) or uuid4()
@@ -90,7 +111,7 @@ class EventModel:
             row.pop("content", None)
 
         row["eid"] = parse_uuid(raw.get("eid")) or uuid7(req.now_ms)
-        if visitor.from_cookie:
+        if visitor.from_cookie or visitor.cookieless:
             row["vid"] = visitor.vid
         else:
             row["vid"] = parse_uuid(raw.get("vid")) or visitor.vid
@@ -107,15 +128,16 @@ class EventModel:
 
         row["created_at"] = req.now_ms
         row["hhash"] = short_hash(req.host)
-        row["ip"] = self.ip_policy.stored_ip(req.ip)
-        row["iphash"] = self.ip_policy.stored_iphash(req.ip)
+        # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
+        # full ``req.ip``, which is never put in a row unless IPMode is "full".
+        row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
         ua = req.user_agent.strip().lower() if with_user_agent else ""
         row["bhash"] = short_hash(ua) if ua else ""
         row["params"] = json.dumps(
             {str(k): param_value(v) for k, v in params.items()}, separators=(",", ":")
         )
         row["server"] = 1 if server else 0
-        row.setdefault("bot", 0)
+        row["bot"] = 0
         for enrich in self.enrichers:
             enrich(row, req)
         if self.drop_bots and row.get("bot"):
@@ -124,5 +146,10 @@ class EventModel:
 
     def hash_private(self, text: str) -> str:
         """Keyed hash of an e-mail address (never stored in the clear)."""
-        digest = hmac.new(self.hash_key, text.strip().lower().encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest[:20]).decode().rstrip("=")
+        return hash_private(self.hash_key, text)
+
+
+def hash_private(key: bytes, text: str) -> str:
+    """The ``ehash`` of an e-mail address: HMAC-SHA256 keyed with ``PrefixPrivateHash``/secret."""
+    digest = hmac.new(key, text.strip().lower().encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:20]).decode().rstrip("=")

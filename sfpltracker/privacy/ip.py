@@ -22,27 +22,44 @@ class TrustedProxies:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(addr in net for net in self.networks)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr.version == net.version and addr in net for net in self.networks)
 
     def client_ip(self, peer: str, headers: Mapping[str, str]) -> str:
         """The client's IP: the peer, or what a trusted proxy says the client was.
 
-        ``X-Forwarded-For`` is read right to left, skipping our own trusted proxies, so a
-        client cannot prepend a fake address.
+        ``X-Forwarded-For`` is read right to left, skipping our own trusted proxies, so a client
+        cannot prepend a fake address: the first hop that is not a trusted proxy is the client.
+        When every hop is a trusted proxy, the leftmost is the client (a client on the proxies'
+        own network). A hop that is not an IP ends the walk: what lies left of it is unverifiable.
         """
         peer = canonical_ip(peer) or peer
         if peer not in self:
             return peer
         forwarded = headers.get("x-forwarded-for", "")
         if forwarded:
-            for hop in reversed([h.strip() for h in forwarded.split(",")]):
-                ip = canonical_ip(hop)
+            client = None
+            for hop in reversed(forwarded.split(",")):
+                ip = canonical_ip(_strip_port(hop.strip()))
                 if ip is None:
                     break
+                client = ip
                 if ip not in self:
                     return ip
-        real = canonical_ip(headers.get("x-real-ip", "").strip())
+            if client is not None:
+                return client
+        real = canonical_ip(_strip_port(headers.get("x-real-ip", "").strip()))
         return real or peer
+
+
+def _strip_port(hop: str) -> str:
+    """``1.2.3.4:5678`` -> ``1.2.3.4``; ``[2001:db8::1]:443`` -> ``2001:db8::1``."""
+    if hop.startswith("["):
+        return hop[1 : hop.find("]")] if "]" in hop else hop
+    if hop.count(":") == 1:
+        return hop.split(":", 1)[0]
+    return hop
 
 
 def canonical_ip(text: str) -> str | None:
@@ -55,40 +72,68 @@ def canonical_ip(text: str) -> str | None:
     return str(addr)
 
 
+_V6_MASK = ~((1 << 80) - 1) & ((1 << 128) - 1)
+
+
+@functools.lru_cache(maxsize=65536)
 def truncate(ip: str) -> str:
-    """IPv4 to its /24, IPv6 to its /48 (what Google Analytics and Matomo call anonymisation)."""
+    """IPv4 to its /24, IPv6 to its /48 (what Google Analytics and Matomo call anonymisation).
+
+    Cached: visitors come back, and ``ipaddress`` parsing dominates the cost of an event.
+    """
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return ""
-    prefix = 24 if addr.version == 4 else 48
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+    if addr.version == 4:
+        return str(ipaddress.IPv4Address(int(addr) & 0xFFFFFF00))
+    return str(ipaddress.IPv6Address(int(addr) & _V6_MASK))
 
 
 class IPPolicy:
-    """Applies ``IPMode`` to an IP before it is stored: truncate, hash, full or none."""
+    """Applies ``IPMode`` to an IP before it is stored: truncate, hash, full or none.
+
+    ``stored(ip)`` gives the two columns every table with an IP has, ``ip`` and ``iphash``:
+
+    ==========  =========================  ==========================
+    IPMode      ip                         iphash
+    ==========  =========================  ==========================
+    truncate    IPv4 /24, IPv6 /48         keyed hash of the truncated IP
+    hash        keyed hash of the IP       the same keyed hash
+    full        the IP                     keyed hash of the IP
+    none        ""                         ""
+    ==========  =========================  ==========================
+
+    The hash is an HMAC-SHA256 keyed with ``IPHashSecret`` (or the secret generated in
+    ``DataDirectory``): without the key it cannot be reversed by trying all 2^32 IPv4 addresses.
+    In ``truncate`` mode nothing finer than the truncated network is derivable from either
+    column. For visitors without cookies, ``day_key`` replaces the key so that their hashes,
+    like their visitor ids, change every day.
+    """
 
     def __init__(self, mode: str, secret: bytes):
         self.mode = mode
         self.secret = secret
-        # Visitors send many events from one address; parsing and hashing it once is enough.
-        # The cache lives in this process's memory only and is never written anywhere.
-        self.stored_ip = functools.lru_cache(maxsize=65536)(self._stored_ip)
-        self.stored_iphash = functools.lru_cache(maxsize=65536)(self._stored_iphash)
 
-    def keyed_hash(self, ip: str) -> str:
+    def keyed_hash(self, ip: str, key: bytes | None = None) -> str:
         if not ip:
             return ""
-        return hmac.new(self.secret, ip.encode(), hashlib.sha256).hexdigest()[:26]
+        return hmac.new(key or self.secret, ip.encode(), hashlib.sha256).hexdigest()[:26]
 
-    def _stored_ip(self, ip: str) -> str:
-        if self.mode == "full":
-            return ip
+    def stored(self, ip: str, day_key: bytes | None = None) -> tuple[str, str]:
+        """``(ip, iphash)`` as they may be stored."""
+        if not ip or self.mode == "none":
+            return "", ""
         if self.mode == "truncate":
-            return truncate(ip)
+            net = truncate(ip)
+            return net, self.keyed_hash(net)
         if self.mode == "hash":
-            return self.keyed_hash(ip)
-        return ""
+            hashed = self.keyed_hash(ip, day_key)
+            return hashed, hashed
+        return ip, self.keyed_hash(ip)  # full
 
-    def _stored_iphash(self, ip: str) -> str:
-        return "" if self.mode == "none" else self.keyed_hash(ip)
+    def stored_ip(self, ip: str) -> str:
+        return self.stored(ip)[0]
+
+    def stored_iphash(self, ip: str) -> str:
+        return self.stored(ip)[1]

@@ -22,6 +22,7 @@ from .ops import (
     PingResource,
     StatusResource,
 )
+from .privacy import PrivacyResource
 from .pub import PubResource
 from .track import LtvResource, TrackResource
 
@@ -48,6 +49,7 @@ class GatewayRoot(Resource):
             b"img": TrackResource(gateway, "img"),
             b"ltv": LtvResource(gateway),
             b"pub": PubResource(gateway),
+            b"ppi": PrivacyResource(gateway),
         }
         self.fallbacks: list = []
 

@@ -119,7 +119,7 @@ class TrackResource(IngestResource):
         gw = self.gateway
         req = request_info(request, gw)
         first = next((i for i in items if isinstance(i, dict)), {})
-        visitor = gw.events.visitor(req, {**base, **lower_keys(first)})
+        visitor = gw.events.visitor(req, {**base, **lower_keys(first)}, server=self.server)
         records, eids, problems = [], [], []
         for n, item in enumerate(items):
             if not isinstance(item, dict):

@@ -1,0 +1,402 @@
+"""``python -m sfpltracker prune | forget | export-subject | export``.
+
+Each command drives the admin steps of ``privacy/commands.py`` one at a time, printing progress
+between them, through a *session*: the running gateway (admin commands over the query
+listener's ``POST /admin/<cmd>``, reads over the query listener itself) or, when no gateway
+runs, the store opened in this process (chDB allows one process per data directory). Files
+(exports) are written by this process, never by the gateway.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+from .. import admin
+from ..ingest.event import hash_private
+from .catalogue import valid_ehash
+
+DEFAULT_EXPORT_TABLES = ("events",)
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+class GatewaySession:
+    """Talks to the running gateway."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def admin(self, name: str, args: dict) -> dict:
+        from .. import cli
+
+        return cli.call_running_gateway(self.cfg, name, args)
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        from .. import cli
+
+        request = urllib.request.Request(
+            f"{cli._listener_url(self.cfg)}/?{urlencode({'default_format': fmt})}",
+            data=sql.encode(),
+            method="POST",
+        )
+        if self.cfg.QueryUser or self.cfg.QueryPassword:
+            request.add_header("X-ClickHouse-User", self.cfg.QueryUser)
+            request.add_header("X-ClickHouse-Key", self.cfg.QueryPassword)
+        try:
+            with urllib.request.urlopen(request, timeout=600) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as e:
+            raise admin.AdminError(e.read().decode(errors="replace").strip()) from None
+
+
+class OfflineSession:
+    """Owns the store: the reactor runs in the main thread, the command in a worker thread."""
+
+    def __init__(self, cfg, store, reactor):
+        self.ctx = admin.AdminContext(cfg, store)
+        self.store = store
+        self.reactor = reactor
+
+    def admin(self, name: str, args: dict) -> dict:
+        from twisted.internet.threads import blockingCallFromThread
+
+        return blockingCallFromThread(self.reactor, admin.run, self.ctx, name, args)
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        from twisted.internet.threads import blockingCallFromThread
+
+        return blockingCallFromThread(self.reactor, self.store.query, sql, fmt)
+
+
+def with_session(cfg, driver) -> int:
+    """Run ``driver(session) -> int`` against the running gateway, else offline."""
+    from .. import cli
+
+    try:
+        cli.call_running_gateway(cfg, "ping", {})
+    except cli.GatewayNotRunning:
+        return _offline(cfg, driver)
+    return driver(GatewaySession(cfg))
+
+
+def _offline(cfg, driver) -> int:
+    from twisted.internet import reactor, threads
+    from twisted.python.failure import Failure
+
+    from ..gateway import make_store
+
+    outcome: list = []
+
+    def main():
+        store = make_store(cfg, reactor)
+        d = store.start()
+        d.addCallback(lambda _: threads.deferToThread(driver, OfflineSession(cfg, store, reactor)))
+
+        def close(result):
+            return store.stop().addBoth(lambda _: result)
+
+        d.addBoth(close)
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(main)
+    reactor.run(installSignalHandlers=False)
+    result = outcome[0]
+    if isinstance(result, Failure):
+        if result.check(admin.AdminError):
+            raise result.value
+        raise admin.AdminError(result.getErrorMessage())
+    return result
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- prune -------------------------------------------------------------------------------------
+
+
+def cmd_prune(cfg, ns) -> int:
+    args = {"logs_only": ns.logs_only}
+    if ns.days is not None:
+        args["days"] = ns.days
+
+    def drive(session) -> int:
+        plan = session.admin("prune-plan", args)
+        args["now_ms"] = plan["now_ms"]
+        as_of = datetime.datetime.fromtimestamp(plan["now_ms"] / 1000, datetime.UTC)
+        scope = "log tables" if ns.logs_only else "all data tables"
+        _say(
+            f"prune: {scope}, DataRetentionDays={plan['days'] or 'keep forever'}, "
+            f"as of {as_of:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        for t in plan["tables"]:
+            _say(f"  {t['table']:<20} {t['rows']:>10} rows older than ({', '.join(t['rules'])})")
+        for t in plan["skipped"]:
+            _say(f"  {t['table']:<20} {'-':>10}      skipped: {t['why']}")
+        todo = [t for t in plan["tables"] if t["rows"]]
+        total = sum(t["rows"] for t in todo)
+        if ns.dry_run:
+            _say(f"dry run: {total} rows in {len(todo)} tables would be deleted")
+            return 0
+        deleted = 0
+        for n, t in enumerate(todo, 1):
+            _say(f"  [{n}/{len(todo)}] {t['table']}: deleting {t['rows']} rows ...")
+            done = session.admin("prune-table", {**args, "table": t["table"]})
+            deleted += done["deleted"]
+            _say(
+                f"  [{n}/{len(todo)}] {t['table']}: {done['deleted']} deleted in {done['seconds']} s"
+            )
+        _say(f"prune: {deleted} rows deleted from {len(todo)} tables")
+        return 0
+
+    return with_session(cfg, drive)
+
+
+# -- subjects: forget / export-subject ------------------------------------------------------------
+
+
+def _hash_key(cfg) -> bytes:
+    """The key e-mail hashes are made with (``PrefixPrivateHash``, else the data secret)."""
+    if cfg.PrefixPrivateHash:
+        return cfg.PrefixPrivateHash.encode()
+    path = cfg.data_dir / "secret.key"
+    try:
+        return path.read_bytes().strip()
+    except OSError:
+        raise admin.AdminError(
+            f"--email needs the hashing secret ({path} or PrefixPrivateHash)"
+        ) from None
+
+
+def _subject_args(cfg, ns) -> dict:
+    ehashes = list(ns.ehash or [])
+    if ns.email:
+        key = _hash_key(cfg)
+        ehashes += [hash_private(key, e) for e in ns.email]
+    for value in ehashes:
+        if not valid_ehash(value):
+            raise admin.AdminError(f"--ehash {value!r} is not an e-mail hash")
+    subject = {"vids": ns.vid or [], "uids": ns.uid or [], "ehashes": ehashes}
+    if not any(subject.values()):
+        raise admin.AdminError("name the subject with --vid, --uid, --ehash or --email")
+    return subject
+
+
+def _describe(subject: dict) -> str:
+    parts = [f"{len(subject[k])} {k}" for k in ("vids", "uids", "ehashes", "sids", "orids")]
+    if subject.get("ips"):
+        parts.append(f"{len(subject['ips'])} stored ips")
+    return ", ".join(parts)
+
+
+def _export_subject(session, plan: dict, out: str | None) -> int:
+    subject = plan["subject"]
+    tables = {}
+    total = 0
+    for t in plan["tables"]:
+        if not t["rows"]:
+            continue
+        got = session.admin("subject-rows", {"subject": subject, "table": t["table"]})
+        tables[t["table"]] = got["rows"]
+        total += len(got["rows"])
+    document = {
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "subject": {k: v for k, v in subject.items() if k != "ips"},
+        "tables": tables,
+    }
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if out in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        _write_atomically(Path(out), text.encode())
+        print(f"export-subject: {total} rows from {len(tables)} tables -> {out}", file=sys.stderr)
+    return total
+
+
+def cmd_export_subject(cfg, ns) -> int:
+    subject = _subject_args(cfg, ns)
+
+    def drive(session) -> int:
+        plan = session.admin("forget-plan", {"subject": subject, "linked": ns.linked})
+        _export_subject(session, plan, ns.out)
+        return 0
+
+    return with_session(cfg, drive)
+
+
+def cmd_forget(cfg, ns) -> int:
+    subject = _subject_args(cfg, ns)
+
+    def drive(session) -> int:
+        plan = session.admin("forget-plan", {"subject": subject, "linked": ns.linked})
+        _say(f"forget: subject resolved to {_describe(plan['subject'])}")
+        for t in plan["tables"]:
+            refs = f", {t['refs']} rows referring to them" if t["refs"] else ""
+            _say(f"  {t['table']:<20} {t['rows']:>10} rows{refs}")
+        todo = [t for t in plan["tables"] if t["rows"] or t["refs"]]
+        if ns.export:
+            _export_subject(session, plan, ns.export)
+        if ns.dry_run:
+            _say(f"dry run: {sum(t['rows'] for t in todo)} rows in {len(todo)} tables would go")
+            return 0
+        deleted = left = 0
+        for n, t in enumerate(todo, 1):
+            done = session.admin("forget-table", {"subject": plan["subject"], "table": t["table"]})
+            deleted += done["deleted"]
+            left += done["left"]
+            cleared = f", {done['refs_cleared']} refs cleared" if done["refs_cleared"] else ""
+            _say(f"  [{n}/{len(todo)}] {t['table']}: {done['deleted']} deleted{cleared}")
+        if left:
+            _say(f"forget: {left} rows still match; run it again (new events arrived?)")
+            return 1
+        _say(f"forget: {deleted} rows deleted from {len(todo)} tables; 0 rows left")
+        return 0
+
+    return with_session(cfg, drive)
+
+
+# -- export (Parquet, Hive layout) -------------------------------------------------------------
+
+
+def _day(text: str, option: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise admin.AdminError(f"{option}: expected a day YYYY-MM-DD, got {text!r}") from None
+
+
+def cmd_export(cfg, ns) -> int:
+    since, until = _day(ns.since, "--since"), _day(ns.until, "--until")
+    if until < since:
+        raise admin.AdminError("--until is before --since")
+    out = Path(ns.out).resolve()
+    names = [t.strip() for t in ns.tables.split(",") if t.strip()]
+
+    def drive(session) -> int:
+        db = cfg.store_entry().Database or "sfpla"
+        catalogue = _catalogue(session, db)
+        total = 0
+        for name in names:
+            table = catalogue.get(name)
+            if table is None:
+                raise admin.AdminError(f"no table {name!r} in {db}")
+            column = table.time_column
+            if column is None:
+                raise admin.AdminError(f"table {name!r} has no date column to partition by")
+            rows = _export_table(session, db, table, column, since, until, out)
+            total += rows
+        _say(f"export: {total} rows -> {out} (Hive layout: <table>/day=YYYY-MM-DD/*.parquet)")
+        return 0
+
+    return with_session(cfg, drive)
+
+
+def _catalogue(session, db: str) -> dict:
+    from .catalogue import Table
+
+    raw = session.query(
+        "SELECT t.name AS table, t.engine AS engine, c.name AS column, c.type AS type "
+        "FROM system.tables AS t INNER JOIN system.columns AS c "
+        "ON c.database = t.database AND c.table = t.name "
+        f"WHERE t.database = '{db}' AND t.engine LIKE '%MergeTree%' ORDER BY t.name, c.position",
+        "JSONEachRow",
+    )
+    tables: dict = {}
+    for line in raw.decode().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            t = tables.setdefault(rec["table"], Table(rec["table"], rec["engine"]))
+            t.columns[rec["column"]] = rec["type"]
+    return tables
+
+
+def _export_table(session, db, table, column, since, until, out: Path) -> int:
+    start = f"toDate('{since.isoformat()}')"
+    end = f"toDate('{(until + datetime.timedelta(days=1)).isoformat()}')"
+    counts = session.query(
+        f"SELECT toString(toDate(`{column}`)) AS day, count() AS n "
+        f"FROM {db}.`{table.name}`{table.final} "
+        f"WHERE toDate(`{column}`) >= {start} AND toDate(`{column}`) < {end} "
+        "GROUP BY day ORDER BY day",
+        "TabSeparated",
+    )
+    days = [line.split("\t") for line in counts.decode().splitlines() if line.strip()]
+    _say(f"  {table.name}: {len(days)} days with rows between {since} and {until}")
+    total = 0
+    for day, n in days:
+        began = time.monotonic()
+        data = session.query(
+            f"SELECT * FROM {db}.`{table.name}`{table.final} "
+            f"WHERE toDate(`{column}`) = toDate('{day}') ORDER BY `{column}`",
+            "Parquet",
+        )
+        target = out / table.name / f"day={day}" / "part-00000.parquet"
+        _write_atomically(target, data)
+        total += int(n)
+        _say(f"    day={day}: {n} rows, {len(data)} bytes ({time.monotonic() - began:.2f} s)")
+    return total
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -- registration ------------------------------------------------------------------------------
+
+
+def _subject_options(parser) -> None:
+    parser.add_argument("--vid", action="append", help="visitor id (repeatable)")
+    parser.add_argument("--uid", action="append", help="user id (repeatable)")
+    parser.add_argument("--ehash", action="append", help="e-mail hash as stored (repeatable)")
+    parser.add_argument("--email", action="append", help="e-mail address, hashed like events")
+    parser.add_argument(
+        "--linked",
+        action="store_true",
+        help="also the vids/uids seen together with these in events (a user's devices)",
+    )
+
+
+def register(sub) -> None:
+    """Add the privacy subcommands to ``python -m sfpltracker``."""
+    prune = sub.add_parser("prune", help="delete rows older than the retention (+ jurisdictions)")
+    prune.add_argument("--logs-only", action="store_true", help="only the log tables")
+    prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    prune.add_argument("--days", type=int, default=None, help="override DataRetentionDays")
+    prune.set_defaults(handler=cmd_prune)
+
+    forget = sub.add_parser("forget", help="erase a visitor/user/e-mail hash from every table")
+    _subject_options(forget)
+    forget.add_argument("--export", metavar="FILE", help="export-subject to FILE first")
+    forget.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    forget.set_defaults(handler=cmd_forget)
+
+    export_subject = sub.add_parser("export-subject", help="a subject's rows as JSON")
+    _subject_options(export_subject)
+    export_subject.add_argument("--out", metavar="FILE", help="write to FILE (default stdout)")
+    export_subject.set_defaults(handler=cmd_export_subject)
+
+    export = sub.add_parser("export", help="tables as Parquet, Hive-partitioned by day")
+    export.add_argument("--since", required=True, help="first day, YYYY-MM-DD (UTC)")
+    export.add_argument("--until", required=True, help="last day, YYYY-MM-DD (UTC, included)")
+    export.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export.add_argument(
+        "--tables", default=",".join(DEFAULT_EXPORT_TABLES), help="comma-separated (events)"
+    )
+    export.set_defaults(handler=cmd_export)

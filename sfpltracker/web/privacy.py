@@ -1,0 +1,200 @@
+"""``/tr/v1/ppi/{agree,jds,geoip}``: consent records, jurisdictions, GeoIP lookups.
+
+- ``POST /ppi/agree``: one JSON object (``cflags`` plus the context of the decision) -> an
+  ``agreed`` row (``agreements`` follows by materialized view). 200 ``{"ok": true, "vid": ...}``
+  once durably accepted. The response stores the decision in the ``CookieConsent`` cookie, sets
+  the ``vid`` cookie when analytics was granted and expires ``vid``/``sid`` when it was refused
+  (withdrawal) - except under GPC/DNT, where no cookie is set at all.
+- ``GET /ppi/agree?vid=``: that visitor's decisions, newest first, as a JSON array.
+- ``GET /ppi/jds``: the jurisdictions table as a JSON array.
+- ``GET /ppi/geoip?ip=``: the GeoIP record of ``ip`` (or of the caller); 400 bad IP, 404
+  unknown, 503 when no GeoIP database is configured.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from ..ingest.ids import parse_uuid, uuid4
+from ..ingest.parse import BadInput, json_events, lower_keys
+from ..pipeline.intake import Refused
+from ..privacy.consent import PRIVATE_COLUMNS, agreed_row
+from ..privacy.identity import analytics_consented
+from ..privacy.ip import canonical_ip
+from .common import (
+    NOT_DONE_YET,
+    apply_cors,
+    body_too_large,
+    error,
+    finish,
+    preflight,
+    read_body,
+    request_info,
+    write_json,
+)
+
+log = Logger()
+
+MAX_AGREEMENTS = 1000
+
+
+def _database(gateway) -> str:
+    return getattr(gateway.store, "database", "") or gateway.cfg.store_entry().Database or "sfpla"
+
+
+class PrivacyResource(Resource):
+    isLeaf = True
+
+    def __init__(self, gateway):
+        super().__init__()
+        self.gateway = gateway
+        self.cfg = gateway.cfg
+
+    def _action(self, request) -> str:
+        parts = request.path.decode("latin-1").split("/")
+        # /tr/v1/ppi/<action>[/...]
+        return parts[4].lower() if len(parts) > 4 else ""
+
+    def render_OPTIONS(self, request):
+        return preflight(request, self.cfg.AllowOrigin)
+
+    def render_GET(self, request):
+        apply_cors(request, self.cfg.AllowOrigin)
+        action = self._action(request)
+        if action == "agree":
+            return self._agreements(request)
+        if action == "jds":
+            return self._jurisdictions(request)
+        if action == "geoip":
+            return self._geoip(request)
+        return error(request, 404, f"unknown privacy action {action!r}")
+
+    def render_POST(self, request):
+        apply_cors(request, self.cfg.AllowOrigin)
+        action = self._action(request)
+        if action == "agree":
+            return self._agree(request)
+        if action in ("jds", "geoip"):
+            return error(request, 405, f"use GET for /ppi/{action}")
+        return error(request, 404, f"unknown privacy action {action!r}")
+
+    render_PUT = render_POST
+
+    # -- consent ----------------------------------------------------------------------------
+
+    def _agree(self, request):
+        gw = self.gateway
+        if body_too_large(request):
+            return error(request, 400, "request body larger than MaxBodyBytes")
+        try:
+            items = json_events(read_body(request), 1)
+        except BadInput as e:
+            return error(request, 400, str(e))
+        if len(items) != 1 or not isinstance(items[0], dict):
+            return error(request, 400, "expected one JSON object")
+        body = lower_keys(items[0])
+        req = request_info(request, gw)
+        refusal = gw.events.cookie_policy.header_refusal(req.headers)
+        try:
+            flags_probe = body.get("cflags", req.cookies.get("CookieConsent"))
+            granted = analytics_consented(None if flags_probe is None else str(flags_probe))
+            vid = parse_uuid(body.get("vid")) or parse_uuid(req.cookies.get("vid"))
+            if vid is None:
+                if granted and refusal is None:
+                    vid = uuid4()  # becomes the vid cookie below
+                else:
+                    vid = gw.events.cookieless.visitor_id(req.day, req.host, req.ip, req.user_agent)
+            row = agreed_row(body, req, vid, gw.events.ip_policy, gw.events.enrichers)
+        except BadInput as e:
+            return error(request, 400, str(e))
+
+        def answer() -> bytes:
+            gw.count("agreements_accepted")
+            if refusal is None:
+                self._consent_cookies(request, row, granted, req.https)
+            return write_json(request, 200, {"ok": True, "vid": vid})
+
+        d = gw.intake.accept([("agreed", row)])
+
+        def refused(failure):
+            if failure.check(Refused):
+                why = failure.value
+                finish(request, error(request, 503, why.reason, retry_after=why.retry_after))
+            else:
+                log.failure("consent record not accepted", failure)
+                finish(request, error(request, 503, "consent cannot be recorded now", 5))
+
+        d.addCallbacks(lambda _: finish(request, answer()), refused)
+        return NOT_DONE_YET
+
+    def _consent_cookies(self, request, row: dict, granted: bool, https: bool) -> None:
+        cfg = self.cfg
+        common = {"path": b"/", "secure": https or None, "sameSite": "lax"}
+        lifetime = str(cfg.VisitorCookieDays * 86400)
+        request.addCookie(b"CookieConsent", str(row["cflags"]).encode(), max_age=lifetime, **common)
+        if granted:
+            request.addCookie(b"vid", row["vid"].encode(), max_age=lifetime, **common)
+        else:  # withdrawal: the analytics cookies go
+            request.addCookie(b"vid", b"", max_age="0", **common)
+            request.addCookie(b"sid", b"", max_age="0", **common)
+
+    def _agreements(self, request):
+        args = request.args or {}
+        raw = (args.get(b"vid") or [b""])[0].decode("latin-1")
+        if not raw:
+            return error(request, 400, "vid is required (?vid=...)")
+        vid = parse_uuid(raw)
+        if vid is None:
+            return error(request, 400, "vid must be a UUID")
+        db = _database(self.gateway)
+        sql = (
+            f"SELECT * EXCEPT ({', '.join(PRIVATE_COLUMNS)}) FROM {db}.agreed FINAL "
+            f"WHERE vid = {{vid:UUID}} ORDER BY created_at DESC, id DESC LIMIT {MAX_AGREEMENTS}"
+        )
+        return self._json_rows(request, sql, {"vid": vid})
+
+    def _jurisdictions(self, request):
+        db = _database(self.gateway)
+        sql = (
+            "SELECT regulation, compliance, seq, name, rules, locs, countries, regions, "
+            f"retention_days, updated_at FROM {db}.jurisdictions FINAL "
+            "ORDER BY regulation, compliance, seq"
+        )
+        return self._json_rows(request, sql, None)
+
+    def _json_rows(self, request, sql: str, params):
+        d = self.gateway.store.query(sql, "JSONEachRow", params=params)
+
+        def done(data: bytes):
+            rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+            finish(request, write_json(request, 200, rows))
+
+        def failed(failure):
+            log.failure("privacy read failed", failure)
+            finish(request, error(request, 503, "the store is not available", 5))
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+    # -- GeoIP ------------------------------------------------------------------------------
+
+    def _geoip(self, request):
+        geoip = getattr(self.gateway, "geoip", None)
+        if geoip is None:
+            return error(request, 503, "no GeoIP database is configured (GeoIPDatabase)")
+        args = request.args or {}
+        asked = (args.get(b"ip") or [b""])[0].decode("latin-1").strip()
+        if asked:
+            ip = canonical_ip(asked)
+            if ip is None:
+                return error(request, 400, "ip is not an IP address")
+        else:
+            ip = request_info(request, self.gateway).ip
+        record = geoip.lookup(ip)
+        if record is None:
+            return error(request, 404, "no GeoIP record for this address")
+        request.setHeader(b"cache-control", b"no-store")
+        return write_json(request, 200, record.as_dict())
