@@ -11,7 +11,7 @@ from sfpltracker.ingest.ids import parse_uuid, short_hash, uuid7
 from sfpltracker.ingest.parse import BadInput, json_events, path_pairs, query_pairs
 from sfpltracker.ingest.payments import payment_rows
 from sfpltracker.ingest.request import RequestInfo, host_only
-from sfpltracker.privacy.identity import CookielessIds, CookiePolicy
+from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
 
 NOW = 1_795_000_000_000  # a fixed clock: 2026-11-18
@@ -21,7 +21,7 @@ def model(**kw):
     args = dict(
         ip_policy=IPPolicy("truncate", b"k"),
         cookie_policy=CookiePolicy(require_consent=False, honor_dnt=False),
-        cookieless=CookielessIds(b"salt"),
+        cookieless=CookielessIds(DailySalts(secret=b"salt")),
         hash_key=b"h",
     )
     args.update(kw)
