@@ -213,7 +213,7 @@ class BodyRelay(protocol.Protocol):
                 finish(request, b"")
             else:
                 # The response is cut short; closing without finishing tells the client.
-                request.channel.transport.abortConnection()
+                request.channel.transport.loseConnection()
         self.done.callback(None)
 
 
@@ -263,10 +263,11 @@ class ProxyFallback:
                 BytesBody(data) if data or request.method in (b"POST", b"PUT", b"PATCH") else None
             )
         d = self.agent.request(request.method, route.url(request.uri), headers, body)
-        state = {"timed_out": False, "timer": None, "gone": False}
+        # (d.called says little here: with a pooled connection d fires at once, chained.)
+        state = {"timed_out": False, "timer": None, "gone": False, "answered": False}
 
         def start_timer(_=None):
-            if not d.called:
+            if not state["answered"]:
                 state["timer"] = self.reactor.callLater(self.read_timeout, timed_out)
 
         def timed_out():
@@ -281,7 +282,7 @@ class ProxyFallback:
 
         def client_gone(_):
             state["gone"] = True
-            if not d.called:
+            if not state["answered"]:
                 d.cancel()
 
         request.notifyFinish().addErrback(client_gone)
@@ -294,6 +295,7 @@ class ProxyFallback:
         return NOT_DONE_YET
 
     def _respond(self, response, request, site, state):
+        state["answered"] = True
         if state["timer"] is not None and state["timer"].active():
             state["timer"].cancel()
         if state["gone"] or request._disconnected:
@@ -312,6 +314,9 @@ class ProxyFallback:
         return done
 
     def _failed(self, failure, request, route, state):
+        state["answered"] = True
+        if state["timer"] is not None and state["timer"].active():
+            state["timer"].cancel()
         if state["gone"] or request._disconnected:
             return None
         if state["timed_out"]:
@@ -334,7 +339,6 @@ class ProxyFallback:
         query = request.uri.decode("latin-1").partition("?")[2]
         fields = {"ename": "proxy", "etyp": "request"}
         fields.update(query_pairs(query, self.gateway.cfg.IgnoreQueryParamsKey))
-        fields["url"] = request.uri.decode("latin-1")
         fields["status"] = str(status)
         self.track(request, fields)
 
