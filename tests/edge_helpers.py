@@ -54,14 +54,21 @@ def request(
     tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     timeout: float = 30,
+    source_ip: str | None = None,
 ) -> Response:
-    """One request over a fresh connection (HTTP, or HTTPS with ``tls``)."""
+    """One request over a fresh connection (HTTP, or HTTPS with ``tls``).
+
+    ``source_ip`` (another loopback address, e.g. 127.0.0.2) makes it come from another client.
+    """
+    source = (source_ip, 0) if source_ip else None
     if tls is not None:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=timeout, context=tls, source_address=source
+        )
         if server_hostname:
             _set_sni(conn, server_hostname)
     else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=source)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()

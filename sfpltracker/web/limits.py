@@ -28,9 +28,11 @@ def client_key(ip: str) -> str:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return ip
-    if addr.version == 6 and addr.ipv4_mapped is None:
+    if addr.version == 6:
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
         return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr.ipv4_mapped or addr)
+    return str(addr)
 
 
 class DailyLimiter:
