@@ -18,7 +18,15 @@ from twisted.logger import Logger
 
 from . import admin
 from .config import ConfigError, parse_listen
-from .tls.acme import HTTP01, TLSALPN01, AcmeIssuer, AcmeManager, Http01Tokens, Publisher
+from .tls.acme import (
+    HTTP01,
+    TLSALPN01,
+    AcmeIssuer,
+    AcmeManager,
+    Http01Tokens,
+    Publisher,
+    RenewalFailed,
+)
 from .tls.certs import CertificateError, load_or_create_self_signed, load_pair
 from .tls.server import SNIServer, tls_factory
 from .web.front import EdgeFront, EdgeSite
@@ -228,5 +236,10 @@ def _tls_renew(ctx, args):
         raise admin.AdminError("tls-renew needs the running gateway with LetsEncryptDomains")
     domain = str(args.get("domain", ""))
     d = edge.acme.renew_now(domain)
-    d.addCallback(lambda _: edge.tls_status())
+
+    def failed(failure):
+        failure.trap(RenewalFailed)
+        raise admin.AdminError(f"renewal of {domain} failed: {failure.value}")
+
+    d.addCallbacks(lambda _: edge.tls_status(), failed)
     return d

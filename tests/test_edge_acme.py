@@ -9,11 +9,13 @@ client against Pebble's issuance root, which Pebble makes anew on every start.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
@@ -229,3 +231,16 @@ def test_renewal_with_ca_down_keeps_old_certificate_then_swaps_live(tmp_path, ca
             verify_with_root(tls_port, domain, pebble.issuer_root_pem(), tmp_path)
             assert f"(replaces serial {old.serial_number:x})" in gw.log_text()
             assert new.serial_number != old.serial_number
+
+            # An operator can force one more renewal at once: `tls renew DOMAIN`.
+            cli = [sys.executable, "-m", "sfpltracker", "--config", str(gw.config_path), "tls"]
+            out = subprocess.run([*cli, "renew", domain], capture_output=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            status = json.loads(out.stdout)
+            served = served_certificate(tls_port, domain).serial_number
+            assert served not in (old.serial_number, new.serial_number)
+            (acme,) = status["acme"]
+            assert acme["domain"] == domain and acme["serial"] == f"{served:x}"
+            assert acme["failures"] == 0
+            out = subprocess.run([*cli, "renew", "nope.test"], capture_output=True, timeout=60)
+            assert out.returncode == 1 and b"not in LetsEncryptDomains" in out.stderr

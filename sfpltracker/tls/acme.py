@@ -59,6 +59,10 @@ MAX_RETRY = 3600.0
 ORDER_DEADLINE = 90.0  # seconds for the CA to validate and issue
 
 
+class RenewalFailed(Exception):
+    """A requested renewal did not succeed; the message is the reason."""
+
+
 class Http01Tokens:
     """Pending http-01 answers: token -> (domain, key authorization)."""
 
@@ -371,13 +375,24 @@ class AcmeManager:
         d.addBoth(lambda _: setattr(state, "running", False))
 
     def renew_now(self, domain: str) -> defer.Deferred:
-        """Obtain a new certificate for ``domain`` at once (admin command, tests)."""
+        """Obtain a new certificate for ``domain`` at once (``tls renew``); fires with it.
+
+        Fails with ``RenewalFailed`` (the reason) when the attempt fails; the usual retries
+        are scheduled as for any failure.
+        """
         state = self.domains.get(domain.lower())
         if state is None:
-            return defer.fail(KeyError(f"{domain} is not in LetsEncryptDomains"))
+            return defer.fail(RenewalFailed(f"{domain!r} is not in LetsEncryptDomains"))
         if state.timer is not None and state.timer.active():
             state.timer.cancel()
-        return self.lock.run(self._attempt, state)
+        before = self.failed
+
+        def outcome(_):
+            if self.failed != before:
+                raise RenewalFailed(state.last_error)
+            return state.pair
+
+        return self.lock.run(self._attempt, state).addCallback(outcome)
 
     def _attempt(self, state: _DomainState) -> defer.Deferred:
         why = (
