@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import io
 
-from twisted.web import http
-
 from .site import LimitedRequest
 
 
@@ -28,7 +26,6 @@ class StreamingRequest(LimitedRequest):
     body_sink = None
     declared_length: int | None = None
     _body_done = True
-    _cleanup_pending = False
 
     def gotLength(self, length):
         wants = getattr(getattr(self.channel, "site", None), "wants_stream", None)
@@ -58,9 +55,8 @@ class StreamingRequest(LimitedRequest):
         self._body_done = True
         if self.body_sink is not None:
             self.body_sink.end()
-        if self._cleanup_pending:
-            self._cleanup_pending = False
-            http.Request._cleanup(self)
+        # (If the answer was already sent, the connection is closing; connectionLost ends
+        # this request.)
 
     def write(self, data):
         if self.streaming and not self._body_done and not self.startedWriting:
@@ -70,11 +66,13 @@ class StreamingRequest(LimitedRequest):
 
     def _cleanup(self):
         if self.streaming and not self._body_done:
-            # The channel still routes the rest of the body to this request; hand it over
-            # only when the body has ended (requestReceived) or drop the connection.
-            self._cleanup_pending = True
-            self.channel.persistent = False
-            self.channel.loseConnection()
+            # Answered before the body ended: the rest of it is not wanted, and the channel
+            # must not parse it as requests. Close once the answer is written and read
+            # nothing more (as Twisted does after a non-persistent request).
+            channel = self.channel
+            channel.persistent = False
+            channel.dataReceived = _ignore
+            channel.loseConnection()
             return
         super()._cleanup()
 
@@ -88,3 +86,7 @@ class StreamingRequest(LimitedRequest):
         transport = getattr(self.channel, "transport", None)
         if transport is not None:
             transport.resumeProducing()
+
+
+def _ignore(data: bytes) -> None:
+    pass
