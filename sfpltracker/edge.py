@@ -55,7 +55,7 @@ class Edge:
             read_timeout=cfg.ProxyTimeoutSeconds,
             track=track,
         )
-        self.static = StaticFallback(self.router, track=track)
+        self.static = StaticFallback(self.router, reactor, track=track)
         self.http01 = Http01Tokens()
         self.limiter = (
             DailyLimiter(cfg.RateLimitPerDay, reactor) if cfg.RateLimitPerDay > 0 else None

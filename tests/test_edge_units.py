@@ -394,3 +394,29 @@ def test_stored_certificate_dates_drive_due_time():
     assert abs(due - 15 * 86400) < 120
     expiry = stored.not_after - datetime.timedelta(days=30)
     assert expiry.tzinfo is not None
+
+
+def test_file_cache_keeps_answers_a_second_and_bounds_content(tmp_path):
+    from sfpltracker.web.static_site import FileCache
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"one")
+    clock = MemoryReactorClock()
+    cache = FileCache(clock, seconds=1.0, size=2, content_budget=5)
+    found = cache.find(root.resolve(), "/a.txt")
+    assert cache.content(found.variants[b""]) == b"one"
+    assert cache.content_bytes == 3
+    (root / "a.txt").write_bytes(b"two!")
+    (root / "b.txt").write_bytes(b"bee")
+    assert cache.find(root.resolve(), "/a.txt") is found  # within the second: kept
+    assert cache.find(root.resolve(), "/missing.txt").target is None
+    clock.advance(1.01)
+    fresh = cache.find(root.resolve(), "/a.txt")
+    assert fresh is not found and cache.content(fresh.variants[b""]) == b"two!"
+    assert fresh.variants[b""].etag != found.variants[b""].etag
+    # Over the content budget: read each time, not kept.
+    other = cache.find(root.resolve(), "/b.txt")
+    assert cache.content(other.variants[b""]) == b"bee"
+    assert other.variants[b""].content is None
+    assert len(cache._entries) <= 2 and cache.content_bytes <= 5

@@ -21,8 +21,14 @@ from __future__ import annotations
 from twisted.internet import defer, endpoints, error, protocol
 from twisted.logger import Logger
 from twisted.web import client
+from twisted.web.client import (  # bound once: attribute access on the module is slow
+    PotentialDataLoss,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from ..ingest.parse import query_pairs
@@ -174,6 +180,36 @@ class StreamedBody:
             self.done.errback(defer.CancelledError())
 
 
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """Endpoints for upstreams, made once per (scheme, host, port).
+
+    Agent's default factory builds a new endpoint (with IDNA checks of the host name) for
+    every request, even when the pool then reuses a kept-alive connection; proxying the same
+    few upstreams over and over, that was a third of the time spent per request.
+    """
+
+    def __init__(self, reactor, connect_timeout: float):
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.tls_policy = client.BrowserLikePolicyForHTTPS()
+        self._cache: dict[tuple[bytes, bytes, int], object] = {}
+
+    def endpointForURI(self, uri):  # noqa: N802 - Twisted's interface
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = endpoints.HostnameEndpoint(
+                self.reactor, host, uri.port, timeout=self.connect_timeout
+            )
+            if uri.scheme == b"https":
+                creator = self.tls_policy.creatorForNetloc(uri.host, uri.port)
+                endpoint = endpoints.wrapClientTLS(creator, endpoint)
+            self._cache[key] = endpoint
+        return endpoint
+
+
 class BodyRelay(protocol.Protocol):
     """Writes the upstream's response body to the client as it arrives."""
 
@@ -209,7 +245,7 @@ class BodyRelay(protocol.Protocol):
         request = self.request
         if not request._disconnected:
             request.unregisterProducer()
-            if reason.check(client.ResponseDone, client.PotentialDataLoss):
+            if reason.check(ResponseDone, PotentialDataLoss):
                 finish(request, b"")
             else:
                 # The response is cut short; closing without finishing tells the client.
@@ -231,7 +267,9 @@ class ProxyFallback:
         self.track = track
         self.pool = client.HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 64
-        self.agent = client.Agent(reactor, connectTimeout=connect_timeout, pool=self.pool)
+        self.agent = client.Agent.usingEndpointFactory(
+            reactor, UpstreamEndpoints(reactor, connect_timeout), pool=self.pool
+        )
         self.errors = {"502": 0, "504": 0}
         self.stats = {"peak_pending": 0, "streamed_bytes": 0}
 
@@ -429,7 +467,7 @@ def splice(request, upstream: UpstreamSide) -> None:
 
 def _failure_reason(failure) -> str:
     value = failure.value
-    if isinstance(value, client.ResponseNeverReceived | client.RequestTransmissionFailed):
+    if isinstance(value, ResponseNeverReceived | RequestTransmissionFailed):
         inner = value.reasons[0].value if value.reasons else None
         return f"connection closed ({type(inner).__name__})" if inner else "connection closed"
     if isinstance(value, error.ConnectionRefusedError):

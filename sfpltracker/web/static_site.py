@@ -8,6 +8,7 @@
   encoding (brotli preferred), with ``Content-Encoding`` and ``Vary: Accept-Encoding``.
 - ``Cache-Control`` from the site entry; a directory serves its ``index.html`` (``/docs``
   redirects to ``/docs/`` so relative links work).
+- Resolved paths are kept a second (``FileCache``), so a changed file shows within a second.
 - Only regular files whose real path (symlinks resolved) is inside the root are served
   (``pub.resolve_inside``); ``..``, ``%2e%2e`` and symlinks out answer 404.
 - With ``TrackPages``, each HTML page served (200 or 304 to a GET) is recorded as a server
@@ -19,12 +20,13 @@ from __future__ import annotations
 import mimetypes
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from twisted.web import http, static
 
-from .common import NOT_DONE_YET
+from .common import NOT_DONE_YET, error
 from .pub import resolve_inside
 
 SMALL_FILE = 256 * 1024  # read at once; larger files are streamed by a producer
@@ -91,59 +93,147 @@ def etag_matches(header: bytes, etag: bytes) -> bool:
     return any(t.strip().removeprefix(b"W/") == bare for t in header.split(b","))
 
 
+@dataclass
+class Variant:
+    """One file that can answer: the plain file or a pre-compressed sibling."""
+
+    path: Path
+    size: int
+    etag: bytes
+    modified: int  # seconds
+    last_modified: bytes
+    content: bytes | None = None  # small files, read once per cache period
+
+    @classmethod
+    def of(cls, path: Path, coding: bytes) -> Variant:
+        st = os.stat(path)
+        suffix = b"-" + coding if coding else b""
+        etag = b'"%x-%x%s"' % (st.st_mtime_ns, st.st_size, suffix)
+        modified = int(st.st_mtime)
+        return cls(path, st.st_size, etag, modified, http.datetimeToString(modified))
+
+
+@dataclass
+class Found:
+    """What a path of a site resolves to; kept a second by ``FileCache``."""
+
+    target: Path | None  # the real file, or None: nothing to serve
+    directory_redirect: bool = False  # a directory named without its trailing slash
+    ctype: bytes = b""
+    variants: dict[bytes, Variant] = field(default_factory=dict)  # coding (b"": none)
+
+
+class FileCache:
+    """Resolved paths, their stat results and small files' bytes, for ``seconds``.
+
+    Resolving a path safely (every component's symlinks, ``resolve_inside``) and finding its
+    pre-compressed siblings costs a dozen system calls; a site serves the same few paths over
+    and over, so the answer is kept briefly, as nginx's ``open_file_cache`` does. A changed
+    file is seen within ``seconds``. At most ``size`` paths and ``content_budget`` bytes.
+    """
+
+    def __init__(self, clock, seconds: float = 1.0, size: int = 4096, content_budget=32 << 20):
+        self.clock = clock
+        self.seconds = seconds
+        self.size = size
+        self.content_budget = content_budget
+        self.content_bytes = 0
+        self._entries: dict[tuple[Path, str], tuple[float, Found]] = {}
+
+    def find(self, root: Path, relative: str) -> Found:
+        key = (root, relative)
+        now = self.clock.seconds()
+        hit = self._entries.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                return hit[1]
+            self._forget(key)
+        found = _resolve(root, relative)
+        if len(self._entries) >= self.size:
+            self._forget(next(iter(self._entries)))
+        self._entries[key] = (now + self.seconds, found)
+        return found
+
+    def content(self, variant: Variant) -> bytes | None:
+        """The bytes of a small file (read now, or kept from earlier); None when too big."""
+        if variant.content is None and variant.size <= SMALL_FILE:
+            with open(variant.path, "rb") as f:
+                data = f.read(variant.size + 1)
+            if len(data) != variant.size:  # changed under us: do not keep it
+                return data
+            if self.content_bytes + variant.size <= self.content_budget:
+                variant.content = data
+                self.content_bytes += variant.size
+            return data
+        return variant.content
+
+    def _forget(self, key) -> None:
+        _, found = self._entries.pop(key)
+        for variant in found.variants.values():
+            if variant.content is not None:
+                self.content_bytes -= variant.size
+                variant.content = None
+
+
+def _resolve(root: Path, relative: str) -> Found:
+    target = resolve_inside(root, relative)
+    if target is None:
+        return Found(None)
+    if target.name == "index.html" and not relative.endswith(("/", "index.html")):
+        if relative.strip("/"):
+            return Found(target, directory_redirect=True)
+    variants = {b"": Variant.of(target, b"")}
+    inside = str(target.relative_to(root))
+    for coding, suffix in ENCODINGS:
+        sibling = resolve_inside(root, inside + suffix)
+        if sibling is not None:
+            variants[coding] = Variant.of(sibling, coding)
+    return Found(target, ctype=content_type(target.name), variants=variants)
+
+
 class StaticFallback:
     """Serves the ``Root`` of the request's site; ``maybe_render`` returns None otherwise."""
 
-    def __init__(self, router, track=None):
+    def __init__(self, router, clock, track=None):
         self.router = router
         self.track = track
+        self.files = FileCache(clock)
 
     def maybe_render(self, request):
         site = self.router.site_for(request.getHeader(b"host"))
         if site is None or site.root is None or request.method not in (b"GET", b"HEAD"):
             return None
         relative = unquote_to_bytes(request.path).decode("utf-8", "surrogateescape")
-        target = resolve_inside(site.root, relative)
-        if target is None:
+        found = self.files.find(site.root, relative)
+        if found.target is None:
             return None
-        if (
-            target.name == "index.html"
-            and not relative.endswith(("/", "index.html"))
-            and relative.strip("/")
-        ):
+        if found.directory_redirect:
             query = request.uri.partition(b"?")[2]
             request.setResponseCode(301)
             request.setHeader(b"location", request.path + b"/" + (b"?" + query if query else b""))
             return b""
-        return self.serve(request, site, target)
+        return self.serve(request, site, found)
 
-    def serve(self, request, site, target: Path):
-        root = site.root
-        relative = str(target.relative_to(root))
-        chosen, encoding, has_variants = target, None, False
-        accepted = accepted_encodings(request.getHeader(b"accept-encoding"))
-        for coding, suffix in ENCODINGS:
-            sibling = resolve_inside(root, relative + suffix)
-            if sibling is not None:
-                has_variants = True
-                if encoding is None and coding in accepted:
-                    chosen, encoding = sibling, coding
-        st = os.stat(chosen)
-        size = st.st_size
-        etag = b'"%x-%x%s"' % (st.st_mtime_ns, size, b"-" + encoding if encoding else b"")
-        modified = int(st.st_mtime)
-        ctype = content_type(target.name)
+    def serve(self, request, site, found: Found):
+        encoding = b""
+        if len(found.variants) > 1:
+            accepted = accepted_encodings(request.getHeader(b"accept-encoding"))
+            encoding = next((c for c, _ in ENCODINGS if c in found.variants and c in accepted), b"")
+        variant = found.variants[encoding]
+        etag, modified, size = variant.etag, variant.modified, variant.size
+        ctype = found.ctype
 
-        request.setHeader(b"content-type", ctype)
-        request.setHeader(b"etag", etag)
-        request.setHeader(b"last-modified", http.datetimeToString(modified))
-        request.setHeader(b"accept-ranges", b"bytes")
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [ctype])
+        headers.setRawHeaders(b"etag", [etag])
+        headers.setRawHeaders(b"last-modified", [variant.last_modified])
+        headers.setRawHeaders(b"accept-ranges", [b"bytes"])
         if site.cache_control:
-            request.setHeader(b"cache-control", site.cache_control)
-        if has_variants:
-            request.setHeader(b"vary", b"Accept-Encoding")
+            headers.setRawHeaders(b"cache-control", [site.cache_control])
+        if len(found.variants) > 1:
+            headers.setRawHeaders(b"vary", [b"Accept-Encoding"])
         if encoding:
-            request.setHeader(b"content-encoding", encoding)
+            headers.setRawHeaders(b"content-encoding", [encoding])
 
         is_page = ctype.startswith(b"text/html") and request.method == b"GET"
         if self._not_modified(request, etag, modified):
@@ -172,14 +262,17 @@ class StaticFallback:
         request.setHeader(b"content-length", b"%d" % length)
         if request.method == b"HEAD":
             return b""
-        if length <= SMALL_FILE:
-            with open(chosen, "rb") as f:
-                f.seek(first)
-                body = f.read(length)
-            request.write(body)
-            request.finish()
-            return NOT_DONE_YET
-        fileobj = open(chosen, "rb")  # noqa: SIM115 - closed by the producer
+        try:
+            if length <= SMALL_FILE:
+                body = self.files.content(variant)
+                if body is not None:
+                    request.write(body[first : first + length] if span else body)
+                    request.finish()
+                    return NOT_DONE_YET
+            fileobj = open(variant.path, "rb")  # noqa: SIM115 - closed by the producer
+        except OSError:  # removed within the cache's second
+            request.responseHeaders.removeHeader(b"content-length")
+            return error(request, 404, "not found")
         if span:
             producer = static.SingleRangeStaticProducer(request, fileobj, first, length)
         else:
