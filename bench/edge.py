@@ -8,7 +8,8 @@ Servers, all on 127.0.0.1 with free ports, stopped at the end:
 - nginx: ``proxy_pass`` to it (keep-alive upstream connections) and a static root;
 - sfpltracker: a real gateway process (``twistd``) whose ``Sites`` has the same proxy route
   and the same static root.
-Each case is measured with wrk (2 threads, 50 connections) after a 2 s warm-up. Neither
+``reference: GET /ping`` is a fixed 4-byte answer on both (the gateway's ops route), to show
+what one CPython process can do at all. Each case is measured with wrk (2 threads, 50 connections) after a 2 s warm-up. Neither
 server writes an access log. The gateway is one CPython process; nginx runs
 ``--nginx-workers`` workers (default 1, so the ratio compares one process with one).
 Numbers on a shared 2-core machine are noisy: compare the rows of one run.
@@ -148,6 +149,7 @@ def main() -> int:
                      location /api/ {{ proxy_pass http://up; proxy_http_version 1.1;
                                       proxy_set_header Connection "";
                                       proxy_set_header X-Forwarded-For $remote_addr; }}
+                     location = /ping {{ default_type text/plain; return 200 "pong"; }}
                      location / {{ root {static_root}; add_header Cache-Control "public, max-age=60"; }}
             }}""",
         workers=args.nginx_workers,
@@ -175,6 +177,8 @@ def main() -> int:
                 cases = [
                     ("proxy GET (6 B answer)", "/api/hello"),
                     ("static file (4 KiB html)", "/page.html"),
+                    # The ceiling of one CPython process: a fixed answer, no file, no upstream.
+                    ("reference: GET /ping", "/ping"),
                 ]
                 for name, path in cases:
                     n = measure(

@@ -319,6 +319,12 @@ def _validate_edge(cfg: Config) -> None:
         )
     if cfg.LetsEncryptDomains and not cfg.ProxyPortTLS:
         raise ConfigError("LetsEncryptDomains: needs the TLS listener (ProxyPortTLS) to serve them")
+    for domain in cfg.LetsEncryptDomains:
+        if domain.startswith("*") or "/" in domain or ":" in domain or not domain.strip("."):
+            raise ConfigError(
+                f"LetsEncryptDomains: {domain!r} is not a host name (wildcards need dns-01, "
+                "which is not supported)"
+            )
     if cfg.ACMEChallenge == "http-01" and cfg.LetsEncryptDomains and not cfg.ProxyPort:
         raise ConfigError("ACMEChallenge: http-01 is answered on ProxyPort, which is disabled")
     for host, entry in cfg.Sites.items():

@@ -242,6 +242,7 @@ def test_site_router_picks_host_then_wildcard_and_longest_prefix():
         ({"ACMEChallenge": "dns-01"}, "ACMEChallenge"),
         ({"LetsEncryptDomains": ["a.test"], "ProxyPortTLS": ""}, "LetsEncryptDomains"),
         ({"ProxyTimeoutSeconds": 0}, "ProxyTimeoutSeconds"),
+        ({"LetsEncryptDomains": ["*.a.test"]}, "LetsEncryptDomains"),
     ],
 )
 def test_edge_config_errors_name_the_key(data, message):
@@ -339,6 +340,16 @@ def test_requests_in_time_are_not_cut(edge_site):
         clock.advance(1.5)  # between requests: no deadline running
     assert transport.value().count(b"HTTP/1.1 200 ") == 3
     assert not transport.disconnecting
+
+
+def test_force_https_trusts_only_trusted_proxies(edge_site):
+    clock, gateway, site = edge_site(force_https=True, TrustedProxies=["10.0.0.0/8"])
+    for peer, status in (("127.0.0.1", b"301"), ("10.1.2.3", b"200")):
+        channel = site.buildProtocol(IPv4Address("TCP", peer, 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /ping HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n")
+        assert transport.value().startswith(b"HTTP/1.1 " + status), transport.value()
 
 
 def test_connections_over_the_cap_get_503(edge_site):

@@ -27,13 +27,14 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import hashes, serialization
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from .. import __version__
@@ -94,8 +95,20 @@ class Publisher:
         self.http01 = http01
         self.alpn = alpn
 
-    def _on_reactor(self, fn, *args):
-        threads.blockingCallFromThread(self.reactor, fn, *args)
+    def _on_reactor(self, fn, *args, timeout: float = 30.0):
+        # Not blockingCallFromThread: if the reactor stops meanwhile, that would block this
+        # thread for good, and the thread pool's join at shutdown with it.
+        done = threading.Event()
+
+        def run():
+            try:
+                fn(*args)
+            finally:
+                done.set()
+
+        self.reactor.callFromThread(run)
+        if not done.wait(timeout):
+            raise RuntimeError("the gateway did not take the challenge answer (stopping?)")
 
     def add_http01(self, token, domain, key_authorization):
         self._on_reactor(self.http01.add, token, domain, key_authorization)

@@ -139,9 +139,10 @@ class EdgeFront(Resource):
             answer = self._acme_answer(request, path)
             if answer is not None:
                 return answer
-        if self.force_https and not request.isSecure():
+        secure = self._secure(request)
+        if self.force_https and not secure:
             return self._redirect(request)
-        if self.hsts and request.isSecure():
+        if self.hsts and secure:
             request.setHeader(b"strict-transport-security", HSTS_VALUE)
         if self.limiter is not None and self._is_ingestion(request):
             ip = gw.trusted_proxies.client_ip(
@@ -161,6 +162,14 @@ class EdgeFront(Resource):
                     retry_after=self.limiter.seconds_to_midnight(),
                 )
         return self.root.render(request)
+
+    def _secure(self, request) -> bool:
+        """HTTPS here, or at a trusted proxy in front (no redirect loop behind one)."""
+        if request.isSecure():
+            return True
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        proto = request.getHeader(b"x-forwarded-proto") or b""
+        return proto.lower() == b"https" and peer in self.gateway.trusted_proxies
 
     def _is_ingestion(self, request) -> bool:
         if request.method in (b"OPTIONS", b"HEAD"):
