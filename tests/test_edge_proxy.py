@@ -305,3 +305,17 @@ def test_tls_versions_and_ciphers(gw):
     with socket.create_connection(("127.0.0.1", gw.tls_port)) as raw:
         with pytest.raises(ssl.SSLError):
             old.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_upload_to_a_down_upstream_is_answered_502_and_closed(gw):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as s:
+        s.sendall(b"POST /down/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        s.sendall(PATTERN * 4)  # 64 KiB of the promised 5 MB
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 "), data[:300]
+    assert b"Connection: close" in head
+    assert b"connection refused" in body
+    assert gw.http("GET", "/api/echo").status == 200  # and the gateway is fine
