@@ -118,6 +118,10 @@ def test_small_bodies_both_ways(gw):
     assert r.status == 200 and r.body == b"x" * 300_000
     r = gw.http("GET", "/api/status/418")
     assert r.status == 418 and r.body == b"status"
+    r = gw.http("GET", "/api/status/304")
+    assert r.status == 304 and r.body == b"" and r.header("content-length") is None
+    r = gw.http("HEAD", "/api/echo")
+    assert r.status == 200 and r.body == b"" and r.header("x-upstream") == "yes"
 
 
 def _stream_upload(port: int, path: str, total: int, tls=None, chunked: bool = False):

@@ -343,7 +343,11 @@ class ProxyFallback:
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in HOP_BY_HOP:
                 request.responseHeaders.setRawHeaders(name, values)
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+        if (
+            response.length is not UNKNOWN_LENGTH
+            and request.method != b"HEAD"
+            and response.code not in (204, 304)  # no body; a length would mislead caches
+        ):
             request.setHeader(b"content-length", str(response.length).encode())
         if self.track is not None and site.track_proxied(request.path.decode("latin-1")):
             self._track(request, response.code)
