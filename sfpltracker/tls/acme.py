@@ -399,8 +399,10 @@ class AcmeManager:
         if state.timer is not None and state.timer.active():
             state.timer.cancel()
         before = self.failed
+        state.running = True  # the timer's check waits for this attempt
 
         def outcome(_):
+            state.running = False
             if self.failed != before:
                 raise RenewalFailed(state.last_error)
             return state.pair
