@@ -168,3 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except admin.AdminError as e:
         sys.stderr.write(f"sfpltracker: {e}\n")
         return 1
+
+
+# Subcommands of feature modules (imported last: they append to EXTRA_COMMANDS above).
+from .tls import cli as _tls_cli  # noqa: E402, F401

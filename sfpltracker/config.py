@@ -129,6 +129,9 @@ class Config:
     ACMEDirectory: str = "https://acme-v02.api.letsencrypt.org/directory"
     ACMEEmail: str = ""
     ACMERenewDays: int = 30
+    ACMEChallenge: str = "auto"  # http-01 | tls-alpn-01 | auto (http-01 when ProxyPort is set)
+    ProxyConnectTimeoutSeconds: float = 5.0  # reverse proxy: connecting to an upstream (502)
+    ProxyTimeoutSeconds: float = 60.0  # reverse proxy: waiting for the upstream to answer (504)
 
     # Operations (section 8).
     LogFormat: str = "text"
@@ -300,9 +303,46 @@ def _validate(cfg: Config) -> None:
             )
         if settings.MaxBatchSize < 1:
             raise ConfigError(f"Batching.{table}.MaxBatchSize: must be at least 1")
+    _validate_edge(cfg)
     for name in ("MaxBodyBytes", "MaxBatchEvents", "MaxMessageBytes", "SessionMinutes"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+
+
+ACME_CHALLENGES = ("auto", "http-01", "tls-alpn-01")
+
+
+def _validate_edge(cfg: Config) -> None:
+    if cfg.ACMEChallenge not in ACME_CHALLENGES:
+        raise ConfigError(
+            f"ACMEChallenge: must be one of {', '.join(ACME_CHALLENGES)}, got {cfg.ACMEChallenge!r}"
+        )
+    if cfg.LetsEncryptDomains and not cfg.ProxyPortTLS:
+        raise ConfigError("LetsEncryptDomains: needs the TLS listener (ProxyPortTLS) to serve them")
+    for domain in cfg.LetsEncryptDomains:
+        if domain.startswith("*") or "/" in domain or ":" in domain or not domain.strip("."):
+            raise ConfigError(
+                f"LetsEncryptDomains: {domain!r} is not a host name (wildcards need dns-01, "
+                "which is not supported)"
+            )
+    if cfg.ACMEChallenge == "http-01" and cfg.LetsEncryptDomains and not cfg.ProxyPort:
+        raise ConfigError("ACMEChallenge: http-01 is answered on ProxyPort, which is disabled")
+    for host, entry in cfg.Sites.items():
+        for prefix, upstream in entry.Proxy.items():
+            from .web.hosts import ProxyRoute
+
+            try:
+                ProxyRoute.parse(prefix, upstream)
+            except ValueError as e:
+                raise ConfigError(f"Sites.{host}.Proxy.{prefix}: {e}") from None
+        if entry.ProxyUrlFilter:
+            try:
+                re.compile(entry.ProxyUrlFilter)
+            except re.error as e:
+                raise ConfigError(f"Sites.{host}.ProxyUrlFilter: not a valid regex: {e}") from None
+    for name in ("ProxyConnectTimeoutSeconds", "ProxyTimeoutSeconds", "MaxConnections"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}: must be more than 0")
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -12,9 +12,10 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from .config import Config, parse_listen
+from .edge import Edge
 from .gateway import Gateway
 from .web.query import query_site
-from .web.site import GatewayRoot, GatewaySite
+from .web.site import GatewayRoot
 
 log = Logger()
 
@@ -42,23 +43,23 @@ class GatewayService(service.Service):
         self.reactor = reactor
         self.gateway = Gateway(cfg, reactor)
         self.root = GatewayRoot(self.gateway)
+        # The edge (TLS, ACME, Sites, limits); its fallbacks go after the short links.
+        self.edge = Edge(self.gateway, self.root, reactor)
+        self.root.fallbacks.extend(self.edge.fallbacks())
         self.ports: dict[str, object] = {}
         self._starting: defer.Deferred | None = None
 
     def listeners(self) -> list[tuple[str, str, object]]:
         """(name, address, factory) for every configured listener."""
         cfg = self.cfg
-        site = GatewaySite(self.gateway, self.root, reactor=self.reactor)
         out = []
-        for name in ("ProxyPort", "ProxyExceptHTTP"):
-            address = getattr(cfg, name)
-            if address:
-                out.append((name, address, site))
+        if cfg.ProxyPort:
+            # ForceHTTPS redirects this listener only (ACME http-01 challenges excepted).
+            out.append(("ProxyPort", cfg.ProxyPort, self.edge.site(force_https=cfg.ForceHTTPS)))
+        if cfg.ProxyExceptHTTP:
+            out.append(("ProxyExceptHTTP", cfg.ProxyExceptHTTP, self.edge.site()))
         if cfg.ProxyPortTLS:
-            log.warn(
-                "ProxyPortTLS {address} is not served: TLS certificates are not configured",
-                address=cfg.ProxyPortTLS,
-            )
+            out.append(("ProxyPortTLS", cfg.ProxyPortTLS, self.edge.tls_site()))
         if cfg.QueryPort:
             out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway)))
         return out
@@ -75,6 +76,7 @@ class GatewayService(service.Service):
             port = yield tcp_endpoint(self.reactor, address).listen(factory)
             self.ports[name] = port
             log.info("{name} listening on {address}", name=name, address=_address(port))
+        self.edge.start()
         log.info("sfpltracker {version} ready", version=self.gateway.version)
 
     def _start_failed(self, failure):
@@ -87,6 +89,7 @@ class GatewayService(service.Service):
         super().stopService()
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        yield self.edge.stop()
         for port in self.ports.values():
             yield port.stopListening()
         self.ports.clear()

@@ -29,4 +29,7 @@ def makeService(options):
     log = Logger(namespace="sfpltracker.config")
     for warning in options["warnings"]:
         log.warn("config: {warning}", warning=warning)
-    return _make_service(options["cfg"])
+    try:
+        return _make_service(options["cfg"])
+    except ConfigError as e:  # found while building (e.g. an unreadable TLSCert)
+        raise SystemExit(f"sfpltracker: config error: {e}") from None

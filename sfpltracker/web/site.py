@@ -123,6 +123,8 @@ class GatewaySite(server.Site):
     written only with ``Debug`` on, through ``twisted.logger``.
     """
 
+    channelClass = CountingChannel  # subclasses (web/front.py) add per-connection limits
+
     def __init__(self, gateway, root: Resource, **kwargs):
         cfg = gateway.cfg
         super().__init__(root, timeout=cfg.IdleTimeoutSeconds, **kwargs)
@@ -132,7 +134,7 @@ class GatewaySite(server.Site):
         )
 
     def buildProtocol(self, addr):
-        channel = CountingChannel()
+        channel = self.channelClass()
         channel.factory = self
         channel.requestFactory = self.requestFactory
         channel.site = self

@@ -1,0 +1,212 @@
+"""Edge benchmark: reverse proxy and static files, sfpltracker vs nginx, in one run.
+
+    /work/venv/bin/python bench/edge.py [--seconds 10] [--connections 50] [--nginx-workers 1]
+
+Servers, all on 127.0.0.1 with free ports, stopped at the end:
+- upstream: nginx (1 worker) answering ``GET /api/hello`` with a 6-byte body — the same
+  upstream for both proxies;
+- nginx: ``proxy_pass`` to it (keep-alive upstream connections) and a static root;
+- sfpltracker: a real gateway process (``twistd``) whose ``Sites`` has the same proxy route
+  and the same static root.
+``reference: GET /ping`` is a fixed 4-byte answer on both (the gateway's ops route), to show
+what one CPython process can do at all. Each case is measured with wrk (2 threads, 50 connections) after a 2 s warm-up. Neither
+server writes an access log. The gateway is one CPython process; nginx runs
+``--nginx-workers`` workers (default 1, so the ratio compares one process with one).
+Numbers on a shared 2-core machine are noisy: compare the rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.gateway_process import GatewayProcess, free_port  # noqa: E402
+
+PAGE = (b"<!doctype html><title>bench</title>\n" + b"<p>" + b"x" * 60 + b"</p>\n" * 60)[:4096]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Nginx:
+    """nginx in the foreground with a private config (``servers`` are server blocks)."""
+
+    def __init__(self, workdir: Path, name: str, servers: str, workers: int = 1):
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True)
+        user = "user root;" if os.geteuid() == 0 else ""  # workers must read the temp dirs
+        conf = textwrap.dedent(
+            f"""
+            {user}
+            worker_processes {workers};
+            daemon off;
+            pid {self.dir}/nginx.pid;
+            error_log {self.dir}/error.log;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                client_body_temp_path {self.dir}/body;
+                proxy_temp_path {self.dir}/proxy;
+                fastcgi_temp_path {self.dir}/fastcgi;
+                uwsgi_temp_path {self.dir}/uwsgi;
+                scgi_temp_path {self.dir}/scgi;
+                include /etc/nginx/mime.types;
+                {servers}
+            }}
+            """
+        )
+        (self.dir / "nginx.conf").write_text(conf)
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
+    """(requests/s, p99 latency ms, non-2xx + socket errors) of one wrk run."""
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failures = int(bad.group(1)) if bad else 0
+    failures += sum(int(errors.group(i)) for i in (1, 2, 3, 4)) if errors else 0
+    return rps, p99_ms, failures
+
+
+def measure(url: str, seconds: int, connections: int):
+    wrk(url, 2, connections)  # warm-up: connections, caches, the JIT-less interpreter's dicts
+    return wrk(url, seconds, connections)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--nginx-workers", type=int, default=1)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (.ci/install-servers.sh)")
+
+    work = Path(tempfile.mkdtemp(prefix="sfpl-bench-edge-"))
+    os.chmod(work, 0o755)
+    static_root = work / "www"
+    static_root.mkdir()
+    (static_root / "page.html").write_bytes(PAGE)
+    up_port, nginx_port = free_port(), free_port()
+
+    upstream = Nginx(
+        work,
+        "upstream",
+        f"""server {{ listen 127.0.0.1:{up_port};
+                     location / {{ default_type text/plain; return 200 "hello\\n"; }} }}""",
+    )
+    proxy = Nginx(
+        work,
+        "nginx",
+        f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+            server {{ listen 127.0.0.1:{nginx_port};
+                     location /api/ {{ proxy_pass http://up; proxy_http_version 1.1;
+                                      proxy_set_header Connection "";
+                                      proxy_set_header X-Forwarded-For $remote_addr; }}
+                     location = /ping {{ default_type text/plain; return 200 "pong"; }}
+                     location / {{ root {static_root}; add_header Cache-Control "public, max-age=60"; }}
+            }}""",
+        workers=args.nginx_workers,
+    )
+    gateway = GatewayProcess(
+        work,
+        {
+            "Sites": {
+                "*": {
+                    "Root": str(static_root),
+                    "Proxy": {"/api/": f"http://127.0.0.1:{up_port}"},
+                    "CacheControl": "public, max-age=60",
+                }
+            },
+            "MaxConnections": 100000,
+        },
+        name="gateway",
+    )
+    rows = []
+    try:
+        with upstream, proxy:
+            wait_port(up_port)
+            wait_port(nginx_port)
+            with gateway:
+                cases = [
+                    ("proxy GET (6 B answer)", "/api/hello"),
+                    ("static file (4 KiB html)", "/page.html"),
+                    # The ceiling of one CPython process: a fixed answer, no file, no upstream.
+                    ("reference: GET /ping", "/ping"),
+                ]
+                for name, path in cases:
+                    n = measure(
+                        f"http://127.0.0.1:{nginx_port}{path}", args.seconds, args.connections
+                    )
+                    g = measure(
+                        f"http://127.0.0.1:{gateway.port}{path}", args.seconds, args.connections
+                    )
+                    rows.append((name, n, g))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"\nwrk -t2 -c{args.connections} -d{args.seconds}s; nginx {args.nginx_workers} worker(s), "
+        "sfpltracker 1 process; same upstream (nginx, 1 worker)\n"
+    )
+    header = f"{'case':<26}{'nginx req/s':>13}{'sfpltracker req/s':>19}{'ratio':>8}"
+    header += f"{'nginx p99':>11}{'sfpl p99':>10}{'errors n/s':>12}"
+    print(header)
+    print("-" * len(header))
+    for name, (n_rps, n_p99, n_bad), (g_rps, g_p99, g_bad) in rows:
+        print(
+            f"{name:<26}{n_rps:>13,.0f}{g_rps:>19,.0f}{g_rps / n_rps:>7.2f}x"
+            f"{n_p99:>9.1f}ms{g_p99:>8.1f}ms{f'{n_bad}/{g_bad}':>12}"
+        )
+    print("\ngoal: ratio >= 0.40x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The front door, built from the config: TLS (SNI, ACME), sites (proxy, static), limits.
+
+``GatewayService`` asks it for its listeners' factories and starts/stops it; everything else
+here is wiring of the modules that do the work:
+
+- ``tls/``: the certificate store and SNI server, the self-signed default, ACME renewal;
+- ``web/front.py``: connection cap, ACME http-01, ForceHTTPS, HSTS, RateLimitPerDay, read
+  deadline;
+- ``web/hosts.py``, ``web/proxy.py``, ``web/static_site.py``: the ``Sites`` fallbacks, which
+  the service appends to ``GatewayRoot.fallbacks`` after the short links.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet import threads
+from twisted.logger import Logger
+
+from . import admin
+from .config import ConfigError, parse_listen
+from .tls.acme import (
+    HTTP01,
+    TLSALPN01,
+    AcmeIssuer,
+    AcmeManager,
+    Http01Tokens,
+    Publisher,
+    RenewalFailed,
+)
+from .tls.certs import CertificateError, load_or_create_self_signed, load_pair
+from .tls.server import SNIServer, tls_factory
+from .web.front import EdgeFront, EdgeSite
+from .web.hosts import SiteRouter
+from .web.limits import DailyLimiter
+from .web.proxy import ProxyFallback
+from .web.sitetrack import make_tracker
+from .web.static_site import StaticFallback
+
+log = Logger()
+
+
+class Edge:
+    def __init__(self, gateway, root, reactor):
+        cfg = gateway.cfg
+        self.gateway = gateway
+        self.root = root
+        self.reactor = reactor
+        self.router = SiteRouter.from_config(cfg)
+        track = make_tracker(gateway)
+        self.proxy = ProxyFallback(
+            gateway,
+            self.router,
+            reactor,
+            connect_timeout=cfg.ProxyConnectTimeoutSeconds,
+            read_timeout=cfg.ProxyTimeoutSeconds,
+            track=track,
+        )
+        self.static = StaticFallback(self.router, reactor, track=track)
+        self.http01 = Http01Tokens()
+        self.limiter = (
+            DailyLimiter(cfg.RateLimitPerDay, reactor) if cfg.RateLimitPerDay > 0 else None
+        )
+        self.sni: SNIServer | None = None
+        self.acme: AcmeManager | None = None
+        if cfg.ProxyPortTLS:
+            self._setup_tls()
+        gateway.metric_sources.append(self.metrics)
+        gateway.edge = self  # for the tls-status / tls-renew admin commands
+
+    # -- assembly ----------------------------------------------------------------------------
+
+    def fallbacks(self) -> list:
+        """The ``Sites`` fallbacks, in order: proxy routes, then static files."""
+        return [self.proxy, self.static] if self.router else []
+
+    def site(self, *, force_https: bool = False) -> EdgeSite:
+        cfg = self.gateway.cfg
+        https_port = parse_listen(cfg.ProxyPortTLS)[1] if cfg.ProxyPortTLS else None
+        front = EdgeFront(
+            self.gateway,
+            self.root,
+            http01=self.http01,
+            limiter=self.limiter,
+            force_https=force_https,
+            https_port=https_port,
+            hsts=cfg.HSTS,
+        )
+        return EdgeSite(self.gateway, front, edge=self, reactor=self.reactor)
+
+    def tls_site(self):
+        """The factory for ``ProxyPortTLS``: TLS with SNI in front of an edge site."""
+        return tls_factory(self.sni, self.site())
+
+    def wants_stream(self, request, path: bytes) -> bool:
+        """Only proxy routes stream bodies; paths the gateway itself serves never do."""
+        if not self.router or path in self.root.ops:
+            return False
+        prefix = self.root.prefix + b"/"
+        if path.startswith(prefix) and path[len(prefix) :].split(b"/", 1)[0] in self.root.api:
+            return False
+        return self.proxy.wants_stream(request.getHeader(b"host"), path)
+
+    def _setup_tls(self) -> None:
+        cfg = self.gateway.cfg
+        self.sni = SNIServer()
+        if cfg.TLSCert or cfg.TLSKey:
+            if not (cfg.TLSCert and cfg.TLSKey):
+                raise ConfigError("TLSCert and TLSKey: give both or neither")
+            try:
+                default = load_pair(cfg.path(cfg.TLSCert), cfg.path(cfg.TLSKey), "local")
+            except CertificateError as e:
+                raise ConfigError(f"TLSCert/TLSKey: {e}") from None
+            log.info("TLS: default certificate {pair}", pair=default.describe())
+        else:
+            names = ["localhost", "127.0.0.1", "::1", *cfg.Domains]
+            names += [h for h in cfg.Sites if h != "*"] + list(cfg.LetsEncryptDomains)
+            default = load_or_create_self_signed(cfg.data_dir / "tls", names)
+        self.sni.store.set_default(default)
+        if cfg.LetsEncryptDomains:
+            self._setup_acme()
+
+    def _setup_acme(self) -> None:
+        cfg = self.gateway.cfg
+        challenge = cfg.ACMEChallenge
+        if challenge == "auto":
+            challenge = HTTP01 if cfg.ProxyPort else TLSALPN01
+        issuer = AcmeIssuer(
+            cfg.ACMEDirectory,
+            cfg.ACMEEmail,
+            cfg.data_dir / "acme",
+            Publisher(self.reactor, self.http01, self.sni.challenges),
+        )
+        pool = self.reactor.getThreadPool()
+
+        def issue(domain):
+            return threads.deferToThreadPool(self.reactor, pool, issuer.issue, domain, challenge)
+
+        self.acme = AcmeManager(
+            self.reactor,
+            list(cfg.LetsEncryptDomains),
+            cfg.ACMERenewDays,
+            issue=issue,
+            load=issuer.load_stored,
+            install=lambda domain, pair: self.sni.store.install(pair, [domain]),
+            describe=f"from {cfg.ACMEDirectory} via {challenge}",
+        )
+        self.acme.load()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Called once the listeners are up (ACME validation needs them)."""
+        if self.acme is not None:
+            self.acme.start()
+
+    def stop(self):
+        if self.acme is not None:
+            self.acme.stop()
+        return self.proxy.pool.closeCachedConnections()
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def metrics(self):
+        gw = self.gateway
+        if self.sni is not None:
+            expiry = GaugeMetricFamily(
+                "sfpl_tls_certificate_expiry_days",
+                "Days until the served certificate expires (name empty: the default one)",
+                labels=["name", "source"],
+            )
+            for name, pair in self.sni.store.served():
+                expiry.add_metric([name, pair.source], pair.days_left())
+            yield expiry
+        if self.acme is not None:
+            yield CounterMetricFamily(
+                "sfpl_acme_certificates_issued", "Certificates obtained via ACME", self.acme.issued
+            )
+            yield CounterMetricFamily(
+                "sfpl_acme_failures", "Failed ACME attempts (each is retried)", self.acme.failed
+            )
+        for key, name, doc in (
+            ("connections_refused", "sfpl_connections_refused", "Answered 503 over MaxConnections"),
+            (
+                "requests_rate_limited",
+                "sfpl_requests_rate_limited",
+                "Answered 429 (RateLimitPerDay)",
+            ),
+            ("requests_timed_out", "sfpl_requests_timed_out", "Answered 408 (ReadTimeoutSeconds)"),
+        ):
+            yield CounterMetricFamily(name, doc, gw.counters.get(key, 0))
+        errors = CounterMetricFamily(
+            "sfpl_proxy_upstream_errors", "Proxy answers 502/504", labels=["status"]
+        )
+        for status, count in sorted(self.proxy.errors.items()):
+            errors.add_metric([status], count)
+        yield errors
+        yield CounterMetricFamily(
+            "sfpl_proxy_request_body_bytes",
+            "Request body bytes streamed to upstreams",
+            self.proxy.stats["streamed_bytes"],
+        )
+        yield GaugeMetricFamily(
+            "sfpl_proxy_request_body_pending_peak_bytes",
+            "Most request body bytes ever held waiting for an upstream",
+            self.proxy.stats["peak_pending"],
+        )
+
+    def tls_status(self) -> dict:
+        certs = []
+        if self.sni is not None:
+            for name, pair in self.sni.store.served():
+                certs.append(
+                    {
+                        "name": name or "(default)",
+                        "source": pair.source,
+                        "serial": f"{pair.serial:x}",
+                        "not_after": pair.not_after.isoformat(),
+                        "days_left": round(pair.days_left(), 3),
+                    }
+                )
+        return {"certificates": certs, "acme": self.acme.status() if self.acme else []}
+
+
+@admin.command("tls-status")
+def _tls_status(ctx, args):
+    edge = getattr(ctx.gateway, "edge", None)
+    if edge is None:
+        raise admin.AdminError("tls-status needs the running gateway")
+    return edge.tls_status()
+
+
+@admin.command("tls-renew")
+def _tls_renew(ctx, args):
+    edge = getattr(ctx.gateway, "edge", None)
+    if edge is None or edge.acme is None:
+        raise admin.AdminError("tls-renew needs the running gateway with LetsEncryptDomains")
+    domain = str(args.get("domain", ""))
+    d = edge.acme.renew_now(domain)
+
+    def failed(failure):
+        failure.trap(RenewalFailed)
+        raise admin.AdminError(f"renewal of {domain} failed: {failure.value}")
+
+    d.addCallbacks(lambda _: edge.tls_status(), failed)
+    return d

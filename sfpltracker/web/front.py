@@ -1,0 +1,202 @@
+"""The edge in front of ``GatewayRoot``: connection cap, ACME http-01, HTTPS redirect, HSTS,
+the per-IP daily limit, and the read deadline every listener enforces.
+
+``EdgeFront`` is the resource each listener's site serves; it answers what belongs to the
+front door and hands everything else to the gateway root (ops routes, the API, fallbacks).
+``EdgeSite`` is ``GatewaySite`` with streamed proxy bodies (``StreamingRequest``), the
+connection cap decided when a connection opens, and ``EdgeChannel``'s read deadline.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from ..ingest.request import host_only
+from .common import apply_cors, error, header
+from .site import CountingChannel, GatewaySite
+from .streaming import StreamingRequest
+
+log = Logger()
+
+ACME_CHALLENGE = b"/.well-known/acme-challenge/"
+
+# API routes that ingest events: the ones RateLimitPerDay counts.
+INGEST_ROUTES = frozenset([b"tr", b"str", b"img", b"ltv", b"ws", b"rdr", b"xrdr"])
+
+HSTS_VALUE = b"max-age=31536000"
+
+
+class EdgeChannel(CountingChannel):
+    """An HTTP channel that gives each request ``read_timeout`` seconds to arrive.
+
+    The idle timeout (``IdleTimeoutSeconds``) only notices silence; a client trickling a
+    byte at a time would never trip it. The deadline starts at a request's first byte and
+    ends when its headers are in (streamed bodies, which the idle timeout then guards) or
+    when its body is in; past it the client gets 408 and the connection is closed.
+    """
+
+    read_timeout = 0.0
+    over_limit = False
+    _deadline = None
+    _between_requests = True
+
+    def dataReceived(self, data):  # noqa: N802 - Twisted's interface
+        if self._between_requests and self.read_timeout:
+            self._between_requests = False
+            self._deadline = self.callLater(self.read_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):  # noqa: N802
+        super().allHeadersReceived()
+        if self.requests and getattr(self.requests[-1], "streaming", False):
+            self._end_deadline()
+
+    def allContentReceived(self):  # noqa: N802
+        self._end_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request):  # noqa: N802
+        super().requestDone(request)
+        self._between_requests = True
+
+    def connectionLost(self, reason):  # noqa: N802
+        self._end_deadline()
+        super().connectionLost(reason)
+
+    def _end_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self):
+        self._deadline = None
+        self.site.gateway.count("requests_timed_out")
+        body = b'{"error":"request not received within ReadTimeoutSeconds"}\n'
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.loseConnection()
+
+
+class EdgeSite(GatewaySite):
+    channelClass = EdgeChannel
+
+    def __init__(self, gateway, resource, edge=None, **kwargs):
+        super().__init__(gateway, resource, **kwargs)
+        self.edge = edge
+        self.requestFactory = type(
+            "EdgeRequest", (StreamingRequest,), {"max_body": gateway.cfg.MaxBodyBytes}
+        )
+
+    def buildProtocol(self, addr):  # noqa: N802
+        channel = super().buildProtocol(addr)
+        cfg = self.gateway.cfg
+        channel.read_timeout = cfg.ReadTimeoutSeconds
+        # Decided once, as the connection opens (this one is not counted yet).
+        channel.over_limit = self.gateway.open_connections >= cfg.MaxConnections
+        return channel
+
+    def wants_stream(self, request, method: bytes, uri: bytes) -> bool:
+        """Should this request's body go to a proxy as it arrives? (``StreamingRequest``)"""
+        return self.edge is not None and self.edge.wants_stream(request, uri.split(b"?", 1)[0])
+
+
+class EdgeFront(Resource):
+    isLeaf = True
+
+    def __init__(
+        self,
+        gateway,
+        root,
+        *,
+        http01=None,
+        limiter=None,
+        force_https: bool = False,
+        https_port: int | None = None,
+        hsts: bool = False,
+    ):
+        super().__init__()
+        self.gateway = gateway
+        self.root = root
+        self.http01 = http01
+        self.limiter = limiter
+        self.force_https = force_https
+        self.https_port = https_port
+        self.hsts = hsts
+        self.ingest_prefix = gateway.cfg.prefix.encode() + b"/"
+
+    def render(self, request):
+        gw = self.gateway
+        if getattr(request.channel, "over_limit", False):
+            gw.count("connections_refused")
+            request.channel.persistent = False
+            request.setHeader(b"connection", b"close")
+            return error(request, 503, "too many connections (MaxConnections)", retry_after=5)
+        path = request.path
+        if path.startswith(ACME_CHALLENGE):
+            answer = self._acme_answer(request, path)
+            if answer is not None:
+                return answer
+        secure = self._secure(request)
+        if self.force_https and not secure:
+            return self._redirect(request)
+        if self.hsts and secure:
+            request.setHeader(b"strict-transport-security", HSTS_VALUE)
+        if self.limiter is not None and self._is_ingestion(request):
+            ip = gw.trusted_proxies.client_ip(
+                getattr(request.getClientAddress(), "host", "") or "",
+                {
+                    "x-forwarded-for": header(request, "x-forwarded-for"),
+                    "x-real-ip": header(request, "x-real-ip"),
+                },
+            )
+            if not self.limiter.hit(ip):
+                gw.count("requests_rate_limited")
+                apply_cors(request, gw.cfg.AllowOrigin)
+                return error(
+                    request,
+                    429,
+                    "daily request limit reached (RateLimitPerDay)",
+                    retry_after=self.limiter.seconds_to_midnight(),
+                )
+        return self.root.render(request)
+
+    def _secure(self, request) -> bool:
+        """HTTPS here, or at a trusted proxy in front (no redirect loop behind one)."""
+        if request.isSecure():
+            return True
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        proto = request.getHeader(b"x-forwarded-proto") or b""
+        return proto.lower() == b"https" and peer in self.gateway.trusted_proxies
+
+    def _is_ingestion(self, request) -> bool:
+        if request.method in (b"OPTIONS", b"HEAD"):
+            return False
+        path = request.path
+        if not path.startswith(self.ingest_prefix):
+            return False
+        return path[len(self.ingest_prefix) :].split(b"/", 1)[0] in INGEST_ROUTES
+
+    def _acme_answer(self, request, path: bytes):
+        token = path[len(ACME_CHALLENGE) :].decode("latin-1")
+        answer = None
+        if self.http01 is not None and token and "/" not in token:
+            answer = self.http01.answer(token, host_only(header(request, "host")))
+        if answer is None:
+            # Never redirected (a CA must reach it over HTTP); unknown tokens are just 404.
+            return error(request, 404, "no such ACME challenge") if self.force_https else None
+        log.info("ACME http-01: answered the challenge for {host}", host=header(request, "host"))
+        request.setHeader(b"content-type", b"text/plain")
+        return answer.encode("ascii")
+
+    def _redirect(self, request):
+        host = host_only(header(request, "host")) or request.getHost().host
+        if ":" in host:
+            host = f"[{host}]"
+        port = "" if self.https_port in (None, 443) else f":{self.https_port}"
+        request.setResponseCode(301)
+        request.setHeader(b"location", f"https://{host}{port}".encode() + request.uri)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"moved to https\n"

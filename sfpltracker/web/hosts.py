@@ -1,0 +1,123 @@
+"""``Sites``: which host is served from which static root and proxy routes.
+
+A request's ``Host`` (lower-cased, port removed) picks its entry; an unknown host uses the
+``*`` entry when there is one. Proxy routes match by path prefix, longest first: a prefix
+ending in ``/`` matches everything under it, one without matches itself and everything under
+``prefix/`` (so ``/api`` never matches ``/apix``). The upstream URL's path, when it has one,
+replaces the prefix (``/api/`` -> ``http://up:3030/v2/`` sends ``/api/x`` to ``/v2/x``);
+without one the path goes upstream unchanged, as the original tracker did.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..ingest.request import host_only
+
+UPSTREAM_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
+@dataclass
+class ProxyRoute:
+    prefix: bytes
+    upstream: str
+    scheme: str  # http or https
+    host: str
+    port: int
+    base_path: bytes  # b"" when the path goes upstream unchanged
+
+    @classmethod
+    def parse(cls, prefix: str, upstream: str) -> ProxyRoute:
+        parts = urlsplit(upstream)
+        scheme = UPSTREAM_SCHEMES.get(parts.scheme.lower())
+        if scheme is None or not parts.hostname:
+            raise ValueError(f"upstream must be an http(s):// URL with a host, got {upstream!r}")
+        if not prefix.startswith("/"):
+            raise ValueError(f"a proxy prefix starts with /, got {prefix!r}")
+        port = parts.port or (443 if scheme == "https" else 80)
+        base = parts.path if parts.path not in ("", "/") else ""
+        return cls(prefix.encode(), upstream, scheme, parts.hostname, port, base.encode())
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode()
+
+    def matches(self, path: bytes) -> bool:
+        if self.prefix.endswith(b"/"):
+            return path.startswith(self.prefix)
+        return path == self.prefix or path.startswith(self.prefix + b"/")
+
+    def target(self, uri: bytes) -> bytes:
+        """The path and query to request upstream for the client's ``uri``."""
+        if not self.base_path:
+            return uri
+        rest = uri[len(self.prefix.rstrip(b"/")) :]
+        target = self.base_path.rstrip(b"/") + rest
+        return target if target.startswith(b"/") else b"/" + target
+
+    def url(self, uri: bytes) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}".encode() + self.target(uri)
+
+
+@dataclass
+class HostSite:
+    host: str
+    root: Path | None = None
+    routes: list[ProxyRoute] = field(default_factory=list)
+    cache_control: bytes = b""
+    track_pages: bool = False
+    url_filter: re.Pattern | None = None
+
+    def route_for(self, path: bytes) -> ProxyRoute | None:
+        for route in self.routes:
+            if route.matches(path):
+                return route
+        return None
+
+    def track_proxied(self, path: str) -> bool:
+        """The original's rule: track a proxied request when the filter is set and misses."""
+        return self.url_filter is not None and not self.url_filter.search(path)
+
+
+class SiteRouter:
+    def __init__(self, sites: dict[str, HostSite]):
+        self.sites = sites
+        self.wildcard = sites.get("*")
+
+    @classmethod
+    def from_config(cls, cfg) -> SiteRouter:
+        sites = {}
+        for host, entry in cfg.Sites.items():
+            routes = [ProxyRoute.parse(p, u) for p, u in entry.Proxy.items()]
+            routes.sort(key=lambda r: len(r.prefix), reverse=True)
+            sites[host.lower()] = HostSite(
+                host=host.lower(),
+                root=cfg.path(entry.Root).resolve() if entry.Root else None,
+                routes=routes,
+                cache_control=entry.CacheControl.encode(),
+                track_pages=entry.TrackPages,
+                url_filter=re.compile(entry.ProxyUrlFilter) if entry.ProxyUrlFilter else None,
+            )
+        return cls(sites)
+
+    def __bool__(self) -> bool:
+        return bool(self.sites)
+
+    def site_for(self, host: bytes | str | None) -> HostSite | None:
+        if isinstance(host, bytes):
+            host = host.decode("latin-1")
+        name = host_only(host or "")
+        return self.sites.get(name, self.wildcard)
+
+    def route_for(self, host, path: bytes) -> tuple[HostSite, ProxyRoute] | None:
+        site = self.site_for(host)
+        if site is None:
+            return None
+        route = site.route_for(path)
+        return (site, route) if route is not None else None
