@@ -282,6 +282,7 @@ class ShortLinkFallback:
         if body is None:
             body = self.root.render_fallbacks(request, after=self)
         if body is not NOT_DONE_YET:
+            request.setHeader(b"content-length", b"%d" % len(body))
             finish(request, body)
 
     def _answer(self, request, link: Link | None):
