@@ -13,6 +13,7 @@ import http.client
 import json
 import random
 import re
+import shutil
 import string
 import subprocess
 import sys
@@ -560,3 +561,47 @@ def test_random_slugs_are_404_without_store_queries(gw, acme):
     polls = metric(gw, "sfpl_shortlink_store_queries") - queries
     assert polls <= elapsed / 2 + 5, (polls, elapsed)
     assert hit(gw, host, "/real").status == 302
+
+
+def test_shorten_page_drives_the_admin_api(gw, acme):
+    """static/shorten.html's API client, run in Node against this gateway (Node v18+ needed)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node (v18+) is required for the shorten.html test but is not on PATH")
+    page = gw.http("GET", "/tr/v1/pub/shorten.html")
+    assert page.status == 200 and b'<script id="api">' in page.body
+    host = "page.test"
+    proc = subprocess.run(
+        [node, str(ROOT / "tests" / "js" / "shorten_client.mjs"), str(ROOT / "static" / "shorten.html"),
+         f"http://127.0.0.1:{gw.port}", acme["token"], acme["uid"], acme["secret"], host],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+
+    first, invalid, dated = out["bodies"]
+    assert first == {
+        "body": {"urlfrom": f"https://{host}/a", "urlto": "https://example.com/a", "status": 301,
+                 "forward_query": True, "expires": None},
+        "errors": [],
+    }  # fmt: skip
+    assert invalid["body"] is None and len(invalid["errors"]) == 2
+    assert dated["body"]["expires"].endswith("Z")
+
+    assert out["saveToken"]["ok"] and out["saveToken"]["data"]["created"] is True
+    assert out["saveBad"] == {
+        "ok": False,
+        "status": 400,
+        "error": "Bad status (use 301, 302, 307 or 308)",
+    }
+    assert out["savePair"]["ok"] and out["savePair"]["data"]["urlfrom"] == f"{host}/b"
+    listed = {link["urlfrom"]: link for link in out["listBefore"]["data"]["results"]}
+    assert set(listed) == {f"{host}/a", f"{host}/b"}
+    assert (listed[f"{host}/a"]["status"], listed[f"{host}/a"]["forward_query"]) == (301, True)
+    assert out["remove"]["data"] == {"ok": True, "urlfrom": f"{host}/a", "deleted": True}
+    assert [link["urlfrom"] for link in out["listAfter"]["data"]["results"]] == [f"{host}/b"]
+    assert out["wrong"] == {"ok": False, "status": 401, "error": "bad credentials"}
+    assert out["none"]["ok"] is False and out["none"]["status"] is None
+
+    assert hit(gw, host, "/a").status == 404
+    assert hit(gw, host, "/b").header("location") == "https://example.com/b"
