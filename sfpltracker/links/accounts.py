@@ -144,7 +144,8 @@ class Accounts:
         ok = yield self._hash_off_reactor(verify_secret, creds.secret, stored)
         if not ok or row is None:
             raise AuthFailed("bad credentials")
-        if row["expires"] and row["expires"] <= now_ms:
+        expires = int(row.get("expires") or 0)  # JSON 64-bit ints may come quoted
+        if expires and expires <= now_ms:
             raise AuthFailed("bad credentials")
         if not stored.startswith("scrypt$"):  # a migrated SHA-1 hash: upgrade it now
             yield self._write(
@@ -161,8 +162,8 @@ class Accounts:
                     "pwd": pwd,
                     "oid": row["oid"],
                     "org": row["org"],
-                    "expires": row.get("expires") or 0,
-                    "created_at": row.get("created_at") or now_ms,
+                    "expires": int(row.get("expires") or 0),
+                    "created_at": int(row.get("created_at") or now_ms),
                     "updated_at": now_ms,
                     "owner": row.get("owner") or ZERO_UUID,
                 }
