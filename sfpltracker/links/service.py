@@ -26,7 +26,7 @@ class ShortLinkService:
         self.counters = {
             "hits": 0,  # short-link redirects answered
             "misses": 0,  # requests on a link host that matched no live link
-            "untracked": 0,  # redirects answered whose click the intake refused
+            "untracked": 0,  # redirects (short links, /rdr/, /xrdr/) whose click was refused
             "auth_failures": 0,  # admin API calls with missing or wrong credentials
             "changes": 0,  # links created, updated or deleted through this process
         }
@@ -50,7 +50,9 @@ class ShortLinkService:
             "sfpl_shortlink_misses", "Requests on a link host matching no live link", c["misses"]
         )
         yield CounterMetricFamily(
-            "sfpl_shortlink_untracked", "Redirects whose click event was refused", c["untracked"]
+            "sfpl_shortlink_untracked",
+            "Redirects (short links, /rdr/, /xrdr/) whose click event the intake refused",
+            c["untracked"],
         )
         yield CounterMetricFamily(
             "sfpl_shortlink_store_queries",
