@@ -15,6 +15,8 @@ from urllib.parse import urlencode
 
 from . import admin
 from .config import Config, ConfigError, load, parse_listen
+from .links import accounts as _accounts  # noqa: F401 - registers the account-* admin commands
+from .links import cli as links_cli
 
 
 def _listener_url(cfg: Config) -> str:
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Feature modules add their subcommands here: fn(subparsers) registering a parser whose
 # defaults carry ``handler=fn(cfg, namespace) -> int``.
 EXTRA_COMMANDS: list = []
+EXTRA_COMMANDS.append(links_cli.register)
 
 from .privacy.cli import register as _register_privacy  # noqa: E402 - prune, forget, export
 

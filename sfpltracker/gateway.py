@@ -83,6 +83,10 @@ class Gateway:
         self.open_connections = 0
         # Callables yielding prometheus metric families (spool, TLS, ...), read at scrape time.
         self.metric_sources: list = []
+        # Parts with a life of their own (the short-link cache that polls the store, ...):
+        # each has start() and stop() -> Deferred; started once the store is ready, stopped
+        # before it closes.
+        self.components: list = []
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
@@ -104,9 +108,13 @@ class Gateway:
         self.store_ready = True
         self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=_where(self.store))
+        for component in self.components:
+            yield component.start()
 
     @defer.inlineCallbacks
     def stop(self):
+        for component in reversed(self.components):
+            yield component.stop()
         try:
             yield self.intake.close()
         finally:

@@ -14,7 +14,9 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from ..links.service import ShortLinkService
 from .common import error
+from .links import RpiResource, ShortLinkFallback
 from .ops import (
     ClearResource,
     HealthResource,
@@ -24,6 +26,7 @@ from .ops import (
 )
 from .privacy import PrivacyResource
 from .pub import PubResource
+from .rdr import RedirectResource
 from .track import LtvResource, TrackResource
 
 log = Logger()
@@ -43,6 +46,7 @@ class GatewayRoot(Resource):
             b"/metrics": MetricsResource(gateway),
             b"/clear": ClearResource(gateway),
         }
+        self.links = ShortLinkService(gateway)
         self.api: dict[bytes, Resource] = {
             b"tr": TrackResource(gateway, "tr"),
             b"str": TrackResource(gateway, "str"),
@@ -50,8 +54,11 @@ class GatewayRoot(Resource):
             b"ltv": LtvResource(gateway),
             b"pub": PubResource(gateway),
             b"ppi": PrivacyResource(gateway),
+            b"rpi": RpiResource(gateway, self.links),
+            b"rdr": RedirectResource(gateway, self.links, server=True),
+            b"xrdr": RedirectResource(gateway, self.links, server=False),
         }
-        self.fallbacks: list = []
+        self.fallbacks: list = [ShortLinkFallback(gateway, self.links, self)]
 
     def render(self, request):
         path = request.path
@@ -63,7 +70,18 @@ class GatewayRoot(Resource):
             resource = self.api.get(name)
             if resource is not None:
                 return resource.render(request)
-        for fallback in self.fallbacks:
+        return self.render_fallbacks(request)
+
+    def render_fallbacks(self, request, after=None):
+        """The fallbacks in order (those after ``after`` when given), then 404.
+
+        A fallback that can only decide after a Deferred (a short link looked up in the store)
+        returns NOT_DONE_YET, and on a miss continues here with ``after=itself``.
+        """
+        fallbacks = self.fallbacks
+        if after is not None:
+            fallbacks = fallbacks[fallbacks.index(after) + 1 :]
+        for fallback in fallbacks:
             result = fallback.maybe_render(request)
             if result is not None:
                 return result

@@ -156,14 +156,24 @@ class TrackResource(IngestResource):
         return self._submit(request, records, answer)
 
     def _set_cookies(self, request, visitor, https: bool) -> None:
-        cfg = self.cfg
-        common = {"path": b"/", "secure": https or None, "sameSite": "lax"}
-        request.addCookie(
-            b"vid", visitor.vid.encode(), max_age=str(cfg.VisitorCookieDays * 86400), **common
-        )
-        request.addCookie(
-            b"sid", visitor.sid.encode(), max_age=str(cfg.SessionMinutes * 60), **common
-        )
+        set_visitor_cookies(request, visitor, https, self.cfg)
+
+
+def set_visitor_cookies(request, visitor, https: bool, cfg) -> None:
+    """The ``vid`` and ``sid`` cookies of a client event (short links and ``/xrdr/`` too).
+
+    Written as ``Request.addCookie`` writes them, without its per-call validation: the values
+    are UUIDs we made, and this runs on every click and page view.
+    """
+    secure = b"; Secure" if https else b""
+    request.cookies.append(
+        b"vid=%s; Path=/; Max-Age=%d%s; SameSite=lax"
+        % (visitor.vid.encode(), cfg.VisitorCookieDays * 86400, secure)
+    )
+    request.cookies.append(
+        b"sid=%s; Path=/; Max-Age=%d%s; SameSite=lax"
+        % (visitor.sid.encode(), cfg.SessionMinutes * 60, secure)
+    )
 
 
 class LtvResource(IngestResource):

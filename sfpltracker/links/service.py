@@ -1,0 +1,75 @@
+"""The short-link parts of one gateway: repository, cache, accounts and their counters.
+
+Built once by the site (``web/site.py``) and shared by the admin API and the serving path;
+it registers itself with the gateway so the cache loads once the store is ready, stops polling
+before the store closes, and shows up in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .accounts import Accounts
+from .cache import LinkCache
+from .policy import RedirectPolicy
+from .repository import LinkRepository
+
+
+class ShortLinkService:
+    def __init__(self, gateway, **cache_options):
+        cfg = gateway.cfg
+        self.gateway = gateway
+        self.repo = LinkRepository(gateway.store, gateway.reactor, cfg.IgnoreQueryParamsKey)
+        self.cache = LinkCache(self.repo, gateway.reactor, **cache_options)
+        self.accounts = Accounts(gateway.store, gateway.reactor)
+        self.policy = RedirectPolicy(cfg.Domains, cfg.RedirectAllowHosts)
+        self.counters = {
+            "hits": 0,  # short-link redirects answered
+            "misses": 0,  # requests on a link host that matched no live link
+            "untracked": 0,  # redirects (short links, /rdr/, /xrdr/) whose click was refused
+            "auth_failures": 0,  # admin API calls with missing or wrong credentials
+            "changes": 0,  # links created, updated or deleted through this process
+        }
+        gateway.components.append(self)
+        gateway.metric_sources.append(self.metrics)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def start(self):
+        return self.cache.start()
+
+    def stop(self):
+        return self.cache.stop()
+
+    def metrics(self):
+        c = self.counters
+        cache = self.cache
+        yield CounterMetricFamily("sfpl_shortlink_hits", "Short-link redirects answered", c["hits"])
+        yield CounterMetricFamily(
+            "sfpl_shortlink_misses", "Requests on a link host matching no live link", c["misses"]
+        )
+        yield CounterMetricFamily(
+            "sfpl_shortlink_untracked",
+            "Redirects (short links, /rdr/, /xrdr/) whose click event the intake refused",
+            c["untracked"],
+        )
+        yield CounterMetricFamily(
+            "sfpl_shortlink_store_queries",
+            "Statements the short-link module sent to the store (lookups, polls, reloads, lists)",
+            self.repo.queries,
+        )
+        yield CounterMetricFamily(
+            "sfpl_shortlink_store_lookups", "Serving lookups that had to ask the store",
+            cache.lookups,
+        )  # fmt: skip
+        yield CounterMetricFamily("sfpl_shortlink_reloads", "Link table reloads", cache.reloads)
+        yield CounterMetricFamily(
+            "sfpl_rpi_auth_failures", "Admin API calls refused for credentials", c["auth_failures"]
+        )
+        yield CounterMetricFamily(
+            "sfpl_shortlink_changes", "Links changed through this process", c["changes"]
+        )
+        size = GaugeMetricFamily("sfpl_shortlink_cached", "Links held in memory", labels=["mode"])
+        size.add_metric([cache.mode], len(cache.index if cache.index is not None else cache.lru))
+        yield size
