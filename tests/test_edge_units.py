@@ -280,7 +280,14 @@ def test_accept_encoding_and_etags():
 
 
 class StubStore:
+    """A store with no rows (the short-link fallback asks it before the proxy is reached)."""
+
     kind = "stub"
+
+    def query(self, sql, fmt="JSONEachRow", params=None, database=None):
+        from twisted.internet import defer
+
+        return defer.succeed(b"")
 
 
 @pytest.fixture

@@ -207,7 +207,9 @@ const scenarios = {
       ua: UA_IPHONE,
       attrs: { endpoint: ep('s1'), app: 'shop', rel: '2024.05', 'batch-delay': '80', ptyp: 'product' },
     });
-    await sleep(300); // auto-init after the script ran, page_view after batchDelay
+    // auto-init after the script ran, page_view after batchDelay: wait for that POST (a
+    // loaded machine can take longer than the delay) so the custom event gets its own POST
+    for (let i = 0; i < 100 && b.rec.fetches.length === 0; i++) await sleep(50);
     await b.settle();
     b.sfpl.identify('0190aaaa-0000-7000-8000-000000000001');
     const eid = b.sfpl.track('add_to_cart', { sku: 'A1', qty: 2 });
