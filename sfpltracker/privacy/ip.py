@@ -62,6 +62,7 @@ def _strip_port(hop: str) -> str:
     return hop
 
 
+@functools.lru_cache(maxsize=65536)
 def canonical_ip(text: str) -> str | None:
     try:
         addr = ipaddress.ip_address(text)
@@ -114,13 +115,16 @@ class IPPolicy:
     def __init__(self, mode: str, secret: bytes):
         self.mode = mode
         self.secret = secret
+        # A visitor sends many events from one address: parse and hash it once. The cache is
+        # this process's memory only, never written anywhere.
+        self.stored = functools.lru_cache(maxsize=65536)(self._stored)
 
     def keyed_hash(self, ip: str, key: bytes | None = None) -> str:
         if not ip:
             return ""
         return hmac.new(key or self.secret, ip.encode(), hashlib.sha256).hexdigest()[:26]
 
-    def stored(self, ip: str, day_key: bytes | None = None) -> tuple[str, str]:
+    def _stored(self, ip: str, day_key: bytes | None = None) -> tuple[str, str]:
         """``(ip, iphash)`` as they may be stored."""
         if not ip or self.mode == "none":
             return "", ""
