@@ -54,8 +54,11 @@ def call_running_gateway(cfg: Config, name: str, args: dict) -> dict:
         raise GatewayNotRunning from None
 
 
-def run_offline(cfg: Config, name: str, args: dict) -> dict:
-    """Open the store in this process, run the command, close the store."""
+def run_with_store(cfg: Config, work):
+    """Open the store in this process, run ``work(store) -> Deferred``, close the store.
+
+    For commands that need the store while no gateway runs (chDB: one process at a time).
+    """
     from twisted.internet import reactor
     from twisted.python.failure import Failure
 
@@ -66,7 +69,7 @@ def run_offline(cfg: Config, name: str, args: dict) -> dict:
     def main():
         store = make_store(cfg, reactor)
         d = store.start()
-        d.addCallback(lambda _: admin.run(admin.AdminContext(cfg, store), name, args))
+        d.addCallback(lambda _: work(store))
 
         def close(result):
             return store.stop().addBoth(lambda _: result)
@@ -83,6 +86,11 @@ def run_offline(cfg: Config, name: str, args: dict) -> dict:
             raise result.value
         raise admin.AdminError(result.getErrorMessage())
     return result
+
+
+def run_offline(cfg: Config, name: str, args: dict) -> dict:
+    """Run admin command ``name`` on a store opened in this process."""
+    return run_with_store(cfg, lambda store: admin.run(admin.AdminContext(cfg, store), name, args))
 
 
 def run_command(cfg: Config, name: str, args: dict) -> dict:

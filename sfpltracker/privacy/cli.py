@@ -90,32 +90,12 @@ def with_session(cfg, driver) -> int:
 
 def _offline(cfg, driver) -> int:
     from twisted.internet import reactor, threads
-    from twisted.python.failure import Failure
 
-    from ..gateway import make_store
+    from .. import cli
 
-    outcome: list = []
-
-    def main():
-        store = make_store(cfg, reactor)
-        d = store.start()
-        d.addCallback(lambda _: threads.deferToThread(driver, OfflineSession(cfg, store, reactor)))
-
-        def close(result):
-            return store.stop().addBoth(lambda _: result)
-
-        d.addBoth(close)
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(main)
-    reactor.run(installSignalHandlers=False)
-    result = outcome[0]
-    if isinstance(result, Failure):
-        if result.check(admin.AdminError):
-            raise result.value
-        raise admin.AdminError(result.getErrorMessage())
-    return result
+    return cli.run_with_store(
+        cfg, lambda store: threads.deferToThread(driver, OfflineSession(cfg, store, reactor))
+    )
 
 
 def _say(text: str = "") -> None:
