@@ -47,8 +47,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from . import formats
 from ..config import COMPRESSIONS
+from . import formats
 from .cluster import check_cluster_name, cluster_statements
 from .columns import Prepared, TableShape, prepare
 from .deadletter import DeadLetters
