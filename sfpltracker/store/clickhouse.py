@@ -586,7 +586,9 @@ class ClickHouseStore:
                     with_column_types=True,
                     settings={"readonly": 1},
                 )
-                progress = client.last_query.progress if client.last_query else None
+                last = client.last_query
+                progress = last.progress if last else None
+                profile = last.profile_info if last else None
             stats = {
                 "elapsed": round(time.monotonic() - began, 9),
                 "rows_read": getattr(progress, "rows", 0),
@@ -594,7 +596,14 @@ class ClickHouseStore:
             }
             try:
                 return formats.render(
-                    fmt, rows, columns, quote_64bit=self.quote_64bit, statistics=stats
+                    fmt,
+                    rows,
+                    columns,
+                    quote_64bit=self.quote_64bit,
+                    statistics=stats,
+                    rows_before_limit=profile.rows_before_limit
+                    if profile is not None and profile.calculated_rows_before_limit
+                    else None,
                 )
             except formats.UnsupportedFormat as e:
                 raise StoreError(str(e), e.code) from None

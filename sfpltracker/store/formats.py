@@ -55,6 +55,7 @@ def render(
     *,
     quote_64bit: bool = False,
     statistics: dict | None = None,
+    rows_before_limit: int | None = None,
 ) -> bytes:
     """``rows`` (from clickhouse-driver) with ``columns`` [(name, type)] as ``fmt`` text."""
     fmt = ALIASES.get(fmt, fmt)
@@ -76,7 +77,7 @@ def render(
             return "".join(line + "\n" for line in lines).encode()
         if fmt == "JSONCompactEachRow":
             return "".join("[" + ", ".join(cs) + "]\n" for cs in cells).encode()
-        return _json_document(columns, cells, statistics or {}).encode()
+        return _json_document(columns, cells, statistics or {}, rows_before_limit).encode()
     if fmt.startswith("CSV"):
         values = [_csv_renderer(t) for _, t in columns]
         lines = [",".join(r(v) for r, v in zip(values, row, strict=True)) for row in rows]
@@ -224,7 +225,9 @@ def _json_any(v: Any) -> str:
     return _json_renderer("", False)(v)
 
 
-def _json_document(columns: list[tuple[str, str]], cells: list[list[str]], stats: dict) -> str:
+def _json_document(
+    columns: list[tuple[str, str]], cells: list[list[str]], stats: dict, before_limit: int | None
+) -> str:
     """The ``JSON`` format, laid out as ClickHouse lays it out."""
     meta = ",\n".join(
         f'\t\t{{\n\t\t\t"name": {_json_text(n)},\n\t\t\t"type": {_json_text(t)}\n\t\t}}'
@@ -238,7 +241,9 @@ def _json_document(columns: list[tuple[str, str]], cells: list[list[str]], stats
     statistics = ",\n".join(f'\t\t"{k}": {v}' for k, v in stats.items())
     return (
         '{\n\t"meta":\n\t[\n' + meta + '\n\t],\n\n\t"data":\n\t[\n' + data + "\n\t],\n\n"
-        f'\t"rows": {len(cells)},\n\n\t"statistics":\n\t{{\n{statistics}\n\t}}\n}}\n'
+        f'\t"rows": {len(cells)},\n\n'
+        + ("" if before_limit is None else f'\t"rows_before_limit_at_least": {before_limit},\n\n')
+        + f'\t"statistics":\n\t{{\n{statistics}\n\t}}\n}}\n'
     )
 
 
@@ -291,7 +296,7 @@ def _tsv_renderer(spec: str, raw: bool) -> Callable[[Any], str]:
         if v is None:
             return "\\N"
         if isinstance(v, list | tuple | dict):
-            return _escape(_quoted(v, spec)) if not raw else _quoted(v, spec)
+            return _quoted(v, spec)  # escaped once, inside its quotes
         scalar = _scalar(v, spec)
         if scalar is not None:
             return scalar
