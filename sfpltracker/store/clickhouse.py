@@ -69,6 +69,7 @@ DATA_ERRORS = frozenset(
         25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
         26,  # CANNOT_PARSE_QUOTED_STRING
         27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        32,  # ATTEMPT_TO_READ_AFTER_EOF: parsing a value that is too short (toInt64(''))
         38,  # CANNOT_PARSE_DATE
         41,  # CANNOT_PARSE_DATETIME
         53,  # TYPE_MISMATCH
@@ -301,6 +302,14 @@ class ClickHouseStore:
         )
         d = self._run(self._load_schema)
 
+        def loaded(count):
+            log.info(
+                "{server}: schema loaded ({count} statements{mode})",
+                server=self.server_version,
+                count=count,
+                mode=f", cluster {self.cluster}" if self.cluster else "",
+            )
+
         def unreachable(failure):
             failure.trap(StoreError)
             if self.critical or failure.value.code:
@@ -313,7 +322,7 @@ class ClickHouseStore:
             )
             return None
 
-        d.addErrback(unreachable)
+        d.addCallbacks(loaded, unreachable)
         return d
 
     def stop(self) -> defer.Deferred:

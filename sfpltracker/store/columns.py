@@ -22,7 +22,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 UTC = datetime.UTC
@@ -317,7 +317,8 @@ class TableShape:
     types: dict[str, ColumnType] = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.types = {name: column_type(spec) for name, spec in self.columns.items()}
+        # named as the table spells the type, for reasons that point at the column
+        self.types = {n: replace(column_type(t), name=t) for n, t in self.columns.items()}
 
 
 @dataclass
