@@ -134,6 +134,16 @@ def test_gateway_writes_events_to_the_server(server, tmp_path, monkeypatch):
         rows = gw.query(f"SELECT count() AS n FROM {database}.events WHERE vid = '{vid}'")
         assert rows == [{"n": "121"}]  # 18.16 quotes 64-bit integers in JSON, as its HTTP does
         assert "ClickHouse 18.16.1" in gw.log_text()
+        # the CLI asks the running gateway to (re)load the schema on its server
+        cli = subprocess.run(
+            [sys.executable, "-m", "sfpltracker", "--config", str(gw.config_path), "schema"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli
+        assert f"(ClickHouse 18.16.1 at {server.hostport})" in cli.stdout
     assert "everything accepted was flushed" in gw.log_text()  # stopped cleanly on SIGTERM
 
 

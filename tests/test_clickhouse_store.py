@@ -23,7 +23,7 @@ from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.store.clickhouse import ClickHouseStore
 from sfpltracker.store.errors import StoreError
 from tests.clickhouse_legacy import downgrade_schema
-from tests.servers import ClickHouseServer, free_port
+from tests.servers import ClickHouseServer, _make_test_pki, free_port
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -404,3 +404,26 @@ def test_query_is_read_only_and_reports_server_errors(server, make_store):
         yield store.query("SELECT count() FROM events", "TSV", database=store.database)
     ) == b"0\n"
     assert (yield store.ping()) == b"1\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_with_the_configured_ca(make_store, tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca, cert, key = _make_test_pki(pki)  # a CA and a certificate for 127.0.0.1
+    port = free_port()
+    extra = (
+        f"<tcp_port_secure>{port}</tcp_port_secure><openSSL><server>"
+        f"<certificateFile>{cert}</certificateFile><privateKeyFile>{key}</privateKeyFile>"
+        "<verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>"
+        "</server></openSSL>"
+    )
+    with ClickHouseServer(extra_config=extra) as ch:
+        store = make_store([f"127.0.0.1:{port}"], secure=True, ca_cert=str(ca))
+        yield store.start()
+        assert (yield store.insert("events", [event_row(i) for i in range(10)])) == 10
+        assert ch.client().execute(f"SELECT count() FROM {store.database}.events") == [(10,)]
+        # the server's certificate is verified: without our CA it is refused
+        unverified = make_store([f"127.0.0.1:{port}"], secure=True, critical=True)
+        with pytest.raises(StoreError, match="CERTIFICATE_VERIFY_FAILED"):
+            yield unverified.start()

@@ -339,19 +339,23 @@ class Prepared:
 def prepare(shape: TableShape, rows: list[dict]) -> Prepared:
     """Columnar blocks for ``rows``, and the rows no column type could take."""
     rejected: dict[int, str] = {}
-    present = [c for c in shape.columns if any(c in r for r in rows)]
+    keys = set().union(*rows)
+    present = [c for c in shape.columns if c in keys]
     data = {
         name: shape.types[name].column([r.get(name) for r in rows], rejected, name)
         for name in present
     }
-    keep = [i for i in range(len(rows)) if i not in rejected]
     bad = [(rows[i], reason) for i, reason in sorted(rejected.items())]
+    keep = [i for i in range(len(rows)) if i not in rejected] if rejected else range(len(rows))
     defaults = [c for c in present if c in shape.defaults]
     groups: dict[tuple, list[int]] = {}
-    for i in keep:
-        groups.setdefault(
-            tuple(c in rows[i] and rows[i][c] is not None for c in defaults), []
-        ).append(i)
+    if defaults:
+        for i in keep:
+            row = rows[i]
+            sets = tuple(row.get(c) is not None for c in defaults)
+            groups.setdefault(sets, []).append(i)
+    elif keep:
+        groups[()] = list(keep)
     blocks = []
     for sets, indexes in groups.items():
         left_to_server = {c for c, is_set in zip(defaults, sets, strict=True) if not is_set}
