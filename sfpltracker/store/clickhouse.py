@@ -582,7 +582,8 @@ class ClickHouseStore:
         database: str | None = None,
     ) -> defer.Deferred:
         """A read-only query (``readonly = 1`` on the server); fires with ``fmt`` bytes.
-        ``params`` bind ``{name:Type}`` placeholders on the server (ClickHouse 22.8+)."""
+        ``params`` bind ``{name:Type}`` placeholders on the server (any server the schema
+        accepts; 18.16 predates query parameters in the native protocol)."""
 
         def run():
             began = time.monotonic()
