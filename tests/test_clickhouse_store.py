@@ -427,3 +427,20 @@ def test_tls_with_the_configured_ca(make_store, tmp_path):
         unverified = make_store([f"127.0.0.1:{port}"], secure=True, critical=True)
         with pytest.raises(StoreError, match="CERTIFICATE_VERIFY_FAILED"):
             yield unverified.start()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_table_altered_under_the_store_is_retried_not_dead_lettered(server, make_store):
+    store = make_store([server.hostport])
+    yield store.start()
+    server.client().execute(f"ALTER TABLE {store.database}.events MODIFY COLUMN app UInt64")
+    rows = [event_row(i, app="web") for i in range(20)]
+    with pytest.raises(StoreError, match="columns of .*events changed"):
+        yield store.insert(
+            "events", rows
+        )  # converted for String, sent to UInt64: not the rows' fault
+    assert store.deadletters.read("events") == []
+    # the retry converts for the table as it is now: these rows really do not fit any more
+    assert (yield store.insert("events", rows, dedup=True)) == 0
+    reasons = {d["reason"] for d in store.deadletters.read("events")}
+    assert reasons == {'not sent: column app (UInt64): expected an integer, got str "web"'}

@@ -139,6 +139,7 @@ class InsertOutcome:
     deduplicated: int = 0
     dead: list[tuple[dict, str, int]] = field(default_factory=list)
     host: str = ""
+    shape_checked: bool = False
 
 
 class ClientPool:
@@ -429,7 +430,11 @@ class ClickHouseStore:
             if e.code in DATA_ERRORS and kw.get("columnar"):
                 raise DataRejected(_reason(e), e.code) from None
             raise StoreError(_reason(e), e.code) from None
-        except (errors.CannotParseUuidError, errors.CannotParseDomainError) as e:
+        except (
+            errors.TypeMismatchError,
+            errors.CannotParseUuidError,
+            errors.CannotParseDomainError,
+        ) as e:
             if kw.get("columnar"):
                 raise DataRejected(f"not sent: {_reason(e)}", 0) from None
             raise StoreError(_reason(e)) from None
@@ -520,7 +525,19 @@ class ClickHouseStore:
                 self._send(client, table, block.names, block.columns)
                 outcome.stored += len(block.rows)
             except DataRejected as e:
+                self._check_shape(client, table, shape, outcome)
                 self._bisect(client, table, shape, block.rows, e, outcome)
+
+    def _check_shape(self, client, table: str, shape: TableShape, outcome) -> None:
+        """Before blaming rows, make sure the table is still what they were converted for:
+        an ALTER since the columns were read would make every row "bad". Then the batch is
+        retried (a ``StoreError``) with the columns as they are now."""
+        if outcome.shape_checked:
+            return
+        outcome.shape_checked = True
+        self._read_shapes(client)
+        if self.shapes.get(table) != shape:
+            raise StoreError(f"the columns of {self.database}.{table} changed; retrying the batch")
 
     def _bisect(self, client, table, shape, rows: list[dict], error: DataRejected, outcome):
         """Find the rows the server rejects: halves are inserted again (with dedup: a failing

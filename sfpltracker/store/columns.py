@@ -314,7 +314,7 @@ class TableShape:
 
     columns: dict[str, str]
     defaults: frozenset = frozenset()
-    types: dict[str, ColumnType] = field(init=False, repr=False)
+    types: dict[str, ColumnType] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         # named as the table spells the type, for reasons that point at the column
