@@ -23,8 +23,10 @@ copy: no disk, so the client side and the protocol alone. 18.16 writes every col
 part to its own files (no compact parts), so with ``events``' 66 columns the server's disk work
 dominates the first two.
 
-Only the insert calls are timed (making fresh ids between batches is not). Prints one table
-with rows/s and the ratio to the bare row loop.
+The cases of a table take turns in four rounds, so that other work on the machine and the
+server's background merges weigh on all of them alike. Only the insert calls are timed (making
+fresh ids between batches is not). Prints one table with rows/s and the ratio to the bare row
+loop.
 """
 
 from __future__ import annotations
@@ -100,12 +102,10 @@ def refresh_ids(rows: list[dict]) -> None:
         r["eid"] = str(uuid.uuid4())
 
 
-def bare_case(ch, table: str, batches: list[list[dict]], seconds: float, mode: str):
+def bare_case(client, table: str, batches, typed_batches, seconds: float, mode: str):
     """``rows``: from the same dicts the store gets (tuples built in the timed loop);
     ``pre-typed``: tuples of driver types made beforehand (the driver's floor)."""
-    client = ch.client(compression=False)
     sql = f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES"
-    typed_batches = [[typed(r) for r in rows] for rows in batches] if mode == "pre-typed" else []
     spent, rows_done, n = 0.0, 0, 0
     while spent < seconds:
         rows = batches[n % len(batches)]
@@ -117,7 +117,6 @@ def bare_case(ch, table: str, batches: list[list[dict]], seconds: float, mode: s
         spent += time.perf_counter() - began
         rows_done += len(rows)
         n += 1
-    client.disconnect()
     return n, rows_done, spent
 
 
@@ -140,6 +139,9 @@ def store_case(store, table: str, batches, seconds: float, dedup: bool):
         return n, rows_done, spent
 
     return run()
+
+
+CASES = ("driver, rows", "driver, pre-typed", "store.insert", "store.insert dedup")
 
 
 def main() -> int:
@@ -176,16 +178,29 @@ def main() -> int:
             client.execute(
                 f"CREATE TABLE {database}.events_memory AS {database}.events ENGINE = Memory"
             )
+            bare = ch.client(compression=False)
+            typed_batches = [[typed(r) for r in rows] for rows in batches]
+            # The cases of a table take turns, a slice of time each, so that the machine's
+            # other work and the server's background merges weigh on all of them alike.
+            rounds = 4
             for table in ("events", "events_plain", "events_memory"):
                 full = f"{database}.{table}"
-                for mode in ("rows", "pre-typed"):
-                    outcome = bare_case(ch, full, batches, args.seconds, mode)
-                    results.append((table, f"driver, {mode}", *outcome))
+                totals = {case: [0, 0, 0.0] for case in CASES}
+                for _ in range(rounds):
+                    for case in CASES:
+                        if case.startswith("driver"):
+                            mode = case.split(", ")[1]
+                            outcome = bare_case(
+                                bare, full, batches, typed_batches, args.seconds / rounds, mode
+                            )
+                        else:
+                            outcome = yield store_case(
+                                store, table, batches, args.seconds / rounds, case.endswith("dedup")
+                            )
+                        totals[case] = [a + b for a, b in zip(totals[case], outcome, strict=True)]
                     client.execute(f"TRUNCATE TABLE {full}")
-                for name, dedup in (("store.insert", False), ("store.insert dedup", True)):
-                    outcome = yield store_case(store, table, batches, args.seconds, dedup)
-                    results.append((table, name, *outcome))
-                    client.execute(f"TRUNCATE TABLE {full}")
+                results.extend((table, case, *totals[case]) for case in CASES)
+            bare.disconnect()
             yield store.stop()
 
         try:

@@ -149,8 +149,7 @@ class ClientPool:
         self._factory = factory
         self._idle: queue.LifoQueue = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
-        self._all: list = []
-        self._lock = threading.Lock()
+        self._closed = False
 
     @contextlib.contextmanager
     def client(self):
@@ -160,25 +159,29 @@ class ClientPool:
                 client = self._idle.get_nowait()
             except queue.Empty:
                 client = self._factory()
-                with self._lock:
-                    self._all.append(client)
             try:
                 yield client
             finally:
-                self._idle.put(client)
+                if self._closed:
+                    _disconnect(client)
+                else:
+                    self._idle.put(client)
         finally:
             self._slots.release()
 
-    @property
-    def size(self) -> int:
-        return len(self._all)
-
     def close(self) -> None:
-        with self._lock:
-            clients, self._all = self._all, []
-        for client in clients:
-            with contextlib.suppress(Exception):
-                client.disconnect()
+        """Disconnect the idle clients; one still in use is disconnected when it comes back."""
+        self._closed = True
+        while True:
+            try:
+                _disconnect(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _disconnect(client) -> None:
+    with contextlib.suppress(Exception):
+        client.disconnect()
 
 
 class ClickHouseStore:
@@ -215,7 +218,6 @@ class ClickHouseStore:
         self.cluster = check_cluster_name(cluster) if cluster else ""
         self.critical = critical
         self.schema_directory = Path(schema_directory) if schema_directory else schema_dir()
-        self.timeout = timeout
         self.deadletters = DeadLetters(Path(data_dir) / "deadletter")
         self._client_options: dict[str, Any] = {
             "user": username,
