@@ -90,7 +90,7 @@ def test_gateway_writes_events_to_the_server(server, tmp_path, monkeypatch):
     c = server.client()
     with GatewayProcess(tmp_path, config) as gw:
         health = gw.http("GET", "/health").json()
-        assert health["store"]["kind"] == "clickhouse" and health["status"] == "ok"
+        assert health["store"]["kind"] == "clickhouse" and health["status"] == "ok", health
         # a server-side rule, to see a rejected row go to the dead-letter file
         c.execute(
             f"ALTER TABLE {database}.events ADD COLUMN xid_number Int64 "
@@ -112,7 +112,7 @@ def test_gateway_writes_events_to_the_server(server, tmp_path, monkeypatch):
         def stored():
             return c.execute(f"SELECT count() FROM {database}.events WHERE vid = '{vid}'")[0][0]
 
-        _wait(lambda: stored() == 119 + 2, "events in the server")
+        _wait(lambda: stored() == 119 + 2, lambda: f"{stored()} events stored\n{gw.log_tail()}")
         urls = {u for (u,) in c.execute(f"SELECT url FROM {database}.events WHERE vid = '{vid}'")}
         assert "https://example.com/33" not in urls and "https://example.com/34" in urls
         assert c.execute(f"SELECT ename, server FROM {database}.events WHERE eid = '{eid}'") == [
@@ -155,7 +155,7 @@ def test_gateway_refuses_to_start_on_a_server_too_old_for_the_schema(server, tmp
     gw.__exit__(None, None, None)
 
 
-def _wait(predicate, what: str, timeout: float = 30.0) -> None:
+def _wait(predicate, describe, timeout: float = 30.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout
@@ -163,4 +163,4 @@ def _wait(predicate, what: str, timeout: float = 30.0) -> None:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out; {describe()}")
