@@ -73,7 +73,14 @@ def create_token(data_dir: Path) -> str:
 def load_schema(ctx: AdminContext, args: dict):
     """(Re)load the schema files; idempotent."""
     d = defer.maybeDeferred(ctx.store.load_schema)
-    d.addCallback(lambda count: {"ok": True, "statements": count})
+    # A server store says which server answered (its version is checked against the schema).
+    d.addCallback(
+        lambda count: {
+            "ok": True,
+            "statements": count,
+            "server": getattr(ctx.store, "server_version", ""),
+        }
+    )
     return d
 
 

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(f"sfpltracker: no {ns.store} store in {ns.config}\n")
                 return 2
             result = run_command(cfg, "schema", {})
-            print(f"schema loaded: {result['statements']} statements")
+            server = f" ({result['server']})" if result.get("server") else ""
+            print(f"schema loaded: {result['statements']} statements{server}")
             return 0
         return ns.handler(cfg, ns)
     except admin.AdminError as e:

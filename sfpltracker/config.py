@@ -184,6 +184,7 @@ LEGACY_NOTIFY_KEYS = frozenset(
     Keyspace""".split()
 )
 
+COMPRESSIONS = ("", "none", "lz4", "lz4hc", "zstd")  # clickhouse-driver's methods
 STRATEGIES = ("immediate", "time", "size", "hybrid", "memory", "adaptive")
 IP_MODES = ("truncate", "hash", "full", "none")
 
@@ -295,6 +296,11 @@ def _validate(cfg: Config) -> None:
             )
         if entry.Type in ("clickhouse", "nats") and not entry.Hosts:
             raise ConfigError(f"Notify[{i}].Hosts: a {entry.Type} entry needs at least one host")
+        if entry.Type == "clickhouse" and entry.Compression.lower() not in COMPRESSIONS:
+            raise ConfigError(
+                f"Notify[{i}].Compression: must be one of lz4, lz4hc, zstd or none, "
+                f"got {entry.Compression!r}"
+            )
     for table, settings in cfg.Batching.items():
         if settings.Strategy not in STRATEGIES:
             raise ConfigError(

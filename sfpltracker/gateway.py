@@ -53,6 +53,10 @@ def make_store(cfg: Config, reactor):
         from .store.embedded import EmbeddedStore
 
         return EmbeddedStore(cfg.data_dir, reactor, database=entry.Database or "sfpla")
+    if entry.Type == "clickhouse":
+        from .store.clickhouse import ClickHouseStore
+
+        return ClickHouseStore.from_config(entry, cfg, reactor)
     raise NotImplementedError(f"store type {entry.Type!r} is not available yet")
 
 
@@ -87,6 +91,8 @@ class Gateway:
         # each has start() and stop() -> Deferred; started once the store is ready, stopped
         # before it closes.
         self.components: list = []
+        if hasattr(self.store, "metric_families"):
+            self.metric_sources.append(self.store.metric_families)
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
@@ -139,4 +145,4 @@ class Gateway:
 
 
 def _where(store) -> str:
-    return str(getattr(store, "path", "") or getattr(store, "hosts", ""))
+    return str(getattr(store, "where", "") or getattr(store, "path", ""))

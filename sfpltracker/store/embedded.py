@@ -19,17 +19,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from .dedup import DEDUP_KEYS, drop_stored, keys_to_check
+from .errors import StoreError
 from .schema import load_statements
 
+__all__ = ["DEDUP_KEYS", "EmbeddedStore", "StoreError"]
+
 log = Logger()
-
-
-class StoreError(Exception):
-    """A store failure; ``code`` is ClickHouse's error code when there is one."""
-
-    def __init__(self, message: str, code: int = 0):
-        super().__init__(message)
-        self.code = code
 
 
 def _arrow_type(ch_type: str) -> pa.DataType:
@@ -195,10 +191,7 @@ class EmbeddedStore:
         return len(rows)
 
     def _without_stored(self, table: str, rows: list[dict]) -> list[dict]:
-        key = DEDUP_KEYS.get(table)
-        if key is None:
-            return rows
-        wanted = [r[key] for r in rows if r.get(key)]
+        key, wanted = keys_to_check(table, rows)
         if not wanted:
             return rows
         result = self._writer.query(
@@ -208,7 +201,7 @@ class EmbeddedStore:
             params={"keys": "[" + ",".join(f"'{k}'" for k in wanted) + "]"},
         )
         stored = set(result.bytes().decode().split())
-        return [r for r in rows if r.get(key) not in stored]
+        return drop_stored(rows, key, stored)
 
     def execute(self, sql: str) -> defer.Deferred:
         """A statement on the writer connection (schema changes, maintenance, tests)."""
@@ -244,7 +237,3 @@ class EmbeddedStore:
 
     def ping(self) -> defer.Deferred:
         return self.query("SELECT 1", "TabSeparated")
-
-
-# The column that identifies a row for deduplication of replays and retries.
-DEDUP_KEYS = {"events": "eid", "payments": "id", "agreed": "id", "agreements": "id"}

@@ -7,12 +7,43 @@ in how each statement is rewritten; both happen in the store, not here.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
 DEFAULT_DATABASE = "sfpla"
+
+# The oldest ClickHouse a schema directory declares it runs on, as a comment in any file:
+# ``-- requires: ClickHouse >= 25.3``. The loader of a server store refuses older servers.
+_REQUIRES = re.compile(r"^--\s*requires:\s*ClickHouse\s*>=\s*(\d+(?:\.\d+)*)", re.MULTILINE)
+
+
+def schema_dir() -> Path:
+    """The packaged ``schema/``; ``SFPL_SCHEMA_DIR`` points elsewhere (tests on old servers)."""
+    override = os.environ.get("SFPL_SCHEMA_DIR")
+    return Path(override) if override else SCHEMA_DIR
+
+
+def required_version(directory: Path | None = None) -> tuple[int, ...]:
+    """The highest ``requires: ClickHouse >= X.Y`` of the schema files, () when none says."""
+    found: list[tuple[int, ...]] = [()]
+    for path in sorted((directory or schema_dir()).glob("*.sql")):
+        for m in _REQUIRES.finditer(path.read_text()):
+            found.append(tuple(int(p) for p in m.group(1).split(".")))
+    return max(found)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"25.3.2.39"`` -> (25, 3, 2, 39); non-numeric suffixes are ignored."""
+    parts = []
+    for piece in text.strip().split("."):
+        digits = re.match(r"\d+", piece)
+        if not digits:
+            break
+        parts.append(int(digits.group(0)))
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -75,11 +106,11 @@ def split_statements(text: str) -> list[str]:
 
 
 def load_statements(
-    database: str = DEFAULT_DATABASE, directory: Path = SCHEMA_DIR
+    database: str = DEFAULT_DATABASE, directory: Path | None = None
 ) -> list[Statement]:
     """Every statement of every ``*.sql`` file, in file-name order, for ``database``."""
     statements = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted((directory or schema_dir()).glob("*.sql")):
         for sql in split_statements(path.read_text()):
             if database != DEFAULT_DATABASE:
                 sql = re.sub(rf"\b{DEFAULT_DATABASE}\.", f"{database}.", sql)

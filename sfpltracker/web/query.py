@@ -25,7 +25,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from .. import admin
-from ..store.embedded import StoreError
+from ..store.errors import StoreError
 from .common import header
 
 log = Logger()

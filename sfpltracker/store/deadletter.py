@@ -1,0 +1,67 @@
+"""Rows a store could not take, kept on disk with the reason.
+
+A row the server rejects (a value it cannot parse, a constraint, a view that fails on it) would
+fail its whole batch forever, and retrying cannot help. So the store sets it aside here and
+inserts the rest of its batch: one JSON line per row in ``DataDirectory/deadletter/<table>.jsonl``
+with the time, the table, the server's reason (and error code), the server that said so, and
+the row itself, ready to be fixed and replayed. Lines are appended and fsynced before the
+batch counts as stored, so a row is either in the table or in this file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import threading
+from pathlib import Path
+
+
+class DeadLetters:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+
+    def path(self, table: str) -> Path:
+        return self.directory / f"{table}.jsonl"
+
+    def append(self, table: str, rows: list[tuple[dict, str, int]], server: str = "") -> None:
+        """Append ``(row, reason, code)`` entries for ``table`` (blocking: call from a thread)."""
+        if not rows:
+            return
+        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        lines = [
+            json.dumps(
+                {
+                    "time": at.replace("+00:00", "Z"),
+                    "table": table,
+                    "reason": reason,
+                    "code": code,
+                    "server": server,
+                    "row": row,
+                },
+                default=str,
+                ensure_ascii=False,
+            )
+            + "\n"
+            for row, reason, code in rows
+        ]
+        data = "".join(lines).encode()
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path(table), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def read(self, table: str) -> list[dict]:
+        """Every entry kept for ``table`` (for operators and tests)."""
+        try:
+            text = self.path(table).read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
