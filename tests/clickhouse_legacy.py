@@ -22,6 +22,7 @@ LEGACY_VERSION = "18.16"
 _REWRITES = [
     (r"DateTime64\(\d+(?:,\s*'[^']*')?\)", "DateTime"),
     (r"now64\(\d+(?:,\s*'[^']*')?\)", "now()"),
+    (r"toDateTime64\(('[^']*'),\s*\d+(?:,\s*('[^']*'))?\)", r"toDateTime(\1, \2)"),
     (r"LowCardinality\((\w+)\)", r"\1"),
     (r"(?m)^(\s+\w+)\s+JSON(,?)$", r"\1 String\2"),
     (r"(?m)^\s+INDEX\s+.*$\n?", ""),

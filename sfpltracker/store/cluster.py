@@ -36,7 +36,14 @@ import re
 from .dedup import DEDUP_KEYS
 from .schema import Statement
 
-SHARDING_KEYS = {"events": "cityHash64(vid)", "payments": "cityHash64(vid)"}
+# agreed/agreements by vid too: "latest consent per visitor" (ReplacingMergeTree on vid in
+# agreements_local, filled from agreed_local) only holds when a visitor lives on one shard.
+SHARDING_KEYS = {
+    "events": "cityHash64(vid)",
+    "payments": "cityHash64(vid)",
+    "agreed": "cityHash64(vid)",
+    "agreements": "cityHash64(vid)",
+}
 LOCAL_SUFFIX = "_local"
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _CREATE_TABLE = re.compile(
@@ -109,11 +116,17 @@ def _table(sql: str, cluster: str, on: str, local: set[tuple[str, str]]) -> list
         raise ClusterSchemaError(f"cannot read the table name of: {sql[:80]}")
     if_not_exists, db, name = m.group(1) or "", m.group(2), m.group(3)
     rest = sql[m.end() :]
-    if (db, name) not in local or not rest.startswith("("):
+    copy_of = re.match(r"AS\s+(\w+)\.(\w+)\s*", rest, re.IGNORECASE)
+    if (db, name) not in local or not (rest.startswith("(") or copy_of):
         # Not a MergeTree table (Memory, Log, ...): one per node, as written.
         return [f"{sql[: m.end()].rstrip()} {on} {rest}"]
-    end = _closing_paren(rest, 0)
-    body, after = rest[1:end], rest[end + 1 :]
+    if copy_of:  # CREATE TABLE db.t AS db.other ENGINE = ...: the columns of another table
+        body = None
+        source = (copy_of.group(1), copy_of.group(2))
+        after = rest[copy_of.end() :]
+    else:
+        end = _closing_paren(rest, 0)
+        body, after = rest[1:end], rest[end + 1 :]
     engine = _ENGINE.match(after)
     if not engine:
         raise ClusterSchemaError(f"{db}.{name}: ENGINE = must follow the column list")
@@ -129,15 +142,20 @@ def _table(sql: str, cluster: str, on: str, local: set[tuple[str, str]]) -> list
         r"\bnon_replicated_deduplication_window\b", "replicated_deduplication_window", tail
     )
     create = "CREATE TABLE " + if_not_exists
-    local_sql = (
-        f"{create}{db}.{local_name} {on}\n({body})\n"
-        f"ENGINE = Replicated{engine.group(1)}({', '.join(replicated_args)}){tail}"
-    )
-    columns = ",\n".join("    " + c for c in _column_definitions(body))
-    distributed_sql = (
-        f"{create}{db}.{name} {on}\n(\n{columns}\n)\n"
+    engine_sql = f"ENGINE = Replicated{engine.group(1)}({', '.join(replicated_args)}){tail}"
+    distributed_engine = (
         f"ENGINE = Distributed('{cluster}', '{db}', '{local_name}', {_sharding_key(name)})"
     )
+    if body is None:
+        src_db, src = source
+        src_local = f"{src_db}.{src}{LOCAL_SUFFIX}" if source in local else f"{src_db}.{src}"
+        return [
+            f"{create}{db}.{local_name} {on}\nAS {src_local}\n{engine_sql}",
+            f"{create}{db}.{name} {on}\nAS {db}.{local_name}\n{distributed_engine}",
+        ]
+    local_sql = f"{create}{db}.{local_name} {on}\n({body})\n{engine_sql}"
+    columns = ",\n".join("    " + c for c in _column_definitions(body))
+    distributed_sql = f"{create}{db}.{name} {on}\n(\n{columns}\n)\n{distributed_engine}"
     return [local_sql, distributed_sql]
 
 
