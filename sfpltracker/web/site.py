@@ -24,6 +24,7 @@ from .ops import (
 )
 from .pub import PubResource
 from .track import LtvResource, TrackResource
+from .ws import WebSocketIngestResource
 
 log = Logger()
 
@@ -48,6 +49,7 @@ class GatewayRoot(Resource):
             b"img": TrackResource(gateway, "img"),
             b"ltv": LtvResource(gateway),
             b"pub": PubResource(gateway),
+            b"ws": WebSocketIngestResource(gateway),
         }
         self.fallbacks: list = []
 
