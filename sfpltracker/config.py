@@ -55,6 +55,8 @@ class NotifyEntry:
     Subject: str = "toc.track.notify"
     JetStream: bool = False
     Stream: str = "SFPL_EVENTS"
+    Loader: bool = True  # JetStream: this gateway also loads the stream into its store
+    AckWaitSeconds: float = 30.0  # JetStream loader: unacked messages are redelivered after it
     Critical: bool = False
     Skip: bool = False
 
@@ -292,6 +294,8 @@ def _validate(cfg: Config) -> None:
             )
         if entry.Type in ("clickhouse", "nats") and not entry.Hosts:
             raise ConfigError(f"Notify[{i}].Hosts: a {entry.Type} entry needs at least one host")
+    if sum(1 for n in cfg.Notify if n.Type == "nats" and n.JetStream and not n.Skip) > 1:
+        raise ConfigError("Notify: only one nats entry can have JetStream (it is the spool)")
     for table, settings in cfg.Batching.items():
         if settings.Strategy not in STRATEGIES:
             raise ConfigError(
