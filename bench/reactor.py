@@ -9,13 +9,15 @@ The same gateway (embedded store, no NATS entry, default batching) is started un
 * ``POST /tr/v1/tr/`` with a JSON array of 20 events (ingestion; rows reach the store).
 
 The reactors alternate for ``--rounds`` rounds so a noisy neighbour on this shared machine
-hits both alike; the table shows the median requests/s of each and asyncio's ratio to epoll.
+hits both alike; the table shows the median requests/s of each, the gateway's CPU time per
+request (steadier than req/s when neighbours take CPU) and asyncio's ratio to epoll.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -50,6 +52,11 @@ def batch_body() -> str:
     return json.dumps(events, separators=(",", ":"))
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, seconds: float, connections: int, script: Path | None) -> tuple[float, int]:
     """(requests/s, non-2xx answers) of one wrk run."""
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", url]
@@ -80,6 +87,7 @@ def main() -> None:
     script.write_text(POST_SCRIPT % batch_body())
     cases = {"GET /ping": ("/ping", None), "POST 20 events": ("/tr/v1/tr/", script)}
     rates: dict[tuple[str, str], list[float]] = {}
+    cpu_us: dict[tuple[str, str], list[float]] = {}
     try:
         for round_no in range(args.rounds):
             for reactor in ("epoll", "asyncio"):
@@ -90,10 +98,14 @@ def main() -> None:
                     assert expected in log, f"twistd did not run the {reactor} reactor"
                     for case, (path, body) in cases.items():
                         url = f"http://127.0.0.1:{gw.port}{path}"
+                        cpu_before = cpu_seconds(gw.proc.pid)
                         rate, bad = wrk(url, args.seconds, args.connections, body)
+                        cpu = cpu_seconds(gw.proc.pid) - cpu_before
                         if bad:
                             print(f"{reactor} {case}: {bad} answers not 2xx", file=sys.stderr)
                         rates.setdefault((case, reactor), []).append(rate)
+                        per_request = cpu / max(rate * args.seconds, 1) * 1e6
+                        cpu_us.setdefault((case, reactor), []).append(per_request)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -101,11 +113,22 @@ def main() -> None:
         f"\nwrk, {args.connections} connections, {args.seconds:.0f} s per run, "
         f"{args.rounds} rounds (median)\n"
     )
-    print(f"{'case':<16} {'epoll req/s':>12} {'asyncio req/s':>14} {'asyncio/epoll':>14}")
+    print(
+        f"{'case':<16} {'epoll req/s':>12} {'asyncio req/s':>14} {'ratio':>6}"
+        f" {'epoll CPU us/req':>17} {'asyncio CPU us/req':>19} {'ratio':>6}"
+    )
     for case in cases:
         epoll = statistics.median(rates[(case, "epoll")])
         aio = statistics.median(rates[(case, "asyncio")])
-        print(f"{case:<16} {epoll:>12.0f} {aio:>14.0f} {aio / epoll:>13.2f}x")
+        epoll_cpu = statistics.median(cpu_us[(case, "epoll")])
+        aio_cpu = statistics.median(cpu_us[(case, "asyncio")])
+        print(
+            f"{case:<16} {epoll:>12.0f} {aio:>14.0f} {aio / epoll:>5.2f}x"
+            f" {epoll_cpu:>17.0f} {aio_cpu:>19.0f} {aio_cpu / epoll_cpu:>5.2f}x"
+        )
+    print(
+        "\nreq/s ratio: asyncio/epoll (lower = slower); CPU ratio: asyncio/epoll (higher = costlier)"
+    )
 
 
 if __name__ == "__main__":

@@ -214,6 +214,95 @@ def measure(gw, name: str, seconds: float, load) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- CPU per event
+
+
+def cpu_per_event(n: int = 4000) -> dict[str, float]:
+    """CPU microseconds per event in the gateway's own code, in this process, no store.
+
+    The real ``GatewaySite``/``GatewayRoot``/WebSocket resource on a ``MemoryReactorClock``,
+    fed the bytes a client sends (masked frames after a real upgrade; HTTP/1.1 POSTs), with a
+    store that takes every batch at once: what one event costs the reactor thread, free of
+    the store, the load generators and the network.
+    """
+    import lz4.block
+    from twisted.internet import defer
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from sfpltracker.config import load_dict
+    from sfpltracker.gateway import Gateway
+    from sfpltracker.web.site import GatewayRoot, GatewaySite
+
+    class TakeEverything:
+        kind = "null"
+
+        def insert(self, table, rows, dedup=False):
+            return defer.succeed(len(rows))
+
+    reactor = MemoryReactorClock()
+    gw = Gateway(load_dict({"DataDirectory": tempfile.mkdtemp()}), reactor, TakeEverything())
+    site = GatewaySite(gw, GatewayRoot(gw), reactor=reactor)
+    peer = IPv4Address("TCP", "203.0.113.7", 40000)
+    ua = b"Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0"
+
+    def connection(first: bytes):
+        proto = site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        proto.makeConnection(transport)
+        if first:  # the WebSocket upgrade: the transport now belongs to the WS protocol
+            proto.dataReceived(first)
+            return transport, transport.protocol
+        return transport, proto
+
+    def frame(payload: bytes, opcode: int) -> bytes:
+        key = os.urandom(4)
+        size = len(payload)
+        head = bytes([0x80 | opcode])
+        if size < 126:
+            head += bytes([0x80 | size])
+        else:
+            head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        return head + key + body
+
+    upgrade = (
+        b"GET /tr/v1/ws?ack=1 HTTP/1.1\r\nHost: t.example.com\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\nUser-Agent: " + ua + b"\r\n\r\n"
+    )
+    texts = [json.dumps(event(i)).encode() for i in range(n)]
+    cases = {
+        "WebSocket text": [frame(t, 1) for t in texts],
+        "WebSocket LZ4": [frame(lz4.block.compress(t), 2) for t in texts],
+    }
+    out = {}
+    for name, frames in cases.items():
+        transport, ws = connection(upgrade)
+        started = time.process_time()
+        for i in range(0, n, 50):  # 50 frames per socket read
+            ws.dataReceived(b"".join(frames[i : i + 50]))
+        out[name] = (time.process_time() - started) / n * 1e6
+        assert transport.value().count(b'"ok"') == n
+        reactor.advance(5)
+    batch = [event(i) for i in range(HTTP_BATCH)]
+    for e in batch:
+        del e["eid"]
+    body = json.dumps(batch).encode()
+    post = (
+        b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: t.example.com\r\nContent-Type: application/json\r\n"
+        b"User-Agent: " + ua + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    transport, http = connection(b"")
+    requests = n // HTTP_BATCH
+    started = time.process_time()
+    for _ in range(requests):
+        http.dataReceived(post)
+    out[f"HTTP POST x{HTTP_BATCH}"] = (time.process_time() - started) / n * 1e6
+    assert transport.value().count(b"200 OK") == requests
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10)
@@ -242,6 +331,7 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    cpu = cpu_per_event()
     base = results[-1]["stored_per_s"] or 1
     print(
         f"\n{args.connections} connections, {args.seconds:.0f} s per case, one gateway process, "
@@ -258,6 +348,12 @@ def main() -> None:
             f"{r['stored_per_s'] / base:>7.2f}x {r['cpu'] * 100:>6.0f}% {per_cpu:>13.0f} "
             f"{'yes' if r['all_stored'] else 'NO':>10}"
         )
+
+    http_cpu = cpu[f"HTTP POST x{HTTP_BATCH}"]
+    print("\nCPU per event in the gateway's code (in-process, a store that takes everything):\n")
+    print(f"{'case':<18} {'us/event':>9} {'events/s/core':>14} {'vs HTTP':>8}")
+    for name, micros in cpu.items():
+        print(f"{name:<18} {micros:>9.1f} {1e6 / micros:>14.0f} {http_cpu / micros:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import lz4.block
 import pytest
@@ -18,6 +21,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sfpltracker.ingest.parse import BadInput
 from sfpltracker.web.ws import MAX_BAD_MESSAGES, decode_message, origin_allowed
+from tests.gateway_process import GatewayProcess, free_port
+from tests.servers import _make_test_pki
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
@@ -292,3 +297,105 @@ def test_open_connections_count_returns_to_zero(gateway):
     while gateway.http("GET", "/status").json()["conns"] != 1:
         assert time.monotonic() < deadline, "closed WebSockets still counted as open"
         time.sleep(0.05)
+
+
+class TLSGatewayProcess(GatewayProcess):
+    """The gateway with an extra HTTPS listener on its site (tests/tls_gateway.py)."""
+
+    def __init__(self, workdir, pki):
+        super().__init__(workdir, name="tls")
+        self.ca, self.cert, self.key = pki
+        self.tls_port = free_port()
+
+    def command(self) -> list[str]:
+        script = Path(__file__).resolve().parent / "tls_gateway.py"
+        return [
+            sys.executable,
+            str(script),
+            str(self.config_path),
+            str(self.cert),
+            str(self.key),
+        ] + [str(self.tls_port)]
+
+
+def test_websocket_over_tls(tmp_path):
+    pki = _make_test_pki(tmp_path)
+    ids = [eid(), eid()]
+    with TLSGatewayProcess(tmp_path, pki) as gw:
+        context = ssl.create_default_context(cafile=str(pki[0]))
+
+        async def scenario():
+            url = f"wss://localhost:{gw.tls_port}/tr/v1/ws?ack=1"
+            async with connect(url, ssl=context) as ws:
+                await ws.send(json.dumps({"eid": ids[0], "ename": "over_tls"}))
+                await ws.send(lz4_frame({"eid": ids[1], "ename": "over_tls"}))
+                return [json.loads(await ws.recv()) for _ in range(2)]
+
+        replies = run(scenario())
+        assert sorted(e for r in replies for e in r["ok"]) == sorted(ids)
+        rows = stored(gw, ids, "eid, ename")
+        assert {r["ename"] for r in rows.values()} == {"over_tls"}
+
+
+def test_shutdown_tells_clients_to_go_away(gateway_factory):
+    gw = gateway_factory()
+
+    async def scenario():
+        async with connect(ws_url(gw, "?ack=1")) as ws:
+            e = eid()
+            await ws.send(json.dumps({"eid": e, "ename": "before_shutdown"}))
+            assert json.loads(await ws.recv()) == {"ok": [e]}
+            loop = asyncio.get_running_loop()
+            stopping = loop.run_in_executor(None, gw.stop)
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            await stopping
+            return closed.value.rcvd
+
+    close = run(scenario())
+    assert (close.code, close.reason) == (1001, "server shutting down")
+
+
+# --------------------------------------------------------------------------- MemoryReactorClock
+
+
+def masked_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """A client frame (RFC 6455: clients mask), payloads under 126 bytes."""
+    key = b"\x01\x02\x03\x04"
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + body
+
+
+def test_idle_timer_restarts_with_every_message(tmp_path):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from sfpltracker.config import load_dict
+    from sfpltracker.gateway import Gateway
+    from sfpltracker.web.site import GatewayRoot, GatewaySite
+
+    clock = MemoryReactorClock()
+    cfg = load_dict({"DataDirectory": str(tmp_path), "IdleTimeoutSeconds": 60})
+    gw = Gateway(cfg, clock)  # the store is never started: nothing here reaches it
+    site = GatewaySite(gw, GatewayRoot(gw), reactor=clock)
+    peer = IPv4Address("TCP", "203.0.113.7", 40000)
+    channel = site.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"GET /tr/v1/ws HTTP/1.1\r\nHost: t.example.com\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 101")
+    ws = transport.protocol
+    transport.clear()
+
+    clock.advance(59)
+    ws.dataReceived(masked_frame(b'{"ename":"keepalive"}'))
+    clock.advance(59)  # 118 s since the upgrade, 59 s since the message: still open
+    assert transport.value() == b""
+    clock.advance(1.5)
+    # close frame, code 1000 (0x03e8), reason "idle timeout"
+    assert transport.value() == b"\x88\x0e\x03\xe8idle timeout"
+    assert gw.counters["events_accepted"] == 1
