@@ -125,7 +125,7 @@ def test_subscriber_receives_every_accepted_event(nats_server, gateway_factory):
 
 
 def test_ingestion_does_not_wait_for_a_stopped_nats(nats_server, gateway_factory):
-    gw = gateway_factory({"Notify": [nats_entry(nats_server)]})
+    gw = gateway_factory({"Notify": [nats_entry(nats_server, Timeout=10)]})
 
     def timed_posts(n: int) -> list[float]:
         latencies = []
@@ -141,8 +141,9 @@ def test_ingestion_does_not_wait_for_a_stopped_nats(nats_server, gateway_factory
     while metric(gw, "sfpl_nats_connected") and time.monotonic() < deadline:
         time.sleep(0.05)
     while_down = timed_posts(20)
-    # Not a benchmark: a blocking publish would take the NATS connect timeout (3 s) or more.
-    assert max(while_down) < 1.0, (normal, while_down)
+    # Not a benchmark: a request waiting for NATS would take its connect timeout (10 s); the
+    # bound leaves room for this shared machine's hiccups.
+    assert max(while_down) < 3.0, (normal, while_down)
     stored = gw.wait_for(
         "SELECT count() AS n FROM sfpla.events WHERE ename = 'nats_evt'",
         lambda r: r[0]["n"] == 200,
@@ -207,14 +208,32 @@ def test_wrong_reactor_is_refused_with_a_clear_message(tmp_path):
 # --------------------------------------------------------------------------- JetStream
 
 
-def all_stored_once(loader, eids: set[str], ename: str) -> None:
+def wait_loader_idle(server: NatsServer, stream: str = "SFPL_EVENTS", timeout: float = 60):
+    """Until the loader's consumer has nothing pending nor unacked: every message stored."""
+    import nats
+
+    async def state():
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().consumer_info(stream, f"{stream}_loader")
+            return info.num_pending, info.num_ack_pending
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while (current := asyncio.run(state())) != (0, 0):
+        assert time.monotonic() < deadline, f"loader still busy: pending, unacked = {current}"
+        time.sleep(0.2)
+
+
+def all_stored_once(loader, server: NatsServer, eids: set[str], ename: str) -> None:
     """Every acknowledged eid is in the loader's store, and no eid is stored twice.
 
     Events whose request failed (a gateway killed mid-request) may be stored too: they were
     not acknowledged, so the client would have sent them again with the same eid.
     """
-    sql = f"SELECT DISTINCT eid FROM sfpla.events WHERE ename = '{ename}'"
-    rows = loader.wait_for(sql, lambda r: eids <= {x["eid"] for x in r}, timeout=60)
+    wait_loader_idle(server)  # a message is acked after its INSERT (views included) returned
+    rows = loader.query(f"SELECT DISTINCT eid FROM sfpla.events WHERE ename = '{ename}'")
     stored = {r["eid"] for r in rows}
     assert eids <= stored
     # events is a ReplacingMergeTree: a merge may already have collapsed a duplicate there.
@@ -240,7 +259,7 @@ def test_jetstream_two_publishers_one_loader(jetstream, gateway_factory):
         # JetStream's duplicate window, stored once
         assert post(loader, batch).status == 200
         assert sent <= sub.wait_for(sent)  # real-time subscribers see JetStream events too
-    all_stored_once(loader, sent, "js_evt")
+    all_stored_once(loader, jetstream, sent, "js_evt")
     # the publisher-only gateway stored nothing itself
     assert publisher.query("SELECT count() AS n FROM sfpla.events")[0]["n"] == 0
     assert metric(loader, "sfpl_jetstream_loaded_total") == len(sent)
@@ -277,7 +296,7 @@ def test_jetstream_loader_killed_and_restarted_stores_every_event_once(jetstream
         for s in senders:
             s.result()
     assert len(acked) > 200
-    all_stored_once(loader, acked, "chaos")
+    all_stored_once(loader, jetstream, acked, "chaos")
     # the kill left fetched, unacked messages: JetStream redelivered them to the new loader
     assert metric(loader, "sfpl_jetstream_redelivered_total") > 0
 
@@ -299,4 +318,4 @@ def test_jetstream_unavailable_means_503(jetstream, gateway_factory):
         time.sleep(0.1)
     batch = events(4, "after_js_outage")
     assert post(gw, batch).status == 200
-    all_stored_once(gw, {e["eid"] for e in batch}, "after_js_outage")
+    all_stored_once(gw, jetstream, {e["eid"] for e in batch}, "after_js_outage")
