@@ -127,7 +127,7 @@ class IngestProtocol(WebSocketServerProtocol):
     """
 
     resource: WebSocketIngestResource
-    upgrade = None  # RequestInfo of the upgrade request (now_ms is set per message)
+    upgrade = None  # RequestInfo of the upgrade request (now_ms is set per socket read)
     base: dict[str, str] = {}  # the upgrade URL's query pairs, part of every event
     ack = False
     channel = None  # the HTTP channel whose transport we took over
