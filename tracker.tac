@@ -5,7 +5,10 @@ import os
 from twisted.application import service
 
 from sfpltracker.config import load
+from sfpltracker.notify.reactor import prepare as prepare_reactor
 from sfpltracker.service import makeService
 
+config = load(os.environ.get("SFPL_CONFIG", "config.json"))
+prepare_reactor(config)  # NATS needs the asyncio reactor: `twistd -r asyncio -ny tracker.tac`
 application = service.Application("sfpltracker")
-makeService(load(os.environ.get("SFPL_CONFIG", "config.json"))).setServiceParent(application)
+makeService(config).setServiceParent(application)

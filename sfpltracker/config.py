@@ -55,6 +55,8 @@ class NotifyEntry:
     Subject: str = "toc.track.notify"
     JetStream: bool = False
     Stream: str = "SFPL_EVENTS"
+    Loader: bool = True  # JetStream: this gateway also loads the stream into its store
+    AckWaitSeconds: float = 30.0  # JetStream loader: unacked messages are redelivered after it
     Critical: bool = False
     Skip: bool = False
 
@@ -301,6 +303,8 @@ def _validate(cfg: Config) -> None:
                 f"Notify[{i}].Compression: must be one of lz4, lz4hc, zstd or none, "
                 f"got {entry.Compression!r}"
             )
+    if sum(1 for n in cfg.Notify if n.Type == "nats" and n.JetStream and not n.Skip) > 1:
+        raise ConfigError("Notify: only one nats entry can have JetStream (it is the spool)")
     for table, settings in cfg.Batching.items():
         if settings.Strategy not in STRATEGIES:
             raise ConfigError(

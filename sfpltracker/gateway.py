@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from . import __version__, admin
 from .config import Config
 from .ingest.event import EventModel
+from .notify import nats as notify_nats
 from .pipeline.batcher import Batcher
 from .pipeline.intake import MemoryIntake
 from .privacy import build_enrichers
@@ -101,6 +102,8 @@ class Gateway:
             "requests_refused": 0,
             "payments_accepted": 0,
         }
+        # NATS publishers / JetStream spool (may wrap or replace self.intake); last, on purpose.
+        self.notifiers = notify_nats.attach(self)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -112,6 +115,8 @@ class Gateway:
     def start(self):
         yield self.store.start()
         self.store_ready = True
+        for notifier in self.notifiers:
+            yield notifier.start()
         self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=_where(self.store))
         for component in self.components:
@@ -123,6 +128,8 @@ class Gateway:
             yield component.stop()
         try:
             yield self.intake.close()
+            for notifier in reversed(self.notifiers):
+                yield notifier.stop()
         finally:
             self.batcher.stop()
             yield self.store.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.python import usage
 
 from .config import ConfigError, load
+from .notify import reactor as notify_reactor
 from .service import makeService as _make_service
 
 
@@ -17,6 +18,7 @@ class Options(usage.Options):
         warnings: list[str] = []
         try:
             self["cfg"] = load(self["config"], warnings)
+            notify_reactor.prepare(self["cfg"])  # before anything imports the reactor
         except ConfigError as e:
             # One clear line naming the key, not a traceback or the whole usage text.
             raise SystemExit(f"sfpltracker: config error: {e}") from None

@@ -79,7 +79,14 @@ def http_request(
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None, name: str = "gw"):
+    def __init__(
+        self,
+        workdir: Path,
+        overrides: dict[str, Any] | None = None,
+        name: str = "gw",
+        twistd_args: tuple[str, ...] = (),  # e.g. ("-r", "asyncio")
+    ):
+        self.twistd_args = tuple(twistd_args)
         self.workdir = Path(workdir) / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -101,12 +108,24 @@ class GatewayProcess:
 
     # -- process ----------------------------------------------------------------------------
 
+    def command(self) -> list[str]:
+        """The gateway's command line (a subclass may run the service another way)."""
+        return [
+            *TWISTD,
+            *self.twistd_args,
+            "-n",
+            "--pidfile=",
+            "sfpltracker",
+            "--config",
+            str(self.config_path),
+        ]
+
     def start(self, timeout: float = 60) -> GatewayProcess:
         self.config_path.write_text(json.dumps(self.config, indent=2))
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "sfpltracker", "--config", str(self.config_path)],
+            self.command(),
             cwd=self.workdir,
             env=env,
             stdout=self._log,

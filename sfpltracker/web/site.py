@@ -28,6 +28,7 @@ from .privacy import PrivacyResource
 from .pub import PubResource
 from .rdr import RedirectResource
 from .track import LtvResource, TrackResource
+from .ws import WebSocketIngestResource
 
 log = Logger()
 
@@ -57,6 +58,7 @@ class GatewayRoot(Resource):
             b"rpi": RpiResource(gateway, self.links),
             b"rdr": RedirectResource(gateway, self.links, server=True),
             b"xrdr": RedirectResource(gateway, self.links, server=False),
+            b"ws": WebSocketIngestResource(gateway),
         }
         self.fallbacks: list = [ShortLinkFallback(gateway, self.links, self)]
 

@@ -1,0 +1,1 @@
+"""Publishers of accepted events to other systems (NATS); independent of the store."""

@@ -1,0 +1,321 @@
+"""NATS fan-out and the JetStream spool, against real ``nats-server`` processes.
+
+The gateways run under ``twistd`` on the asyncio reactor (installed by the plugin because the
+config has a NATS entry); test-side subscribers are plain nats-py clients on their own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.gateway_process import ROOT, TWISTD
+from tests.servers import NatsServer
+
+SUBJECT = "toc.track.notify"
+
+
+class Subscriber:
+    """A nats-py subscriber on its own event loop thread, collecting JSON messages."""
+
+    def __init__(self, url: str, subject: str = SUBJECT):
+        self.url = url
+        self.subject = subject
+        self.messages: list[dict] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self):
+        import nats
+
+        self.thread.start()
+
+        async def subscribe():
+            self.nc = await nats.connect(self.url)
+
+            async def collect(msg):
+                self.messages.append(json.loads(msg.data))
+
+            await self.nc.subscribe(self.subject, cb=collect)
+            await self.nc.flush()
+
+        asyncio.run_coroutine_threadsafe(subscribe(), self.loop).result(20)
+        return self
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(20)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def eids(self) -> set[str]:
+        return {m["eid"] for m in list(self.messages)}
+
+    def wait_for(self, eids: set[str], timeout: float = 20) -> set[str]:
+        deadline = time.monotonic() + timeout
+        while not eids <= self.eids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.eids()
+
+
+def visitor_of(ename: str) -> str:
+    """One visitor id per event name, so ``sfpla.visitors`` counts a test's inserts."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, ename))
+
+
+def events(n: int, ename: str = "nats_evt") -> list[dict]:
+    vid = visitor_of(ename)
+    return [{"eid": str(uuid.uuid4()), "ename": ename, "vid": vid, "n": i} for i in range(n)]
+
+
+def post(gw, batch: list[dict]):
+    return gw.http("POST", "/tr/v1/tr/", json_body=batch)
+
+
+def metric(gw, name: str) -> float:
+    text = gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def nats_entry(server: NatsServer, **extra) -> dict:
+    return {"Type": "nats", "Hosts": [server.url], "Subject": SUBJECT, "Timeout": 3, **extra}
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    with NatsServer(base_dir=tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+def jetstream(tmp_path):
+    with NatsServer(jetstream=True, base_dir=tmp_path / "nats-js") as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- plain publish
+
+
+def test_subscriber_receives_every_accepted_event(nats_server, gateway_factory):
+    gw = gateway_factory({"Notify": [nats_entry(nats_server)]})
+    batch = events(50)
+    with Subscriber(nats_server.url) as sub:
+        assert post(gw, [{"ename": "bad", "eid": "x"}, 42]).status == 200  # one good, one bad
+        assert post(gw, batch).status == 200  # one publisher keeps its order: arrives last
+        received = sub.wait_for({e["eid"] for e in batch})
+    assert {e["eid"] for e in batch} <= received
+    assert len(sub.messages) == 51  # the 50, the good half of the mixed batch, never the bad
+    by_eid = {m["eid"]: m for m in sub.messages}
+    first = by_eid[batch[0]["eid"]]
+    # the stored row: privacy policy applied (truncated IP), params as stored
+    assert first["ename"] == "nats_evt" and first["ip"] == "127.0.0.0"
+    assert json.loads(first["params"]) == {"n": 0}
+    assert metric(gw, "sfpl_nats_published_total") == 51
+    assert metric(gw, "sfpl_nats_publish_failed_total") == 0
+
+
+def test_ingestion_does_not_wait_for_a_stopped_nats(nats_server, gateway_factory):
+    gw = gateway_factory({"Notify": [nats_entry(nats_server, Timeout=10)]})
+
+    def timed_posts(n: int) -> list[float]:
+        latencies = []
+        for _ in range(n):
+            started = time.monotonic()
+            assert post(gw, events(5)).status == 200
+            latencies.append(time.monotonic() - started)
+        return latencies
+
+    normal = timed_posts(20)
+    nats_server.stop()
+    deadline = time.monotonic() + 10
+    while metric(gw, "sfpl_nats_connected") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while_down = timed_posts(20)
+    # Not a benchmark: a request waiting for NATS would take its connect timeout (10 s); the
+    # bound leaves room for this shared machine's hiccups.
+    assert max(while_down) < 3.0, (normal, while_down)
+    stored = gw.wait_for(
+        "SELECT count() AS n FROM sfpla.events WHERE ename = 'nats_evt'",
+        lambda r: r[0]["n"] == 200,
+    )
+    assert stored[0]["n"] == 200
+
+    nats_server.start()  # same port: the publisher reconnects by itself
+    with Subscriber(nats_server.url) as sub:
+        deadline = time.monotonic() + 20
+        while not metric(gw, "sfpl_nats_connected") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        batch = events(5, "after_outage")
+        assert post(gw, batch).status == 200
+        assert {e["eid"] for e in batch} <= sub.wait_for({e["eid"] for e in batch})
+    assert metric(gw, "sfpl_nats_connects_total") >= 2
+
+
+def test_gateway_starts_without_nats_and_counts_what_it_could_not_publish(
+    tmp_path, gateway_factory
+):
+    server = NatsServer(base_dir=tmp_path / "late-nats")  # not started yet
+    try:
+        gw = gateway_factory({"Notify": [nats_entry(server)]})
+        assert post(gw, events(7)).status == 200
+        assert metric(gw, "sfpl_nats_publish_failed_total") == 7
+        assert gw.http("GET", "/health").status == 200  # NATS is not the store
+        server.start()
+        deadline = time.monotonic() + 20
+        while not metric(gw, "sfpl_nats_connected") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with Subscriber(server.url) as sub:
+            batch = events(3)
+            assert post(gw, batch).status == 200
+            assert {e["eid"] for e in batch} <= sub.wait_for({e["eid"] for e in batch})
+    finally:
+        server.cleanup()
+
+
+def test_wrong_reactor_is_refused_with_a_clear_message(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Notify": [{"Type": "nats", "Hosts": ["127.0.0.1:4222"]}],
+                "DataDirectory": str(tmp_path / "data"),
+            }
+        )
+    )
+    proc = subprocess.run(
+        [*TWISTD, "-r", "poll", "-n", "--pidfile=", "sfpltracker", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "NATS needs Twisted's asyncio reactor, but the PollReactor is running" in proc.stderr
+    assert "twistd -r asyncio" in proc.stderr
+
+
+# --------------------------------------------------------------------------- JetStream
+
+
+def wait_loader_idle(server: NatsServer, stream: str = "SFPL_EVENTS", timeout: float = 60):
+    """Until the loader's consumer has nothing pending nor unacked: every message stored."""
+    import nats
+
+    async def state():
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().consumer_info(stream, f"{stream}_loader")
+            return info.num_pending, info.num_ack_pending
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while (current := asyncio.run(state())) != (0, 0):
+        assert time.monotonic() < deadline, f"loader still busy: pending, unacked = {current}"
+        time.sleep(0.2)
+
+
+def all_stored_once(loader, server: NatsServer, eids: set[str], ename: str) -> None:
+    """Every acknowledged eid is in the loader's store, and no eid is stored twice.
+
+    Events whose request failed (a gateway killed mid-request) may be stored too: they were
+    not acknowledged, so the client would have sent them again with the same eid.
+    """
+    wait_loader_idle(server)  # a message is acked after its INSERT (views included) returned
+    rows = loader.query(f"SELECT DISTINCT eid FROM sfpla.events WHERE ename = '{ename}'")
+    stored = {r["eid"] for r in rows}
+    assert eids <= stored
+    # events is a ReplacingMergeTree: a merge may already have collapsed a duplicate there.
+    # The visitors view sums every row ever inserted, so it still sees one.
+    inserted = loader.query(
+        f"SELECT sum(events) AS n FROM sfpla.visitors WHERE vid = '{visitor_of(ename)}'"
+    )[0]["n"]
+    assert int(inserted) == len(stored), "an eid was stored twice"
+
+
+def test_jetstream_two_publishers_one_loader(jetstream, gateway_factory):
+    loader = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]}, name="loader")
+    publisher = gateway_factory(
+        {"Notify": [nats_entry(jetstream, JetStream=True, Loader=False)]}, name="publisher"
+    )
+    sent: set[str] = set()
+    with Subscriber(jetstream.url) as sub:
+        for gw in (loader, publisher, publisher, loader):
+            batch = events(25, "js_evt")
+            assert post(gw, batch).status == 200
+            sent |= {e["eid"] for e in batch}
+        # a client retry of events already accepted (same eids, other gateway): dropped by
+        # JetStream's duplicate window, stored once
+        assert post(loader, batch).status == 200
+        assert sent <= sub.wait_for(sent)  # real-time subscribers see JetStream events too
+    all_stored_once(loader, jetstream, sent, "js_evt")
+    # the publisher-only gateway stored nothing itself
+    assert publisher.query("SELECT count() AS n FROM sfpla.events")[0]["n"] == 0
+    assert metric(loader, "sfpl_jetstream_loaded_total") == len(sent)
+
+
+def test_jetstream_loader_killed_and_restarted_stores_every_event_once(jetstream, gateway_factory):
+    entry = nats_entry(jetstream, JetStream=True, AckWaitSeconds=2)
+    loader = gateway_factory(
+        {"Notify": [entry], "Batching": {"events": {"MaxBatchTime": 0.3}}}, name="loader"
+    )
+    publisher = gateway_factory({"Notify": [{**entry, "Loader": False}]}, name="publisher")
+    acked: set[str] = set()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def send_forever(gw):
+        while not stop.is_set():
+            batch = events(20, "chaos")
+            try:
+                if post(gw, batch).status == 200:
+                    with lock:
+                        acked.update(e["eid"] for e in batch)
+            except OSError:
+                time.sleep(0.05)  # the loader's HTTP listener is down while it is killed
+
+    with ThreadPoolExecutor(4) as pool:
+        senders = [pool.submit(send_forever, gw) for gw in (loader, publisher, publisher)]
+        time.sleep(1.5)
+        loader.kill()  # SIGKILL: fetched rows in memory, inserts without acks
+        time.sleep(1.0)
+        loader.start()
+        time.sleep(1.5)
+        stop.set()
+        for s in senders:
+            s.result()
+    assert len(acked) > 200
+    all_stored_once(loader, jetstream, acked, "chaos")
+    # the kill left fetched, unacked messages: JetStream redelivered them to the new loader
+    assert metric(loader, "sfpl_jetstream_redelivered_total") > 0
+
+
+def test_jetstream_unavailable_means_503(jetstream, gateway_factory):
+    gw = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]})
+    assert post(gw, events(3)).status == 200
+    jetstream.stop()
+    deadline = time.monotonic() + 10
+    while gw.http("GET", "/health").status == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    resp = post(gw, events(3))
+    assert resp.status == 503 and resp.header("Retry-After") == "5"
+    assert gw.http("GET", "/health").json()["spool"]["kind"] == "jetstream"
+    jetstream.start()
+    deadline = time.monotonic() + 20
+    while gw.http("GET", "/health").status != 200:
+        assert time.monotonic() < deadline, "the JetStream intake did not reconnect"
+        time.sleep(0.1)
+    batch = events(4, "after_js_outage")
+    assert post(gw, batch).status == 200
+    all_stored_once(gw, jetstream, {e["eid"] for e in batch}, "after_js_outage")
