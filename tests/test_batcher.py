@@ -177,3 +177,14 @@ def test_every_strategy_eventually_stores_everything(strategy):
         clock.advance(0.05)
     clock.pump([1.0] * 20)
     assert sum(stored) == 60 and b.queued_rows == 0
+
+
+def test_a_backlog_goes_out_in_one_insert_not_many_small_ones():
+    clock, store, b = make("hybrid", MaxBatchSize=10, MaxBatchTime=1.0)
+    store.hold = True
+    b.add("events", rows(10))  # due: the first insert starts and is held
+    for _ in range(5):
+        b.add("events", rows(10))  # waits behind it
+    store.hold = False
+    store.pending.pop(0).callback(10)
+    assert [n for _, n, _ in store.inserts] == [10, 50]

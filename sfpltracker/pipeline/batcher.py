@@ -28,6 +28,7 @@ from .breaker import CircuitBreaker
 log = Logger()
 
 SAFETY_FLUSH_FACTOR = 10
+MAX_INSERT_ROWS = 50_000
 ADAPTIVE_SLOW_SECONDS = 1.0
 ADAPTIVE_FAST_SECONDS = 0.1
 ADAPTIVE_MIN_SIZE = 10
@@ -189,8 +190,14 @@ class Batcher:
     # -- flushing ---------------------------------------------------------------------------
 
     def _take(self, t: _Table) -> list[_Entry]:
-        """The entries of the next insert: up to the size threshold, else all that wait."""
-        limit = self._threshold_rows(t) or t.rows
+        """The entries of the next insert: everything waiting, up to ``MAX_INSERT_ROWS``.
+
+        The strategy decides *when* a table flushes; the insert then takes all that waits (the
+        original swapped out the whole buffer). An insert's cost is mostly fixed — a part for
+        the table and one per materialized view — so under load a few large inserts keep up
+        where many inserts of ``MaxBatchSize`` rows fall behind.
+        """
+        limit = MAX_INSERT_ROWS
         taken, rows = [], 0
         while t.entries and (not taken or rows + len(t.entries[0].rows) <= limit):
             e = t.entries.popleft()
