@@ -53,6 +53,22 @@ def make_store(cfg: Config, reactor):
     raise NotImplementedError(f"store type {entry.Type!r} is not available yet")
 
 
+def make_intake(cfg: Config, batcher, store, reactor):
+    """The point of acknowledgement: the durable spool, or RAM with ``Durability: "memory"``."""
+    if cfg.Durability == "memory":
+        return MemoryIntake(batcher)
+    from .pipeline.spool_intake import SpoolIntake
+
+    return SpoolIntake(
+        cfg.data_dir / "spool",
+        batcher,
+        reactor,
+        store=store,
+        max_bytes=cfg.SpoolMaxBytes,
+        commit_window=cfg.SpoolCommitWindowMs / 1000,
+    )
+
+
 class Gateway:
     def __init__(self, cfg: Config, reactor, store=None):
         self.cfg = cfg
@@ -72,10 +88,12 @@ class Gateway:
         )
         self.store = store if store is not None else make_store(cfg, reactor)
         self.batcher = Batcher(self.store, reactor, cfg.Batching)
-        self.intake = MemoryIntake(self.batcher)
+        self.intake = make_intake(cfg, self.batcher, self.store, reactor)
         self.open_connections = 0
         # Callables yielding prometheus metric families (spool, TLS, ...), read at scrape time.
         self.metric_sources: list = []
+        if hasattr(self.intake, "metric_families"):
+            self.metric_sources.append(self.intake.metric_families)
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
@@ -94,6 +112,7 @@ class Gateway:
     @defer.inlineCallbacks
     def start(self):
         yield self.store.start()
+        yield self.intake.start()
         self.store_ready = True
         self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=_where(self.store))
