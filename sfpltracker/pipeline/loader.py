@@ -184,12 +184,15 @@ class Loader:
         d.addErrback(self._read_failed)
 
     def _got(self, result: ReadResult) -> None:
-        self._reading = False
         if self._stopped:
+            self._reading = False
             return
-        for frame in result.frames:
-            self._send(frame)
         self.read_pos = result.next
+        for frame in result.frames:
+            if self._paused:
+                break  # a batch failed meanwhile: these frames are re-read after the rewind
+            self._send(frame)
+        self._reading = False
         self._advance()
         self.wake()
 
