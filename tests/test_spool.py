@@ -21,6 +21,7 @@ from sfpltracker.pipeline.loader import Loader
 from sfpltracker.pipeline.spool import (
     HEADER,
     MAGIC,
+    Frame,
     Position,
     SpoolWriter,
     encode_frame,
@@ -303,9 +304,16 @@ def _spool(writer, clock, loader, n, start=0):
     records = []
     for i in range(start, start + n):
         rec = [event(i)]
-        end = append_now(writer, clock, rec)
-        assert end
-        loader.record_appended(1, 1000)
+        frame = encode_frame(rec, 1000)
+        size = len(frame)
+
+        def offer(end, rec=rec, size=size):  # as SpoolIntake does, before the loader wakes
+            loader.offer(Frame(Position(end.segment, end.offset - size), end, 1000, rec, size))
+            return end
+
+        ends = fired(writer.append(frame, 1).addCallback(offer))
+        clock.advance(writer.commit_window)
+        assert ends and isinstance(ends[0], Position)
         records.append(rec[0][1]["eid"])
     return records
 
@@ -326,6 +334,21 @@ def test_loader_commits_only_what_the_store_confirmed(tmp_path):
     clock.advance(loader.persist_interval)
     assert load_committed(writer.directory) == writer.end and store.synced >= 1
     assert store.eids() == eids and all(not dedup for _, _, dedup in store.calls)
+    assert loader.disk_reads == 0  # caught up: frames came from the in-memory tail
+
+
+def test_loader_reads_from_disk_what_the_tail_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr("sfpltracker.pipeline.loader.MAX_TAIL_BYTES", 300)
+    clock = MemoryReactorClock()
+    store = _Store()
+    store.held = []
+    writer, loader = _setup(tmp_path, clock, store, max_in_flight_bytes=150)
+    eids = _spool(writer, clock, loader, 12)
+    assert loader.tail_bytes <= 300
+    while store.held:
+        store.held.pop(0).callback(None)
+    assert store.eids() == eids and loader.committed == writer.end
+    assert loader.disk_reads > 0
 
 
 def test_store_outage_rewinds_and_replays_with_dedup_exactly_once(tmp_path):

@@ -1,12 +1,17 @@
 """The loader: drains one spool series into the store, in order, through the batcher.
 
-It reads frames from the spool (never past what the writer has made durable), hands their rows
+It takes frames from the spool (never past what the writer has made durable), hands their rows
 to the batcher, and moves a *committed position* forward only over a prefix of frames whose
 rows the store confirmed. That position is saved (after asking the store to make its writes
 durable) about once a second, and segments entirely before it are deleted.
 
+Frames travel in *chunks*: what one read returned, handed to the batcher as one list of rows
+per table and confirmed as one. While the loader keeps up, the frames the intake has just
+committed are taken from a small in-memory tail instead of being read back and decoded again;
+when it falls behind (or after a restart) it reads the segment files.
+
 Memory stays bounded: at most ``max_in_flight_bytes`` of frames are between the spool and the
-store. While the store is down the rest waits on disk, not in RAM.
+store, and the tail is dropped while the store is failing. Meanwhile the rest waits on disk.
 
 Exactly once: a frame is inserted with ``dedup=True`` (rows whose key is stored are skipped)
 whenever it may already have reached the store: frames past the committed position at start-up
@@ -41,14 +46,22 @@ from .spool import (
 
 log = Logger()
 
-MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
+MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
+READ_CHUNK_BYTES = 1024 * 1024  # at most this much per read (one chunk)
+MAX_TAIL_BYTES = 4 * 1024 * 1024  # just-committed frames kept decoded for the loader
 PERSIST_INTERVAL = 1.0  # seconds between saves of the committed position
 RETRY_SECONDS = 1.0  # least wait before re-reading after the store refused a batch
 
 
 @dataclass
-class _InFlight:
-    frame: Frame
+class _Chunk:
+    """Consecutive frames handed to the batcher together and confirmed together."""
+
+    start: Position
+    end: Position
+    records: int
+    size: int
+    first_ms: int | None
     waiting: int  # tables whose rows are not yet settled
     failed: bool = False
 
@@ -90,12 +103,15 @@ class Loader:
         self.persisted = Position(0, 0)
         self.read_pos = Position(0, 0)
         self.replay_until = Position(0, 0)
-        self.in_flight: deque[_InFlight] = deque()
+        self.in_flight: deque[_Chunk] = deque()
         self.in_flight_bytes = 0
+        self.tail: deque[Frame] = deque()
+        self.tail_bytes = 0
         self.pending_records = 0  # records in the spool not yet confirmed stored
-        self.oldest_ms: int | None = None  # accepted_ms of the frame at the committed position
+        self.oldest_ms: int | None = None  # accepted_ms of the oldest unconfirmed record
         self.loaded_records = 0
         self.replayed_records = 0
+        self.disk_reads = 0
         self.corrupt_skips = 0
         self.store_failing = False
         self._reading = False
@@ -131,11 +147,17 @@ class Loader:
             )
         self.wake()
 
-    def record_appended(self, records: int, accepted_ms: int) -> None:
-        """The intake committed ``records`` more (they are pending until stored)."""
-        if self.pending_records == 0 and self.oldest_ms is None:
-            self.oldest_ms = accepted_ms
-        self.pending_records += records
+    def offer(self, frame: Frame) -> None:
+        """The intake committed ``frame``: it is pending until stored; keep it decoded."""
+        self.pending_records += frame.count
+        if self.oldest_ms is None:
+            self.oldest_ms = frame.accepted_ms
+        if self.store_failing or self._paused or frame.size > MAX_TAIL_BYTES:
+            return  # it will be read from disk when the store is back
+        self.tail.append(frame)
+        self.tail_bytes += frame.size
+        while self.tail_bytes > MAX_TAIL_BYTES:
+            self.tail_bytes -= self.tail.popleft().size
 
     @defer.inlineCallbacks
     def drain(self, timeout: float):
@@ -170,103 +192,138 @@ class Loader:
     # -- reading ----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Read more if there is room in flight and durable data not yet read."""
+        """Take more frames if there is room in flight and durable frames not yet taken."""
         if self._reading or self._paused or self._stopped:
             return
-        budget = self.max_in_flight_bytes - self.in_flight_bytes
-        if budget <= 0 or self.read_pos >= self.writer.end:
-            return
-        self._reading = True
-        d = self._blocking(
-            read_frames, self.directory, self.read_pos, dict(self.writer.sizes), budget
-        )
-        d.addCallback(self._got)
-        d.addErrback(self._read_failed)
-
-    def _got(self, result: ReadResult) -> None:
-        if self._stopped:
-            self._reading = False
-            return
-        self.read_pos = result.next
-        for frame in result.frames:
-            if self._paused:
-                break  # a batch failed meanwhile: these frames are re-read after the rewind
-            self._send(frame)
+        self._reading = True  # also keeps callbacks fired while sending from re-entering
+        while not self._paused:
+            room = self.max_in_flight_bytes - self.in_flight_bytes
+            if room <= 0 or self.read_pos >= self.writer.end:
+                break
+            frames = self._from_tail(min(room, READ_CHUNK_BYTES))
+            if frames:
+                self._take(frames, frames[-1].end)
+                continue
+            self.disk_reads += 1
+            start = self.read_pos
+            sizes = dict(self.writer.sizes)
+            d = self._blocking(
+                read_frames, self.directory, start, sizes, min(room, READ_CHUNK_BYTES)
+            )
+            d.addCallbacks(self._got, self._read_failed, callbackArgs=(start,))
+            return  # _got goes on
         self._reading = False
         self._advance()
-        self.wake()
+
+    def _from_tail(self, budget: int) -> list[Frame]:
+        tail = self.tail
+        while tail and tail[0].start < self.read_pos:  # read from disk meanwhile
+            self.tail_bytes -= tail.popleft().size
+        frames: list[Frame] = []
+        at, used = self.read_pos, 0
+        while tail and tail[0].start == at and used < budget:
+            frame = tail.popleft()
+            self.tail_bytes -= frame.size
+            frames.append(frame)
+            at, used = frame.end, used + frame.size
+        return frames
+
+    def _got(self, result: ReadResult, start: Position) -> None:
+        if not self._stopped and not self._paused and start == self.read_pos:
+            # (A read that raced with a rewind is dropped: the rewind re-reads those frames.)
+            self._take(result.frames, result.next)
+        self._reading = False
+        if not self._stopped:
+            self._advance()
+            self.wake()
 
     def _read_failed(self, failure) -> None:
         self._reading = False
         log.failure("spool: reading segment failed; retrying", failure)
-        if not self._stopped:
+        if not self._stopped and self._resume_call is None:
             self._resume_call = self.reactor.callLater(RETRY_SECONDS, self._resume)
 
-    def _send(self, frame: Frame) -> None:
-        if frame.corrupt:
-            self.corrupt_skips += 1
-            log.error(
-                "spool: segment {seg} is unreadable past offset {off} ({why}); skipped",
-                seg=frame.start.segment,
-                off=frame.start.offset,
-                why=frame.corrupt,
-            )
+    def _take(self, frames: list[Frame], next_pos: Position) -> None:
+        """Hand ``frames`` (ending at ``next_pos``) to the batcher as one chunk."""
+        self.read_pos = next_pos
+        if not frames:
+            return
         by_table: dict[str, list[dict]] = defaultdict(list)
-        for table, row in frame.records:
-            by_table[table].append(row)
-        entry = _InFlight(frame, waiting=len(by_table))
-        self.in_flight.append(entry)
-        self.in_flight_bytes += frame.size
-        if self.oldest_ms is None and frame.records:
-            self.oldest_ms = frame.accepted_ms
-        replay = frame.start < self.replay_until
-        if replay:
-            self.replayed_records += frame.count
+        records = size = 0
+        first_ms = None
+        replay = False
+        for frame in frames:
+            if frame.corrupt:
+                self.corrupt_skips += 1
+                log.error(
+                    "spool: segment {seg} is unreadable past offset {off} ({why}); skipped",
+                    seg=frame.start.segment,
+                    off=frame.start.offset,
+                    why=frame.corrupt,
+                )
+            if frame.start < self.replay_until:
+                replay = True
+                self.replayed_records += frame.count
+            for table, row in frame.records:
+                by_table[table].append(row)
+            records += frame.count
+            size += frame.size
+            if first_ms is None and frame.records:
+                first_ms = frame.accepted_ms
+        chunk = _Chunk(frames[0].start, next_pos, records, size, first_ms, len(by_table))
+        self.in_flight.append(chunk)
+        self.in_flight_bytes += size
+        if self.oldest_ms is None:
+            self.oldest_ms = first_ms
         for table, rows in by_table.items():
-            d = self.batcher.add(table, rows, dedup=replay)
-            d.addCallbacks(self._stored, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
+            # The frames' size stands in for the batcher's per-row estimate (saves a pass).
+            share = size * len(rows) // records if records else 0
+            d = self.batcher.add(table, rows, size=share, dedup=replay)
+            d.addCallbacks(self._stored, self._failed, callbackArgs=(chunk,), errbackArgs=(chunk,))
 
     # -- confirmations ----------------------------------------------------------------------
 
-    def _stored(self, _, entry: _InFlight) -> None:
+    def _stored(self, _, chunk: _Chunk) -> None:
         self.store_failing = False
-        entry.waiting -= 1
+        chunk.waiting -= 1
         self._settled()
 
-    def _failed(self, failure, entry: _InFlight) -> None:
-        entry.waiting -= 1
-        entry.failed = True
+    def _failed(self, failure, chunk: _Chunk) -> None:
+        chunk.waiting -= 1
+        chunk.failed = True
         if not self.store_failing:
             log.warn(
                 "spool: the store refused a batch ({why}); records wait in the spool",
                 why=failure.getErrorMessage(),
             )
         self.store_failing = True
-        self._paused = True  # read nothing new until what is in flight has settled
+        self._paused = True  # take nothing new until what is in flight has settled
         self._settled()
 
     def _settled(self) -> None:
         if self._stopped:
             return
         self._advance()
-        if self._paused and all(e.settled for e in self.in_flight) and self._resume_call is None:
-            self._rewind()
+        if self._paused:
+            if all(c.settled for c in self.in_flight) and self._resume_call is None:
+                self._rewind()
         else:
             self.wake()
 
     def _advance(self) -> None:
         moved = False
         while self.in_flight and self.in_flight[0].settled and not self.in_flight[0].failed:
-            entry = self.in_flight.popleft()
-            frame = entry.frame
-            self.committed = frame.end
-            self.in_flight_bytes -= frame.size
-            self.pending_records -= frame.count
-            self.loaded_records += frame.count
+            chunk = self.in_flight.popleft()
+            self.committed = chunk.end
+            self.in_flight_bytes -= chunk.size
+            self.pending_records -= chunk.records
+            self.loaded_records += chunk.records
             moved = True
         if moved:
-            head = next((e.frame for e in self.in_flight if e.frame.records), None)
-            self.oldest_ms = head.accepted_ms if head is not None else None
+            nxt = next((c.first_ms for c in self.in_flight if c.first_ms is not None), None)
+            if nxt is None and self.tail:
+                nxt = self.tail[0].accepted_ms
+            self.oldest_ms = nxt
             self._schedule_persist()
 
     def _rewind(self) -> None:
@@ -275,6 +332,8 @@ class Loader:
         self.read_pos = self.committed
         self.in_flight.clear()
         self.in_flight_bytes = 0
+        self.tail.clear()
+        self.tail_bytes = 0
         delay = max(RETRY_SECONDS, self.batcher.breaker.seconds_until_trial())
         self._resume_call = self.reactor.callLater(delay, self._resume)
 

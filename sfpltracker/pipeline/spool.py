@@ -419,7 +419,7 @@ class SpoolWriter:
         return sum(self.sizes.values())
 
     def append(self, frame: bytes, records: int = 0) -> defer.Deferred:
-        """Queue ``frame``; the Deferred fires with its end position once it is durable."""
+        """Queue ``frame``; the Deferred fires with the frame's end position once durable."""
         if self._closed:
             return defer.fail(RuntimeError("the spool writer is closed"))
         d: defer.Deferred = defer.Deferred()
@@ -473,26 +473,29 @@ class SpoolWriter:
         if self._committing or not self._pending:
             return
         data = b"".join(self._pending)
-        frames, waiting = len(self._pending), self._waiting
+        sizes, waiting = [len(f) for f in self._pending], self._waiting
         self._pending, self._waiting, self.pending_bytes = [], [], 0
         self._committing = True
         d = self._run(self._write_group, data)
         d.addCallbacks(
             self._committed,
             self._failed,
-            callbackArgs=(frames, waiting),
+            callbackArgs=(sizes, waiting),
             errbackArgs=(waiting,),
         )
 
-    def _committed(self, group: _Group, frames: int, waiting: list[defer.Deferred]) -> None:
+    def _committed(self, group: _Group, sizes: list[int], waiting: list[defer.Deferred]) -> None:
         self._committing = False
         self.groups += 1
-        self.appended_frames += frames
+        self.appended_frames += len(sizes)
         self.fsync.observe(group.seconds)
         self.sizes[group.end.segment] = group.end.offset
         self.last_error = None
-        for d in waiting:
-            d.callback(group.end)
+        # A group is contiguous in one segment: each frame learns its own end position.
+        offset = group.end.offset - sum(sizes)
+        for d, size in zip(waiting, sizes, strict=True):
+            offset += size
+            d.callback(Position(group.end.segment, offset))
         for listener in self.listeners:
             listener()
         self._after_commit()

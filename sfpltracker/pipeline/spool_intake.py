@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from .intake import Record, Refused
 from .loader import Loader
-from .spool import SpoolWriter, encode_frame
+from .spool import Frame, Position, SpoolWriter, encode_frame
 
 log = Logger()
 
@@ -95,11 +95,14 @@ class SpoolIntake:
         if self._disk_is_full(len(frame)):
             return self._refuse("the disk holding the spool is full", "disk", 5)
         d = self.writer.append(frame, len(records))
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(len(records), accepted_ms))
+        d.addCallbacks(
+            self._written, self._write_failed, callbackArgs=(records, accepted_ms, len(frame))
+        )
         return d
 
-    def _written(self, _, records: int, accepted_ms: int) -> None:
-        self.loader.record_appended(records, accepted_ms)
+    def _written(self, end: Position, records: list[Record], accepted_ms: int, size: int) -> None:
+        start = Position(end.segment, end.offset - size)
+        self.loader.offer(Frame(start, end, accepted_ms, records, size))
 
     def _write_failed(self, failure):
         failure.trap(OSError)
