@@ -408,7 +408,7 @@ def test_loaded_segments_are_deleted(tmp_path):
     clock = MemoryReactorClock()
     store = _Store()
     directory = tmp_path / "s"
-    writer = open_writer(directory, clock, segment_bytes=300)
+    writer = open_writer(directory, clock, segment_bytes=150)
     loader = Loader(writer, _batcher(clock, store), clock, store=store, blocking=now)
     fired(loader.start())
     _spool(writer, clock, loader, 10)

@@ -15,8 +15,9 @@ A segment is ``MAGIC`` followed by frames. A frame holds the records of one ``ac
     <I payload length> <I record count> <Q accepted at, epoch ms> <I crc32> payload
 
 The crc covers the first 16 header bytes and the payload, so a torn write (a crash mid-append)
-or a zero-filled tail never passes for a record. The payload is the JSON list
-``[[table, row], ...]``.
+or a zero-filled tail never passes for a record. The payload is the list ``[[table, row], ...]``
+in MessagePack (the rows are JSON-friendly values; msgpack encodes them about four times
+faster than ``json`` and is already installed with autobahn).
 
 Durability: ``SpoolWriter.append`` returns a Deferred that fires only after the frame is written
 *and* ``fdatasync``-ed. Frames arriving within the commit window share one write and one sync
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import msgpack
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -91,13 +93,13 @@ def _crc(head16: bytes, payload: bytes) -> int:
 
 def encode_frame(records: list, accepted_ms: int) -> bytes:
     """One frame holding ``records`` (a list of ``(table, row)``)."""
-    payload = json.dumps(records, separators=(",", ":"), ensure_ascii=False).encode()
+    payload = msgpack.packb(records, use_bin_type=True)
     head16 = struct.pack("<IIQ", len(payload), len(records), accepted_ms)
     return head16 + struct.pack("<I", _crc(head16, payload)) + payload
 
 
 def decode_records(payload: bytes) -> list[tuple[str, dict]]:
-    return [(table, row) for table, row in json.loads(payload)]
+    return [(table, row) for table, row in msgpack.unpackb(payload, raw=False)]
 
 
 @dataclass
