@@ -86,7 +86,10 @@ class SpoolIntake:
         if self.closing:
             return self._refuse("shutting down", "closing", 1)
         accepted_ms = int(self.reactor.seconds() * 1000)
-        frame = encode_frame(records, accepted_ms)
+        try:
+            frame = encode_frame(records, accepted_ms)
+        except (TypeError, ValueError, OverflowError):
+            return defer.fail()  # a row that is not plain data: a bug upstream, logged there
         used = self.writer.bytes_on_disk + self.writer.pending_bytes
         if used + len(frame) > self.max_bytes:
             return self._refuse(
