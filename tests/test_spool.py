@@ -465,3 +465,13 @@ def test_intake_acks_after_commit(tmp_path, window_ms):
     assert ack == []
     runner.run_one()
     assert ack == [None]
+
+
+def test_intake_not_started_refuses_and_closes_quietly(tmp_path):
+    """A Gateway built but never started (unit tests of other parts) must not hang."""
+    clock = MemoryReactorClock()
+    intake = SpoolIntake(tmp_path, _batcher(clock, _Store()), clock)
+    refused = fired(intake.accept([event(1)]))
+    assert refused[0].check(Refused) and refused[0].value.retry_after == 1
+    assert intake.status() == "down"
+    assert fired(intake.close()) == [None]

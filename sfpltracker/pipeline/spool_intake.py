@@ -67,6 +67,7 @@ class SpoolIntake:
             blocking=writer_blocking,
         )
         self.loader = Loader(self.writer, batcher, reactor, store=store, blocking=loader_blocking)
+        self.started = False
         self.closing = False
         self.refused = 0
         self.refused_reasons: dict[str, int] = {}
@@ -77,6 +78,7 @@ class SpoolIntake:
     def start(self):
         yield self.writer.open()
         yield self.loader.start()
+        self.started = True
 
     # -- accepting --------------------------------------------------------------------------
 
@@ -85,6 +87,8 @@ class SpoolIntake:
             return defer.succeed(None)
         if self.closing:
             return self._refuse("shutting down", "closing", 1)
+        if not self.started:
+            return self._refuse("starting up", "not_open", 1)
         accepted_ms = int(self.reactor.seconds() * 1000)
         try:
             frame = encode_frame(records, accepted_ms)
@@ -146,6 +150,8 @@ class SpoolIntake:
     def close(self):
         """Stop accepting, commit what was accepted, load it if the store takes it, stop."""
         self.closing = True
+        if not self.started:
+            return  # never opened (a Gateway built but not started): nothing to close
         try:
             yield self.writer.flush()
             yield self.loader.drain(SHUTDOWN_DRAIN_SECONDS)
@@ -165,7 +171,9 @@ class SpoolIntake:
     def status(self) -> str:
         used = self.writer.bytes_on_disk + self.writer.pending_bytes
         room = self.max_bytes - used
-        if self.closing or room < min(16384, self.max_bytes // 64) or self.writer.last_error:
+        if not self.started or self.closing:
+            return "down"
+        if room < min(16384, self.max_bytes // 64) or self.writer.last_error:
             return "down"
         if self._free_disk is not None and self._free_disk < self.min_free_disk:
             return "down"
