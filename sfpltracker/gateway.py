@@ -92,8 +92,7 @@ class Gateway:
         self.open_connections = 0
         # Callables yielding prometheus metric families (spool, TLS, ...), read at scrape time.
         self.metric_sources: list = []
-        if hasattr(self.intake, "metric_families"):
-            self.metric_sources.append(self.intake.metric_families)
+        self.metric_sources.append(self._intake_metrics)
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
@@ -112,7 +111,9 @@ class Gateway:
     @defer.inlineCallbacks
     def start(self):
         yield self.store.start()
-        yield self.intake.start()
+        start_intake = getattr(self.intake, "start", None)  # the spool opens its files
+        if start_intake is not None:
+            yield start_intake()
         self.store_ready = True
         self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=_where(self.store))
@@ -124,6 +125,11 @@ class Gateway:
         finally:
             self.batcher.stop()
             yield self.store.stop()
+
+    def _intake_metrics(self):
+        # Read at scrape time: another part may have wrapped or replaced the intake.
+        source = getattr(self.intake, "metric_families", None)
+        return source() if source is not None else ()
 
     def extra_metrics(self):
         for source in self.metric_sources:
