@@ -119,6 +119,9 @@ class Config:
     DataDirectory: str = "data"
     SpoolMaxBytes: int = 1073741824
     SpoolCommitWindowMs: float = 2.0
+    # "spool": acknowledge after fsync in the local spool (default); "memory": acknowledge when
+    # queued in RAM (faster, loses what is queued if the process dies; benchmarks compare both).
+    Durability: str = "spool"
     Notify: list[NotifyEntry] = field(default_factory=list)
     Batching: dict[str, BatchSettings] = field(default_factory=dict)
 
@@ -187,6 +190,7 @@ LEGACY_NOTIFY_KEYS = frozenset(
 )
 
 COMPRESSIONS = ("", "none", "lz4", "lz4hc", "zstd")  # clickhouse-driver's methods
+DURABILITY_MODES = ("spool", "memory")
 STRATEGIES = ("immediate", "time", "size", "hybrid", "memory", "adaptive")
 IP_MODES = ("truncate", "hash", "full", "none")
 
@@ -282,6 +286,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("ApiVersion: must be 0 or more")
     if cfg.IPMode not in IP_MODES:
         raise ConfigError(f"IPMode: must be one of {', '.join(IP_MODES)}, got {cfg.IPMode!r}")
+    if cfg.Durability not in DURABILITY_MODES:
+        raise ConfigError(
+            f"Durability: must be one of {', '.join(DURABILITY_MODES)}, got {cfg.Durability!r}"
+        )
+    if cfg.SpoolMaxBytes < 4096:
+        raise ConfigError("SpoolMaxBytes: must be at least 4096")
+    if cfg.SpoolCommitWindowMs < 0:
+        raise ConfigError("SpoolCommitWindowMs: must be 0 or more")
     if cfg.LogFormat not in ("text", "json"):
         raise ConfigError(f"LogFormat: must be text or json, got {cfg.LogFormat!r}")
     for name in ("ProxyPort", "ProxyPortTLS", "ProxyExceptHTTP", "QueryPort"):

@@ -375,7 +375,10 @@ def test_idle_timer_restarts_with_every_message(tmp_path):
     from sfpltracker.web.site import GatewayRoot, GatewaySite
 
     clock = MemoryReactorClock()
-    cfg = load_dict({"DataDirectory": str(tmp_path), "IdleTimeoutSeconds": 60})
+    # An unstarted spool refuses (503); the memory intake accepts without a running loader.
+    cfg = load_dict(
+        {"DataDirectory": str(tmp_path), "IdleTimeoutSeconds": 60, "Durability": "memory"}
+    )
     gw = Gateway(cfg, clock)  # the store is never started: nothing here reaches it
     site = GatewaySite(gw, GatewayRoot(gw), reactor=clock)
     peer = IPv4Address("TCP", "203.0.113.7", 40000)

@@ -60,6 +60,7 @@ class _Entry:
     size: int
     deferred: defer.Deferred
     queued_at: float
+    dedup: bool = False  # the rows may already be stored (a replay): insert with dedup
 
 
 @dataclass
@@ -110,15 +111,21 @@ class Batcher:
 
     # -- adding -----------------------------------------------------------------------------
 
-    def add(self, table: str, rows: list[dict], size: int = 0) -> defer.Deferred:
-        """Queue ``rows`` for ``table``; the Deferred fires when they are stored."""
+    def add(
+        self, table: str, rows: list[dict], size: int = 0, dedup: bool = False
+    ) -> defer.Deferred:
+        """Queue ``rows`` for ``table``; the Deferred fires when they are stored.
+
+        ``dedup`` marks rows that may already be in the store (a spool replay): their batch
+        is inserted with ``dedup=True`` from the first attempt.
+        """
         t = self._table(table)
         d: defer.Deferred = defer.Deferred()
         if not rows:
             d.callback(0)
             return d
         size = size or sum(_estimate(r) for r in rows)
-        t.entries.append(_Entry(rows, size, d, self.reactor.seconds()))
+        t.entries.append(_Entry(rows, size, d, self.reactor.seconds(), dedup))
         t.rows += len(rows)
         t.bytes += size
         self._consider(t)
@@ -220,7 +227,8 @@ class Batcher:
 
     def _attempt(self, t: _Table, entries: list[_Entry], rows: list[dict], attempt: int) -> None:
         began = time.monotonic()
-        d = defer.maybeDeferred(self.store.insert, t.name, rows, dedup=attempt > 0)
+        dedup = attempt > 0 or any(e.dedup for e in entries)
+        d = defer.maybeDeferred(self.store.insert, t.name, rows, dedup=dedup)
         d.addCallbacks(
             self._stored,
             self._failed,

@@ -36,6 +36,9 @@ class MemoryIntake:
         self.max_queued_rows = max_queued_rows
         self.lost_rows = 0
 
+    def start(self) -> defer.Deferred:
+        return defer.succeed(None)
+
     def accept(self, records: list[Record]) -> defer.Deferred:
         if not self.batcher.breaker.allows():
             return defer.fail(Refused("the store is unavailable", retry_after=5))
@@ -60,7 +63,7 @@ class MemoryIntake:
     def health(self) -> dict:
         breaker = self.batcher.breaker.state
         status = "ok" if breaker == "closed" else ("down" if breaker == "open" else "degraded")
-        return {"status": status, "spool": None}
+        return {"status": status, "spool": {"durability": "memory"}}
 
     def close(self) -> defer.Deferred:
         return self.batcher.flush_all()

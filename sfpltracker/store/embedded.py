@@ -9,13 +9,17 @@ ClickHouse as an Arrow table (``INSERT ... SELECT * FROM Python(batch)``), never
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -203,6 +207,15 @@ class EmbeddedStore:
         stored = set(result.bytes().decode().split())
         return drop_stored(rows, key, stored)
 
+    def sync(self) -> defer.Deferred:
+        """Make every stored row durable against power loss.
+
+        ClickHouse does not fsync the parts it writes (``fsync_after_insert`` is off), so a
+        row "stored" may still be only in the page cache. The spool loader calls this before
+        it records rows as stored and deletes their spool copy.
+        """
+        return deferToThread(syncfs, self.path)
+
     def execute(self, sql: str) -> defer.Deferred:
         """A statement on the writer connection (schema changes, maintenance, tests)."""
 
@@ -237,3 +250,24 @@ class EmbeddedStore:
 
     def ping(self) -> defer.Deferred:
         return self.query("SELECT 1", "TabSeparated")
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (Linux ``syncfs``; ``sync`` elsewhere)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "syncfs"):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
