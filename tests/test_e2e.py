@@ -46,13 +46,17 @@ def test_seed_end_to_end_flow(gateway):
         lambda rows: len(rows) == 1,
     )
     assert payments == [{"revenue": 149.99, "uid": uid, "currency": "USD"}]
-    ltv = gateway.query(
+    ltv = gateway.wait_for(
         f"SELECT id_type, sum(paid) AS paid FROM sfpla.ltv WHERE id IN ('{uid}', '{vid}') "
-        "GROUP BY id_type ORDER BY id_type"
+        "GROUP BY id_type ORDER BY id_type",
+        lambda rows: len(rows) == 2,
     )
     assert ltv == [{"id_type": "uid", "paid": 149.99}, {"id_type": "vid", "paid": 149.99}]
 
-    hits = gateway.query("SELECT url, sum(total) AS n FROM sfpla.hits GROUP BY url")
+    # A view's part is committed just after its source's: poll rather than read once.
+    hits = gateway.wait_for(
+        "SELECT url, sum(total) AS n FROM sfpla.hits GROUP BY url", lambda rows: len(rows) == 1
+    )
     assert hits == [{"url": "https://example.com/a", "n": 1}]
     referrers = gateway.query("SELECT url, sum(total) AS n FROM sfpla.referrers GROUP BY url")
     assert referrers == [{"url": "https://google.com/", "n": 1}]
