@@ -391,3 +391,37 @@ def test_jetstream_acknowledges_only_after_the_publish_ack(jetstream, gateway_fa
     assert all(retry for status, retry in statuses if status == 503)  # every 503 says when
     assert metric(gw, "sfpl_jetstream_refused_total") > 0
     all_stored_once(gw, jetstream, acked, "js_ack")
+
+
+def test_jetstream_absorbs_a_store_outage_and_health_says_degraded(jetstream, gateway_factory):
+    """The loader's store refuses inserts (its events table made unwritable, a real fault):
+    2xx continue (the stream holds the events), /health is degraded, then every 200 is stored
+    once."""
+    from tests.test_durability import events_table_dir, store_writes_blocked
+
+    gw = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]})
+    acked: set[str] = set()
+    batch = events(5, "js_outage")
+    assert post(gw, batch).status == 200
+    acked |= {e["eid"] for e in batch}
+    with store_writes_blocked(events_table_dir(gw)):
+        deadline = time.monotonic() + 60
+        while True:
+            batch = events(5, "js_outage")
+            assert post(gw, batch).status == 200  # accepted: JetStream stored them
+            acked |= {e["eid"] for e in batch}
+            health = gw.http("GET", "/health")
+            if health.json()["status"] == "degraded":
+                break
+            assert time.monotonic() < deadline, f"never degraded: {health.json()}"
+            time.sleep(0.2)
+        assert health.status == 200 and health.json()["spool"]["durability"] == "jetstream"
+        for _ in range(5):
+            batch = events(5, "js_outage")
+            assert post(gw, batch).status == 200
+            acked |= {e["eid"] for e in batch}
+    all_stored_once(gw, jetstream, acked, "js_outage")
+    deadline = time.monotonic() + 60
+    while gw.http("GET", "/health").json()["status"] != "ok":
+        assert time.monotonic() < deadline, "still degraded after the store came back"
+        time.sleep(0.2)
