@@ -58,13 +58,22 @@ def test_force_https_redirects_proxy_port_only_and_hsts_on_tls(gw):
     assert r.header("strict-transport-security") == "max-age=31536000"
 
 
+def poll_ping(gw, until: int, timeout: float = 10):
+    """``GET /ping`` until it answers ``until``; the last response."""
+    deadline = time.monotonic() + timeout
+    while (r := gw.http("GET", "/ping")).status != until:
+        assert time.monotonic() < deadline, f"/ping still answers {r}, expected {until}"
+        time.sleep(0.05)
+    return r
+
+
 def test_connection_cap_answers_503_with_retry_after(gw):
     # Fill the cap with idle connections, then one more asks for something.
     idle = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(4)]
     try:
-        time.sleep(0.5)  # let the gateway accept them
-        r = gw.http("GET", "/ping")
-        assert r.status == 503, r
+        # The kernel completes the handshakes before the gateway accepts them: poll until it
+        # has (a /ping accepted before them is still under the cap).
+        r = poll_ping(gw, until=503)
         assert r.header("retry-after") == "5"
         assert r.json() == {"error": "too many connections (MaxConnections)"}
         # Over TLS too.
@@ -73,8 +82,7 @@ def test_connection_cap_answers_503_with_retry_after(gw):
     finally:
         for s in idle:
             s.close()
-    time.sleep(0.5)
-    assert gw.http("GET", "/ping").status == 200
+    poll_ping(gw, until=200)  # the closes free the cap once the gateway has read them
     assert metric_value(metrics(gw), "sfpl_connections_refused_total") >= 2
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -310,7 +312,7 @@ def test_jetstream_unavailable_means_503(jetstream, gateway_factory):
         time.sleep(0.05)
     resp = post(gw, events(3))
     assert resp.status == 503 and resp.header("Retry-After") == "5"
-    assert gw.http("GET", "/health").json()["spool"]["kind"] == "jetstream"
+    assert gw.http("GET", "/health").json()["spool"]["durability"] == "jetstream"
     jetstream.start()
     deadline = time.monotonic() + 20
     while gw.http("GET", "/health").status != 200:
@@ -319,3 +321,107 @@ def test_jetstream_unavailable_means_503(jetstream, gateway_factory):
     batch = events(4, "after_js_outage")
     assert post(gw, batch).status == 200
     all_stored_once(gw, jetstream, {e["eid"] for e in batch}, "after_js_outage")
+
+
+def test_jetstream_acknowledges_only_after_the_publish_ack(jetstream, gateway_factory):
+    """A 2xx means JetStream stored the events (PubAck), never less.
+
+    Frozen server (SIGSTOP: the connection stays up, no PubAck comes): the request waits,
+    visibly in flight, then gets 503 + Retry-After. Stopped server under load: only 200 and
+    503 + Retry-After; every 200 is stored once after NATS is back.
+    """
+    gw = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True, Timeout=2)]})
+    health = gw.http("GET", "/health").json()
+    assert health["status"] == "ok" and health["spool"]["durability"] == "jetstream", health
+    assert gw.http("GET", "/metrics").json()["spool"]["durability"] == "jetstream"
+    assert not (Path(gw.config["DataDirectory"]) / "spool").exists()  # no local spool
+
+    acked: set[str] = set()
+    batch = events(5, "js_ack")
+    assert post(gw, batch).status == 200
+    acked |= {e["eid"] for e in batch}
+
+    os.kill(jetstream.proc.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(post, gw, events(3, "js_ack"))
+            deadline = time.monotonic() + 10
+            while gw.http("GET", "/health").json()["spool"]["publishing"] < 1:
+                assert time.monotonic() < deadline, "the request never waited for a PubAck"
+                time.sleep(0.02)
+            assert not answer.done()  # connected, published, not answered: no PubAck yet
+            frozen = answer.result(30)
+    finally:
+        os.kill(jetstream.proc.pid, signal.SIGCONT)
+    assert frozen.status == 503 and frozen.header("Retry-After") == "2", frozen
+    assert "did not store" in frozen.json()["error"]
+
+    statuses: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def send_until_stopped():
+        while not stop.is_set():
+            one = events(1, "js_ack")
+            resp = post(gw, one)
+            with lock:
+                statuses.append((resp.status, resp.header("Retry-After")))
+                if resp.status == 200:
+                    acked.add(one[0]["eid"])
+            if resp.status == 503:
+                time.sleep(0.05)
+
+    with ThreadPoolExecutor(2) as pool:
+        senders = [pool.submit(send_until_stopped) for _ in range(2)]
+        time.sleep(0.5)
+        jetstream.stop()
+        deadline = time.monotonic() + 20
+        while sum(1 for status, _ in statuses if status == 503) < 10:
+            assert time.monotonic() < deadline, "no 503 while NATS was stopped"
+            time.sleep(0.05)
+        jetstream.start()
+        count_at_restart = len(statuses)
+        while not any(status == 200 for status, _ in statuses[count_at_restart:]):
+            assert time.monotonic() < deadline + 20, "no 200 after NATS came back"
+            time.sleep(0.05)
+        stop.set()
+        for s in senders:
+            s.result()
+    assert {status for status, _ in statuses} == {200, 503}
+    assert all(retry for status, retry in statuses if status == 503)  # every 503 says when
+    assert metric(gw, "sfpl_jetstream_refused_total") > 0
+    all_stored_once(gw, jetstream, acked, "js_ack")
+
+
+def test_jetstream_absorbs_a_store_outage_and_health_says_degraded(jetstream, gateway_factory):
+    """The loader's store refuses inserts (its events table made unwritable, a real fault):
+    2xx continue (the stream holds the events), /health is degraded, then every 200 is stored
+    once."""
+    from tests.test_durability import events_table_dir, store_writes_blocked
+
+    gw = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]})
+    acked: set[str] = set()
+    batch = events(5, "js_outage")
+    assert post(gw, batch).status == 200
+    acked |= {e["eid"] for e in batch}
+    with store_writes_blocked(events_table_dir(gw)):
+        deadline = time.monotonic() + 60
+        while True:
+            batch = events(5, "js_outage")
+            assert post(gw, batch).status == 200  # accepted: JetStream stored them
+            acked |= {e["eid"] for e in batch}
+            health = gw.http("GET", "/health")
+            if health.json()["status"] == "degraded":
+                break
+            assert time.monotonic() < deadline, f"never degraded: {health.json()}"
+            time.sleep(0.2)
+        assert health.status == 200 and health.json()["spool"]["durability"] == "jetstream"
+        for _ in range(5):
+            batch = events(5, "js_outage")
+            assert post(gw, batch).status == 200
+            acked |= {e["eid"] for e in batch}
+    all_stored_once(gw, jetstream, acked, "js_outage")
+    deadline = time.monotonic() + 60
+    while gw.http("GET", "/health").json()["status"] != "ok":
+        assert time.monotonic() < deadline, "still degraded after the store came back"
+        time.sleep(0.2)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,8 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sfpltracker.ingest.parse import BadInput
 from sfpltracker.web.ws import MAX_BAD_MESSAGES, decode_message, origin_allowed
-from tests.gateway_process import GatewayProcess, free_port
-from tests.servers import _make_test_pki
+from tests.gateway_process import free_port
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
@@ -299,42 +297,26 @@ def test_open_connections_count_returns_to_zero(gateway):
         time.sleep(0.05)
 
 
-class TLSGatewayProcess(GatewayProcess):
-    """The gateway with an extra HTTPS listener on its site (tests/tls_gateway.py)."""
-
-    def __init__(self, workdir, pki):
-        super().__init__(workdir, name="tls")
-        self.ca, self.cert, self.key = pki
-        self.tls_port = free_port()
-
-    def command(self) -> list[str]:
-        script = Path(__file__).resolve().parent / "tls_gateway.py"
-        return [
-            sys.executable,
-            str(script),
-            str(self.config_path),
-            str(self.cert),
-            str(self.key),
-        ] + [str(self.tls_port)]
-
-
-def test_websocket_over_tls(tmp_path):
-    pki = _make_test_pki(tmp_path)
+def test_websocket_over_the_tls_listener(gateway_factory):
+    """wss:// on ProxyPortTLS, the client trusting the self-signed pair generated at start."""
+    tls_port = free_port()
+    gw = gateway_factory({"ProxyPortTLS": f"127.0.0.1:{tls_port}"})
+    generated = Path(gw.config["DataDirectory"]) / "tls" / "selfsigned.crt"
+    assert generated.exists(), "no TLSCert/TLSKey: the gateway generates its default pair"
+    context = ssl.create_default_context(cafile=str(generated))  # verifies chain and name
     ids = [eid(), eid()]
-    with TLSGatewayProcess(tmp_path, pki) as gw:
-        context = ssl.create_default_context(cafile=str(pki[0]))
 
-        async def scenario():
-            url = f"wss://localhost:{gw.tls_port}/tr/v1/ws?ack=1"
-            async with connect(url, ssl=context) as ws:
-                await ws.send(json.dumps({"eid": ids[0], "ename": "over_tls"}))
-                await ws.send(lz4_frame({"eid": ids[1], "ename": "over_tls"}))
-                return [json.loads(await ws.recv()) for _ in range(2)]
+    async def scenario():
+        url = f"wss://localhost:{tls_port}/tr/v1/ws?ack=1"
+        async with connect(url, ssl=context) as ws:
+            await ws.send(json.dumps({"eid": ids[0], "ename": "over_tls"}))
+            await ws.send(lz4_frame({"eid": ids[1], "ename": "over_tls"}))
+            return [json.loads(await ws.recv()) for _ in range(2)]
 
-        replies = run(scenario())
-        assert sorted(e for r in replies for e in r["ok"]) == sorted(ids)
-        rows = stored(gw, ids, "eid, ename")
-        assert {r["ename"] for r in rows.values()} == {"over_tls"}
+    replies = run(scenario())
+    assert sorted(e for r in replies for e in r["ok"]) == sorted(ids)
+    rows = stored(gw, ids, "eid, ename")
+    assert {r["ename"] for r in rows.values()} == {"over_tls"}
 
 
 def test_shutdown_tells_clients_to_go_away(gateway_factory):

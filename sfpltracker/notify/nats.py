@@ -282,12 +282,20 @@ async def ensure_stream(js, stream: str, subject: str) -> None:
 
 
 class JetStreamIntake:
-    """The intake when JetStream is the spool: accepted = stored by JetStream (PubAck)."""
+    """The intake when JetStream is the spool: accepted = stored by JetStream (PubAck).
 
-    def __init__(self, client: NatsClient, entry, stats: NatsStats):
+    It replaces the local spool rather than sitting behind it: the stream is already a durable
+    (file storage; replicated in a NATS cluster) spool shared by every gateway, so a local
+    copy would cost a second fsync per request and keep acknowledged events on one machine's
+    disk, outside the stream the loaders drain. The price: while NATS cannot store, ingestion
+    answers 503 + ``Retry-After`` instead of absorbing (docs/durability.md).
+    """
+
+    def __init__(self, client: NatsClient, entry, stats: NatsStats, batcher=None):
         self.client = client
         self.entry = entry
         self.stats = stats
+        self.batcher = batcher  # this gateway's loader's, when it runs one
         self.in_flight: set[defer.Deferred] = set()
         self._stream_ready = False
 
@@ -330,15 +338,32 @@ class JetStreamIntake:
         await asyncio.gather(*sends)
         self.stats.js_published += len(records)
 
+    def status(self) -> str:
+        """``down``: nothing can be accepted; ``degraded``: accepted, but this gateway's loader
+        cannot store (events wait in the stream); ``ok``."""
+        if not self.client.connected:
+            return "down"
+        breaker = self.batcher.breaker if self.batcher is not None else None
+        if breaker is not None and (breaker.state != "closed" or breaker.failures > 0):
+            return "degraded"
+        return "ok"
+
     def health(self) -> dict:
+        return {"status": self.status(), "spool": self.report()}
+
+    def report(self) -> dict:
+        st = self.stats
         return {
-            "status": "ok" if self.client.connected else "down",
-            "spool": {
-                "kind": "jetstream",
-                "stream": self.entry.Stream,
-                "connected": self.client.connected,
-                "publishing": len(self.in_flight),
-            },
+            "durability": "jetstream",  # the stream is the spool: no local spool files
+            "stream": self.entry.Stream,
+            "subject": self.entry.Subject,
+            "connected": self.client.connected,
+            "publishing": len(self.in_flight),  # requests waiting for their PubAck
+            "published_records": st.js_published,
+            "refused_records": st.js_refused,
+            "loader": self.batcher is not None,
+            "loaded_records": st.loaded,
+            "redelivered_records": st.redelivered,
         }
 
     def close(self) -> defer.Deferred:
@@ -517,7 +542,13 @@ class NatsNotifier:
         self.publisher: EventPublisher | None = None
         self.loader: JetStreamLoader | None = None
         if entry.JetStream:
-            gateway.intake = JetStreamIntake(self.client, entry, self.stats)
+            batcher = gateway.batcher if entry.Loader else None
+            gateway.intake = JetStreamIntake(self.client, entry, self.stats, batcher)
+            log.info(
+                "durability: the JetStream stream {stream} is the spool (acknowledged after its "
+                "PubAck; the local spool and Durability are not used)",
+                stream=entry.Stream,
+            )
             if entry.Loader:
                 self.loader = JetStreamLoader(self.client, entry, gateway, self.stats)
         else:

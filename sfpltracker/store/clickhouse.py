@@ -54,6 +54,7 @@ from .columns import Prepared, TableShape, prepare
 from .deadletter import DeadLetters
 from .dedup import drop_stored, keys_to_check
 from .errors import StoreError
+from .legacy import LegacyDialect
 from .schema import load_statements, parse_version, required_version, schema_dir
 
 log = Logger()
@@ -242,6 +243,7 @@ class ClickHouseStore:
         self.shapes: dict[str, TableShape] = {}
         self.server_version = ""
         self.quote_64bit = False
+        self.legacy: LegacyDialect | None = None  # reads adapted for a server older than 25.3
         self._schema_loaded = False
         self._schema_lock = threading.Lock()
         self._last_host = ""
@@ -386,6 +388,9 @@ class ClickHouseStore:
                 "WHERE name = 'output_format_json_quote_64bit_integers'",
             )
             self.quote_64bit = bool(quote) and quote[0][0] in ("1", "true")
+            self.legacy = LegacyDialect.needed(
+                parse_version(version), client.connection.server_info.revision
+            )
             self.server_version = f"ClickHouse {version} at {where}"
             self._schema_loaded = True
             return len(statements)
@@ -602,7 +607,9 @@ class ClickHouseStore:
     ) -> defer.Deferred:
         """A read-only query (``readonly = 1`` on the server); fires with ``fmt`` bytes.
         ``params`` bind ``{name:Type}`` placeholders on the server (any server the schema
-        accepts; 18.16 predates query parameters in the native protocol)."""
+        accepts; on an older one, with a schema downgraded for it, ``legacy.py`` binds them)."""
+        if self.legacy is not None:
+            sql, params = self.legacy.adapt(sql, params)
 
         def run():
             began = time.monotonic()
