@@ -32,6 +32,7 @@ are rewritten for the cluster first (``cluster.py``) and inserts wait for the sh
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import re
 import struct
@@ -56,6 +57,10 @@ from .dedup import drop_stored, keys_to_check
 from .errors import StoreError
 from .legacy import LegacyDialect
 from .schema import load_statements, parse_version, required_version, schema_dir
+
+# clickhouse-driver logs every failed connect with a full traceback (dozens of lines a second
+# while a server is down); this store logs one clear line per failure itself.
+logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
 
 log = Logger()
 
