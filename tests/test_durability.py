@@ -252,21 +252,23 @@ def test_store_outage_under_load_loses_nothing(gateway_factory):
         assert name in prom, name
 
 
-KILLS = 3
+MIN_KILLS, MAX_KILLS = 2, 6
 
 
 def test_sigkill_under_load_then_restart_stores_each_ack_once(gateway_factory):
     # Tiny batches flushed back to back: the store is nearly always in the middle of an
     # insert, so a SIGKILL usually lands after ClickHouse committed the source table's part
     # and before it committed some views' parts. Some rows are stored but the committed
-    # position (saved once a second) does not say so yet: the replay must not store them again,
-    # and every derived table must still count each of them once.
+    # position (saved once a second) does not say so yet: the replay must not store them
+    # again, and every derived table must still count each of them once. The gateway is
+    # killed until a restart found an interrupted insert and sent it again (at most
+    # MAX_KILLS times; usually the first kill does).
     tiny = {"Strategy": "hybrid", "MaxBatchSize": 20, "MaxBatchTime": "20ms"}
     config = {"Batching": {"events": tiny, "payments": tiny, "agreed": tiny}}
     gw = gateway_factory(config)
     acked: dict[str, list[str]] = {"event": [], "payment": [], "consent": []}
-    replayed = 0
-    for _ in range(KILLS):
+    replayed = resent = kills = 0
+    while kills < MIN_KILLS or (not resent and kills < MAX_KILLS):
         loads = [LoadClient(gw, 2), LoadClient(gw, 1, "payment"), LoadClient(gw, 1, "consent")]
         for load in loads:
             load.__enter__()
@@ -275,6 +277,7 @@ def test_sigkill_under_load_then_restart_stores_each_ack_once(gateway_factory):
             wait_health(gw, lambda h, n=loaded: h["spool"]["loaded_records"] >= n + 200)
             time.sleep(random.uniform(0, 0.5))
             gw.kill()  # SIGKILL: no flush, no saved position, possibly mid-insert
+            kills += 1
         finally:
             for load in loads:
                 load.stop()
@@ -282,9 +285,11 @@ def test_sigkill_under_load_then_restart_stores_each_ack_once(gateway_factory):
             acked[load.kind] += load.acked
             assert load.other == [], load.other
         gw.start()
-        replayed += health(gw)["spool"]["replayed_records"]
-    wait_health(gw, drained)
+        spool = wait_health(gw, drained)["spool"]
+        replayed += spool["replayed_records"]
+        resent += spool["interrupted_inserts"]["resent"]
     assert replayed > 0  # acknowledged but not yet loaded at a kill
+    assert resent > 0, f"no kill of {kills} landed in the middle of an insert"
     assert_exactly_once(gw, acked["event"])
     assert_stored_once(gw, "payments", "orid", acked["payment"])
     assert_stored_once(gw, "agreed", "vid", acked["consent"])
