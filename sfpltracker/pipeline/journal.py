@@ -21,6 +21,11 @@ source parts it already has and writes only the view parts that are missing (eac
 target keeps a deduplication window for that). If none reached the source table, nothing was
 committed (views commit after their source) and the ordinary replay loads them as new rows.
 
+Only after a *process* crash: a begin record carries the kernel's boot id. ClickHouse fsyncs
+neither its parts nor its deduplication log, so after a power cut or a kernel crash (another
+boot id) a part may have survived while the record of its token did not, and a re-send would
+store it twice. Such a batch is not re-sent; the replay skips its stored rows as before.
+
 File format: records of ``<u32 payload length><u32 crc32 of the payload>`` + a MessagePack
 map. A torn or corrupt record ends the file (it was being appended when the process died; a
 torn *begin* means its insert never started) and is cut off on open. When the file has grown
@@ -45,6 +50,7 @@ from .spool import Position, fsync_directory
 
 log = Logger()
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 RECORD = struct.Struct("<II")  # payload length, crc32 of the payload
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # larger is a corrupt header, not a record
 COMPACT_BYTES = 1024 * 1024
@@ -69,6 +75,7 @@ class JournalBatch:
     lo: Position  # the rows are those of ``table`` in the spool frames [lo, hi) ...
     hi: Position
     keys: list[str] | None = None  # ... whose dedup key is one of these (None: all of them)
+    boot: str | None = None  # the kernel's boot id when it was begun (set by the journal)
 
     def to_record(self) -> dict:
         return {
@@ -78,6 +85,7 @@ class JournalBatch:
             "lo": list(self.lo),
             "hi": list(self.hi),
             "keys": self.keys,
+            "boot": self.boot,
         }
 
     @classmethod
@@ -88,6 +96,7 @@ class JournalBatch:
             Position(*rec["lo"]),
             Position(*rec["hi"]),
             rec.get("keys"),
+            rec.get("boot"),
         )
 
     def __post_init__(self):
@@ -98,6 +107,14 @@ class JournalBatch:
         if self._sent is None or not key_value:
             return True  # a row without a key is never left out
         return str(key_value).lower() in self._sent
+
+
+def boot_id() -> str | None:
+    """This boot of the machine (Linux), None where the kernel does not say."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def encode_record(record: dict) -> bytes:
@@ -148,6 +165,7 @@ class InsertJournal:
         self._doubt: dict[str, JournalBatch] = {}  # to resolve before replaying
         self.torn_bytes = 0  # cut off the end of the file when it was opened
         self.compactions = 0
+        self.boot = boot_id()
 
     # -- life cycle (blocking) --------------------------------------------------------------
 
@@ -204,6 +222,8 @@ class InsertJournal:
         return self._blocking(self.write_end, token)
 
     def write_begin(self, batch: JournalBatch) -> None:
+        if batch.boot is None:
+            batch.boot = self.boot
         record = encode_record(batch.to_record())
         with self._lock:
             self._append(record)
@@ -229,6 +249,11 @@ class InsertJournal:
                 self._doubt[token] = batch
 
     # -- state ------------------------------------------------------------------------------
+
+    def same_boot(self, batch: JournalBatch) -> bool:
+        """Whether ``batch`` was begun since the machine last started (a process crash
+        keeps the page cache, so ClickHouse's parts and deduplication log agree)."""
+        return batch.boot == self.boot
 
     def in_doubt(self) -> list[JournalBatch]:
         with self._lock:

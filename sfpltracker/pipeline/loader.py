@@ -133,6 +133,7 @@ class Loader:
         self._resolving: defer.Deferred | None = None
         self.resent_batches = 0  # in-doubt batches sent again with their token
         self.settled_batches = 0  # in-doubt batches found not stored at all
+        self.after_reboot_batches = 0  # in doubt since before a reboot: not re-sent
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -417,6 +418,16 @@ class Loader:
             # Nothing of it was stored (a view commits after its source): the replay loads
             # these rows as new ones.
             self.settled_batches += 1
+            return
+        if not self.journal.same_boot(batch):
+            self.after_reboot_batches += 1
+            log.warn(
+                "spool: an insert of {n} {table} rows was cut short by a restart of the machine; "
+                "not re-sent (ClickHouse's parts and deduplication log may disagree after a "
+                "power cut): its stored rows are skipped and the views of {table} may miss them",
+                n=len(rows),
+                table=batch.table,
+            )
             return
         yield store.insert(batch.table, rows, token=batch.token)
         self.resent_batches += 1

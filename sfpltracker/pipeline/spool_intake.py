@@ -199,6 +199,7 @@ class SpoolIntake:
                 "in_doubt": len(ld.journal.in_doubt()),
                 "resent": ld.resent_batches,
                 "not_stored": ld.settled_batches,
+                "not_resent_after_reboot": ld.after_reboot_batches,
             },
             "committed": {"segment": ld.committed.segment, "offset": ld.committed.offset},
             "commits": w.groups,
