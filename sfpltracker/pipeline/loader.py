@@ -383,13 +383,15 @@ class Loader:
 
         def failed(failure):
             self._resolving = None
+            if self._stopped:
+                return  # shutting down: the journal keeps them for the next start
             self.store_failing = True
             self.batcher.breaker.failure()
             log.warn(
                 "spool: finishing an interrupted insert failed ({why}); retrying",
                 why=failure.getErrorMessage(),
             )
-            if not self._stopped and self._resume_call is None:
+            if self._resume_call is None:
                 self._paused = True
                 delay = max(RETRY_SECONDS, self.batcher.breaker.seconds_until_trial())
                 self._resume_call = self.reactor.callLater(delay, self._resume)
