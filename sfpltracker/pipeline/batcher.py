@@ -10,11 +10,22 @@ oldest queued row is ``MaxBatchTime`` old; ``size`` at ``MaxBatchSize`` rows; ``
 ``adaptive`` is hybrid with a size target that halves after a slow or failed flush and grows
 back by a quarter after a fast one. ``size`` and ``memory`` still flush rows older than
 ``SAFETY_FLUSH_FACTOR`` x ``MaxBatchTime`` so a quiet table never holds rows forever.
+
+Retries and half-stored batches: with a store that takes an ``insert_deduplication_token``
+(``store.insert_tokens``, chDB), every batch gets a token of its own and each attempt sends
+*the same rows with the same token*: ClickHouse skips the parts of a failed attempt that did
+land (the source table's, some views') and writes the missing ones, so a retry never leaves a
+derived table short nor counts a row twice. Rows that may be stored already (``dedup``, a
+spool replay) are filtered once, before the first attempt, never between attempts. When the
+rows come from a spool (each entry's ``origin``), the batch is written to that spool's insert
+journal (``journal.py``) before it is sent, so that after a crash the loader can finish it.
+With any other store a retry is inserted with ``dedup=True`` (rows already stored skipped).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -23,7 +34,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config import BatchSettings
+from ..store.dedup import DEDUP_KEYS
 from .breaker import CircuitBreaker
+from .journal import JournalBatch, Span
 
 log = Logger()
 
@@ -61,6 +74,19 @@ class _Entry:
     deferred: defer.Deferred
     queued_at: float
     dedup: bool = False  # the rows may already be stored (a replay): insert with dedup
+    origin: Span | None = None  # the spool frames the rows come from
+
+
+@dataclass
+class _Batch:
+    """What one flush sends, attempt after attempt."""
+
+    entries: list[_Entry]
+    rows: list[dict]
+    dedup: bool  # some rows may be stored already
+    token: str | None = None  # insert_deduplication_token: the same for every attempt
+    prepared: bool = False  # rows filtered (if dedup) and journaled: fixed from now on
+    journal: object = None  # the InsertJournal holding its begin record
 
 
 @dataclass
@@ -95,6 +121,7 @@ class Batcher:
         self.stats = BatchStats()
         self.breaker = CircuitBreaker(reactor)
         self.started = reactor.seconds()
+        self.tokens = bool(getattr(store, "insert_tokens", False))
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -112,12 +139,18 @@ class Batcher:
     # -- adding -----------------------------------------------------------------------------
 
     def add(
-        self, table: str, rows: list[dict], size: int = 0, dedup: bool = False
+        self,
+        table: str,
+        rows: list[dict],
+        size: int = 0,
+        dedup: bool = False,
+        origin: Span | None = None,
     ) -> defer.Deferred:
         """Queue ``rows`` for ``table``; the Deferred fires when they are stored.
 
-        ``dedup`` marks rows that may already be in the store (a spool replay): their batch
-        is inserted with ``dedup=True`` from the first attempt.
+        ``dedup`` marks rows that may already be in the store (a spool replay): rows already
+        stored are left out of their batch. ``origin``: the rows are all the rows of ``table``
+        in a span of spool frames (the spool's loader); their batch is then journaled.
         """
         t = self._table(table)
         d: defer.Deferred = defer.Deferred()
@@ -125,7 +158,7 @@ class Batcher:
             d.callback(0)
             return d
         size = size or sum(_estimate(r) for r in rows)
-        t.entries.append(_Entry(rows, size, d, self.reactor.seconds(), dedup))
+        t.entries.append(_Entry(rows, size, d, self.reactor.seconds(), dedup, origin))
         t.rows += len(rows)
         t.bytes += size
         self._consider(t)
@@ -222,21 +255,45 @@ class Batcher:
         if not entries:
             return
         t.flushing = True
-        rows = [r for e in entries for r in e.rows]
-        self._attempt(t, entries, rows, attempt=0)
+        batch = _Batch(entries, [r for e in entries for r in e.rows], any(e.dedup for e in entries))
+        if self.tokens:
+            batch.token = f"sfpl-{uuid.uuid4().hex}"
+        self._attempt(t, batch, attempt=0)
 
-    def _attempt(self, t: _Table, entries: list[_Entry], rows: list[dict], attempt: int) -> None:
+    def _attempt(self, t: _Table, batch: _Batch, attempt: int) -> None:
         began = time.monotonic()
-        dedup = attempt > 0 or any(e.dedup for e in entries)
-        d = defer.maybeDeferred(self.store.insert, t.name, rows, dedup=dedup)
+        d = self._send(t.name, batch, attempt)
         d.addCallbacks(
             self._stored,
             self._failed,
-            callbackArgs=(t, entries, rows, began),
-            errbackArgs=(t, entries, rows, attempt),
+            callbackArgs=(t, batch, began),
+            errbackArgs=(t, batch, attempt),
         )
 
-    def _stored(self, _, t: _Table, entries, rows, began) -> None:
+    @defer.inlineCallbacks
+    def _send(self, table: str, batch: _Batch, attempt: int):
+        if batch.token is None:
+            stored = yield self.store.insert(table, batch.rows, dedup=attempt > 0 or batch.dedup)
+            return stored
+        if not batch.prepared:
+            if batch.dedup:
+                batch.rows = yield self.store.without_stored(table, batch.rows)
+            span = _span(batch.entries)
+            key = DEDUP_KEYS.get(table)
+            if span is not None and key is not None and batch.rows:
+                keys = [r.get(key) for r in batch.rows] if batch.dedup else None
+                lo, hi = span
+                record = JournalBatch(batch.token, table, lo.start, hi.end, keys)
+                yield lo.journal.begin(record)
+                batch.journal = lo.journal
+            batch.prepared = True
+        if not batch.rows:
+            return 0
+        stored = yield self.store.insert(table, batch.rows, token=batch.token)
+        return stored
+
+    def _stored(self, _, t: _Table, batch: _Batch, began) -> None:
+        entries, rows = batch.entries, batch.rows
         elapsed = time.monotonic() - began
         self.breaker.success()
         st = self.stats
@@ -250,12 +307,15 @@ class Batcher:
                 t.target_size = max(ADAPTIVE_MIN_SIZE, t.target_size // 2)
             elif elapsed < ADAPTIVE_FAST_SECONDS:
                 t.target_size = min(t.settings.MaxBatchSize * 4, int(t.target_size * 1.25) + 1)
+        if batch.journal is not None:
+            batch.journal.end(batch.token).addErrback(_journal_failed)
         t.flushing = False
         for e in entries:
             e.deferred.callback(len(e.rows))
         self._consider(t)
 
-    def _failed(self, failure: Failure, t: _Table, entries, rows, attempt: int) -> None:
+    def _failed(self, failure: Failure, t: _Table, batch: _Batch, attempt: int) -> None:
+        entries, rows = batch.entries, batch.rows
         self.stats.failed_attempts += 1
         self.breaker.failure()
         if t.settings.Strategy == "adaptive":
@@ -270,7 +330,7 @@ class Batcher:
                 n=attempt + 1,
                 delay=delay,
             )
-            self.reactor.callLater(delay, self._attempt, t, entries, rows, attempt + 1)
+            self.reactor.callLater(delay, self._attempt, t, batch, attempt + 1)
             return
         self.stats.failed_batches += 1
         log.error(
@@ -280,6 +340,8 @@ class Batcher:
             tries=attempt + 1,
             error=failure.getErrorMessage(),
         )
+        if batch.journal is not None:
+            batch.journal.doubt(batch.token)  # it may be half stored: the loader finishes it
         t.flushing = False
         for e in entries:
             e.deferred.errback(StoreRefused(failure.getErrorMessage()))
@@ -342,6 +404,27 @@ class Batcher:
             "last_flush_time": _rfc3339(st.last_flush) if st.last_flush else None,
             "circuit": self.breaker.state,
         }
+
+
+def _span(entries: list[_Entry]) -> tuple[Span, Span] | None:
+    """The first and last origin of a batch whose every entry comes from one spool journal.
+
+    Entries of a table are queued in spool order and a batch takes a prefix of them, so its
+    rows are exactly the table's rows in the frames from the first origin's start to the last
+    origin's end (less those left out as stored).
+    """
+    first, last = entries[0].origin, entries[-1].origin
+    if first is None or any(
+        e.origin is None or e.origin.journal is not first.journal for e in entries
+    ):
+        return None
+    return first, last
+
+
+def _journal_failed(failure: Failure) -> None:
+    log.warn(
+        "insert journal: recording a stored batch failed: {why}", why=failure.getErrorMessage()
+    )
 
 
 def _rfc3339(seconds: float) -> str:

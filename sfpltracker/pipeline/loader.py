@@ -17,6 +17,13 @@ Exactly once: a frame is inserted with ``dedup=True`` (rows whose key is stored 
 whenever it may already have reached the store: frames past the committed position at start-up
 (the last run may have stored them before it died) and frames re-read after a failed batch.
 Only frames never handed to the store before are inserted plainly.
+
+Derived tables too: skipping stored rows is right for the source table, but a batch may have
+reached it and only some of its materialized views. So before replaying anything (at start-up,
+and after a failed batch) the loader *resolves* the batches of the insert journal
+(``journal.py``) that are in doubt: it rebuilds each one's rows from the spool and, if any of
+them is in the source table, sends them again with the batch's own token, which makes the
+store write only the parts that are missing. Then the replay goes on as above.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from ..store.dedup import DEDUP_KEYS
+from .journal import InsertJournal, JournalBatch, Span
 from .spool import (
     MAGIC,
     Frame,
@@ -120,6 +129,11 @@ class Loader:
         self._persist_timer = None
         self._persisting: defer.Deferred | None = None
         self._resume_call = None
+        self.journal = InsertJournal(self.directory, blocking=self._blocking)
+        self._resolving: defer.Deferred | None = None
+        self.resent_batches = 0  # in-doubt batches sent again with their token
+        self.settled_batches = 0  # in-doubt batches found not stored at all
+        self.after_reboot_batches = 0  # in doubt since before a reboot: not re-sent
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -130,6 +144,13 @@ class Loader:
         Call after ``writer.open()``: everything before the writer's first new frame is from
         an earlier run, so it is replayed with dedup.
         """
+        self.journal = InsertJournal(self.directory, blocking=self._blocking)
+        doubtful = yield self._blocking(self.journal.open)
+        if doubtful:
+            log.info(
+                "spool: {n} insert(s) may have been cut short by the last exit; finishing them",
+                n=len(doubtful),
+            )
         backlog = yield self._blocking(_backlog, self.directory, dict(self.writer.sizes))
         self.writer.forget(backlog.deleted)
         self.committed = self.persisted = self.read_pos = backlog.start
@@ -185,6 +206,7 @@ class Loader:
         if self._persisting is not None:
             yield self._persisting
         yield self._persist()
+        yield self._blocking(self.journal.close)
 
     def _store_in_trouble(self) -> bool:
         return self.store_failing or self.batcher.breaker.failures > 0
@@ -193,7 +215,10 @@ class Loader:
 
     def wake(self) -> None:
         """Take more frames if there is room in flight and durable frames not yet taken."""
-        if self._reading or self._paused or self._stopped:
+        if self._reading or self._paused or self._stopped or self._resolving is not None:
+            return
+        if self.journal.in_doubt():
+            self._resolve()
             return
         self._reading = True  # also keeps callbacks fired while sending from re-entering
         while not self._paused:
@@ -271,6 +296,7 @@ class Loader:
             if first_ms is None and frame.records:
                 first_ms = frame.accepted_ms
         chunk = _Chunk(frames[0].start, next_pos, records, size, first_ms, len(by_table))
+        span = (chunk.start, chunk.end)
         self.in_flight.append(chunk)
         self.in_flight_bytes += size
         if self.oldest_ms is None:
@@ -278,7 +304,9 @@ class Loader:
         for table, rows in by_table.items():
             # The frames' size stands in for the batcher's per-row estimate (saves a pass).
             share = size * len(rows) // records if records else 0
-            d = self.batcher.add(table, rows, size=share, dedup=replay)
+            d = self.batcher.add(
+                table, rows, size=share, dedup=replay, origin=Span(self.journal, *span)
+            )
             d.addCallbacks(self._stored, self._failed, callbackArgs=(chunk,), errbackArgs=(chunk,))
 
     # -- confirmations ----------------------------------------------------------------------
@@ -342,6 +370,77 @@ class Loader:
         self._paused = False
         self.wake()
 
+    # -- batches in doubt ---------------------------------------------------------------------
+
+    def _resolve(self) -> None:
+        """Finish the journal's in-doubt batches, then go on reading (``wake``)."""
+        self._resolving = d = self._resolve_all()
+
+        def done(_):
+            self._resolving = None
+            self.store_failing = False
+            self.wake()
+
+        def failed(failure):
+            self._resolving = None
+            if self._stopped:
+                return  # shutting down: the journal keeps them for the next start
+            self.store_failing = True
+            self.batcher.breaker.failure()
+            log.warn(
+                "spool: finishing an interrupted insert failed ({why}); retrying",
+                why=failure.getErrorMessage(),
+            )
+            if self._resume_call is None:
+                self._paused = True
+                delay = max(RETRY_SECONDS, self.batcher.breaker.seconds_until_trial())
+                self._resume_call = self.reactor.callLater(delay, self._resume)
+
+        d.addCallbacks(done, failed)
+
+    @defer.inlineCallbacks
+    def _resolve_all(self):
+        store = self.batcher.store
+        for batch in self.journal.in_doubt():
+            if self._stopped:
+                return
+            if getattr(store, "insert_tokens", False):
+                yield self._resolve_one(store, batch)
+            yield self.journal.end(batch.token)
+
+    @defer.inlineCallbacks
+    def _resolve_one(self, store, batch: JournalBatch):
+        """Send the batch again with its token if any of its rows reached the source table."""
+        sizes = dict(self.writer.sizes)
+        rows = yield self._blocking(_rows_of, self.directory, batch, sizes)
+        if not rows:
+            return
+        fresh = yield store.without_stored(batch.table, rows)
+        if len(fresh) == len(rows):
+            # Nothing of it was stored (a view commits after its source): the replay loads
+            # these rows as new ones.
+            self.settled_batches += 1
+            return
+        if not self.journal.same_boot(batch):
+            self.after_reboot_batches += 1
+            log.warn(
+                "spool: an insert of {n} {table} rows was cut short by a restart of the machine; "
+                "not re-sent (ClickHouse's parts and deduplication log may disagree after a "
+                "power cut): its stored rows are skipped and the views of {table} may miss them",
+                n=len(rows),
+                table=batch.table,
+            )
+            return
+        yield store.insert(batch.table, rows, token=batch.token)
+        self.resent_batches += 1
+        log.info(
+            "spool: re-sent an interrupted insert of {n} {table} rows ({landed} had landed); "
+            "the views' missing parts are written",
+            n=len(rows),
+            table=batch.table,
+            landed=len(rows) - len(fresh),
+        )
+
     # -- the committed position -------------------------------------------------------------
 
     def _schedule_persist(self) -> None:
@@ -388,6 +487,26 @@ class Loader:
         if self.oldest_ms is None or self.pending_records <= 0:
             return 0.0
         return max(0.0, self.reactor.seconds() - self.oldest_ms / 1000)
+
+
+def _rows_of(directory: Path, batch: JournalBatch, sizes: dict[int, int]) -> list[dict]:
+    """The rows ``batch`` sent: its table's rows in the frames [lo, hi), in spool order, less
+    those it left out as already stored."""
+    key = DEDUP_KEYS.get(batch.table)
+    rows: list[dict] = []
+    pos = batch.lo
+    while pos < batch.hi:
+        result = read_frames(directory, pos, sizes, READ_CHUNK_BYTES)
+        if result.next <= pos:
+            break  # nothing more to read (a segment gone: nothing to re-send from it)
+        for frame in result.frames:
+            if frame.start >= batch.hi:
+                return rows
+            for table, row in frame.records:
+                if table == batch.table and batch.selects(row.get(key) if key else None):
+                    rows.append(row)
+        pos = result.next
+    return rows
 
 
 def _save_and_delete(directory: Path, pos: Position, deletable: tuple[int, ...]) -> None:

@@ -195,6 +195,12 @@ class SpoolIntake:
             "records_in_flight_bytes": ld.in_flight_bytes,
             "loaded_records": ld.loaded_records,
             "replayed_records": ld.replayed_records,
+            "interrupted_inserts": {
+                "in_doubt": len(ld.journal.in_doubt()),
+                "resent": ld.resent_batches,
+                "not_stored": ld.settled_batches,
+                "not_resent_after_reboot": ld.after_reboot_batches,
+            },
             "committed": {"segment": ld.committed.segment, "offset": ld.committed.offset},
             "commits": w.groups,
             "fsync": w.fsync.report(),
@@ -226,6 +232,11 @@ class SpoolIntake:
             "sfpl_spool_replayed_records",
             "Records re-sent to the store with dedup (restart or failed batch)",
             ld.replayed_records,
+        )
+        yield CounterMetricFamily(
+            "sfpl_spool_resent_batches",
+            "Interrupted inserts sent again with their token (the views' missing parts written)",
+            ld.resent_batches,
         )
         yield CounterMetricFamily(
             "sfpl_spool_loaded_records",

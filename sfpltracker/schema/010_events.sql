@@ -89,6 +89,9 @@ SELECT * FROM sfpla.events WHERE created_at >= now64(3, 'UTC') - INTERVAL 7 DAY;
 -- Derived tables: filled by materialized views on every insert into events, never written by
 -- the gateway. Client events only (server = 0) and no bots, like the original's client-only
 -- side tables.
+-- Every table a view writes keeps a deduplication window: after a crash the gateway sends the
+-- batch that was being inserted again with the same insert_deduplication_token, and ClickHouse
+-- then writes only the view parts that were missing (docs/durability.md).
 CREATE TABLE IF NOT EXISTS sfpla.hits
 (
     hhash String,
@@ -98,7 +101,8 @@ CREATE TABLE IF NOT EXISTS sfpla.hits
 )
 ENGINE = SummingMergeTree(total)
 PARTITION BY toYYYYMM(date)
-ORDER BY (hhash, url, date);
+ORDER BY (hhash, url, date)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.hits_mv TO sfpla.hits AS
 SELECT hhash, url, toUInt64(1) AS total, toDate(created_at) AS date
@@ -113,7 +117,8 @@ CREATE TABLE IF NOT EXISTS sfpla.dailies
 )
 ENGINE = SummingMergeTree(total)
 PARTITION BY toYYYYMM(day)
-ORDER BY (ip, day);
+ORDER BY (ip, day)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 -- `ip` here is the stored (anonymised) ip of the event, never more than events.ip.
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.dailies_mv TO sfpla.dailies AS
@@ -130,7 +135,8 @@ CREATE TABLE IF NOT EXISTS sfpla.referrers
 )
 ENGINE = SummingMergeTree(total)
 PARTITION BY toYYYYMM(date)
-ORDER BY (hhash, url, date);
+ORDER BY (hhash, url, date)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.referrers_mv TO sfpla.referrers AS
 SELECT hhash, last AS url, toUInt64(1) AS total, toDate(created_at) AS date
@@ -148,7 +154,8 @@ CREATE TABLE IF NOT EXISTS sfpla.outcomes
 )
 ENGINE = SummingMergeTree(total)
 PARTITION BY toYYYYMM(created)
-ORDER BY (hhash, outcome, sink, url, created);
+ORDER BY (hhash, outcome, sink, url, created)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.outcomes_mv TO sfpla.outcomes AS
 SELECT hhash, outcome, sink, toDate(created_at) AS created, url, toUInt64(1) AS total
@@ -168,7 +175,8 @@ CREATE TABLE IF NOT EXISTS sfpla.visitors
     events SimpleAggregateFunction(sum, UInt64)
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (oid, vid);
+ORDER BY (oid, vid)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.visitors_mv TO sfpla.visitors AS
 SELECT oid, vid, hhash, uid, created_at AS first_seen, created_at AS last_seen,
@@ -187,7 +195,8 @@ CREATE TABLE IF NOT EXISTS sfpla.sessions
     events SimpleAggregateFunction(sum, UInt64)
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (oid, sid);
+ORDER BY (oid, sid)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.sessions_mv TO sfpla.sessions AS
 SELECT oid, sid, vid, hhash, created_at AS first_seen, created_at AS last_seen,

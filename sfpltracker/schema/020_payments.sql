@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS sfpla.ltv
     owner UUID
 )
 ENGINE = SummingMergeTree(paid)
-ORDER BY (hhash, id, id_type);
+ORDER BY (hhash, id, id_type)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.ltv_mv TO sfpla.ltv AS
 SELECT hhash, id_pair.1 AS id, id_pair.2 AS id_type, revenue AS paid, oid, org, updated_at,
@@ -86,7 +87,8 @@ CREATE TABLE IF NOT EXISTS sfpla.ltvu
     updated_at SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
 )
 ENGINE = SummingMergeTree((paid, payments))
-ORDER BY (hhash, uid, oid);
+ORDER BY (hhash, uid, oid)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.ltvu_mv TO sfpla.ltvu AS
 SELECT hhash, uid, oid, revenue AS paid, toUInt64(1) AS payments, updated_at
@@ -103,7 +105,8 @@ CREATE TABLE IF NOT EXISTS sfpla.ltvv
     updated_at SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
 )
 ENGINE = SummingMergeTree((paid, payments))
-ORDER BY (hhash, vid, oid);
+ORDER BY (hhash, vid, oid)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.ltvv_mv TO sfpla.ltvv AS
 SELECT hhash, vid, oid, revenue AS paid, toUInt64(1) AS payments, updated_at

@@ -59,7 +59,8 @@ SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS sfpla.agreements AS sfpla.agreed
 ENGINE = ReplacingMergeTree(updated_at)
-ORDER BY vid;
+ORDER BY vid
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.agreements_mv TO sfpla.agreements AS
 SELECT * FROM sfpla.agreed;

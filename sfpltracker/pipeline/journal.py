@@ -1,0 +1,306 @@
+"""The insert journal: which batches may be half stored, so that a crash cannot leave a derived
+table short.
+
+ClickHouse commits an insert in pieces: the part of the table the gateway writes (``events``,
+``payments``, ``agreed``) and then one part per materialized view (``hits``, ``dailies``, ...,
+``ltv``, ``agreements``), each on its own. A crash between them leaves a batch in ``events``
+but not (all) in ``hits``. Replaying it row by row cannot repair that: its rows are found in
+``events`` and skipped, so the views never see them.
+
+So every batch is sent with an ``insert_deduplication_token`` (``store.insert(..., token=)``),
+and before it is sent the batcher appends a *begin* record here and ``fdatasync``-s it: the
+token, the table, the span of spool frames its rows came from and, when some rows of that span
+were left out (already stored), the keys of those it sent. Once the store confirmed the batch,
+an *end* record follows (not synced: a lost end only causes a harmless re-send).
+
+A begun batch without an end is *in doubt*: at start-up every such batch in the file; while
+running, a batch the batcher gave up on. Before replaying anything the loader resolves them
+(``Loader._resolve``): it rebuilds exactly the rows of the batch from the spool and, if any of
+them reached the source table, sends them again with the same token. ClickHouse then skips the
+source parts it already has and writes only the view parts that are missing (each view's
+target keeps a deduplication window for that). If none reached the source table, nothing was
+committed (views commit after their source) and the ordinary replay loads them as new rows.
+
+Only after a *process* crash: a begin record carries the kernel's boot id. ClickHouse fsyncs
+neither its parts nor its deduplication log, so after a power cut or a kernel crash (another
+boot id) a part may have survived while the record of its token did not, and a re-send would
+store it twice. Such a batch is not re-sent; the replay skips its stored rows as before.
+
+File format: records of ``<u32 payload length><u32 crc32 of the payload>`` + a MessagePack
+map. A torn or corrupt record ends the file (it was being appended when the process died; a
+torn *begin* means its insert never started) and is cut off on open. When the file has grown
+past ``COMPACT_BYTES`` it is rewritten with only the open begin records.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from .spool import Position, fsync_directory
+
+log = Logger()
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+RECORD = struct.Struct("<II")  # payload length, crc32 of the payload
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # larger is a corrupt header, not a record
+COMPACT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a batcher entry's rows come from: every row of its table in the spool frames
+    ``[start, end)`` of the series this journal belongs to."""
+
+    journal: InsertJournal
+    start: Position
+    end: Position
+
+
+@dataclass
+class JournalBatch:
+    """One batch as journaled: enough to rebuild exactly the rows it sent."""
+
+    token: str
+    table: str
+    lo: Position  # the rows are those of ``table`` in the spool frames [lo, hi) ...
+    hi: Position
+    keys: list[str] | None = None  # ... whose dedup key is one of these (None: all of them)
+    boot: str | None = None  # the kernel's boot id when it was begun (set by the journal)
+
+    def to_record(self) -> dict:
+        return {
+            "op": "begin",
+            "token": self.token,
+            "table": self.table,
+            "lo": list(self.lo),
+            "hi": list(self.hi),
+            "keys": self.keys,
+            "boot": self.boot,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict) -> JournalBatch:
+        return cls(
+            rec["token"],
+            rec["table"],
+            Position(*rec["lo"]),
+            Position(*rec["hi"]),
+            rec.get("keys"),
+            rec.get("boot"),
+        )
+
+    def __post_init__(self):
+        self._sent = None if self.keys is None else {str(k).lower() for k in self.keys}
+
+    def selects(self, key_value) -> bool:
+        """Whether a row of the span with this dedup key value was part of the batch."""
+        if self._sent is None or not key_value:
+            return True  # a row without a key is never left out
+        return str(key_value).lower() in self._sent
+
+
+def boot_id() -> str | None:
+    """This boot of the machine (Linux), None where the kernel does not say."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def encode_record(record: dict) -> bytes:
+    payload = msgpack.packb(record, use_bin_type=True)
+    return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(data: bytes) -> tuple[list[dict], int]:
+    """The intact records at the start of ``data`` and the offset just past the last one."""
+    records, at = [], 0
+    while at + RECORD.size <= len(data):
+        length, crc = RECORD.unpack_from(data, at)
+        start, end = at + RECORD.size, at + RECORD.size + length
+        if length > MAX_RECORD_BYTES or end > len(data):
+            break
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            break
+        try:
+            record = msgpack.unpackb(payload, raw=False)
+        except (ValueError, msgpack.UnpackException):
+            break
+        if not isinstance(record, dict) or record.get("op") not in ("begin", "end"):
+            break
+        records.append(record)
+        at = end
+    return records, at
+
+
+class InsertJournal:
+    """The journal of one spool series (``<series>/inserts.journal``).
+
+    The file methods block (call them on a thread: ``begin``/``end`` return Deferreds that
+    run them through ``blocking``); the in-memory state is guarded by a lock, so the reactor
+    may read ``in_doubt()`` while a thread appends.
+    """
+
+    FILE = "inserts.journal"
+
+    def __init__(self, directory: Path, blocking=None):
+        self.path = Path(directory) / self.FILE
+        self._blocking = blocking or deferToThread
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        self._open: dict[str, bytes] = {}  # token -> its begin record (begun, not ended)
+        self._batches: dict[str, JournalBatch] = {}
+        self._doubt: dict[str, JournalBatch] = {}  # to resolve before replaying
+        self.torn_bytes = 0  # cut off the end of the file when it was opened
+        self.compactions = 0
+        self.boot = boot_id()
+
+    # -- life cycle (blocking) --------------------------------------------------------------
+
+    def open(self) -> list[JournalBatch]:
+        """Read the file; every batch begun and not ended is in doubt. Returns them."""
+        created = not self.path.exists()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        records, valid = read_records(data)
+        with self._lock:
+            for rec in records:
+                token = rec.get("token")
+                if rec["op"] == "begin":
+                    self._open[token] = encode_record(rec)
+                    self._batches[token] = JournalBatch.from_record(rec)
+                else:
+                    self._open.pop(token, None)
+                    self._batches.pop(token, None)
+            self._doubt = dict(self._batches)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            if valid < len(data):
+                # A record torn by a crash mid-append: its batch was never sent.
+                self.torn_bytes = len(data) - valid
+                os.ftruncate(self._fd, valid)
+                os.fdatasync(self._fd)
+                log.warn(
+                    "insert journal: cut {n} bytes of a torn record off {path}",
+                    n=self.torn_bytes,
+                    path=str(self.path),
+                )
+            self._size = valid
+            if not self._open and self._size:
+                self._rewrite()  # everything in it is settled: start empty
+        if created:
+            fsync_directory(self.path.parent)
+        return list(self._doubt.values())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    # -- records ----------------------------------------------------------------------------
+
+    def begin(self, batch: JournalBatch) -> defer.Deferred:
+        """Record ``batch`` durably; fires once it is on disk (send the batch only then)."""
+        return self._blocking(self.write_begin, batch)
+
+    def end(self, token: str) -> defer.Deferred:
+        """``token``'s batch is settled (stored, or resolved after a doubt)."""
+        return self._blocking(self.write_end, token)
+
+    def write_begin(self, batch: JournalBatch) -> None:
+        if batch.boot is None:
+            batch.boot = self.boot
+        record = encode_record(batch.to_record())
+        with self._lock:
+            self._append(record)
+            os.fdatasync(self._fd)
+            self._open[batch.token] = record
+            self._batches[batch.token] = batch
+
+    def write_end(self, token: str) -> None:
+        with self._lock:
+            self._doubt.pop(token, None)
+            self._batches.pop(token, None)
+            if self._open.pop(token, None) is None:
+                return
+            self._append(encode_record({"op": "end", "token": token}))
+            if self._size > COMPACT_BYTES:
+                self._rewrite()
+
+    def doubt(self, token: str) -> None:
+        """The batcher gave up on ``token``'s batch: it may be half stored."""
+        with self._lock:
+            batch = self._batches.get(token)
+            if batch is not None:
+                self._doubt[token] = batch
+
+    # -- state ------------------------------------------------------------------------------
+
+    def same_boot(self, batch: JournalBatch) -> bool:
+        """Whether ``batch`` was begun since the machine last started (a process crash
+        keeps the page cache, so ClickHouse's parts and deduplication log agree)."""
+        return batch.boot == self.boot
+
+    def in_doubt(self) -> list[JournalBatch]:
+        with self._lock:
+            return list(self._doubt.values())
+
+    @property
+    def open_batches(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    # -- file -------------------------------------------------------------------------------
+
+    def _append(self, record: bytes) -> None:
+        if self._fd is None:
+            raise OSError("the insert journal is not open")
+        try:
+            _write_all(self._fd, record)
+        except OSError:
+            # Never leave half a record: the records after it could not be read back.
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(record)
+
+    def _rewrite(self) -> None:
+        """Replace the file by one holding only the open begin records (atomically)."""
+        data = b"".join(self._open.values())
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        fsync_directory(self.path.parent)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._size = len(data)
+        self.compactions += 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
