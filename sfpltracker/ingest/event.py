@@ -28,6 +28,10 @@ _INTERNAL = re.compile(r"/(tr|img|pub|str|rdr|xrdr|ltv|ppi|rpi)/v?\d*|/tr/v\d+/"
 
 Enricher = Callable[[dict, RequestInfo], None]
 
+# ``json.dumps(..., separators=...)`` builds a new encoder on every call; this one is shared
+# (same settings: ASCII-only, compact).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
 
 @dataclass
 class Visitor:
@@ -116,9 +120,11 @@ class EventModel:
         else:
             row["vid"] = parse_uuid(raw.get("vid")) or visitor.vid
         row["sid"] = parse_uuid(raw.get("sid")) or visitor.sid
-        cookie_flags = to_int(req.cookies.get("CookieConsent", ""))
-        if "cflags" not in row and cookie_flags is not None:
-            row["cflags"] = cookie_flags
+        if "cflags" not in row:
+            consent = req.cookies.get("CookieConsent")
+            cookie_flags = to_int(consent) if consent is not None else None
+            if cookie_flags is not None:
+                row["cflags"] = cookie_flags
 
         email = raw.get("email")
         if "ehash" not in row and isinstance(email, str) and email.strip():
@@ -133,8 +139,10 @@ class EventModel:
         row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
         ua = req.user_agent.strip().lower() if with_user_agent else ""
         row["bhash"] = short_hash(ua) if ua else ""
-        row["params"] = json.dumps(
-            {str(k): param_value(v) for k, v in params.items()}, separators=(",", ":")
+        row["params"] = (
+            _COMPACT_JSON.encode({str(k): param_value(v) for k, v in params.items()})
+            if params
+            else "{}"
         )
         row["server"] = 1 if server else 0
         row["bot"] = 0

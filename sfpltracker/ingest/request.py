@@ -6,6 +6,7 @@ Twisted request, so the same code serves HTTP, WebSocket and replays.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -16,8 +17,9 @@ class RequestInfo:
     user_agent: str = ""
     uri: str = ""  # path and query as requested
     https: bool = False
-    cookies: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names, first value
+    cookies: Mapping[str, str] = field(default_factory=dict)  # a dict or a view (web/common.py)
+    # Lower-cased names, first value; a plain dict or a view read on demand (web/common.py).
+    headers: Mapping[str, str] = field(default_factory=dict)
     now_ms: int = 0
 
     @property
