@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
+import json
 import pstats
 import sys
 import tempfile
@@ -64,6 +65,12 @@ BROWSER_REQUEST = (
 
 ROUNDS = 20  # the fastest of 20 rounds counts (see ``drive``)
 
+_BATCH = json.dumps([{"ename": "bench", "etyp": "batch", "n": i} for i in range(20)]).encode()
+POST_REQUEST = (
+    b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_BATCH), _BATCH)
+)
+
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=")
 
 
@@ -93,6 +100,8 @@ class Pixel(resource.Resource):
     def render_GET(self, request):
         request.setHeader(b"content-type", b"image/gif")
         return GIF
+
+    render_POST = render_GET
 
 
 def gateway_site(workdir: Path):
@@ -190,15 +199,20 @@ def main() -> None:
     gateway, root, site = gateway_site(workdir)
 
     rows = []
-    for label, raw in (("wrk (Host only)", WRK_REQUEST), ("browser", BROWSER_REQUEST)):
+    cases = (
+        ("GET, wrk (Host only)", WRK_REQUEST),
+        ("GET, browser", BROWSER_REQUEST),
+        ("POST, 20 events", POST_REQUEST),
+    )
+    for label, raw in cases:
         bare, _ = drive(bare_site(), raw, n, ROUNDS)
         gw, answer = drive(site, raw, n, ROUNDS)
         if not answer.startswith(b"HTTP/1.1 200"):
             raise SystemExit(f"the gateway did not answer 200:\n{answer.decode()}")
         rows.append((label, bare, gw))
-    print(f"{'request':<18} {'bare Twisted us/req':>20} {'gateway us/req':>15} {'ratio':>6}")
+    print(f"{'request':<22} {'bare Twisted us/req':>20} {'gateway us/req':>15} {'ratio':>6}")
     for label, bare, gw in rows:
-        print(f"{label:<18} {bare * 1e6:>20.1f} {gw * 1e6:>15.1f} {bare / gw:>6.2f}")
+        print(f"{label:<22} {bare * 1e6:>20.1f} {gw * 1e6:>15.1f} {bare / gw:>6.2f}")
 
     print(f"\n{'step (browser request)':<26} {'us/call':>8}")
     for name, seconds in steps(gateway, root, site, BROWSER_REQUEST, n).items():

@@ -12,19 +12,15 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..privacy.identity import CookielessIds, CookiePolicy
 from ..privacy.ip import IPPolicy
-from .fields import EVENT_FIELDS, NOT_PARAMS, coerce, param_value, to_int, to_json_object
+from .fields import EVENT_COERCERS, NOT_PARAMS, param_value, to_int, to_json_object
 from .ids import parse_uuid, short_hash, uuid4, uuid7
 from .request import RequestInfo
-
-# Paths of the tracking API itself are never taken as the page ``url`` of an event.
-_INTERNAL = re.compile(r"/(tr|img|pub|str|rdr|xrdr|ltv|ppi|rpi)/v?\d*|/tr/v\d+/")
 
 Enricher = Callable[[dict, RequestInfo], None]
 
@@ -102,9 +98,9 @@ class EventModel:
         if explicit_params:
             params.update(explicit_params)
         for key, value in raw.items():
-            spec = EVENT_FIELDS.get(key)
+            spec = EVENT_COERCERS.get(key)
             if spec is not None:
-                typed = coerce(spec[1], value)
+                typed = spec[1](value)
                 if typed is not None:
                     row[spec[0]] = typed
             elif key not in NOT_PARAMS:
@@ -129,8 +125,8 @@ class EventModel:
         email = raw.get("email")
         if "ehash" not in row and isinstance(email, str) and email.strip():
             row["ehash"] = self.hash_private(email)
-        if "url" not in row and req.uri and not _INTERNAL.search(req.uri.split("?", 1)[0]):
-            row["url"] = req.uri
+        if "url" not in row and req.page_url:
+            row["url"] = req.page_url
 
         row["created_at"] = req.now_ms
         row["hhash"] = short_hash(req.host)

@@ -43,16 +43,21 @@ def _format(value: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_MS48 = (1 << 48) - 1
+_RAND80 = (1 << 80) - 1
+_V7_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_V7_SET = (0x7 << 76) | (0b10 << 62)
+
+
 def uuid7(now_ms: int | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds then random bits, so eids sort by time."""
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds then random bits, so eids sort by time.
+
+    The 80 bits after the time are random except the version (4 bits) and variant (2 bits),
+    which are overwritten: 12 bits of ``rand_a`` and 62 of ``rand_b`` stay random.
+    """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(_entropy.take(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b
-    return _format(value)
+    value = ((ms & _MS48) << 80) | int.from_bytes(_entropy.take(10), "big")
+    return _format((value & _V7_CLEAR) | _V7_SET)
 
 
 _V4_CLEAR = ~((0xF << 76) | (0x3 << 62))
