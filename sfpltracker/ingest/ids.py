@@ -38,35 +38,27 @@ class _Entropy:
 _entropy = _Entropy()
 
 
-def _format(value: int) -> str:
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 _MS48 = (1 << 48) - 1
-_RAND80 = (1 << 80) - 1
-_V7_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_V7_SET = (0x7 << 76) | (0b10 << 62)
+# The hex digit that holds a UUID's variant (bits 10xx): the random digit's low two bits kept.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def uuid7(now_ms: int | None = None) -> str:
     """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds then random bits, so eids sort by time.
 
-    The 80 bits after the time are random except the version (4 bits) and variant (2 bits),
-    which are overwritten: 12 bits of ``rand_a`` and 62 of ``rand_b`` stay random.
+    Built as text from the hex of the time and of 10 random bytes: the version digit (7) and
+    the variant digit (8-b) replace two of the random digits, leaving the 74 random bits
+    RFC 9562 asks for. (Text slicing costs less than the integer arithmetic it replaced.)
     """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = ((ms & _MS48) << 80) | int.from_bytes(_entropy.take(10), "big")
-    return _format((value & _V7_CLEAR) | _V7_SET)
-
-
-_V4_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_V4_SET = (0x4 << 76) | (0b10 << 62)
+    h = (ms & _MS48).to_bytes(6, "big").hex() + _entropy.take(10).hex()
+    return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def uuid4() -> str:
     """A random UUIDv4."""
-    return _format((int.from_bytes(_entropy.take(16), "big") & _V4_CLEAR) | _V4_SET)
+    h = _entropy.take(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 # The canonical text of a UUID (what every id this gateway mints and every cookie it sets looks
