@@ -1,6 +1,7 @@
 """The per-request hot path of event ingestion, in one process, without sockets.
 
     /work/venv/bin/python bench/hotpath.py [--requests 20000] [--profile]
+    /work/venv/bin/python bench/hotpath.py --instructions --requests 1000   # valgrind, minutes
 
 ``bench/ingest.py`` measures the gateway through wrk and the kernel's TCP stack, on a shared
 machine where req/s moves with the neighbours' load. This script feeds raw HTTP/1.1 requests
@@ -13,8 +14,10 @@ happen on its own thread and are measured by ``bench/ingest.py``.
 
 Then each step of building an event is timed alone (``request_info``, ``visitor``,
 ``event_row``, ``encode_frame``), for a request as wrk sends it (Host only) and as a browser
-sends it (user agent, cookies, referer, accept headers). ``--profile`` prints cProfile's top
-functions of the gateway case.
+sends it (user agent, cookies, referer, accept headers), and for a JSON POST of 20 events.
+``--profile`` prints cProfile's top functions of the gateway case. ``--instructions`` counts
+instructions per request with valgrind instead of timing them: slow, but the same number on a
+busy machine as on an idle one, so it can compare two versions of the code.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import argparse
 import base64
 import cProfile
 import json
+import os
 import pstats
+import re
 import sys
 import tempfile
 import time
@@ -189,22 +194,99 @@ def steps(gateway, root, site, raw: bytes, n: int) -> dict[str, float]:
     }
 
 
+CASES = {
+    "get": ("GET, wrk (Host only)", WRK_REQUEST),
+    "browser": ("GET, browser", BROWSER_REQUEST),
+    "post": ("POST, 20 events", POST_REQUEST),
+}
+
+
+def serve_only(server: str, case: str, n: int) -> None:
+    """Warm up, then feed ``n`` requests and stop (what ``--instructions`` runs in valgrind)."""
+    raw = CASES[case][1]
+    if server == "bare":
+        site = bare_site()
+    else:
+        site = gateway_site(Path(tempfile.mkdtemp(prefix="sfpl-hotpath-")))[2]
+    drive(site, raw, 200)
+    drive(site, raw, n)
+
+
+def instructions(n: int) -> None:
+    """Instructions per request, counted by valgrind: the same on a busy machine as on an
+    idle one, so two versions of the code can be compared when req/s and CPU time cannot.
+
+    Each case runs twice (0 and ``n`` requests after the same warm-up); the difference divided
+    by ``n`` is what one request costs, start-up excluded.
+    """
+    import shutil
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+
+    def count(server: str, case: str, requests: int) -> int:
+        out = subprocess.run(
+            [
+                "valgrind",
+                "--tool=cachegrind",
+                "--cache-sim=no",
+                "--cachegrind-out-file=/dev/null",
+                sys.executable,
+                __file__,
+                "--serve-only",
+                server,
+                case,
+                str(requests),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            check=True,
+        ).stderr
+        return int(re.search(r"I\s+refs:\s+([\d,]+)", out).group(1).replace(",", ""))
+
+    jobs = [(server, case) for case in CASES for server in ("bare", "gateway")]
+    with ThreadPoolExecutor(2) as pool:
+        counted = dict(
+            zip(
+                jobs,
+                pool.map(lambda job: (count(*job, n) - count(*job, 0)) / n, jobs),
+                strict=True,
+            )
+        )
+    print(f"{'request':<22} {'bare Twisted instr/req':>23} {'gateway instr/req':>18} {'ratio':>6}")
+    for case, (label, _) in CASES.items():
+        bare, gw = counted[("bare", case)], counted[("gateway", case)]
+        print(f"{label:<22} {bare:>23,.0f} {gw:>18,.0f} {bare / gw:>6.2f}")
+    print(f"\nvalgrind --tool=cachegrind, {n} requests per case after a warm-up of 200.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind (slow: minutes; try --requests 1000)",
+    )
+    parser.add_argument("--serve-only", nargs=3, metavar=("SERVER", "CASE", "N"))
     args = parser.parse_args()
     n = args.requests
+    if args.serve_only:
+        server, case, count = args.serve_only
+        serve_only(server, case, int(count))
+        return
+    if args.instructions:
+        instructions(n)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="sfpl-hotpath-"))
     gateway, root, site = gateway_site(workdir)
 
     rows = []
-    cases = (
-        ("GET, wrk (Host only)", WRK_REQUEST),
-        ("GET, browser", BROWSER_REQUEST),
-        ("POST, 20 events", POST_REQUEST),
-    )
-    for label, raw in cases:
+    for label, raw in CASES.values():
         bare, _ = drive(bare_site(), raw, n, ROUNDS)
         gw, answer = drive(site, raw, n, ROUNDS)
         if not answer.startswith(b"HTTP/1.1 200"):
