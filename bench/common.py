@@ -160,6 +160,41 @@ class BareTwisted:
         self.proc.wait(10)
 
 
+class CpuMeter:
+    """CPU seconds a process used between ``start()`` and ``stop()``, from ``/proc``.
+
+    ``total`` is every thread of the process (for the gateway: the reactor, the spool writer,
+    chDB's insert threads); ``main`` is its main thread alone (twisted's reactor thread, where
+    HTTP parsing and the per-request Python work run). Linux only.
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.total = self.main = 0.0
+
+    def _read(self, path: str) -> float:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+
+    def _now(self) -> tuple[float, float]:
+        return (
+            self._read(f"/proc/{self.pid}/stat"),
+            self._read(f"/proc/{self.pid}/task/{self.pid}/stat"),
+        )
+
+    def start(self) -> CpuMeter:
+        self._start = self._now()
+        return self
+
+    def stop(self) -> CpuMeter:
+        end = self._now()
+        self.total = end[0] - self._start[0]
+        self.main = end[1] - self._start[1]
+        return self
+
+
 def _wait_port(port: int, timeout: float = 20) -> None:
     import socket
 
@@ -186,4 +221,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
-__all__ = ["BareTwisted", "GatewayProcess", "Nginx", "WrkResult", "http_request", "table", "wrk"]
+__all__ = [
+    "BareTwisted",
+    "CpuMeter",
+    "GatewayProcess",
+    "Nginx",
+    "WrkResult",
+    "http_request",
+    "table",
+    "wrk",
+]

@@ -6,6 +6,12 @@
 (c) the gateway's GET REST-path tracking, (d) JSON POST batches of 20 events. For (c) and (d)
 the rows in `sfpla.events` are counted after the run, so the table shows events *stored* per
 second and how many 2xx-answered events are missing from the store (must be 0).
+
+CPU columns (from ``/proc``, so less noisy than req/s on a shared machine): microseconds of
+the server's main thread per request during the wrk run (for the gateway: the reactor thread,
+where HTTP and the per-request Python work run), and of the whole process per event from the
+start of the run until the events are stored (for the gateway: reactor + spool writer +
+loader + chDB inserts).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BareTwisted, GatewayProcess, Nginx, table, wrk
+from common import BareTwisted, CpuMeter, GatewayProcess, Nginx, table, wrk
 
 BATCH = 20
 
@@ -43,15 +49,22 @@ def main() -> None:
 
     with Nginx("location / { empty_gif; }", work) as nginx:
         a = wrk(f"http://127.0.0.1:{nginx.port}/tr/v1/img/", **run)
-    rows.append(["(a) nginx empty_gif + access log", a, a.ok, None])
+    rows.append(["(a) nginx empty_gif + access log", a, a.ok, None, None])
 
     with BareTwisted() as bare:
+        cpu = CpuMeter(bare.proc.pid).start()
         b = wrk(f"http://127.0.0.1:{bare.port}/", **run)
-    rows.append(["(b) bare Twisted resource", b, b.ok, None])
+        cpu.stop()
+    rows.append(["(b) bare Twisted resource", b, b.ok, None, cpu])
 
     with GatewayProcess(work, name="gw-get") as gw:
+        cpu = CpuMeter(gw.proc.pid).start()
         c = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/ename/page_view/etyp/view/app/bench", **run)
-        rows.append(["(c) gateway GET REST path", c, c.ok, count_events(gw)])
+        main = cpu.stop().main  # the reactor thread during the run
+        stored = count_events(gw)
+        cpu.stop()  # the whole process, until the events are stored
+        cpu.main = main
+        rows.append(["(c) gateway GET REST path", c, c.ok, stored, cpu])
 
     body = json.dumps([{"ename": "bench", "etyp": "batch", "n": i} for i in range(BATCH)])
     script = (
@@ -59,12 +72,18 @@ def main() -> None:
         "wrk.headers['Content-Type'] = 'application/json'\n"
     )
     with GatewayProcess(work, name="gw-post") as gw:
+        cpu = CpuMeter(gw.proc.pid).start()
         d = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
-        rows.append([f"(d) gateway POST batches of {BATCH}", d, d.ok * BATCH, count_events(gw)])
+        main = cpu.stop().main
+        stored = count_events(gw)
+        cpu.stop()
+        cpu.main = main
+        rows.append([f"(d) gateway POST batches of {BATCH}", d, d.ok * BATCH, stored, cpu])
 
     out = []
-    for name, r, answered, stored in rows:
+    for name, r, answered, stored, cpu in rows:
         per_s = (stored if stored is not None else answered) / r.seconds
+        events = stored if stored is not None else answered
         out.append(
             [
                 name,
@@ -77,6 +96,8 @@ def main() -> None:
                 per_s,
                 per_s / (a.ok / a.seconds),
                 per_s / (b.ok / b.seconds),
+                "-" if cpu is None else cpu.main * 1e6 / max(1, r.requests),
+                "-" if cpu is None else cpu.total * 1e6 / max(1, events),
             ]
         )
     print(
@@ -92,6 +113,8 @@ def main() -> None:
                 "events/s",
                 "vs (a)",
                 "vs (b)",
+                "main-thread CPU us/req",
+                "process CPU us/event",
             ],
             out,
         )

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from .config import Config, parse_listen
 from .edge import Edge
 from .gateway import Gateway
+from .tuning import tune_gc
 from .web.query import query_site
 from .web.site import GatewayRoot
 
@@ -77,6 +78,7 @@ class GatewayService(service.Service):
             self.ports[name] = port
             log.info("{name} listening on {address}", name=name, address=_address(port))
         self.edge.start()
+        tune_gc()  # start-up is done: see tuning.py
         log.info("sfpltracker {version} ready", version=self.gateway.version)
 
     def _start_failed(self, failure):

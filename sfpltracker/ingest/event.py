@@ -12,21 +12,21 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..privacy.identity import CookielessIds, CookiePolicy
 from ..privacy.ip import IPPolicy
-from .fields import EVENT_FIELDS, NOT_PARAMS, coerce, param_value, to_int, to_json_object
+from .fields import EVENT_COERCERS, NOT_PARAMS, param_value, to_int, to_json_object
 from .ids import parse_uuid, short_hash, uuid4, uuid7
 from .request import RequestInfo
 
-# Paths of the tracking API itself are never taken as the page ``url`` of an event.
-_INTERNAL = re.compile(r"/(tr|img|pub|str|rdr|xrdr|ltv|ppi|rpi)/v?\d*|/tr/v\d+/")
-
 Enricher = Callable[[dict, RequestInfo], None]
+
+# ``json.dumps(..., separators=...)`` builds a new encoder on every call; this one is shared
+# (same settings: ASCII-only, compact).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass
@@ -98,9 +98,9 @@ class EventModel:
         if explicit_params:
             params.update(explicit_params)
         for key, value in raw.items():
-            spec = EVENT_FIELDS.get(key)
+            spec = EVENT_COERCERS.get(key)
             if spec is not None:
-                typed = coerce(spec[1], value)
+                typed = spec[1](value)
                 if typed is not None:
                     row[spec[0]] = typed
             elif key not in NOT_PARAMS:
@@ -116,15 +116,17 @@ class EventModel:
         else:
             row["vid"] = parse_uuid(raw.get("vid")) or visitor.vid
         row["sid"] = parse_uuid(raw.get("sid")) or visitor.sid
-        cookie_flags = to_int(req.cookies.get("CookieConsent", ""))
-        if "cflags" not in row and cookie_flags is not None:
-            row["cflags"] = cookie_flags
+        if "cflags" not in row:
+            consent = req.cookies.get("CookieConsent")
+            cookie_flags = to_int(consent) if consent is not None else None
+            if cookie_flags is not None:
+                row["cflags"] = cookie_flags
 
         email = raw.get("email")
         if "ehash" not in row and isinstance(email, str) and email.strip():
             row["ehash"] = self.hash_private(email)
-        if "url" not in row and req.uri and not _INTERNAL.search(req.uri.split("?", 1)[0]):
-            row["url"] = req.uri
+        if "url" not in row and req.page_url:
+            row["url"] = req.page_url
 
         row["created_at"] = req.now_ms
         row["hhash"] = short_hash(req.host)
@@ -133,8 +135,10 @@ class EventModel:
         row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
         ua = req.user_agent.strip().lower() if with_user_agent else ""
         row["bhash"] = short_hash(ua) if ua else ""
-        row["params"] = json.dumps(
-            {str(k): param_value(v) for k, v in params.items()}, separators=(",", ":")
+        row["params"] = (
+            _COMPACT_JSON.encode({str(k): param_value(v) for k, v in params.items()})
+            if params
+            else "{}"
         )
         row["server"] = 1 if server else 0
         row["bot"] = 0

@@ -136,25 +136,45 @@ NOT_PARAMS = frozenset(EVENT_FIELDS) | frozenset(
 )
 
 
+def _lower(value: Any) -> str | None:
+    s = to_str(value)
+    return s.strip().lower() if s is not None else None
+
+
+def _upper(value: Any) -> str | None:
+    s = to_str(value)
+    return s.strip().upper() if s is not None else None
+
+
+def _int32(value: Any) -> int | None:
+    return to_int(value, INT32_MIN, INT32_MAX)
+
+
+def _json(value: Any) -> str | None:
+    obj = to_json_object(value)
+    return json.dumps(param_value(obj), separators=(",", ":")) if obj is not None else None
+
+
+# Each kind's coercion, looked up once per field instead of walking a chain of comparisons.
+COERCERS = {
+    "str": to_str,
+    "lower": _lower,
+    "upper": _upper,
+    "uuid": parse_uuid,
+    "int": to_int,
+    "int32": _int32,
+    "float": to_float,
+    "json": _json,
+}
+
+# Input key -> (column, coercion), what ``EventModel.event_row`` uses for each key.
+EVENT_COERCERS = {key: (column, COERCERS[kind]) for key, (column, kind) in EVENT_FIELDS.items()}
+
+
 def coerce(kind: str, value: Any) -> Any:
     """The column value for ``value``, or None when it cannot be typed (field dropped)."""
-    if kind == "str":
-        return to_str(value)
-    if kind == "lower":
-        s = to_str(value)
-        return s.strip().lower() if s is not None else None
-    if kind == "upper":
-        s = to_str(value)
-        return s.strip().upper() if s is not None else None
-    if kind == "uuid":
-        return parse_uuid(value)
-    if kind == "int":
-        return to_int(value)
-    if kind == "int32":
-        return to_int(value, INT32_MIN, INT32_MAX)
-    if kind == "float":
-        return to_float(value)
-    if kind == "json":
-        obj = to_json_object(value)
-        return json.dumps(param_value(obj), separators=(",", ":")) if obj is not None else None
-    raise ValueError(kind)
+    try:
+        convert = COERCERS[kind]
+    except KeyError:
+        raise ValueError(kind) from None
+    return convert(value)

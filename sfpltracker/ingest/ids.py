@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 import time
 import uuid
@@ -37,36 +38,40 @@ class _Entropy:
 _entropy = _Entropy()
 
 
-def _format(value: int) -> str:
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+_MS48 = (1 << 48) - 1
+# The hex digit that holds a UUID's variant (bits 10xx): the random digit's low two bits kept.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def uuid7(now_ms: int | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds then random bits, so eids sort by time."""
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds then random bits, so eids sort by time.
+
+    Built as text from the hex of the time and of 10 random bytes: the version digit (7) and
+    the variant digit (8-b) replace two of the random digits, leaving the 74 random bits
+    RFC 9562 asks for. (Text slicing costs less than the integer arithmetic it replaced.)
+    """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(_entropy.take(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b
-    return _format(value)
-
-
-_V4_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_V4_SET = (0x4 << 76) | (0b10 << 62)
+    h = (ms & _MS48).to_bytes(6, "big").hex() + _entropy.take(10).hex()
+    return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def uuid4() -> str:
     """A random UUIDv4."""
-    return _format((int.from_bytes(_entropy.take(16), "big") & _V4_CLEAR) | _V4_SET)
+    h = _entropy.take(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# The canonical text of a UUID (what every id this gateway mints and every cookie it sets looks
+# like): already its own canonical form, so ``uuid.UUID`` (~5 us here) is only needed for others.
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def parse_uuid(value: object) -> str | None:
     """The canonical text of a UUID, or None when ``value`` is not one (then it is 'absent')."""
     if not isinstance(value, str) or not 32 <= len(value) <= 45:
         return None
+    if len(value) == 36 and _CANONICAL.fullmatch(value):
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:

@@ -32,6 +32,8 @@ def query_pairs(query: str, ignore_key: str) -> dict[str, str]:
     With ``ignore_key`` present (``igqp`` by default) the query string is not ingested at all,
     as in the original.
     """
+    if not query:
+        return {}  # most tracking calls carry their fields in the path or the body
     pairs = parse_qsl(query, keep_blank_values=True)
     if any(k.lower() == ignore_key for k, _ in pairs):
         return {}

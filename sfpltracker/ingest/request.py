@@ -6,7 +6,14 @@ Twisted request, so the same code serves HTTP, WebSocket and replays.
 
 from __future__ import annotations
 
+import datetime
+import functools
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+# Paths of the tracking API itself are never taken as the page ``url`` of an event.
+_INTERNAL = re.compile(r"/(tr|img|pub|str|rdr|xrdr|ltv|ppi|rpi)/v?\d*|/tr/v\d+/")
 
 
 @dataclass
@@ -16,18 +23,29 @@ class RequestInfo:
     user_agent: str = ""
     uri: str = ""  # path and query as requested
     https: bool = False
-    cookies: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names, first value
+    cookies: Mapping[str, str] = field(default_factory=dict)  # a dict or a view (web/common.py)
+    # Lower-cased names, first value; a plain dict or a view read on demand (web/common.py).
+    headers: Mapping[str, str] = field(default_factory=dict)
     now_ms: int = 0
 
     @property
     def day(self) -> str:
         """The UTC day of the request (YYYY-MM-DD), for daily-rotating ids."""
-        import datetime
+        return utc_day(self.now_ms // 86_400_000)
 
-        return datetime.datetime.fromtimestamp(self.now_ms / 1000, datetime.UTC).strftime(
-            "%Y-%m-%d"
-        )
+    @functools.cached_property
+    def page_url(self) -> str:
+        """``uri`` when it can be an event's page ``url`` (not a path of the tracking API
+        itself), else "". Worked out once per request, not once per event of a batch."""
+        if self.uri and not _INTERNAL.search(self.uri.split("?", 1)[0]):
+            return self.uri
+        return ""
+
+
+@functools.lru_cache(maxsize=4)
+def utc_day(day_number: int) -> str:
+    """``YYYY-MM-DD`` of a day counted from the epoch (cached: every request of a day asks)."""
+    return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day_number)).isoformat()
 
 
 def host_only(host: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from twisted.web.server import NOT_DONE_YET
@@ -15,13 +17,88 @@ def header(request, name: str, default: str = "") -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else (value or default)
 
 
+class RequestHeaders(Mapping[str, str]):
+    """``RequestInfo.headers`` of a Twisted request, read on demand instead of copied.
+
+    Lower-cased names, each header's first value, as text: what a dict of every header held,
+    but ingestion reads two or three of the dozen headers a browser sends (``sec-gpc``,
+    ``referer``, ...), so decoding them all on every event was wasted work.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw):
+        self._raw = raw  # twisted.web.http_headers.Headers
+
+    def get(self, name: str, default=None):
+        try:
+            values = self._raw.getRawHeaders(name.encode("latin-1"))
+        except UnicodeEncodeError:  # no header has such a name
+            return default
+        return values[0].decode("latin-1") if values else default
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for name, values in self._raw.getAllRawHeaders():
+            if values:
+                yield name.decode("latin-1").lower()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"RequestHeaders({dict(self)!r})"
+
+
+class RequestCookies(Mapping[str, str]):
+    """``RequestInfo.cookies`` of a Twisted request, decoded (latin-1) on lookup.
+
+    A site's visitors send every cookie of its domain (analytics, consent, sessions: often a
+    dozen or more); ingestion reads ``vid``, ``sid`` and ``CookieConsent``.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: dict[bytes, bytes]):
+        self._raw = raw  # Request.received_cookies
+
+    def get(self, name: str, default=None):
+        try:
+            value = self._raw.get(name.encode("latin-1"))
+        except UnicodeEncodeError:  # no cookie has such a name
+            return default
+        return value.decode("latin-1") if value is not None else default
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return (name.decode("latin-1") for name in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"RequestCookies({dict(self)!r})"
+
+
 def request_info(request, gateway, *, now_ms: int | None = None) -> RequestInfo:
     """The ``RequestInfo`` of a Twisted request (peer, trusted forwarded headers, cookies)."""
-    headers = {
-        k.decode("latin-1").lower(): v[0].decode("latin-1")
-        for k, v in request.requestHeaders.getAllRawHeaders()
-        if v
-    }
+    headers = RequestHeaders(request.requestHeaders)
     peer = getattr(request.getClientAddress(), "host", "") or ""
     trusted = gateway.trusted_proxies
     ip = trusted.client_ip(peer, headers)
@@ -30,16 +107,13 @@ def request_info(request, gateway, *, now_ms: int | None = None) -> RequestInfo:
     if peer in trusted:
         host = headers.get("x-forwarded-host", host).split(",")[0]
         https = https or headers.get("x-forwarded-proto", "").lower() == "https"
-    cookies = {
-        k.decode("latin-1"): v.decode("latin-1") for k, v in request.received_cookies.items()
-    }
     return RequestInfo(
         ip=ip,
         host=host_only(host),
         user_agent=headers.get("user-agent", ""),
         uri=request.uri.decode("latin-1"),
         https=https,
-        cookies=cookies,
+        cookies=RequestCookies(request.received_cookies),
         headers=headers,
         now_ms=gateway.now_ms() if now_ms is None else now_ms,
     )
@@ -82,7 +156,7 @@ def apply_cors(request, allow_origin: str) -> None:
     ``AllowOrigin`` may be ``*`` or a comma-separated list of origins.
     """
     origin = header(request, "origin")
-    allowed = [o.strip() for o in allow_origin.split(",") if o.strip()]
+    allowed = _allowed_origins(allow_origin)
     if origin and ("*" in allowed or origin in allowed):
         request.setHeader(b"access-control-allow-origin", origin.encode("latin-1"))
         request.setHeader(b"access-control-allow-credentials", b"true")
@@ -91,6 +165,12 @@ def apply_cors(request, allow_origin: str) -> None:
         request.setHeader(b"access-control-allow-origin", b"*")
     elif allowed:
         request.setHeader(b"access-control-allow-origin", allowed[0].encode("latin-1"))
+
+
+@functools.lru_cache(maxsize=16)
+def _allowed_origins(allow_origin: str) -> tuple[str, ...]:
+    """``AllowOrigin`` split once, not on every request (one value per config, so tiny)."""
+    return tuple(o.strip() for o in allow_origin.split(",") if o.strip())
 
 
 def preflight(request, allow_origin: str) -> bytes:

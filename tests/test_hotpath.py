@@ -1,0 +1,361 @@
+"""The per-request shortcuts of the ingestion hot path keep the answers they replaced.
+
+Views instead of copies (headers, cookies), the canonical-UUID fast path, the caches (allowed
+origins, the UTC day, per-connection TLS flag and local address, the page url of a request),
+one read-deadline timer per connection, Content-Length on tracking answers, no form parsing of
+POST bodies, and the garbage-collector settings. Everything runs on a MemoryReactorClock with
+in-memory transports; bench/hotpath.py measures what these save.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.http_headers import Headers
+from zope.interface import alsoProvides
+
+from sfpltracker.config import load_dict
+from sfpltracker.ingest.ids import parse_uuid, uuid4, uuid7
+from sfpltracker.ingest.request import RequestInfo, utc_day
+from sfpltracker.web import common
+from sfpltracker.web.common import RequestCookies, RequestHeaders
+
+# -- views of the request -------------------------------------------------------------------
+
+
+def _headers(*pairs: tuple[bytes, bytes]) -> Headers:
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name, value)
+    return headers
+
+
+def _copied(headers: Headers) -> dict[str, str]:
+    """What request_info used to build: every header, lower-cased name, first value."""
+    return {
+        k.decode("latin-1").lower(): v[0].decode("latin-1")
+        for k, v in headers.getAllRawHeaders()
+        if v
+    }
+
+
+def test_header_view_reads_what_the_copied_dict_held():
+    raw = _headers(
+        (b"Host", b"Shop.Example.com:8080"),
+        (b"User-Agent", b"Mozilla/5.0 caf\xe9"),
+        (b"X-Forwarded-For", b"203.0.113.9"),
+        (b"x-forwarded-for", b"198.51.100.1"),  # a second value: the first one wins
+        (b"Sec-GPC", b"1"),
+    )
+    view = RequestHeaders(raw)
+    copied = _copied(raw)
+    assert dict(view) == copied and view == copied
+    assert len(view) == len(copied) == 4
+    for name in ("host", "HOST", "user-agent", "x-forwarded-for", "sec-gpc"):
+        assert view.get(name) == copied[name.lower()]
+        assert view[name] == copied[name.lower()]
+        assert name in view
+    assert view.get("dnt") is None and view.get("dnt", "") == ""
+    assert "dnt" not in view and 3 not in view
+    assert view.get("caf\u20ac") is None  # not latin-1: no such header, no error
+    with pytest.raises(KeyError):
+        view["dnt"]
+
+
+def test_cookie_view_reads_what_the_copied_dict_held():
+    raw = {b"vid": b"0b6a3c2e-5f1d-4c1a-9d3e-8f2a1b4c5d6e", b"CookieConsent": b"1792", b"x": b""}
+    view = RequestCookies(raw)
+    copied = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()}
+    assert dict(view) == copied and len(view) == 3
+    assert view.get("vid") == copied["vid"] and view["CookieConsent"] == "1792"
+    assert view.get("x") == "" and "x" in view  # an empty cookie is still there
+    assert view.get("sid") is None and "sid" not in view
+    assert view.get("\u20ac", "d") == "d"
+    with pytest.raises(KeyError):
+        view["sid"]
+
+
+# -- identifiers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0b6a3c2e-5f1d-4c1a-9d3e-8f2a1b4c5d6e",  # canonical: the fast path
+        "0B6A3C2E-5F1D-4C1A-9D3E-8F2A1B4C5D6E",
+        "{0b6a3c2e-5f1d-4c1a-9d3e-8f2a1b4c5d6e}",
+        "urn:uuid:0b6a3c2e-5f1d-4c1a-9d3e-8f2a1b4c5d6e",
+        "0b6a3c2e5f1d4c1a9d3e8f2a1b4c5d6e",
+        "0b6a3c2e-5f1d-4c1a-9d3e-8f2a1b4c5d6g",  # 36 characters, not hex
+        "0b6a3c2e_5f1d_4c1a_9d3e_8f2a1b4c5d6e",
+        "0b6a3c2e-5f1d-4c1a-9d3e-8f2a1b4c5d6e\n",
+    ],
+)
+def test_parse_uuid_agrees_with_uuid_module(value):
+    try:
+        expected = str(uuid.UUID(value))
+    except ValueError:
+        expected = None
+    assert parse_uuid(value) == expected
+
+
+def test_minted_ids_are_canonical_and_well_formed():
+    for _ in range(500):
+        v7, v4 = uuid7(1_795_000_000_000), uuid4()
+        assert parse_uuid(v7) == v7 == str(uuid.UUID(v7))
+        assert parse_uuid(v4) == v4 == str(uuid.UUID(v4))
+        u7, u4 = uuid.UUID(v7), uuid.UUID(v4)
+        assert (u7.version, u7.variant, u7.int >> 80) == (7, uuid.RFC_4122, 1_795_000_000_000)
+        assert (u4.version, u4.variant) == (4, uuid.RFC_4122)
+    assert len({uuid7(1) for _ in range(1000)}) == 1000  # the random part is random
+
+
+# -- caches ---------------------------------------------------------------------------------
+
+
+def test_utc_day_is_the_calendar_day_and_its_cache_is_bounded():
+    for ms in (0, 86_399_999, 86_400_000, 1_795_000_000_000, -1, 253_402_300_799_999):
+        expected = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d")
+        assert RequestInfo(now_ms=ms).day == expected
+    for n in range(100):  # more days than the cache holds
+        utc_day(n)
+    assert utc_day.cache_info().currsize <= utc_day.cache_info().maxsize == 4
+
+
+def test_page_url_is_the_uri_unless_it_is_the_tracking_api():
+    assert RequestInfo(uri="/shop/cart?x=1").page_url == "/shop/cart?x=1"
+    assert RequestInfo(uri="/tr/v1/tr/ename/x").page_url == ""
+    assert RequestInfo(uri="/tr/v1/img/?url=/shop").page_url == ""
+    assert RequestInfo(uri="/img/v1/ename/x").page_url == ""
+    assert RequestInfo(uri="").page_url == ""
+
+
+class _Request:
+    """What apply_cors reads and writes of a request."""
+
+    def __init__(self, origin: bytes | None):
+        self.requestHeaders = _headers(*([(b"Origin", origin)] if origin else []))
+        self.responseHeaders = Headers()
+
+    def getHeader(self, name):  # noqa: N802
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def setHeader(self, name, value):  # noqa: N802
+        self.responseHeaders.setRawHeaders(name, [value])
+
+
+def _cors(allow_origin: str, origin: bytes | None) -> dict:
+    request = _Request(origin)
+    common.apply_cors(request, allow_origin)
+    return {
+        k.decode().lower(): v[0].decode() for k, v in request.responseHeaders.getAllRawHeaders()
+    }
+
+
+def test_allow_origin_is_split_once_per_value_and_the_cache_is_bounded():
+    assert _cors("*", None) == {"access-control-allow-origin": "*"}
+    listed = "https://a.example, https://b.example"
+    assert _cors(listed, b"https://b.example")["access-control-allow-origin"] == (
+        "https://b.example"
+    )
+    assert _cors(listed, b"https://evil.example") == {
+        "access-control-allow-origin": "https://a.example"
+    }
+    assert _cors(" , ", b"https://a.example") == {}
+    # Each AllowOrigin value is its own entry: a second value never sees the first's list.
+    assert _cors("https://c.example", b"https://b.example") == {
+        "access-control-allow-origin": "https://c.example"
+    }
+    for n in range(100):
+        common._allowed_origins(f"https://{n}.example")
+    info = common._allowed_origins.cache_info()
+    assert info.currsize <= info.maxsize == 16
+
+
+# -- the edge channel -----------------------------------------------------------------------
+
+
+class StubStore:
+    kind = "stub"
+
+    def query(self, sql, fmt="JSONEachRow", params=None, database=None):
+        return defer.succeed(b"")
+
+
+class AcceptAll:
+    """An intake that takes everything at once (the spool is tested on its own)."""
+
+    def __init__(self):
+        self.records = []
+
+    def accept(self, records):
+        self.records.extend(records)
+        return defer.succeed(None)
+
+
+@pytest.fixture
+def edge(tmp_path):
+    from sfpltracker.edge import Edge
+    from sfpltracker.gateway import Gateway
+    from sfpltracker.web.site import GatewayRoot
+
+    cfg = load_dict(
+        {"DataDirectory": str(tmp_path / "data"), "ProxyPortTLS": "", "ReadTimeoutSeconds": 2}
+    )
+    clock = MemoryReactorClock()
+    gateway = Gateway(cfg, clock, store=StubStore())
+    gateway.intake = AcceptAll()
+    root = GatewayRoot(gateway)
+    site = Edge(gateway, root, clock).site()
+    return clock, gateway, site
+
+
+class CountingTransport(StringTransport):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.host_asked = 0
+
+    def getHost(self):  # noqa: N802
+        self.host_asked += 1
+        return super().getHost()
+
+    def setTcpNoDelay(self, enabled):  # noqa: N802 - asked of a TLS (hence TCP) transport
+        pass
+
+
+def connect(site, transport=None):
+    addr = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(addr)
+    transport = transport or CountingTransport(peerAddress=addr)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+GET_TR = b"GET /tr/v1/tr/ename/page_view HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def test_tls_flag_and_local_address_are_asked_once_per_connection(edge):
+    clock, gateway, site = edge
+    channel, transport = connect(site)
+    for _ in range(5):
+        channel.dataReceived(GET_TR)
+    assert transport.value().count(b"HTTP/1.1 200 ") == 5
+    assert transport.host_asked == 1
+    assert channel.isSecure() is False
+
+    tls = CountingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+    alsoProvides(tls, ISSLTransport)
+    channel, tls = connect(site, tls)
+    channel.dataReceived(GET_TR)
+    assert channel.isSecure() is True
+    assert b"; Secure" in tls.value()  # the cookies of an HTTPS request
+
+
+def test_one_read_deadline_timer_per_connection(edge):
+    clock, gateway, site = edge
+    channel, transport = connect(site)
+    scheduled = []
+    call_later = channel.callLater
+
+    def counting_call_later(delay, fn, *args, **kwargs):
+        if getattr(fn, "__qualname__", "").startswith("EdgeChannel."):
+            scheduled.append(fn)
+        return call_later(delay, fn, *args, **kwargs)
+
+    channel.callLater = counting_call_later
+    for _ in range(50):
+        channel.dataReceived(GET_TR)
+        clock.advance(0.01)
+    assert transport.value().count(b"HTTP/1.1 200 ") == 50
+    assert len(scheduled) == 1  # for the first request; the other 49 only note a deadline
+    channel.connectionLost(None)
+    assert not [c for c in clock.getDelayedCalls() if c.func in scheduled]
+
+
+def test_a_later_request_gets_its_own_full_deadline(edge):
+    clock, gateway, site = edge
+    channel, transport = connect(site)
+    channel.dataReceived(GET_TR)  # t=0: arms the timer for t=2
+    clock.advance(1.5)
+    channel.dataReceived(b"GET /ping HTTP/1.1\r\nHost: a\r\n")  # t=1.5: its deadline is 3.5
+    clock.advance(0.6)  # t=2.1: the timer fires, finds a request with a later deadline
+    assert b"408" not in transport.value() and not transport.disconnecting
+    clock.advance(1.3)  # t=3.4
+    assert b"408" not in transport.value()
+    clock.advance(0.2)  # t=3.6
+    assert b"HTTP/1.1 408 " in transport.value() and transport.disconnecting
+    assert gateway.counters["requests_timed_out"] == 1
+
+
+def test_an_idle_keep_alive_connection_is_not_cut_by_the_deadline(edge):
+    clock, gateway, site = edge
+    channel, transport = connect(site)
+    channel.dataReceived(GET_TR)
+    clock.advance(5)  # the deadline timer fires with nothing being read and lapses
+    assert b"408" not in transport.value() and not transport.disconnecting
+    channel.dataReceived(GET_TR)
+    assert transport.value().count(b"HTTP/1.1 200 ") == 2
+
+
+def test_tracking_answers_carry_their_length(edge):
+    clock, gateway, site = edge
+    channel, transport = connect(site)
+    channel.dataReceived(GET_TR)
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: 0" in head and b"Transfer-Encoding" not in head and body == b""
+    transport.clear()
+    channel.dataReceived(b"GET /tr/v1/img/ename/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: 35" in head and body.startswith(b"GIF89a") and len(body) == 35
+    transport.clear()
+    channel.dataReceived(b"GET /tr/v1/str/ename/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert parse_uuid(json.loads(body))
+
+
+def test_post_bodies_are_not_parsed_as_forms(edge):
+    """A form content type does not make Twisted parse (or refuse) the body before the route:
+    the route reads it as the JSON the API takes, or answers its own JSON 400."""
+    clock, gateway, site = edge
+    body = b'{"ename": "signup"}'
+    for ctype in (b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=zz"):
+        channel, transport = connect(site)
+        channel.dataReceived(
+            b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: a\r\nContent-Type: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (ctype, len(body), body)
+        )
+        assert transport.value().startswith(b"HTTP/1.1 200 "), transport.value()
+    assert [row["ename"] for _, row in gateway.intake.records[-2:]] == ["signup", "signup"]
+    channel, transport = connect(site)
+    channel.dataReceived(
+        b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=zz"
+        b"\r\nContent-Length: 5\r\n\r\n--zz\n"
+    )
+    head, _, answer = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"malformed JSON" in answer
+
+
+# -- the garbage collector ------------------------------------------------------------------
+
+
+def test_tune_gc_freezes_start_up_and_raises_the_first_threshold():
+    code = (
+        "import gc, json; from sfpltracker.tuning import tune_gc, GEN0_THRESHOLD;"
+        "before = gc.get_threshold(); tune_gc(); tune_gc();"
+        "print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count(), GEN0_THRESHOLD]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, frozen, gen0 = json.loads(out.stdout)
+    assert after == [gen0, before[1], before[2]] and gen0 > before[0]
+    assert frozen > 1000  # the modules loaded so far
