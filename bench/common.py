@@ -21,6 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from twisted.internet import defer  # noqa: E402
+
+from sfpltracker.pipeline.spool import encode_frame  # noqa: E402
 from tests.gateway_process import GatewayProcess, free_port, http_request  # noqa: E402
 
 
@@ -231,3 +234,20 @@ __all__ = [
     "table",
     "wrk",
 ]
+
+
+class SerialisingIntake:
+    """Serialises records as ``SpoolIntake.accept`` does and acknowledges at once.
+
+    For in-process CPU measurements on a ``MemoryReactorClock``: the durable spool answers
+    from its writer thread, which a memory reactor never runs.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.records = 0
+
+    def accept(self, records):
+        encode_frame(records, int(self.clock.seconds() * 1000))
+        self.records += len(records)
+        return defer.succeed(None)

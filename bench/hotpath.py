@@ -43,6 +43,7 @@ from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
 from twisted.web import resource, server  # noqa: E402
 
+from bench.common import SerialisingIntake  # noqa: E402
 from sfpltracker.config import load_dict  # noqa: E402
 from sfpltracker.edge import Edge  # noqa: E402
 from sfpltracker.gateway import Gateway  # noqa: E402
@@ -77,19 +78,6 @@ POST_REQUEST = (
 )
 
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=")
-
-
-class SerialisingIntake:
-    """Serialises records as ``SpoolIntake.accept`` does and acknowledges at once."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.records = 0
-
-    def accept(self, records):
-        encode_frame(records, int(self.clock.seconds() * 1000))
-        self.records += len(records)
-        return defer.succeed(None)
 
 
 class StubStore:
