@@ -6,6 +6,7 @@ shared 2-core machine are noisy: compare the rows of one run, not runs of differ
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -49,6 +50,22 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def post_script(body: str, content_type: str = "application/json") -> str:
+    """A wrk Lua script POSTing ``body``. ``json.dumps`` of ASCII text is a valid Lua string
+    literal; a ``[[...]]`` long string is not when the body itself ends in ``]``."""
+    return (
+        'wrk.method = "POST"\n'
+        f'wrk.headers["Content-Type"] = {json.dumps(content_type)}\n'
+        f"wrk.body = {json.dumps(body, ensure_ascii=True)}\n"
+    )
+
+
+def check_wrk_stderr(stderr: str) -> None:
+    """wrk reports a broken Lua script on stderr and then runs without it (plain GETs)."""
+    if stderr.strip():
+        raise RuntimeError(f"wrk: {stderr.strip()[:500]}")
+
+
 def wrk(
     url: str, seconds: int = 10, connections: int = 50, threads: int = 2, script: str | None = None
 ) -> WrkResult:
@@ -63,7 +80,9 @@ def wrk(
         tmp.close()
         args += ["-s", tmp.name]
     try:
-        out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+        proc = subprocess.run([*args, url], capture_output=True, text=True, check=True)
+        check_wrk_stderr(proc.stderr)
+        out = proc.stdout
     finally:
         if tmp:
             os.unlink(tmp.name)

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import check_wrk_stderr  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
 
 GET_PATH = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
@@ -55,10 +56,13 @@ class Wrk:
             os.write(fd, script.encode())
             os.close(fd)
             args += ["-s", self.script]
-        self.proc = subprocess.Popen([*args, url], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*args, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def result(self) -> dict:
-        out, _ = self.proc.communicate()
+        out, err = self.proc.communicate()
+        check_wrk_stderr(err)
         if self.script:
             os.unlink(self.script)
         m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m),", out)

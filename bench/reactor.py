@@ -28,13 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import check_wrk_stderr, post_script  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
-
-POST_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[%s]]
-"""
 
 
 def batch_body() -> str:
@@ -62,7 +57,9 @@ def wrk(url: str, seconds: float, connections: int, script: Path | None) -> tupl
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", url]
     if script is not None:
         argv[1:1] = ["-s", str(script)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    check_wrk_stderr(proc.stderr)
+    out = proc.stdout
     rate, bad = 0.0, 0
     for line in out.splitlines():
         line = line.strip()
@@ -84,7 +81,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="sfpl-bench-reactor-"))
     script = workdir / "post.lua"
-    script.write_text(POST_SCRIPT % batch_body())
+    script.write_text(post_script(batch_body()))
     cases = {"GET /ping": ("/ping", None), "POST 20 events": ("/tr/v1/tr/", script)}
     rates: dict[tuple[str, str], list[float]] = {}
     cpu_us: dict[tuple[str, str], list[float]] = {}

@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import check_wrk_stderr, post_script  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
 
 WARMUP = 2.0
@@ -118,12 +119,6 @@ def ws_load(gw, lz4: bool, seconds: float, connections: int, window: int, procs:
 
 # --------------------------------------------------------------------------- HTTP load
 
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[%s]]
-"""
-
 
 def http_load(gw, seconds: float, connections: int, workdir: Path) -> tuple[int, int]:
     """wrk POSTs one 20-event JSON array per request; returns (2xx requests, other requests)."""
@@ -131,7 +126,7 @@ def http_load(gw, seconds: float, connections: int, workdir: Path) -> tuple[int,
     for e in batch:
         del e["eid"]  # wrk repeats the body: let the gateway mint a new eid per event
     script = workdir / "post.lua"
-    script.write_text(WRK_SCRIPT % json.dumps(batch, separators=(",", ":")))
+    script.write_text(post_script(json.dumps(batch, separators=(",", ":"))))
     proc = subprocess.run(
         [
             "wrk",
@@ -147,6 +142,7 @@ def http_load(gw, seconds: float, connections: int, workdir: Path) -> tuple[int,
         text=True,
         check=True,
     )
+    check_wrk_stderr(proc.stderr)
     total = bad = 0
     for line in proc.stdout.splitlines():
         line = line.strip()
