@@ -15,7 +15,12 @@ from tests.gateway_process import GatewayProcess
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    config = {"ReadTimeoutSeconds": 1, "IdleTimeoutSeconds": 5, "MaxHeaderBytes": 2048}
+    config = {
+        "ReadTimeoutSeconds": 1,
+        "IdleTimeoutSeconds": 5,
+        "MaxHeaderBytes": 2048,
+        "MaxConnections": 4,
+    }
     with GatewayProcess(tmp_path_factory.mktemp("querylimits"), config) as gateway:
         yield gateway
 
@@ -125,3 +130,22 @@ def test_a_normal_select_still_works(gw):
         assert client.query("SELECT count() FROM events").result_rows == [(0,)]
     finally:
         client.close()
+
+
+def test_connection_cap_covers_the_query_listener(gw):
+    # MaxConnections counts all listeners together: idle public connections fill it.
+    idle = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 10
+        while (r := gw.query_raw("SELECT 1")).status != 503:  # until the gateway accepted them
+            assert time.monotonic() < deadline, r
+            time.sleep(0.05)
+        assert r.header("retry-after") == "5"
+        assert r.json() == {"error": "too many connections (MaxConnections)"}
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while (r := gw.query_raw("SELECT 1")).status != 200:
+        assert time.monotonic() < deadline, r
+        time.sleep(0.05)

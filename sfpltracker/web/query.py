@@ -10,10 +10,11 @@ WITH or EXPLAIN and may not write a file (``INTO OUTFILE``), and the store runs 
 connection with ``readonly = 1`` (which also refuses table functions such as ``file()`` and
 ``url()``, and changing settings).
 
-The listener has the limits of the public ones (``EdgeSite``): a request must arrive within
-``ReadTimeoutSeconds`` (else 408 and the connection is closed), its headers within
-``MaxHeaderBytes``, an idle connection is closed after ``IdleTimeoutSeconds``; and a body
-larger than ``QUERY_MAX_BODY_BYTES`` is answered 413 without being kept.
+The listener has the limits of the public ones (``EdgeSite`` and ``EdgeFront``): a request
+must arrive within ``ReadTimeoutSeconds`` (else 408 and the connection is closed), its headers
+within ``MaxHeaderBytes``, an idle connection is closed after ``IdleTimeoutSeconds``, a
+connection beyond ``MaxConnections`` (all listeners together) gets 503; and a body larger than
+``QUERY_MAX_BODY_BYTES`` is answered 413 without being kept.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from twisted.web.resource import Resource
 from .. import admin
 from ..store.errors import StoreError
 from .common import body_too_large, header
-from .front import EdgeSite
+from .front import EdgeFront, EdgeSite
 from .site import LimitedRequest
 
 log = Logger()
@@ -236,10 +237,14 @@ def _finish(request, data: bytes) -> None:
 
 
 class QuerySite(EdgeSite):
-    """The edge's connection limits around ``QueryResource``, with the query body cap."""
+    """The edge's connection limits around ``QueryResource``, with the query body cap.
+
+    ``EdgeFront`` without ACME, HTTPS redirect or daily limit only adds the connection cap.
+    """
 
     def __init__(self, gateway):
-        super().__init__(gateway, QueryResource(gateway), reactor=gateway.reactor)
+        front = EdgeFront(gateway, QueryResource(gateway))
+        super().__init__(gateway, front, reactor=gateway.reactor)
         self.requestFactory = type(
             "QueryRequest", (LimitedRequest,), {"max_body": QUERY_MAX_BODY_BYTES}
         )
