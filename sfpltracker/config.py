@@ -100,6 +100,10 @@ class Config:
     MaxBatchEvents: int = 500
     MaxMessageBytes: int = 1048576
     IgnoreQueryParamsKey: str = "igqp"
+    # Short-link admin API: after this many failed logins per client IP or uid within the
+    # window, further attempts get 429 without a password check (0 turns it off).
+    LoginFailureLimit: int = 10
+    LoginFailureWindowSeconds: float = 900.0
 
     # Identity and privacy (section 4).
     SessionMinutes: int = 30
@@ -362,7 +366,14 @@ def _validate_edge(cfg: Config) -> None:
                 re.compile(entry.ProxyUrlFilter)
             except re.error as e:
                 raise ConfigError(f"Sites.{host}.ProxyUrlFilter: not a valid regex: {e}") from None
-    for name in ("ProxyConnectTimeoutSeconds", "ProxyTimeoutSeconds", "MaxConnections"):
+    if cfg.LoginFailureLimit < 0:
+        raise ConfigError("LoginFailureLimit: must be 0 (off) or more")
+    for name in (
+        "ProxyConnectTimeoutSeconds",
+        "ProxyTimeoutSeconds",
+        "MaxConnections",
+        "LoginFailureWindowSeconds",
+    ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be more than 0")
 

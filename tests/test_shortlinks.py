@@ -31,6 +31,9 @@ CONFIG = {
     "Domains": ["localhost", "tracker.test"],
     "RedirectAllowHosts": ["*.allowed.test", "partner.test"],
     "DefaultRedirect": "https://www.allowed.test/home",
+    # These tests send many wrong credentials from 127.0.0.1 on purpose; the throttle that
+    # would stop them has its own tests (test_login_throttle.py).
+    "LoginFailureLimit": 1000,
 }
 
 

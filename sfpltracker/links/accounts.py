@@ -112,6 +112,7 @@ class Accounts:
         self.store = store
         self.reactor = reactor
         self.database = getattr(store, "database", "sfpla")
+        self.checks = 0  # password checks run (each a scrypt): /metrics
 
     def _hash_off_reactor(self, fn, *args):
         if self.reactor is None:
@@ -141,6 +142,7 @@ class Accounts:
         uid = parse_uuid(creds.uid)
         row = (yield self.get(uid)) if uid else None
         stored = row["pwd"] if row else _DUMMY_HASH
+        self.checks += 1
         ok = yield self._hash_off_reactor(verify_secret, creds.secret, stored)
         if not ok or row is None:
             raise AuthFailed("bad credentials")

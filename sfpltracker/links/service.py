@@ -13,6 +13,7 @@ from .accounts import Accounts
 from .cache import LinkCache
 from .policy import RedirectPolicy
 from .repository import LinkRepository
+from .throttle import LoginThrottle
 
 
 class ShortLinkService:
@@ -23,11 +24,17 @@ class ShortLinkService:
         self.cache = LinkCache(self.repo, gateway.reactor, **cache_options)
         self.accounts = Accounts(gateway.store, gateway.reactor)
         self.policy = RedirectPolicy(cfg.Domains, cfg.RedirectAllowHosts)
+        self.throttle = (
+            LoginThrottle(cfg.LoginFailureLimit, cfg.LoginFailureWindowSeconds, gateway.reactor)
+            if cfg.LoginFailureLimit > 0
+            else None
+        )
         self.counters = {
             "hits": 0,  # short-link redirects answered
             "misses": 0,  # requests on a link host that matched no live link
             "untracked": 0,  # redirects (short links, /rdr/, /xrdr/) whose click was refused
             "auth_failures": 0,  # admin API calls with missing or wrong credentials
+            "auth_throttled": 0,  # admin API calls refused (429) after too many failed logins
             "changes": 0,  # links created, updated or deleted through this process
         }
         gateway.components.append(self)
@@ -67,6 +74,15 @@ class ShortLinkService:
         yield CounterMetricFamily(
             "sfpl_rpi_auth_failures", "Admin API calls refused for credentials", c["auth_failures"]
         )
+        yield CounterMetricFamily(
+            "sfpl_rpi_auth_throttled",
+            "Admin API calls refused without a password check after too many failed logins",
+            c["auth_throttled"],
+        )
+        yield CounterMetricFamily(
+            "sfpl_rpi_password_checks", "Admin API password checks run (scrypt)",
+            self.accounts.checks,
+        )  # fmt: skip
         yield CounterMetricFamily(
             "sfpl_shortlink_changes", "Links changed through this process", c["changes"]
         )

@@ -35,6 +35,11 @@ def client_key(ip: str) -> str:
     return str(addr)
 
 
+def ip_digest(key: bytes, ip: str) -> bytes:
+    """What a limit keeps instead of an IP: a keyed hash of its ``client_key`` (16 bytes)."""
+    return hmac.new(key, client_key(ip).encode(), hashlib.sha256).digest()[:16]
+
+
 class DailyLimiter:
     def __init__(self, limit: int, clock, max_entries: int = 500_000, key: bytes | None = None):
         self.limit = limit
@@ -47,7 +52,7 @@ class DailyLimiter:
         self.refused = 0
 
     def _digest(self, ip: str) -> bytes:
-        return hmac.new(self._key, client_key(ip).encode(), hashlib.sha256).digest()[:16]
+        return ip_digest(self._key, ip)
 
     def seconds_to_midnight(self) -> int:
         now = self.clock.seconds()

@@ -10,7 +10,9 @@ Admin API (JSON; CORS as every API route):
 * ``DELETE`` either ``redirect`` form with ``?urlfrom=``: remove a link (kept in the history).
 
 401 for missing or wrong credentials, 403 for another organisation's link, 400 with the reason
-for bad input, 503 when the store cannot be reached. Credentials never reach a log: the access
+for bad input, 503 when the store cannot be reached; 429 with ``Retry-After`` after
+``LoginFailureLimit`` failed logins from one client IP or on one uid (``links/throttle.py``),
+answered before the password is checked. Credentials never reach a log: the access
 log masks the secret path segment and nothing here logs a request.
 
 Serving (``ShortLinkFallback``, the first fallback of the site): host + path found in the link
@@ -44,6 +46,7 @@ from ..links.model import (
     public_view,
     resolve_tracked,
 )
+from ..links.throttle import Throttled
 from .common import (
     NOT_DONE_YET,
     apply_cors,
@@ -67,10 +70,11 @@ PERMANENT_MAX_AGE = 86400  # a permanent redirect is cached by browsers at most 
 class Refusal(Exception):
     """An answer other than 200: ``status`` and the JSON reason."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, retry_after: int | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
 
 
 def header_credentials(request) -> Credentials | None:
@@ -123,7 +127,7 @@ class RpiResource(Resource):
         if action == "redirects" and len(rest) in (1, 3):
             creds = Credentials(rest[0], rest[1]) if len(rest) == 3 else header_credentials(request)
             if method in (b"GET", b"HEAD"):
-                return self._run(request, self._list(creds, rest[-1]))
+                return self._run(request, self._list(request, creds, rest[-1]))
             return error(request, 405, "use GET to list links")
         return error(request, 404, "unknown rpi route")
 
@@ -137,7 +141,9 @@ class RpiResource(Resource):
                 if refusal.status == 401:
                     self.links.count("auth_failures")
                     request.setHeader(b"www-authenticate", b'Bearer realm="sfpltracker"')
-                finish(request, error(request, refusal.status, refusal.reason))
+                elif refusal.status == 429:
+                    self.links.count("auth_throttled")
+                finish(request, error(request, refusal.status, refusal.reason, refusal.retry_after))
                 return
             log.error("short-link API failed: {why}", why=failure.getErrorMessage())
             finish(request, error(request, 503, "the link store is not available", 5))
@@ -146,16 +152,31 @@ class RpiResource(Resource):
         return NOT_DONE_YET
 
     @defer.inlineCallbacks
-    def _account(self, creds):
+    def _account(self, request, creds):
+        attempt = None
+        throttle = self.links.throttle
+        if throttle is not None and creds is not None and creds.secret:  # a check will run
+            try:
+                attempt = throttle.attempt(request_info(request, self.gateway).ip, creds.uid)
+            except Throttled as e:
+                raise Refusal(429, e.reason, e.retry_after) from None
         try:
             account = yield self.links.accounts.authenticate(creds, self.gateway.now_ms())
         except AuthFailed as e:
+            if attempt is not None:
+                attempt.failed()
             raise Refusal(401, str(e)) from None
+        except Exception:
+            if attempt is not None:
+                attempt.abandoned()
+            raise
+        if attempt is not None:
+            attempt.succeeded()
         return account
 
     @defer.inlineCallbacks
     def _save(self, request, creds):
-        account = yield self._account(creds)
+        account = yield self._account(request, creds)
         now = self.gateway.now_ms()
         if body_too_large(request):
             raise Refusal(400, f"request body larger than MaxBodyBytes ({self.cfg.MaxBodyBytes})")
@@ -208,7 +229,7 @@ class RpiResource(Resource):
 
     @defer.inlineCallbacks
     def _delete(self, request, creds):
-        account = yield self._account(creds)
+        account = yield self._account(request, creds)
         query = request.uri.decode("latin-1").partition("?")[2]
         urlfrom = next((v for k, v in parse_qsl(query) if k.lower() == "urlfrom"), "")
         if not urlfrom.strip():
@@ -231,8 +252,8 @@ class RpiResource(Resource):
         return {"ok": True, "urlfrom": key, "deleted": True}
 
     @defer.inlineCallbacks
-    def _list(self, creds, host: str):
-        account = yield self._account(creds)
+    def _list(self, request, creds, host: str):
+        account = yield self._account(request, creds)
         host = host_only(host)
         if not host:
             raise Refusal(400, "Bad request (host)")

@@ -9,6 +9,12 @@ Two guards keep it read-only: the statement must start with SELECT, SHOW, DESCRI
 WITH or EXPLAIN and may not write a file (``INTO OUTFILE``), and the store runs it on a chDB
 connection with ``readonly = 1`` (which also refuses table functions such as ``file()`` and
 ``url()``, and changing settings).
+
+The listener has the limits of the public ones (``EdgeSite`` and ``EdgeFront``): a request
+must arrive within ``ReadTimeoutSeconds`` (else 408 and the connection is closed), its headers
+within ``MaxHeaderBytes``, an idle connection is closed after ``IdleTimeoutSeconds``, a
+connection beyond ``MaxConnections`` (all listeners together) gets 503; and a body larger than
+``QUERY_MAX_BODY_BYTES`` is answered 413 without being kept.
 """
 
 from __future__ import annotations
@@ -26,9 +32,15 @@ from twisted.web.resource import Resource
 
 from .. import admin
 from ..store.errors import StoreError
-from .common import header
+from .common import body_too_large, header
+from .front import EdgeFront, EdgeSite
+from .site import LimitedRequest
 
 log = Logger()
+
+# ClickHouse itself parses at most max_query_size (256 KiB by default) of a query, so no real
+# query needs more; fixed rather than MaxBodyBytes, which is tuned for tracking calls.
+QUERY_MAX_BODY_BYTES = 1048576
 
 READ_STATEMENTS = ("SELECT", "SHOW", "DESCRIBE", "DESC", "EXISTS", "WITH", "EXPLAIN")
 
@@ -102,6 +114,11 @@ class QueryResource(Resource):
         return self._handle(request, b"")
 
     def render_POST(self, request):
+        if body_too_large(request):
+            reason = f"request body larger than {QUERY_MAX_BODY_BYTES} bytes"
+            if request.path.startswith(b"/admin/"):
+                return _json(request, 413, {"error": reason})
+            return _exception(request, 413, 0, reason, "BODY_TOO_LARGE")
         request.content.seek(0)
         body = request.content.read()
         if request.path.startswith(b"/admin/"):
@@ -219,7 +236,22 @@ def _finish(request, data: bytes) -> None:
     request.finish()
 
 
+class QuerySite(EdgeSite):
+    """The edge's connection limits around ``QueryResource``, with the query body cap.
+
+    ``EdgeFront`` without ACME, HTTPS redirect or daily limit only adds the connection cap.
+    """
+
+    def __init__(self, gateway):
+        front = EdgeFront(gateway, QueryResource(gateway))
+        super().__init__(gateway, front, reactor=gateway.reactor)
+        self.requestFactory = type(
+            "QueryRequest", (LimitedRequest,), {"max_body": QUERY_MAX_BODY_BYTES}
+        )
+
+    def log(self, request):
+        pass  # queries may hold personal data; never log them
+
+
 def query_site(gateway) -> server.Site:
-    site = server.Site(QueryResource(gateway), timeout=gateway.cfg.IdleTimeoutSeconds)
-    site.log = lambda request: None  # queries may hold personal data; never log them
-    return site
+    return QuerySite(gateway)
