@@ -18,7 +18,14 @@ from typing import Any
 
 from ..privacy.identity import CookielessIds, CookiePolicy
 from ..privacy.ip import IPPolicy
-from .fields import EVENT_COERCERS, NOT_PARAMS, param_value, to_int, to_json_object
+from .fields import (
+    EVENT_COERCERS,
+    NOT_PARAMS,
+    param_value,
+    to_int,
+    to_json_object,
+    unique_json_paths,
+)
 from .ids import parse_uuid, short_hash, uuid4, uuid7
 from .request import RequestInfo
 
@@ -136,7 +143,9 @@ class EventModel:
         ua = req.user_agent.strip().lower() if with_user_agent else ""
         row["bhash"] = short_hash(ua) if ua else ""
         row["params"] = (
-            _COMPACT_JSON.encode({str(k): param_value(v) for k, v in params.items()})
+            _COMPACT_JSON.encode(
+                unique_json_paths({str(k): param_value(v) for k, v in params.items()})
+            )
             if params
             else "{}"
         )
