@@ -14,7 +14,15 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from sfpltracker.ingest.fields import unique_json_paths
 from sfpltracker.pipeline.spool import encode_frame, list_segments, segment_path
+from sfpltracker.store.embedded import EmbeddedStore
+from sfpltracker.store.errors import StoreError
+from sfpltracker.store.rejects import DataRejected, bisect
 from tests.test_durability import (
     TRACK,
     assert_exactly_once,
@@ -196,3 +204,89 @@ def test_input_chdb_would_refuse_never_becomes_a_row(gateway):
     assert json.loads(rows[1]["t"]) == {"t": {"u": "one"}}
     assert dead_letters(gateway) == []
     assert health(gateway)["status"] == "ok"
+
+
+# -- the store itself (real chDB, no gateway) ------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = EmbeddedStore(tmp_path, reactor)
+    pytest_twisted.blockon(s.start())
+    yield s
+    pytest_twisted.blockon(s.stop())
+
+
+@pytest_twisted.inlineCallbacks
+def view_counts(store) -> tuple[int, int, int]:
+    out = yield store.execute(
+        "SELECT (SELECT count() FROM sfpla.events), (SELECT sum(total) FROM sfpla.hits), "
+        "(SELECT sum(events) FROM sfpla.visitors)"
+    )
+    return tuple(int(v) for v in out.decode().split())
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_search_is_the_same_on_a_resend_so_views_stay_exact(store):
+    rows = [event_row(str(uuid.uuid4()), n) for n in range(40)]
+    rows[5]["params"] = LONE_SURROGATE_PARAMS
+    rows[21]["duration"] = "not a number"  # Arrow refuses it before chDB sees it
+    rows[33]["params"] = CLASHING_PATHS_PARAMS
+    # "A crash in the middle of the search": the halves' source parts land, hits' do not.
+    yield store.execute("DETACH TABLE sfpla.hits_mv")
+    assert (yield store.insert("events", rows, token="sfpl-poison")) == 37
+    yield store.execute("ATTACH TABLE sfpla.hits_mv")
+    assert (yield view_counts(store)) == (37, 0, 37)
+    # The batch sent again with its token (what the loader does after a crash) is searched
+    # the same way: each half's token is the same, so only hits' missing parts are written.
+    assert (yield store.insert("events", rows, token="sfpl-poison")) == 37
+    assert (yield view_counts(store)) == (37, 37, 37)
+    dead = store.deadletters.read("events")
+    assert {d["row"]["eid"] for d in dead} == {rows[i]["eid"] for i in (5, 21, 33)}
+    reasons = {d["row"]["eid"]: d["reason"] for d in dead}
+    assert reasons[rows[21]["eid"]].startswith("not sent: ArrowInvalid")
+    assert "Cannot parse JSON object" in reasons[rows[5]["eid"]]
+    assert store.stats["dead_letters"]["events"] == 6  # both sends set them aside
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_dropped_column_is_retried_with_the_table_as_it_is_now(store):
+    yield store.execute("ALTER TABLE sfpla.events DROP COLUMN xid")
+    row = dict(event_row(str(uuid.uuid4()), 1), xid="x1")
+    with pytest.raises(StoreError, match="No such column xid"):
+        yield store.insert("events", [row], token="sfpl-drop")
+    assert (yield store.insert("events", [row], token="sfpl-drop")) == 1  # the batcher's retry
+    assert store.deadletters.read("events") == []
+
+
+def test_bisect_names_each_half_by_its_place():
+    refused = {2, 5}
+    tried, dead = [], []
+
+    def insert(half, label):
+        tried.append((label, half))
+        if refused & set(half):
+            raise DataRejected(f"refused {sorted(refused & set(half))}", 117)
+
+    bisect(list(range(8)), DataRejected("first", 117), insert, dead)
+    assert dead == [(2, "refused [2]", 117), (5, "refused [5]", 117)]
+    assert tried == [
+        ("0", [0, 1, 2, 3]),
+        ("00", [0, 1]),
+        ("01", [2, 3]),
+        ("010", [2]),
+        ("011", [3]),
+        ("1", [4, 5, 6, 7]),
+        ("10", [4, 5]),
+        ("100", [4]),
+        ("101", [5]),
+        ("11", [6, 7]),
+    ]
+
+
+def test_unique_json_paths_keeps_the_first_value_of_each_path():
+    assert unique_json_paths({"a": 1, "b": {"c": 2}}) == {"a": 1, "b": {"c": 2}}
+    assert unique_json_paths({"a.b": 1, "a": {"b": 2, "c": 3}}) == {"a.b": 1, "a": {"c": 3}}
+    assert unique_json_paths({"a": {"b": 2}, "a.b": 1}) == {"a": {"b": 2}}
+    assert unique_json_paths({"x": [{"p.q": 1, "p": {"q": 2}}]}) == {"x": [{"p.q": 1, "p": {}}]}
+    assert unique_json_paths({"a.b": None, "a": {"b": 2}}) == {"a.b": None, "a": {"b": 2}}
