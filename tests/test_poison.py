@@ -290,3 +290,44 @@ def test_unique_json_paths_keeps_the_first_value_of_each_path():
     assert unique_json_paths({"a": {"b": 2}, "a.b": 1}) == {"a": {"b": 2}}
     assert unique_json_paths({"x": [{"p.q": 1, "p": {"q": 2}}]}) == {"x": [{"p.q": 1, "p": {}}]}
     assert unique_json_paths({"a.b": None, "a": {"b": 2}}) == {"a.b": None, "a": {"b": 2}}
+
+
+# What chDB 26.9 does with each value (docs/durability.md "What chDB 26.9 refuses"): "refused"
+# means the row is dead-lettered with a reason containing the text given.
+CHDB_FINDINGS = [
+    ({"params": "not json"}, "Cannot parse JSON object"),
+    ({"params": "[1,2]"}, "Cannot read JSON object"),
+    ({"params": '{"a":NaN}'}, "Cannot parse JSON object"),
+    ({"targets": '{"a":Infinity}'}, "Cannot parse JSON object"),
+    ({"params": LONE_SURROGATE_PARAMS}, "Cannot parse JSON object"),
+    ({"params": CLASHING_PATHS_PARAMS}, "Duplicate path"),
+    ({"params": '{"a":[{"b.c":1,"b":{"c":2}}]}'}, "Duplicate path"),
+    ({"params": '{"a":' * 1100 + "1" + "}" * 1100}, "Cannot parse JSON object"),
+    ({"url": "\ud800"}, "UnicodeEncodeError"),
+    ({"duration": "x"}, "ArrowInvalid"),
+    ({"country": b"\xff"}, "ArrowInvalid"),
+    ({"url": {"a": 1}}, "ArrowTypeError"),
+    ({"duration": 2**64}, "OverflowError"),
+    ({"uid": "not-a-uuid"}, None),  # stored as the zero UUID
+    ({"ver": 2**40}, None),
+    ({"created_at": -(10**15)}, None),
+    ({"params": '{"a":123456789012345678901234567890}'}, None),
+    ({"params": '{"a":1,"a.b":2}'}, None),
+    ({"params": '{"a":' * 1000 + "1" + "}" * 1000}, None),
+    ({"no_such_column": 1}, None),
+]
+
+
+@pytest_twisted.inlineCallbacks
+def test_what_chdb_refuses(store):
+    rows = [
+        dict(event_row(str(uuid.uuid4()), n), **change)
+        for n, (change, _) in enumerate(CHDB_FINDINGS)
+    ]
+    refused = {rows[n]["eid"]: why for n, (_, why) in enumerate(CHDB_FINDINGS) if why}
+    stored = yield store.insert("events", rows, token="sfpl-findings")
+    reasons = {d["row"]["eid"]: d["reason"] for d in store.deadletters.read("events")}
+    assert set(reasons) == set(refused)
+    for eid, why in refused.items():
+        assert why in reasons[eid], (why, reasons[eid])
+    assert stored == len(rows) - len(refused)
