@@ -18,7 +18,14 @@ from typing import Any
 
 from ..privacy.identity import CookielessIds, CookiePolicy
 from ..privacy.ip import IPPolicy
-from .fields import EVENT_COERCERS, NOT_PARAMS, param_value, to_int, to_json_object
+from .fields import (
+    EVENT_COERCERS,
+    NOT_PARAMS,
+    param_value,
+    to_int,
+    to_json_object,
+    unique_json_paths,
+)
 from .ids import parse_uuid, short_hash, uuid4, uuid7
 from .request import RequestInfo
 
@@ -135,11 +142,7 @@ class EventModel:
         row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
         ua = req.user_agent.strip().lower() if with_user_agent else ""
         row["bhash"] = short_hash(ua) if ua else ""
-        row["params"] = (
-            _COMPACT_JSON.encode({str(k): param_value(v) for k, v in params.items()})
-            if params
-            else "{}"
-        )
+        row["params"] = _params_text(params) if params else "{}"
         row["server"] = 1 if server else 0
         row["bot"] = 0
         for enrich in self.enrichers:
@@ -151,6 +154,19 @@ class EventModel:
     def hash_private(self, text: str) -> str:
         """Keyed hash of an e-mail address (never stored in the clear)."""
         return hash_private(self.hash_key, text)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    """``params`` as the JSON text of the column, each JSON path named once (ClickHouse refuses
+    a row naming one twice: ``unique_json_paths``). Only text with a dot can have a dotted key,
+    so most events skip that walk."""
+    typed = {str(k): param_value(v) for k, v in params.items()}
+    text = _COMPACT_JSON.encode(typed)
+    if "." in text:
+        unique = unique_json_paths(typed)
+        if unique is not typed:
+            text = _COMPACT_JSON.encode(unique)
+    return text
 
 
 def hash_private(key: bytes, text: str) -> str:

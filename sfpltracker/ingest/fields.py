@@ -96,6 +96,65 @@ def param_value(value: Any) -> Any:
     return value
 
 
+def unique_json_paths(obj: dict) -> dict:
+    """``obj`` without keys that name a JSON path a key before them already named.
+
+    ClickHouse's JSON type reads a dotted key as a path: ``{"a.b": 1, "a": {"b": 2}}`` names
+    ``a.b`` twice and the whole row is refused ("Duplicate path found"). The first value of
+    each path is kept, later ones are dropped (only that field: the event goes in). Objects in
+    arrays are paths of their own. Most objects have no dotted key and are returned as they are.
+    """
+    if not _has_dotted_key(obj):
+        return obj
+    return _first_of_each_path(obj, "", set())
+
+
+def _has_dotted_key(obj: dict) -> bool:
+    # A plain loop: this runs for every event's params (a generator costs more than the walk).
+    for key, value in obj.items():
+        if "." in key:
+            return True
+        if isinstance(value, dict):
+            if _has_dotted_key(value):
+                return True
+        elif isinstance(value, list) and _list_has_dotted_key(value):
+            return True
+    return False
+
+
+def _list_has_dotted_key(values: list) -> bool:
+    for value in values:
+        if isinstance(value, dict):
+            if _has_dotted_key(value):
+                return True
+        elif isinstance(value, list) and _list_has_dotted_key(value):
+            return True
+    return False
+
+
+def _first_of_each_path(obj: dict, prefix: str, seen: set[str]) -> dict:
+    out = {}
+    for key, value in obj.items():
+        path = prefix + key
+        if isinstance(value, dict):
+            out[key] = _first_of_each_path(value, path + ".", seen)
+        elif value is None:  # no value: ClickHouse stores no path for it
+            out[key] = value
+        elif path not in seen:
+            seen.add(path)
+            out[key] = _paths_in_arrays(value)
+    return out
+
+
+def _paths_in_arrays(value: Any) -> Any:
+    if isinstance(value, list):
+        return [
+            _first_of_each_path(v, "", set()) if isinstance(v, dict) else _paths_in_arrays(v)
+            for v in value
+        ]
+    return value
+
+
 def _is_plain_decimal(s: str) -> bool:
     """``"1.5"``, ``"-0.25"``: yes; ``"007.5"``, ``"1e9"``, ``"1."``: no (kept as text)."""
     if not _FLOAT.match(s) or "." not in s or "e" in s.lower() or s.endswith("."):
@@ -152,7 +211,9 @@ def _int32(value: Any) -> int | None:
 
 def _json(value: Any) -> str | None:
     obj = to_json_object(value)
-    return json.dumps(param_value(obj), separators=(",", ":")) if obj is not None else None
+    if obj is None:
+        return None
+    return json.dumps(unique_json_paths(param_value(obj)), separators=(",", ":"))
 
 
 # Each kind's coercion, looked up once per field instead of walking a chain of comparisons.

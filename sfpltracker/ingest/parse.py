@@ -8,12 +8,18 @@ treats them the same way (unknown keys go to ``params`` from every form).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 
 class BadInput(ValueError):
     """Input the client must fix: answered with 400 and this message."""
+
+
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): a pair is one character, a lone one is
+# not text at all; Python decodes it into a str that cannot be stored (docs/durability.md).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def path_pairs(rest: str) -> dict[str, str]:
@@ -57,6 +63,10 @@ def json_events(body: bytes, max_events: int) -> list[Any]:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BadInput(f"malformed JSON: {getattr(e, 'msg', str(e))}") from None
+    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(data):
+        raise BadInput(
+            "malformed JSON: a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not text"
+        )
     if isinstance(data, dict):
         return [data]
     if isinstance(data, list):
@@ -64,6 +74,15 @@ def json_events(body: bytes, max_events: int) -> list[Any]:
             raise BadInput(f"too many events in one batch: {len(data)} > {max_events}")
         return data
     raise BadInput("expected a JSON object or an array of objects")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether a decoded JSON value holds a lone surrogate (in a key or a string value)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def lower_keys(obj: dict) -> dict:

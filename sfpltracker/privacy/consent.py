@@ -11,7 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..ingest.fields import param_value, to_float, to_int, to_json_object, to_str
+from ..ingest.fields import (
+    param_value,
+    to_float,
+    to_int,
+    to_json_object,
+    to_str,
+    unique_json_paths,
+)
 from ..ingest.ids import parse_uuid, short_hash, uuid7
 from ..ingest.parse import BadInput
 from ..ingest.request import RequestInfo
@@ -61,7 +68,7 @@ def agreed_row(body: dict[str, Any], req: RequestInfo, vid: str, ip_policy, enri
     for key in JSONS:
         obj = to_json_object(body.get(key))
         if obj is not None:
-            row[key] = json.dumps(param_value(obj), separators=(",", ":"))
+            row[key] = json.dumps(unique_json_paths(param_value(obj)), separators=(",", ":"))
     for key in ("lat", "lon"):
         value = to_float(body.get(key))
         if value is not None:

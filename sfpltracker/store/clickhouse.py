@@ -56,6 +56,8 @@ from .deadletter import DeadLetters
 from .dedup import drop_stored, keys_to_check
 from .errors import StoreError
 from .legacy import LegacyDialect
+from .rejects import DATA_ERRORS, DataRejected, bisect, dead_letter_family
+from .rejects import one_line as _reason
 from .schema import load_statements, parse_version, required_version, schema_dir
 
 # clickhouse-driver logs every failed connect with a full traceback (dozens of lines a second
@@ -67,49 +69,8 @@ log = Logger()
 DEFAULT_PORT, DEFAULT_SECURE_PORT = 9000, 9440
 SCHEMA_TIMEOUT = 600.0  # ON CLUSTER DDL waits for every node
 
-# ClickHouse error codes that mean "this data", not "this server": the batch is split to find
-# the rows that cause them. Everything else (network, memory, unknown table ...) is retried.
-DATA_ERRORS = frozenset(
-    {
-        6,  # CANNOT_PARSE_TEXT
-        25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
-        26,  # CANNOT_PARSE_QUOTED_STRING
-        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-        32,  # ATTEMPT_TO_READ_AFTER_EOF: parsing a value that is too short (toInt64(''))
-        38,  # CANNOT_PARSE_DATE
-        41,  # CANNOT_PARSE_DATETIME
-        53,  # TYPE_MISMATCH
-        69,  # ARGUMENT_OUT_OF_BOUND
-        70,  # CANNOT_CONVERT_TYPE
-        72,  # CANNOT_PARSE_NUMBER
-        117,  # INCORRECT_DATA
-        128,  # TOO_LARGE_ARRAY_SIZE
-        131,  # TOO_LARGE_STRING_SIZE
-        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
-        376,  # CANNOT_PARSE_UUID
-        395,  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
-        407,  # DECIMAL_OVERFLOW
-        441,  # CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING
-        467,  # CANNOT_PARSE_BOOL
-        469,  # VIOLATED_CONSTRAINT
-        632,  # UNEXPECTED_DATA_AFTER_PARSED_VALUE
-        675,  # CANNOT_PARSE_IPV4
-        676,  # CANNOT_PARSE_IPV6
-        691,  # UNKNOWN_ELEMENT_OF_ENUM
-    }
-)
 # clickhouse-driver failing to encode a value it was given (the block never reached the server).
 CLIENT_DATA_ERRORS = (TypeError, ValueError, struct.error, OverflowError, AttributeError)
-
-
-class DataRejected(Exception):
-    """An insert refused for its data; ``reason`` and ``code`` are what the server said."""
-
-    def __init__(self, reason: str, code: int):
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
 
 
 def parse_hosts(hosts: list[str], secure: bool) -> list[tuple[str, int]]:
@@ -126,15 +87,6 @@ def parse_hosts(hosts: list[str], secure: bool) -> list[tuple[str, int]]:
     if not out:
         raise StoreError("Hosts: a clickhouse store needs at least one host:port")
     return out
-
-
-def _reason(exc: BaseException) -> str:
-    """A server error in one line, without its stack trace."""
-    text = " ".join(str(exc).split())
-    for cut in (" Stack trace:", ", Stack trace"):
-        if cut in text:
-            text = text[: text.index(cut)]
-    return text.rstrip(".") + "."
 
 
 @dataclass
@@ -554,12 +506,12 @@ class ClickHouseStore:
     def _bisect(self, client, table, shape, rows: list[dict], error: DataRejected, outcome):
         """Find the rows the server rejects: halves are inserted again (with dedup: a failing
         view may leave the table's part of a rejected insert behind), down to single rows."""
-        if len(rows) == 1:
-            outcome.dead.append((rows[0], error.reason, error.code))
-            return
-        middle = len(rows) // 2
-        for half in (rows[:middle], rows[middle:]):
-            self._insert_rows(client, table, shape, half, True, outcome)
+        bisect(
+            rows,
+            error,
+            lambda half, _label: self._insert_rows(client, table, shape, half, True, outcome),
+            outcome.dead,
+        )
 
     def _send(self, client, table: str, names: list[str], columns: list[list]) -> None:
         column_list = ", ".join(f"`{n}`" for n in names)
@@ -680,14 +632,7 @@ class ClickHouseStore:
         """Prometheus families (read by ``/metrics`` through ``Gateway.metric_sources``)."""
         from prometheus_client.core import CounterMetricFamily
 
-        dead = CounterMetricFamily(
-            "sfpl_store_dead_letter_rows",
-            "Rows the store rejected and kept in DataDirectory/deadletter/",
-            labels=["table"],
-        )
-        for table, n in sorted(self.stats["dead_letters"].items()):
-            dead.add_metric([table], n)
-        yield dead
+        yield dead_letter_family(self.stats["dead_letters"])
         dedup = CounterMetricFamily(
             "sfpl_store_rows_deduplicated",
             "Rows of retried batches skipped because they were already stored",

@@ -46,7 +46,8 @@ class DeadLetters:
             + "\n"
             for row, reason, code in rows
         ]
-        data = "".join(lines).encode()
+        # A lone surrogate (not UTF-8) is written as its JSON escape, so the row reads back as it was.
+        data = "".join(lines).encode("utf-8", "backslashreplace")
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path(table), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

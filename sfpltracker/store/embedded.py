@@ -13,6 +13,14 @@ that landed are skipped and the missing ones written (chDB honours the token for
 SELECT FROM Python()``; ``tests/test_store_tokens.py`` shows it). For that every table that
 receives rows keeps a deduplication window (``non_replicated_deduplication_window``): the
 schema sets it, ``_ensure_dedup_windows`` adds it to view targets created before it did.
+
+Rows chDB refuses for their data (JSON it cannot parse, a value Arrow cannot convert: see
+docs/durability.md "A row the store can never accept") would fail their batch on every
+attempt and hold back the spool behind it. The insert then searches the batch by halves
+(``rejects.bisect``, as the server store does), stores every other row and sets the refused
+ones aside in ``DataDirectory/deadletter/<table>.jsonl``. Each half gets an insert token
+derived from the batch's token and its place in the search, so a batch re-sent after a crash
+(same rows, same token) is searched the same way and only its missing parts are written.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import functools
 import os
 import re
 import threading
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +42,10 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from .deadletter import DeadLetters
 from .dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from .errors import StoreError
+from .rejects import DATA_ERRORS, DataRejected, Dead, bisect, dead_letter_family, one_line
 from .schema import load_statements
 
 __all__ = ["DEDUP_KEYS", "EmbeddedStore", "StoreError"]
@@ -43,6 +55,13 @@ log = Logger()
 DEDUP_WINDOW = 1000  # blocks per table whose token (or checksum) ClickHouse remembers
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _VIEW_TARGET = re.compile(r"\bTO\s+`?(\w+)`?\.`?(\w+)`?", re.IGNORECASE)
+# Arrow refusing a row's value (a str in an Int64 column, a lone surrogate, an int past 64
+# bits): pa.ArrowInvalid is a ValueError, pa.ArrowTypeError a TypeError.
+ARROW_DATA_ERRORS = (ValueError, TypeError, OverflowError)
+# chDB errors meaning the table is not what ``columns`` says (an ALTER or DROP since it was
+# read): NOT_FOUND_COLUMN_IN_BLOCK, NO_SUCH_COLUMN_IN_TABLE, UNKNOWN_IDENTIFIER, UNKNOWN_TABLE.
+SCHEMA_CHANGED = frozenset({10, 16, 47, 60})
+MAX_REASON = 500  # characters of chDB's message kept (it may quote a whole JSON value)
 
 
 def _arrow_type(ch_type: str) -> pa.DataType:
@@ -73,6 +92,23 @@ def to_arrow(rows: list[dict], columns: dict[str, str]) -> tuple[pa.Table, list[
     return pa.Table.from_arrays(arrays, names=present), present
 
 
+def _reason(error: StoreError) -> str:
+    """chDB's message for a refused row, without the pipeline it ran in, at most MAX_REASON."""
+    text = one_line(error)
+    for cut in (": while converting source column", ": while executing"):
+        if cut in text:
+            text = text[: text.index(cut)] + "."
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+@dataclass
+class InsertOutcome:
+    """What one insert did; counted and logged on the reactor thread."""
+
+    stored: int = 0
+    dead: Dead = field(default_factory=list)
+
+
 def _error(exc: Exception) -> StoreError:
     text = str(exc)
     code = 0
@@ -98,6 +134,8 @@ class EmbeddedStore:
         self._writer = None
         self._local = threading.local()
         self._inserts = 0
+        self.deadletters = DeadLetters(Path(data_dir) / "deadletter")
+        self.stats: dict[str, Counter] = {"dead_letters": Counter()}
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -229,17 +267,66 @@ class EmbeddedStore:
         """
         if token is not None and not _TOKEN.match(token):
             return defer.fail(StoreError(f"bad insert token {token!r}"))
-        return self._on_writer(self._insert, table, rows, dedup, token)
+        d = self._on_writer(self._insert, table, rows, dedup, token)
+        d.addCallback(self._settle, table)
+        return d
 
-    def _insert(self, table: str, rows: list[dict], dedup: bool, token: str | None) -> int:
+    def _settle(self, outcome: InsertOutcome, table: str) -> int:
+        """On the reactor thread: count and log the rows set aside; fire with those stored."""
+        if outcome.dead:
+            self.stats["dead_letters"][table] += len(outcome.dead)
+            log.error(
+                "store: chDB refused {n} row(s) of {table} for their data ({reason}); "
+                "stored the other {stored}, kept the refused in {path}",
+                n=len(outcome.dead),
+                table=table,
+                reason=outcome.dead[0][1],
+                stored=outcome.stored,
+                path=str(self.deadletters.path(table)),
+            )
+        return outcome.stored
+
+    def _insert(
+        self, table: str, rows: list[dict], dedup: bool, token: str | None
+    ) -> InsertOutcome:
         columns = self.columns.get(table)
         if columns is None:
-            raise StoreError(f"no table {self.database}.{table}")
+            raise StoreError(f"no table {self.database}.{table}", 60)
         if dedup and token is None:
             rows = self._without_stored(table, rows)
+        outcome = InsertOutcome()
         if not rows:
-            return 0
-        batch, names = to_arrow(rows, columns)  # noqa: F841 - read by name in the SQL below
+            return outcome
+        try:
+            self._send(table, columns, rows, token)
+            outcome.stored = len(rows)
+            return outcome
+        except DataRejected as e:
+            self._check_columns(table, columns)
+            refused = e
+
+        def again(half: list[dict], label: str) -> None:
+            if token is not None:
+                # Same rows, same place in the search -> same token: a re-send skips it.
+                self._send(table, columns, half, f"{token}-{label}")
+            else:
+                half = self._without_stored(table, half)
+                if half:
+                    self._send(table, columns, half, None)
+            outcome.stored += len(half)
+
+        bisect(rows, refused, again, outcome.dead)
+        # Appended (and fsynced) only once the whole batch is settled: if a later half fails
+        # for the store's sake, the batch is retried whole and the same rows are found again.
+        self.deadletters.append(table, outcome.dead, "embedded")
+        return outcome
+
+    def _send(self, table: str, columns: dict[str, str], rows: list[dict], token) -> None:
+        """One INSERT; ``DataRejected`` when chDB or Arrow refuses the rows' values."""
+        try:
+            batch, names = to_arrow(rows, columns)  # noqa: F841 - read by name in the SQL below
+        except ARROW_DATA_ERRORS as e:
+            raise DataRejected(f"not sent: {type(e).__name__}: {e}"[:MAX_REASON], 0) from None
         column_list = ", ".join(f"`{n}`" for n in names)
         settings = ""
         if token is not None:
@@ -255,9 +342,20 @@ class EmbeddedStore:
                 f"{settings}SELECT * FROM Python(batch)"
             )
         except Exception as e:
-            raise _error(e) from None
+            error = _error(e)
+            if error.code in DATA_ERRORS:
+                raise DataRejected(_reason(error), error.code) from None
+            if error.code in SCHEMA_CHANGED:
+                self._read_columns()  # the retry converts the rows for the table as it is now
+            raise error from None
         self._inserts += 1
-        return len(rows)
+
+    def _check_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Before blaming rows, make sure the table is still what they were converted for (an
+        ALTER since its columns were read makes every row "bad"); else retry the batch."""
+        self._read_columns()
+        if self.columns.get(table) != columns:
+            raise StoreError(f"the columns of {self.database}.{table} changed; retrying the batch")
 
     def without_stored(self, table: str, rows: list[dict]) -> defer.Deferred:
         """The rows whose dedup key is not stored yet (all of them for a table without one)."""
@@ -319,6 +417,10 @@ class EmbeddedStore:
 
     def ping(self) -> defer.Deferred:
         return self.query("SELECT 1", "TabSeparated")
+
+    def metric_families(self):
+        """Prometheus families (read by ``/metrics`` through ``Gateway.metric_sources``)."""
+        yield dead_letter_family(self.stats["dead_letters"])
 
 
 def syncfs(path: Path) -> None:
