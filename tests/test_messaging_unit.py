@@ -232,3 +232,13 @@ def test_no_rows_without_a_valid_tid():
     records = event_records({"tid": TID}, event)
     assert [t for t, _ in records] == ["events", "mthreads", "mstore", "mtriage"]
     assert count_events(records) == 1
+
+
+def test_in_a_cluster_a_thread_lives_on_one_shard():
+    from sfpltracker.store.cluster import cluster_statements
+    from sfpltracker.store.schema import load_statements
+
+    sql = {s.name: s.sql for s in cluster_statements(load_statements(), "c1")}
+    for table in ("mthreads", "mstore", "mtriage"):
+        assert "ReplicatedReplacingMergeTree" in sql[f"{table}_local"]
+        assert sql[table].rstrip().endswith("cityHash64(tid))"), sql[table]
