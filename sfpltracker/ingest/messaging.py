@@ -198,10 +198,11 @@ def schema_columns(text: str) -> dict[str, dict[str, str]]:
 
 
 def coercers(columns: dict[str, str]) -> dict[str, Callable[[Any], Any]]:
-    """Input key -> coercion for the columns an input may set."""
+    """Input key -> coercion for the columns an input may set (not those the gateway sets or
+    copies from the events row)."""
     out = {}
     for name, ch_type in columns.items():
-        if name in SET_BY_GATEWAY:
+        if name in SET_BY_GATEWAY or name in FROM_EVENT:
             continue
         out[name] = to_json_text if name in JSON_TEXT_COLUMNS else _BY_TYPE[ch_type]
     return out
@@ -209,33 +210,47 @@ def coercers(columns: dict[str, str]) -> dict[str, Callable[[Any], Any]]:
 
 COLUMNS = schema_columns(SCHEMA_FILE.read_text())
 COERCERS = {table: coercers(COLUMNS[table]) for table in TABLES}
+# The tables share most columns (subject, msg, users ...): each input value is typed once, with
+# the coercion the message tables use, and again only where a table types it differently
+# (mthreads.mtempl is JSON, mstore.mtempl text).
+_SHARED: dict[str, Callable[[Any], Any]] = {}
+for _table in ("mstore", "mtriage", "mthreads"):
+    for _name, _convert in COERCERS[_table].items():
+        _SHARED.setdefault(_name, _convert)
+_OWN = {
+    table: {n: c for n, c in COERCERS[table].items() if _SHARED[n] is not c} for table in TABLES
+}
+_NAMES = {table: frozenset(COERCERS[table]) - frozenset(_OWN[table]) for table in TABLES}
 _FROM_EVENT = {table: [c for c in FROM_EVENT if c in COLUMNS[table]] for table in TABLES}
 
 
 # -- the rows ----------------------------------------------------------------------------------
 
 
-def typed_fields(raw: dict[str, Any], table: str) -> dict[str, Any]:
-    """The input's values for ``table``'s columns, typed; bad values left out."""
-    coerce = COERCERS[table]
-    row: dict[str, Any] = {}
+def _typed(raw: dict[str, Any], coerce: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """The values of ``raw`` whose key ``coerce`` knows, typed; bad values left out."""
+    out: dict[str, Any] = {}
     for key, value in raw.items():
         convert = coerce.get(key)
         if convert is not None and value is not None:
             typed = convert(value)
             if typed is not None:
-                row[key] = typed
-    return row
+                out[key] = typed
+    return out
 
 
-def table_row(raw: dict[str, Any], event: dict[str, Any], table: str) -> dict[str, Any]:
-    row = typed_fields(raw, table)
+def _row(typed: dict, raw: dict, event: dict, table: str) -> dict[str, Any]:
+    names = _NAMES[table]
+    row = {k: v for k, v in typed.items() if k in names}
+    for name, convert in _OWN[table].items():
+        value = raw.get(name)
+        value = convert(value) if value is not None else None
+        if value is not None:
+            row[name] = value
     for column in _FROM_EVENT[table]:
         value = event.get(column)
         if value is not None:
             row[column] = value
-        else:
-            row.pop(column, None)  # the events row dropped it: so does this one
     row["created_at"] = row["updated_at"] = event["created_at"]
     for column, default in DEFAULTS[table].items():
         row.setdefault(column, default)
@@ -251,14 +266,14 @@ def messaging_records(raw: dict[str, Any], event: dict[str, Any]) -> list[tuple[
     tid = event.get("tid")
     if not tid or tid == ZERO_UUID:
         return []
+    typed = _typed(raw, _SHARED)
     mid = parse_uuid(raw.get("mid")) or event["eid"]
-    thread = table_row(raw, event, "mthreads")
-    store = table_row(raw, event, "mstore")
-    store["mid"] = mid
-    store.setdefault("createdms", event["created_at"])
-    triage = table_row(raw, event, "mtriage")
-    triage["mid"] = mid
-    triage.setdefault("createdms", event["created_at"])
+    thread = _row(typed, raw, event, "mthreads")
+    store = _row(typed, raw, event, "mstore")
+    triage = _row(typed, raw, event, "mtriage")
+    for message in (store, triage):
+        message["mid"] = mid
+        message.setdefault("createdms", event["created_at"])
     return [("mthreads", thread), ("mstore", store), ("mtriage", triage)]
 
 
