@@ -80,12 +80,12 @@ def main() -> None:
         results[name] = (len(records), build, both, spool)
 
     base = results["page view, no tid"]
-    print(f"{'event':<20}{'records':>8}{'events row':>12}{'+records':>10}{'+spool frame':>14}"
+    print(f"{'event':<20}{'records':>8}{'events row':>12}{'row+records':>13}{'spool frame':>13}"
           f"{'total':>9}{'vs no tid':>11}")  # fmt: skip
     for name, (n, build, both, spool) in results.items():
         total = both + spool
         print(
-            f"{name:<20}{n:>8}{build:>10.1f}us{both:>8.1f}us{spool:>12.1f}us{total:>7.1f}us"
+            f"{name:<20}{n:>8}{build:>10.1f}us{both:>11.1f}us{spool:>11.1f}us{total:>7.1f}us"
             f"{total / (base[2] + base[3]):>10.2f}x"
         )
     print(f"\nCPU microseconds per event, best of 3 x {args.seconds:g} s per case")
