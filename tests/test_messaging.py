@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from urllib.parse import urlencode
 
 import pytest
 import websockets
@@ -114,8 +115,25 @@ def test_a_tid_event_by_post_and_by_str_writes_one_row_per_table(gw):
         assert count(gw, "events", f"tid = '{tid}'") == 1
 
 
+def test_a_tid_event_by_get_pixel_with_text_values(gw):
+    # GET and path values are text: numbers, booleans and JSON arrays are typed from it
+    tid, user = new_id(), new_id()
+    query = urlencode({"urgency": "2", "sys": "true", "users": json.dumps([user])})
+    r = gw.http("GET", f"/tr/v1/img/tid/{tid}/subject/Hi?{query}")
+    assert r.status == 200 and r.header("content-type") == "image/gif"
+    rows = rows_of(
+        gw, "mstore", tid, "subject, urgency, sys, arrayMap(u -> toString(u), users) AS u"
+    )
+    assert rows == [{"subject": "Hi", "urgency": 2, "sys": True, "u": [user]}]
+
+
+def accepted(gw) -> int:
+    return gw.http("GET", "/metrics").json()["metrics"]["event_count"]
+
+
 def test_a_tid_event_over_a_websocket(gw):
     tid, eid = new_id(), new_id()
+    before = accepted(gw)
 
     async def send():
         url = f"ws://127.0.0.1:{gw.port}/tr/v1/ws?ack=1"
@@ -124,6 +142,7 @@ def test_a_tid_event_over_a_websocket(gw):
             return json.loads(await ws.recv())
 
     assert asyncio.run(asyncio.wait_for(send(), 60))["ok"] == [eid]
+    assert accepted(gw) == before + 1  # events are counted, not the records they make
     for table in MESSAGING:
         assert rows_of(gw, table, tid, "toString(tid) AS tid") == [{"tid": tid}]
     assert rows_of(gw, "mstore", tid, "subject, toString(mid) AS mid") == [
@@ -230,6 +249,7 @@ def test_spooled_messaging_rows_are_replayed_once_after_a_crash(tmp_path):
         assert gw.http("POST", "/tr/v1/str/", json_body=body).status == 200
         wait_events(gw, f"eid = '{eid}'", 1)
         assert count(gw, "mstore", f"tid = '{tid}'") == 0  # still in the spool
+        assert accepted(gw) == 1  # one event (four records)
         gw.kill()
         gw.config["Batching"] = CONFIG["Batching"]
         gw.start()
