@@ -24,7 +24,8 @@ into its cluster form, so there is still one schema to maintain:
 Sharding: rows of a table with a dedup key must always reach the same shard, so that a
 replayed or retried row meets its first copy (ReplacingMergeTree collapses duplicates only
 within a shard). ``events`` and ``payments`` are sharded by ``vid``: a visitor's events, and so
-its ``visitors``/``sessions`` rows, live on one shard; other tables by their dedup key, or
+its ``visitors``/``sessions`` rows, live on one shard; the messaging tables by ``tid`` (one row
+per thread, one per message of a thread); other tables by their dedup key, or
 ``rand()`` when they have none. Summing tables (``hits``, ``ltv`` ...) may hold one partial row
 per shard: read them with ``sum()``/``GROUP BY``, as with any SummingMergeTree.
 """
@@ -43,6 +44,11 @@ SHARDING_KEYS = {
     "payments": "cityHash64(vid)",
     "agreed": "cityHash64(vid)",
     "agreements": "cityHash64(vid)",
+    # a thread's rows (and a message's, keyed within its thread) meet on one shard, where
+    # ReplacingMergeTree collapses them
+    "mthreads": "cityHash64(tid)",
+    "mstore": "cityHash64(tid)",
+    "mtriage": "cityHash64(tid)",
 }
 LOCAL_SUFFIX = "_local"
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from ..ingest.ids import uuid4
+from ..ingest.messaging import event_records
 from ..ingest.parse import query_pairs
 from ..ingest.request import host_only
 from ..links.accounts import AuthFailed, Credentials
@@ -341,7 +342,7 @@ class ShortLinkFallback:
             raw["last"] = referrer
         visitor = gw.events.visitor(req, raw)
         row = gw.events.event_row(raw, req, visitor, server=False)
-        records = [("events", row)] if row is not None else []
+        records = event_records(raw, row) if row is not None else []
 
         def answer() -> bytes:
             if visitor.cookies_allowed:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from ..ingest.messaging import count_events, event_records
 from ..ingest.parse import path_pairs, query_pairs
 from ..links.model import LinkInvalid, ascii_url
 from .common import NOT_DONE_YET, apply_cors, error, finish, preflight, request_info
@@ -42,7 +43,7 @@ def answer_after_intake(request, gateway, records: list, answer, on_refused=None
                 on_refused()
             log.info("redirect not tracked: {why}", why=outcome.getErrorMessage())
         else:
-            gateway.count("events_accepted", len(records))
+            gateway.count("events_accepted", count_events(records))
         body = answer()
         if waiting:
             finish(request, body)
@@ -106,7 +107,7 @@ class RedirectResource(Resource):
             raw["last"] = referrer
         visitor = gw.events.visitor(req, raw)
         row = gw.events.event_row(raw, req, visitor, server=self.server)
-        records = [("events", row)] if row is not None else []
+        records = event_records(raw, row) if row is not None else []
 
         def answer() -> bytes:
             if not self.server and visitor.cookies_allowed:

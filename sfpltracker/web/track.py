@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from ..ingest.ids import parse_uuid
+from ..ingest.messaging import messaging_records
 from ..ingest.parse import BadInput, json_events, lower_keys, path_pairs, query_pairs
 from ..ingest.payments import payment_rows
 from ..pipeline.intake import Refused
@@ -138,13 +139,15 @@ class TrackResource(IngestResource):
                 eids.append(None)
                 continue
             records.append(("events", row))
+            if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
+                records.extend(messaging_records(raw, row))
             eids.append(row["eid"])
         gw.count("events_rejected", len(problems))
         if problems and not records:
             return error(request, 400, "; ".join(problems[:5]))
 
         def answer() -> bytes:
-            gw.count("events_accepted", len(records))
+            gw.count("events_accepted", len(eids) - eids.count(None))
             if self.client and visitor.cookies_allowed:
                 self._set_cookies(request, visitor, req.https)
             if problems:

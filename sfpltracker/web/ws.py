@@ -41,6 +41,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 
 from ..ingest.ids import parse_uuid
+from ..ingest.messaging import count_events, messaging_records
 from ..ingest.parse import BadInput, json_events, lower_keys, query_pairs
 from ..ingest.request import host_only
 from ..pipeline.intake import Refused
@@ -229,6 +230,8 @@ class IngestProtocol(WebSocketServerProtocol):
                     eids.append(eid)
                 continue
             records.append(("events", row))
+            if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
+                records.extend(messaging_records(raw, row))
             eids.append(row["eid"])
         gw.count("events_rejected", len(problems))
         if problems and not records:
@@ -250,7 +253,7 @@ class IngestProtocol(WebSocketServerProtocol):
             self.transport.pauseProducing()
 
         def accepted(_):
-            gw.count("events_accepted", len(records))
+            gw.count("events_accepted", count_events(records))
             for _records, eids, problems in batch:
                 if problems:
                     self._reply({"ok": eids, "error": "; ".join(problems[:5])})
