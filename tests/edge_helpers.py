@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.gateway_process import Response
@@ -113,3 +114,27 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
         if key == wanted:
             return float(value)
     raise AssertionError(f"{wanted} not in metrics:\n{text}")
+
+
+def trickle(port: int, head: bytes, drip: bytes = b"X") -> tuple[bytes, float]:
+    """Send ``head``, then one ``drip`` byte every 0.25 s (never idle, never done) for up to
+    10 s; returns what the server answered and how long until it did (or closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        started = time.monotonic()
+        data = b""
+        try:
+            for _ in range(40):
+                s.sendall(drip)
+                time.sleep(0.25)
+                s.settimeout(0.01)
+                try:
+                    chunk = s.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                data += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return data, time.monotonic() - started

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.edge_helpers import insecure_tls, metric_value, request
+from tests.edge_helpers import insecure_tls, metric_value, request, trickle
 from tests.gateway_process import GatewayProcess, http_request
 from tests.servers import free_port
 
@@ -109,25 +109,7 @@ def test_daily_limit_per_ip_on_ingestion_routes(gw):
 
 
 def test_slow_request_gets_408_after_read_timeout(gw):
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
-        s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
-        started = time.monotonic()
-        data = b""
-        try:
-            for _ in range(40):  # one header byte every 0.25 s: never idle, never done
-                s.sendall(b"X")
-                time.sleep(0.25)
-                s.settimeout(0.01)
-                try:
-                    chunk = s.recv(65536)
-                except TimeoutError:
-                    continue
-                if not chunk:
-                    break
-                data += chunk
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        elapsed = time.monotonic() - started
+    data, elapsed = trickle(gw.port, b"GET /ping HTTP/1.1\r\nHost: x\r\n")
     assert data.startswith(b"HTTP/1.1 408"), data
     assert elapsed < 5  # ReadTimeoutSeconds is 1; the idle timeout (3 s) never fired
 

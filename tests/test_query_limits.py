@@ -10,6 +10,7 @@ import clickhouse_connect
 import pytest
 
 from sfpltracker.web.query import QUERY_MAX_BODY_BYTES
+from tests.edge_helpers import trickle
 from tests.gateway_process import GatewayProcess
 
 
@@ -26,48 +27,15 @@ def gw(tmp_path_factory):
 
 
 def test_slow_client_on_the_query_port_gets_408(gw):
-    with socket.create_connection(("127.0.0.1", gw.query_port), timeout=10) as s:
-        s.sendall(b"POST /?default_format=CSV HTTP/1.1\r\nHost: x\r\n")
-        started = time.monotonic()
-        data = b""
-        try:
-            for _ in range(40):  # one header byte every 0.25 s: never idle, never done
-                s.sendall(b"X")
-                time.sleep(0.25)
-                s.settimeout(0.01)
-                try:
-                    chunk = s.recv(65536)
-                except TimeoutError:
-                    continue
-                if not chunk:
-                    break
-                data += chunk
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        elapsed = time.monotonic() - started
+    data, elapsed = trickle(gw.query_port, b"POST /?default_format=CSV HTTP/1.1\r\nHost: x\r\n")
     assert data.startswith(b"HTTP/1.1 408"), data
     assert b"ReadTimeoutSeconds" in data
     assert elapsed < 5  # cut by the read deadline (1 s), not by the idle timeout (5 s)
 
 
 def test_slow_body_on_the_query_port_gets_408(gw):
-    with socket.create_connection(("127.0.0.1", gw.query_port), timeout=10) as s:
-        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nSELECT ")
-        data = b""
-        try:
-            for _ in range(40):
-                s.sendall(b"1")
-                time.sleep(0.25)
-                s.settimeout(0.01)
-                try:
-                    chunk = s.recv(65536)
-                except TimeoutError:
-                    continue
-                if not chunk:
-                    break
-                data += chunk
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nSELECT "
+    data, _ = trickle(gw.query_port, head, drip=b"1")
     assert data.startswith(b"HTTP/1.1 408"), data
 
 
