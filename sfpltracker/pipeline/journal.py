@@ -338,6 +338,12 @@ def finish(store, journal: InsertJournal, batch: JournalBatch, rows: list[dict],
         return "empty"
     fresh = yield store.without_stored(batch.table, rows)
     if len(fresh) == len(rows):
+        log.info(
+            "{who}: an interrupted insert of {n} {table} rows had not landed; not re-sent",
+            who=who,
+            n=len(rows),
+            table=batch.table,
+        )
         return "settled"
     if not journal.same_boot(batch):
         log.warn(
