@@ -312,6 +312,53 @@ def test_jetstream_loader_killed_and_restarted_stores_every_event_once(jetstream
     assert metric(loader, "sfpl_jetstream_redelivered_total") > 0
 
 
+def test_jetstream_loader_finishes_a_half_stored_batch_from_its_journal(jetstream, gateway_factory):
+    """What a SIGKILL between the events part and the views' parts leaves, made on purpose:
+    the batch is in ``events`` (with its token), ``hits`` and ``visitors`` miss it, and the
+    loader's journal holds its begin record. The restarted loader must complete the views."""
+    from sfpltracker.pipeline.journal import InsertJournal, JournalBatch
+    from sfpltracker.store.embedded import EmbeddedStore
+
+    loader = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]}, name="loader")
+    before = events(5, "halfway")
+    assert post(loader, before).status == 200  # an ordinary batch first, loaded whole
+    all_stored_once(loader, jetstream, {e["eid"] for e in before}, "halfway")
+    loader.stop()
+
+    url = "https://halfway.test/page"
+    rows = [
+        {**e, "url": url, "created_at": 1_767_225_600_000 + e["n"], "hhash": "h"}
+        for e in events(40, "halfway")
+    ]
+    token = f"sfpl-{uuid.uuid4().hex}"
+    data = loader.workdir / "data"
+    store = EmbeddedStore(data, reactor=None)  # the gateway is stopped: its store is ours
+    store._open_and_load()
+    try:
+        for view in ("hits_mv", "visitors_mv"):
+            store._writer.query(f"DETACH TABLE sfpla.{view}")  # their parts will be missing
+        store._insert("events", rows, False, token)
+        for view in ("hits_mv", "visitors_mv"):
+            store._writer.query(f"ATTACH TABLE sfpla.{view}")
+    finally:
+        store._writer.close()
+    journal = InsertJournal(data / "jetstream" / "SFPL_EVENTS")
+    journal.open()
+    journal.write_begin(JournalBatch(token, "events", None, None, rows=rows))
+    journal.close()
+
+    loader.start()
+    deadline = time.monotonic() + 30  # (no message is pending: nothing else to wait for)
+    while loader.http("GET", "/health").json()["spool"]["resent_inserts"] < 1:
+        assert time.monotonic() < deadline, loader.log_tail()
+        time.sleep(0.1)
+    assert "re-sent an interrupted insert of 40 events rows (40 had landed)" in loader.log_text()
+    eids = {e["eid"] for e in before} | {r["eid"] for r in rows}
+    all_stored_once(loader, jetstream, eids, "halfway")  # visitors: 45, not 5
+    hits = loader.query(f"SELECT sum(total) AS n FROM sfpla.hits WHERE url = '{url}'")
+    assert int(hits[0]["n"]) == len(rows)
+
+
 def test_jetstream_unavailable_means_503(jetstream, gateway_factory):
     gw = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]})
     assert post(gw, events(3)).status == 200
