@@ -12,7 +12,9 @@ A ``Notify`` entry ``{"Type": "nats", "Hosts": [...], "Subject": "toc.track.noti
   server. With ``"Loader": true`` (the default) the gateway also runs the loader
   (``JetStreamLoader``): a durable pull consumer with explicit acks that feeds the batcher and
   acks a message only once its row is in the store; a redelivered message (a loader died between
-  insert and ack) is inserted with the store's dedup, so every eid is stored once. Several
+  insert and ack) is inserted with the store's dedup, so every eid is stored once, and a batch
+  the loader was inserting when it died is finished from its insert journal first, so the
+  derived tables (views) count it once too. Several
   gateways can publish into one stream; every loader on the same durable consumer shares the work.
 
 Events go on ``Subject`` (so real-time subscribers see the same JSON in both modes); other
