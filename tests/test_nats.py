@@ -359,6 +359,41 @@ def test_jetstream_loader_finishes_a_half_stored_batch_from_its_journal(jetstrea
     assert int(hits[0]["n"]) == len(rows)
 
 
+def test_jetstream_loader_finishes_a_batch_whose_view_part_failed(jetstream, gateway_factory):
+    """A view's table cannot be written (a real fault): the batch lands in ``events`` but not
+    in ``visitors``, the batcher gives up on it and its messages are redelivered. The loader
+    must finish that batch (same rows, same token) before loading them, so that ``visitors``
+    gets it once; inserting the redelivered rows with dedup alone would skip them for good."""
+    from tests.test_durability import store_writes_blocked
+
+    gw = gateway_factory(
+        {
+            "Notify": [nats_entry(jetstream, JetStream=True)],
+            "Batching": {"events": {"MaxBatchTime": 0.2, "RetryAttempts": 1}},
+        }
+    )
+    first = events(5, "js_view_fault")
+    assert post(gw, first).status == 200
+    all_stored_once(gw, jetstream, {e["eid"] for e in first}, "js_view_fault")
+    visitors_dir = Path(
+        gw.query(
+            "SELECT arrayJoin(data_paths) AS p FROM system.tables "
+            "WHERE database = 'sfpla' AND name = 'visitors'"
+        )[0]["p"]
+    )
+    second = events(20, "js_view_fault")
+    with store_writes_blocked(visitors_dir):
+        assert post(gw, second).status == 200
+        deadline = time.monotonic() + 60
+        while "finishing an interrupted insert failed" not in gw.log_text():
+            assert time.monotonic() < deadline, gw.log_tail()
+            time.sleep(0.2)
+    assert "giving up on 20 rows for events" in gw.log_text()
+    all_stored_once(gw, jetstream, {e["eid"] for e in first + second}, "js_view_fault")
+    assert gw.http("GET", "/health").json()["spool"]["resent_inserts"] == 1
+    assert "re-sent an interrupted insert of 20 events rows (20 had landed)" in gw.log_text()
+
+
 def test_jetstream_unavailable_means_503(jetstream, gateway_factory):
     gw = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]})
     assert post(gw, events(3)).status == 200

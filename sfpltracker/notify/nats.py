@@ -473,6 +473,7 @@ class JetStreamLoader:
         """Open the journal, then finish every batch in it that may be half stored; until
         that is done (the store may be down) nothing is loaded."""
         loop = asyncio.get_running_loop()
+        warned = False
         while not self._stopping:
             try:
                 if not self._journal_open:
@@ -497,10 +498,13 @@ class JetStreamLoader:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the store or the disk: try again
-                log.warn(
-                    "JetStream loader: finishing an interrupted insert failed ({error}); retrying",
-                    error=f"{type(e).__name__}: {e}",
-                )
+                if not warned:  # one line per outage, not one per second
+                    warned = True
+                    log.warn(
+                        "JetStream loader: finishing an interrupted insert failed ({error}); "
+                        "retrying every second, loading nothing meanwhile",
+                        error=f"{type(e).__name__}: {e}",
+                    )
                 await asyncio.sleep(1)
 
     def _load(self, messages) -> None:
