@@ -17,7 +17,13 @@ from twisted.internet.testing import MemoryReactorClock
 from sfpltracker.config import BatchSettings
 from sfpltracker.pipeline import journal as journal_module
 from sfpltracker.pipeline.batcher import Batcher, StoreRefused
-from sfpltracker.pipeline.journal import InsertJournal, JournalBatch, Span, read_records
+from sfpltracker.pipeline.journal import (
+    InsertJournal,
+    JournalBatch,
+    Journaled,
+    Span,
+    read_records,
+)
 from sfpltracker.pipeline.loader import Loader, _rows_of
 from sfpltracker.pipeline.spool import Position, encode_frame
 from tests.test_spool import _spool, event, fired, now, open_writer
@@ -269,6 +275,49 @@ def test_batcher_without_tokens_retries_with_dedup(tmp_path):
     store.down = False
     clock.advance(1)
     assert [(dedup, token) for *_, dedup, token in store.calls] == [(False, None), (True, None)]
+
+
+# -- a source without a spool (the JetStream loader): the rows go into the journal ----------
+
+
+def test_a_journaled_batch_keeps_its_rows_and_a_crash_is_finished_from_them(tmp_path):
+    clock, store = MemoryReactorClock(), PiecesStore()
+    j = opened(tmp_path)
+    b = _batcher(clock, store)
+    origin = Journaled(j)
+    fired(b.add("events", [{"eid": "e0", "n": 2**70}], origin=origin))  # stored whole
+    assert store.hits == 1 and j.open_batches == 0
+    store.events.append({"eid": "e1"})  # stored by a previous process: left out once
+    rows = [{"eid": f"e{i}", "url": "/p", "n": 2**70} for i in (1, 2, 3)]
+    store.die_after_source = True  # the process dies between the source part and the view's
+    b.add("events", rows, dedup=True, origin=origin)
+    ((_, sent, _, token),) = [c for c in store.calls if c[1] != ["e0"]]
+    assert sent == ["e2", "e3"] and store.hits == 1
+    j.close()
+
+    # The next process: the batch is in doubt with exactly the rows it sent.
+    store.die_after_source = False
+    again = opened(tmp_path)
+    (doubt,) = again.in_doubt()
+    assert (doubt.token, doubt.lo, doubt.hi) == (token, None, None)
+    assert doubt.rows == rows[1:]  # identical, an int past 64 bits included
+    assert fired(journal_module.finish(store, again, doubt, doubt.rows, "test")) == ["resent"]
+    assert store.calls[-1] == ("events", ["e2", "e3"], False, token)
+    assert sorted(store.eids()) == ["e0", "e1", "e2", "e3"]  # none twice in the source
+    assert store.hits == 3  # the view got the missing part, once
+
+
+def test_finish_leaves_a_batch_nothing_of_which_landed_to_the_ordinary_load(tmp_path):
+    store = PiecesStore()
+    j = opened(tmp_path)
+    batch = JournalBatch("t", "events", None, None, rows=[{"eid": "e0"}])
+    fired(j.begin(batch))
+    assert fired(journal_module.finish(store, j, batch, batch.rows, "test")) == ["settled"]
+    assert store.calls == []  # not re-sent: its redelivered messages load it as new rows
+    store.events.append({"eid": "e0"})
+    batch.boot = "another boot"
+    assert fired(journal_module.finish(store, j, batch, batch.rows, "test")) == ["after_reboot"]
+    assert store.calls == []
 
 
 # -- the loader --------------------------------------------------------------------------------

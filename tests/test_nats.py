@@ -229,7 +229,8 @@ def wait_loader_idle(server: NatsServer, stream: str = "SFPL_EVENTS", timeout: f
 
 
 def all_stored_once(loader, server: NatsServer, eids: set[str], ename: str) -> None:
-    """Every acknowledged eid is in the loader's store, and no eid is stored twice.
+    """Every acknowledged eid is in the loader's store, no eid is stored twice, and the
+    ``visitors`` view counts each stored event exactly once (none missing, none twice).
 
     Events whose request failed (a gateway killed mid-request) may be stored too: they were
     not acknowledged, so the client would have sent them again with the same eid.
@@ -243,7 +244,15 @@ def all_stored_once(loader, server: NatsServer, eids: set[str], ename: str) -> N
     inserted = loader.query(
         f"SELECT sum(events) AS n FROM sfpla.visitors WHERE vid = '{visitor_of(ename)}'"
     )[0]["n"]
-    assert int(inserted) == len(stored), "an eid was stored twice"
+    counted = int(inserted)
+    why = (
+        "an eid was inserted twice"
+        if counted > len(stored)
+        else "the view missed events that are in sfpla.events (a half-stored batch)"
+    )
+    assert counted == len(stored), (
+        f"visitors counts {counted} events, events has {len(stored)}: {why}"
+    )
 
 
 def test_jetstream_two_publishers_one_loader(jetstream, gateway_factory):
@@ -301,6 +310,88 @@ def test_jetstream_loader_killed_and_restarted_stores_every_event_once(jetstream
     all_stored_once(loader, jetstream, acked, "chaos")
     # the kill left fetched, unacked messages: JetStream redelivered them to the new loader
     assert metric(loader, "sfpl_jetstream_redelivered_total") > 0
+
+
+def test_jetstream_loader_finishes_a_half_stored_batch_from_its_journal(jetstream, gateway_factory):
+    """What a SIGKILL between the events part and the views' parts leaves, made on purpose:
+    the batch is in ``events`` (with its token), ``hits`` and ``visitors`` miss it, and the
+    loader's journal holds its begin record. The restarted loader must complete the views."""
+    from sfpltracker.pipeline.journal import InsertJournal, JournalBatch
+    from sfpltracker.store.embedded import EmbeddedStore
+
+    loader = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]}, name="loader")
+    before = events(5, "halfway")
+    assert post(loader, before).status == 200  # an ordinary batch first, loaded whole
+    all_stored_once(loader, jetstream, {e["eid"] for e in before}, "halfway")
+    loader.stop()
+
+    url = "https://halfway.test/page"
+    rows = [
+        {**e, "url": url, "created_at": 1_767_225_600_000 + e["n"], "hhash": "h"}
+        for e in events(40, "halfway")
+    ]
+    token = f"sfpl-{uuid.uuid4().hex}"
+    data = loader.workdir / "data"
+    store = EmbeddedStore(data, reactor=None)  # the gateway is stopped: its store is ours
+    store._open_and_load()
+    try:
+        for view in ("hits_mv", "visitors_mv"):
+            store._writer.query(f"DETACH TABLE sfpla.{view}")  # their parts will be missing
+        store._insert("events", rows, False, token)
+        for view in ("hits_mv", "visitors_mv"):
+            store._writer.query(f"ATTACH TABLE sfpla.{view}")
+    finally:
+        store._writer.close()
+    journal = InsertJournal(data / "jetstream" / "SFPL_EVENTS")
+    journal.open()
+    journal.write_begin(JournalBatch(token, "events", None, None, rows=rows))
+    journal.close()
+
+    loader.start()
+    deadline = time.monotonic() + 30  # (no message is pending: nothing else to wait for)
+    while loader.http("GET", "/health").json()["spool"]["resent_inserts"] < 1:
+        assert time.monotonic() < deadline, loader.log_tail()
+        time.sleep(0.1)
+    assert "re-sent an interrupted insert of 40 events rows (40 had landed)" in loader.log_text()
+    eids = {e["eid"] for e in before} | {r["eid"] for r in rows}
+    all_stored_once(loader, jetstream, eids, "halfway")  # visitors: 45, not 5
+    hits = loader.query(f"SELECT sum(total) AS n FROM sfpla.hits WHERE url = '{url}'")
+    assert int(hits[0]["n"]) == len(rows)
+
+
+def test_jetstream_loader_finishes_a_batch_whose_view_part_failed(jetstream, gateway_factory):
+    """A view's table cannot be written (a real fault): the batch lands in ``events`` but not
+    in ``visitors``, the batcher gives up on it and its messages are redelivered. The loader
+    must finish that batch (same rows, same token) before loading them, so that ``visitors``
+    gets it once; inserting the redelivered rows with dedup alone would skip them for good."""
+    from tests.test_durability import store_writes_blocked
+
+    gw = gateway_factory(
+        {
+            "Notify": [nats_entry(jetstream, JetStream=True)],
+            "Batching": {"events": {"MaxBatchTime": 0.2, "RetryAttempts": 1}},
+        }
+    )
+    first = events(5, "js_view_fault")
+    assert post(gw, first).status == 200
+    all_stored_once(gw, jetstream, {e["eid"] for e in first}, "js_view_fault")
+    visitors_dir = Path(
+        gw.query(
+            "SELECT arrayJoin(data_paths) AS p FROM system.tables "
+            "WHERE database = 'sfpla' AND name = 'visitors'"
+        )[0]["p"]
+    )
+    second = events(20, "js_view_fault")
+    with store_writes_blocked(visitors_dir):
+        assert post(gw, second).status == 200
+        deadline = time.monotonic() + 60
+        while "finishing an interrupted insert failed" not in gw.log_text():
+            assert time.monotonic() < deadline, gw.log_tail()
+            time.sleep(0.2)
+    assert "giving up on 20 rows for events" in gw.log_text()
+    all_stored_once(gw, jetstream, {e["eid"] for e in first + second}, "js_view_fault")
+    assert gw.http("GET", "/health").json()["spool"]["resent_inserts"] == 1
+    assert "re-sent an interrupted insert of 20 events rows (20 had landed)" in gw.log_text()
 
 
 def test_jetstream_unavailable_means_503(jetstream, gateway_factory):

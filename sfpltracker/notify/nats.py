@@ -12,7 +12,9 @@ A ``Notify`` entry ``{"Type": "nats", "Hosts": [...], "Subject": "toc.track.noti
   server. With ``"Loader": true`` (the default) the gateway also runs the loader
   (``JetStreamLoader``): a durable pull consumer with explicit acks that feeds the batcher and
   acks a message only once its row is in the store; a redelivered message (a loader died between
-  insert and ack) is inserted with the store's dedup, so every eid is stored once. Several
+  insert and ack) is inserted with the store's dedup, so every eid is stored once, and a batch
+  the loader was inserting when it died is finished from its insert journal first, so the
+  derived tables (views) count it once too. Several
   gateways can publish into one stream; every loader on the same durable consumer shares the work.
 
 Events go on ``Subject`` (so real-time subscribers see the same JSON in both modes); other
@@ -32,9 +34,11 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ..pipeline.intake import Refused
+from ..pipeline.journal import InsertJournal, Journaled, finish
 
 log = Logger()
 
@@ -79,6 +83,7 @@ class NatsStats:
     redelivered: int = 0
     load_failed: int = 0
     poison: int = 0
+    resent: int = 0  # interrupted inserts sent again from the journal
 
 
 class NatsClient:
@@ -364,6 +369,7 @@ class JetStreamIntake:
             "loader": self.batcher is not None,
             "loaded_records": st.loaded,
             "redelivered_records": st.redelivered,
+            "resent_inserts": st.resent,
         }
 
     def close(self) -> defer.Deferred:
@@ -375,7 +381,17 @@ class JetStreamIntake:
 
 
 class JetStreamLoader:
-    """Durable pull consumer -> batcher -> store; a message is acked once its row is stored."""
+    """Durable pull consumer -> batcher -> store; a message is acked once its row is stored.
+
+    Exact after a crash, derived tables included: every batch it inserts is written first
+    (token and rows, fdatasync-ed) to an insert journal of its own
+    (``DataDirectory/jetstream/<Stream>/inserts.journal``, ``pipeline/journal.py``). A batch
+    begun and not ended (the process died during the insert, or the batcher gave up on it)
+    may be in ``events`` and in only some of its views; before fetching anything more the
+    loader sends such a batch again with its token, from the journal, so the store writes
+    exactly the missing parts. Its messages, redelivered afterwards, are then found stored
+    (dedup) and acked.
+    """
 
     def __init__(self, client: NatsClient, entry, gateway, stats: NatsStats):
         self.client = client
@@ -386,6 +402,9 @@ class JetStreamLoader:
         self.outstanding = 0
         self.keys_in_flight: set[str] = set()
         self.acks: set[asyncio.Future] = set()
+        self.journal = InsertJournal(gateway.cfg.data_dir / "jetstream" / entry.Stream)
+        self.origin = Journaled(self.journal)
+        self._journal_open = False
         self._room: asyncio.Event | None = None
         self._task: asyncio.Future | None = None
         self._stopping = False
@@ -420,6 +439,7 @@ class JetStreamLoader:
         sub = None
         while not self._stopping:
             try:
+                await self._finish_in_doubt()
                 await self.client.ready.wait()
                 if sub is None:
                     sub = await self._subscribe()
@@ -439,7 +459,53 @@ class JetStreamLoader:
                 sub = None
                 await asyncio.sleep(1)
                 continue
+            try:
+                await self._finish_in_doubt()  # a batch given up on meanwhile: before its rows
+            except asyncio.CancelledError:
+                return
             self._load(messages)
+
+    def _open_journal(self):
+        self.journal.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.journal.open()
+
+    async def _finish_in_doubt(self) -> None:
+        """Open the journal, then finish every batch in it that may be half stored; until
+        that is done (the store may be down) nothing is loaded."""
+        loop = asyncio.get_running_loop()
+        warned = False
+        while not self._stopping:
+            try:
+                if not self._journal_open:
+                    doubtful = await deferToThread(self._open_journal).asFuture(loop)
+                    self._journal_open = True
+                    if doubtful:
+                        log.info(
+                            "JetStream loader: {n} insert(s) may have been cut short by the "
+                            "last exit; finishing them",
+                            n=len(doubtful),
+                        )
+                for batch in self.journal.in_doubt():
+                    store = self.gateway.store
+                    if getattr(store, "insert_tokens", False):
+                        rows = batch.rows or []
+                        d = finish(store, self.journal, batch, rows, "JetStream loader")
+                        done = await d.asFuture(loop)
+                        if done == "resent":
+                            self.stats.resent += 1
+                    await self.journal.end(batch.token).asFuture(loop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the store or the disk: try again
+                if not warned:  # one line per outage, not one per second
+                    warned = True
+                    log.warn(
+                        "JetStream loader: finishing an interrupted insert failed ({error}); "
+                        "retrying every second, loading nothing meanwhile",
+                        error=f"{type(e).__name__}: {e}",
+                    )
+                await asyncio.sleep(1)
 
     def _load(self, messages) -> None:
         groups: dict[tuple[str, bool], list] = {}
@@ -466,9 +532,7 @@ class JetStreamLoader:
             if redelivered:
                 # an earlier delivery may have been stored before its loader died: dedup
                 self.stats.redelivered += len(items)
-                d = defer.maybeDeferred(self.gateway.store.insert, table, rows, dedup=True)
-            else:
-                d = self.gateway.batcher.add(table, rows)
+            d = self.gateway.batcher.add(table, rows, dedup=redelivered, origin=self.origin)
             d.addCallbacks(self._stored, self._not_stored, (msgs,), None, (msgs, table))
             d.addBoth(self._done, len(items), keys)
 
@@ -523,6 +587,7 @@ class JetStreamLoader:
                 await asyncio.sleep(0.05)
             if self.acks:
                 await asyncio.gather(*list(self.acks), return_exceptions=True)
+            self.journal.close()  # what is still in flight is in doubt at the next start
 
         d.addCallback(lambda _: deferred(acks_sent()))
         return d

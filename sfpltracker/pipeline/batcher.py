@@ -18,7 +18,8 @@ land (the source table's, some views') and writes the missing ones, so a retry n
 derived table short nor counts a row twice. Rows that may be stored already (``dedup``, a
 spool replay) are filtered once, before the first attempt, never between attempts. When the
 rows come from a spool (each entry's ``origin``), the batch is written to that spool's insert
-journal (``journal.py``) before it is sent, so that after a crash the loader can finish it.
+journal (``journal.py``) before it is sent, so that after a crash the loader can finish it; from
+the JetStream loader (``Journaled``), the batch's rows themselves are written to its journal.
 With any other store a retry is inserted with ``dedup=True`` (rows already stored skipped).
 """
 
@@ -36,7 +37,7 @@ from twisted.python.failure import Failure
 from ..config import BatchSettings
 from ..store.dedup import DEDUP_KEYS
 from .breaker import CircuitBreaker
-from .journal import JournalBatch, Span
+from .journal import JournalBatch, Journaled, Span
 
 log = Logger()
 
@@ -74,7 +75,7 @@ class _Entry:
     deferred: defer.Deferred
     queued_at: float
     dedup: bool = False  # the rows may already be stored (a replay): insert with dedup
-    origin: Span | None = None  # the spool frames the rows come from
+    origin: Span | Journaled | None = None  # the spool frames the rows come from, or a journal
 
 
 @dataclass
@@ -144,13 +145,14 @@ class Batcher:
         rows: list[dict],
         size: int = 0,
         dedup: bool = False,
-        origin: Span | None = None,
+        origin: Span | Journaled | None = None,
     ) -> defer.Deferred:
         """Queue ``rows`` for ``table``; the Deferred fires when they are stored.
 
         ``dedup`` marks rows that may already be in the store (a spool replay): rows already
         stored are left out of their batch. ``origin``: the rows are all the rows of ``table``
-        in a span of spool frames (the spool's loader); their batch is then journaled.
+        in a span of spool frames (the spool's loader), or ``Journaled``: rows with no copy
+        to rebuild them from (the JetStream loader); their batch is then journaled.
         """
         t = self._table(table)
         d: defer.Deferred = defer.Deferred()
@@ -278,14 +280,17 @@ class Batcher:
         if not batch.prepared:
             if batch.dedup:
                 batch.rows = yield self.store.without_stored(table, batch.rows)
-            span = _span(batch.entries)
+            journal = _journal_of(batch.entries)
             key = DEDUP_KEYS.get(table)
-            if span is not None and key is not None and batch.rows:
-                keys = [r.get(key) for r in batch.rows] if batch.dedup else None
-                lo, hi = span
-                record = JournalBatch(batch.token, table, lo.start, hi.end, keys)
-                yield lo.journal.begin(record)
-                batch.journal = lo.journal
+            if journal is not None and key is not None and batch.rows:
+                first, last = batch.entries[0].origin, batch.entries[-1].origin
+                if isinstance(first, Span):
+                    keys = [r.get(key) for r in batch.rows] if batch.dedup else None
+                    record = JournalBatch(batch.token, table, first.start, last.end, keys)
+                else:  # no copy to rebuild it from: the rows go into the journal
+                    record = JournalBatch(batch.token, table, None, None, rows=batch.rows)
+                yield journal.begin(record)
+                batch.journal = journal
             batch.prepared = True
         if not batch.rows:
             return 0
@@ -406,19 +411,19 @@ class Batcher:
         }
 
 
-def _span(entries: list[_Entry]) -> tuple[Span, Span] | None:
-    """The first and last origin of a batch whose every entry comes from one spool journal.
+def _journal_of(entries: list[_Entry]):
+    """The insert journal of a batch whose every entry comes from one journaled source.
 
-    Entries of a table are queued in spool order and a batch takes a prefix of them, so its
-    rows are exactly the table's rows in the frames from the first origin's start to the last
-    origin's end (less those left out as stored).
+    Entries of a table are queued in source order and a batch takes a prefix of them, so a
+    spool batch's rows are exactly the table's rows in the frames from the first origin's
+    start to the last origin's end (less those left out as stored).
     """
-    first, last = entries[0].origin, entries[-1].origin
+    first = entries[0].origin
     if first is None or any(
         e.origin is None or e.origin.journal is not first.journal for e in entries
     ):
         return None
-    return first, last
+    return first.journal
 
 
 def _journal_failed(failure: Failure) -> None:

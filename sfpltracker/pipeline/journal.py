@@ -26,6 +26,13 @@ neither its parts nor its deduplication log, so after a power cut or a kernel cr
 boot id) a part may have survived while the record of its token did not, and a re-send would
 store it twice. Such a batch is not re-sent; the replay skips its stored rows as before.
 
+Sources without such a copy: the JetStream loader (``notify/nats.py``) has no file to rebuild
+a batch from (its rows are messages JetStream hands out again only after ``AckWait``, possibly
+in other fetches, possibly never when their ack went out), so its begin records carry the
+rows themselves (``JournalBatch.rows``, as JSON text: the rows came from JSON and come back
+identical). Its loader finishes the batches in doubt from the journal alone (``finish``)
+before it fetches anything.
+
 File format: records of ``<u32 payload length><u32 crc32 of the payload>`` + a MessagePack
 map. A torn or corrupt record ends the file (it was being appended when the process died; a
 torn *begin* means its insert never started) and is cut off on open. When the file has grown
@@ -34,6 +41,7 @@ past ``COMPACT_BYTES`` it is rewritten with only the open begin records.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import threading
@@ -66,37 +74,53 @@ class Span:
     end: Position
 
 
+@dataclass(frozen=True)
+class Journaled:
+    """Where a batcher entry's rows come from when no file holds them (the JetStream loader):
+    the batch's rows themselves are written to ``journal``."""
+
+    journal: InsertJournal
+
+
 @dataclass
 class JournalBatch:
     """One batch as journaled: enough to rebuild exactly the rows it sent."""
 
     token: str
     table: str
-    lo: Position  # the rows are those of ``table`` in the spool frames [lo, hi) ...
-    hi: Position
+    lo: Position | None  # the rows are those of ``table`` in the spool frames [lo, hi) ...
+    hi: Position | None
     keys: list[str] | None = None  # ... whose dedup key is one of these (None: all of them)
     boot: str | None = None  # the kernel's boot id when it was begun (set by the journal)
+    rows: list[dict] | None = None  # or the rows themselves (a source without a spool)
 
     def to_record(self) -> dict:
-        return {
+        record = {
             "op": "begin",
             "token": self.token,
             "table": self.table,
-            "lo": list(self.lo),
-            "hi": list(self.hi),
+            "lo": None if self.lo is None else list(self.lo),
+            "hi": None if self.hi is None else list(self.hi),
             "keys": self.keys,
             "boot": self.boot,
         }
+        if self.rows is not None:
+            # JSON, not MessagePack: the rows came from JSON (a JetStream message), so they come
+            # back identical, ints past 64 bits included.
+            record["rows"] = json.dumps(self.rows, separators=(",", ":"))
+        return record
 
     @classmethod
     def from_record(cls, rec: dict) -> JournalBatch:
+        rows = rec.get("rows")
         return cls(
             rec["token"],
             rec["table"],
-            Position(*rec["lo"]),
-            Position(*rec["hi"]),
+            None if rec.get("lo") is None else Position(*rec["lo"]),
+            None if rec.get("hi") is None else Position(*rec["hi"]),
             rec.get("keys"),
             rec.get("boot"),
+            None if rows is None else json.loads(rows),
         )
 
     def __post_init__(self):
@@ -298,6 +322,49 @@ class InsertJournal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self._size = len(data)
         self.compactions += 1
+
+
+@defer.inlineCallbacks
+def finish(store, journal: InsertJournal, batch: JournalBatch, rows: list[dict], who: str):
+    """Finish ``batch`` (in doubt; ``rows``: exactly the rows it sent) in ``store``.
+
+    If any of them reached the source table, they are sent again with the batch's token: the
+    store skips the parts that landed and writes the missing ones. If none did, nothing of it
+    was committed (a view commits after its source) and the caller loads them as new rows.
+    Fires with what was done: ``"empty"``, ``"settled"`` (nothing had landed), ``"resent"``
+    or ``"after_reboot"`` (not re-sent: see the module docstring). ``who`` prefixes the logs.
+    """
+    if not rows:
+        return "empty"
+    fresh = yield store.without_stored(batch.table, rows)
+    if len(fresh) == len(rows):
+        log.info(
+            "{who}: an interrupted insert of {n} {table} rows had not landed; not re-sent",
+            who=who,
+            n=len(rows),
+            table=batch.table,
+        )
+        return "settled"
+    if not journal.same_boot(batch):
+        log.warn(
+            "{who}: an insert of {n} {table} rows was cut short by a restart of the machine; "
+            "not re-sent (ClickHouse's parts and deduplication log may disagree after a "
+            "power cut): its stored rows are skipped and the views of {table} may miss them",
+            who=who,
+            n=len(rows),
+            table=batch.table,
+        )
+        return "after_reboot"
+    yield store.insert(batch.table, rows, token=batch.token)
+    log.info(
+        "{who}: re-sent an interrupted insert of {n} {table} rows ({landed} had landed); "
+        "the views' missing parts are written",
+        who=who,
+        n=len(rows),
+        table=batch.table,
+        landed=len(rows) - len(fresh),
+    )
+    return "resent"
 
 
 def _write_all(fd: int, data: bytes) -> None:

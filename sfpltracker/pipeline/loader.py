@@ -39,7 +39,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ..store.dedup import DEDUP_KEYS
-from .journal import InsertJournal, JournalBatch, Span
+from .journal import InsertJournal, JournalBatch, Span, finish
 from .spool import (
     MAGIC,
     Frame,
@@ -413,33 +413,13 @@ class Loader:
         """Send the batch again with its token if any of its rows reached the source table."""
         sizes = dict(self.writer.sizes)
         rows = yield self._blocking(_rows_of, self.directory, batch, sizes)
-        if not rows:
-            return
-        fresh = yield store.without_stored(batch.table, rows)
-        if len(fresh) == len(rows):
-            # Nothing of it was stored (a view commits after its source): the replay loads
-            # these rows as new ones.
-            self.settled_batches += 1
-            return
-        if not self.journal.same_boot(batch):
+        done = yield finish(store, self.journal, batch, rows, "spool")
+        if done == "settled":
+            self.settled_batches += 1  # the replay loads these rows as new ones
+        elif done == "after_reboot":
             self.after_reboot_batches += 1
-            log.warn(
-                "spool: an insert of {n} {table} rows was cut short by a restart of the machine; "
-                "not re-sent (ClickHouse's parts and deduplication log may disagree after a "
-                "power cut): its stored rows are skipped and the views of {table} may miss them",
-                n=len(rows),
-                table=batch.table,
-            )
-            return
-        yield store.insert(batch.table, rows, token=batch.token)
-        self.resent_batches += 1
-        log.info(
-            "spool: re-sent an interrupted insert of {n} {table} rows ({landed} had landed); "
-            "the views' missing parts are written",
-            n=len(rows),
-            table=batch.table,
-            landed=len(rows) - len(fresh),
-        )
+        elif done == "resent":
+            self.resent_batches += 1
 
     # -- the committed position -------------------------------------------------------------
 
