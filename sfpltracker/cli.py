@@ -183,4 +183,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Subcommands of feature modules (imported last: they append to EXTRA_COMMANDS above).
+from . import deadletter_cli as _deadletter_cli  # noqa: E402, F401
 from .tls import cli as _tls_cli  # noqa: E402, F401

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from . import __version__, admin
+from . import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 from .config import Config
 from .ingest.event import EventModel
 from .notify import nats as notify_nats

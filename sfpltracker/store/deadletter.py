@@ -21,6 +21,7 @@ class DeadLetters:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self._lock = threading.Lock()
+        self.replaying: set[str] = set()  # tables a replay is running for (one at a time)
 
     def path(self, table: str) -> Path:
         return self.directory / f"{table}.jsonl"
@@ -58,6 +59,45 @@ class DeadLetters:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def snapshot(self, table: str) -> bytes:
+        """The file's whole lines as they are now (blocking; under the append lock, so no
+        append is half written). What is appended later starts right after these bytes."""
+        with self._lock:
+            try:
+                data = self.path(table).read_bytes()
+            except FileNotFoundError:
+                return b""
+        return data[: data.rfind(b"\n") + 1]
+
+    def replace_head(self, table: str, head_size: int, keep: list[bytes]) -> bytes:
+        """Replace the first ``head_size`` bytes of the file (a ``snapshot``) by the lines
+        ``keep``, leaving what was appended since as it is (blocking); returns that tail.
+
+        Under the append lock, so no append lands between reading the tail and the rename:
+        the new file is written beside the old one, fsynced, then renamed over it.
+        """
+        path = self.path(table)
+        with self._lock:
+            with open(path, "rb") as f:
+                f.seek(head_size)
+                tail = f.read()
+            tmp = path.with_name(f".{path.name}.replay")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(b"".join(keep) + tail)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself survives a crash
+            finally:
+                os.close(dir_fd)
+        return tail
 
     def read(self, table: str) -> list[dict]:
         """Every entry kept for ``table`` (for operators and tests)."""
