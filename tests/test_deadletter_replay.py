@@ -110,14 +110,7 @@ def test_dead_letters_are_listed_fixed_and_replayed_exactly_once(gateway_factory
     # replayed again: the refused row is tried again, nothing is inserted twice
     again = cli(gw, "deadletter", "replay", "--table", "events").stdout
     assert "replayed 0 row(s) of events; still refused 1" in again, again
-    # a copy of the replayed row comes back (a batch resent after a crash): skipped as stored
-    write_entries(gw, [*entries(gw), next(e for e in fixed if e["row"]["eid"] == bad)])
-    dry = cli(gw, "deadletter", "replay", "--table", "events", "--dry-run").stdout
-    assert "1 already stored, 1 would be inserted" in dry, dry
-    resent = cli(gw, "deadletter", "replay", "--table", "events").stdout
-    assert "replayed 0 row(s)" in resent and "1 already stored" in resent, resent
     assert count_eid(gw, bad) == 1
-    assert_exactly_once(gw, [*acked, good, bad])
     assert [e["row"]["eid"] for e in entries(gw)] == [clash]
 
     done = cli(gw, "deadletter", "replay", "--table", "../secret", check=False)
@@ -134,6 +127,17 @@ def test_dead_letters_are_listed_fixed_and_replayed_exactly_once(gateway_factory
     assert cli(gw, "deadletter", "list").stdout.startswith("events: 0 row(s)")
     gw.start()
     assert count_eid(gw, clash) == 1
+    assert_exactly_once(gw, [*acked, good, bad, clash])
+
+    # copies of replayed rows come back (a batch resent after a crash): skipped as stored
+    fixed_clash = dict(first[clash], row=dict(first[clash]["row"], params="{}"))
+    write_entries(gw, [next(e for e in fixed if e["row"]["eid"] == bad), fixed_clash])
+    dry = cli(gw, "deadletter", "replay", "--table", "events", "--dry-run").stdout
+    assert "2 already stored, 0 would be inserted" in dry, dry
+    resent = cli(gw, "deadletter", "replay", "--table", "events").stdout
+    assert "replayed 0 row(s) of events; still refused 0" in resent, resent
+    assert "(0 in the file, 2 already stored)" in resent, resent
+    assert entries(gw) == []
     assert_exactly_once(gw, [*acked, good, bad, clash])
 
 
