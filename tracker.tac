@@ -1,14 +1,19 @@
 """``twistd -ny tracker.tac``: the same service as the plugin; config from $SFPL_CONFIG."""
 
 import os
+import sys
 
 from twisted.application import service
+from twisted.logger import ILogObserver
 
 from sfpltracker.config import load
+from sfpltracker.logs import json_observer
 from sfpltracker.notify.reactor import prepare as prepare_reactor
 from sfpltracker.service import makeService
 
 config = load(os.environ.get("SFPL_CONFIG", "config.json"))
 prepare_reactor(config)  # NATS needs the asyncio reactor: `twistd -r asyncio -ny tracker.tac`
 application = service.Application("sfpltracker")
+if config.LogFormat == "json":  # JSON lines on standard output (run with -n, as containers do)
+    application.setComponent(ILogObserver, json_observer(sys.stdout))
 makeService(config).setServiceParent(application)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.python import usage
 
 from .config import ConfigError, load
+from .logs import LogsAsJSON, twistd_log_file
 from .notify import reactor as notify_reactor
 from .service import makeService as _make_service
 
@@ -31,7 +32,14 @@ def makeService(options):
     log = Logger(namespace="sfpltracker.config")
     for warning in options["warnings"]:
         log.warn("config: {warning}", warning=warning)
+    cfg = options["cfg"]
     try:
-        return _make_service(options["cfg"])
+        gateway = _make_service(cfg)
     except ConfigError as e:  # found while building (e.g. an unreadable TLSCert)
         raise SystemExit(f"sfpltracker: config error: {e}") from None
+    if cfg.LogFormat != "json":
+        return gateway
+    twistd = options.parent or {}  # twistd's own options: --logfile, -n
+    top = LogsAsJSON(twistd_log_file(twistd.get("logfile"), bool(twistd.get("nodaemon"))))
+    gateway.setServiceParent(top)
+    return top
