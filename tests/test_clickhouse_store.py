@@ -19,6 +19,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from sfpltracker.config import BatchSettings
+from sfpltracker.deadletter_replay import replay
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.store.clickhouse import ClickHouseStore
 from sfpltracker.store.errors import StoreError
@@ -265,6 +266,39 @@ def test_rejected_rows_are_dead_lettered_and_the_rest_lands(server, make_store, 
     families = {f.name: f for f in store.metric_families()}
     samples = families["sfpl_store_dead_letter_rows"].samples
     assert [(s.labels, s.value) for s in samples] == [({"table": "events"}, 3)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_dead_letters_are_replayed_once_fixed(server, make_store):
+    """``deadletter replay`` on the server store: a fixed row goes in once, a bad one stays."""
+    store = make_store([server.hostport])
+    yield store.start()
+    db = store.database
+    server.client().execute(
+        f"ALTER TABLE {db}.events ADD COLUMN xid_number Int64 MATERIALIZED toInt64(xid)"
+    )
+    rows = [event_row(i, xid=str(i)) for i in range(3)]
+    rows[1]["xid"] = "abc"
+    rows[2]["xid"] = "12x"
+    assert (yield store.insert("events", rows)) == 1
+    path = store.deadletters.path("events")
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(entries) == 2
+    for entry in entries:  # the operator fixes one row
+        if entry["row"]["xid"] == "abc":
+            entry["row"]["xid"] = "1"
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+    dry = yield replay(store, "events", dry_run=True)
+    assert (dry["rows"], dry["already_stored"], dry["to_insert"]) == (2, 0, 2)
+    result = yield replay(store, "events")
+    assert (result["replayed"], result["still_refused"]) == (1, 1)
+    again = yield replay(store, "events")
+    assert again["replayed"] == 0
+    stored = sorted(str(e) for (e,) in server.client().execute(f"SELECT eid FROM {db}.events"))
+    assert stored == sorted([rows[0]["eid"], rows[1]["eid"]])
+    kept = [json.loads(line)["row"]["xid"] for line in path.read_text().splitlines()]
+    assert kept == ["12x"]
 
 
 @pytest_twisted.inlineCallbacks

@@ -524,6 +524,16 @@ class ClickHouseStore:
             settings=settings,
         )
 
+    def without_stored(self, table: str, rows: list[dict]) -> defer.Deferred:
+        """The rows whose dedup key is not stored yet (all of them for a table without one)."""
+
+        def check() -> list[dict]:
+            self._ensure_schema()
+            with self.clients.client() as client:
+                return self._without_stored(client, table, self._shape(client, table), rows)
+
+        return self._run(check)
+
     def _without_stored(self, client, table: str, shape: TableShape, rows: list[dict]):
         key, wanted = keys_to_check(table, rows)
         if not wanted or key not in shape.columns:
