@@ -1,5 +1,8 @@
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 
+from sfpltracker.store.embedded import EmbeddedStore
 from tests.gateway_process import GatewayProcess
 
 
@@ -23,3 +26,12 @@ def gateway_factory(tmp_path):
     yield start
     for gw in started:
         gw.__exit__(None, None, None)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A started embedded (chDB) store in ``tmp_path``, without a gateway."""
+    s = EmbeddedStore(tmp_path, reactor)
+    pytest_twisted.blockon(s.start())
+    yield s
+    pytest_twisted.blockon(s.stop())

@@ -38,7 +38,6 @@ from sfpltracker.links.model import (
 )
 from sfpltracker.links.policy import RedirectPolicy
 from sfpltracker.links.repository import LinkRepository
-from sfpltracker.store.embedded import EmbeddedStore
 from sfpltracker.web.site import GatewayRoot
 
 NOW = 1_800_000_000_000
@@ -212,14 +211,6 @@ def test_tokens():
 
 
 # -- against a real store ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = EmbeddedStore(tmp_path, reactor)
-    pytest_twisted.blockon(store.start())
-    yield store
-    pytest_twisted.blockon(store.stop())
 
 
 def make_link(host: str, path: str, urlto: str, oid: str = "", **kw) -> Link:

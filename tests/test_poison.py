@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from sfpltracker.ingest.fields import unique_json_paths
 from sfpltracker.pipeline.spool import encode_frame, list_segments, segment_path
-from sfpltracker.store.embedded import EmbeddedStore
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.rejects import DataRejected, bisect
 from tests.test_durability import (
@@ -207,14 +205,6 @@ def test_input_chdb_would_refuse_never_becomes_a_row(gateway):
 
 
 # -- the store itself (real chDB, no gateway) ------------------------------------------------
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = EmbeddedStore(tmp_path, reactor)
-    pytest_twisted.blockon(s.start())
-    yield s
-    pytest_twisted.blockon(s.stop())
 
 
 @pytest_twisted.inlineCallbacks

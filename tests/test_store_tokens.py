@@ -20,9 +20,7 @@ import uuid
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
-from sfpltracker.store.embedded import EmbeddedStore
 from sfpltracker.store.errors import StoreError
 
 DAY_MS = 1_767_225_600_000  # 2026-01-01
@@ -42,14 +40,6 @@ def events(n: int, url: str | None = None) -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = EmbeddedStore(tmp_path, reactor)
-    pytest_twisted.blockon(s.start())
-    yield s
-    pytest_twisted.blockon(s.stop())
 
 
 @pytest_twisted.inlineCallbacks
