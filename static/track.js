@@ -14,6 +14,10 @@
  *   identify(uid)         attach uid to following events (identify(null) clears)
  *   setVid(vid)           use a visitor id chosen by the page (never sent under GPC / opt-out)
  *   optOut() / optIn() / isOptedOut()
+ *   agree({cflags, ...})  record a consent decision (POST /ppi/agree), resolves to the server's
+ *                         JSON; also stores it in the CookieConsent cookie (cookie: false: not)
+ *   consent(vid)          that visitor's consent records, newest first (GET /ppi/agree?vid=)
+ *   jurisdictions()       the gateway's jurisdictions (GET /ppi/jds)
  *   flush()               send queued events now, resolves to true when all were accepted
  *   getConfig()           copy of the effective configuration
  *   lz4.compressBlock(bytes), lz4.frame(bytes)   the WebSocket payload encoder
@@ -221,6 +225,9 @@
     ptyp: '', // page type: string or function(location) -> string
     vid: '', // visitor id chosen by the page (optional)
     honorDnt: false, // treat navigator.doNotTrack like Global Privacy Control
+    consentCookie: true, // agree() also sets the CookieConsent cookie on the page's site
+    cookieDays: 395, // its lifetime: the gateway's VisitorCookieDays
+    cookieDomain: '', // e.g. ".example.com" to share it with a tracker on t.example.com
     debug: false
   };
 
@@ -243,6 +250,9 @@
     ptyp: 'ptyp',
     vid: 'vid',
     honorDnt: 'honor-dnt',
+    consentCookie: 'consent-cookie',
+    cookieDays: 'cookie-days',
+    cookieDomain: 'cookie-domain',
     debug: 'debug'
   };
 
@@ -339,6 +349,7 @@
     last: '',
     lastPage: '',
     optedOut: false,
+    agreedVid: null, // the vid the last agree() was recorded under (consent() default)
     // WebSocket
     ws: null,
     wsUrl: '',
@@ -745,6 +756,131 @@
     });
   }
 
+  /* ------------------------------------------------------------------ consent (/ppi) */
+  function ppiUrl(action) {
+    return cfg.endpoint + '/tr/v' + cfg.apiVersion + '/ppi/' + action;
+  }
+
+  /**
+   * fetch -> the response's JSON. Rejects with an Error carrying `status` and the server's
+   * JSON (`body`, e.g. {"error": "..."}) on a non-2xx answer, or `status` -1 on network errors.
+   */
+  function requestJson(url, body) {
+    if (typeof W.fetch !== 'function') return Promise.reject(new Error('fetch is not available'));
+    var init = {
+      method: body === undefined ? 'GET' : 'POST',
+      credentials: S.optedOut ? 'omit' : 'include',
+      cache: 'no-store'
+    };
+    if (body !== undefined) init.body = body; // a string: text/plain, no CORS preflight
+    return W.fetch(url, init).then(
+      function (res) {
+        return res.text().then(function (text) {
+          var data = null;
+          try {
+            data = text ? JSON.parse(text) : null;
+          } catch (e) {
+            data = text;
+          }
+          if (res.status >= 200 && res.status < 300) return data;
+          var err = new Error((data && data.error) || 'HTTP ' + res.status);
+          err.status = res.status;
+          err.body = data;
+          throw err;
+        });
+      },
+      function (e) {
+        var err = new Error('network error: ' + e);
+        err.status = -1;
+        throw err;
+      }
+    );
+  }
+
+  /** The context an event would carry that the agreed table keeps (reference c.18). */
+  function consentBody(extra) {
+    var ev = {};
+    var utm = utmParams();
+    ['source', 'medium', 'campaign', 'term'].forEach(function (k) {
+      if (utm[k]) ev[k] = utm[k];
+    });
+    try {
+      ev.url = String(W.location.href);
+    } catch (e) {
+      /* ignore */
+    }
+    ev.sid = sessionId();
+    if (S.uid) ev.uid = S.uid;
+    if (S.vid || cfg.vid) ev.vid = String(S.vid || cfg.vid);
+    var tz = timezone();
+    if (tz) ev.tz = tz;
+    var ua = uaInfo();
+    ev.device = ua.device;
+    if (ua.os) ev.os = ua.os;
+    var vp = viewport();
+    ev.w = vp.w;
+    ev.h = vp.h;
+    if (cfg.app) ev.app = cfg.app;
+    if (cfg.rel) ev.rel = cfg.rel;
+    Object.keys(extra).forEach(function (k) {
+      if (extra[k] !== undefined && k !== 'cookie') ev[k] = extra[k];
+    });
+    if (isPrivate()) delete ev.vid; // as for events: the server decides (cookieless id)
+    return ev;
+  }
+
+  /** What the gateway reads on later calls when the page and the tracker share the site. */
+  function setConsentCookie(flags) {
+    if (!D) return;
+    var c = 'CookieConsent=' + flags + '; Path=/; Max-Age=' + Math.floor(cfg.cookieDays * 86400) + '; SameSite=Lax';
+    if (cfg.cookieDomain) c += '; Domain=' + cfg.cookieDomain;
+    try {
+      if (W.location.protocol === 'https:') c += '; Secure';
+    } catch (e) {
+      /* ignore */
+    }
+    D.cookie = c;
+  }
+
+  /**
+   * Record a consent decision: agree({cflags: 1280, compliances: {...}}) or agree(1280).
+   * Resolves to the server's JSON ({ok: true, vid}); rejects when it was not recorded.
+   * Once recorded, the decision goes into the CookieConsent cookie (unless cookie: false, the
+   * consentCookie option is off, or the visitor is private: the gateway sets none then either).
+   */
+  function agree(opts) {
+    var extra = typeof opts === 'number' ? { cflags: opts } : Object.assign({}, opts);
+    var flags = Number(extra.cflags);
+    if (extra.cflags === null || extra.cflags === '' || !isFinite(flags) || Math.floor(flags) !== flags || flags < 0) {
+      return Promise.reject(new Error('cflags (the consent flags, an integer) is required'));
+    }
+    var setCookie = extra.cookie === undefined ? cfg.consentCookie : toBool(extra.cookie, true);
+    extra.cflags = flags;
+    var body = JSON.stringify(consentBody(extra));
+    return requestJson(ppiUrl('agree'), body).then(function (res) {
+      if (setCookie && !isPrivate()) {
+        try {
+          setConsentCookie(flags);
+        } catch (e) {
+          debug('CookieConsent not set', e);
+        }
+      }
+      if (res && res.vid) S.agreedVid = String(res.vid);
+      return res;
+    });
+  }
+
+  /** A visitor's consent records, newest first (default: the vid agree() was recorded under). */
+  function consent(vid) {
+    var v = vid || S.agreedVid || (isPrivate() ? '' : S.vid || cfg.vid);
+    if (!v) return Promise.reject(new Error('no vid: pass one, or call agree() first'));
+    return requestJson(ppiUrl('agree') + '?vid=' + encodeURIComponent(v));
+  }
+
+  function jurisdictions() {
+    return requestJson(ppiUrl('jds'));
+  }
+
   /* ------------------------------------------------------------------ WebSocket */
   function wsOpen() {
     return !!(S.ws && S.ws.readyState === 1);
@@ -992,6 +1128,10 @@
     };
   }
 
+  function rejected() {
+    return Promise.reject(new Error('sfpl internal error'));
+  }
+
   function init(opts) {
     if (S.autoTimer) {
       clearTimeout(S.autoTimer);
@@ -1112,6 +1252,9 @@
       }
     ),
     getConfig: guard(getConfig, null),
+    agree: guard(agree, rejected),
+    consent: guard(consent, rejected),
+    jurisdictions: guard(jurisdictions, rejected),
     lz4: lz4
   };
   // snippet-style API: sfpl.push(["track", "signup", {...}])
