@@ -44,6 +44,7 @@ from twisted.python.threadpool import ThreadPool
 
 from .deadletter import DeadLetters
 from .dedup import DEDUP_KEYS, drop_stored, keys_to_check
+from .dedup_logs import repair_if_unused
 from .errors import StoreError
 from .rejects import DATA_ERRORS, DataRejected, Dead, bisect, dead_letter_family, one_line
 from .schema import load_statements
@@ -167,6 +168,9 @@ class EmbeddedStore:
         import chdb
 
         self.path.mkdir(parents=True, exist_ok=True)
+        # Before chDB reads them: block ids of parts a crash kept from landing would make a
+        # re-send of their batch skip those parts (store/dedup_logs.py).
+        repair_if_unused(self.path)
         try:
             self._writer = chdb.connect(str(self.path))
         except Exception as e:
