@@ -8,8 +8,7 @@
 // a browser does for a first-party tracker. The gateway's own Set-Cookie headers are NOT kept:
 // whatever consent later calls carry is what track.js itself wrote to document.cookie.
 import fs from 'node:fs';
-import vm from 'node:vm';
-import { webcrypto } from 'node:crypto';
+import { runTrackJs } from './fake_browser.mjs';
 
 const [trackPath, base] = process.argv.slice(2);
 const code = fs.readFileSync(trackPath, 'utf8');
@@ -38,7 +37,7 @@ function browser({ gpc = false } = {}) {
     addEventListener: noop,
   };
   const page = new URL(`${base}/shop/consent?utm_source=Newsletter&utm_campaign=Spring`);
-  const win = {
+  const win = runTrackJs(code, {
     location: {
       href: page.href,
       origin: page.origin,
@@ -56,17 +55,6 @@ function browser({ gpc = false } = {}) {
       globalPrivacyControl: gpc,
     },
     document,
-    innerWidth: 1280,
-    innerHeight: 800,
-    sessionStorage: { getItem: () => null, setItem: noop, removeItem: noop },
-    localStorage: { getItem: () => null, setItem: noop, removeItem: noop },
-    crypto: webcrypto,
-    console,
-    setTimeout,
-    clearTimeout,
-    URL,
-    Blob,
-    TextEncoder,
     fetch: (url, init = {}) => {
       const headers = new Headers(init.headers || {});
       const cookie = document.cookie;
@@ -81,11 +69,7 @@ function browser({ gpc = false } = {}) {
       });
       return fetch(url, { ...init, headers, keepalive: false });
     },
-    addEventListener: noop,
-  };
-  win.window = win;
-  vm.createContext(win);
-  vm.runInContext(code, win, { filename: 'track.js' });
+  });
   win.sfpl.init({ endpoint: base, pageView: false, batchDelay: 10, app: 'shop', rel: '2026.11' });
   return { sfpl: win.sfpl, requests, cookieWrites, jar };
 }

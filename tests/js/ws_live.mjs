@@ -6,8 +6,7 @@
 // Prints one JSON report: per mode (lz4, text) the eids tracked, the HTTP fetches the client
 // made (none when every event was acked over the socket) and whether the socket was open.
 import fs from 'node:fs';
-import vm from 'node:vm';
-import { webcrypto } from 'node:crypto';
+import { runTrackJs } from './fake_browser.mjs';
 
 const [trackPath, base, count] = process.argv.slice(2);
 const code = fs.readFileSync(trackPath, 'utf8');
@@ -24,31 +23,16 @@ function browser() {
     currentScript: { src: `${base}/tr/v1/pub/track.js`, getAttribute: (n) => (n === 'data-auto' ? 'false' : null) },
     addEventListener: noop,
   };
-  const win = {
+  const win = runTrackJs(code, {
     location: { href: 'https://shop.example.com/cart', origin: 'https://shop.example.com', protocol: 'https:', host: 'shop.example.com', hostname: 'shop.example.com', pathname: '/cart', search: '', hash: '' },
     navigator: { userAgent: 'Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0', language: 'en-US', maxTouchPoints: 0 },
     document,
-    innerWidth: 1280,
-    innerHeight: 800,
-    sessionStorage: { getItem: () => null, setItem: noop, removeItem: noop },
-    localStorage: { getItem: () => null, setItem: noop, removeItem: noop },
-    crypto: webcrypto,
-    console,
-    setTimeout,
-    clearTimeout,
-    URL,
-    Blob,
-    TextEncoder,
     WebSocket,
     fetch: (url, init) => {
       fetches.push(String(url));
       return fetch(url, init);
     },
-    addEventListener: noop,
-  };
-  win.window = win;
-  vm.createContext(win);
-  vm.runInContext(code, win, { filename: 'track.js' });
+  });
   return { sfpl: win.sfpl, fetches };
 }
 
