@@ -292,8 +292,10 @@ def test_sigkill_under_load_then_restart_stores_each_ack_once(gateway_factory):
     assert_stored_once(gw, "payments", "orid", acked["payment"])
     assert_stored_once(gw, "agreed", "vid", acked["consent"])
     assert_derived_complete(gw)
-    assert replayed > 0  # acknowledged but not yet loaded at a kill
-    assert resent > 0, f"no kill of {kills} landed in the middle of an insert"
+    # How many records were replayed or resent depends on where each kill landed: reported,
+    # never asserted (the resend path itself is tested deterministically in test_journal.py
+    # and test_dedup_logs.py).
+    print(f"kills={kills} replayed={replayed} resent={resent}")
 
 
 def test_torn_tail_is_truncated_and_everything_before_it_loads(gateway_factory):
