@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -32,6 +32,13 @@ class BatchSettings:
     Priority: int = 3
     RetryAttempts: int = 3
     RetryBackoffMs: int = 100
+    # The keys the config gave: an override changes only these and keeps the table's other
+    # defaults ({"payments": {"RetryAttempts": 5}} leaves payments "immediate").
+    given: frozenset = field(default=frozenset(), metadata={"internal": True}, compare=False)
+
+    def over(self, base: BatchSettings) -> BatchSettings:
+        """``base`` with the keys this entry gave replaced."""
+        return replace(base, **{key: getattr(self, key) for key in self.given})
 
 
 @dataclass
@@ -275,6 +282,8 @@ def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: froze
         else:
             hint = _closest(key, known)
             raise ConfigError(f"{path}: unknown key{hint}")
+    if cls is BatchSettings:
+        kwargs["given"] = frozenset(kwargs)
     return cls(**kwargs)
 
 

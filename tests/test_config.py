@@ -106,3 +106,18 @@ def test_twistd_refuses_a_bad_config_with_one_line(tmp_path):
     assert lines == [
         f'sfpltracker: config error: {path}: MaxBodyBytes: expected an integer, got "lots"'
     ]
+
+
+def test_a_batching_override_changes_only_the_keys_it_gives():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from sfpltracker.pipeline.batcher import DEFAULT_SETTINGS, Batcher
+
+    cfg = load_dict({"Batching": {"payments": {"RetryAttempts": 5}, "events": {"MaxBatchSize": 7}}})
+    batcher = Batcher(object(), MemoryReactorClock(), cfg.Batching)
+    payments = batcher.settings_for("payments")
+    assert payments.Strategy == "immediate" and payments.RetryAttempts == 5
+    events = batcher.settings_for("events")
+    assert events.MaxBatchSize == 7
+    assert events.MaxBatchTime == DEFAULT_SETTINGS["events"].MaxBatchTime
+    assert batcher.settings_for("agreed") == DEFAULT_SETTINGS["agreed"]

@@ -128,7 +128,11 @@ class Batcher:
 
     def settings_for(self, table: str) -> BatchSettings:
         base = DEFAULT_SETTINGS.get(table, FALLBACK_SETTINGS)
-        return replace(self.overrides.get(table, base))
+        override = self.overrides.get(table)
+        if override is None:
+            return replace(base)
+        # An override built in code (tests, benches) without ``given`` replaces the whole entry.
+        return override.over(base) if override.given else replace(override)
 
     def _table(self, name: str) -> _Table:
         t = self.tables.get(name)
