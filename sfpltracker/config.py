@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, get_args, get_origin, get_type_hints
 
 
 class ConfigError(Exception):
@@ -267,12 +267,12 @@ def _convert(value: Any, tp: Any, where: str, warnings: list[str]) -> Any:
 
 def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: frozenset) -> Any:
     known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+    hints = get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key in known:
-            tp = known[key].type
-            tp = eval(tp, globals()) if isinstance(tp, str) else tp  # noqa: S307 - our annotations
+            tp = hints[key]
             if key == "MaxBatchTime":
                 kwargs[key] = parse_duration(value, path)
             else:
