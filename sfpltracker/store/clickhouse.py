@@ -392,7 +392,9 @@ class ClickHouseStore:
             client.sfpl_last_host = self._host_of(client)
             return result
         except errors.ServerException as e:
-            if kw.get("columnar") and refused_for_data(e.code, lambda: self._answers(client)):
+            if kw.get("columnar") and refused_for_data(
+                e.code, str(e), lambda: self._answers(client)
+            ):
                 raise DataRejected(_reason(e), e.code) from None
             raise StoreError(_reason(e), e.code) from None
         except (

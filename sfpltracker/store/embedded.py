@@ -361,7 +361,7 @@ class EmbeddedStore:
             if error.code in SCHEMA_CHANGED:
                 self._read_columns()  # the retry converts the rows for the table as it is now
                 raise error from None
-            if refused_for_data(error.code, self._answers):
+            if refused_for_data(error.code, str(error), self._answers):
                 raise DataRejected(_reason(error), error.code) from None
             raise error from None
         self._inserts += 1

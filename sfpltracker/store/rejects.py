@@ -17,6 +17,7 @@ while refusing the rows is refusing the rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 # ClickHouse error codes that mean "this data", not "this server": the batch is split to find
@@ -120,10 +121,22 @@ OUTAGE_ERRORS = frozenset(
 )
 
 
-def refused_for_data(code: int, store_answers: Callable[[], bool]) -> bool:
-    """Whether an insert the store refused with ``code`` was refused for its rows.
+# A memory limit reported under another code: chDB wraps what goes wrong while it reads the
+# Arrow batch as PY_EXCEPTION_OCCURED ("Code: 800. DB::Exception: Python data handling Query
+# memory limit exceeded: ..."). Matched at the start of the message only, where the rows'
+# values cannot be (a message quoting a value must not turn a data error into an outage).
+MEMORY_MESSAGE = re.compile(
+    r"Code: \d+\.\s+DB::Exception:\s+(?:Python data handling )?(?:\w+ )?memory limit "
+    r"(?:\([\w ]+\) )?exceeded",
+    re.IGNORECASE,
+)
 
-    A known data error is; a known outage is not. Anything else (a code neither list has, a
+
+def refused_for_data(code: int, message: str, store_answers: Callable[[], bool]) -> bool:
+    """Whether an insert the store refused with ``code`` (and ``message``) was refused for its
+    rows.
+
+    A known data error is; a known outage or a memory limit is not. Anything else (a code neither list has, a
     generic ``STD_EXCEPTION``, an error without a code) is decided by ``store_answers()``, the
     store's probe of itself right after the failure (a query, and for chDB a file created in
     each table's directory): if the store works and still refused these rows, the rows are
@@ -133,7 +146,7 @@ def refused_for_data(code: int, store_answers: Callable[[], bool]) -> bool:
     """
     if code in DATA_ERRORS:
         return True
-    if code in OUTAGE_ERRORS:
+    if code in OUTAGE_ERRORS or MEMORY_MESSAGE.match(message):
         return False
     return store_answers()
 
