@@ -24,6 +24,7 @@ import pytest_twisted
 
 from sfpltracker.pipeline.spool import encode_frame, list_segments, segment_path
 from sfpltracker.store.errors import StoreError
+from sfpltracker.store.rejects import refused_for_data
 from tests.test_durability import (
     TRACK,
     assert_exactly_once,
@@ -156,9 +157,11 @@ def test_an_unlisted_code_is_searched_when_the_store_passes_its_probe(store):
         .decode()
         .strip()
     )
-    # The same batch while the events directory cannot be written: an outage, retried.
+    # The same batch while the events directory cannot be written: chDB refuses it for the
+    # poison first (TOO_DEEP_AST, before any part is written), but the probe cannot create a
+    # file in the events directory: an outage, retried, nothing set aside.
     with store_writes_blocked(Path(path)):
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match="AST is too deep"):
             yield store.insert("events", rows, token="sfpl-probe")
     assert store.deadletters.read("events") == []
     assert (yield store.insert("events", rows, token="sfpl-probe")) == len(rows) - 1
@@ -198,3 +201,33 @@ def test_a_memory_limit_is_an_outage_even_when_the_store_answers(store):
     assert store.deadletters.read("events") == []
     for n, row in enumerate((big, keys)):  # the retries
         assert (yield store.insert("events", [row], token=f"sfpl-memory-{n}")) == 1
+
+
+def test_refused_for_data_asks_the_store_only_about_codes_no_list_names():
+    asked = []
+
+    def answers(result):
+        def probe():
+            asked.append(result)
+            return result
+
+        return probe
+
+    assert refused_for_data(117, "Code: 117. DB::Exception: Cannot parse", answers(False))
+    assert not refused_for_data(241, "Code: 241. DB::Exception: Memory", answers(True))
+    assert not refused_for_data(1000, "Code: 1000. DB::Exception: Access", answers(True))
+    assert asked == []  # the lists decide: no probe
+    memory = "Code: 800. DB::Exception: Python data handling Query memory limit exceeded: x"
+    assert not refused_for_data(800, memory, answers(True))
+    disk = (
+        "Code: 1001. DB::Exception: std::__1::filesystem::filesystem_error: filesystem error: "
+        "in create_directories: Operation not permitted"
+    )
+    assert not refused_for_data(1001, disk, answers(True))
+    assert asked == []
+    # A value quoted in a message cannot make it an outage: only how it starts counts.
+    quoted = "Code: 1001. DB::Exception: bad value 'memory limit exceeded' in row 3"
+    assert refused_for_data(1001, quoted, answers(True))
+    assert refused_for_data(167, "Code: 167. DB::Exception: AST is too deep.", answers(True))
+    assert not refused_for_data(167, "Code: 167. DB::Exception: AST is too deep.", answers(False))
+    assert asked == [True, True, False]

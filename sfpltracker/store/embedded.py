@@ -368,7 +368,7 @@ class EmbeddedStore:
 
     def _answers(self) -> bool:
         """The probe after an insert failed for a reason no list names: chDB answers a query
-        and a file can be created, written and synced in the directory of every table of the
+        and a file can be created and written in the directory of every table of the
         database (an insert's first step is a part directory there; a read-only or full disk,
         or a table directory made immutable, fails it). On the writer thread."""
         try:
@@ -379,10 +379,10 @@ class EmbeddedStore:
             )
             for path in result.bytes().decode().splitlines():
                 # "tmp_" as ClickHouse's own temporary parts: a table skips such names on load.
+                # (Written, not synced: a full disk refuses the write itself.)
                 with tempfile.TemporaryFile(dir=path, prefix="tmp_sfpl_probe_") as f:
                     f.write(b"probe")
                     f.flush()
-                    os.fsync(f.fileno())
         except Exception as e:  # noqa: BLE001 - any failure of the probe means "not now"
             log.warn("store: chDB fails its probe ({why}): retrying", why=one_line(e))
             return False

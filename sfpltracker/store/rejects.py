@@ -121,13 +121,15 @@ OUTAGE_ERRORS = frozenset(
 )
 
 
-# A memory limit reported under another code: chDB wraps what goes wrong while it reads the
-# Arrow batch as PY_EXCEPTION_OCCURED ("Code: 800. DB::Exception: Python data handling Query
-# memory limit exceeded: ..."). Matched at the start of the message only, where the rows'
-# values cannot be (a message quoting a value must not turn a data error into an outage).
-MEMORY_MESSAGE = re.compile(
-    r"Code: \d+\.\s+DB::Exception:\s+(?:Python data handling )?(?:\w+ )?memory limit "
-    r"(?:\([\w ]+\) )?exceeded",
+# Outages reported under a generic code, told by how the message starts (where the rows'
+# values cannot be: a message quoting a value must never turn a data error into an outage):
+# a memory limit chDB met while reading the Arrow batch ("Code: 800. DB::Exception: Python data
+# handling Query memory limit exceeded: ..."), a filesystem error (ClickHouse 25: "Code: 1001.
+# DB::Exception: std::__1::filesystem::filesystem_error: filesystem error: in
+# create_directories: Operation not permitted [...]" for a table directory it cannot write).
+OUTAGE_MESSAGE = re.compile(
+    r"Code: \d+\.\s+DB::Exception:\s+(?:Python data handling )?"
+    r"(?:(?:\w+ )?memory limit (?:\([\w ]+\) )?exceeded|std::(?:\w+::)*filesystem_error)",
     re.IGNORECASE,
 )
 
@@ -136,7 +138,7 @@ def refused_for_data(code: int, message: str, store_answers: Callable[[], bool])
     """Whether an insert the store refused with ``code`` (and ``message``) was refused for its
     rows.
 
-    A known data error is; a known outage or a memory limit is not. Anything else (a code neither list has, a
+    A known data error is; a known outage (a code, or how the message starts) is not. Anything else (a code neither list has, a
     generic ``STD_EXCEPTION``, an error without a code) is decided by ``store_answers()``, the
     store's probe of itself right after the failure (a query, and for chDB a file created in
     each table's directory): if the store works and still refused these rows, the rows are
@@ -146,7 +148,7 @@ def refused_for_data(code: int, message: str, store_answers: Callable[[], bool])
     """
     if code in DATA_ERRORS:
         return True
-    if code in OUTAGE_ERRORS or MEMORY_MESSAGE.match(message):
+    if code in OUTAGE_ERRORS or OUTAGE_MESSAGE.match(message):
         return False
     return store_answers()
 
