@@ -24,7 +24,6 @@ import pytest_twisted
 
 from sfpltracker.pipeline.spool import encode_frame, list_segments, segment_path
 from sfpltracker.store.errors import StoreError
-from sfpltracker.store.rejects import refused_for_data
 from tests.test_durability import (
     TRACK,
     assert_exactly_once,
@@ -204,6 +203,8 @@ def test_a_memory_limit_is_an_outage_even_when_the_store_answers(store):
 
 
 def test_refused_for_data_asks_the_store_only_about_codes_no_list_names():
+    from sfpltracker.store.rejects import refused_for_data  # (here: new since 9659b6f)
+
     asked = []
 
     def answers(result):
