@@ -18,10 +18,11 @@ Dedup: with ``dedup=True`` the keys of the batch go to the server as an external
 (``WHERE key IN _sfpl_keys``) and the stored ones are dropped first.
 
 Dead letters: when the server rejects an insert for its data (a value it cannot parse, a
-constraint, a failing view: the ``DATA_ERRORS`` codes), the batch is split in halves and each
-half inserted again, down to the single rows that fail, which go to the dead-letter file with
-the server's reason (``deadletter.py``); every other row lands. Rows the column converters
-already refuse are dead-lettered without being sent.
+constraint, a failing view: the ``DATA_ERRORS`` codes, or any code that is not a known outage
+while the server still answers ``SELECT 1``: ``rejects.refused_for_data``), the batch is split
+in halves and each half inserted again, down to the single rows that fail, which go to the
+dead-letter file with the server's reason (``deadletter.py``); every other row lands. Rows the
+column converters already refuse are dead-lettered without being sent.
 
 Schema: ``start()`` (and ``python -m sfpltracker schema``) checks the server's version against
 the schema's ``requires:`` line, then runs the ``schema/`` statements; with ``Cluster`` set they
@@ -56,7 +57,7 @@ from .deadletter import DeadLetters
 from .dedup import drop_stored, keys_to_check
 from .errors import StoreError
 from .legacy import LegacyDialect
-from .rejects import DATA_ERRORS, DataRejected, bisect, dead_letter_family
+from .rejects import DataRejected, bisect, dead_letter_family, refused_for_data
 from .rejects import one_line as _reason
 from .schema import load_statements, parse_version, required_version, schema_dir
 
@@ -391,7 +392,9 @@ class ClickHouseStore:
             client.sfpl_last_host = self._host_of(client)
             return result
         except errors.ServerException as e:
-            if e.code in DATA_ERRORS and kw.get("columnar"):
+            if kw.get("columnar") and refused_for_data(
+                e.code, str(e), lambda: self._answers(client)
+            ):
                 raise DataRejected(_reason(e), e.code) from None
             raise StoreError(_reason(e), e.code) from None
         except (
@@ -408,6 +411,16 @@ class ClickHouseStore:
             if kw.get("columnar"):
                 raise DataRejected(f"not sent: {type(e).__name__}: {e}", 0) from None
             raise
+
+    def _answers(self, client) -> bool:
+        """The probe after an insert was refused with an error no list names: the server
+        answers ``SELECT 1`` on the same client (which reconnects to the same hosts)."""
+        try:
+            self._call(client, "SELECT 1")
+        except StoreError as e:
+            log.warn("ClickHouse fails its probe ({why}): retrying", why=str(e))
+            return False
+        return True
 
     @staticmethod
     def _host_of(client) -> str:

@@ -14,9 +14,12 @@ SELECT FROM Python()``; ``tests/test_store_tokens.py`` shows it). For that every
 receives rows keeps a deduplication window (``non_replicated_deduplication_window``): the
 schema sets it, ``_ensure_dedup_windows`` adds it to view targets created before it did.
 
-Rows chDB refuses for their data (JSON it cannot parse, a value Arrow cannot convert: see
-docs/durability.md "A row the store can never accept") would fail their batch on every
-attempt and hold back the spool behind it. The insert then searches the batch by halves
+Rows chDB refuses for their data (JSON it cannot parse, a value Arrow cannot convert, a
+params value whose JSON types make ``TOO_DEEP_AST``: see docs/durability.md "A row the store
+can never accept") would fail their batch on every attempt and hold back the spool behind it.
+An error that is neither a known data error nor a known outage makes the store probe itself
+(``_answers``: a query, and a file written in every table directory); if chDB passes, the rows
+are to blame. The insert then searches the batch by halves
 (``rejects.bisect``, as the server store does), stores every other row and sets the refused
 ones aside in ``DataDirectory/deadletter/<table>.jsonl``. Each half gets an insert token
 derived from the batch's token and its place in the search, so a batch re-sent after a crash
@@ -30,6 +33,7 @@ import ctypes.util
 import functools
 import os
 import re
+import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,7 +50,14 @@ from .deadletter import DeadLetters
 from .dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from .dedup_logs import repair_if_unused
 from .errors import StoreError
-from .rejects import DATA_ERRORS, DataRejected, Dead, bisect, dead_letter_family, one_line
+from .rejects import (
+    DataRejected,
+    Dead,
+    bisect,
+    dead_letter_family,
+    one_line,
+    refused_for_data,
+)
 from .schema import load_statements
 
 __all__ = ["DEDUP_KEYS", "EmbeddedStore", "StoreError"]
@@ -347,12 +358,35 @@ class EmbeddedStore:
             )
         except Exception as e:
             error = _error(e)
-            if error.code in DATA_ERRORS:
-                raise DataRejected(_reason(error), error.code) from None
             if error.code in SCHEMA_CHANGED:
                 self._read_columns()  # the retry converts the rows for the table as it is now
+                raise error from None
+            if refused_for_data(error.code, str(error), self._answers):
+                raise DataRejected(_reason(error), error.code) from None
             raise error from None
         self._inserts += 1
+
+    def _answers(self) -> bool:
+        """The probe after an insert failed for a reason no list names: chDB answers a query
+        and a file can be created and written in the directory of every table of the
+        database (an insert's first step is a part directory there; a read-only or full disk,
+        or a table directory made immutable, fails it). On the writer thread."""
+        try:
+            result = self._writer.query(
+                "SELECT arrayJoin(data_paths) FROM system.tables WHERE database = {db:String}",
+                "TabSeparated",
+                params={"db": self.database},
+            )
+            for path in result.bytes().decode().splitlines():
+                # "tmp_" as ClickHouse's own temporary parts: a table skips such names on load.
+                # (Written, not synced: a full disk refuses the write itself.)
+                with tempfile.TemporaryFile(dir=path, prefix="tmp_sfpl_probe_") as f:
+                    f.write(b"probe")
+                    f.flush()
+        except Exception as e:  # noqa: BLE001 - any failure of the probe means "not now"
+            log.warn("store: chDB fails its probe ({why}): retrying", why=one_line(e))
+            return False
+        return True
 
     def _check_columns(self, table: str, columns: dict[str, str]) -> None:
         """Before blaming rows, make sure the table is still what they were converted for (an

@@ -7,10 +7,17 @@ full, memory) must be retried as it is. A store raises ``DataRejected`` for the 
 ``StoreError`` for the second; on ``DataRejected`` it calls ``bisect``, which inserts halves of
 the batch again, down to the single rows that fail; those go to the dead-letter file
 (``deadletter.py``) and are counted in ``sfpl_store_dead_letter_rows``.
+
+Which kind an error is, is decided by behaviour (``refused_for_data``): ClickHouse has hundreds
+of error codes and new versions add more (chDB refuses a batch mixing many JSON types with a
+150-level array with ``TOO_DEEP_AST``, a code no list here had), so a code that is neither a
+known data error nor a known outage makes the store probe itself. A store that answers the probe
+while refusing the rows is refusing the rows.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 # ClickHouse error codes that mean "this data", not "this server": the batch is split to find
@@ -45,6 +52,105 @@ DATA_ERRORS = frozenset(
         691,  # UNKNOWN_ELEMENT_OF_ENUM
     }
 )
+
+
+# ClickHouse error codes that mean "this store, now" - resources, files, network, the table's
+# state, a cancelled query - whatever a probe says: a row refused with one of them may well go
+# in later (MEMORY_LIMIT_EXCEEDED passes once other queries finish), so the batch is retried
+# as it is and nothing is dead-lettered for them.
+OUTAGE_ERRORS = frozenset(
+    {
+        3,  # UNEXPECTED_END_OF_FILE (reading a file or a socket)
+        60,  # UNKNOWN_TABLE
+        74,  # CANNOT_READ_FROM_FILE_DESCRIPTOR
+        75,  # CANNOT_WRITE_TO_FILE_DESCRIPTOR
+        76,  # CANNOT_OPEN_FILE
+        77,  # CANNOT_CLOSE_FILE
+        81,  # UNKNOWN_DATABASE
+        87,  # CANNOT_SEEK_THROUGH_FILE
+        88,  # CANNOT_TRUNCATE_FILE
+        95,  # CANNOT_READ_FROM_SOCKET
+        96,  # CANNOT_WRITE_TO_SOCKET
+        107,  # FILE_DOESNT_EXIST
+        159,  # TIMEOUT_EXCEEDED
+        164,  # READONLY
+        173,  # CANNOT_ALLOCATE_MEMORY
+        201,  # QUOTA_EXCEEDED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        204,  # CANNOT_FSYNC
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        218,  # TABLE_IS_DROPPED
+        225,  # NO_ZOOKEEPER
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        243,  # NOT_ENOUGH_SPACE
+        244,  # UNEXPECTED_ZOOKEEPER_ERROR
+        252,  # TOO_MANY_PARTS
+        254,  # NO_ACTIVE_REPLICAS
+        279,  # ALL_CONNECTION_TRIES_FAILED
+        285,  # TOO_FEW_LIVE_REPLICAS
+        289,  # REPLICA_IS_NOT_IN_QUORUM
+        290,  # LIMIT_EXCEEDED
+        291,  # DATABASE_ACCESS_DENIED
+        294,  # CANNOT_WRITE_TO_FILE
+        297,  # SHARD_HAS_NO_CONNECTIONS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        364,  # RECEIVED_ERROR_TOO_MANY_REQUESTS
+        384,  # PART_IS_TEMPORARILY_LOCKED
+        394,  # QUERY_WAS_CANCELLED
+        411,  # PTHREAD_ERROR
+        415,  # ALL_REPLICAS_LOST
+        425,  # SYSTEM_ERROR
+        439,  # CANNOT_SCHEDULE_TASK
+        473,  # DEADLOCK_AVOIDED
+        497,  # ACCESS_DENIED
+        516,  # AUTHENTICATION_FAILED
+        574,  # DISTRIBUTED_TOO_MANY_PENDING_BYTES
+        586,  # CANNOT_CREATE_FILE
+        641,  # CANNOT_APPEND_TO_FILE
+        677,  # THREAD_WAS_CANCELED
+        735,  # QUERY_WAS_CANCELLED_BY_CLIENT
+        738,  # PART_IS_LOCKED
+        749,  # TCP_CONNECTION_LIMIT_REACHED
+        999,  # KEEPER_EXCEPTION
+        1000,  # POCO_EXCEPTION: Poco's file and network errors (18.16: "Access to file denied")
+    }
+)
+
+
+# Outages reported under a generic code, told by how the message starts (where the rows'
+# values cannot be: a message quoting a value must never turn a data error into an outage):
+# a memory limit chDB met while reading the Arrow batch ("Code: 800. DB::Exception: Python data
+# handling Query memory limit exceeded: ..."), a filesystem error (ClickHouse 25: "Code: 1001.
+# DB::Exception: std::__1::filesystem::filesystem_error: filesystem error: in
+# create_directories: Operation not permitted [...]" for a table directory it cannot write).
+OUTAGE_MESSAGE = re.compile(
+    r"Code: \d+\.\s+DB::Exception:\s+(?:Python data handling )?"
+    r"(?:(?:\w+ )?memory limit (?:\([\w ]+\) )?exceeded|std::(?:\w+::)*filesystem_error)",
+    re.IGNORECASE,
+)
+
+
+def refused_for_data(code: int, message: str, store_answers: Callable[[], bool]) -> bool:
+    """Whether an insert the store refused with ``code`` (and ``message``) was refused for its
+    rows.
+
+    A known data error is; a known outage (a code, or how the message starts) is not. Anything else (a code neither list has, a
+    generic ``STD_EXCEPTION``, an error without a code) is decided by ``store_answers()``, the
+    store's probe of itself right after the failure (a query, and for chDB a file created in
+    each table's directory): if the store works and still refused these rows, the rows are
+    the trouble and the batch is searched for them; if the probe fails too, it is an outage
+    and the batch is retried as it is. The probe runs again for every half that fails, so an
+    outage that starts during a search ends the search and nothing is set aside for it.
+    """
+    if code in DATA_ERRORS:
+        return True
+    if code in OUTAGE_ERRORS or OUTAGE_MESSAGE.match(message):
+        return False
+    return store_answers()
 
 
 def one_line(exc: BaseException) -> str:
