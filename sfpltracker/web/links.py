@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from urllib.parse import parse_qsl, unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from ..ingest import bounds
 from ..ingest.ids import uuid4
 from ..ingest.messaging import event_records
 from ..ingest.parse import query_pairs
@@ -185,7 +185,7 @@ class RpiResource(Resource):
         if not raw.strip():
             raise Refusal(400, "Bad request (body)")
         try:
-            body = json.loads(raw)
+            body = bounds.loads(raw)  # NotJSON is a ValueError
             given = parse_link_input(body, self.cfg.Domains, now, self.cfg.IgnoreQueryParamsKey)
         except (ValueError, RecursionError) as e:
             reason = str(e) if isinstance(e, LinkInvalid) else "Bad request (data)"
