@@ -247,3 +247,16 @@ def test_websocket_messages_beyond_the_bounds_get_an_error_reply(gw):
     rows = events_of(gw, v, 2)
     assert [row["ename"] for row in rows] == ["ws_good", "ws_long_int"]
     assert json.loads(rows[1]["p"]) == {"n": LONG_INT}
+
+
+def test_redirects_beyond_the_bounds_still_redirect_untracked(gw):
+    account = create_account(gw, "bounds_links")
+    auth = {**JSON, "Authorization": f"Bearer {account['uid']}.{account['secret']}"}
+    link = {"urlfrom": "bounds.test/go", "urlto": "https://shop.example/landing"}
+    assert post(gw, "/tr/v1/rpi/redirect", json.dumps(link).encode(), auth).status == 200
+    query = "&".join(f"q{i}=1" for i in range(300)) + "&n=" + "5" * 4400
+    r = gw.http("GET", f"/go?{query}", headers={"Host": "bounds.test"})
+    assert (r.status, r.header("location")) == (302, "https://shop.example/landing"), r
+    r = gw.http("GET", f"/tr/v1/rdr/?url=%2Flanding&{query}")
+    assert (r.status, r.header("location")) == (302, "/landing"), r
+    assert "Traceback" not in gw.log_text()

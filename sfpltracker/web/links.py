@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from ..ingest import bounds
 from ..ingest.ids import uuid4
 from ..ingest.messaging import event_records
-from ..ingest.parse import query_pairs
+from ..ingest.parse import BadInput, query_pairs
 from ..ingest.request import host_only
 from ..links.accounts import AuthFailed, Credentials
 from ..links.model import (
@@ -341,7 +341,10 @@ class ShortLinkFallback:
         if referrer:
             raw["last"] = referrer
         visitor = gw.events.visitor(req, raw)
-        row = gw.events.event_row(raw, req, visitor, server=False)
+        try:
+            row = gw.events.event_row(raw, req, visitor, server=False)
+        except BadInput:  # beyond the input bounds: the visitor still goes on, untracked
+            row = None
         records = event_records(raw, row) if row is not None else []
 
         def answer() -> bytes:
