@@ -85,6 +85,8 @@ def test_json_text_inside_a_field_is_dropped_when_too_deep():
     assert to_json_object("{" * 5000) is None
     assert to_json_object_text('{"a": ' + "[" * 5000) is None
     assert to_uuid_list("[" * 5000 + "]" * 5000) is None
+    assert to_json_object('{"a": "\\ud800"}') is None  # a lone surrogate escape: not text
+    assert to_json_object('{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
 
 
 def test_params_beyond_the_key_and_byte_limits_refuse_the_event(limits):

@@ -151,6 +151,8 @@ def test_json_text_inside_a_field_is_bounded(gw):
     deep_text = json.dumps({"a": nested(900)})
     body = {"ename": "text_params", "vid": v, "params": deep_text, "targets": deep_text}
     assert post(gw, "/tr/v1/tr/", json.dumps(body).encode()).status == 200
+    surrogate = {"ename": "text_surrogate", "vid": v, "params": '{"a": "\\udc00"}'}
+    assert post(gw, "/tr/v1/tr/", json.dumps(surrogate).encode()).status == 200
     r = gw.http(
         "GET",
         f"/tr/v1/tr/?ename=get_text_params&vid={v}&params="
@@ -159,10 +161,11 @@ def test_json_text_inside_a_field_is_bounded(gw):
         + "%7D" * 400,
     )
     assert r.status == 200, r
-    rows = events_of(gw, v, 2)
+    rows = events_of(gw, v, 3)
     assert [(row["ename"], json.loads(row["p"])) for row in rows] == [
         ("get_text_params", {}),
         ("text_params", {}),
+        ("text_surrogate", {}),
     ]
 
 

@@ -120,11 +120,24 @@ def count_keys(value: Any) -> int:
     return 0
 
 
+def has_lone_surrogate(data: Any) -> bool:
+    """Whether a decoded JSON value holds a lone surrogate (in a key or a string value): a JSON
+    escape such as ``\\ud800`` decodes into a str that is not text and cannot be stored."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def json_in_text(text: str) -> Any:
     """The value of JSON text found inside a field (GET ``params={...}``), or None when it is
-    not JSON or nests deeper than a field may (``MaxJSONDepth`` less the event's own level)."""
+    not JSON, nests deeper than a field may (``MaxJSONDepth`` less the event's own level) or
+    holds a lone surrogate escape."""
     try:
         value = loads(text)
     except NotJSON:
         return None
-    return None if too_deep(value, LIMITS.depth - 1) else value
+    if too_deep(value, LIMITS.depth - 1):
+        return None
+    return None if "\\u" in text and has_lone_surrogate(value) else value

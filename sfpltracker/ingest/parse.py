@@ -7,7 +7,6 @@ treats them the same way (unknown keys go to ``params`` from every form).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -89,7 +88,7 @@ def json_events(body: bytes, max_events: int) -> list[Any]:
     # A body cannot nest deeper than it has brackets: most bodies skip the walk.
     if body.count(b"{") + body.count(b"[") > depth:
         items = [_bounded(item, depth) for item in items]
-    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(items):
+    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and bounds.has_lone_surrogate(items):
         raise BadInput(
             "malformed JSON: a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not text"
         )
@@ -100,15 +99,6 @@ def _bounded(item: Any, depth: int) -> Any:
     if bounds.too_deep(item, depth):
         return RefusedItem(f"nested deeper than MaxJSONDepth ({depth})")
     return item
-
-
-def _has_lone_surrogate(data: Any) -> bool:
-    """Whether a decoded JSON value holds a lone surrogate (in a key or a string value)."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def lower_keys(obj: dict) -> dict:
