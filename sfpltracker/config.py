@@ -106,6 +106,12 @@ class Config:
     MaxBodyBytes: int = 1048576
     MaxBatchEvents: int = 500
     MaxMessageBytes: int = 1048576
+    # Input bounds on every JSON body and params (README "Input bounds"): objects/arrays nested
+    # in one event (the event is level 1), keys at every level of an event's params, and the
+    # size of its params as JSON text. Beyond them the event is refused alone.
+    MaxJSONDepth: int = 16
+    MaxParamsKeys: int = 256
+    MaxParamsBytes: int = 65536
     IgnoreQueryParamsKey: str = "igqp"
     # Short-link admin API: after this many failed logins per client IP or uid within the
     # window, further attempts get 429 without a password check (0 turns it off).
@@ -339,9 +345,18 @@ def _validate(cfg: Config) -> None:
         if settings.MaxBatchSize < 1:
             raise ConfigError(f"Batching.{table}.MaxBatchSize: must be at least 1")
     _validate_edge(cfg)
-    for name in ("MaxBodyBytes", "MaxBatchEvents", "MaxMessageBytes", "SessionMinutes"):
+    for name in (
+        "MaxBodyBytes",
+        "MaxBatchEvents",
+        "MaxMessageBytes",
+        "SessionMinutes",
+        "MaxParamsKeys",
+        "MaxParamsBytes",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+    if cfg.MaxJSONDepth < 2:
+        raise ConfigError("MaxJSONDepth: must be at least 2 (an event and its params)")
 
 
 ACME_CHALLENGES = ("auto", "http-01", "tls-alpn-01")

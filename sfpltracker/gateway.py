@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from . import __version__, admin
 from . import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 from .config import Config
+from .ingest import bounds
 from .ingest.event import EventModel
 from .notify import nats as notify_nats
 from .pipeline.batcher import Batcher
@@ -90,6 +91,8 @@ class Gateway:
         ip_secret = cfg.IPHashSecret.encode() if cfg.IPHashSecret else secret
         # GeoIP reads a local file only (GeoIPDatabase); None: no geo fields, /ppi/geoip 503.
         self.geoip = open_geoip(cfg.path(cfg.GeoIPDatabase)) if cfg.GeoIPDatabase else None
+        # How deep, how many keys, how big client JSON may be (ingest/bounds.py).
+        bounds.configure(bounds.JsonLimits.from_config(cfg))
         salts = DailySalts(cfg.data_dir / "cookieless", cfg.CookielessSalt.encode())
         self.events = EventModel(
             ip_policy=IPPolicy(cfg.IPMode, ip_secret),

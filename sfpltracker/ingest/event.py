@@ -18,6 +18,7 @@ from typing import Any
 
 from ..privacy.identity import CookielessIds, CookiePolicy
 from ..privacy.ip import IPPolicy
+from . import bounds
 from .fields import (
     EVENT_COERCERS,
     NOT_PARAMS,
@@ -27,6 +28,7 @@ from .fields import (
     unique_json_paths,
 )
 from .ids import parse_uuid, short_hash, uuid4, uuid7
+from .parse import BadInput
 from .request import RequestInfo
 
 Enricher = Callable[[dict, RequestInfo], None]
@@ -98,7 +100,11 @@ class EventModel:
         server: bool,
         with_user_agent: bool = True,
     ) -> dict[str, Any] | None:
-        """The ``events`` row for ``raw`` (keys lower-cased), or None when it is dropped (bot)."""
+        """The ``events`` row for ``raw`` (keys lower-cased), or None when it is dropped (bot).
+
+        Raises ``BadInput`` for an event beyond the params bounds (``MaxParamsKeys``,
+        ``MaxParamsBytes``): that event alone is refused.
+        """
         row: dict[str, Any] = {}
         params: dict[str, Any] = {}
         explicit_params = to_json_object(raw.get("params"))
@@ -159,9 +165,19 @@ class EventModel:
 def _params_text(params: dict[str, Any]) -> str:
     """``params`` as the JSON text of the column, each JSON path named once (ClickHouse refuses
     a row naming one twice: ``unique_json_paths``). Only text with a dot can have a dotted key,
-    so most events skip that walk."""
+    so most events skip that walk.
+
+    Raises ``BadInput`` (the event is refused, the others in its batch stand) beyond
+    ``MaxParamsBytes`` or ``MaxParamsKeys``; the depth was bounded when the JSON was read.
+    """
     typed = {str(k): param_value(v) for k, v in params.items()}
     text = _COMPACT_JSON.encode(typed)
+    limits = bounds.LIMITS
+    if len(text) > limits.params_bytes:
+        raise BadInput(f"params larger than MaxParamsBytes ({limits.params_bytes})")
+    # Every key is followed by a colon: with fewer colons than the limit, no need to count.
+    if text.count(":") > limits.keys and bounds.count_keys(typed) > limits.keys:
+        raise BadInput(f"params with more keys than MaxParamsKeys ({limits.keys})")
     if "." in text:
         unique = unique_json_paths(typed)
         if unique is not typed:

@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from . import bounds
 from .ids import parse_uuid
 
 _INT = re.compile(r"^[+-]?\d+$")
@@ -19,6 +20,7 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+UINT64_MAX = 2**64 - 1
 
 
 def to_str(value: Any) -> str | None:
@@ -38,9 +40,9 @@ def to_int(value: Any, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int | None:
         n = value
     elif isinstance(value, float):
         n = int(value) if math.isfinite(value) and value == int(value) else None
-    elif isinstance(value, str) and _INT.match(value.strip()):
-        n = int(value.strip())
-    elif isinstance(value, str) and _FLOAT.match(value.strip()):
+    elif isinstance(value, str) and len(value) <= 64 and _INT.match(value.strip()):
+        n = int(value.strip())  # short: int() of 4,300+ digits raises, and is out of range
+    elif isinstance(value, str) and len(value) <= 64 and _FLOAT.match(value.strip()):
         f = float(value)
         n = int(f) if math.isfinite(f) and f == int(f) else None
     else:
@@ -51,8 +53,13 @@ def to_int(value: Any, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int | None:
 def to_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        f = float(value)
+    if isinstance(value, float):
+        f = value
+    elif isinstance(value, int):
+        try:
+            f = float(value)
+        except OverflowError:  # over 1.8e308
+            return None
     elif isinstance(value, str) and _FLOAT.match(value.strip()):
         f = float(value)
     else:
@@ -64,10 +71,7 @@ def to_json_object(value: Any) -> dict | None:
     if isinstance(value, dict):
         return value
     if isinstance(value, str) and value.strip().startswith("{"):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            return None
+        parsed = bounds.json_in_text(value)
         return parsed if isinstance(parsed, dict) else None
     return None
 
@@ -77,12 +81,18 @@ def param_value(value: Any) -> Any:
 
     GET, path and WebSocket values are strings; JSON bodies have numbers. ``"3"`` and ``3``
     both become 3, ``"true"`` becomes true, but ``"02134"`` stays a string (its zero matters).
+    An integer outside Int64/UInt64 is kept as its text (as ClickHouse's JSON type would).
     """
     if isinstance(value, str):
         s = value.strip()
         if s in ("true", "false"):
             return s == "true"
-        if _INT.match(s) and str(int(s)) == s.lstrip("+") and INT64_MIN <= int(s) <= INT64_MAX:
+        if (
+            len(s) <= bounds.MAX_INT_CHARS
+            and _INT.match(s)
+            and str(int(s)) == s.lstrip("+")
+            and INT64_MIN <= int(s) <= INT64_MAX
+        ):
             return int(s)
         if _is_plain_decimal(s):
             return float(s)
@@ -93,6 +103,8 @@ def param_value(value: Any) -> Any:
         return [param_value(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if type(value) is int and not INT64_MIN <= value <= UINT64_MAX:
+        return str(value)
     return value
 
 
@@ -211,9 +223,18 @@ def _int32(value: Any) -> int | None:
 
 def _json(value: Any) -> str | None:
     obj = to_json_object(value)
-    if obj is None:
+    return None if obj is None else json_column_text(obj)
+
+
+def json_column_text(obj: dict) -> str | None:
+    """The text of a JSON column (``targets``, consent ``loc``) for ``obj``, or None (the field
+    is dropped) when it has more keys than ``MaxParamsKeys`` or more bytes than
+    ``MaxParamsBytes``: the same bounds as ``params``."""
+    limits = bounds.LIMITS
+    if bounds.count_keys(obj) > limits.keys:
         return None
-    return json.dumps(unique_json_paths(param_value(obj)), separators=(",", ":"))
+    text = json.dumps(unique_json_paths(param_value(obj)), separators=(",", ":"))
+    return text if len(text) <= limits.params_bytes else None
 
 
 # Each kind's coercion, looked up once per field instead of walking a chain of comparisons.

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..store.schema import SCHEMA_DIR, split_statements
+from . import bounds
 from .fields import INT32_MAX, INT32_MIN, to_float, to_int, to_str
 from .ids import parse_uuid
 
@@ -85,8 +86,9 @@ def to_time_ms(value: Any) -> int | None:
     """RFC 3339, ``YYYY-MM-DD HH:MM:SS`` (UTC) or epoch seconds -> epoch milliseconds."""
     if isinstance(value, bool):
         return None
+    seconds: float | None
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = to_float(value)  # None for an integer too big for a float
     elif isinstance(value, str) and _NUMBER.match(value.strip()):
         seconds = float(value)
     elif isinstance(value, str) and value.strip():
@@ -99,7 +101,7 @@ def to_time_ms(value: Any) -> int | None:
         seconds = moment.timestamp()
     else:
         return None
-    if not math.isfinite(seconds):
+    if seconds is None or not math.isfinite(seconds):
         return None
     ms = round(seconds * 1000)
     return ms if MIN_TIME_MS <= ms < MAX_TIME_MS else None
@@ -110,10 +112,7 @@ def _list(value: Any) -> list | None:
     if isinstance(value, list):
         return value
     if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return None
+        parsed = bounds.json_in_text(value)
         return parsed if isinstance(parsed, list) else None
     return None
 
@@ -145,10 +144,7 @@ def _dumps(value: Any) -> str | None:
 def to_json_object_text(value: Any) -> str | None:
     """A JSON object (or its text) -> compact JSON text; anything else is dropped."""
     if isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
+        value = bounds.json_in_text(value)
     return _dumps(value) if isinstance(value, dict) else None
 
 

@@ -7,10 +7,11 @@ treats them the same way (unknown keys go to ``params`` from every form).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
+
+from . import bounds
 
 
 class BadInput(ValueError):
@@ -51,38 +52,53 @@ def query_pairs(query: str, ignore_key: str) -> dict[str, str]:
     return out
 
 
+class RefusedItem(str):
+    """An item of a JSON body refused on its own (the others stand): its text is the reason."""
+
+
+def item_problem(item: Any) -> str | None:
+    """Why an item of ``json_events`` is not an event, or None for an object."""
+    if isinstance(item, dict):
+        return None
+    return item if isinstance(item, RefusedItem) else "not a JSON object"
+
+
 def json_events(body: bytes, max_events: int) -> list[Any]:
     """A JSON object or array from a POST body, as a list of items (not yet checked).
 
     Raises ``BadInput`` for malformed JSON, an empty array or too many events. Items that are
-    not objects are returned as they are so the caller can refuse them one by one.
+    not objects are returned as they are, and items nested deeper than ``MaxJSONDepth`` as a
+    ``RefusedItem``, so the caller can refuse them one by one (``item_problem``).
     """
     if not body.strip():
         return []
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BadInput(f"malformed JSON: {getattr(e, 'msg', str(e))}") from None
-    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(data):
+        data = bounds.loads(body)
+    except bounds.NotJSON as e:
+        raise BadInput(f"malformed JSON: {e}") from None
+    if isinstance(data, dict):
+        items = [data]
+    elif isinstance(data, list):
+        if len(data) > max_events:
+            raise BadInput(f"too many events in one batch: {len(data)} > {max_events}")
+        items = data
+    else:
+        raise BadInput("expected a JSON object or an array of objects")
+    depth = bounds.LIMITS.depth
+    # A body cannot nest deeper than it has brackets: most bodies skip the walk.
+    if body.count(b"{") + body.count(b"[") > depth:
+        items = [_bounded(item, depth) for item in items]
+    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and bounds.has_lone_surrogate(items):
         raise BadInput(
             "malformed JSON: a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not text"
         )
-    if isinstance(data, dict):
-        return [data]
-    if isinstance(data, list):
-        if len(data) > max_events:
-            raise BadInput(f"too many events in one batch: {len(data)} > {max_events}")
-        return data
-    raise BadInput("expected a JSON object or an array of objects")
+    return items
 
 
-def _has_lone_surrogate(data: Any) -> bool:
-    """Whether a decoded JSON value holds a lone surrogate (in a key or a string value)."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return True
-    return False
+def _bounded(item: Any, depth: int) -> Any:
+    if bounds.too_deep(item, depth):
+        return RefusedItem(f"nested deeper than MaxJSONDepth ({depth})")
+    return item
 
 
 def lower_keys(obj: dict) -> dict:

@@ -11,6 +11,7 @@ from typing import Any
 
 from .fields import to_float, to_int, to_str
 from .ids import parse_uuid, short_hash, uuid4
+from .messaging import MAX_TIME_MS, MIN_TIME_MS
 from .parse import BadInput
 from .request import RequestInfo
 
@@ -23,9 +24,11 @@ ITEM_TIMES = ("starts", "ends", "invoiced_at", "paid_at")
 
 
 def parse_time_ms(value: Any) -> int | None:
-    """RFC 3339 text or epoch milliseconds -> epoch milliseconds."""
+    """RFC 3339 text or epoch milliseconds -> epoch milliseconds (None outside 1970-2106)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
+        # NaN, infinity and integers of any length are possible in JSON: keep what a
+        # DateTime64 column holds.
+        return int(value) if MIN_TIME_MS <= value < MAX_TIME_MS else None
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip().replace("Z", "+00:00")
@@ -35,7 +38,8 @@ def parse_time_ms(value: Any) -> int | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp() * 1000)
+    ms = int(moment.timestamp() * 1000)
+    return ms if MIN_TIME_MS <= ms < MAX_TIME_MS else None
 
 
 def payment_rows(body: dict[str, Any], req: RequestInfo, cookie_vid: str | None) -> list[dict]:

@@ -258,7 +258,7 @@ def ascii_url(url: str) -> str:
 def _status(value: Any) -> int:
     try:
         status = int(value) if not isinstance(value, bool) else 0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON 1e999
         status = 0
     if status not in STATUSES:
         raise LinkInvalid("Bad status (use 301, 302, 307 or 308)")
@@ -281,7 +281,8 @@ def _expires(value: Any, now_ms: int) -> int:
         return 0
     ms: int | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        ms = int(value * 1000)
+        # JSON allows 1e999 and integers of any length: only what fits Int64 milliseconds.
+        ms = int(value * 1000) if -(2**62) < value < 2**62 // 1000 else None
     elif isinstance(value, str):
         try:
             when = datetime.datetime.fromisoformat(value.strip())

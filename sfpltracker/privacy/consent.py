@@ -8,16 +8,14 @@ as the dedup key. ``agreements`` (latest per visitor) is derived from ``agreed``
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..ingest.fields import (
-    param_value,
+    json_column_text,
     to_float,
     to_int,
     to_json_object,
     to_str,
-    unique_json_paths,
 )
 from ..ingest.ids import parse_uuid, short_hash, uuid7
 from ..ingest.parse import BadInput
@@ -67,8 +65,9 @@ def agreed_row(body: dict[str, Any], req: RequestInfo, vid: str, ip_policy, enri
         row["country"] = country.strip().upper()
     for key in JSONS:
         obj = to_json_object(body.get(key))
-        if obj is not None:
-            row[key] = json.dumps(unique_json_paths(param_value(obj)), separators=(",", ":"))
+        text = json_column_text(obj) if obj is not None else None
+        if text is not None:
+            row[key] = text
     for key in ("lat", "lon"):
         value = to_float(body.get(key))
         if value is not None:

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from urllib.parse import parse_qsl, unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from ..ingest import bounds
 from ..ingest.ids import uuid4
 from ..ingest.messaging import event_records
-from ..ingest.parse import query_pairs
+from ..ingest.parse import BadInput, query_pairs
 from ..ingest.request import host_only
 from ..links.accounts import AuthFailed, Credentials
 from ..links.model import (
@@ -185,7 +185,7 @@ class RpiResource(Resource):
         if not raw.strip():
             raise Refusal(400, "Bad request (body)")
         try:
-            body = json.loads(raw)
+            body = bounds.loads(raw)  # NotJSON is a ValueError
             given = parse_link_input(body, self.cfg.Domains, now, self.cfg.IgnoreQueryParamsKey)
         except (ValueError, RecursionError) as e:
             reason = str(e) if isinstance(e, LinkInvalid) else "Bad request (data)"
@@ -341,7 +341,10 @@ class ShortLinkFallback:
         if referrer:
             raw["last"] = referrer
         visitor = gw.events.visitor(req, raw)
-        row = gw.events.event_row(raw, req, visitor, server=False)
+        try:
+            row = gw.events.event_row(raw, req, visitor, server=False)
+        except BadInput:  # beyond the input bounds: the visitor still goes on, untracked
+            row = None
         records = event_records(raw, row) if row is not None else []
 
         def answer() -> bytes:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from ..ingest.messaging import count_events, event_records
-from ..ingest.parse import path_pairs, query_pairs
+from ..ingest.parse import BadInput, path_pairs, query_pairs
 from ..links.model import LinkInvalid, ascii_url
 from .common import NOT_DONE_YET, apply_cors, error, finish, preflight, request_info
 from .track import _rest_of_path, set_visitor_cookies
@@ -106,7 +106,10 @@ class RedirectResource(Resource):
         if referrer and "last" not in raw:
             raw["last"] = referrer
         visitor = gw.events.visitor(req, raw)
-        row = gw.events.event_row(raw, req, visitor, server=self.server)
+        try:
+            row = gw.events.event_row(raw, req, visitor, server=self.server)
+        except BadInput:  # beyond the input bounds: the visitor still goes on, untracked
+            row = None
         records = event_records(raw, row) if row is not None else []
 
         def answer() -> bytes:

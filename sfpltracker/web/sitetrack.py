@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
+from ..ingest.parse import BadInput
 from .common import request_info
 
 log = Logger()
@@ -25,7 +26,11 @@ def make_tracker(gateway):
         if referer:
             raw.setdefault("last", referer)
         visitor = gateway.events.visitor(req)
-        row = gateway.events.event_row(raw, req, visitor, server=True)
+        try:
+            row = gateway.events.event_row(raw, req, visitor, server=True)
+        except BadInput as e:  # beyond the input bounds: served, not tracked
+            log.info("{ename} not tracked: {why}", ename=raw.get("ename"), why=str(e))
+            return
         if row is None:  # a bot, with DropBots
             return
         d = gateway.intake.accept([("events", row)])

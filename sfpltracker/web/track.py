@@ -15,7 +15,14 @@ from twisted.web.resource import Resource
 
 from ..ingest.ids import parse_uuid
 from ..ingest.messaging import messaging_records
-from ..ingest.parse import BadInput, json_events, lower_keys, path_pairs, query_pairs
+from ..ingest.parse import (
+    BadInput,
+    item_problem,
+    json_events,
+    lower_keys,
+    path_pairs,
+    query_pairs,
+)
 from ..ingest.payments import payment_rows
 from ..pipeline.intake import Refused
 from .common import (
@@ -128,13 +135,18 @@ class TrackResource(IngestResource):
         records, eids, problems = [], [], []
         for n, item in enumerate(items):
             if not isinstance(item, dict):
-                problems.append(f"event {n}: not a JSON object")
+                problems.append(f"event {n}: {item_problem(item)}")
                 eids.append(None)
                 continue
             raw = {**base, **lower_keys(item)}
-            row = gw.events.event_row(
-                raw, req, visitor, server=self.server, with_user_agent=not self.server
-            )
+            try:
+                row = gw.events.event_row(
+                    raw, req, visitor, server=self.server, with_user_agent=not self.server
+                )
+            except BadInput as e:  # beyond a bound: this event alone is refused
+                problems.append(f"event {n}: {e}")
+                eids.append(None)
+                continue
             if row is None:  # a bot, with DropBots
                 eids.append(None)
                 continue
@@ -194,7 +206,10 @@ class LtvResource(IngestResource):
         try:
             items = self._body_items(request)
             if len(items) != 1 or not isinstance(items[0], dict):
-                raise BadInput('expected one JSON object (use "payments": [...] for a batch)')
+                problem = item_problem(items[0]) if len(items) == 1 else None
+                raise BadInput(
+                    problem or 'expected one JSON object (use "payments": [...] for a batch)'
+                )
             req = request_info(request, self.gateway)
             rows = payment_rows(lower_keys(items[0]), req, parse_uuid(req.cookies.get("vid")))
         except BadInput as e:

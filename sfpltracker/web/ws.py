@@ -42,7 +42,7 @@ from twisted.web.resource import Resource
 
 from ..ingest.ids import parse_uuid
 from ..ingest.messaging import count_events, messaging_records
-from ..ingest.parse import BadInput, json_events, lower_keys, query_pairs
+from ..ingest.parse import BadInput, item_problem, json_events, lower_keys, query_pairs
 from ..ingest.request import host_only
 from ..pipeline.intake import Refused
 from .common import NOT_DONE_YET, error, header, request_info
@@ -57,6 +57,7 @@ MAX_IN_FLIGHT = 256
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -194,6 +195,11 @@ class IngestProtocol(WebSocketServerProtocol):
         self._batch, self._req = [], None
         try:
             super().dataReceived(data)
+        except Exception:
+            # A message we failed to handle (our bug, whatever the input): the client gets a
+            # close frame saying so (RFC 6455 1011) instead of a dropped connection.
+            log.failure("WebSocket message failed")
+            self.close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             batch, self._batch = self._batch, None
             if batch:
@@ -220,10 +226,14 @@ class IngestProtocol(WebSocketServerProtocol):
         records, eids, problems = [], [], []
         for n, item in enumerate(items):
             if not isinstance(item, dict):
-                problems.append(f"event {n}: not a JSON object")
+                problems.append(f"event {n}: {item_problem(item)}")
                 continue
             raw = {**base, **lower_keys(item)} if base else lower_keys(item)
-            row = gw.events.event_row(raw, req, visitor, server=False)
+            try:
+                row = gw.events.event_row(raw, req, visitor, server=False)
+            except BadInput as e:  # beyond a bound: this event alone is refused
+                problems.append(f"event {n}: {e}")
+                continue
             if row is None:  # a bot, with DropBots: handled, not stored
                 eid = parse_uuid(raw.get("eid"))
                 if eid:
