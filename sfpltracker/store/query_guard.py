@@ -157,8 +157,14 @@ CHECKED_AS = {
 }
 ALLOWED = "SELECT, WITH, EXPLAIN, SHOW TABLES, SHOW DATABASES, DESCRIBE TABLE, EXISTS"
 FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+# One call to chDB each: the query formatted on one line and parsed to JSON; the checked parse
+# formatted back with and without its FORMAT clause.
+PARSE = "formatQuerySingleLine({q:String}), parseQueryToJSON({q:String})"
 SINGLE_LINE = "formatQuerySingleLine({q:String})"
-FROM_JSON = "formatQuerySingleLine(formatQueryFromJSON({q:String}))"
+FROM_JSON = (
+    "formatQuerySingleLine(formatQueryFromJSON({a:String})), "
+    "formatQuerySingleLine(formatQueryFromJSON({b:String}))"
+)
 BAD_ARGUMENTS = 36  # chDB's code for "this statement has no JSON form"
 MAX_DEPTH = 2000  # nodes deep; ClickHouse's own max_parser_depth (1000) comes first
 
@@ -249,43 +255,14 @@ class QueryGuard:
                 f"(use {', '.join(sorted(self.databases))})"
             )
         self._load_denied(conn)
-        canonical = self._call(conn, SINGLE_LINE, sql)
-        for prefix, checked_as in CHECKED_AS.items():
-            if canonical.startswith(prefix):
-                rest = canonical[len(prefix) :]
-                inner = self._check_json(conn, checked_as + rest)
-                if not inner.sql.startswith(checked_as):
-                    raise QueryRefused(f"{prefix.strip()} takes a table name here")
-                return Checked(prefix + inner.sql[len(checked_as) :], inner.fmt, database)
-        inner = self._check_json(conn, sql, canonical)
-        return Checked(inner.sql, inner.fmt, database)
-
-    # -- parse ------------------------------------------------------------------------------
-
-    def _call(self, conn, expression: str, text: str) -> str:
-        """``SELECT expression`` with ``text`` bound to ``{q:String}`` (never in the SQL)."""
         try:
-            result = conn.query(f"SELECT {expression}", "TSVRaw", params={"q": _escaped(text)})
-        except Exception as e:
-            if "Multi-statements are not allowed" in str(e):
-                raise QueryRefused(
-                    "the query listener is read-only: one statement per request"
-                ) from None
-            raise _store_error(e) from None
-        return result.bytes().decode("utf-8", "replace").removesuffix("\n")
-
-    def _check_json(self, conn, sql: str, canonical: str | None = None) -> Checked:
-        if canonical is None:
-            canonical = self._call(conn, SINGLE_LINE, sql)
-        try:
-            tree = json.loads(self._call(conn, "parseQueryToJSON({q:String})", sql))
+            canonical, parsed = self._call(conn, PARSE, q=sql)
         except StoreError as e:
-            if e.code == BAD_ARGUMENTS:  # a statement chDB cannot give as JSON: not a read
-                kind = re.search(r"type '([A-Za-z]+)", str(e))
-                raise QueryRefused(
-                    _not_allowed(kind.group(1) if kind else canonical.split()[0])
-                ) from None
-            raise
+            if e.code != BAD_ARGUMENTS:
+                raise
+            return self._check_by_proxy(conn, sql, database, str(e))
+        try:
+            tree = json.loads(parsed)
         except (ValueError, RecursionError):
             raise QueryRefused("the query is too deeply nested") from None
         if not isinstance(tree, dict) or tree.get("type") not in STATEMENTS:
@@ -295,13 +272,41 @@ class QueryGuard:
         fmt = check_format(str(fmt_node.get("name", ""))) if fmt_node else None
         # Run ClickHouse's formatting of the checked parse, once sure that it says the same
         # as the query sent (the parse kept everything the query asked for).
-        if self._format(conn, tree) != canonical:
-            raise QueryRefused("the query listener cannot check this query's syntax")
+        with_format = json.dumps(tree)
         tree.pop("format_ast", None)
-        return Checked(self._format(conn, tree), fmt, "")
+        formatted, run = self._call(conn, FROM_JSON, a=with_format, b=json.dumps(tree))
+        if formatted != canonical:
+            raise QueryRefused("the query listener cannot check this query's syntax")
+        return Checked(run, fmt, database)
 
-    def _format(self, conn, tree: dict) -> str:
-        return self._call(conn, FROM_JSON, json.dumps(tree))
+    def _check_by_proxy(self, conn, sql: str, database: str, error: str) -> Checked:
+        """A statement chDB has no JSON form for: DESCRIBE TABLE, EXISTS and SHOW CREATE TABLE
+        are checked through the statement of ``CHECKED_AS``; anything else is not a read."""
+        (canonical,) = self._call(conn, SINGLE_LINE, q=sql)
+        for prefix, checked_as in CHECKED_AS.items():
+            if canonical.startswith(prefix):
+                inner = self.check(conn, checked_as + canonical[len(prefix) :], database)
+                if not inner.sql.startswith(checked_as):
+                    raise QueryRefused(f"{prefix.strip()} takes a table name here")
+                return Checked(prefix + inner.sql[len(checked_as) :], inner.fmt, database)
+        kind = re.search(r"type '([A-Za-z]+)", error)
+        raise QueryRefused(_not_allowed(kind.group(1) if kind else canonical.split()[0]))
+
+    # -- parse ------------------------------------------------------------------------------
+
+    def _call(self, conn, expression: str, **texts: str) -> list[str]:
+        """The row of ``SELECT expression``, the ``texts`` bound as ``{name:String}``
+        parameters (never in the SQL)."""
+        params = {name: _escaped(text) for name, text in texts.items()}
+        try:
+            result = conn.query(f"SELECT {expression}", "JSONCompactEachRow", params=params)
+        except Exception as e:
+            if "Multi-statements are not allowed" in str(e):
+                raise QueryRefused(
+                    "the query listener is read-only: one statement per request"
+                ) from None
+            raise _store_error(e) from None
+        return json.loads(result.bytes())
 
     # -- the allow-list ---------------------------------------------------------------------
 

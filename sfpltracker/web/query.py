@@ -1,14 +1,18 @@
-"""The query listener: the ClickHouse HTTP interface, read-only, over the embedded store.
+"""The query listener: the ClickHouse HTTP interface, read-only, over the configured store.
 
 chDB lets only one process open a data directory, so the running gateway is the read path:
 ``python -m sfpltracker query``, clickhouse-connect, Grafana and curl send their SELECTs here.
 The query comes in the ``query`` parameter and/or the body, as with ClickHouse; ``FORMAT`` /
 ``default_format`` pick the output format; ``database`` the default database.
 
-Two guards keep it read-only: the statement must start with SELECT, SHOW, DESCRIBE, EXISTS,
-WITH or EXPLAIN and may not write a file (``INTO OUTFILE``), and the store runs it on a chDB
-connection with ``readonly = 1`` (which also refuses table functions such as ``file()`` and
-``url()``, and changing settings).
+What runs is decided by ClickHouse's own parser, not by reading the SQL text:
+``store.user_query`` parses the query with chDB (``parseQueryToJSON``) on a store thread,
+checks the parse against an allow-list (``store/query_guard.py``: one read statement, tables of
+the tracker's database and a few system tables only, no table function, no function reaching
+files, the network or the process, no ``INTO OUTFILE``, no ``SETTINGS``; the ``database``
+parameter names the tracker's database) and runs ClickHouse's formatting of the checked parse
+on a ``readonly = 1`` connection. A refused query is answered 403 with the reason
+(``Code: 164 ... (READONLY)``), a syntax error 400 with ClickHouse's message.
 
 The listener has the limits of the public ones (``EdgeSite`` and ``EdgeFront``): a request
 must arrive within ``ReadTimeoutSeconds`` (else 408 and the connection is closed), its headers
