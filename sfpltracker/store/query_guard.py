@@ -156,6 +156,7 @@ CHECKED_AS = {
     "EXISTS DATABASE ": "SHOW TABLES FROM ",
 }
 ALLOWED = "SELECT, WITH, EXPLAIN, SHOW TABLES, SHOW DATABASES, DESCRIBE TABLE, EXISTS"
+_BRACKETS = re.compile(r"[()\s]+")
 FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 # One call to chDB each: the query formatted on one line and parsed to JSON; the checked parse
 # formatted back with and without its FORMAT clause.
@@ -271,11 +272,13 @@ class QueryGuard:
         fmt_node = tree.get("format_ast")
         fmt = check_format(str(fmt_node.get("name", ""))) if fmt_node else None
         # Run ClickHouse's formatting of the checked parse, once sure that it says the same
-        # as the query sent (the parse kept everything the query asked for).
+        # as the query sent: the parse kept every word the query has. (The JSON form does not
+        # keep redundant parentheses - ``x IN (f(1))`` comes back as ``x IN f(1)`` - and the
+        # tree, not its brackets, decides what is grouped with what.)
         with_format = json.dumps(tree)
         tree.pop("format_ast", None)
         formatted, run = self._call(conn, FROM_JSON, a=with_format, b=json.dumps(tree))
-        if formatted != canonical:
+        if _BRACKETS.sub("", formatted) != _BRACKETS.sub("", canonical):
             raise QueryRefused("the query listener cannot check this query's syntax")
         return Checked(run, fmt, database)
 
