@@ -206,6 +206,10 @@ def test_the_queries_clients_send_still_run(gw):
     assert r.status == 200 and r.header("x-clickhouse-format") == "JSON"
     assert r.json()["data"] == [{"n": 2}]
     assert gw.query("SELECT format('{}-{}', 'a', 'b') AS s") == [{"s": "a-b"}]
+    # redundant parentheses (which ClickHouse's JSON form of a query drops) are fine
+    assert gw.query(
+        "SELECT count() AS n FROM sfpla.events WHERE (ename IN (lower('GUARD_A'))) AND ((1))"
+    ) == [{"n": 1}]
     assert gw.query_raw("EXPLAIN SELECT count() FROM sfpla.events", "TSV").status == 200
     assert gw.query_raw("SELECT 1 FROM sfpla.nothing").status == 404
     r = gw.query_raw("SELECT nope FROM")
