@@ -241,8 +241,7 @@ class QueryGuard:
     def __init__(self, databases: set[str] | frozenset[str], default: str):
         self.databases = frozenset(databases)
         self.default = default
-        self._denied_names: frozenset[str] | None = None
-        self._lock = threading.Lock()
+        self._denied_names: frozenset[str] | None = None  # read once, from system.functions
 
     # -- entry ------------------------------------------------------------------------------
 
@@ -402,5 +401,4 @@ class QueryGuard:
             name, alias_to, origin = (line.split("\t") + ["", ""])[:3]
             if origin != "System" or alias_to.lower() in DENIED_FUNCTIONS:
                 denied.add(name.lower())
-        with self._lock:
-            self._denied_names = frozenset(denied)
+        self._denied_names = frozenset(denied)
