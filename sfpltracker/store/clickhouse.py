@@ -57,6 +57,7 @@ from .deadletter import DeadLetters
 from .dedup import drop_stored, keys_to_check
 from .errors import StoreError
 from .legacy import LegacyDialect
+from .query_guard import QueryGuard, local_parser
 from .rejects import DataRejected, bisect, dead_letter_family, refused_for_data
 from .rejects import one_line as _reason
 from .schema import load_statements, parse_version, required_version, schema_dir
@@ -174,6 +175,7 @@ class ClickHouseStore:
         self.tls = bool(secure or ca_cert)
         self.hosts = parse_hosts(hosts, self.tls)
         self.database = database
+        self.guard = QueryGuard({database}, database)
         self.cluster = check_cluster_name(cluster) if cluster else ""
         self.critical = critical
         self.schema_directory = Path(schema_directory) if schema_directory else schema_dir()
@@ -590,41 +592,53 @@ class ClickHouseStore:
         accepts; on an older one, with a schema downgraded for it, ``legacy.py`` binds them)."""
         if self.legacy is not None:
             sql, params = self.legacy.adapt(sql, params)
+        return self._run(self._read, sql, fmt, params, database)
+
+    def user_query(self, sql: str, fmt: str, database: str | None = None) -> defer.Deferred:
+        """A query of the query listener: checked by ``query_guard`` (with chDB's parser, in
+        this process) and run with ``readonly = 1``, both on a store thread; fires with
+        ``(format, bytes)``. ``QueryRefused`` if not allowed."""
 
         def run():
-            began = time.monotonic()
-            with self.clients.client() as client:
-                rows, columns = self._in_database(
-                    client,
-                    database,
-                    sql,
-                    params,
-                    with_column_types=True,
-                    settings={"readonly": 1},
-                )
-                last = client.last_query
-                progress = last.progress if last else None
-                profile = last.profile_info if last else None
-            stats = {
-                "elapsed": round(time.monotonic() - began, 9),
-                "rows_read": getattr(progress, "rows", 0),
-                "bytes_read": getattr(progress, "bytes", 0),
-            }
-            try:
-                return formats.render(
-                    fmt,
-                    rows,
-                    columns,
-                    quote_64bit=self.quote_64bit,
-                    statistics=stats,
-                    rows_before_limit=profile.rows_before_limit
-                    if profile is not None and profile.calculated_rows_before_limit
-                    else None,
-                )
-            except formats.UnsupportedFormat as e:
-                raise StoreError(str(e), e.code) from None
+            checked = self.guard.check(local_parser(), sql, database)
+            out = checked.fmt or fmt
+            # Run as checked: not rewritten for an old server (legacy.adapt edits text).
+            return out, self._read(checked.sql, out, None, checked.database)
 
         return self._run(run)
+
+    def _read(self, sql: str, fmt: str, params, database: str | None) -> bytes:
+        began = time.monotonic()
+        with self.clients.client() as client:
+            rows, columns = self._in_database(
+                client,
+                database,
+                sql,
+                params,
+                with_column_types=True,
+                settings={"readonly": 1},
+            )
+            last = client.last_query
+            progress = last.progress if last else None
+            profile = last.profile_info if last else None
+        stats = {
+            "elapsed": round(time.monotonic() - began, 9),
+            "rows_read": getattr(progress, "rows", 0),
+            "bytes_read": getattr(progress, "bytes", 0),
+        }
+        try:
+            return formats.render(
+                fmt,
+                rows,
+                columns,
+                quote_64bit=self.quote_64bit,
+                statistics=stats,
+                rows_before_limit=profile.rows_before_limit
+                if profile is not None and profile.calculated_rows_before_limit
+                else None,
+            )
+        except formats.UnsupportedFormat as e:
+            raise StoreError(str(e), e.code) from None
 
     def _in_database(self, client, database: str | None, sql: str, params=None, **kw):
         if not database or database == "default":

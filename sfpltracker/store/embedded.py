@@ -2,8 +2,9 @@
 
 All writes go through one writer thread (chDB lets one process open a data directory; one
 writer keeps inserts in order). Reads run on a small pool of reader threads, each with its own
-read-only chDB connection (``readonly = 1``: no writes, no settings changes, no table functions such as
-``file()``), so a slow dashboard query never delays inserts. Rows are handed to
+read-only chDB connection (``readonly = 1``: no writes, no settings changes), so a slow
+dashboard query never delays inserts. The query listener's queries are first checked on the
+reader thread by ``query_guard`` (``user_query``). Rows are handed to
 ClickHouse as an Arrow table (``INSERT ... SELECT * FROM Python(batch)``), never as SQL text.
 
 Half-stored batches: an insert commits the source table's part, then each materialized view's
@@ -50,6 +51,7 @@ from .deadletter import DeadLetters
 from .dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from .dedup_logs import repair_if_unused
 from .errors import StoreError
+from .query_guard import QueryGuard
 from .rejects import (
     DataRejected,
     Dead,
@@ -148,6 +150,7 @@ class EmbeddedStore:
         self._inserts = 0
         self.deadletters = DeadLetters(Path(data_dir) / "deadletter")
         self.stats: dict[str, Counter] = {"dead_letters": Counter()}
+        self.guard = QueryGuard({database}, database)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -448,6 +451,22 @@ class EmbeddedStore:
             try:
                 conn.query(f"USE `{database or 'default'}`")
                 return conn.query(sql, fmt, params=params).bytes()
+            except Exception as e:
+                raise _error(e) from None
+
+        return deferToThreadPool(self.reactor, self.reader_pool, run)
+
+    def user_query(self, sql: str, fmt: str, database: str | None = None) -> defer.Deferred:
+        """A query of the query listener: checked by ``query_guard`` and run, both on a
+        reader thread; fires with ``(format, bytes)``. ``QueryRefused`` if not allowed."""
+
+        def run():
+            conn = self._reader()
+            checked = self.guard.check(conn, sql, database)
+            out = checked.fmt or fmt
+            try:
+                conn.query(f"USE `{checked.database}`")
+                return out, conn.query(checked.sql, out).bytes()
             except Exception as e:
                 raise _error(e) from None
 

@@ -1,14 +1,18 @@
-"""The query listener: the ClickHouse HTTP interface, read-only, over the embedded store.
+"""The query listener: the ClickHouse HTTP interface, read-only, over the configured store.
 
 chDB lets only one process open a data directory, so the running gateway is the read path:
 ``python -m sfpltracker query``, clickhouse-connect, Grafana and curl send their SELECTs here.
 The query comes in the ``query`` parameter and/or the body, as with ClickHouse; ``FORMAT`` /
 ``default_format`` pick the output format; ``database`` the default database.
 
-Two guards keep it read-only: the statement must start with SELECT, SHOW, DESCRIBE, EXISTS,
-WITH or EXPLAIN and may not write a file (``INTO OUTFILE``), and the store runs it on a chDB
-connection with ``readonly = 1`` (which also refuses table functions such as ``file()`` and
-``url()``, and changing settings).
+What runs is decided by ClickHouse's own parser, not by reading the SQL text:
+``store.user_query`` parses the query with chDB (``parseQueryToJSON``) on a store thread,
+checks the parse against an allow-list (``store/query_guard.py``: one read statement, tables of
+the tracker's database and a few system tables only, no table function, no function reaching
+files, the network or the process, no ``INTO OUTFILE``, no ``SETTINGS``; the ``database``
+parameter names the tracker's database) and runs ClickHouse's formatting of the checked parse
+on a ``readonly = 1`` connection. A refused query is answered 403 with the reason
+(``Code: 164 ... (READONLY)``), a syntax error 400 with ClickHouse's message.
 
 The listener has the limits of the public ones (``EdgeSite`` and ``EdgeFront``): a request
 must arrive within ``ReadTimeoutSeconds`` (else 408 and the connection is closed), its headers
@@ -22,7 +26,6 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import re
 import uuid
 from urllib.parse import parse_qs
 
@@ -32,6 +35,7 @@ from twisted.web.resource import Resource
 
 from .. import admin
 from ..store.errors import StoreError
+from ..store.query_guard import QueryRefused, check_format
 from .common import body_too_large, header
 from .front import EdgeFront, EdgeSite
 from .site import LimitedRequest
@@ -41,14 +45,6 @@ log = Logger()
 # ClickHouse itself parses at most max_query_size (256 KiB by default) of a query, so no real
 # query needs more; fixed rather than MaxBodyBytes, which is tuned for tracking calls.
 QUERY_MAX_BODY_BYTES = 1048576
-
-READ_STATEMENTS = ("SELECT", "SHOW", "DESCRIBE", "DESC", "EXISTS", "WITH", "EXPLAIN")
-
-_LITERALS = re.compile(
-    r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`|--[^\n]*|/\*.*?\*/",
-    re.DOTALL,
-)
-_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 
 CONTENT_TYPES = {
     "JSON": "application/json; charset=UTF-8",
@@ -66,38 +62,6 @@ CONTENT_TYPES = {
 
 # ClickHouse error codes answered as client errors rather than 500 (the query is the input).
 NOT_FOUND_CODES = {60, 81, 390}  # unknown table, database, table function
-
-
-class QueryRefused(Exception):
-    pass
-
-
-def check_read_only(sql: str) -> str:
-    """The statement without a trailing ``;``, or ``QueryRefused`` saying why not."""
-    bare = _LITERALS.sub(" ", sql).strip()
-    if not bare:
-        raise QueryRefused("empty query")
-    body = bare.rstrip().rstrip(";")
-    if ";" in body:
-        raise QueryRefused("the query listener is read-only: one statement per request")
-    first = body.lstrip("( \t\r\n").split(None, 1)[0].upper() if body.strip("( \t\r\n") else ""
-    if first not in READ_STATEMENTS:
-        raise QueryRefused(
-            f"the query listener is read-only: {first or 'this'} is not allowed "
-            f"(use {', '.join(READ_STATEMENTS)})"
-        )
-    if re.search(r"\bINTO\s+OUTFILE\b", body, re.IGNORECASE):
-        raise QueryRefused("the query listener is read-only: INTO OUTFILE is not allowed")
-    return sql.strip().rstrip(";").rstrip()
-
-
-def split_format(sql: str) -> tuple[str, str | None]:
-    """``SELECT 1 FORMAT JSON`` -> (``SELECT 1``, ``JSON``)."""
-    bare = _LITERALS.sub(lambda m: " " * len(m.group(0)), sql)
-    m = _FORMAT.search(bare)
-    if not m:
-        return sql, None
-    return sql[: m.start()].rstrip(), m.group(1)
 
 
 class QueryResource(Resource):
@@ -184,15 +148,14 @@ class QueryResource(Resource):
             request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
             return b"Ok.\n"
         try:
-            sql = check_read_only(sql)
+            fmt = check_format(args.get("default_format", ["TabSeparated"])[0])
         except QueryRefused as e:
-            return _exception(request, 403, 164, str(e), "READONLY")
-        sql, fmt = split_format(sql)
-        fmt = fmt or args.get("default_format", ["TabSeparated"])[0]
-        database = args.get("database", [""])[0]
-        d = self.store.query(sql, fmt, database=database or None)
+            return _exception(request, 400, 73, str(e), "UNKNOWN_FORMAT")
+        # Parsed, checked and run on a store thread (query_guard): never on the reactor.
+        d = self.store.user_query(sql, fmt, database=args.get("database", [""])[0] or None)
 
-        def done(data: bytes):
+        def done(result: tuple[str, bytes]):
+            fmt, data = result
             request.setHeader(b"x-clickhouse-format", fmt.encode())
             request.setHeader(
                 b"content-type",
@@ -202,7 +165,9 @@ class QueryResource(Resource):
 
         def failed(failure):
             err = failure.value
-            if isinstance(err, StoreError) and err.code:
+            if isinstance(err, QueryRefused):
+                body = _exception(request, 403, 164, str(err), "READONLY")
+            elif isinstance(err, StoreError) and err.code:
                 status = 404 if err.code in NOT_FOUND_CODES else 400
                 body = _exception(request, status, err.code, str(err), None, raw=True)
             else:
