@@ -25,7 +25,7 @@ _REWRITES = [
     (r"toDateTime64\(('[^']*'),\s*\d+(?:,\s*('[^']*'))?\)", r"toDateTime(\1, \2)"),
     (r"LowCardinality\((\w+)\)", r"\1"),
     (r"\bBool\b", "UInt8"),
-    (r"(?m)^(\s+\w+)\s+JSON(,?)$", r"\1 String\2"),
+    (r"(?m)^(\s+\w+)\s+JSON(?:\([^)]*\))?(,?)$", r"\1 String\2"),  # JSON(max_dynamic_...) too
     (r"(?m)^\s+INDEX\s+.*$\n?", ""),
     (r",(\s*\n\))", r"\1"),  # the comma left before ")" by a removed INDEX line
     (r"\s*SETTINGS\s+non_replicated_deduplication_window\s*=\s*\d+", ""),

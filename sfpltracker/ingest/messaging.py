@@ -200,7 +200,10 @@ def coercers(columns: dict[str, str]) -> dict[str, Callable[[Any], Any]]:
     for name, ch_type in columns.items():
         if name in SET_BY_GATEWAY or name in FROM_EVENT:
             continue
-        out[name] = to_json_text if name in JSON_TEXT_COLUMNS else _BY_TYPE[ch_type]
+        if name in JSON_TEXT_COLUMNS:
+            out[name] = to_json_text
+        else:  # JSON(max_dynamic_paths = ...) is coerced as JSON
+            out[name] = _BY_TYPE["JSON" if ch_type.startswith("JSON") else ch_type]
     return out
 
 

@@ -47,9 +47,11 @@ CREATE TABLE IF NOT EXISTS sfpla.events
     ver Int32,
     sink String,
     score Float64,
-    params JSON,
+    -- Bounded: at most 16 paths x 4 types as subcolumns, the rest in one shared Map per part,
+    -- whatever keys clients invent (docs/resources.md). params.key reads any path.
+    params JSON(max_dynamic_paths = 16, max_dynamic_types = 4),
     invoice_id UUID,
-    targets JSON,
+    targets JSON(max_dynamic_paths = 8, max_dynamic_types = 2),
     relation String,
     rid UUID,
     ja4h String,

@@ -40,6 +40,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+from xml.sax.saxutils import escape
 
 import pyarrow as pa
 from twisted.internet import defer
@@ -60,7 +62,7 @@ from .rejects import (
     one_line,
     refused_for_data,
 )
-from .schema import load_statements
+from .schema import json_type_changes, load_statements
 
 __all__ = ["DEDUP_KEYS", "EmbeddedStore", "StoreError"]
 
@@ -76,6 +78,48 @@ ARROW_DATA_ERRORS = (ValueError, TypeError, OverflowError)
 # read): NOT_FOUND_COLUMN_IN_BLOCK, NO_SUCH_COLUMN_IN_TABLE, UNKNOWN_IDENTIFIER, UNKNOWN_TABLE.
 SCHEMA_CHANGED = frozenset({10, 16, 47, 60})
 MAX_REASON = 500  # characters of chDB's message kept (it may quote a whole JSON value)
+
+MIB = 1024 * 1024
+# Resource budget of the chDB engine inside the gateway process (docs/resources.md). ClickHouse
+# sizes its defaults for a server of its own (caches of 5 GiB, 90% of RAM for queries); here it
+# shares the process with Python, so every cache and the engine as a whole get a bound. These
+# are server settings: the store writes them to DataDirectory/chdb-config.xml and the first
+# connection of the process opens the engine with that file.
+SERVER_SETTINGS = {
+    # Allocations the engine tracks (queries, inserts, merges, caches) stop at this: a query
+    # or insert past it fails with MEMORY_LIMIT_EXCEEDED (the batcher retries the insert).
+    "max_server_memory_usage": 256 * MIB,
+    # No new merge starts while merges hold more than this.
+    "merges_mutations_memory_usage_soft_limit": 96 * MIB,
+    "mark_cache_size": 32 * MIB,
+    "index_mark_cache_size": 8 * MIB,
+    "primary_index_cache_size": 32 * MIB,
+    "uncompressed_cache_size": 0,
+    "index_uncompressed_cache_size": 0,
+    "query_condition_cache_size": 8 * MIB,
+    "compiled_expression_cache_size": 16 * MIB,
+    # Two merge threads (two descriptor sets of the parts being merged at a time).
+    "background_pool_size": 2,
+}
+# Defaults of every MergeTree table (existing ones too, unless a table sets its own).
+MERGE_TREE_SETTINGS = {
+    # JSON paths past a column's max_dynamic_paths live in its "shared data". ClickHouse's
+    # default serialization of it in merged parts ("advanced": an index per path) made one
+    # merge of six 500-row parts of random keys take ~900 MB; as a plain Map it took 12 MB
+    # (docs/resources.md). A path read from the shared data then reads the whole Map.
+    "object_shared_data_serialization_version": "map",
+    "object_shared_data_serialization_version_for_zero_level_parts": "map",
+    # Merges go column by column (vertical): a merge holds one column's files and write
+    # buffers at a time, not those of every column and subcolumn of the part.
+    "vertical_merge_algorithm_min_rows_to_activate": 1,
+    "vertical_merge_algorithm_min_columns_to_activate": 1,
+    # Each stream being written holds a block this big (was 1 MiB): a wide part of a few
+    # hundred subcolumn streams held that many MiB while written.
+    "max_compress_block_size": 128 * 1024,
+}
+# Per query of a reader connection (the query listener, dashboards): one query cannot take
+# the engine's whole budget away from inserts.
+READER_SETTINGS = {"max_memory_usage": 128 * MIB, "max_threads": 2}
 
 
 def _arrow_type(ch_type: str) -> pa.DataType:
@@ -186,7 +230,8 @@ class EmbeddedStore:
         # re-send of their batch skip those parts (store/dedup_logs.py).
         repair_if_unused(self.path)
         try:
-            self._writer = chdb.connect(str(self.path))
+            config = write_chdb_config(self.path.parent / CONFIG_FILE)
+            self._writer = chdb.connect(chdb_connection_string(self.path, config=config))
         except Exception as e:
             hint = ""
             if "lock" in str(e).lower():
@@ -207,7 +252,22 @@ class EmbeddedStore:
                 raise StoreError(f"schema {statement.file}: {e}") from None
         self._ensure_dedup_windows()
         self._read_columns()
+        self._bound_json_columns(statements)
         return len(statements)
+
+    def _bound_json_columns(self, statements) -> None:
+        """Bring JSON columns of tables an older schema created to the declared (bounded) type:
+        ``CREATE TABLE IF NOT EXISTS`` does not change an existing table (docs/resources.md)."""
+        stored = {(t, c): ty for t, cols in self.columns.items() for c, ty in cols.items()}
+        changes = json_type_changes(statements, stored, self.database)
+        for statement in changes:
+            log.info("store: {sql}", sql=statement.sql)
+            try:
+                self._writer.query(statement.sql)
+            except Exception as e:
+                raise StoreError(f"schema: {statement.sql}: {e}") from None
+        if changes:
+            self._read_columns()
 
     def _ensure_dedup_windows(self) -> None:
         """Give every materialized view's target table a deduplication window (a table made
@@ -266,7 +326,7 @@ class EmbeddedStore:
         if conn is None:
             import chdb
 
-            conn = chdb.connect(str(self.path))
+            conn = chdb.connect(chdb_connection_string(self.path, settings=READER_SETTINGS))
             conn.query("SET readonly = 1")
             self._local.conn = conn
         return conn
@@ -478,6 +538,44 @@ class EmbeddedStore:
     def metric_families(self):
         """Prometheus families (read by ``/metrics`` through ``Gateway.metric_sources``)."""
         yield dead_letter_family(self.stats["dead_letters"])
+
+
+CONFIG_FILE = "chdb-config.xml"
+
+
+def chdb_config_xml() -> str:
+    """The engine's configuration: SERVER_SETTINGS and MERGE_TREE_SETTINGS as ClickHouse XML."""
+
+    def elements(settings: dict) -> str:
+        return "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in settings.items())
+
+    return (
+        "<clickhouse>"
+        + elements(SERVER_SETTINGS)
+        + f"<merge_tree>{elements(MERGE_TREE_SETTINGS)}</merge_tree>"
+        + "</clickhouse>\n"
+    )
+
+
+def write_chdb_config(path: Path) -> Path:
+    """Write the engine's configuration to ``path`` (again at every start: the budget is the
+    code's, not something edited in place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(chdb_config_xml())
+    os.replace(tmp, path)
+    return path
+
+
+def chdb_connection_string(
+    path: Path, config: Path | None = None, settings: dict[str, int] | None = None
+) -> str:
+    """``file:<path>?...``: with ``config`` the engine's configuration file (read when the
+    first connection of the process opens the engine), ``settings`` for this connection's
+    session."""
+    args = {"config-file": str(config)} if config else {}
+    args.update(settings or {})
+    return f"file:{path}" + ("?" + urlencode(args, safe="/:") if args else "")
 
 
 def syncfs(path: Path) -> None:

@@ -121,3 +121,51 @@ def load_statements(
                 )
             statements.append(Statement(path.name, sql))
     return statements
+
+
+# A JSON column of a CREATE TABLE (one column per line, the convention of our schema files).
+_JSON_COLUMN = re.compile(r"^\s+`?(\w+)`?\s+(JSON(?:\(.*\))?)\s*,?\s*$", re.MULTILINE)
+
+
+def json_columns(statements: list[Statement]) -> dict[tuple[str, str], str]:
+    """(table, column) -> declared type, for every JSON column the statements create."""
+    out = {}
+    for s in statements:
+        if s.kind == "table" and s.name:
+            for m in _JSON_COLUMN.finditer(s.sql):
+                out[(s.name, m.group(1))] = m.group(2)
+    return out
+
+
+def canonical_json_type(text: str) -> str:
+    """``JSON(max_dynamic_paths = 64, max_dynamic_types = 8)`` and ClickHouse's spelling of it
+    (``JSON(max_dynamic_types=8, max_dynamic_paths=64)``) -> one text; ``JSON`` -> ``JSON()``."""
+    compact = "".join(text.split())
+    m = re.fullmatch(r"JSON(?:\((.*)\))?", compact)
+    if not m:
+        return compact
+    return "JSON(" + ",".join(sorted(a for a in (m.group(1) or "").split(",") if a)) + ")"
+
+
+def json_type_changes(
+    statements: list[Statement], stored: dict[tuple[str, str], str], database: str
+) -> list[Statement]:
+    """``ALTER TABLE ... MODIFY COLUMN`` for each JSON column whose stored type is another JSON
+    type than the schema declares (a table created by an older schema: ``params JSON`` before
+    it was bounded, docs/resources.md). ``CREATE TABLE IF NOT EXISTS`` leaves such a table as it
+    is; the ALTER changes its metadata at once and rewrites the existing parts in the
+    background (a mutation). Only JSON to JSON: other type changes are not made behind the
+    operator's back."""
+    out = []
+    for (table, column), declared in json_columns(statements).items():
+        current = stored.get((table, column))
+        if current is None or not current.startswith("JSON"):
+            continue
+        if canonical_json_type(current) != canonical_json_type(declared):
+            out.append(
+                Statement(
+                    "(json bounds)",
+                    f"ALTER TABLE {database}.{table} MODIFY COLUMN {column} {declared}",
+                )
+            )
+    return out

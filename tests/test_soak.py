@@ -1,0 +1,30 @@
+"""Bounded resources under random input (issue 12): a real gateway from config.json takes
+20,000 mixed requests with random ``params`` keys and types, garbage and good events
+interleaved (``bench/soak.py``). Its RSS stays within 600 MB, its descriptors within 2,000,
+and every acknowledged good event is stored exactly once.
+
+Before the bounds, one ``events`` part held ~10,000 files, the process ran out of descriptors
+("Too many open files"), acknowledged events were not stored, and RSS passed 1.5 GB.
+"""
+
+from __future__ import annotations
+
+from bench.soak import report, run
+
+MAX_RSS_MB = 600
+MAX_FDS = 2000
+
+
+def test_random_params_keep_memory_and_descriptors_bounded(tmp_path):
+    lines: list[str] = []
+    result = run(tmp_path, requests=20_000, log=lines.append)
+    report(result, log=lines.append, every=10)
+    summary = "\n".join(lines)
+    print(summary)  # the curve, in the test's output
+
+    assert result.acked_good, summary
+    assert not result.missing, summary
+    assert not result.duplicated, summary
+    assert not result.errors, summary
+    assert result.max_rss_mb <= MAX_RSS_MB, summary
+    assert result.max_fds <= MAX_FDS, summary
