@@ -8,7 +8,9 @@ cookies) is captured once from that upgrade request (``web.common.request_info``
 Each message is ingested exactly as an HTTP POST to ``/tr/`` is: a client event, same fields,
 enrichment and privacy policy (``EventModel``), handed to ``gateway.intake.accept()``. The
 upgrade URL's query string is part of every event, as in the original (``?app=shop`` tags the
-whole connection); ``ack`` is the only key taken out.
+whole connection); ``ack`` is the only key taken out. The visitor is decided once, at the
+upgrade, as for one HTTP request (cookie, else the URL's ``vid``, else new), and its ``vid``/
+``sid`` cookies go on the 101 answer when the cookie policy allows them.
 
 * text frame: a JSON object, or an array of objects (``MaxBatchEvents``);
 * binary frame: the original's format, a 4-byte little-endian uncompressed size, then a raw
