@@ -13,6 +13,7 @@ import base64
 import json
 import re
 import socket
+import time
 from urllib.parse import quote
 
 import lz4.block
@@ -20,6 +21,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.gateway_process import GatewayProcess, free_port, http_request
+from tests.servers import NatsServer
 from tests.test_shortlinks import create_account
 
 # Each marker is unique to one place, so a failure names the leak.
@@ -254,3 +256,28 @@ def test_head_is_answered_as_get_without_a_body_and_without_a_warning(tmp_path):
     text = gw.log_text()
     assert "sfpltracker stopped" in text
     assert M["path"] not in text and M["ip"] not in text and "I'll eat it" not in text
+
+
+def test_nats_credentials_in_a_server_url_are_not_logged(tmp_path, gateway_factory):
+    password = "natsPasswordZq86"
+    with NatsServer(
+        base_dir=tmp_path / "nats", extra_args=["--user", "sfpl", "--pass", password]
+    ) as nats:
+        entry = {
+            "Type": "nats",
+            "Hosts": [f"nats://sfpl:{password}@127.0.0.1:{nats.port}"],
+            "Subject": "log.test",
+            "Timeout": 10,
+            "Critical": True,  # the gateway starts once connected: the credentials work
+        }
+        gw = gateway_factory({"Notify": [entry]})
+        assert gw.http("POST", "/tr/v1/tr/", json_body={"ename": "x"}).status == 200
+    # the server is gone: the gateway says so, naming it
+    deadline = time.monotonic() + 20
+    while "NATS disconnected" not in gw.log_text():
+        assert time.monotonic() < deadline, gw.log_tail()
+        time.sleep(0.1)
+    gw.stop()
+    text = gw.log_text()
+    assert password not in text
+    assert f"NATS connected: nats://127.0.0.1:{nats.port}" in text
