@@ -890,9 +890,18 @@
     return cfg.wsAck && S.acksSupported;
   }
 
+  /**
+   * The socket URL. The gateway decides the connection's visitor at the upgrade (its vid cookie,
+   * else the vid given here, else a new one it sets as the cookie), so the page's own vid goes in
+   * the URL: then the cookie gets that vid, as on HTTP.
+   */
   function wsEndpoint() {
+    var q = [];
+    if (cfg.wsAck) q.push('ack=1');
+    var vid = isPrivate() ? '' : S.vid || cfg.vid;
+    if (vid) q.push('vid=' + encodeURIComponent(String(vid)));
     return (
-      cfg.endpoint.replace(/^http(s?):/i, 'ws$1:') + '/tr/v' + cfg.apiVersion + '/ws' + (cfg.wsAck ? '?ack=1' : '')
+      cfg.endpoint.replace(/^http(s?):/i, 'ws$1:') + '/tr/v' + cfg.apiVersion + '/ws' + (q.length ? '?' + q.join('&') : '')
     );
   }
 
@@ -918,7 +927,9 @@
   }
 
   function wsConnect() {
-    if (!cfg.ws || S.wsDisabled || typeof W.WebSocket !== 'function') return;
+    // A socket's upgrade always carries the tracker's cookies (no credentials: 'omit' there):
+    // an opted-out visitor stays on fetch without cookies.
+    if (!cfg.ws || S.optedOut || S.wsDisabled || typeof W.WebSocket !== 'function') return;
     if (S.ws && (S.ws.readyState === 0 || S.ws.readyState === 1)) return;
     if (Date.now() < S.wsRetryAt) return;
     var sock;
@@ -1202,6 +1213,16 @@
       if (st) st.removeItem('sfpl_sid');
     } catch (e) {
       /* ignore */
+    }
+    if (S.ws) {
+      var sock = S.ws; // its upgrade carried the cookies: events from now on go without them
+      S.ws = null;
+      recoverInflight();
+      try {
+        sock.close(1000);
+      } catch (e) {
+        /* ignore */
+      }
     }
     return api;
   }

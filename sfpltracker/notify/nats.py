@@ -98,6 +98,8 @@ class NatsClient:
         self.index = index
         self.stats = stats
         self.servers = [h if "://" in h else f"nats://{h}" for h in entry.Hosts]
+        # What logs and errors say: no credentials (``nats://user:password@host`` is allowed).
+        self.shown = ", ".join(_without_userinfo(s) for s in self.servers)
         self.nc = None
         self.js = None
         self.ready: asyncio.Event | None = None
@@ -120,7 +122,7 @@ class NatsClient:
             await asyncio.wait_for(self.ready.wait(), timeout)
         except TimeoutError:
             raise ConnectionError(
-                f"Notify[{self.index}] is Critical and NATS at {', '.join(self.servers)} "
+                f"Notify[{self.index}] is Critical and NATS at {self.shown} "
                 f"did not answer within {timeout:.0f}s"
             ) from None
 
@@ -160,12 +162,12 @@ class NatsClient:
         self.stats.connects += 1
         self._reported_failure = False
         self.ready.set()
-        log.info("NATS connected: {servers}", servers=", ".join(self.servers))
+        log.info("NATS connected: {servers}", servers=self.shown)
 
     async def _on_disconnected(self) -> None:
         if self.ready.is_set():
             self.stats.disconnects += 1
-            log.warn("NATS disconnected from {servers}; reconnecting", servers=self.servers)
+            log.warn("NATS disconnected from {servers}; reconnecting", servers=self.shown)
 
     async def _on_error(self, e: Exception) -> None:
         if not self._reported_failure:  # one line per outage, not one per attempt
@@ -702,3 +704,10 @@ def attach(gateway) -> list[NatsNotifier]:
     if publishers:
         gateway.intake = PublishingIntake(gateway.intake, publishers)
     return notifiers
+
+
+def _without_userinfo(url: str) -> str:
+    """``nats://user:password@host:4222`` -> ``nats://host:4222``."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    return scheme + sep + netloc.rpartition("@")[2] + slash + path

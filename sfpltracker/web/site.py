@@ -8,9 +8,7 @@ fallback with ``maybe_render(request)`` that returns None to pass the request on
 
 from __future__ import annotations
 
-import re
-
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
@@ -90,16 +88,39 @@ class GatewayRoot(Resource):
         return error(request, 404, "not found")
 
 
+class _Headless:
+    """A resource answering HEAD as GET without the body (RFC 9110 9.3.2).
+
+    Twisted drops a HEAD answer's body itself, but first logs a warning that names the request,
+    whose repr holds the URI: credentials in a path, identifiers in a query string. Here the
+    body is measured and dropped before Twisted sees it. A body written later (an answer after
+    a Deferred) is dropped by ``http.Request.write`` without a word.
+    """
+
+    def __init__(self, resource):
+        self.resource = resource
+
+    def render(self, request):
+        body = self.resource.render(request)
+        if isinstance(body, bytes) and body:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+
 class LimitedRequest(server.Request):
     """A request that stops buffering its body past ``max_body`` bytes.
 
     The resource sees ``body_too_large`` and answers 400; the oversized body is never held in
-    memory or on disk.
+    memory or on disk. HEAD is answered without Twisted's warning (``_Headless``).
     """
 
     max_body = 1048576
     body_too_large = False
     _received = 0
+
+    def render(self, resrc):
+        super().render(_Headless(resrc) if self.method == b"HEAD" else resrc)
 
     def gotLength(self, length):
         if length is not None and length > self.max_body:
@@ -119,10 +140,19 @@ class LimitedRequest(server.Request):
         super().handleContentChunk(data)
 
 
+def _without_peer(event: dict) -> None:
+    """Twisted's HTTP channel names the client's address (``peer``) when it times a connection
+    out; no raw IP is ever logged (API.md section 8)."""
+    if "peer" in event:
+        event = {**event, "peer": "(address not logged)"}
+    globalLogPublisher(event)
+
+
 class CountingChannel(http.HTTPChannel):
     """Keeps ``gateway.open_connections`` true for ``/status`` and the connection limit."""
 
     gateway = None
+    _log = Logger(observer=_without_peer)
 
     def connectionMade(self):
         super().connectionMade()
@@ -133,14 +163,36 @@ class CountingChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
-_SECRET_PATH = re.compile(rb"(/rpi/redirects?/[^/]+/)[^/?]+")
+# Methods the access log names as they are; any other token a client sends is "OTHER".
+_METHODS = frozenset(
+    m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT")
+)
+_OPS = frozenset((b"/health", b"/ping", b"/status", b"/metrics", b"/clear"))
+
+
+def access_route(path: bytes, prefix: bytes, routes) -> str:
+    """What the access log says of a path: the route, never a value from the path.
+
+    REST paths carry event fields (``/tr/v1/tr/email/x@example.com``), credentials
+    (``/rpi/redirect/UID/SECRET``) and short-link slugs; query strings carry the same. So only
+    the ops paths are logged as they are, an API path as its route (``/tr/v1/tr/…``) and any
+    other path (short links, static sites, proxies, unknown paths) as ``/…``.
+    """
+    if path in _OPS:
+        return path.decode()
+    if path.startswith(prefix + b"/"):
+        name, _, rest = path[len(prefix) + 1 :].partition(b"/")
+        if name in routes:
+            return f"{prefix.decode()}/{name.decode()}/{'…' if rest else ''}"
+        return prefix.decode() + "/…"
+    return "/" if path == b"/" else "/…"
 
 
 class GatewaySite(server.Site):
     """A Site with the gateway's request limits and a privacy-safe access log.
 
-    The access log never holds an IP, a query string or credentials from a path: it is
-    written only with ``Debug`` on, through ``twisted.logger``.
+    The access log (``access_route``) never holds an IP, a header, a query string or a value
+    from a path: it is written only with ``Debug`` on, through ``twisted.logger``.
     """
 
     channelClass = CountingChannel  # subclasses (web/front.py) add per-connection limits
@@ -152,6 +204,7 @@ class GatewaySite(server.Site):
         self.requestFactory = type(
             "GatewayRequest", (LimitedRequest,), {"max_body": cfg.MaxBodyBytes}
         )
+        self._prefix = cfg.prefix.encode()
 
     def buildProtocol(self, addr):
         channel = self.channelClass()
@@ -166,11 +219,12 @@ class GatewaySite(server.Site):
     def log(self, request):
         if not self.gateway.cfg.Debug:
             return
-        path = _SECRET_PATH.sub(rb"\1***", request.path)
+        root = getattr(self.resource, "root", self.resource)  # EdgeFront wraps GatewayRoot
+        method = request.method if request.method in _METHODS else b"OTHER"
         log.debug(
-            "{method} {path} {code} {size}",
-            method=request.method.decode("latin-1"),
-            path=path.decode("latin-1"),
+            "{method} {route} {code} {size}",
+            method=method.decode(),
+            route=access_route(request.path, self._prefix, getattr(root, "api", ())),
             code=request.code,
             size=request.sentLength,
         )

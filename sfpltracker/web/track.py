@@ -184,14 +184,17 @@ def set_visitor_cookies(request, visitor, https: bool, cfg) -> None:
     Written as ``Request.addCookie`` writes them, without its per-call validation: the values
     are UUIDs we made, and this runs on every click and page view.
     """
+    request.cookies.extend(visitor_cookies(visitor, https, cfg))
+
+
+def visitor_cookies(visitor, https: bool, cfg) -> tuple[bytes, bytes]:
+    """The ``Set-Cookie`` values of ``vid`` and ``sid`` (also on a WebSocket upgrade)."""
     secure = b"; Secure" if https else b""
-    request.cookies.append(
+    return (
         b"vid=%s; Path=/; Max-Age=%d%s; SameSite=lax"
-        % (visitor.vid.encode(), cfg.VisitorCookieDays * 86400, secure)
-    )
-    request.cookies.append(
+        % (visitor.vid.encode(), cfg.VisitorCookieDays * 86400, secure),
         b"sid=%s; Path=/; Max-Age=%d%s; SameSite=lax"
-        % (visitor.sid.encode(), cfg.SessionMinutes * 60, secure)
+        % (visitor.sid.encode(), cfg.SessionMinutes * 60, secure),
     )
 
 

@@ -8,7 +8,9 @@ cookies) is captured once from that upgrade request (``web.common.request_info``
 Each message is ingested exactly as an HTTP POST to ``/tr/`` is: a client event, same fields,
 enrichment and privacy policy (``EventModel``), handed to ``gateway.intake.accept()``. The
 upgrade URL's query string is part of every event, as in the original (``?app=shop`` tags the
-whole connection); ``ack`` is the only key taken out.
+whole connection); ``ack`` is the only key taken out. The visitor is decided once, at the
+upgrade, as for one HTTP request (cookie, else the URL's ``vid``, else new), and its ``vid``/
+``sid`` cookies go on the 101 answer when the cookie policy allows them.
 
 * text frame: a JSON object, or an array of objects (``MaxBatchEvents``);
 * binary frame: the original's format, a 4-byte little-endian uncompressed size, then a raw
@@ -46,6 +48,7 @@ from ..ingest.parse import BadInput, item_problem, json_events, lower_keys, quer
 from ..ingest.request import host_only
 from ..pipeline.intake import Refused
 from .common import NOT_DONE_YET, error, header, request_info
+from .track import visitor_cookies
 
 log = Logger()
 
@@ -124,8 +127,9 @@ class WsStats:
 
 
 class IngestProtocol(WebSocketServerProtocol):
-    """One client connection. ``upgrade``, ``base``, ``ack`` and ``channel`` are set by
-    ``WebSocketIngestResource`` from the upgrade request before the connection is handed over.
+    """One client connection. ``upgrade``, ``base``, ``ack``, ``visitor``, ``set_cookies`` and
+    ``channel`` are set by ``WebSocketIngestResource`` from the upgrade request before the
+    connection is handed over.
     """
 
     resource: WebSocketIngestResource
@@ -133,6 +137,11 @@ class IngestProtocol(WebSocketServerProtocol):
     base: dict[str, str] = {}  # the upgrade URL's query pairs, part of every event
     ack = False
     channel = None  # the HTTP channel whose transport we took over
+    # The connection's visitor, decided at the upgrade: the vid cookie, else the vid in the
+    # upgrade URL, else a new one; ``set_cookies`` gives it to the browser on the 101 answer
+    # (none when the cookie policy forbids cookies) so the next page load sends it back.
+    visitor = None
+    set_cookies: tuple[str, ...] = ()
 
     _idle_call = None
     _bad = 0
@@ -141,6 +150,11 @@ class IngestProtocol(WebSocketServerProtocol):
     _closing = False
 
     # -- life cycle -------------------------------------------------------------------------
+
+    def onConnect(self, request):
+        if self.set_cookies:
+            return None, {"Set-Cookie": self.set_cookies}
+        return None
 
     def onOpen(self):
         self.resource.stats.opened += 1
@@ -221,8 +235,12 @@ class IngestProtocol(WebSocketServerProtocol):
             self._req = dataclasses.replace(self.upgrade, now_ms=gw.now_ms())
         req = self._req
         base = self.base
-        first = next((i for i in items if isinstance(i, dict)), {})
-        visitor = gw.events.visitor(req, {**base, **lower_keys(first)} if base else first)
+        visitor = self.visitor
+        if visitor is None or visitor.cookieless:
+            # A cookieless visitor's id is the day's hash: worked out per message, so it never
+            # outlives its day on a long-lived connection (it does not change within one).
+            first = next((i for i in items if isinstance(i, dict)), {})
+            visitor = gw.events.visitor(req, {**base, **lower_keys(first)} if base else first)
         records, eids, problems = [], [], []
         for n, item in enumerate(items):
             if not isinstance(item, dict):
@@ -376,6 +394,13 @@ class WebSocketIngestResource(Resource):
         protocol.upgrade = req
         protocol.base = base
         protocol.ack = ack
+        # One visitor per connection, as one per HTTP request: every event of the socket
+        # carries its vid (unless an event names its own, as on /tr/), and the browser keeps it.
+        protocol.visitor = self.gateway.events.visitor(req, base)
+        if protocol.visitor.cookies_allowed:
+            protocol.set_cookies = tuple(
+                c.decode() for c in visitor_cookies(protocol.visitor, req.https, cfg)
+            )
         protocol.channel = request.channel
         self._hand_over(request, protocol)
         return NOT_DONE_YET

@@ -196,6 +196,13 @@ function fakeSocketClass(behaviour) {
 }
 
 const ep = (s) => `${base}/${s}`;
+
+// Waits (at most ~2 s) for the client's socket to be open. Not a fixed sleep: the scenarios
+// start together, and while one runs synchronously Node may fire a later sleep's timer before
+// the fake socket's own opening timer (timers of one duration fire as a group).
+async function socketOpen(b) {
+  for (let i = 0; i < 200 && !b.sfpl.getConfig().wsConnected; i++) await sleep(10);
+}
 const uuid = (n) => `0190aaaa-bbbb-7ccc-8ddd-${String(n).padStart(12, '0')}`;
 
 const scenarios = {
@@ -316,7 +323,7 @@ const scenarios = {
     const { FakeWebSocket, sockets } = fakeSocketClass({});
     const b = browser({ attrs: { endpoint: ep('s6'), auto: 'false', ws: '' }, WebSocket: FakeWebSocket });
     b.sfpl.init({ pageView: false, batchDelay: 50 });
-    await sleep(30);
+    await socketOpen(b);
     const connected = b.sfpl.getConfig().wsConnected;
     const eids = [1, 2, 3, 4, 5].map((i) => uuid(600 + i));
     eids.forEach((eid, i) => b.sfpl.track('ws_evt', { eid, n: i }));
@@ -341,7 +348,7 @@ const scenarios = {
     const { FakeWebSocket, sockets } = fakeSocketClass({});
     const b = browser({ attrs: { endpoint: ep('s8'), auto: 'false' }, WebSocket: FakeWebSocket });
     b.sfpl.init({ ws: true, pageView: false, ackTimeout: 150, batchDelay: 30 });
-    await sleep(30);
+    await socketOpen(b);
     b.sfpl.track('before_timeout', { eid: uuid(801) });
     await sleep(400);
     await b.settle();
@@ -356,7 +363,7 @@ const scenarios = {
     const { FakeWebSocket, sockets } = fakeSocketClass({});
     const b = browser({ attrs: { endpoint: ep('s8b'), auto: 'false' }, WebSocket: FakeWebSocket });
     b.sfpl.init({ ws: true, pageView: false, ackTimeout: 60000, batchDelay: 30 });
-    await sleep(30);
+    await socketOpen(b);
     b.sfpl.track('unacked', { eid: uuid(811) });
     b.fire('pagehide');
     await b.settle();
