@@ -57,7 +57,7 @@ class EdgeChannel(CountingChannel):
     when its body is in; past it the client gets 408 and the connection is closed.
 
     It also answers, instead of closing or waiting in silence, the requests Twisted's parser
-    cannot take: a request line over ``MaxHeaderBytes`` (414), a head over it (431), a
+    cannot take: a request line over ``MaxHeaderBytes`` (414), a head over it (400), a
     malformed line (400) and lines ending in a bare LF or CR (400 at once); each then closes.
 
     One timer per connection, not one per request: a keep-alive connection carries many
@@ -102,9 +102,8 @@ class EdgeChannel(CountingChannel):
         """A request line or head over ``MaxHeaderBytes`` (Twisted would just close)."""
         if self._receivedHeaderSize == 0:  # nothing of this request yet: its request line
             return self.refuse(414, "URI Too Long", "request line longer than MaxHeaderBytes")
-        return self.refuse(
-            431, "Request Header Fields Too Large", "request headers larger than MaxHeaderBytes"
-        )
+        # 400 as documented (RFC 6585's 431 would say the same; clients treat both alike).
+        return self.refuse(400, "Bad Request", "request headers larger than MaxHeaderBytes")
 
     def _respondToBadRequestAndDisconnect(self):  # noqa: N802 - Twisted's (private) hook
         """Twisted's answer to a malformed request line or header, with a reason."""
