@@ -142,6 +142,13 @@ def test_slug_with_crlf_is_bad_input_never_an_outage(gw):
         r = gw.http("GET", f"/{slug}", headers={"Host": "links.test"})
         assert r.status == 404 and reason(r.body), r
     assert gw.http("GET", "/spring", headers={"Host": "links.test"}).status == 302
+    lists = f"/tr/v1/rpi/redirects/{account['uid']}/{account['secret']}"
+    for host in ("links%0a.test", "links%5c.test", "links%00.test"):
+        r = gw.http("GET", f"{lists}/{host}")
+        assert r.status == 400 and reason(r.body) == "Bad request (host)", (host, r)  # was 503
+    assert (
+        gw.http("GET", f"{lists}/links.test").json()["results"][0]["urlfrom"] == "links.test/spring"
+    )
     assert "is not available" not in gw.log_text()
 
 
@@ -256,3 +263,12 @@ def test_pipelined_requests_and_bodies_with_lf_still_work(gw):
         + b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     assert [status for status, _ in answers(data)] == [200, 200, 200], data
+
+
+def test_a_method_a_route_does_not_take_is_405_not_501(gw):
+    for method, path in (("DELETE", "/tr/v1/pub/f.txt"), ("PUT", "/tr/v1/rdr/"), ("FOO", "/ping")):
+        r = gw.http(method, path)
+        assert r.status == 405 and reason(r.body), (method, path, r)  # was a 501 HTML page
+        assert "GET" in r.header("allow")
+    r = gw.http("HEAD", "/tr/v1/pub/f.txt")  # HEAD still works wherever GET does
+    assert r.status == 200 and r.body == b""

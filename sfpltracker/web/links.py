@@ -44,6 +44,7 @@ from ..links.model import (
     normalize_path,
     parse_from,
     parse_link_input,
+    possible_key,
     public_view,
     resolve_tracked,
 )
@@ -266,7 +267,7 @@ class RpiResource(Resource):
     def _list(self, request, creds, host: str):
         account = yield self._account(request, creds)
         host = host_only(host)
-        if not host:
+        if not host or not possible_key(host):
             raise Refusal(400, "Bad request (host)")
         links = yield self.links.repo.list(host, account.oid)
         try:
