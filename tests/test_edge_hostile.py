@@ -272,3 +272,10 @@ def test_a_method_a_route_does_not_take_is_405_not_501(gw):
         assert "GET" in r.header("allow")
     r = gw.http("HEAD", "/tr/v1/pub/f.txt")  # HEAD still works wherever GET does
     assert r.status == 200 and r.body == b""
+
+
+def test_a_tls_handshake_on_the_http_port_is_400_at_once(gw):
+    binary = bytes(b for b in range(256) if b not in b"\r\n")  # (a bare LF has its own reason)
+    hello = bytes.fromhex("160301020001") + binary * 2
+    [(status, body)] = answers(raw(gw, hello, timeout=10))  # was: a 408 after the read timeout
+    assert status == 400 and reason(body) == "not an HTTP/1.1 request"

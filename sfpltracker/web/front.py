@@ -33,6 +33,8 @@ HSTS_VALUE = b"max-age=31536000"
 # optional port. Sites, short links, ACME and the HTTPS redirect all key on it, so anything
 # else (spaces, slashes, "@", another header's worth of text) is refused before any of them.
 _HOST = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+# What the start of a request line may hold before its CRLF (RFC 9112 3: printable ASCII).
+_REQUEST_LINE_START = re.compile(rb"[\x20-\x7e]*\r?")
 MAX_HOST_BYTES = 262  # a 253-byte DNS name, ":" and a port, with room for brackets
 
 
@@ -58,7 +60,8 @@ class EdgeChannel(CountingChannel):
 
     It also answers, instead of closing or waiting in silence, the requests Twisted's parser
     cannot take: a request line over ``MaxHeaderBytes`` (414), a head over it (400), a
-    malformed line (400) and lines ending in a bare LF or CR (400 at once); each then closes.
+    malformed line (400), lines ending in a bare LF or CR and a request line that is not text
+    (a TLS handshake) at once (400); each then closes.
 
     One timer per connection, not one per request: a keep-alive connection carries many
     requests a second, and scheduling and cancelling a reactor call for each was a visible
@@ -90,6 +93,10 @@ class EdgeChannel(CountingChannel):
             rest = self._buffer
             if b"\n" in rest or b"\r" in rest[:-1]:
                 self._bare_line_ending()
+            elif self._receivedHeaderSize == 0 and not _REQUEST_LINE_START.fullmatch(rest):
+                # Binary bytes where a request line starts (a TLS handshake on the HTTP port,
+                # say) will never end in CRLF either.
+                self.refuse(400, "Bad Request", "not an HTTP/1.1 request")
 
     def lineReceived(self, line):  # noqa: N802
         if b"\r" in line or b"\n" in line:
