@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.web import http, static
 
 from .common import NOT_DONE_YET, error
-from .pub import resolve_inside
+from .pub import possible_path, resolve_inside
 
 SMALL_FILE = 256 * 1024  # read at once; larger files are streamed by a producer
 
@@ -142,6 +142,8 @@ class FileCache:
         self._entries: dict[tuple[Path, str], tuple[float, Found]] = {}
 
     def find(self, root: Path, relative: str) -> Found:
+        if not possible_path(relative):  # not kept: a flood of 16 KB paths would fill the cache
+            return Found(None)
         key = (root, relative)
         now = self.clock.seconds()
         hit = self._entries.get(key)
