@@ -123,7 +123,7 @@ def test_idle_connection_is_closed(gw):
 
 def test_header_and_body_limits(gw):
     r = gw.http("GET", "/ping", headers={"X-Big": "a" * 4000})
-    assert r.status == 400
+    assert r.status == 400 and "MaxHeaderBytes" in r.json()["error"]
     r = request(
         gw.port, "POST", "/tr/v1/tr/", body=b"[" + b"{}," * 600 + b"{}]", source_ip="127.0.0.2"
     )

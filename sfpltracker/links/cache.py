@@ -22,7 +22,7 @@ from collections import OrderedDict
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .model import Link
+from .model import Link, possible_key
 
 log = Logger()
 
@@ -87,6 +87,8 @@ class LinkCache:
         index = self.index
         if index is not None:
             return index.get(key)
+        if not possible_key(key):  # e.g. a slug with %0d%0a: no link has it, ask no store
+            return None
         entry = self.lru.get(key)
         if entry is not None:
             link, until = entry

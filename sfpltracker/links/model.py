@@ -31,6 +31,15 @@ RESERVED_PATHS = ("/health", "/ping", "/status", "/metrics", "/clear")
 _TRACKED = re.compile(r"/tr/v\d+/x?rdr(/|$)")
 # Characters browsers treat differently from Python's URL parser, or that have no place in a URL.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
+# What no link key (host + decoded path) may hold: control characters (``%0d%0a``) and the
+# backslash. ClickHouse reads both as escapes in a bound query parameter, so a lookup with one
+# fails (or finds another key); such a slug can never be a link, and is never looked up.
+_IMPOSSIBLE_KEY = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def possible_key(key: str) -> bool:
+    """Could ``key`` (``link_key(host, path)``) be a short link's key?"""
+    return _IMPOSSIBLE_KEY.search(key) is None
 
 
 class LinkInvalid(ValueError):
@@ -209,6 +218,8 @@ def parse_from(text: str) -> tuple[str, str, str]:
     path = normalize_path(frm.path)
     if len(frm.path) < 2 or len(path) < 2:
         raise LinkInvalid("Bad URL (from path)")
+    if not possible_key(host + path):
+        raise LinkInvalid("Bad URL (from path): control characters and backslashes are not allowed")
     if path in RESERVED_PATHS or path.startswith("/tr/"):
         raise LinkInvalid("Bad URL (from path): reserved for the tracker")
     return urlunsplit((frm.scheme, host, path, "", "")), host, path

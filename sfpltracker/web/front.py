@@ -9,6 +9,9 @@ connection cap decided when a connection opens, and ``EdgeChannel``'s read deadl
 
 from __future__ import annotations
 
+import json
+import re
+
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
@@ -26,6 +29,26 @@ INGEST_ROUTES = frozenset([b"tr", b"str", b"img", b"ltv", b"ws", b"rdr", b"xrdr"
 
 HSTS_VALUE = b"max-age=31536000"
 
+# A Host header (RFC 9110 7.2): a registered name, IPv4 address or [IPv6 literal], then an
+# optional port. Sites, short links, ACME and the HTTPS redirect all key on it, so anything
+# else (spaces, slashes, "@", another header's worth of text) is refused before any of them.
+_HOST = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+# What the start of a request line may hold before its CRLF (RFC 9112 3: printable ASCII).
+_REQUEST_LINE_START = re.compile(rb"[\x20-\x7e]*\r?")
+MAX_HOST_BYTES = 262  # a 253-byte DNS name, ":" and a port, with room for brackets
+
+
+def host_problem(request) -> str | None:
+    """Why the request's Host header cannot be used, or None when it can (or is absent)."""
+    values = request.requestHeaders.getRawHeaders(b"host")
+    if values is None:
+        return None
+    if len(values) > 1:  # RFC 9112 3.2: which one would a proxy in front have used?
+        return "more than one Host header"
+    if len(values[0]) > MAX_HOST_BYTES or not _HOST.fullmatch(values[0]):
+        return "malformed Host header"
+    return None
+
 
 class EdgeChannel(CountingChannel):
     """An HTTP channel that gives each request ``read_timeout`` seconds to arrive.
@@ -34,6 +57,11 @@ class EdgeChannel(CountingChannel):
     byte at a time would never trip it. The deadline starts at a request's first byte and
     ends when its headers are in (streamed bodies, which the idle timeout then guards) or
     when its body is in; past it the client gets 408 and the connection is closed.
+
+    It also answers, instead of closing or waiting in silence, the requests Twisted's parser
+    cannot take: a request line over ``MaxHeaderBytes`` (414), a head over it (400), a
+    malformed line (400), lines ending in a bare LF or CR and a request line that is not text
+    (a TLS handshake) at once (400); each then closes.
 
     One timer per connection, not one per request: a keep-alive connection carries many
     requests a second, and scheduling and cancelling a reactor call for each was a visible
@@ -57,6 +85,53 @@ class EdgeChannel(CountingChannel):
             if self._timer is None:
                 self._arm(self.read_timeout)
         super().dataReceived(data)
+        # Twisted splits the head of a request on CRLF only, so a request whose lines end in a
+        # bare LF would wait for a CRLF that never comes (and get a 408 much later). In line
+        # mode, what is left unsplit is the start of the next line: a LF or CR in it means a
+        # bare line ending. (Not while re-entered: the buffer may then hold unparsed bodies.)
+        if self.line_mode and not self._busyReceiving and not self.transport.disconnecting:
+            rest = self._buffer
+            if b"\n" in rest or b"\r" in rest[:-1]:
+                self._bare_line_ending()
+            elif self._receivedHeaderSize == 0 and not _REQUEST_LINE_START.fullmatch(rest):
+                # Binary bytes where a request line starts (a TLS handshake on the HTTP port,
+                # say) will never end in CRLF either.
+                self.refuse(400, "Bad Request", "not an HTTP/1.1 request")
+
+    def lineReceived(self, line):  # noqa: N802
+        if b"\r" in line or b"\n" in line:
+            return self._bare_line_ending()
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            return self.lineLengthExceeded(line)
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):  # noqa: N802
+        """A request line or head over ``MaxHeaderBytes`` (Twisted would just close)."""
+        if self._receivedHeaderSize == 0:  # nothing of this request yet: its request line
+            return self.refuse(414, "URI Too Long", "request line longer than MaxHeaderBytes")
+        # 400 as documented (RFC 6585's 431 would say the same; clients treat both alike).
+        return self.refuse(400, "Bad Request", "request headers larger than MaxHeaderBytes")
+
+    def _respondToBadRequestAndDisconnect(self):  # noqa: N802 - Twisted's (private) hook
+        """Twisted's answer to a malformed request line or header, with a reason."""
+        self.refuse(400, "Bad Request", "malformed request line or header")
+
+    def _bare_line_ending(self):
+        # Refused rather than accepted leniently (RFC 9112 2.2 allows either): a proxy in front
+        # that read the bare LF differently could otherwise smuggle a header past it.
+        return self.refuse(400, "Bad Request", "request lines must end in CRLF")
+
+    def refuse(self, status: int, phrase: str, reason: str):
+        """Answer a request that cannot be parsed, then close (nothing after it is read)."""
+        self._reading_until = None
+        self.persistent = False
+        body = json.dumps({"error": reason}, separators=(",", ":")).encode() + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, phrase.encode(), len(body), body)
+        )
+        self.loseConnection()  # LineReceiver stops reading once the transport is closing
 
     def allHeadersReceived(self):  # noqa: N802
         super().allHeadersReceived()
@@ -96,14 +171,8 @@ class EdgeChannel(CountingChannel):
             self._arm(until - self.seconds())
 
     def _too_slow(self):
-        self._reading_until = None
         self.site.gateway.count("requests_timed_out")
-        body = b'{"error":"request not received within ReadTimeoutSeconds"}\n'
-        self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
-        self.loseConnection()
+        self.refuse(408, "Request Timeout", "request not received within ReadTimeoutSeconds")
 
     # Twisted asks the transport again for every request (an interface adaptation for
     # isSecure, a getsockname() system call for getHost); neither changes during a connection.
@@ -140,6 +209,9 @@ class EdgeSite(GatewaySite):
         channel = super().buildProtocol(addr)
         cfg = self.gateway.cfg
         channel.read_timeout = cfg.ReadTimeoutSeconds
+        # One line may be as long as the whole head may be (Twisted's default, 16 KiB, would
+        # close the connection without an answer for a longer one).
+        channel.MAX_LENGTH = cfg.MaxHeaderBytes
         channel.seconds = self.reactor.seconds
         # Decided once, as the connection opens (this one is not counted yet).
         channel.over_limit = self.gateway.open_connections >= cfg.MaxConnections
@@ -181,6 +253,9 @@ class EdgeFront(Resource):
             request.channel.persistent = False
             request.setHeader(b"connection", b"close")
             return error(request, 503, "too many connections (MaxConnections)", retry_after=5)
+        bad_host = host_problem(request)
+        if bad_host is not None:
+            return error(request, 400, bad_host)
         path = request.path
         if path.startswith(ACME_CHALLENGE):
             answer = self._acme_answer(request, path)

@@ -44,10 +44,12 @@ from ..links.model import (
     normalize_path,
     parse_from,
     parse_link_input,
+    possible_key,
     public_view,
     resolve_tracked,
 )
 from ..links.throttle import Throttled
+from ..store.errors import StoreError
 from .common import (
     NOT_DONE_YET,
     apply_cors,
@@ -66,6 +68,11 @@ from .track import set_visitor_cookies
 log = Logger()
 
 PERMANENT_MAX_AGE = 86400  # a permanent redirect is cached by browsers at most a day
+
+# ClickHouse errors about a bound parameter's value (the request's data, not the store):
+# CANNOT_PARSE_TEXT, CANNOT_PARSE_ESCAPE_SEQUENCE, CANNOT_PARSE_QUOTED_STRING,
+# CANNOT_PARSE_INPUT_ASSERTION_FAILED, CANNOT_PARSE_NUMBER, CANNOT_PARSE_UUID, BAD_QUERY_PARAMETER.
+BAD_VALUE_CODES = frozenset({6, 25, 26, 27, 72, 376, 457})
 
 
 class Refusal(Exception):
@@ -145,6 +152,10 @@ class RpiResource(Resource):
                 elif refusal.status == 429:
                     self.links.count("auth_throttled")
                 finish(request, error(request, refusal.status, refusal.reason, refusal.retry_after))
+                return
+            if failure.check(StoreError) and failure.value.code in BAD_VALUE_CODES:
+                # The store answered and refused a value of this request: not an outage.
+                finish(request, error(request, 400, "Bad request (a value the store cannot read)"))
                 return
             log.error("short-link API failed: {why}", why=failure.getErrorMessage())
             finish(request, error(request, 503, "the link store is not available", 5))
@@ -256,7 +267,7 @@ class RpiResource(Resource):
     def _list(self, request, creds, host: str):
         account = yield self._account(request, creds)
         host = host_only(host)
-        if not host:
+        if not host or not possible_key(host):
             raise Refusal(400, "Bad request (host)")
         links = yield self.links.repo.list(host, account.oid)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger, globalLogPublisher
 from twisted.web import http, server
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
 from ..links.service import ShortLinkService
@@ -61,6 +62,17 @@ class GatewayRoot(Resource):
         self.fallbacks: list = [ShortLinkFallback(gateway, self.links, self)]
 
     def render(self, request):
+        try:
+            return self.route(request)
+        except UnsupportedMethod as e:
+            if request.method == b"HEAD" and b"GET" in e.allowedMethods:
+                raise  # Twisted answers HEAD with the GET resource, without the body
+            # Twisted would answer a method outside GET/HEAD/POST (DELETE on /pub/, say) with
+            # a 501 HTML page: a client's mistake is a 405 with the methods that work.
+            request.setHeader(b"allow", b", ".join(e.allowedMethods))
+            return error(request, 405, "method not allowed here")
+
+    def route(self, request):
         path = request.path
         resource = self.ops.get(path)
         if resource is not None:

@@ -10,7 +10,8 @@
   redirects to ``/docs/`` so relative links work).
 - Resolved paths are kept a second (``FileCache``), so a changed file shows within a second.
 - Only regular files whose real path (symlinks resolved) is inside the root are served
-  (``pub.resolve_inside``); ``..``, ``%2e%2e`` and symlinks out answer 404.
+  (``pub.resolve_inside``); ``..``, ``%2e%2e``, symlinks out, and paths no file system could
+  hold or the OS refuses to look up (a segment over 255 bytes, a symlink loop) answer 404.
 - With ``TrackPages``, each HTML page served (200 or 304 to a GET) is recorded as a server
   event ``page_view`` through the intake, as ``/tr/v1/pub/`` records downloads.
 """
@@ -27,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.web import http, static
 
 from .common import NOT_DONE_YET, error
-from .pub import resolve_inside
+from .pub import possible_path, resolve_inside
 
 SMALL_FILE = 256 * 1024  # read at once; larger files are streamed by a producer
 
@@ -141,6 +142,8 @@ class FileCache:
         self._entries: dict[tuple[Path, str], tuple[float, Found]] = {}
 
     def find(self, root: Path, relative: str) -> Found:
+        if not possible_path(relative):  # not kept: a flood of 16 KB paths would fill the cache
+            return Found(None)
         key = (root, relative)
         now = self.clock.seconds()
         hit = self._entries.get(key)
@@ -176,6 +179,13 @@ class FileCache:
 
 
 def _resolve(root: Path, relative: str) -> Found:
+    try:
+        return _resolve_variants(root, relative)
+    except OSError:  # removed or changed between resolving and stat(): nothing to serve
+        return Found(None)
+
+
+def _resolve_variants(root: Path, relative: str) -> Found:
     target = resolve_inside(root, relative)
     if target is None:
         return Found(None)
