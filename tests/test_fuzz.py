@@ -140,7 +140,7 @@ def fuzzed(tmp_path_factory):
             "GeoIPDatabase": str(CITY_MMDB),
             "LoginFailureLimit": 0,  # hostile credentials must reach the handlers, not a 429
             "ReadTimeoutSeconds": 2,  # a request that never completes (bare LF) ends in a 408 soon
-            "Batching": {"events": {"Strategy": "immediate"}},
+            # default batching on purpose: garbage and good events share inserts, as in production
         }
         with GatewayProcess(tmp_path_factory.mktemp("fuzz"), config) as gw:
             out = subprocess.run(
@@ -262,8 +262,9 @@ def assert_stored_once(gw: GatewayProcess, eids: list[str], before: list[str]) -
 
 
 def log_size(max_exp: int) -> st.SearchStrategy[int]:
-    """Sizes spread over orders of magnitude (0..2**max_exp), so limits get crossed."""
-    return st.integers(0, max_exp).flatmap(lambda e: st.integers(2**e // 2, 2**e))
+    """Sizes spread evenly over orders of magnitude (0..2**max_exp), so limits get crossed
+    (``sampled_from``: hypothesis draws small integers far more often than large ones)."""
+    return st.sampled_from(range(max_exp + 1)).flatmap(lambda e: st.integers(2**e // 2, 2**e))
 
 
 FIELDS = sorted(
@@ -424,11 +425,43 @@ def hostile_event() -> st.SearchStrategy[str]:
     )
 
 
+def event_with(value: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """An event with ``value`` under a known field or an unknown key (one for ``params``)."""
+    return st.tuples(json_key(), value).map(
+        lambda kv: '{"ename":"fuzz_garbage",' + kv[0] + ":" + kv[1] + "}"
+    )
+
+
+def type_zoo() -> st.SearchStrategy[str]:
+    """A batch whose events give one ``params`` key many different JSON types (nested arrays of
+    different depths around different leaves): what the store must take or set aside per row."""
+    shapes = st.lists(
+        st.tuples(st.integers(0, 300), st.sampled_from(["1", '"s"', "1.5", "true", "[]", "{}"])),
+        min_size=1,
+        max_size=60,
+        unique=True,
+    )
+    return shapes.map(
+        lambda ts: (
+            "["
+            + ",".join(
+                '{"ename":"fuzz_garbage","p":' + "[" * d + leaf + "]" * d + "}" for d, leaf in ts
+            )
+            + "]"
+        )
+    )
+
+
 def json_text() -> st.SearchStrategy[str]:
+    """One JSON body, each hostile shape about as likely as the others."""
     return st.one_of(
         hostile_event(),
-        hostile_event(),
+        event_with(deep_json()),
+        event_with(big_number()),
+        event_with(json_string()),
+        event_with(many_keys()),
         st.lists(hostile_event(), min_size=1, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
+        type_zoo(),
         log_size(10).map(lambda n: "[" + ",".join(['{"ename":"fuzz_garbage"}'] * n) + "]"),
         st.tuples(st.sampled_from(FIELDS), hostile_value()).map(
             lambda kv: '{"' + kv[0] + '":[' + kv[1] + "]}"  # payments: [...] and the like
@@ -442,6 +475,8 @@ def json_body() -> st.SearchStrategy[bytes]:
     text = json_text()
     utf8 = text.map(lambda s: s.encode("utf-8", "surrogatepass"))
     return st.one_of(
+        utf8,
+        utf8,
         utf8,
         utf8,
         utf8,
@@ -711,7 +746,7 @@ def raw_framing() -> st.SearchStrategy[bytes]:
     CR/LF, invalid UTF-8), odd versions, bare-LF line ends, headers over MaxHeaderBytes or in
     their hundreds, header names and values with raw control bytes, lying Content-Length and
     broken chunked bodies."""
-    line_end = st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r"])
+    line_end = st.sampled_from([b"\r\n"] * 7 + [b"\n"])
     version = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x", b"", b"HTTP/9"])
     method = st.one_of(st.sampled_from(METHODS), raw_bytes(6))
     target = st.one_of(
@@ -930,3 +965,23 @@ def test_hostile_queries(fuzzed):
         assert_alive(gw)
 
     fuzz()
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+
+
+def test_a_method_the_route_does_not_serve_is_405(fuzzed):
+    """OPTIONS /tr/v1/pub/ was a 501 "Huh?" HTML page from Twisted (found by this fuzzer)."""
+    gw = fuzzed.gw
+    for method, path in [
+        ("OPTIONS", "/tr/v1/pub/track.js"),
+        ("DELETE", "/tr/v1/tr/"),
+        ("PUT", "/health"),
+        ("PATCH", "/tr/v1/ppi/jds"),
+    ]:
+        r = gw.http(method, path)
+        assert r.status == 405, (method, path, r)
+        assert r.json() == {"error": "method not allowed"}
+        assert r.header("allow") and method not in r.header("allow")
+    head = gw.http("HEAD", "/tr/v1/pub/track.js")  # HEAD stays the GET answer without a body
+    assert head.status == 200 and head.body == b""

@@ -12,6 +12,7 @@ import re
 
 from twisted.logger import Logger
 from twisted.web import http, server
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
 from ..links.service import ShortLinkService
@@ -63,6 +64,17 @@ class GatewayRoot(Resource):
         self.fallbacks: list = [ShortLinkFallback(gateway, self.links, self)]
 
     def render(self, request):
+        try:
+            return self._route(request)
+        except UnsupportedMethod as e:
+            if request.method == b"HEAD" and b"GET" in e.allowedMethods:
+                raise  # Twisted answers HEAD with the GET answer's headers
+            # Twisted would answer 501 "Huh?" in HTML (found by tests/test_fuzz.py): a method
+            # the route does not serve is the client's mistake, 405 with Allow (RFC 9110).
+            request.setHeader(b"allow", b", ".join(sorted(e.allowedMethods)))
+            return error(request, 405, "method not allowed")
+
+    def _route(self, request):
         path = request.path
         resource = self.ops.get(path)
         if resource is not None:
