@@ -172,6 +172,29 @@ class NoAnswer(AssertionError):
     pass
 
 
+_FAILURES: dict[str, type] = {}
+
+
+def failure(kind: str) -> type:
+    """An AssertionError subclass per kind of failure ("500 on /tr/v1/pub"): hypothesis tells
+    failures apart by exception type and line, so one run reports (and shrinks) each distinct
+    bug instead of only the first one it met."""
+    if kind not in _FAILURES:
+        _FAILURES[kind] = type(f"Fuzz[{kind}]", (AssertionError,), {})
+    return _FAILURES[kind]
+
+
+def route_of(target: bytes, host: bytes) -> str:
+    """What a failure is filed under: the API route, or the host for the fallbacks."""
+    path = target.split(b"?", 1)[0]
+    parts = path.split(b"/")
+    if path.startswith(b"/tr/v1/") and len(parts) > 3:
+        return "/tr/v1/" + parts[3][:20].decode("latin-1")
+    if path in (b"/health", b"/ping", b"/status", b"/metrics", b"/clear"):
+        return path.decode()
+    return "fallback on " + host[:20].decode("latin-1")
+
+
 def raw_request(port: int, data: bytes, head: bool = False, timeout: float = 30):
     """Send ``data`` as it is (urllib and http.client refuse malformed requests) and parse the
     answer: (status, headers, body). ``NoAnswer`` when the connection ends without one."""
@@ -204,8 +227,9 @@ def assert_alive(gw: GatewayProcess) -> None:
     assert (r.status, r.body.strip()) == (200, b"pong"), r
 
 
-def assert_answer(status: int, body: bytes, what: str) -> None:
-    assert status < 500, f"{what} -> {status} {body[:300]!r}"
+def assert_answer(status: int, body: bytes, what: str, route: str = "") -> None:
+    if status >= 500:
+        raise failure(f"{status} on {route}")(f"{what} -> {status} {body[:300]!r}")
 
 
 # --------------------------------------------------------------------------- good events
@@ -612,8 +636,15 @@ API_ROUTES = [
 def targets(account: dict, prefixes: list[str]) -> st.SearchStrategy[bytes]:
     """A well-formed request target (under 12 kB): a route prefix, hostile segments (long ones,
     many ones) and a hostile query string."""
+    segment = st.one_of(
+        st.sampled_from(NASTY).map(lambda s: quote_from_bytes(s.encode("latin-1"), safe="%")),
+        st.builds(
+            lambda unit, n: unit * n, st.sampled_from(["a", "%ff", "%e2%98%83"]), log_size(11)
+        ),
+        url_bytes(),
+    ).map(lambda s: s if isinstance(s, bytes) else s.encode())
     segments = st.one_of(
-        st.lists(url_bytes(), max_size=4),
+        st.lists(segment, max_size=3),
         log_size(10).map(lambda n: [b"s"] * n),
     )
 
@@ -671,9 +702,13 @@ def check_request(gw: GatewayProcess, request, port: int | None = None) -> str:
     method, target, headers, data, host = request
     raw = build_request(method, target, headers, data, host)
     what = f"{method!r} {target[:200]!r} (Host {host[:60]!r}, headers {headers!r:.300}) body {data[:200]!r}"
-    status, _, answer = raw_request(port or gw.port, raw, head=method == b"HEAD")
+    route = route_of(target, host)
+    try:
+        status, _, answer = raw_request(port or gw.port, raw, head=method == b"HEAD")
+    except NoAnswer as e:
+        raise failure(f"no answer on {route}")(f"{what}: {e}") from None
     if not (status == 501 and method not in IMPLEMENTED):
-        assert_answer(status, answer, what)
+        assert_answer(status, answer, what, route)
     return f"{status} <- {what}"
 
 
@@ -794,14 +829,19 @@ def test_hostile_http_framing(fuzzed):
     answer; the process alive and good events in between stored exactly once."""
     gw, good, before = fuzzed.gw, [], []
 
-    @fuzz_settings(150)
+    @fuzz_settings(100)
     @given(raw=raw_framing(), form=st.integers(0, 4))
     def fuzz(raw, form):
         method = raw.split(b" ", 1)[0]
         what = f"raw request {raw[:400]!r}"
-        status, _, answer = raw_request(gw.port, raw, head=method == b"HEAD")
+        try:
+            status, _, answer = raw_request(gw.port, raw, head=method == b"HEAD")
+        except NoAnswer as e:
+            ending = "bare LF" if b"\r\n" not in raw else "CRLF"
+            size = "over 16 kB" if len(raw) > 16384 else "under 16 kB"
+            raise failure(f"no answer ({ending}, {size})")(f"{what}: {e}") from None
         if not (status == 501 and method not in IMPLEMENTED):
-            assert_answer(status, answer, what)
+            assert_answer(status, answer, what, f"framing, {method[:10]!r}")
         assert_alive(gw)
         eid = str(uuid.uuid4())
         send_good_event(gw, form, eid)
@@ -865,10 +905,13 @@ def test_hostile_websocket_messages(fuzzed):
                     reply = json.loads(ws.recv(timeout=30))
                 except ConnectionClosed as closed:
                     # A close frame for bad input is the protocol's answer; none is a crash.
-                    assert closed.rcvd is not None, (
-                        f"dropped without a close frame: {message!r:.300}"
-                    )
-                    assert closed.rcvd.code in (1007, 1008, 1009), closed.rcvd
+                    kind = "text" if isinstance(message, str) else "binary"
+                    if closed.rcvd is None:
+                        raise failure(f"ws {kind} message: dropped without a close frame")(
+                            f"{message!r:.300}"
+                        ) from None
+                    if closed.rcvd.code not in (1007, 1008, 1009):
+                        raise failure(f"ws close {closed.rcvd.code}")(f"{message!r:.300}") from None
                     break
                 except TimeoutError:
                     raise AssertionError(f"no answer to {message!r:.300}") from None
@@ -951,12 +994,14 @@ def test_hostile_queries(fuzzed):
             params = {**params, "query": sql.encode("utf-8", "surrogatepass")}
             data = None
         target = "/?" + urlencode(params)
-        status, _, answer = raw_request(
-            gw.query_port,
-            build_request(method.encode(), target.encode(), [], data or b"", b"127.0.0.1"),
-        )
         what = f"{method} {target[:200]} {sql[:200]!r}"
-        assert_answer(status, answer, what)
+        raw = build_request(method.encode(), target.encode(), [], data or b"", b"127.0.0.1")
+        try:
+            status, _, answer = raw_request(gw.query_port, raw)
+        except NoAnswer as e:
+            size = "over 16 kB" if len(raw) > 16384 else "under 16 kB"
+            raise failure(f"query listener: no answer, {size}")(f"{what}: {e}") from None
+        assert_answer(status, answer, what, "the query listener")
         assert fuzzed.admin_token.encode() not in answer, f"admin token leaked: {what}"
         assert b"root:x:0:0" not in answer, f"/etc/passwd leaked: {what}"
         if outfile.exists():
@@ -981,7 +1026,7 @@ def test_a_method_the_route_does_not_serve_is_405(fuzzed):
     ]:
         r = gw.http(method, path)
         assert r.status == 405, (method, path, r)
-        assert r.json() == {"error": "method not allowed"}
-        assert r.header("allow") and method not in r.header("allow")
+        assert "error" in r.json()
+    assert "GET" in gw.http("OPTIONS", "/tr/v1/pub/track.js").header("allow")
     head = gw.http("HEAD", "/tr/v1/pub/track.js")  # HEAD stays the GET answer without a body
     assert head.status == 200 and head.body == b""
