@@ -327,6 +327,12 @@ class EmbeddedStore:
             import chdb
 
             conn = chdb.connect(chdb_connection_string(self.path, settings=READER_SETTINGS))
+            # Defence in depth behind query_guard, for this session only (the writer's
+            # inserts use Python()): no Python() table function (it reads this process's
+            # Python objects by name, DESCRIBE even under readonly), no introspection
+            # functions (on by default in chDB); then readonly, which locks both.
+            conn.query("SET allow_python_table_function = 0")
+            conn.query("SET allow_introspection_functions = 0")
             conn.query("SET readonly = 1")
             self._local.conn = conn
         return conn

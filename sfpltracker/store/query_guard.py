@@ -22,9 +22,11 @@ client's text (``formatQuery``): a single statement, exactly what was checked, w
 lexer tricks in the original. The store runs it with ``readonly = 1`` as well.
 
 chDB runs as ``clickhouse-local``, where ``file()`` reads any path the process can read
-(``user_files_path`` does not confine it) and ClickHouse's access control cannot be
-configured: this check is the guard. A ClickHouse server store runs the same check (with
-chDB's parser, in this process) and its own ``readonly = 1`` user setting.
+(``user_files_path`` does not confine it: tried) and ClickHouse's access control cannot be
+configured: this check is the guard. Behind it the reader sessions have ``readonly = 1``,
+no ``Python()`` table function and no introspection functions (``EmbeddedStore._reader``). A
+ClickHouse server store runs the same check (with chDB's parser, in this process) and its own
+``readonly = 1``.
 """
 
 from __future__ import annotations
