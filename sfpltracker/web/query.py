@@ -131,10 +131,10 @@ class QueryResource(Resource):
         )
 
     def _handle(self, request, body: bytes):
-        args = {
-            k.decode(): [v.decode("utf-8", "replace") for v in vs]
-            for k, vs in parse_qs(request.uri.partition(b"?")[2], keep_blank_values=True).items()
-        }
+        # Parsed as text: parse_qs over bytes re-encodes each unquoted value as ASCII and
+        # raised on ``%C2%80`` (found by tests/test_fuzz.py).
+        query = request.uri.partition(b"?")[2].decode("latin-1")
+        args = parse_qs(query, keep_blank_values=True, encoding="utf-8", errors="replace")
         query_id = args.get("query_id", [""])[0] or str(uuid.uuid4())
         request.setHeader(b"x-clickhouse-query-id", query_id.encode())
         request.setHeader(b"x-clickhouse-timezone", b"UTC")
