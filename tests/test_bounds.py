@@ -70,6 +70,14 @@ def test_json_events_refuses_a_too_deep_event_alone(limits):
         None,
         "not a JSON object",
     ]
+    # Scalars and flat events around a deep one do not hide it (the bracket count bounds it).
+    for others in ([7] * 400, [{"a": 1}] * 400, ["[[[[[[[[[[[["] * 400):
+        body = json.dumps([*others, {"p": nested(16)}, {"p": nested(15)}]).encode()
+        items = json_events(body, 500)
+        assert [item_problem(i) for i in items[-2:]] == [
+            "nested deeper than MaxJSONDepth (16)",
+            None,
+        ]
     limits(bounds.JsonLimits(depth=3))
     assert item_problem(json_events(b'{"p": {"q": {"r": [1]}}}', 1)[0]) == (
         "nested deeper than MaxJSONDepth (3)"

@@ -85,14 +85,26 @@ def json_events(body: bytes, max_events: int) -> list[Any]:
     else:
         raise BadInput("expected a JSON object or an array of objects")
     depth = bounds.LIMITS.depth
-    # A body cannot nest deeper than it has brackets: most bodies skip the walk.
-    if body.count(b"{") + body.count(b"[") > depth:
+    if _deepest_possible(body, items, data is items) > depth:
         items = [_bounded(item, depth) for item in items]
     if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and bounds.has_lone_surrogate(items):
         raise BadInput(
             "malformed JSON: a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not text"
         )
     return items
+
+
+def _deepest_possible(body: bytes, items: list, wrapped: bool) -> int:
+    """An upper bound of the nesting of any item, from the body's brackets alone.
+
+    An item nests at most one level per bracket inside it; every other object or array item
+    and the wrapping array hold at least one bracket each that it cannot have. Counted in C
+    (bytes.count, list.count), so a batch of flat events skips the walk of ``bounds.too_deep``.
+    """
+    brackets = body.count(b"{") + body.count(b"[")
+    kinds = list(map(type, items))
+    containers = kinds.count(dict) + kinds.count(list)
+    return brackets - containers + 1 - (1 if wrapped else 0)
 
 
 def _bounded(item: Any, depth: int) -> Any:

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from ..ingest.ids import parse_uuid, uuid4
-from ..ingest.parse import BadInput, item_problem, json_events, lower_keys
+from ..ingest.parse import BadInput, RefusedItem, json_events, lower_keys
 from ..pipeline.intake import Refused
 from ..privacy.consent import PRIVATE_COLUMNS, agreed_row
 from ..privacy.identity import analytics_consented
@@ -94,7 +94,7 @@ class PrivacyResource(Resource):
         except BadInput as e:
             return error(request, 400, str(e))
         if len(items) != 1 or not isinstance(items[0], dict):
-            problem = item_problem(items[0]) if len(items) == 1 else None
+            problem = items[0] if len(items) == 1 and isinstance(items[0], RefusedItem) else None
             return error(request, 400, problem or "expected one JSON object")
         body = lower_keys(items[0])
         req = request_info(request, gw)

@@ -17,6 +17,7 @@ from ..ingest.ids import parse_uuid
 from ..ingest.messaging import messaging_records
 from ..ingest.parse import (
     BadInput,
+    RefusedItem,
     item_problem,
     json_events,
     lower_keys,
@@ -209,7 +210,9 @@ class LtvResource(IngestResource):
         try:
             items = self._body_items(request)
             if len(items) != 1 or not isinstance(items[0], dict):
-                problem = item_problem(items[0]) if len(items) == 1 else None
+                problem = (
+                    items[0] if len(items) == 1 and isinstance(items[0], RefusedItem) else None
+                )
                 raise BadInput(
                     problem or 'expected one JSON object (use "payments": [...] for a batch)'
                 )
