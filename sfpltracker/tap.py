@@ -7,6 +7,7 @@ from twisted.python import usage
 from .config import ConfigError, load
 from .logs import LogsAsJSON, twistd_log_file
 from .notify import reactor as notify_reactor
+from .original_config import Mapped
 from .service import makeService as _make_service
 
 
@@ -30,8 +31,10 @@ def makeService(options):
     from twisted.logger import Logger
 
     log = Logger(namespace="sfpltracker.config")
-    for warning in options["warnings"]:
-        log.warn("config: {warning}", warning=warning)
+    for note in options["warnings"]:
+        # An original tracker's key that kept its meaning is news, not a problem.
+        emit = log.info if isinstance(note, Mapped) else log.warn
+        emit("config: {note}", note=note)
     cfg = options["cfg"]
     try:
         gateway = _make_service(cfg)
