@@ -49,6 +49,10 @@ SUBSUMED = {
     "TempDirectory": "held the original's unzipped GeoIP CSVs; nothing is unzipped here",
     "ReadHeaderTimeoutSeconds": "covered by ReadTimeoutSeconds (the whole request) here",
     "NodeId": "set by the original at start-up, not read from the file",
+    "ConfigFile": "set by the original at start-up, not read from the file",
+    "IsUrlFiltered": "set by the original at start-up, not read from the file",
+    "ProxyDailyLimitCheck": "set by the original at start-up, not read from the file",
+    "API": "set by the original at start-up, not read from the file",
     "Note": "a comment",
 }
 
@@ -103,6 +107,16 @@ class _Translator:
                 "ProxyPortRedirect -> ForceHTTPS: true (ProxyPort answers 301 to https, "
                 f"port {out['ProxyPortRedirect'] or 'of ProxyPortTLS'}, as the original's did)"
             )
+        if (
+            out.get("UseLocalTLS") is False
+            and out.get("Domains")
+            and "LetsEncryptDomains" not in out
+        ):
+            # Not done implicitly: Domains often holds names no CA will certify (localhost).
+            self.notes.append(
+                "UseLocalTLS: false made the original get Let's Encrypt certificates for "
+                "Domains; here list the names in LetsEncryptDomains"
+            )
         if "PruneOldData" in out:
             on = out.pop("PruneOldData")
             days = out.get("DataRetentionDays", 0)
@@ -142,7 +156,10 @@ class _Translator:
                 "RateLimitPerDay",
                 n,
                 "ProxyDailyLimit",
-                " (requests per client IP per day, counted on the ingestion routes)" if n else "",
+                " (per client IP per day; counted here on the ingestion routes, where the "
+                "original counted /api/ requests)"
+                if n
+                else "",
             )
         if "ProxyDailyLimitChecker" in out:
             out.pop("ProxyDailyLimitChecker")
@@ -156,6 +173,14 @@ class _Translator:
         out = self.out
         url = out.pop("ProxyUrl", "")
         url_filter = out.pop("ProxyUrlFilter", "")
+        if "IgnoreProxyOptions" in out:
+            if out.pop("IgnoreProxyOptions"):
+                self.notes.append(Mapped("IgnoreProxyOptions: true, OPTIONS go upstream as here"))
+            elif url:
+                self.notes.append(
+                    "IgnoreProxyOptions: false made the original answer /api/ OPTIONS (CORS "
+                    "preflight) itself; here they go to the upstream, which must answer them"
+                )
         if not url:
             if url_filter:
                 self.notes.append("ProxyUrlFilter: ignored, there is no ProxyUrl to proxy")

@@ -71,6 +71,7 @@ def test_the_originals_config_json_keeps_its_meaning():
     assert warned == {
         "UseGeoIP",  # says to set GeoIPDatabase to a .BIN or .mmdb
         "IgnoreInsecureTLS",
+        "IgnoreProxyOptions",  # its false: the original answered /api/ preflights itself
         "WriteTimeoutSeconds",
         "UrlFilter",
         "UrlFilterMatchGroup",
@@ -197,6 +198,12 @@ def test_geoip_from_a_database_file_and_proxy_redirect_port():
     assert cfg.ForceHTTPS and cfg.ProxyPortRedirect == ":443"
     with pytest.raises(ConfigError, match="ProxyPortRedirect"):
         load_dict({"ProxyPortRedirect": "443"})
+
+
+def test_lets_encrypt_for_domains_is_not_switched_on_implicitly():
+    cfg, notes = _load({"UseLocalTLS": False, "Domains": ["t.example.com"]})
+    assert cfg.LetsEncryptDomains == []
+    assert any("list the names in LetsEncryptDomains" in w for w in warnings_only(notes))
 
 
 def test_batching_disabled_and_prune_rules():
