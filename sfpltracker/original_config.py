@@ -96,6 +96,11 @@ class _Translator:
 
     def run(self) -> dict:
         out = self.out
+        # Entries first: their Prune rules may set DataRetentionDays, which PruneOldData names.
+        if "Notify" in out and isinstance(out["Notify"], list):
+            out["Notify"] = self._notify(out["Notify"])
+        if "Consume" in out and isinstance(out["Consume"], list):
+            self._consume(out.pop("Consume"))
         self._numbers()
         self._proxy()
         self._ip_mode()
@@ -133,10 +138,6 @@ class _Translator:
             if key in out:
                 out.pop(key)
                 self.notes.append(Mapped(f"{key}: {why}"))
-        if "Notify" in out and isinstance(out["Notify"], list):
-            out["Notify"] = self._notify(out["Notify"])
-        if "Consume" in out and isinstance(out["Consume"], list):
-            self._consume(out.pop("Consume"))
         return out
 
     def _numbers(self) -> None:
