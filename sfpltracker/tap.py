@@ -27,14 +27,19 @@ class Options(usage.Options):
         self["warnings"] = warnings
 
 
-def makeService(options):
+def log_config_notes(notes: list[str]) -> None:
+    """The notes ``config.load`` collected: info for mapped original keys, else warnings."""
     from twisted.logger import Logger
 
     log = Logger(namespace="sfpltracker.config")
-    for note in options["warnings"]:
+    for note in notes:
         # An original tracker's key that kept its meaning is news, not a problem.
         emit = log.info if isinstance(note, Mapped) else log.warn
         emit("config: {note}", note=note)
+
+
+def makeService(options):
+    log_config_notes(options["warnings"])
     cfg = options["cfg"]
     try:
         gateway = _make_service(cfg)

@@ -146,3 +146,20 @@ def test_a_gateway_runs_on_the_original_readmes_sample(server, tmp_path, monkeyp
         geo = gw.http("GET", "/tr/v1/ppi/geoip?ip=81.2.69.142")
         assert geo.status == 200 and geo.json()["country"] == "GB", geo
     assert "[sfpltracker.config#warn] config: Notify[1]: a cassandra service" in gw.log_text()
+
+
+def test_tracker_tac_logs_the_mapping_too(tmp_path, monkeypatch):
+    from tests.test_logs import TacGatewayProcess, json_lines
+
+    gw = TacGatewayProcess(
+        tmp_path, {"LogFormat": "json", "MaximumConnections": 500, "S3Bucket": "b"}
+    )
+    monkeypatch.setenv("SFPL_CONFIG", str(gw.config_path))
+    with gw:
+        assert gw.http("GET", "/health").status == 200
+    events = {(e["level"], e["text"]) for e in json_lines(gw.log_text())}
+    assert ("info", "config: mapped MaximumConnections -> MaxConnections: 500") in events
+    assert (
+        "warn",
+        "config: S3Bucket: key of the original tracker with no meaning here, ignored",
+    ) in events
