@@ -80,6 +80,9 @@ class SiteEntry:
     CacheControl: str = "public, max-age=300"
     TrackPages: bool = False
     ProxyUrlFilter: str = ""
+    # Answer OPTIONS (CORS preflight) on this site's proxy routes here instead of forwarding
+    # them (the original's default for /api/, IgnoreProxyOptions: false).
+    AnswerOptions: bool = False
 
 
 @dataclass

@@ -174,17 +174,12 @@ class _Translator:
         out = self.out
         url = out.pop("ProxyUrl", "")
         url_filter = out.pop("ProxyUrlFilter", "")
-        if "IgnoreProxyOptions" in out:
-            if out.pop("IgnoreProxyOptions"):
-                self.notes.append(Mapped("IgnoreProxyOptions: true, OPTIONS go upstream as here"))
-            elif url:
-                self.notes.append(
-                    "IgnoreProxyOptions: false made the original answer /api/ OPTIONS (CORS "
-                    "preflight) itself; here they go to the upstream, which must answer them"
-                )
+        forward_options = out.pop("IgnoreProxyOptions", False)
         if not url:
             if url_filter:
                 self.notes.append("ProxyUrlFilter: ignored, there is no ProxyUrl to proxy")
+            if forward_options:
+                self.notes.append("IgnoreProxyOptions: ignored, there is no ProxyUrl to proxy")
             return
         sites = out.setdefault("Sites", {})
         if not isinstance(sites, dict):
@@ -196,6 +191,13 @@ class _Translator:
             return
         proxy["/api/"] = url
         self.mapped(f'ProxyUrl -> Sites["*"].Proxy["/api/"]: {_show(url)} (paths unchanged)')
+        if "AnswerOptions" not in site:
+            # The original answered /api/ preflights itself unless IgnoreProxyOptions.
+            site["AnswerOptions"] = not forward_options
+            self.mapped(
+                f"IgnoreProxyOptions: {_show(bool(forward_options))} -> "
+                f'Sites["*"].AnswerOptions: {_show(not forward_options)}'
+            )
         if url_filter and "ProxyUrlFilter" not in site:
             site["ProxyUrlFilter"] = url_filter
             self.mapped(

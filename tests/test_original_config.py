@@ -39,6 +39,7 @@ def test_the_originals_config_json_keeps_its_meaning():
     # ProxyUrl / ProxyUrlFilter: /api/ proxied to the one upstream, tracked unless filtered
     assert cfg.Sites["*"].Proxy == {"/api/": "http://localhost:3030"}
     assert cfg.Sites["*"].ProxyUrlFilter.startswith(".*(dontlogthese|login")
+    assert cfg.Sites["*"].AnswerOptions is True  # IgnoreProxyOptions: false
     assert cfg.MaxConnections == 150000 and cfg.RateLimitPerDay == 0
     assert cfg.IPMode == "none"  # UseRemoveIP: true
     assert cfg.ForceHTTPS is True and cfg.ProxyPortRedirect == ""  # ProxyPort only redirected
@@ -55,6 +56,7 @@ def test_the_originals_config_json_keeps_its_meaning():
         "ProxyDailyLimit -> RateLimitPerDay",
         'ProxyUrl -> Sites["*"].Proxy["/api/"]',
         'ProxyUrlFilter -> Sites["*"].ProxyUrlFilter',
+        'IgnoreProxyOptions: false -> Sites["*"].AnswerOptions: true',
         'UseRemoveIP: true -> IPMode: "none"',
         "ProxyPortRedirect -> ForceHTTPS: true",
         'Notify[0].Service -> Type: "clickhouse"',
@@ -71,7 +73,6 @@ def test_the_originals_config_json_keeps_its_meaning():
     assert warned == {
         "UseGeoIP",  # says to set GeoIPDatabase to a .BIN or .mmdb
         "IgnoreInsecureTLS",
-        "IgnoreProxyOptions",  # its false: the original answered /api/ preflights itself
         "WriteTimeoutSeconds",
         "UrlFilter",
         "UrlFilterMatchGroup",

@@ -73,6 +73,7 @@ class HostSite:
     cache_control: bytes = b""
     track_pages: bool = False
     url_filter: re.Pattern | None = None
+    answer_options: bool = False
 
     def route_for(self, path: bytes) -> ProxyRoute | None:
         for route in self.routes:
@@ -103,6 +104,7 @@ class SiteRouter:
                 cache_control=entry.CacheControl.encode(),
                 track_pages=entry.TrackPages,
                 url_filter=re.compile(entry.ProxyUrlFilter) if entry.ProxyUrlFilter else None,
+                answer_options=entry.AnswerOptions,
             )
         return cls(sites)
 

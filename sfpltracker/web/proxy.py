@@ -32,7 +32,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from ..ingest.parse import query_pairs
-from .common import NOT_DONE_YET, body_too_large, finish, read_body
+from .common import NOT_DONE_YET, body_too_large, finish, preflight, read_body
 from .common import error as json_error
 
 log = Logger()
@@ -281,6 +281,8 @@ class ProxyFallback:
         if found is None:
             return None
         site, route = found
+        if site.answer_options and request.method == b"OPTIONS":
+            return preflight(request, self.gateway.cfg.AllowOrigin)
         if is_websocket_upgrade(request):
             return self._tunnel(request, route)
         return self._forward(request, site, route)
