@@ -83,6 +83,9 @@ class SiteEntry:
     # Answer OPTIONS (CORS preflight) on this site's proxy routes here instead of forwarding
     # them (the original's default for /api/, IgnoreProxyOptions: false).
     AnswerOptions: bool = False
+    # Requests per client IP per UTC day on this site's proxy routes, then 429 (0 = no limit):
+    # the original's ProxyDailyLimit, which counted /api/ only.
+    DailyLimit: int = 0
 
 
 @dataclass

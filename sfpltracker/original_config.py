@@ -15,9 +15,9 @@ What is mapped (README "Coming from the original tracker" has the table):
   ``Batching.events``; ``Prune`` rules -> ``DataRetentionDays``; entries the original disabled
   with a trailing ``_`` are skipped; services that do not exist here (cassandra, duckdb,
   facebook, http) are skipped with a warning, or refused when ``Critical``;
-- ``ProxyUrl`` / ``ProxyUrlFilter`` -> a ``Sites["*"]`` proxy route for ``/api/``;
-- ``MaximumConnections`` -> ``MaxConnections``, ``ProxyDailyLimit`` -> ``RateLimitPerDay``,
-  ``ConnectionTimeout`` -> ``IdleTimeoutSeconds``, ``ProxyPortRedirect`` -> ``ForceHTTPS``;
+- ``ProxyUrl`` / ``ProxyUrlFilter`` / ``IgnoreProxyOptions`` / ``ProxyDailyLimit`` -> a
+  ``Sites["*"]`` proxy route for ``/api/`` with its filter, ``AnswerOptions``, ``DailyLimit``;
+- ``MaximumConnections`` -> ``MaxConnections``, ``ConnectionTimeout`` -> ``IdleTimeoutSeconds``, ``ProxyPortRedirect`` -> ``ForceHTTPS``;
 - ``AnonymizeIP`` / ``UseRemoveIP`` -> ``IPMode``; ``UseGeoIP`` + a ``.BIN``/``.mmdb`` in
   ``IPv6GeoIPZip``/``IPv4GeoIPZip`` -> ``GeoIPDatabase``.
 """
@@ -151,17 +151,6 @@ class _Translator:
                     f"MaximumConnections: {_show(n)} made the original answer 503 on every "
                     "route; MaxConnections keeps its default here"
                 )
-        if "ProxyDailyLimit" in out:
-            n = out.pop("ProxyDailyLimit")
-            self.put(
-                "RateLimitPerDay",
-                n,
-                "ProxyDailyLimit",
-                " (per client IP per day; counted here on the ingestion routes, where the "
-                "original counted /api/ requests)"
-                if n
-                else "",
-            )
         if "ProxyDailyLimitChecker" in out:
             out.pop("ProxyDailyLimitChecker")
             self.notes.append(
@@ -175,11 +164,14 @@ class _Translator:
         url = out.pop("ProxyUrl", "")
         url_filter = out.pop("ProxyUrlFilter", "")
         forward_options = out.pop("IgnoreProxyOptions", False)
+        daily_limit = out.pop("ProxyDailyLimit", 0)
         if not url:
             if url_filter:
                 self.notes.append("ProxyUrlFilter: ignored, there is no ProxyUrl to proxy")
             if forward_options:
                 self.notes.append("IgnoreProxyOptions: ignored, there is no ProxyUrl to proxy")
+            if daily_limit:
+                self.notes.append("ProxyDailyLimit: ignored, there is no ProxyUrl to proxy")
             return
         sites = out.setdefault("Sites", {})
         if not isinstance(sites, dict):
@@ -197,6 +189,14 @@ class _Translator:
             self.mapped(
                 f"IgnoreProxyOptions: {_show(bool(forward_options))} -> "
                 f'Sites["*"].AnswerOptions: {_show(not forward_options)}'
+            )
+        if not daily_limit:
+            self.notes.append(Mapped("ProxyDailyLimit: 0, no daily limit on /api/, as here"))
+        elif "DailyLimit" not in site:
+            site["DailyLimit"] = daily_limit
+            self.mapped(
+                f'ProxyDailyLimit -> Sites["*"].DailyLimit: {_show(daily_limit)} (/api/ requests '
+                "per client IP per UTC day, then 429)"
             )
         if url_filter and "ProxyUrlFilter" not in site:
             site["ProxyUrlFilter"] = url_filter

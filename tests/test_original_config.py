@@ -40,6 +40,7 @@ def test_the_originals_config_json_keeps_its_meaning():
     assert cfg.Sites["*"].Proxy == {"/api/": "http://localhost:3030"}
     assert cfg.Sites["*"].ProxyUrlFilter.startswith(".*(dontlogthese|login")
     assert cfg.Sites["*"].AnswerOptions is True  # IgnoreProxyOptions: false
+    assert cfg.Sites["*"].DailyLimit == 0  # ProxyDailyLimit: 0
     assert cfg.MaxConnections == 150000 and cfg.RateLimitPerDay == 0
     assert cfg.IPMode == "none"  # UseRemoveIP: true
     assert cfg.ForceHTTPS is True and cfg.ProxyPortRedirect == ""  # ProxyPort only redirected
@@ -53,7 +54,7 @@ def test_the_originals_config_json_keeps_its_meaning():
     info = "\n".join(infos(notes))
     for source in (
         "MaximumConnections -> MaxConnections",
-        "ProxyDailyLimit -> RateLimitPerDay",
+        "ProxyDailyLimit: 0, no daily limit on /api/",
         'ProxyUrl -> Sites["*"].Proxy["/api/"]',
         'ProxyUrlFilter -> Sites["*"].ProxyUrlFilter',
         'IgnoreProxyOptions: false -> Sites["*"].AnswerOptions: true',
@@ -173,8 +174,8 @@ def test_ip_keys():
 
 
 def test_an_explicit_key_wins_over_the_original_one():
-    cfg, notes = _load({"MaximumConnections": 5, "MaxConnections": 7, "ProxyDailyLimit": 3})
-    assert cfg.MaxConnections == 7 and cfg.RateLimitPerDay == 3
+    cfg, notes = _load({"MaximumConnections": 5, "MaxConnections": 7})
+    assert cfg.MaxConnections == 7
     assert any("MaxConnections is given explicitly" in n for n in notes)
     cfg, _ = _load(
         {
@@ -227,6 +228,14 @@ def test_batching_disabled_and_prune_rules():
     assert cfg.Batching["events"].Strategy == "immediate"
     assert cfg.DataRetentionDays == 31  # the shortest ClearAll rule, rounded up to whole days
     assert any("raw IPs are never stored here" in n for n in infos(notes))
+
+
+def test_proxy_daily_limit_counts_api_requests():
+    cfg, notes = _load({"ProxyUrl": "http://up:3030", "ProxyDailyLimit": 3})
+    assert cfg.Sites["*"].DailyLimit == 3 and cfg.RateLimitPerDay == 0  # /api/ only, as there
+    assert any('ProxyDailyLimit -> Sites["*"].DailyLimit: 3' in n for n in infos(notes))
+    cfg, notes = _load({"ProxyDailyLimit": 3})
+    assert cfg.Sites == {} and any("no ProxyUrl" in w for w in warnings_only(notes))
 
 
 def test_proxy_url_joins_a_wildcard_site_the_file_gives():

@@ -148,6 +148,18 @@ def test_a_gateway_runs_on_the_original_readmes_sample(server, tmp_path, monkeyp
     assert "[sfpltracker.config#warn] config: Notify[1]: a cassandra service" in gw.log_text()
 
 
+def test_proxy_daily_limit_applies_to_api_only(upstream, tmp_path):
+    config = {"ProxyUrl": f"http://127.0.0.1:{upstream.port}", "ProxyDailyLimit": 2}
+    with GatewayProcess(tmp_path, config) as gw:
+        assert [gw.http("GET", "/api/echo").status for _ in range(2)] == [200, 200]
+        r = gw.http("GET", "/api/echo")
+        assert r.status == 429 and r.json() == {"error": "daily request limit reached (DailyLimit)"}
+        assert int(r.header("retry-after")) > 0
+        # the ingestion routes are not counted, as in the original
+        for _ in range(3):
+            assert gw.http("POST", "/tr/v1/tr/", json_body={"ename": "x"}).status == 200
+
+
 def test_tracker_tac_logs_the_mapping_too(tmp_path, monkeypatch):
     from tests.test_logs import TacGatewayProcess, json_lines
 

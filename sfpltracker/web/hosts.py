@@ -74,6 +74,7 @@ class HostSite:
     track_pages: bool = False
     url_filter: re.Pattern | None = None
     answer_options: bool = False
+    daily_limit: int = 0
 
     def route_for(self, path: bytes) -> ProxyRoute | None:
         for route in self.routes:
@@ -105,6 +106,7 @@ class SiteRouter:
                 track_pages=entry.TrackPages,
                 url_filter=re.compile(entry.ProxyUrlFilter) if entry.ProxyUrlFilter else None,
                 answer_options=entry.AnswerOptions,
+                daily_limit=entry.DailyLimit,
             )
         return cls(sites)
 
