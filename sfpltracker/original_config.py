@@ -17,7 +17,8 @@ What is mapped (README "Coming from the original tracker" has the table):
   facebook, http) are skipped with a warning, or refused when ``Critical``;
 - ``ProxyUrl`` / ``ProxyUrlFilter`` / ``IgnoreProxyOptions`` / ``ProxyDailyLimit`` -> a
   ``Sites["*"]`` proxy route for ``/api/`` with its filter, ``AnswerOptions``, ``DailyLimit``;
-- ``MaximumConnections`` -> ``MaxConnections``, ``ConnectionTimeout`` -> ``IdleTimeoutSeconds``, ``ProxyPortRedirect`` -> ``ForceHTTPS``;
+- ``MaximumConnections`` -> ``MaxConnections``, ``ConnectionTimeout`` ->
+  ``IdleTimeoutSeconds``, ``ProxyPortRedirect`` -> ``ForceHTTPS``;
 - ``AnonymizeIP`` / ``UseRemoveIP`` -> ``IPMode``; ``UseGeoIP`` + a ``.BIN``/``.mmdb`` in
   ``IPv6GeoIPZip``/``IPv4GeoIPZip`` -> ``GeoIPDatabase``.
 """
