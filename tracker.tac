@@ -10,10 +10,13 @@ from sfpltracker.config import load
 from sfpltracker.logs import json_observer
 from sfpltracker.notify.reactor import prepare as prepare_reactor
 from sfpltracker.service import makeService
+from sfpltracker.tap import log_config_notes
 
-config = load(os.environ.get("SFPL_CONFIG", "config.json"))
+notes: list[str] = []
+config = load(os.environ.get("SFPL_CONFIG", "config.json"), notes)
 prepare_reactor(config)  # NATS needs the asyncio reactor: `twistd -r asyncio -ny tracker.tac`
 application = service.Application("sfpltracker")
 if config.LogFormat == "json":  # JSON lines on standard output (run with -n, as containers do)
     application.setComponent(ILogObserver, json_observer(sys.stdout))
 makeService(config).setServiceParent(application)
+log_config_notes(notes)  # after the observer is set, so JSON logging carries them too

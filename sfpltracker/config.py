@@ -2,9 +2,10 @@
 
 Keys keep the original tracker's PascalCase names so an existing ``config.json`` reads the same.
 Every key is declared once below with its type and default; an unknown key, a wrong type or a
-missing file stops start-up with one line that names the key (``ConfigError``). Keys that the
-original accepted but that have no meaning here are listed in ``LEGACY_KEYS``: they are accepted
-with a warning so a migrating user is told instead of refused.
+missing file stops start-up with one line that names the key (``ConfigError``). The original
+tracker's own keys are rewritten first (``original_config``: one info line per mapped key);
+those with no meaning here are listed in ``LEGACY_KEYS``: they are accepted with a warning so a
+migrating user is told instead of refused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+
+from .original_config import Mapped, OriginalConfigError, translate
 
 
 class ConfigError(Exception):
@@ -77,6 +80,12 @@ class SiteEntry:
     CacheControl: str = "public, max-age=300"
     TrackPages: bool = False
     ProxyUrlFilter: str = ""
+    # Answer OPTIONS (CORS preflight) on this site's proxy routes here instead of forwarding
+    # them (the original's default for /api/, IgnoreProxyOptions: false).
+    AnswerOptions: bool = False
+    # Requests per client IP per UTC day on this site's proxy routes, then 429 (0 = no limit):
+    # the original's ProxyDailyLimit, which counted /api/ only.
+    DailyLimit: int = 0
 
 
 @dataclass
@@ -154,6 +163,8 @@ class Config:
     ACMEChallenge: str = "auto"  # http-01 | tls-alpn-01 | auto (http-01 when ProxyPort is set)
     ProxyConnectTimeoutSeconds: float = 5.0  # reverse proxy: connecting to an upstream (502)
     ProxyTimeoutSeconds: float = 60.0  # reverse proxy: waiting for the upstream to answer (504)
+    # The original's key: the ":PORT" put in ForceHTTPS redirects ("" = ProxyPortTLS's port).
+    ProxyPortRedirect: str = ""
 
     # Operations (section 8).
     LogFormat: str = "text"
@@ -187,9 +198,11 @@ class Config:
 STORE_TYPES = ("embedded", "clickhouse")
 NOTIFY_TYPES = (*STORE_TYPES, "nats")
 
-# Keys of the original tracker's config.json that mean nothing here: accepted, warned about.
+# Keys of the original tracker's config.json. ``original_config.translate`` maps those with a
+# meaning here before the typed load; the rest reach ``_build``, which accepts them with a
+# warning (or an info line when the value is the original's "off": false, 0, "", []).
 LEGACY_KEYS = frozenset(
-    """IgnoreInsecureTLS ProxyPortRedirect ProxyUrl ProxyUrlFilter IgnoreProxyOptions
+    """IgnoreInsecureTLS ProxyUrl ProxyUrlFilter IgnoreProxyOptions
     ProxyForceJson ProxyDailyLimit ProxyDailyLimitChecker MaximumConnections
     ReadHeaderTimeoutSeconds WriteTimeoutSeconds TempDirectory UseGeoIP GeoIPVersion
     IPv4GeoIPZip IPv6GeoIPZip IPv4GeoIPCSVDest IPv6GeoIPCSVDest UseRegionDescriptions
@@ -284,7 +297,12 @@ def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: froze
             else:
                 kwargs[key] = _convert(value, tp, path, warnings)
         elif key in legacy:
-            warnings.append(f"{path}: key of the original tracker, ignored here")
+            if value in (False, 0, "", [], {}):
+                warnings.append(Mapped(f"{path}: {json.dumps(value)}, off in the original too"))
+            else:
+                warnings.append(
+                    f"{path}: key of the original tracker with no meaning here, ignored"
+                )
         else:
             hint = _closest(key, known)
             raise ConfigError(f"{path}: unknown key{hint}")
@@ -315,6 +333,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("SpoolCommitWindowMs: must be 0 or more")
     if cfg.LogFormat not in ("text", "json"):
         raise ConfigError(f"LogFormat: must be text or json, got {cfg.LogFormat!r}")
+    if cfg.ProxyPortRedirect and not re.fullmatch(r":\d{1,5}", cfg.ProxyPortRedirect):
+        raise ConfigError(f'ProxyPortRedirect: expected ":PORT", got {cfg.ProxyPortRedirect!r}')
     for name in ("ProxyPort", "ProxyPortTLS", "ProxyExceptHTTP", "QueryPort"):
         value = getattr(cfg, name)
         if value:
@@ -417,6 +437,10 @@ def load_dict(data: dict, base_dir: str = ".", warnings: list[str] | None = None
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a JSON object")
     warnings = [] if warnings is None else warnings
+    try:
+        data = translate(data, warnings)  # the original tracker's keys, given their meaning
+    except OriginalConfigError as e:
+        raise ConfigError(str(e)) from None
     cfg = _build(Config, data, "", warnings, LEGACY_KEYS)
     cfg.base_dir = base_dir
     _apply_env(cfg)

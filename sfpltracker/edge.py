@@ -76,6 +76,8 @@ class Edge:
     def site(self, *, force_https: bool = False) -> EdgeSite:
         cfg = self.gateway.cfg
         https_port = parse_listen(cfg.ProxyPortTLS)[1] if cfg.ProxyPortTLS else None
+        if cfg.ProxyPortRedirect:  # the original's key: where the redirect points
+            https_port = int(cfg.ProxyPortRedirect[1:])
         front = EdgeFront(
             self.gateway,
             self.root,

@@ -7,6 +7,7 @@ from twisted.python import usage
 from .config import ConfigError, load
 from .logs import LogsAsJSON, twistd_log_file
 from .notify import reactor as notify_reactor
+from .original_config import Mapped
 from .service import makeService as _make_service
 
 
@@ -26,12 +27,19 @@ class Options(usage.Options):
         self["warnings"] = warnings
 
 
-def makeService(options):
+def log_config_notes(notes: list[str]) -> None:
+    """The notes ``config.load`` collected: info for mapped original keys, else warnings."""
     from twisted.logger import Logger
 
     log = Logger(namespace="sfpltracker.config")
-    for warning in options["warnings"]:
-        log.warn("config: {warning}", warning=warning)
+    for note in notes:
+        # An original tracker's key that kept its meaning is news, not a problem.
+        emit = log.info if isinstance(note, Mapped) else log.warn
+        emit("config: {note}", note=note)
+
+
+def makeService(options):
+    log_config_notes(options["warnings"])
     cfg = options["cfg"]
     try:
         gateway = _make_service(cfg)

@@ -73,6 +73,8 @@ class HostSite:
     cache_control: bytes = b""
     track_pages: bool = False
     url_filter: re.Pattern | None = None
+    answer_options: bool = False
+    daily_limit: int = 0
 
     def route_for(self, path: bytes) -> ProxyRoute | None:
         for route in self.routes:
@@ -103,6 +105,8 @@ class SiteRouter:
                 cache_control=entry.CacheControl.encode(),
                 track_pages=entry.TrackPages,
                 url_filter=re.compile(entry.ProxyUrlFilter) if entry.ProxyUrlFilter else None,
+                answer_options=entry.AnswerOptions,
+                daily_limit=entry.DailyLimit,
             )
         return cls(sites)
 

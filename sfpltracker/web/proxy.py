@@ -32,8 +32,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from ..ingest.parse import query_pairs
-from .common import NOT_DONE_YET, body_too_large, finish, read_body
+from .common import NOT_DONE_YET, body_too_large, finish, header, preflight, read_body
 from .common import error as json_error
+from .limits import DailyLimiter
 
 log = Logger()
 
@@ -271,6 +272,12 @@ class ProxyFallback:
             reactor, UpstreamEndpoints(reactor, connect_timeout), pool=self.pool
         )
         self.errors = {"502": 0, "504": 0}
+        # Sites' DailyLimit: one in-memory counter per site (keyed hashes of IPs, web/limits.py).
+        self.limiters = {
+            name: DailyLimiter(site.daily_limit, reactor)
+            for name, site in router.sites.items()
+            if site.daily_limit > 0
+        }
         self.stats = {"peak_pending": 0, "streamed_bytes": 0}
 
     def wants_stream(self, host, path: bytes) -> bool:
@@ -281,9 +288,25 @@ class ProxyFallback:
         if found is None:
             return None
         site, route = found
+        if site.answer_options and request.method == b"OPTIONS":
+            return preflight(request, self.gateway.cfg.AllowOrigin)
+        limiter = self.limiters.get(site.host)
+        if limiter is not None and not limiter.hit(self._client_ip(request)):
+            self.gateway.count("requests_rate_limited")
+            return json_error(
+                request,
+                429,
+                "daily request limit reached (DailyLimit)",
+                retry_after=limiter.seconds_to_midnight(),
+            )
         if is_websocket_upgrade(request):
             return self._tunnel(request, route)
         return self._forward(request, site, route)
+
+    def _client_ip(self, request) -> str:
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        headers = {name: header(request, name) for name in ("x-forwarded-for", "x-real-ip")}
+        return self.gateway.trusted_proxies.client_ip(peer, headers)
 
     # -- HTTP --------------------------------------------------------------------------------
 
