@@ -375,7 +375,7 @@ def big_number() -> st.SearchStrategy[str]:
     return st.builds(
         lambda sign, n, frac: sign + "9" * max(n, 1) + frac,
         st.sampled_from(["", "-"]),
-        log_size(15),
+        st.sampled_from([6, 9, 10, 12, 13, 14, 15]).flatmap(lambda e: st.integers(2**e // 2, 2**e)),
         st.sampled_from(["", ".5", "e400", "e-400", ".0e99999"]),
     )
 
@@ -457,41 +457,70 @@ def event_with(value: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 def type_zoo() -> st.SearchStrategy[str]:
-    """A batch whose events give one ``params`` key many different JSON types (nested arrays of
-    different depths around different leaves): what the store must take or set aside per row."""
-    shapes = st.lists(
-        st.tuples(st.integers(0, 300), st.sampled_from(["1", '"s"', "1.5", "true", "[]", "{}"])),
-        min_size=1,
-        max_size=60,
-        unique=True,
-    )
-    return shapes.map(
-        lambda ts: (
-            "["
-            + ",".join(
-                '{"ename":"fuzz_garbage","p":' + "[" * d + leaf + "]" * d + "}" for d, leaf in ts
-            )
-            + "]"
+    """A batch whose events give one ``params`` key many different JSON types (arrays nested
+    1..n deep around different leaves, then one much deeper): what the store must take, or set
+    aside row by row, without stopping."""
+    leaves = ["1", '"s"', "1.5", "true", "{}"]
+
+    def zoo(n, deep):
+        values = ["[" * d + leaves[d % len(leaves)] + "]" * d for d in range(n)]
+        values.append("[" * deep + "[]" + "]" * deep)
+        return "[" + ",".join('{"ename":"fuzz_garbage","p":' + v + "}" for v in values) + "]"
+
+    return st.builds(zoo, st.sampled_from([4, 16, 33, 40, 64]), st.sampled_from([8, 64, 150, 300]))
+
+
+def link_body() -> st.SearchStrategy[str]:
+    """A short-link body (for /rpi/redirect) with hostile slugs, targets and options."""
+    control = ["%0d%0a", "%0a", "%00", "%09", "%7f", "%ff", "%c0%af", "%2e%2e", "%zz"]
+    piece = st.sampled_from(["control", "segment"]).flatmap(
+        lambda kind: (
+            st.sampled_from(control)
+            if kind == "control"
+            else path_segment().map(lambda b: b.decode("latin-1"))
         )
+    )
+    url = st.tuples(
+        st.sampled_from(["https://links.test/"] * 2 + ["https://example.com/", "x:"]), piece
+    )
+    option = st.tuples(
+        st.sampled_from(["status", "expires", "forward_query", "oid", "org"]), hostile_value()
+    )
+    return st.builds(
+        lambda urlfrom, urlto, extra: (
+            "{"
+            + ",".join(f'"{k}":{v}' for k, v in [("urlfrom", urlfrom), ("urlto", urlto), *extra])
+            + "}"
+        ),
+        url.map(lambda t: json.dumps(t[0] + t[1])),
+        url.map(lambda t: json.dumps(t[0] + t[1])),
+        st.lists(option, max_size=2),
     )
 
 
 def json_text() -> st.SearchStrategy[str]:
-    """One JSON body, each hostile shape about as likely as the others."""
-    return st.one_of(
-        hostile_event(),
-        event_with(deep_json()),
-        event_with(big_number()),
-        event_with(json_string()),
-        event_with(many_keys()),
-        st.lists(hostile_event(), min_size=1, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
-        type_zoo(),
-        log_size(10).map(lambda n: "[" + ",".join(['{"ename":"fuzz_garbage"}'] * n) + "]"),
-        st.tuples(st.sampled_from(FIELDS), hostile_value()).map(
+    """One JSON body; each hostile shape as likely as the others (``sampled_from`` then the
+    shape: ``one_of`` leans towards its first branches)."""
+    shapes = {
+        "mixed event": hostile_event(),
+        "deep": event_with(deep_json()),
+        "big number": event_with(big_number()),
+        "string": event_with(json_string()),
+        "many keys": event_with(many_keys()),
+        "batch": st.lists(hostile_event(), min_size=1, max_size=4).map(
+            lambda xs: "[" + ",".join(xs) + "]"
+        ),
+        "type zoo": type_zoo(),
+        "link": link_body(),
+        "big batch": log_size(10).map(
+            lambda n: "[" + ",".join(['{"ename":"fuzz_garbage"}'] * n) + "]"
+        ),
+        "wrapped": st.tuples(st.sampled_from(FIELDS), hostile_value()).map(
             lambda kv: '{"' + kv[0] + '":[' + kv[1] + "]}"  # payments: [...] and the like
         ),
-        hostile_value(),  # not an object at all
-    )
+        "not an object": hostile_value(),
+    }
+    return st.sampled_from(sorted(shapes)).flatmap(shapes.get)
 
 
 def json_body() -> st.SearchStrategy[bytes]:
@@ -499,11 +528,7 @@ def json_body() -> st.SearchStrategy[bytes]:
     text = json_text()
     utf8 = text.map(lambda s: s.encode("utf-8", "surrogatepass"))
     return st.one_of(
-        utf8,
-        utf8,
-        utf8,
-        utf8,
-        utf8,
+        *[utf8] * 8,
         text.map(lambda s: ("\ufeff" + s).encode("utf-8", "surrogatepass")),
         text.map(lambda s: s.encode("utf-16", "surrogatepass")),
         st.tuples(utf8, st.integers(0, 100)).map(lambda t: t[0][: t[1]]),  # truncated
@@ -633,18 +658,27 @@ API_ROUTES = [
 ]
 
 
-def targets(account: dict, prefixes: list[str]) -> st.SearchStrategy[bytes]:
+def path_segment() -> st.SearchStrategy[bytes]:
+    """One hostile path segment, percent-encoded: a nasty literal (%0d%0a, %00, ..), a long one
+    (128 bytes to 2 kB decoded: file names stop at 255), or random bytes."""
+    long = st.builds(
+        lambda unit, n: (unit * n).encode(),
+        st.sampled_from(["a", "%ff", "%e2%98%83"]),
+        st.sampled_from(range(7, 12)).flatmap(lambda e: st.integers(2**e // 2, 2**e)),
+    )
+    nasty = st.sampled_from(NASTY).map(lambda s: quote_from_bytes(s.encode("latin-1"), safe="%"))
+    return st.sampled_from(["nasty", "long", "bytes"]).flatmap(
+        lambda kind: {"nasty": nasty.map(str.encode), "long": long, "bytes": url_bytes()}[kind]
+    )
+
+
+def targets(prefixes: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
     """A well-formed request target (under 12 kB): a route prefix, hostile segments (long ones,
     many ones) and a hostile query string."""
-    segment = st.one_of(
-        st.sampled_from(NASTY).map(lambda s: quote_from_bytes(s.encode("latin-1"), safe="%")),
-        st.builds(
-            lambda unit, n: unit * n, st.sampled_from(["a", "%ff", "%e2%98%83"]), log_size(11)
-        ),
-        url_bytes(),
-    ).map(lambda s: s if isinstance(s, bytes) else s.encode())
     segments = st.one_of(
-        st.lists(segment, max_size=3),
+        st.lists(path_segment(), min_size=1, max_size=3),
+        st.lists(path_segment(), min_size=1, max_size=3),
+        st.lists(path_segment(), max_size=0),
         log_size(10).map(lambda n: [b"s"] * n),
     )
 
@@ -652,9 +686,7 @@ def targets(account: dict, prefixes: list[str]) -> st.SearchStrategy[bytes]:
         sep = b"/" if segs and not prefix.endswith(b"/") else b""
         return (prefix + sep + b"/".join(segs))[:8000] + query[:4000]
 
-    return st.builds(
-        target, st.sampled_from([p.encode() for p in prefixes]), segments, query_string()
-    )
+    return st.builds(target, prefixes, segments, query_string())
 
 
 def api_prefixes(account: dict) -> list[str]:
@@ -672,7 +704,13 @@ def api_prefixes(account: dict) -> list[str]:
     ]
 
 
-SITE_PREFIXES = ["/", "/go", "/go/", "/sub/", "/sub/a.txt", "/index.html", "/tr/v1/pub/", "/x"]
+SITE_ROUTES = {
+    b"links.test": ["/", "/go", "/go/"],  # the short link's host: slugs
+    b"site.test": ["/", "/sub/", "/sub/a.txt", "/index.html"],  # the static site
+    b"proxy.test": ["/", "/x/"],  # the proxy route
+    b"localhost": ["/tr/v1/pub/", "/tr/v1/pub/track.js/"],  # StaticDirectory
+}
+SITE_PREFIXES = sorted({p for ps in SITE_ROUTES.values() for p in ps})
 
 # Methods the gateway implements somewhere (GET HEAD POST OPTIONS DELETE) must never get a 5xx;
 # a method it implements nowhere may get 501, which RFC 9110 (15.6.2) names for exactly that.
@@ -680,20 +718,26 @@ IMPLEMENTED = [b"GET", b"HEAD", b"POST", b"OPTIONS", b"DELETE"]
 METHODS = IMPLEMENTED + [b"PUT", b"PATCH", b"TRACE", b"CONNECT", b"PROPFIND", b"get"]
 
 
-def http_requests(account: dict, prefixes: list[str], hosts: list[bytes]):
-    """(method, target, headers, body, host) for a well-formed HTTP/1.1 request."""
+def http_requests(account: dict, routes: dict[bytes, list[str]]):
+    """(method, target, headers, body, host) for a well-formed HTTP/1.1 request; ``routes``
+    maps each host to the path prefixes worth fuzzing on it."""
 
-    def build(method, target, headers, ctype_body, host):
+    def build(method, host_target, headers, ctype_body):
         ctype, data = ctype_body
+        host, target = host_target
         return method, target, headers + ([(b"Content-Type", ctype)] if data else []), data, host
 
+    host_target = st.sampled_from(sorted(routes)).flatmap(
+        lambda host: st.tuples(
+            st.just(host), targets(st.sampled_from([p.encode() for p in routes[host]]))
+        )
+    )
     return st.builds(
         build,
         st.sampled_from(IMPLEMENTED + IMPLEMENTED[:3] + METHODS),
-        targets(account, prefixes),
+        host_target,
         header_list(account),
         st.one_of(st.just((b"", b"")), body()),
-        st.sampled_from(hosts),
     )
 
 
@@ -738,14 +782,15 @@ def test_hostile_requests_on_the_api(fuzzed):
     """Every tracking API and ops route, any implemented method, hostile targets (long and many
     segments, percent-encoded NUL, CR/LF, invalid UTF-8), query strings, headers, cookies and
     bodies: never a 5xx, the process alive, good events in between stored exactly once."""
-    strategy = http_requests(fuzzed.account, api_prefixes(fuzzed.account), HOSTS)
+    prefixes = api_prefixes(fuzzed.account)
+    strategy = http_requests(fuzzed.account, {host: prefixes for host in HOSTS})
     fuzz_with_good_events(fuzzed.gw, strategy, 250)
 
 
 def test_hostile_requests_on_sites_links_and_pub(fuzzed):
     """The fallbacks: the short link host, the static site, the proxy route, and /tr/v1/pub/."""
-    strategy = http_requests(fuzzed.account, SITE_PREFIXES, HOSTS[:4])
-    fuzz_with_good_events(fuzzed.gw, strategy, 150)
+    strategy = http_requests(fuzzed.account, SITE_ROUTES)
+    fuzz_with_good_events(fuzzed.gw, strategy, 200)
 
 
 JSON_ROUTES = [
@@ -762,16 +807,13 @@ def test_hostile_json_bodies(fuzzed):
     surrogates, big strings, many keys, wrong types, non-objects): no 5xx, alive, good events
     stored exactly once (a body the store cannot take must not stop ingestion)."""
     auth = [(b"Authorization", b"Bearer " + fuzzed.account["token"].encode())]
-    strategy = st.builds(
-        lambda route, data: (
-            b"POST",
-            route.encode(),
-            auth + [(b"Content-Type", b"application/json")],
-            data,
-            b"localhost",
-        ),
-        st.sampled_from(JSON_ROUTES),
-        json_body(),
+    headers = auth + [(b"Content-Type", b"application/json")]
+    bodies = {route: json_body() for route in JSON_ROUTES}
+    bodies["/tr/v1/rpi/redirect"] = st.one_of(json_body(), link_body().map(str.encode))
+    strategy = st.sampled_from(JSON_ROUTES).flatmap(
+        lambda route: bodies[route].map(
+            lambda data: (b"POST", route.encode(), headers, data, b"localhost")
+        )
     )
     fuzz_with_good_events(fuzzed.gw, strategy, 300)
 
