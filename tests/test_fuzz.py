@@ -25,6 +25,7 @@ prints the minimal input and a ``@reproduce_failure`` blob (README "The fuzzer")
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import os
@@ -56,6 +57,7 @@ CITY_MMDB = ROOT / "tests" / "data" / "maxmind" / "GeoIP2-City-Test.mmdb"
 
 
 SCALE = float(os.environ.get("SFPL_FUZZ_SCALE", "1"))  # e.g. 10 for a longer local run
+SURVEY = os.environ.get("SFPL_FUZZ_SURVEY") == "1"
 
 
 def fuzz_settings(max_examples: int):
@@ -68,6 +70,31 @@ def fuzz_settings(max_examples: int):
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+
+
+class Survey:
+    """With ``SFPL_FUZZ_SURVEY=1``: note the first input of each kind of failure and go on, so
+    one run lists every bug it meets (hypothesis stops generating soon after its first failure
+    and shrinks it); the test then fails with the list. Otherwise failures pass through."""
+
+    def __init__(self):
+        self.found: dict[str, str] = {}
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except AssertionError as e:
+                if not SURVEY:
+                    raise
+                self.found.setdefault(type(e).__name__, f"{e}"[:700])
+
+        return run
+
+    def check(self) -> None:
+        found = "\n".join(f"- {kind}: {example}" for kind, example in sorted(self.found.items()))
+        assert not self.found, f"the fuzzer found {len(self.found)} kinds of failure:\n{found}"
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -761,8 +788,11 @@ def fuzz_with_good_events(gw: GatewayProcess, strategy, max_examples: int) -> No
     event stored exactly once."""
     good, before = [], []
 
+    survey = Survey()
+
     @fuzz_settings(max_examples)
     @given(request=strategy, form=st.integers(0, 4))
+    @survey
     def fuzz(request, form):
         sent = check_request(gw, request)
         assert_alive(gw)
@@ -772,7 +802,8 @@ def fuzz_with_good_events(gw: GatewayProcess, strategy, max_examples: int) -> No
         before.append(sent)
 
     fuzz()
-    assert_stored_once(gw, good, before)
+    survey(assert_stored_once)(gw, good, before)
+    survey.check()
 
 
 # --------------------------------------------------------------------------- HTTP routes
@@ -871,8 +902,11 @@ def test_hostile_http_framing(fuzzed):
     answer; the process alive and good events in between stored exactly once."""
     gw, good, before = fuzzed.gw, [], []
 
+    survey = Survey()
+
     @fuzz_settings(100)
     @given(raw=raw_framing(), form=st.integers(0, 4))
+    @survey
     def fuzz(raw, form):
         method = raw.split(b" ", 1)[0]
         what = f"raw request {raw[:400]!r}"
@@ -891,7 +925,8 @@ def test_hostile_http_framing(fuzzed):
         before.append(f"{status} <- {what}")
 
     fuzz()
-    assert_stored_once(gw, good, before)
+    survey(assert_stored_once)(gw, good, before)
+    survey.check()
 
 
 # --------------------------------------------------------------------------- WebSocket
@@ -927,8 +962,11 @@ def test_hostile_websocket_messages(fuzzed):
         lambda kv: "&".join(k + "=" + v.decode() for k, v in kv)[:8000]
     )
 
+    survey = Survey()
+
     @fuzz_settings(max_examples=120)
     @given(query=query, messages=st.lists(ws_messages(), min_size=1, max_size=4))
+    @survey
     def fuzz(query, messages):
         target = f"ws://127.0.0.1:{gw.port}/tr/v1/ws?ack=1&{query}"
         try:
@@ -966,7 +1004,8 @@ def test_hostile_websocket_messages(fuzzed):
         assert_alive(gw)
 
     fuzz()
-    assert_stored_once(gw, good, before)
+    survey(assert_stored_once)(gw, good, before)
+    survey.check()
 
 
 # --------------------------------------------------------------------------- query listener
@@ -1028,8 +1067,11 @@ def test_hostile_queries(fuzzed):
         max_size=3,
     )
 
+    survey = Survey()
+
     @fuzz_settings(max_examples=200)
     @given(sql=sql, params=params, method=st.sampled_from(["POST", "GET"]))
+    @survey
     def fuzz(sql, params, method):
         data = sql.encode("utf-8", "surrogatepass")
         if method == "GET":
@@ -1052,6 +1094,7 @@ def test_hostile_queries(fuzzed):
         assert_alive(gw)
 
     fuzz()
+    survey.check()
 
 
 # --------------------------------------------------------------------------- found by fuzzing
