@@ -44,7 +44,7 @@ from urllib.parse import quote_from_bytes, urlencode
 
 import lz4.block
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.sync.client import connect as ws_connect
@@ -783,9 +783,18 @@ def check_request(gw: GatewayProcess, request, port: int | None = None) -> str:
     return f"{status} <- {what}"
 
 
-def fuzz_with_good_events(gw: GatewayProcess, strategy, max_examples: int) -> None:
+def with_examples(fuzz, examples: list[dict]):
+    """``fuzz`` (a @given test) with explicit examples, which hypothesis runs first every time."""
+    for kwargs in examples:
+        fuzz = example(**kwargs)(fuzz)
+    return fuzz
+
+
+def fuzz_with_good_events(
+    gw: GatewayProcess, strategy, max_examples: int, corpus: list[tuple] = ()
+) -> None:
     """Each example: the hostile request, /ping, then a good event; at the end every good
-    event stored exactly once."""
+    event stored exactly once. ``corpus``: requests always tried first (known bugs)."""
     good, before = [], []
 
     survey = Survey()
@@ -801,7 +810,7 @@ def fuzz_with_good_events(gw: GatewayProcess, strategy, max_examples: int) -> No
         good.append(eid)
         before.append(sent)
 
-    fuzz()
+    with_examples(fuzz, [{"request": r, "form": 0} for r in corpus])()
     survey(assert_stored_once)(gw, good, before)
     survey.check()
 
@@ -821,7 +830,12 @@ def test_hostile_requests_on_the_api(fuzzed):
 def test_hostile_requests_on_sites_links_and_pub(fuzzed):
     """The fallbacks: the short link host, the static site, the proxy route, and /tr/v1/pub/."""
     strategy = http_requests(fuzzed.account, SITE_ROUTES)
-    fuzz_with_good_events(fuzzed.gw, strategy, 150)
+    long = b"a" * 300  # over the 255-byte file name limit (issue 12)
+    corpus = [
+        (b"GET", b"/tr/v1/pub/" + long, [], b"", b"localhost"),
+        (b"GET", b"/" + long, [], b"", b"site.test"),
+    ]
+    fuzz_with_good_events(fuzzed.gw, strategy, 150, corpus)
 
 
 JSON_ROUTES = [
@@ -846,7 +860,29 @@ def test_hostile_json_bodies(fuzzed):
             lambda data: (b"POST", route.encode(), headers, data, b"localhost")
         )
     )
-    fuzz_with_good_events(fuzzed.gw, strategy, 250)
+    # Known bugs, tried first on every run (issue 12): params nested 482 deep; integers over
+    # Python's 4,300-digit limit; a slug with CR/LF; the batch that stopped ingestion.
+    nest = lambda v, k: v if k == 0 else nest([v], k - 1)  # noqa: E731
+    poison = [{"ename": "x", "p": v} for v in [1, "s", 1.5, True]]
+    poison += [{"ename": "x", "p": nest(1, k)} for k in range(1, 37)] + [
+        {"ename": "x", "p": nest([], 150)}
+    ]
+    big = b"9" * 4301
+    link = {"urlfrom": "https://links.test/a%0d%0ab", "urlto": "https://example.com/"}
+    corpus = [
+        (
+            b"POST",
+            b"/tr/v1/tr/",
+            headers,
+            json.dumps({"ename": "x", "p": nest(1, 482)}).encode(),
+            b"localhost",
+        ),
+        (b"POST", b"/tr/v1/ltv/", headers, b'{"amt":' + big + b"}", b"localhost"),
+        (b"POST", b"/tr/v1/ppi/agree", headers, b'{"cflags":' + big + b"}", b"localhost"),
+        (b"POST", b"/tr/v1/rpi/redirect", headers, json.dumps(link).encode(), b"localhost"),
+        (b"POST", b"/tr/v1/tr/", headers, json.dumps(poison).encode(), b"localhost"),
+    ]
+    fuzz_with_good_events(fuzzed.gw, strategy, 250, corpus)
 
 
 def raw_framing() -> st.SearchStrategy[bytes]:
@@ -924,7 +960,13 @@ def test_hostile_http_framing(fuzzed):
         good.append(eid)
         before.append(f"{status} <- {what}")
 
-    fuzz()
+    with_examples(
+        fuzz,
+        [  # known (issue 12): headers over MaxHeaderBytes; a bare-LF request
+            {"raw": b"GET /ping HTTP/1.1\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n", "form": 0},
+            {"raw": b"GET /ping HTTP/1.1\nHost: localhost\n\n", "form": 0},
+        ],
+    )()
     survey(assert_stored_once)(gw, good, before)
     survey.check()
 
@@ -1003,7 +1045,8 @@ def test_hostile_websocket_messages(fuzzed):
                 before.append(f"{message!r:.300} -> {str(reply)[:100]}")
         assert_alive(gw)
 
-    fuzz()
+    deep = '{"ename":"x","p":' + "[" * 482 + "1" + "]" * 482 + "}"  # known (issue 12)
+    with_examples(fuzz, [{"query": "", "messages": [deep]}])()
     survey(assert_stored_once)(gw, good, before)
     survey.check()
 
@@ -1093,7 +1136,16 @@ def test_hostile_queries(fuzzed):
             raise AssertionError(f"a query wrote {outfile}: {what}")
         assert_alive(gw)
 
-    fuzz()
+    known = [  # issue 12: the scalar file(), and INTO OUTFILE through the database parameter
+        {"sql": "SELECT file('/etc/passwd')", "params": {}, "method": "POST"},
+        {"sql": f"SELECT file('{token_file}')", "params": {}, "method": "POST"},
+        {
+            "sql": "SELECT 1",
+            "params": {"database": f"default`; SELECT 1 INTO OUTFILE '{outfile}'; --"},
+            "method": "POST",
+        },
+    ]
+    with_examples(fuzz, known)()
     survey.check()
 
 
