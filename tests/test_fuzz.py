@@ -12,14 +12,19 @@ The properties, for every example:
 - every request gets an answer, and it is not a 5xx. No 503 either: 503 means backpressure (too
   many connections, a full spool, a store that cannot be reached), and this gateway is never in
   that state here (one client connection at a time, a 1 GiB spool, the embedded store up, a GeoIP
-  database configured) - so a 503 is bad input reported as an outage;
+  database configured) - so a 503 is bad input reported as an outage. The one 5xx allowed is 501
+  for a method the gateway implements on no route (CONNECT, PROPFIND): RFC 9110 15.6.2;
 - the process stays alive and answers ``/ping``;
 - a good event (a known eid) sent after each piece of garbage is acknowledged, and at the end of
-  each test every one of them is stored exactly once (one row per eid, FINAL or not).
+  each test every one of them is stored exactly once (one row per eid, FINAL or not);
+- the query listener never returns the admin token or a host file, never writes a file.
 
 Reproducible: under ``CI`` the examples are derandomized (a fixed seed per test); locally they are
 random and hypothesis' example database replays a failure first on the next run. A failure
-prints the minimal input and a ``@reproduce_failure`` blob (README "The fuzzer").
+prints the minimal input and a ``@reproduce_failure`` blob (README "The fuzzer"). The repros of
+issue 12 are explicit examples, tried first on every run. ``SFPL_FUZZ_SURVEY=1`` lists every
+kind of failure a run meets instead of stopping at the first; ``SFPL_FUZZ_SCALE`` multiplies
+the number of examples.
 """
 
 from __future__ import annotations
