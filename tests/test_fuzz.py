@@ -866,13 +866,14 @@ def test_hostile_json_bodies(fuzzed):
         )
     )
     # Known bugs, tried first on every run (issue 12): params nested 482 deep; integers over
-    # Python's 4,300-digit limit; a slug with CR/LF; the batch that stopped ingestion.
+    # Python's 4,300-digit limit, or into a float field; a slug with CR/LF; the poison batch.
     nest = lambda v, k: v if k == 0 else nest([v], k - 1)  # noqa: E731
     poison = [{"ename": "x", "p": v} for v in [1, "s", 1.5, True]]
     poison += [{"ename": "x", "p": nest(1, k)} for k in range(1, 37)] + [
         {"ename": "x", "p": nest([], 150)}
     ]
     big = b"9" * 4301
+    huge_float = b"1" + b"0" * 320  # 310..4,300 digits: float() overflows in to_float
     link = {"urlfrom": "https://links.test/a%0d%0ab", "urlto": "https://example.com/"}
     corpus = [
         (
@@ -882,6 +883,8 @@ def test_hostile_json_bodies(fuzzed):
             json.dumps({"ename": "x", "p": nest(1, 482)}).encode(),
             b"localhost",
         ),
+        (b"POST", b"/tr/v1/ltv/", headers, b'{"amt":' + huge_float + b"}", b"localhost"),
+        (b"POST", b"/tr/v1/tr/", headers, b'{"ename":"x","lat":' + huge_float + b"}", b"localhost"),
         (b"POST", b"/tr/v1/ltv/", headers, b'{"amt":' + big + b"}", b"localhost"),
         (b"POST", b"/tr/v1/ppi/agree", headers, b'{"cflags":' + big + b"}", b"localhost"),
         (b"POST", b"/tr/v1/rpi/redirect", headers, json.dumps(link).encode(), b"localhost"),
