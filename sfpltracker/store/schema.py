@@ -123,6 +123,7 @@ def load_statements(
     return statements
 
 
+JSON_BOUNDS = "(json bounds)"  # the ``file`` of the statements json_type_changes() makes
 # A JSON column of a CREATE TABLE (one column per line, the convention of our schema files).
 _JSON_COLUMN = re.compile(r"^\s+`?(\w+)`?\s+(JSON(?:\(.*\))?)\s*,?\s*$", re.MULTILINE)
 
@@ -164,7 +165,7 @@ def json_type_changes(
         if canonical_json_type(current) != canonical_json_type(declared):
             out.append(
                 Statement(
-                    "(json bounds)",
+                    JSON_BOUNDS,
                     f"ALTER TABLE {database}.{table} MODIFY COLUMN {column} {declared}",
                 )
             )
