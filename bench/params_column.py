@@ -187,6 +187,7 @@ def run_one(
     sampler = Sampler()
     sampler.start()
     data = Path(tempfile.mkdtemp(prefix="params-bench-"))
+    label = params_type
     if params_type.endswith(DEFAULTS):
         # As before: ClickHouse's own defaults (no budget, "advanced" JSON shared data).
         params_type = params_type[: -len(DEFAULTS)]
@@ -237,7 +238,7 @@ def run_one(
     sampler.join()
     conn.close()
     return {
-        "type": params_type,
+        "type": label,
         "rows": rows,
         "files_per_part_after_inserts": files_after_inserts,
         "files_one_part": files_one_part,

@@ -162,6 +162,9 @@ def test_the_alter_of_an_old_json_column_runs_on_both_tables_of_a_cluster():
         f"ALTER TABLE sfpla.events_local ON CLUSTER 'c1' MODIFY COLUMN params {schema_params_type()}",
         f"ALTER TABLE sfpla.events ON CLUSTER 'c1' MODIFY COLUMN params {schema_params_type()}",
     ]
+    # A table made AS another has the other's columns (agreements AS agreed).
+    declared = json_columns(statements)
+    assert declared[("agreements", "loc")] == declared[("agreed", "loc")]
     # ClickHouse's spelling of the declared type is no change.
     same = {("events", "params"): "JSON(max_dynamic_types=4, max_dynamic_paths=16)"}
     assert canonical_json_type(same[("events", "params")]) == canonical_json_type(
