@@ -49,12 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sfpltracker.ingest.event import _params_text  # noqa: E402
-from sfpltracker.store.embedded import (  # noqa: E402
-    CONFIG_FILE,
-    chdb_connection_string,
-    to_arrow,
-    write_chdb_config,
-)  # noqa: E402
 from sfpltracker.store.schema import load_statements  # noqa: E402
 
 EPOCH_MS = 1_767_225_600_000
@@ -178,7 +172,13 @@ def run_one(
 ) -> dict:
     import chdb
 
-    from sfpltracker.store import embedded
+    from sfpltracker.store import embedded  # imported here: tests import this module's helpers
+    from sfpltracker.store.embedded import (
+        CONFIG_FILE,
+        chdb_connection_string,
+        to_arrow,
+        write_chdb_config,
+    )
 
     for setting in engine:  # --engine name=value: try another engine budget
         name, value = setting.split("=", 1)
@@ -187,6 +187,7 @@ def run_one(
     sampler = Sampler()
     sampler.start()
     data = Path(tempfile.mkdtemp(prefix="params-bench-"))
+    label = params_type
     if params_type.endswith(DEFAULTS):
         # As before: ClickHouse's own defaults (no budget, "advanced" JSON shared data).
         params_type = params_type[: -len(DEFAULTS)]
@@ -237,7 +238,7 @@ def run_one(
     sampler.join()
     conn.close()
     return {
-        "type": params_type,
+        "type": label,
         "rows": rows,
         "files_per_part_after_inserts": files_after_inserts,
         "files_one_part": files_one_part,

@@ -13,8 +13,9 @@ fresh data directory, and sends ``--requests`` mixed requests over keep-alive co
 * every 20th request a *good* event with a known ``eid`` (GET, POST alone, POST inside a
   random batch, or pixel).
 
-A sampler reads ``VmRSS`` (``/proc/PID/status``) and the descriptor count (``/proc/PID/fd``)
-of the gateway every second, from start-up until every acknowledged good event is stored,
+A sampler reads ``VmRSS`` and ``RssAnon`` (``/proc/PID/status``), the descriptor count
+(``/proc/PID/fd``) and the memory chDB tracks (``system.metrics``, through the query
+listener) of the gateway every second, from start-up until every acknowledged good event is stored,
 plus a few seconds for the merges that follow. It prints the curve, then checks that every
 good event answered 2xx is stored exactly once (``count()`` per eid, without ``FINAL``).
 ``tests/test_soak.py`` runs the same and asserts the budgets (docs/resources.md).
@@ -56,6 +57,8 @@ LISTENER_KEYS |= {"DataDirectory", "StaticDirectory", "Domains"}
 class Sample:
     t: float
     rss_mb: int
+    anon_mb: int  # of which anonymous memory (the rest is mostly chDB's mapped library)
+    engine_mb: int  # memory chDB tracks (MemoryTracking), -1 when the query is refused
     fds: int
     sent: int
     stored: int
@@ -92,11 +95,22 @@ class SoakResult:
 # -- the gateway's process --------------------------------------------------------------------
 
 
-def proc_rss_mb(pid: int) -> int:
+def proc_status_mb(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) // 1024
     return 0
+
+
+def engine_mb(gw: GatewayProcess) -> int:
+    """chDB's tracked memory, through the query listener (-1 when it does not answer)."""
+    try:
+        resp = gw.query_raw(
+            "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'", "TabSeparated"
+        )
+        return int(resp.body) // 2**20 if resp.status == 200 else -1
+    except (OSError, ValueError):
+        return -1
 
 
 def proc_fds(pid: int) -> int:
@@ -252,7 +266,13 @@ def run(
             try:
                 result.samples.append(
                     Sample(
-                        time.monotonic() - t0, proc_rss_mb(pid), proc_fds(pid), sent[0], stored[0]
+                        time.monotonic() - t0,
+                        proc_status_mb(pid, "VmRSS"),
+                        proc_status_mb(pid, "RssAnon"),
+                        engine_mb(gw),
+                        proc_fds(pid),
+                        sent[0],
+                        stored[0],
                     )
                 )
             except OSError:  # the process ended
@@ -301,12 +321,18 @@ def run(
 
 
 def report(result: SoakResult, log=print, every: int = 5) -> None:
-    log(f"{'t s':>6} {'RSS MB':>7} {'fds':>5} {'sent':>6} {'stored good':>11}")
+    log(
+        f"{'t s':>6} {'RSS MB':>7} {'anon MB':>7} {'chDB MB':>7} {'fds':>5} {'sent':>6} "
+        f"{'stored good':>11}"
+    )
     shown = result.samples[::every]
     if result.samples and result.samples[-1] is not shown[-1]:
         shown.append(result.samples[-1])
     for s in shown:
-        log(f"{s.t:6.0f} {s.rss_mb:7d} {s.fds:5d} {s.sent:6d} {s.stored:11d}")
+        log(
+            f"{s.t:6.0f} {s.rss_mb:7d} {s.anon_mb:7d} {s.engine_mb:7d} {s.fds:5d} {s.sent:6d} "
+            f"{s.stored:11d}"
+        )
     first = result.samples[0]
     log(
         f"RSS MB: first {first.rss_mb}, max {result.max_rss_mb}, last "

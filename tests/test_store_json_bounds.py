@@ -19,8 +19,16 @@ from twisted.internet import defer, reactor
 
 from bench.params_column import random_params, rare_text_key, schema_params_type
 from sfpltracker.ingest.event import _params_text
+from sfpltracker.store.cluster import cluster_statements
 from sfpltracker.store.embedded import MERGE_TREE_SETTINGS, SERVER_SETTINGS, EmbeddedStore
-from sfpltracker.store.schema import SCHEMA_DIR, canonical_json_type, json_columns, load_statements
+from sfpltracker.store.schema import (
+    JSON_BOUNDS,
+    SCHEMA_DIR,
+    canonical_json_type,
+    json_columns,
+    json_type_changes,
+    load_statements,
+)
 
 EPOCH_MS = 1_767_225_600_000
 
@@ -45,7 +53,8 @@ def _query(store, sql: str):
 
 
 def _max_dynamic_paths(declared: str) -> int:
-    return int(re.search(r"max_dynamic_paths\s*=\s*(\d+)", declared).group(1))
+    m = re.search(r"max_dynamic_paths\s*=\s*(\d+)", declared)
+    return int(m.group(1)) if m else 1024  # ClickHouse's default
 
 
 def test_every_client_json_column_is_bounded():
@@ -120,6 +129,7 @@ def test_a_data_directory_of_the_old_schema_gets_the_bounded_types(tmp_path, mon
     store = EmbeddedStore(tmp_path, reactor)
     yield store.start()
     try:
+        assert "max_dynamic_paths" in store.columns["events"]["params"]
         declared = json_columns(load_statements())
         for (table, column), ch_type in declared.items():
             stored = store.columns[table][column]
@@ -133,3 +143,30 @@ def test_a_data_directory_of_the_old_schema_gets_the_bounded_types(tmp_path, mon
         assert before == after
     finally:
         yield store.stop()
+
+
+def test_the_alter_of_an_old_json_column_runs_on_both_tables_of_a_cluster():
+    statements = load_statements()
+    stored = {("events", "params"): "JSON", ("events", "targets"): "JSON"}
+    stored[("events", "url")] = "String"
+    changes = json_type_changes(statements, stored, "sfpla")
+    assert [c.sql for c in changes] == [
+        f"ALTER TABLE sfpla.events MODIFY COLUMN params {schema_params_type()}",
+        "ALTER TABLE sfpla.events MODIFY COLUMN targets "
+        + json_columns(statements)[("events", "targets")],
+    ]
+    rewritten = [
+        s.sql for s in cluster_statements(statements + changes, "c1") if s.file == JSON_BOUNDS
+    ]
+    assert rewritten[:2] == [
+        f"ALTER TABLE sfpla.events_local ON CLUSTER 'c1' MODIFY COLUMN params {schema_params_type()}",
+        f"ALTER TABLE sfpla.events ON CLUSTER 'c1' MODIFY COLUMN params {schema_params_type()}",
+    ]
+    # A table made AS another has the other's columns (agreements AS agreed).
+    declared = json_columns(statements)
+    assert declared[("agreements", "loc")] == declared[("agreed", "loc")]
+    # ClickHouse's spelling of the declared type is no change.
+    same = {("events", "params"): "JSON(max_dynamic_types=4, max_dynamic_paths=16)"}
+    assert canonical_json_type(same[("events", "params")]) == canonical_json_type(
+        schema_params_type()
+    )

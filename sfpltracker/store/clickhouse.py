@@ -60,7 +60,14 @@ from .legacy import LegacyDialect
 from .query_guard import QueryGuard, local_parser
 from .rejects import DataRejected, bisect, dead_letter_family, refused_for_data
 from .rejects import one_line as _reason
-from .schema import load_statements, parse_version, required_version, schema_dir
+from .schema import (
+    JSON_BOUNDS,
+    json_type_changes,
+    load_statements,
+    parse_version,
+    required_version,
+    schema_dir,
+)
 
 # clickhouse-driver logs every failed connect with a full traceback (dozens of lines a second
 # while a server is down); this store logs one clear line per failure itself.
@@ -342,6 +349,7 @@ class ClickHouseStore:
                 except StoreError as e:
                     raise StoreError(f"schema {statement.file}: {e}", e.code or -1) from None
             self._read_shapes(client)
+            self._bound_json_columns(client)
             quote = self._call(
                 client,
                 "SELECT value FROM system.settings "
@@ -363,6 +371,29 @@ class ClickHouseStore:
         with self._schema_lock:
             if not self._schema_loaded:
                 self._load_schema()
+
+    def _bound_json_columns(self, client) -> None:
+        """Bring JSON columns of tables an older schema created to the declared (bounded) type
+        (docs/resources.md); on a cluster ON CLUSTER, on the local and the Distributed table."""
+        stored = {(t, c): ty for t, shape in self.shapes.items() for c, ty in shape.columns.items()}
+        declared = load_statements(self.database, self.schema_directory)
+        changes = json_type_changes(declared, stored, self.database)
+        if changes and self.cluster:
+            # Rewritten among the tables' statements, so the ALTERs know which are split
+            # into a Replicated <t>_local and a Distributed <t>.
+            changes = [
+                s
+                for s in cluster_statements(declared + changes, self.cluster)
+                if s.file == JSON_BOUNDS
+            ]
+        for statement in changes:
+            log.info("store: {sql}", sql=statement.sql)
+            try:
+                self._call(client, statement.sql)
+            except StoreError as e:
+                raise StoreError(f"schema: {statement.sql}: {e}", e.code or -1) from None
+        if changes:
+            self._read_shapes(client)
 
     def _read_shapes(self, client) -> None:
         rows = self._call(

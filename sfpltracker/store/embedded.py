@@ -88,9 +88,9 @@ MIB = 1024 * 1024
 SERVER_SETTINGS = {
     # Allocations the engine tracks (queries, inserts, merges, caches) stop at this: a query
     # or insert past it fails with MEMORY_LIMIT_EXCEEDED (the batcher retries the insert).
-    "max_server_memory_usage": 256 * MIB,
+    "max_server_memory_usage": 192 * MIB,
     # No new merge starts while merges hold more than this.
-    "merges_mutations_memory_usage_soft_limit": 96 * MIB,
+    "merges_mutations_memory_usage_soft_limit": 64 * MIB,
     "mark_cache_size": 32 * MIB,
     "index_mark_cache_size": 8 * MIB,
     "primary_index_cache_size": 32 * MIB,
@@ -115,11 +115,14 @@ MERGE_TREE_SETTINGS = {
     "vertical_merge_algorithm_min_columns_to_activate": 1,
     # Each stream being written holds a block this big (was 1 MiB): a wide part of a few
     # hundred subcolumn streams held that many MiB while written.
-    "max_compress_block_size": 128 * 1024,
+    "max_compress_block_size": 64 * 1024,
+    # Rows a merge reads and writes at a time (was 8,192): events with large params objects
+    # made a block of tens of MB.
+    "merge_max_block_size": 1024,
 }
 # Per query of a reader connection (the query listener, dashboards): one query cannot take
 # the engine's whole budget away from inserts.
-READER_SETTINGS = {"max_memory_usage": 128 * MIB, "max_threads": 2}
+READER_SETTINGS = {"max_memory_usage": 96 * MIB, "max_threads": 2}
 
 
 def _arrow_type(ch_type: str) -> pa.DataType:

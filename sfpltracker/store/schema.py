@@ -123,17 +123,28 @@ def load_statements(
     return statements
 
 
+JSON_BOUNDS = "(json bounds)"  # the ``file`` of the statements json_type_changes() makes
 # A JSON column of a CREATE TABLE (one column per line, the convention of our schema files).
 _JSON_COLUMN = re.compile(r"^\s+`?(\w+)`?\s+(JSON(?:\(.*\))?)\s*,?\s*$", re.MULTILINE)
 
 
+_COPY_OF = re.compile(r"\bAS\s+\w+\.(\w+)\s+ENGINE\b", re.IGNORECASE)
+
+
 def json_columns(statements: list[Statement]) -> dict[tuple[str, str], str]:
-    """(table, column) -> declared type, for every JSON column the statements create."""
-    out = {}
+    """(table, column) -> declared type, for every JSON column the statements create
+    (``CREATE TABLE t AS other``: other's columns)."""
+    out: dict[tuple[str, str], str] = {}
     for s in statements:
-        if s.kind == "table" and s.name:
-            for m in _JSON_COLUMN.finditer(s.sql):
-                out[(s.name, m.group(1))] = m.group(2)
+        if s.kind != "table" or not s.name:
+            continue
+        copy_of = _COPY_OF.search(s.sql)
+        if copy_of:
+            for (table, column), declared in list(out.items()):
+                if table == copy_of.group(1):
+                    out[(s.name, column)] = declared
+        for m in _JSON_COLUMN.finditer(s.sql):
+            out[(s.name, m.group(1))] = m.group(2)
     return out
 
 
@@ -164,7 +175,7 @@ def json_type_changes(
         if canonical_json_type(current) != canonical_json_type(declared):
             out.append(
                 Statement(
-                    "(json bounds)",
+                    JSON_BOUNDS,
                     f"ALTER TABLE {database}.{table} MODIFY COLUMN {column} {declared}",
                 )
             )
