@@ -254,15 +254,18 @@ def test_bare_line_endings_are_answered_400_at_once(gw, request_bytes):
 
 def test_pipelined_requests_and_bodies_with_lf_still_work(gw):
     body = b'[{"ename":"lf"}]\n\n'  # LFs in a body are data, not line endings
-    data = raw(
-        gw,
-        b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-        % (len(body), body)
-        + b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
-        + b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    assert [status for status, _ in answers(data)] == [200, 200, 200], data
+
+    def post(path):
+        return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path + (
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    get = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    # /ping refuses a POST at once (the parser is back at a request line, LFs just read);
+    # /tr/ answers once the events are spooled.
+    data = raw(gw, post(b"/ping") + get + post(b"/tr/v1/tr/") + get + last)
+    assert [status for status, _ in answers(data)] == [405, 200, 200, 200, 200], data
 
 
 def test_a_method_a_route_does_not_take_is_405_not_501(gw):
