@@ -113,8 +113,8 @@ class EdgeChannel(CountingChannel):
         return self.refuse(400, "Bad Request", "request headers larger than MaxHeaderBytes")
 
     def _respondToBadRequestAndDisconnect(self):  # noqa: N802 - Twisted's (private) hook
-        """Twisted's answer to a malformed request line or header, with a reason."""
-        self.refuse(400, "Bad Request", "malformed request line or header")
+        """Twisted's answer to a malformed request line, header or chunked body, with a reason."""
+        self.refuse(400, "Bad Request", "malformed request")
 
     def _bare_line_ending(self):
         # Refused rather than accepted leniently (RFC 9112 2.2 allows either): a proxy in front
