@@ -88,8 +88,10 @@ class EdgeChannel(CountingChannel):
         # Twisted splits the head of a request on CRLF only, so a request whose lines end in a
         # bare LF would wait for a CRLF that never comes (and get a 408 much later). In line
         # mode, what is left unsplit is the start of the next line: a LF or CR in it means a
-        # bare line ending. (Not while re-entered: the buffer may then hold unparsed bodies.)
-        if self.line_mode and not self._busyReceiving and not self.transport.disconnecting:
+        # bare line ending. (Not while re-entered: the buffer may then hold unparsed bodies;
+        # nor once a WebSocket upgrade took the transport away.)
+        transport = self.transport
+        if self.line_mode and not self._busyReceiving and transport and not transport.disconnecting:
             rest = self._buffer
             if b"\n" in rest or b"\r" in rest[:-1]:
                 self._bare_line_ending()
