@@ -85,20 +85,26 @@ class EdgeChannel(CountingChannel):
             if self._timer is None:
                 self._arm(self.read_timeout)
         super().dataReceived(data)
-        # Twisted splits the head of a request on CRLF only, so a request whose lines end in a
-        # bare LF would wait for a CRLF that never comes (and get a 408 much later). In line
-        # mode, what is left unsplit is the start of the next line: a LF or CR in it means a
-        # bare line ending. (Not while re-entered: the buffer may then hold unparsed bodies;
-        # nor once a WebSocket upgrade took the transport away.)
+        if self._buffer and self.line_mode and not self._busyReceiving:
+            self._check_partial_line(self._buffer)
+
+    def _check_partial_line(self, rest: bytes) -> None:
+        """Refuse now what can never become a request line or header line.
+
+        Twisted splits the head of a request on CRLF only, so a request whose lines end in a
+        bare LF would wait for a CRLF that never comes (and get a 408 much later). In line
+        mode, what is left unsplit is the start of the next line: a LF or CR in it means a bare
+        line ending. (Not while re-entered: the buffer may then hold bodies not parsed yet.)
+        """
         transport = self.transport
-        if self.line_mode and not self._busyReceiving and transport and not transport.disconnecting:
-            rest = self._buffer
-            if b"\n" in rest or b"\r" in rest[:-1]:
-                self._bare_line_ending()
-            elif self._receivedHeaderSize == 0 and not _REQUEST_LINE_START.fullmatch(rest):
-                # Binary bytes where a request line starts (a TLS handshake on the HTTP port,
-                # say) will never end in CRLF either.
-                self.refuse(400, "Bad Request", "not an HTTP/1.1 request")
+        if transport is None or transport.disconnecting:  # closing, or a WebSocket now
+            return
+        if b"\n" in rest or b"\r" in rest[:-1]:
+            self._bare_line_ending()
+        elif self._receivedHeaderSize == 0 and not _REQUEST_LINE_START.fullmatch(rest):
+            # Binary bytes where a request line starts (a TLS handshake on the HTTP port, say)
+            # will never end in CRLF either.
+            self.refuse(400, "Bad Request", "not an HTTP/1.1 request")
 
     def lineReceived(self, line):  # noqa: N802
         if b"\r" in line or b"\n" in line:
