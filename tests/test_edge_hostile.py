@@ -226,10 +226,19 @@ def test_headers_over_max_header_bytes_in_all_are_400_then_close(gw):
     assert (status, body) == (200, b"pong")
 
 
-def test_malformed_header_line_is_400_with_a_reason(gw):
-    data = raw(gw, b"GET /ping HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
-    [(status, body)] = answers(data)  # was: a bare 400 without a reason
-    assert status == 400 and reason(body) == "malformed request line or header"
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n{}",  # both: a smuggling classic
+        b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["header", "cl-and-te", "chunk-size"],
+)
+def test_malformed_requests_are_400_with_a_reason(gw, request_bytes):
+    [(status, body)] = answers(raw(gw, request_bytes))  # was: a bare 400 without a reason
+    assert status == 400 and reason(body) == "malformed request"
 
 
 @pytest.mark.parametrize(
@@ -248,21 +257,24 @@ def test_bare_line_endings_are_answered_400_at_once(gw, request_bytes):
     [(status, body)] = answers(raw(gw, request_bytes, timeout=10))
     assert status == 400 and reason(body) in (
         "request lines must end in CRLF",
-        "malformed request line or header",
+        "malformed request",
     )
 
 
 def test_pipelined_requests_and_bodies_with_lf_still_work(gw):
     body = b'[{"ename":"lf"}]\n\n'  # LFs in a body are data, not line endings
-    data = raw(
-        gw,
-        b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-        % (len(body), body)
-        + b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
-        + b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    assert [status for status, _ in answers(data)] == [200, 200, 200], data
+
+    def post(path):
+        return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path + (
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    get = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    # /ping refuses a POST at once (the parser is back at a request line, LFs just read);
+    # /tr/ answers once the events are spooled.
+    data = raw(gw, post(b"/ping") + get + post(b"/tr/v1/tr/") + get + last)
+    assert [status for status, _ in answers(data)] == [405, 200, 200, 200, 200], data
 
 
 def test_a_method_a_route_does_not_take_is_405_not_501(gw):

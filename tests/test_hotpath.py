@@ -289,9 +289,9 @@ def test_a_later_request_gets_its_own_full_deadline(edge):
     clock.advance(1.5)
     channel.dataReceived(b"GET /ping HTTP/1.1\r\nHost: a\r\n")  # t=1.5: its deadline is 3.5
     clock.advance(0.6)  # t=2.1: the timer fires, finds a request with a later deadline
-    assert b"408" not in transport.value() and not transport.disconnecting
+    assert b"HTTP/1.1 408" not in transport.value() and not transport.disconnecting
     clock.advance(1.3)  # t=3.4
-    assert b"408" not in transport.value()
+    assert b"HTTP/1.1 408" not in transport.value()
     clock.advance(0.2)  # t=3.6
     assert b"HTTP/1.1 408 " in transport.value() and transport.disconnecting
     assert gateway.counters["requests_timed_out"] == 1
@@ -302,7 +302,7 @@ def test_an_idle_keep_alive_connection_is_not_cut_by_the_deadline(edge):
     channel, transport = connect(site)
     channel.dataReceived(GET_TR)
     clock.advance(5)  # the deadline timer fires with nothing being read and lapses
-    assert b"408" not in transport.value() and not transport.disconnecting
+    assert b"HTTP/1.1 408" not in transport.value() and not transport.disconnecting
     channel.dataReceived(GET_TR)
     assert transport.value().count(b"HTTP/1.1 200 ") == 2
 

@@ -85,25 +85,28 @@ class EdgeChannel(CountingChannel):
             if self._timer is None:
                 self._arm(self.read_timeout)
         super().dataReceived(data)
-        # Twisted splits the head of a request on CRLF only, so a request whose lines end in a
-        # bare LF would wait for a CRLF that never comes (and get a 408 much later). In line
-        # mode, what is left unsplit is the start of the next line: a LF or CR in it means a
-        # bare line ending. (Not while re-entered: the buffer may then hold unparsed bodies.)
-        if self.line_mode and not self._busyReceiving and not self.transport.disconnecting:
-            rest = self._buffer
-            if b"\n" in rest or b"\r" in rest[:-1]:
-                self._bare_line_ending()
-            elif self._receivedHeaderSize == 0 and not _REQUEST_LINE_START.fullmatch(rest):
-                # Binary bytes where a request line starts (a TLS handshake on the HTTP port,
-                # say) will never end in CRLF either.
-                self.refuse(400, "Bad Request", "not an HTTP/1.1 request")
+        if self._buffer and self.line_mode and not self._busyReceiving:
+            self._check_partial_line(self._buffer)
 
-    def lineReceived(self, line):  # noqa: N802
-        if b"\r" in line or b"\n" in line:
-            return self._bare_line_ending()
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            return self.lineLengthExceeded(line)
-        return super().lineReceived(line)
+    def _check_partial_line(self, rest: bytes) -> None:
+        """Refuse now what can never become a request line or header line.
+
+        Twisted splits the head of a request on CRLF only, so a request whose lines end in a
+        bare LF would wait for a CRLF that never comes (and get a 408 much later). In line
+        mode, what is left unsplit is the start of the next line: a LF or CR in it means a bare
+        line ending. (Not while re-entered: the buffer may then hold bodies not parsed yet.)
+        """
+        transport = self.transport
+        if transport is None or transport.disconnecting:  # closing, or a WebSocket now
+            return
+        if b"\n" in rest or b"\r" in rest[:-1]:
+            # Refused rather than accepted leniently (RFC 9112 2.2 allows either): a proxy in
+            # front that read the bare LF differently could otherwise smuggle a header past it.
+            self.refuse(400, "Bad Request", "request lines must end in CRLF")
+        elif self._receivedHeaderSize == 0 and not _REQUEST_LINE_START.fullmatch(rest):
+            # Binary bytes where a request line starts (a TLS handshake on the HTTP port, say)
+            # will never end in CRLF either.
+            self.refuse(400, "Bad Request", "not an HTTP/1.1 request")
 
     def lineLengthExceeded(self, line):  # noqa: N802
         """A request line or head over ``MaxHeaderBytes`` (Twisted would just close)."""
@@ -113,13 +116,12 @@ class EdgeChannel(CountingChannel):
         return self.refuse(400, "Bad Request", "request headers larger than MaxHeaderBytes")
 
     def _respondToBadRequestAndDisconnect(self):  # noqa: N802 - Twisted's (private) hook
-        """Twisted's answer to a malformed request line or header, with a reason."""
-        self.refuse(400, "Bad Request", "malformed request line or header")
-
-    def _bare_line_ending(self):
-        # Refused rather than accepted leniently (RFC 9112 2.2 allows either): a proxy in front
-        # that read the bare LF differently could otherwise smuggle a header past it.
-        return self.refuse(400, "Bad Request", "request lines must end in CRLF")
+        """Twisted's answer to a head over ``MaxHeaderBytes`` or a malformed request line,
+        header or chunked body (a bare LF inside a line is one), with a reason."""
+        if self._receivedHeaderSize > self.totalHeadersSize:  # Twisted counted the line in
+            self.refuse(400, "Bad Request", "request headers larger than MaxHeaderBytes")
+        else:
+            self.refuse(400, "Bad Request", "malformed request")
 
     def refuse(self, status: int, phrase: str, reason: str):
         """Answer a request that cannot be parsed, then close (nothing after it is read)."""
