@@ -422,7 +422,7 @@ class EmbeddedStore:
             conn = self._reader()
             try:
                 conn.query(f"USE `{database or 'default'}`")
-                return conn.query(sql, fmt, params=params).bytes()
+                return conn.query(sql, fmt, params=escaped(params)).bytes()
             except Exception as e:
                 raise _error(e) from None
 
@@ -450,6 +450,19 @@ class EmbeddedStore:
     def metric_families(self):
         """Prometheus families (read by ``/metrics`` through ``Gateway.metric_sources``)."""
         yield dead_letter_family(self.stats["dead_letters"])
+
+
+# chDB reads a bound parameter's text in the escaped (TabSeparated) format: a TAB or newline
+# in a value is refused and ``\\t`` becomes a TAB, so a looked-up uid, vid or host could fail
+# or match another value. Escaping the text makes the parameter exactly the caller's string.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
+
+
+def escaped(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``params`` with every text value escaped for chDB's parameter parser."""
+    if not params:
+        return params
+    return {k: v.translate(_ESCAPES) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def syncfs(path: Path) -> None:
