@@ -519,7 +519,7 @@ class EmbeddedStore:
             conn = self._reader()
             try:
                 conn.query(f"USE `{database or 'default'}`")
-                return conn.query(sql, fmt, params=params).bytes()
+                return conn.query(sql, fmt, params=escaped(params)).bytes()
             except Exception as e:
                 raise _error(e) from None
 
@@ -585,6 +585,19 @@ def chdb_connection_string(
     args = {"config-file": str(config)} if config else {}
     args.update(settings or {})
     return f"file:{path}" + ("?" + urlencode(args, safe="/:") if args else "")
+
+
+# chDB reads a bound parameter's text in the escaped (TabSeparated) format: a TAB or newline
+# in a value is refused and ``\\t`` becomes a TAB, so a looked-up uid, vid or host could fail
+# or match another value. Escaping the text makes the parameter exactly the caller's string.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
+
+
+def escaped(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``params`` with every text value escaped for chDB's parameter parser."""
+    if not params:
+        return params
+    return {k: v.translate(_ESCAPES) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def syncfs(path: Path) -> None:
