@@ -80,6 +80,10 @@ class SoakResult:
         return max(s.rss_mb for s in self.samples)
 
     @property
+    def max_anon_mb(self) -> int:
+        return max(s.anon_mb for s in self.samples)
+
+    @property
     def max_fds(self) -> int:
         return max(s.fds for s in self.samples)
 
