@@ -149,7 +149,12 @@ def test_bots_flagged_kept_out_of_derived_tables_and_dropped_with_drop_bots(plai
     assert row["bot"] == 1 and row["device"] == "Bot" and row["browser"] == "Googlebot"
     human, _ = track(plain, url=url)
     assert stored_event(plain, human)["bot"] == 0
-    hits = plain.query(f"SELECT sum(total) AS n FROM sfpla.hits WHERE url = '{url}'")
+    # A view's part lands just after the events part of the same insert: wait for the human's
+    # hit. The bot's insert (one writer, immediate batching) finished before, views included.
+    hits = plain.wait_for(
+        f"SELECT sum(total) AS n FROM sfpla.hits WHERE url = '{url}'",
+        lambda rows: rows and int(rows[0]["n"]) >= 1,
+    )
     assert hits == [{"n": 1}]
     consent = {"Cookie": "CookieConsent=1024"}
     bot_eid, resp = track(strict, headers=consent, ua=GOOGLEBOT)
