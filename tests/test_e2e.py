@@ -58,7 +58,11 @@ def test_seed_end_to_end_flow(gateway):
         "SELECT url, sum(total) AS n FROM sfpla.hits GROUP BY url", lambda rows: len(rows) == 1
     )
     assert hits == [{"url": "https://example.com/a", "n": 1}]
-    referrers = gateway.query("SELECT url, sum(total) AS n FROM sfpla.referrers GROUP BY url")
+    referrers = gateway.wait_for(
+        "SELECT url, sum(total) AS n FROM sfpla.referrers GROUP BY url", lambda rows: len(rows) == 1
+    )
     assert referrers == [{"url": "https://google.com/", "n": 1}]
-    dailies = gateway.query("SELECT ip, sum(total) AS n FROM sfpla.dailies GROUP BY ip")
+    dailies = gateway.wait_for(
+        "SELECT ip, sum(total) AS n FROM sfpla.dailies GROUP BY ip", lambda rows: len(rows) == 1
+    )
     assert dailies == [{"ip": "127.0.0.0", "n": 1}]
