@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from . import cli
-from .deadletter_replay import list_files
+from sfpltracker import cli
+from sfpltracker.deadletter_replay import list_files
 
 
 def register(subparsers) -> None:

@@ -16,9 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from . import admin
-from .config import ConfigError, parse_listen
-from .tls.acme import (
+from sfpltracker import admin
+from sfpltracker.config import ConfigError, parse_listen
+from sfpltracker.tls.acme import (
     HTTP01,
     TLSALPN01,
     AcmeIssuer,
@@ -27,14 +27,14 @@ from .tls.acme import (
     Publisher,
     RenewalFailed,
 )
-from .tls.certs import CertificateError, load_or_create_self_signed, load_pair
-from .tls.server import SNIServer, tls_factory
-from .web.front import EdgeFront, EdgeSite
-from .web.hosts import SiteRouter
-from .web.limits import DailyLimiter
-from .web.proxy import ProxyFallback
-from .web.sitetrack import make_tracker
-from .web.static_site import StaticFallback
+from sfpltracker.tls.certs import CertificateError, load_or_create_self_signed, load_pair
+from sfpltracker.tls.server import SNIServer, tls_factory
+from sfpltracker.web.front import EdgeFront, EdgeSite
+from sfpltracker.web.hosts import SiteRouter
+from sfpltracker.web.limits import DailyLimiter
+from sfpltracker.web.proxy import ProxyFallback
+from sfpltracker.web.sitetrack import make_tracker
+from sfpltracker.web.static_site import StaticFallback
 
 log = Logger()
 

@@ -26,7 +26,7 @@ import math
 import secrets
 from collections import OrderedDict
 
-from ..web.limits import ip_digest
+from sfpltracker.web.limits import ip_digest
 
 
 class Throttled(Exception):

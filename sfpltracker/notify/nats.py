@@ -37,8 +37,8 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from ..pipeline.intake import Refused
-from ..pipeline.journal import InsertJournal, Journaled, finish
+from sfpltracker.pipeline.intake import Refused
+from sfpltracker.pipeline.journal import InsertJournal, Journaled, finish
 
 log = Logger()
 
@@ -693,7 +693,7 @@ class NatsNotifier:
 
 def attach(gateway) -> list[NatsNotifier]:
     """The NATS notifiers of ``gateway.cfg``; plain publishers wrap ``gateway.intake``."""
-    from .reactor import nats_entries, require
+    from sfpltracker.notify.reactor import nats_entries, require
 
     entries = nats_entries(gateway.cfg)
     if not entries:

@@ -16,10 +16,10 @@ import time
 
 from twisted.internet import defer
 
-from ..admin import AdminError, command
-from . import retention
-from .catalogue import ZERO_REF, count, database_of, mutate, read_catalogue
-from .subject import Subject, SubjectError, resolve
+from sfpltracker.admin import AdminError, command
+from sfpltracker.privacy import retention
+from sfpltracker.privacy.catalogue import ZERO_REF, count, database_of, mutate, read_catalogue
+from sfpltracker.privacy.subject import Subject, SubjectError, resolve
 
 
 def _now_ms(ctx, args) -> int:

@@ -31,10 +31,17 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from ..ingest.parse import query_pairs
-from .common import NOT_DONE_YET, body_too_large, finish, header, preflight, read_body
-from .common import error as json_error
-from .limits import DailyLimiter
+from sfpltracker.ingest.parse import query_pairs
+from sfpltracker.web.common import (
+    NOT_DONE_YET,
+    body_too_large,
+    finish,
+    header,
+    preflight,
+    read_body,
+)
+from sfpltracker.web.common import error as json_error
+from sfpltracker.web.limits import DailyLimiter
 
 log = Logger()
 

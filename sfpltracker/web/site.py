@@ -13,21 +13,21 @@ from twisted.web import http, server
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
-from ..links.service import ShortLinkService
-from .common import error
-from .links import RpiResource, ShortLinkFallback
-from .ops import (
+from sfpltracker.links.service import ShortLinkService
+from sfpltracker.web.common import error
+from sfpltracker.web.links import RpiResource, ShortLinkFallback
+from sfpltracker.web.ops import (
     ClearResource,
     HealthResource,
     MetricsResource,
     PingResource,
     StatusResource,
 )
-from .privacy import PrivacyResource
-from .pub import PubResource
-from .rdr import RedirectResource
-from .track import LtvResource, TrackResource
-from .ws import WebSocketIngestResource
+from sfpltracker.web.privacy import PrivacyResource
+from sfpltracker.web.pub import PubResource
+from sfpltracker.web.rdr import RedirectResource
+from sfpltracker.web.track import LtvResource, TrackResource
+from sfpltracker.web.ws import WebSocketIngestResource
 
 log = Logger()
 
