@@ -399,7 +399,7 @@ def _validate_edge(cfg: Config) -> None:
         raise ConfigError("ACMEChallenge: http-01 is answered on ProxyPort, which is disabled")
     for host, entry in cfg.Sites.items():
         for prefix, upstream in entry.Proxy.items():
-            from sfpltracker.web.hosts import ProxyRoute
+            from sfpltracker.edge.hosts import ProxyRoute
 
             try:
                 ProxyRoute.parse(prefix, upstream)

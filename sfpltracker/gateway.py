@@ -16,7 +16,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sfpltracker import __version__, admin
-from sfpltracker import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 from sfpltracker.config import Config
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
@@ -28,6 +27,7 @@ from sfpltracker.privacy import commands as _privacy_commands  # noqa: F401 - re
 from sfpltracker.privacy.geoip import open_geoip
 from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
+from sfpltracker.store import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 
 log = Logger()
 
@@ -53,11 +53,11 @@ def load_or_create_secret(path: Path, configured: str = "") -> bytes:
 def make_store(cfg: Config, reactor):
     entry = cfg.store_entry()
     if entry.Type == "embedded":
-        from sfpltracker.store.embedded import EmbeddedStore
+        from sfpltracker.store.embedded.store import EmbeddedStore
 
         return EmbeddedStore(cfg.data_dir, reactor, database=entry.Database or "sfpla")
     if entry.Type == "clickhouse":
-        from sfpltracker.store.clickhouse import ClickHouseStore
+        from sfpltracker.store.clickhouse.store import ClickHouseStore
 
         return ClickHouseStore.from_config(entry, cfg, reactor)
     raise NotImplementedError(f"store type {entry.Type!r} is not available yet")

@@ -12,7 +12,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from sfpltracker.config import Config, parse_listen
-from sfpltracker.edge import Edge
+from sfpltracker.edge.assembly import Edge
 from sfpltracker.gateway import Gateway
 from sfpltracker.tuning import tune_gc
 from sfpltracker.web.query import query_site

@@ -1,6 +1,6 @@
 """Admin commands of the privacy tools, run by the process that owns the store.
 
-Each command does one step, so the CLI (``privacy/cli.py``) can print progress between steps
+Each command does one step, so the CLI (``cli/privacy.py``) can print progress between steps
 and the same code runs inside the gateway (over ``POST /admin/<command>``) and offline:
 
 - ``prune-plan`` / ``prune-table``: what retention deletes (with counts), then one table;

@@ -18,10 +18,10 @@ import json
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from sfpltracker.ingest.consent import PRIVATE_COLUMNS, agreed_row
 from sfpltracker.ingest.ids import parse_uuid, uuid4
 from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events, lower_keys
 from sfpltracker.pipeline.intake import Refused
-from sfpltracker.privacy.consent import PRIVATE_COLUMNS, agreed_row
 from sfpltracker.privacy.identity import analytics_consented
 from sfpltracker.privacy.ip import canonical_ip
 from sfpltracker.web.common import (

@@ -34,10 +34,10 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from sfpltracker import admin
+from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.query_guard import QueryRefused, check_format
 from sfpltracker.web.common import body_too_large, header
-from sfpltracker.web.front import EdgeFront, EdgeSite
 from sfpltracker.web.site import LimitedRequest
 
 log = Logger()

@@ -207,7 +207,7 @@ class GatewaySite(server.Site):
     from a path: it is written only with ``Debug`` on, through ``twisted.logger``.
     """
 
-    channelClass = CountingChannel  # subclasses (web/front.py) add per-connection limits
+    channelClass = CountingChannel  # subclasses (edge/front.py) add per-connection limits
 
     def __init__(self, gateway, root: Resource, **kwargs):
         cfg = gateway.cfg

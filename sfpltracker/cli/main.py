@@ -14,9 +14,9 @@ import urllib.request
 from urllib.parse import urlencode
 
 from sfpltracker import admin
+from sfpltracker.cli import links as links_cli
 from sfpltracker.config import Config, ConfigError, load, parse_listen
 from sfpltracker.links import accounts as _accounts  # noqa: F401 - registers the account-* admin commands
-from sfpltracker.links import cli as links_cli
 
 
 def _listener_url(cfg: Config) -> str:
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list = []
 EXTRA_COMMANDS.append(links_cli.register)
 
-from sfpltracker.privacy.cli import register as _register_privacy  # noqa: E402 - prune, forget, export
+from sfpltracker.cli.privacy import register as _register_privacy  # noqa: E402 - prune, forget, export
 
 EXTRA_COMMANDS.append(_register_privacy)
 
@@ -183,5 +183,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Subcommands of feature modules (imported last: they append to EXTRA_COMMANDS above).
-from sfpltracker import deadletter_cli as _deadletter_cli  # noqa: E402, F401
-from sfpltracker.tls import cli as _tls_cli  # noqa: E402, F401
+from sfpltracker.cli import deadletter as _deadletter_cli  # noqa: E402, F401
+from sfpltracker.cli import tls as _tls_cli  # noqa: E402, F401

@@ -36,12 +36,12 @@ class GatewaySession:
         self.cfg = cfg
 
     def admin(self, name: str, args: dict) -> dict:
-        from sfpltracker import cli
+        from sfpltracker.cli import main as cli
 
         return cli.call_running_gateway(self.cfg, name, args)
 
     def query(self, sql: str, fmt: str) -> bytes:
-        from sfpltracker import cli
+        from sfpltracker.cli import main as cli
 
         request = urllib.request.Request(
             f"{cli._listener_url(self.cfg)}/?{urlencode({'default_format': fmt})}",
@@ -79,7 +79,7 @@ class OfflineSession:
 
 def with_session(cfg, driver) -> int:
     """Run ``driver(session) -> int`` against the running gateway, else offline."""
-    from sfpltracker import cli
+    from sfpltracker.cli import main as cli
 
     try:
         cli.call_running_gateway(cfg, "ping", {})
@@ -91,7 +91,7 @@ def with_session(cfg, driver) -> int:
 def _offline(cfg, driver) -> int:
     from twisted.internet import reactor, threads
 
-    from sfpltracker import cli
+    from sfpltracker.cli import main as cli
 
     return cli.run_with_store(
         cfg, lambda store: threads.deferToThread(driver, OfflineSession(cfg, store, reactor))

@@ -50,13 +50,13 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from sfpltracker.config import COMPRESSIONS
-from sfpltracker.store import formats
-from sfpltracker.store.cluster import check_cluster_name, cluster_statements
-from sfpltracker.store.columns import Prepared, TableShape, prepare
+from sfpltracker.store.clickhouse import formats
+from sfpltracker.store.clickhouse.cluster import check_cluster_name, cluster_statements
+from sfpltracker.store.clickhouse.columns import Prepared, TableShape, prepare
+from sfpltracker.store.clickhouse.legacy import LegacyDialect
 from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import drop_stored, keys_to_check
 from sfpltracker.store.errors import StoreError
-from sfpltracker.store.legacy import LegacyDialect
 from sfpltracker.store.query_guard import QueryGuard, local_parser
 from sfpltracker.store.rejects import DataRejected, bisect, dead_letter_family, refused_for_data
 from sfpltracker.store.rejects import one_line as _reason

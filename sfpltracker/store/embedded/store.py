@@ -51,7 +51,7 @@ from twisted.python.threadpool import ThreadPool
 
 from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
-from sfpltracker.store.dedup_logs import repair_if_unused
+from sfpltracker.store.embedded.dedup_logs import repair_if_unused
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.query_guard import QueryGuard
 from sfpltracker.store.rejects import (
@@ -230,7 +230,7 @@ class EmbeddedStore:
 
         self.path.mkdir(parents=True, exist_ok=True)
         # Before chDB reads them: block ids of parts a crash kept from landing would make a
-        # re-send of their batch skip those parts (store/dedup_logs.py).
+        # re-send of their batch skip those parts (store/embedded/dedup_logs.py).
         repair_if_unused(self.path)
         try:
             config = write_chdb_config(self.path.parent / CONFIG_FILE)

@@ -38,8 +38,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sfpltracker import __version__
-from sfpltracker.tls.alpn import validation_pair
-from sfpltracker.tls.certs import (
+from sfpltracker.edge.tls.alpn import validation_pair
+from sfpltracker.edge.tls.certs import (
     CertificateError,
     CertPair,
     key_to_pem,

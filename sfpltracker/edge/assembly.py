@@ -4,9 +4,9 @@
 here is wiring of the modules that do the work:
 
 - ``tls/``: the certificate store and SNI server, the self-signed default, ACME renewal;
-- ``web/front.py``: connection cap, ACME http-01, ForceHTTPS, HSTS, RateLimitPerDay, read
+- ``edge/front.py``: connection cap, ACME http-01, ForceHTTPS, HSTS, RateLimitPerDay, read
   deadline;
-- ``web/hosts.py``, ``web/proxy.py``, ``web/static_site.py``: the ``Sites`` fallbacks, which
+- ``edge/hosts.py``, ``edge/proxy.py``, ``edge/static_site.py``: the ``Sites`` fallbacks, which
   the service appends to ``GatewayRoot.fallbacks`` after the short links.
 """
 
@@ -18,7 +18,13 @@ from twisted.logger import Logger
 
 from sfpltracker import admin
 from sfpltracker.config import ConfigError, parse_listen
-from sfpltracker.tls.acme import (
+from sfpltracker.edge.front import EdgeFront, EdgeSite
+from sfpltracker.edge.hosts import SiteRouter
+from sfpltracker.edge.limits import DailyLimiter
+from sfpltracker.edge.proxy import ProxyFallback
+from sfpltracker.edge.sitetrack import make_tracker
+from sfpltracker.edge.static_site import StaticFallback
+from sfpltracker.edge.tls.acme import (
     HTTP01,
     TLSALPN01,
     AcmeIssuer,
@@ -27,14 +33,8 @@ from sfpltracker.tls.acme import (
     Publisher,
     RenewalFailed,
 )
-from sfpltracker.tls.certs import CertificateError, load_or_create_self_signed, load_pair
-from sfpltracker.tls.server import SNIServer, tls_factory
-from sfpltracker.web.front import EdgeFront, EdgeSite
-from sfpltracker.web.hosts import SiteRouter
-from sfpltracker.web.limits import DailyLimiter
-from sfpltracker.web.proxy import ProxyFallback
-from sfpltracker.web.sitetrack import make_tracker
-from sfpltracker.web.static_site import StaticFallback
+from sfpltracker.edge.tls.certs import CertificateError, load_or_create_self_signed, load_pair
+from sfpltracker.edge.tls.server import SNIServer, tls_factory
 
 log = Logger()
 
