@@ -889,6 +889,9 @@ def test_hostile_json_bodies(fuzzed):
         (b"POST", b"/tr/v1/ppi/agree", headers, b'{"cflags":' + big + b"}", b"localhost"),
         (b"POST", b"/tr/v1/rpi/redirect", headers, json.dumps(link).encode(), b"localhost"),
         (b"POST", b"/tr/v1/tr/", headers, json.dumps(poison).encode(), b"localhost"),
+        # a header value that is not UTF-8: Twisted decodes a str-named header as UTF-8 (500)
+        (b"GET", b"/tr/v1/tr/", [(b"Origin", b"\x80")], b"", b"127.0.0.1"),
+        (b"GET", b"/tr/v1/ppi/agree", [(b"Origin", b"\x80")], b"", b"127.0.0.1"),
     ]
     fuzz_with_good_events(fuzzed.gw, strategy, 250, corpus)
 

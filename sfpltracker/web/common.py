@@ -13,7 +13,8 @@ from sfpltracker.ingest.request import RequestInfo, host_only
 
 
 def header(request, name: str, default: str = "") -> str:
-    value = request.getHeader(name)
+    # asked by bytes: Twisted decodes a str-named header as UTF-8 and raises on any other byte
+    value = request.getHeader(name.encode("latin-1"))
     return value.decode("latin-1") if isinstance(value, bytes) else (value or default)
 
 
