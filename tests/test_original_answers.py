@@ -270,8 +270,9 @@ def test_get_ltv_ingests_its_query_and_path(gw):
     )
     assert ltv == [{"paid": 9.5}]
 
-    empty = gw.http("GET", "/tr/v1/ltv/")
-    assert empty.status == 400 and "payment" in empty.json()["error"]
+    for stray in ("/tr/v1/ltv/", "/tr/v1/ltv/ref/newsletter?q=1"):  # no payment field at all
+        refused = gw.http("GET", stray)
+        assert refused.status == 400 and "payment" in refused.json()["error"], refused
     batch_in_query = gw.http("GET", "/tr/v1/ltv/?payments=x")
     assert batch_in_query.status == 400 and "payments" in batch_in_query.json()["error"]
 

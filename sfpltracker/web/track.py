@@ -14,6 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from sfpltracker.ingest import payments
 from sfpltracker.web.ops import note_acknowledged
 
 from ..ingest.ids import parse_uuid
@@ -42,6 +43,18 @@ from .common import (
 )
 
 log = Logger()
+
+# What a GET /ltv/ must carry one of to be a payment (else a prefetch or a stray link).
+PAYMENT_FIELDS = frozenset(
+    (
+        *payments.COMMON_UUIDS,
+        *payments.ITEM_UUIDS,
+        *payments.ITEM_STRINGS,
+        *payments.ITEM_NUMBERS,
+        *payments.ITEM_TIMES,
+        *("org", "amt", "duration", "payments"),
+    )
+)
 
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=")
 
@@ -221,8 +234,8 @@ class LtvResource(IngestResource):
     def render_GET(self, request):
         apply_cors(request, self.cfg.AllowOrigin)
         fields = _query_and_path(request, self.cfg)
-        if not fields:
-            return error(request, 400, "no payment fields in the query (?revenue=...&uid=...)")
+        if PAYMENT_FIELDS.isdisjoint(fields):
+            return error(request, 400, "no payment field in the query (?revenue=...&uid=...)")
         return self._payments(request, fields)
 
     def render_POST(self, request):
