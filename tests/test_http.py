@@ -153,7 +153,7 @@ def test_pub_refuses_symlinks_out(tmp_path):
 def test_ops_routes(gateway):
     health = gateway.http("GET", "/health")
     assert health.status == 200 and health.json()["status"] == "ok"
-    status = gateway.http("GET", "/status").json()
+    status = gateway.http("GET", "/status?format=object").json()
     assert status["client"] == "127.0.0.1" and status["conns"] >= 1 and status["version"]
     clear = gateway.http("GET", "/clear")
     assert clear.body == b"OK" and "cookies" in clear.header("clear-site-data")

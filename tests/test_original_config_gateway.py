@@ -144,7 +144,7 @@ def test_a_gateway_runs_on_the_original_readmes_sample(server, tmp_path, monkeyp
         )
         assert rows == [("signup", "127.0.0.0")]  # AnonymizeIP: truncated
         geo = gw.http("GET", "/tr/v1/ppi/geoip?ip=81.2.69.142")
-        assert geo.status == 200 and geo.json()["country"] == "GB", geo
+        assert geo.status == 200 and geo.json()["iso2"] == "GB", geo
     assert "[sfpltracker.config#warn] config: Notify[1]: a cassandra service" in gw.log_text()
 
 

@@ -349,7 +349,7 @@ def test_ip_mode_applies_before_anything_is_stored_or_logged(tmp_path, mode, dat
 def test_geoip_lookup_route(tmp_path):
     geo = write_test_bin(tmp_path / "DB11.BIN")
     with GatewayProcess(tmp_path, {"GeoIPDatabase": str(geo)}) as gw:
-        resp = gw.http("GET", "/tr/v1/ppi/geoip?ip=216.160.83.56")
+        resp = gw.http("GET", "/tr/v1/ppi/geoip?ip=216.160.83.56&format=object")
         assert resp.status == 200
         record = resp.json()
         assert set(record) == {"ip", "country", "region", "city", "lat", "lon", "zip", "tz"}
@@ -358,7 +358,7 @@ def test_geoip_lookup_route(tmp_path):
             "California",
             "San Jose",
         )
-        v6 = gw.http("GET", "/tr/v1/ppi/geoip?ip=2a02:8070::1").json()
+        v6 = gw.http("GET", "/tr/v1/ppi/geoip?ip=2a02:8070::1&format=object").json()
         assert v6["country"] == "DE" and v6["zip"] == "10115"
         assert gw.http("GET", "/tr/v1/ppi/geoip").status == 404  # the caller is 127.0.0.1
 

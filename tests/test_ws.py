@@ -281,7 +281,7 @@ def test_plain_get_is_told_to_upgrade(gateway):
 def test_open_connections_count_returns_to_zero(gateway):
     async def scenario():
         sockets = [await connect(ws_url(gateway)) for _ in range(5)]
-        during = gateway.http("GET", "/status").json()["conns"]
+        during = gateway.http("GET", "/status?format=object").json()["conns"]
         for ws in sockets:
             await ws.close()
         return during
@@ -292,7 +292,7 @@ def test_open_connections_count_returns_to_zero(gateway):
     assert "sfpl_ws_connections_total 5.0" in metrics
     # the server sees each close a moment after the client: poll, do not sleep a fixed time
     deadline = time.monotonic() + 10
-    while gateway.http("GET", "/status").json()["conns"] != 1:
+    while gateway.http("GET", "/status?format=object").json()["conns"] != 1:
         assert time.monotonic() < deadline, "closed WebSockets still counted as open"
         time.sleep(0.05)
 

@@ -111,6 +111,7 @@ class BatchStats:
     flush_seconds: float = 0.0
     last_flush: float = 0.0
     stored_times: deque = field(default_factory=lambda: deque(maxlen=4096))
+    rows_by_table: dict = field(default_factory=dict)  # /metrics' mthreads_ops, ...
 
 
 class Batcher:
@@ -308,6 +309,7 @@ class Batcher:
         st = self.stats
         st.total_batches += 1
         st.total_items += len(rows)
+        st.rows_by_table[t.name] = st.rows_by_table.get(t.name, 0) + len(rows)
         st.flush_seconds += elapsed
         st.last_flush = self.reactor.seconds()
         st.stored_times.append((st.last_flush, len(rows)))

@@ -35,9 +35,18 @@ class GeoRecord:
     lon: float = 0.0
     zip: str = ""
     tz: str = ""
+    # What the original's /ppi/geoip answered besides: the country's name and the database
+    # range holding the address (decimal bounds, as text, as the original sent them).
+    country_name: str = ""
+    ips: str = ""
+    ipe: str = ""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """API.md's record: ``ip``, ``country`` (ISO code), region ... ``tz``."""
+        record = asdict(self)
+        for key in ("country_name", "ips", "ipe"):
+            del record[key]
+        return record
 
 
 def _public(ip: str) -> bool:
@@ -60,10 +69,12 @@ class MaxMindReader:
         self._db = maxminddb.open_database(str(path))
 
     def lookup(self, ip: str) -> GeoRecord | None:
-        data = self._db.get(ip)
+        data, prefix_len = self._db.get_with_prefix_len(ip)
         if not isinstance(data, dict):
             return None
-        country = (data.get("country") or data.get("registered_country") or {}).get("iso_code", "")
+        network = ipaddress.ip_network((ip, prefix_len), strict=False)
+        country_entry = data.get("country") or data.get("registered_country") or {}
+        country = country_entry.get("iso_code", "")
         subdivisions = data.get("subdivisions") or [{}]
         location = data.get("location") or {}
         record = GeoRecord(
@@ -75,6 +86,9 @@ class MaxMindReader:
             lon=float(location.get("longitude") or 0.0),
             zip=str((data.get("postal") or {}).get("code", "")),
             tz=str(location.get("time_zone", "")),
+            country_name=_name(country_entry),
+            ips=str(int(network.network_address)),
+            ipe=str(int(network.broadcast_address)),
         )
         return record if record.country or record.city else None
 
@@ -98,7 +112,7 @@ class IP2LocationReader:
         self.path = path
         _check_bin_header(path)
         try:
-            self._db = IP2Location.IP2Location(str(path))
+            self._db = _RangedIP2Location(IP2Location)(str(path))
             self._db.get_all("1.1.1.1")  # a corrupt body fails here, not on the first event
         except (ValueError, struct.error, IndexError) as e:
             raise GeoIPError(
@@ -112,6 +126,7 @@ class IP2LocationReader:
         country = _field(rec.country_short)
         if not country or " " in country:  # "INVALID IP ADDRESS", "IPV6 ADDRESS MISSING ..."
             return None
+        ip_from, ip_to = getattr(rec, "ip_from", None), getattr(rec, "ip_to", None)
         return GeoRecord(
             ip=ip,
             country=country.upper(),
@@ -121,10 +136,40 @@ class IP2LocationReader:
             lon=_number(rec.longitude),
             zip=_field(rec.zipcode),
             tz=_field(rec.timezone),
+            country_name=_field(rec.country_long),
+            ips="" if ip_from is None else str(ip_from),
+            ipe="" if ip_to is None else str(ip_to - 1),
         )
 
     def close(self) -> None:
         self._db.close()
+
+
+def _RangedIP2Location(module):  # noqa: N802 - a class factory, named as the class it makes
+    """IP2Location's reader, also keeping the matched row's range (``ip_from``, ``ip_to``).
+
+    The library finds the row but does not return its bounds, which the original answered
+    (``ips``/``ipe``). Its rows run ``[ip_from, next row's ip_from)``; ``readRow32`` /
+    ``readRow128`` read both. Should a later version rename these internals, the bounds are
+    left out (None), the lookup itself is unaffected.
+    """
+
+    class Ranged(module.IP2Location):
+        def _read_record(self, mid, ipv):
+            rec = super()._read_record(mid, ipv)
+            rec.ip_from = rec.ip_to = None
+            try:
+                if ipv == 4:
+                    at = self._ipv4dbaddr + mid * self._dbcolumn * 4
+                    rec.ip_from, rec.ip_to = self.readRow32(at)
+                else:
+                    at = self._ipv6dbaddr + mid * (self._dbcolumn * 4 + 12)
+                    rec.ip_from, rec.ip_to = self.readRow128(at)
+            except (AttributeError, struct.error):
+                pass
+            return rec
+
+    return Ranged
 
 
 def _check_bin_header(path: Path) -> None:

@@ -1,6 +1,10 @@
 """Operations routes: ``/health``, ``/ping``, ``/status``, ``/metrics``, ``/clear``.
 
 None of them is tracked (the original counted every health probe as a short-link hit).
+
+``/status`` and ``/metrics`` answer by default in the original tracker's shapes, which its
+clients parse; ``/status?format=object`` is this gateway's richer object (see
+``answer_format``). ``/metrics`` gives Prometheus text to a scraper that asks for it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from prometheus_client.openmetrics.exposition import (
 )
 from twisted.web.resource import Resource
 
-from sfpltracker.web.common import apply_cors, header, write_json
+from sfpltracker.web.common import error
+
+from .common import apply_cors, header, write_json
+
+# ``?format=`` values: absent -> the original tracker's shape, ``object`` -> ours.
+FORMATS = ("original", "object")
 
 
 class _Leaf(Resource):
@@ -44,16 +53,42 @@ class PingResource(_Leaf):
         return b"pong"
 
 
+def answer_format(request) -> str | None:
+    """``?format=`` of an answer the original shaped differently: ``original`` (the default,
+    what its clients parse) or ``object`` (this gateway's record); None for anything else."""
+    asked = ((request.args or {}).get(b"format") or [b"original"])[0].decode("latin-1")
+    asked = asked.strip().lower() or "original"
+    return asked if asked in FORMATS else None
+
+
+def bad_format(request) -> bytes:
+    return error(request, 400, "format must be 'object' (or absent for the original's shape)")
+
+
 class StatusResource(_Leaf):
     def render_GET(self, request):
         gw = self.gateway
         apply_cors(request, gw.cfg.AllowOrigin)
+        shape = answer_format(request)
+        if shape is None:
+            return bad_format(request)
         peer = getattr(request.getClientAddress(), "host", "")
+        client = gw.trusted_proxies.client_ip(peer, _headers(request))
+        if shape == "original":
+            # The original's Go ``[]struct{Key, Value}``: clients read it by position or Key.
+            return write_json(
+                request,
+                200,
+                [
+                    {"Key": "client", "Value": client},
+                    {"Key": "conns", "Value": gw.open_connections},
+                ],
+            )
         return write_json(
             request,
             200,
             {
-                "client": gw.trusted_proxies.client_ip(peer, _headers(request)),
+                "client": client,
                 "conns": gw.open_connections,
                 "uptime_seconds": round(time.time() - gw.started_at, 3),
                 "version": gw.version,
@@ -96,24 +131,67 @@ def _headers(request) -> dict[str, str]:
     }
 
 
+def note_acknowledged(gw, events: int, started_ns: int) -> None:
+    """``events`` were acknowledged to a client whose request was taken up at ``started_ns``
+    (``time.monotonic_ns()``): the original's ``total_latency_ns`` and ``last_processed_unix``."""
+    if events <= 0:
+        return
+    gw.count("total_latency_ns", (time.monotonic_ns() - started_ns) * events)
+    gw.count("timed_events", events)
+    # a moment, not a count: kept with the counters so /metrics reads them together
+    gw.counters["last_processed_unix"] = int(time.time())
+
+
+def _rfc3339(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def seed_metrics(gw) -> dict:
-    """The original's ``/metrics`` JSON shape, every number measured."""
+    """The original's ``/metrics`` JSON, key for key, every number measured here.
+
+    - ``event_count``: events acknowledged to clients; ``error_count``: events refused as
+      malformed plus batches given up; ``error_rate`` = error_count / max(event_count, 1).
+    - ``mthreads_ops``, ``mstore_ops``, ``mtriage_ops``: rows written to those tables;
+      ``campaign_events``: events of a message thread (``tid``) written, one ``mthreads`` row
+      each, as the original counted one per campaign event.
+    - ``total_latency_ns``: summed per event, from the request being taken up to its durable
+      acknowledgement, on the HTTP tracking routes (``/tr/``, ``/str/``, ``/img/``);
+      ``avg_latency_ms`` divides it by the events so timed.
+    - ``last_processed_unix``: when an event was last acknowledged (0: none yet).
+    """
+    c = gw.counters
     uptime = max(time.time() - gw.started_at, 1e-9)
     batching = gw.batcher.report()
-    accepted = gw.counters["events_accepted"]
+    by_table = gw.batcher.stats.rows_by_table
+    accepted = c.get("events_accepted", 0)
+    errors = c.get("events_rejected", 0) + batching["failed_batches"]
     health = gw.health()["status"]
+    # The original rendered the last flush as RFC 3339 always (the epoch before any flush).
+    last_flush = gw.batcher.stats.last_flush
+    batching["last_flush_time"] = _rfc3339(last_flush) if last_flush else _rfc3339(0)
     return {
         "metrics": {
             "event_count": accepted,
-            "error_count": gw.counters["events_rejected"] + batching["failed_batches"],
-            "payments_count": gw.counters["payments_accepted"],
-            "refused_requests": gw.counters["requests_refused"],
+            "error_count": errors,
+            "campaign_events": by_table.get("mthreads", 0),
+            "mthreads_ops": by_table.get("mthreads", 0),
+            "mstore_ops": by_table.get("mstore", 0),
+            "mtriage_ops": by_table.get("mtriage", 0),
+            "total_latency_ns": c.get("total_latency_ns", 0),
+            "last_processed_unix": c.get("last_processed_unix", 0),
+            "payments_count": c.get("payments_accepted", 0),
+            "refused_requests": c.get("requests_refused", 0),
             "connection_count": gw.open_connections,
             "health_status": {"ok": "healthy", "degraded": "degraded"}.get(health, "unhealthy"),
             "start_time_unix": int(gw.started_at),
         },
         "batching": batching,
         "calculated": {
+            "avg_latency_ms": round(
+                c.get("total_latency_ns", 0) / 1e6 / max(c.get("timed_events", 0), 1), 3
+            ),
+            "error_rate": round(errors / max(accepted, 1), 4),
             "uptime_seconds": round(uptime, 3),
             "events_per_second": round(accepted / uptime, 3),
             "batch_success_rate": batching["batch_success_rate"],

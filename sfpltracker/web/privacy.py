@@ -7,8 +7,11 @@
   (withdrawal) - except under GPC/DNT, where no cookie is set at all.
 - ``GET /ppi/agree?vid=``: that visitor's decisions, newest first, as a JSON array.
 - ``GET /ppi/jds``: the jurisdictions table as a JSON array.
-- ``GET /ppi/geoip?ip=``: the GeoIP record of ``ip`` (or of the caller); 400 bad IP, 404
-  unknown, 503 when no GeoIP database is configured.
+- ``GET /ppi/geoip?ip=``: the GeoIP record of ``ip`` (or of the caller) in the original's
+  shape (``ips``, ``ipe``, ``iso2``, ``country`` = the country's name, ``region``, ``city``,
+  ``lat``, ``lon``, ``zip``, ``tz``); ``&format=object``: API.md's record (``ip``, ``country`` =
+  ISO code, ...). 400 bad IP or format, 404 unknown, 503 when no GeoIP database is configured.
+  Never stored nor logged: the lookup runs on the address and answers the caller only.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import json
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sfpltracker.ingest.consent import PRIVATE_COLUMNS, agreed_row
-from sfpltracker.ingest.ids import parse_uuid, uuid4
-from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events, lower_keys
-from sfpltracker.pipeline.intake import Refused
-from sfpltracker.privacy.identity import analytics_consented
-from sfpltracker.privacy.ip import canonical_ip
-from sfpltracker.web.common import (
+from sfpltracker.web.ops import answer_format, bad_format
+
+from ..ingest.ids import parse_uuid, uuid4
+from ..ingest.parse import BadInput, RefusedItem, json_events, lower_keys
+from ..pipeline.intake import Refused
+from ..privacy.consent import PRIVATE_COLUMNS, agreed_row
+from ..privacy.identity import analytics_consented
+from ..privacy.ip import canonical_ip
+from .common import (
     NOT_DONE_YET,
     apply_cors,
     body_too_large,
@@ -186,6 +191,9 @@ class PrivacyResource(Resource):
         geoip = getattr(self.gateway, "geoip", None)
         if geoip is None:
             return error(request, 503, "no GeoIP database is configured (GeoIPDatabase)")
+        shape = answer_format(request)
+        if shape is None:
+            return bad_format(request)
         args = request.args or {}
         asked = (args.get(b"ip") or [b""])[0].decode("latin-1").strip()
         if asked:
@@ -198,4 +206,22 @@ class PrivacyResource(Resource):
         if record is None:
             return error(request, 404, "no GeoIP record for this address")
         request.setHeader(b"cache-control", b"no-store")
-        return write_json(request, 200, record.as_dict())
+        if shape == "object":
+            return write_json(request, 200, record.as_dict())
+        return write_json(request, 200, original_geoip(record))
+
+
+def original_geoip(record) -> dict:
+    """The original's GeoIP JSON (its ``GeoIP`` struct), from our record."""
+    return {
+        "ips": record.ips,
+        "ipe": record.ipe,
+        "iso2": record.country,
+        "country": record.country_name,
+        "region": record.region,
+        "city": record.city,
+        "lat": record.lat,
+        "lon": record.lon,
+        "zip": record.zip,
+        "tz": record.tz,
+    }

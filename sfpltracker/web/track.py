@@ -8,14 +8,18 @@ batch, one bad item is refused alone; the others are stored.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sfpltracker.ingest.ids import parse_uuid
-from sfpltracker.ingest.messaging import messaging_records
-from sfpltracker.ingest.parse import (
+from sfpltracker.ingest import payments
+from sfpltracker.web.ops import note_acknowledged
+
+from ..ingest.ids import parse_uuid
+from ..ingest.messaging import messaging_records
+from ..ingest.parse import (
     BadInput,
     RefusedItem,
     item_problem,
@@ -24,9 +28,9 @@ from sfpltracker.ingest.parse import (
     path_pairs,
     query_pairs,
 )
-from sfpltracker.ingest.payments import payment_rows
-from sfpltracker.pipeline.intake import Refused
-from sfpltracker.web.common import (
+from ..ingest.payments import payment_rows
+from ..pipeline.intake import Refused
+from .common import (
     NOT_DONE_YET,
     apply_cors,
     body_too_large,
@@ -39,6 +43,18 @@ from sfpltracker.web.common import (
 )
 
 log = Logger()
+
+# What a GET /ltv/ must carry one of to be a payment (else a prefetch or a stray link).
+PAYMENT_FIELDS = frozenset(
+    (
+        *payments.COMMON_UUIDS,
+        *payments.ITEM_UUIDS,
+        *payments.ITEM_STRINGS,
+        *payments.ITEM_NUMBERS,
+        *payments.ITEM_TIMES,
+        *("org", "amt", "duration", "payments"),
+    )
+)
 
 GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=")
 
@@ -110,13 +126,12 @@ class TrackResource(IngestResource):
         self.client = kind in ("tr", "img")
 
     def render_GET(self, request):
+        started = time.monotonic_ns()
         apply_cors(request, self.cfg.AllowOrigin)
-        base = path_pairs(_rest_of_path(request, 3))
-        query = request.uri.decode("latin-1").partition("?")[2]
-        base.update(query_pairs(query, self.cfg.IgnoreQueryParamsKey))
-        return self._ingest(request, [{}], base)
+        return self._ingest(request, [{}], _query_and_path(request, self.cfg), started)
 
     def render_POST(self, request):
+        started = time.monotonic_ns()
         apply_cors(request, self.cfg.AllowOrigin)
         try:
             items = self._body_items(request)
@@ -124,11 +139,11 @@ class TrackResource(IngestResource):
             return error(request, 400, str(e))
         if not items:
             return error(request, 400, "no event in the request body")
-        return self._ingest(request, items, path_pairs(_rest_of_path(request, 3)))
+        return self._ingest(request, items, path_pairs(_rest_of_path(request, 3)), started)
 
     render_PUT = render_POST
 
-    def _ingest(self, request, items: list[Any], base: dict[str, str]):
+    def _ingest(self, request, items: list[Any], base: dict[str, str], started: int):
         gw = self.gateway
         req = request_info(request, gw)
         first = next((i for i in items if isinstance(i, dict)), {})
@@ -160,7 +175,9 @@ class TrackResource(IngestResource):
             return error(request, 400, "; ".join(problems[:5]))
 
         def answer() -> bytes:
-            gw.count("events_accepted", len(eids) - eids.count(None))
+            acknowledged = len(eids) - eids.count(None)
+            gw.count("events_accepted", acknowledged)
+            note_acknowledged(gw, acknowledged, started)
             if self.client and visitor.cookies_allowed:
                 self._set_cookies(request, visitor, req.https)
             if problems:
@@ -177,6 +194,14 @@ class TrackResource(IngestResource):
 
     def _set_cookies(self, request, visitor, https: bool) -> None:
         set_visitor_cookies(request, visitor, https, self.cfg)
+
+
+def _query_and_path(request, cfg) -> dict[str, str]:
+    """A GET's fields: the REST path pairs after the route, then the query (which wins)."""
+    fields = path_pairs(_rest_of_path(request, 3))
+    query = request.uri.decode("latin-1").partition("?")[2]
+    fields.update(query_pairs(query, cfg.IgnoreQueryParamsKey))
+    return fields
 
 
 def set_visitor_cookies(request, visitor, https: bool, cfg) -> None:
@@ -200,10 +225,18 @@ def visitor_cookies(visitor, https: bool, cfg) -> tuple[bytes, bytes]:
 
 
 class LtvResource(IngestResource):
-    """``POST /tr/v1/ltv/``: a payment or a ``payments`` batch -> ``payments`` rows."""
+    """``/tr/v1/ltv/``: a payment or a ``payments`` batch -> ``payments`` rows.
+
+    POST (or PUT) a JSON object; GET takes one payment from the query string and path pairs
+    (``/tr/v1/ltv/uid/<uuid>?revenue=9.5&currency=EUR``), as the original ingested it.
+    """
 
     def render_GET(self, request):
-        return error(request, 405, "use POST with a JSON payment")
+        apply_cors(request, self.cfg.AllowOrigin)
+        fields = _query_and_path(request, self.cfg)
+        if PAYMENT_FIELDS.isdisjoint(fields):
+            return error(request, 400, "no payment field in the query (?revenue=...&uid=...)")
+        return self._payments(request, fields)
 
     def render_POST(self, request):
         apply_cors(request, self.cfg.AllowOrigin)
@@ -216,8 +249,16 @@ class LtvResource(IngestResource):
                 raise BadInput(
                     problem or 'expected one JSON object (use "payments": [...] for a batch)'
                 )
+        except BadInput as e:
+            return error(request, 400, str(e))
+        return self._payments(request, lower_keys(items[0]))
+
+    render_PUT = render_POST
+
+    def _payments(self, request, body: dict[str, Any]):
+        try:
             req = request_info(request, self.gateway)
-            rows = payment_rows(lower_keys(items[0]), req, parse_uuid(req.cookies.get("vid")))
+            rows = payment_rows(body, req, parse_uuid(req.cookies.get("vid")))
         except BadInput as e:
             return error(request, 400, str(e))
         records = [("payments", row) for row in rows]
