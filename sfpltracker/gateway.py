@@ -15,6 +15,8 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sfpltracker import migrate as _migrate  # noqa: F401 - registers migrate-page
+
 from . import __version__, admin
 from . import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 from .config import Config
