@@ -22,7 +22,7 @@ are skipped). ``redirect_history`` keeps no deduplication window here, so its ro
 stored are looked up first. The source must not change while it is copied: point traffic at
 this gateway first (docs/migrating.md).
 
-What the mapping does beyond copying same-named columns (``map_row``):
+What the mapping does beyond copying same-named columns (``Mapper.map_rows``):
 * IPs: the original stored raw IPs (``ips``, ``dailies``, ``agreed``, ``logs``, and ``events``
   unless ``UseRemoveIP``); here ``IPMode`` applies to them as to new events, and an ``iphash``
   without its IP (the original's unsalted, reversible FNV) is replaced by a keyed hash of it.
@@ -271,7 +271,13 @@ class Source:
         )
         result = self._run(sql, params)
         names = [name for name, _ in columns]
-        rows = [{n: _plain(v) for n, v in zip(names, r, strict=False)} for r in result]
+        rows = [dict(zip(names, r, strict=False)) for r in result]
+        # Most columns arrive as the rows carry them (the SELECT made times, UUIDs, dates and
+        # JSON plain); only composite and exotic types are converted value by value.
+        for name, spec in columns:
+            if any(t in spec for t in ("Array", "Decimal", "IPv", "Tuple", "Map", "Nested")):
+                for row in rows:
+                    row[name] = _plain(row[name])
         last = list(result[-1][len(names) :]) if result else None
         return rows, last
 
@@ -302,23 +308,34 @@ class Mapper:
         digest = hmac.new(self.hash_key, b"original:" + value.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:20]).decode().rstrip("=")
 
-    def map_row(self, table: str, row: dict, columns: dict[str, str]) -> dict:
-        """The row for this schema's ``table`` (``columns``: name -> type here)."""
-        row = dict(row)
-        if "ip" in row:
-            self._ip(row)
-        for name in KEYED_HASHES:
-            if isinstance(row.get(name), str):
-                row[name] = self.rekey(row[name])
+    def map_rows(
+        self, table: str, rows: list[dict], source: dict[str, str], columns: dict[str, str]
+    ) -> list[dict]:
+        """The rows for this schema's ``table``: ``source`` and ``columns`` are name -> type
+        there and here. Only a column whose type differs (String -> JSON, UInt8 -> Bool ...)
+        is converted value by value."""
+        convert = {}
+        for name, spec in columns.items():
+            if "JSON" in spec:
+                convert[name] = _json_text
+            elif name in source and _base(spec) != _base(source[name]):
+                convert[name] = lambda v, spec=spec: _coerce(v, spec)
         special = getattr(self, f"_map_{table}", None)
-        if special is not None:
-            special(row)
-        out = {}
-        for name, value in row.items():
-            spec = columns.get(name)
-            if spec is None:
-                continue
-            out[name] = _json_text(value) if "JSON" in spec else _coerce(value, spec)
+        hashes = [h for h in KEYED_HASHES if h in source]
+        out = []
+        for row in rows:
+            if "ip" in row:
+                self._ip(row)
+            for name in hashes:
+                if isinstance(row[name], str):
+                    row[name] = self.rekey(row[name])
+            if special is not None:
+                special(row)
+            mapped = {name: value for name, value in row.items() if name in columns}
+            for name, fn in convert.items():
+                if name in mapped:
+                    mapped[name] = fn(mapped[name])
+            out.append(mapped)
         return out
 
     def _ip(self, row: dict) -> None:
@@ -385,6 +402,15 @@ def _link_parts(urlfrom: str) -> tuple[str, str]:
         return host.split(":")[0], normalize_path("/" + unquote(path))
 
 
+def _base(spec: str) -> str:
+    """A type without LowCardinality/Nullable; DateTime and DateTime64 alike (both arrive as
+    epoch milliseconds)."""
+    for wrapper in ("LowCardinality(", "Nullable("):
+        while spec.startswith(wrapper):
+            spec = spec[len(wrapper) : -1]
+    return "DateTime" if spec.startswith("DateTime") else spec
+
+
 def _coerce(value: Any, spec: str) -> Any:
     """A value of the original's column type as this schema's column type takes it, where the
     two differ (UInt8 -> Bool, a number kept as text ...); anything else as it is."""
@@ -410,7 +436,7 @@ def _coerce(value: Any, spec: str) -> Any:
 def _json_text(value: Any) -> str:
     """JSON text for a JSON column, each path named once (ClickHouse refuses a row naming one
     twice); '' and NULL as ``{}``."""
-    if value is None or value == "":
+    if value is None or value == "" or value == "{}":
         return "{}"
     if isinstance(value, str):
         try:
@@ -421,7 +447,10 @@ def _json_text(value: Any) -> str:
         parsed = value
     if not isinstance(parsed, dict):
         return json.dumps({"value": parsed})
-    return json.dumps(unique_json_paths(parsed), ensure_ascii=False, separators=(",", ":"))
+    unique = unique_json_paths(parsed)
+    if unique is parsed and isinstance(value, str):
+        return value  # the text as it was: nothing to drop
+    return json.dumps(unique, ensure_ascii=False, separators=(",", ":"))
 
 
 # -- one page ---------------------------------------------------------------------------------
@@ -514,7 +543,7 @@ def copy_page(store, mapper: Mapper, source_url: str, name: str, after, limit: i
         rows, last = yield deferToThread(source.page, table, source_columns, after, limit)
     finally:
         yield deferToThread(source.close)
-    mapped = [mapper.map_row(name, r, columns) for r in rows]
+    mapped = mapper.map_rows(name, rows, dict(source_columns), columns)
     stored = 0
     if name in CHECK_STORED and mapped:
         mapped = yield _without_stored(store, name, mapped, CHECK_STORED[name])
@@ -620,6 +649,8 @@ def run(cfg, source_url: str, page, out, batch: int = DEFAULT_BATCH, restart: bo
             )
             continue
         st = state.table(table.name)
+        if st.get("skipped"):  # no table here last time: the schema may have one now
+            st.update(done=False, skipped="")
         if st["done"]:
             out(f"{table.name}: done before ({st['read']:,} rows)")
         started = time.monotonic()
@@ -636,6 +667,8 @@ def run(cfg, source_url: str, page, out, batch: int = DEFAULT_BATCH, restart: bo
             st["stored"] += result["stored"]
             st["done"] = result["done"]
             state.save()
+            if not result["read"] and st["read"]:
+                continue  # the empty page after a full one: nothing new to show
             rate = st["read"] / max(time.monotonic() - started, 1e-3)
             share = f" ({100 * st['read'] // total}%)" if total else ""
             out(f"{table.name}: {st['read']:,} of {total:,} rows{share}, {rate:,.0f} rows/s")
@@ -697,10 +730,34 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=cmd_migrate)
 
 
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("localhost", "::1", "127.0.0.1", "") else host
+
+
+def check_not_own_database(cfg, url: str) -> None:
+    """Refuse a source that is this gateway's own store: the original's config.json names its
+    database (``Context: sfpla``), which is also this schema's default database."""
+    entry = cfg.store_entry()
+    if entry.Type != "clickhouse":
+        return
+    parts = urlsplit(url)
+    database = parts.path.strip("/") or "sfpla"
+    source = (_local(parts.hostname or "localhost"), parts.port or 9000)
+    for hostport in entry.Hosts:
+        host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "9000")
+        if (_local(host.strip("[]")), int(port or 9000)) == source and database == entry.Database:
+            raise MigrateError(
+                f"--from is this gateway's own database ({hostport}/{database}): give the "
+                'gateway a database of its own ("Database": "sfpltracker" in its Notify '
+                "entry), load the schema there, then migrate (docs/migrating.md)"
+            )
+
+
 def cmd_migrate(cfg, ns) -> int:
     from sfpltracker import cli
 
     url = check_source_url(ns.source)
+    check_not_own_database(cfg, url)
     if not 1 <= ns.batch <= 1_000_000:
         raise MigrateError("--batch: from 1 to 1000000 rows")
 
