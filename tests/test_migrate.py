@@ -520,3 +520,26 @@ def test_migrate_refuses_a_source_that_is_not_a_clickhouse_url(tmp_path):
     )
     assert done.returncode == 1
     assert "clickhouse://user:password@host:9000/sfpla" in done.stderr
+
+
+def test_migrate_refuses_the_gateways_own_database(tmp_path):
+    """The original's config.json names its database (Context sfpla), which a gateway started
+    on that file writes too: copying it into itself is refused, with what to do instead."""
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "DataDirectory": str(tmp_path / "data"),
+                "Notify": [
+                    {"Service": "clickhouse", "Hosts": ["localhost:9000"], "Context": "sfpla"}
+                ],
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "sfpltracker", "--config", str(config), "migrate", "--from",
+         "clickhouse://default@127.0.0.1:9000/sfpla"],
+        env=env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "own database" in done.stderr and '"Database": "sfpltracker"' in done.stderr
