@@ -543,3 +543,60 @@ def test_migrate_refuses_the_gateways_own_database(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     assert "own database" in done.stderr and '"Database": "sfpltracker"' in done.stderr
+
+
+def test_migrate_into_a_clickhouse_server_store(tmp_path, original):
+    """The store a ClickHouse server (here a database of its own on the original's server, with
+    the schema downgraded for 18.16): rows go in over the native protocol; pages sent again
+    (their saved positions lost) skip what is stored (keys; link history by its key)."""
+    from tests.clickhouse_legacy import downgrade_schema
+
+    ch, rows = original
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "DataDirectory": str(tmp_path / "data"),
+                "QueryPort": "",
+                "Notify": [{"Type": "clickhouse", "Hosts": [ch.hostport], "Database": "mine"}],
+            }
+        )
+    )
+    environment = dict(env(), SFPL_SCHEMA_DIR=str(downgrade_schema(tmp_path / "schema")))
+    cmd = [sys.executable, "-m", "sfpltracker", "--config", str(config), "migrate", "--from",
+           f"clickhouse://default@{ch.host}:{ch.tcp_port}/sfpla", "--batch", "50"]  # fmt: skip
+
+    def migrate() -> str:
+        done = subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "into the clickhouse store" in migrate()
+    (path,) = (tmp_path / "data" / "migrate").glob("*.json")
+    state = json.loads(path.read_text())
+    for table in ("events", "payments", "agreed", "redirect_history"):
+        state["tables"][table] = {"after": None, "read": 0, "stored": 0, "done": False}
+    path.write_text(json.dumps(state))
+    migrate()
+
+    client = ch.client()
+    try:
+
+        def count(sql: str) -> int:
+            return client.execute(sql)[0][0]
+
+        assert count("SELECT count() FROM mine.events") == N_EVENTS
+        assert count("SELECT min(server) FROM mine.events") == 1
+        assert count("SELECT count() FROM mine.payments") == len(rows["payments"])
+        assert count("SELECT count() FROM mine.agreed") == len(rows["agreed"])
+        assert count("SELECT count() FROM mine.redirect_history") == len(rows["redirect_history"])
+        assert count("SELECT sum(total) FROM mine.hits") == sum(r["total"] for r in rows["hits"])
+        raw_ip = rows["events"][10]["ip"]
+        stored = client.execute(
+            f"SELECT ip FROM mine.events WHERE eid = '{rows['events'][10]['eid']}'"
+        )
+        assert stored == [(truncate(raw_ip),)]
+        # The original's database is only read.
+        assert count("SELECT count() FROM sfpla.events") == N_EVENTS
+    finally:
+        client.disconnect()
