@@ -56,13 +56,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
 from sfpltracker import admin
 from sfpltracker.ingest.fields import unique_json_paths
+from sfpltracker.ingest.ids import short_hash
 from sfpltracker.links.model import LinkInvalid, link_key, normalize_path, parse_from
 from sfpltracker.privacy.ip import IPPolicy
 
@@ -367,14 +368,15 @@ class Mapper:
             row["device"] = row.get("device") or agent.device
 
     def _map_redirects(self, row: dict) -> None:
-        host, path = _link_parts(row.get("urlfrom") or "")
+        _, host, path = _link_parts(row.get("urlfrom") or "")
         row["urlfrom"] = link_key(host, path)
+        row["hhash"] = short_hash(host)  # the link's host, as links/model.py writes it
         row["host"], row["path"] = host, path
         row["id"] = link_id(row["urlfrom"])
         row.setdefault("status", 302)
 
     def _map_redirect_history(self, row: dict) -> None:
-        host, path = _link_parts(row.get("urlfrom") or "")
+        row["urlfrom"], host, path = _link_parts(row.get("urlfrom") or "")
         row["hostfrom"], row["slugfrom"] = host, path
         row["id"] = link_id(link_key(host, path))
         to = urlsplit(row.get("urlto") or "")
@@ -389,17 +391,17 @@ def link_id(key: str) -> str:
     return str(uuid.uuid5(NAMESPACE, "link|" + key))
 
 
-def _link_parts(urlfrom: str) -> tuple[str, str]:
-    """(host, path) of a link key in this gateway's form: host without port, path
+def _link_parts(urlfrom: str) -> tuple[str, str, str]:
+    """(URL, host, path) of a short link in this gateway's form: host without port, path
     percent-decoded, lower-cased, without trailing slash (``links/model.py``)."""
     try:
-        _, host, path = parse_from(urlfrom)
-        return host, path
+        return parse_from(urlfrom)
     except LinkInvalid:  # kept (a link the admin API would refuse today), split plainly
         text = urlfrom.strip().lower()
-        text = text.split("://", 1)[-1]
-        host, _, path = text.partition("/")
-        return host.split(":")[0], normalize_path("/" + unquote(path))
+        scheme, _, rest = text.rpartition("://")
+        host, _, path = rest.partition("/")
+        host, path = host.split(":")[0], normalize_path("/" + path)
+        return f"{scheme or 'https'}://{host}{path}", host, path
 
 
 def _base(spec: str) -> str:
@@ -427,7 +429,7 @@ def _coerce(value: Any, spec: str) -> Any:
     if inner.startswith("Float") and isinstance(value, int | bool):
         return float(value)
     if inner in ("String", "FixedString") and not isinstance(value, str):
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False)
     if inner == "UUID" and value == "":
         return ZERO_UUID
     return value
@@ -543,7 +545,8 @@ def copy_page(store, mapper: Mapper, source_url: str, name: str, after, limit: i
         rows, last = yield deferToThread(source.page, table, source_columns, after, limit)
     finally:
         yield deferToThread(source.close)
-    mapped = mapper.map_rows(name, rows, dict(source_columns), columns)
+    # Off the reactor: in a running gateway, live traffic shares it.
+    mapped = yield deferToThread(mapper.map_rows, name, rows, dict(source_columns), columns)
     stored = 0
     if name in CHECK_STORED and mapped:
         mapped = yield _without_stored(store, name, mapped, CHECK_STORED[name])
