@@ -692,9 +692,15 @@ def run(cfg, source_url: str, page, out, batch: int = DEFAULT_BATCH, restart: bo
                 "note": note,
             }
         )
-    for name in sorted(set(present) - set(BY_NAME)):
-        note = "not copied: not a table the original's code writes"
-        summary.append({"table": name, "source": None, "note": note})
+    # The original's *_local tables (under its Distributed ones), views and the tables its
+    # code never writes: one line, they would drown the rest.
+    others = sorted(set(present) - set(BY_NAME))
+    if others:
+        names = ", ".join(others)
+        names = names if len(names) <= 160 else names[:157] + "..."
+        summary.append(
+            {"table": f"({len(others)} more)", "source": None, "note": f"not copied: {names}"}
+        )
     state.data["finished"] = True
     state.save()
     return summary
