@@ -152,7 +152,7 @@ def main() -> int:
 
     from twisted.internet import defer, task
 
-    from sfpltracker.store.clickhouse import ClickHouseStore
+    from sfpltracker.store.clickhouse.store import ClickHouseStore
 
     work = Path(tempfile.mkdtemp(prefix="sfpl-bench-ch-"))
     schema = downgrade_schema(work / "schema")

@@ -45,7 +45,7 @@ from twisted.web import resource, server  # noqa: E402
 
 from bench.common import SerialisingIntake  # noqa: E402
 from sfpltracker.config import load_dict  # noqa: E402
-from sfpltracker.edge import Edge  # noqa: E402
+from sfpltracker.edge.assembly import Edge  # noqa: E402
 from sfpltracker.gateway import Gateway  # noqa: E402
 from sfpltracker.pipeline.spool import encode_frame  # noqa: E402
 from sfpltracker.web.common import request_info  # noqa: E402

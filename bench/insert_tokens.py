@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from sfpltracker.pipeline.journal import InsertJournal, JournalBatch  # noqa: E402
 from sfpltracker.pipeline.spool import Position  # noqa: E402
-from sfpltracker.store.embedded import EmbeddedStore  # noqa: E402
+from sfpltracker.store.embedded.store import EmbeddedStore  # noqa: E402
 
 EPOCH_MS = 1_767_225_600_000
 

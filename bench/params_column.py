@@ -6,7 +6,7 @@ rate, a typical params query, memory and descriptors, per column type (chDB in-p
 
 Without ``--type`` it compares the old ``params JSON`` on chDB's defaults with the type
 ``schema/010_events.sql`` declares now on the engine settings of the embedded store
-(``store/embedded.py``); a ``--type`` ending in ``@defaults`` runs on chDB's defaults. Each type runs in a process of its own (chDB opens one data directory per
+(``store/embedded/store.py``); a ``--type`` ending in ``@defaults`` runs on chDB's defaults. Each type runs in a process of its own (chDB opens one data directory per
 process; RSS and descriptors are that process's) on a fresh data directory with the full
 schema (``events`` and its materialized views), opened the way the embedded store opens it.
 
@@ -172,8 +172,10 @@ def run_one(
 ) -> dict:
     import chdb
 
-    from sfpltracker.store import embedded  # imported here: tests import this module's helpers
     from sfpltracker.store.embedded import (
+        store as embedded,  # imported here: tests import this module's helpers
+    )
+    from sfpltracker.store.embedded.store import (
         CONFIG_FILE,
         chdb_connection_string,
         to_arrow,

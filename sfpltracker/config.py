@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from .original_config import Mapped, OriginalConfigError, translate
+from sfpltracker.original_config import Mapped, OriginalConfigError, translate
 
 
 class ConfigError(Exception):
@@ -399,7 +399,7 @@ def _validate_edge(cfg: Config) -> None:
         raise ConfigError("ACMEChallenge: http-01 is answered on ProxyPort, which is disabled")
     for host, entry in cfg.Sites.items():
         for prefix, upstream in entry.Proxy.items():
-            from .web.hosts import ProxyRoute
+            from sfpltracker.edge.hosts import ProxyRoute
 
             try:
                 ProxyRoute.parse(prefix, upstream)

@@ -15,21 +15,20 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sfpltracker import __version__, admin
 from sfpltracker import migrate as _migrate  # noqa: F401 - registers migrate-page
-
-from . import __version__, admin
-from . import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
-from .config import Config
-from .ingest import bounds
-from .ingest.event import EventModel
-from .notify import nats as notify_nats
-from .pipeline.batcher import Batcher
-from .pipeline.intake import MemoryIntake
-from .privacy import build_enrichers
-from .privacy import commands as _privacy_commands  # noqa: F401 - registers prune, forget, ...
-from .privacy.geoip import open_geoip
-from .privacy.identity import CookielessIds, CookiePolicy, DailySalts
-from .privacy.ip import IPPolicy, TrustedProxies
+from sfpltracker.config import Config
+from sfpltracker.ingest import bounds
+from sfpltracker.ingest.event import EventModel
+from sfpltracker.notify import nats as notify_nats
+from sfpltracker.pipeline.batcher import Batcher
+from sfpltracker.pipeline.intake import MemoryIntake
+from sfpltracker.privacy import build_enrichers
+from sfpltracker.privacy import commands as _privacy_commands  # noqa: F401 - registers prune, forget, ...
+from sfpltracker.privacy.geoip import open_geoip
+from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
+from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
+from sfpltracker.store import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 
 log = Logger()
 
@@ -55,11 +54,11 @@ def load_or_create_secret(path: Path, configured: str = "") -> bytes:
 def make_store(cfg: Config, reactor):
     entry = cfg.store_entry()
     if entry.Type == "embedded":
-        from .store.embedded import EmbeddedStore
+        from sfpltracker.store.embedded.store import EmbeddedStore
 
         return EmbeddedStore(cfg.data_dir, reactor, database=entry.Database or "sfpla")
     if entry.Type == "clickhouse":
-        from .store.clickhouse import ClickHouseStore
+        from sfpltracker.store.clickhouse.store import ClickHouseStore
 
         return ClickHouseStore.from_config(entry, cfg, reactor)
     raise NotImplementedError(f"store type {entry.Type!r} is not available yet")
@@ -69,7 +68,7 @@ def make_intake(cfg: Config, batcher, store, reactor):
     """The point of acknowledgement: the durable spool, or RAM with ``Durability: "memory"``."""
     if cfg.Durability == "memory":
         return MemoryIntake(batcher)
-    from .pipeline.spool_intake import SpoolIntake
+    from sfpltracker.pipeline.spool_intake import SpoolIntake
 
     return SpoolIntake(
         cfg.data_dir / "spool",

@@ -763,7 +763,7 @@ def check_not_own_database(cfg, url: str) -> None:
 
 
 def cmd_migrate(cfg, ns) -> int:
-    from sfpltracker import cli
+    from sfpltracker.cli import main as cli
 
     url = check_source_url(ns.source)
     check_not_own_database(cfg, url)

@@ -11,12 +11,12 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from .config import Config, parse_listen
-from .edge import Edge
-from .gateway import Gateway
-from .tuning import tune_gc
-from .web.query import query_site
-from .web.site import GatewayRoot
+from sfpltracker.config import Config, parse_listen
+from sfpltracker.edge.assembly import Edge
+from sfpltracker.gateway import Gateway
+from sfpltracker.tuning import tune_gc
+from sfpltracker.web.query import query_site
+from sfpltracker.web.site import GatewayRoot
 
 log = Logger()
 

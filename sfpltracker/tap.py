@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from twisted.python import usage
 
-from .config import ConfigError, load
-from .logs import LogsAsJSON, twistd_log_file
-from .notify import reactor as notify_reactor
-from .original_config import Mapped
-from .service import makeService as _make_service
+from sfpltracker.config import ConfigError, load
+from sfpltracker.logs import LogsAsJSON, twistd_log_file
+from sfpltracker.notify import reactor as notify_reactor
+from sfpltracker.original_config import Mapped
+from sfpltracker.service import makeService as _make_service
 
 
 class Options(usage.Options):

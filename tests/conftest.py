@@ -2,7 +2,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from sfpltracker.store.embedded import EmbeddedStore
+from sfpltracker.store.embedded.store import EmbeddedStore
 from tests.gateway_process import GatewayProcess
 
 

@@ -37,7 +37,7 @@ def seed(data_dir: Path, tables: dict[str, list[dict]]) -> None:
 def _main(data_dir: str, payload: str) -> None:
     from twisted.internet import defer, reactor
 
-    from sfpltracker.store.embedded import EmbeddedStore
+    from sfpltracker.store.embedded.store import EmbeddedStore
 
     tables = json.loads(Path(payload).read_text())
     failure = []

@@ -18,8 +18,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from sfpltracker.store.clickhouse import ClickHouseStore
-from sfpltracker.store.cluster import ClusterSchemaError, cluster_statements
+from sfpltracker.store.clickhouse.cluster import ClusterSchemaError, cluster_statements
+from sfpltracker.store.clickhouse.store import ClickHouseStore
 from sfpltracker.store.schema import load_statements, required_version
 from tests.clickhouse_legacy import downgrade_schema
 from tests.servers import ClickHouseServer

@@ -10,10 +10,10 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from sfpltracker.config import ConfigError, load_dict
-from sfpltracker.store.clickhouse import ClickHouseStore, parse_hosts
-from sfpltracker.store.columns import ZERO_UUID, TableShape, prepare
+from sfpltracker.store.clickhouse.columns import ZERO_UUID, TableShape, prepare
+from sfpltracker.store.clickhouse.formats import number
+from sfpltracker.store.clickhouse.store import ClickHouseStore, parse_hosts
 from sfpltracker.store.errors import StoreError
-from sfpltracker.store.formats import number
 from sfpltracker.store.schema import parse_version
 
 SHAPE = TableShape(

@@ -19,9 +19,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from sfpltracker.config import BatchSettings
-from sfpltracker.deadletter_replay import replay
 from sfpltracker.pipeline.batcher import Batcher
-from sfpltracker.store.clickhouse import ClickHouseStore
+from sfpltracker.store.clickhouse.store import ClickHouseStore
+from sfpltracker.store.deadletter_replay import replay
 from sfpltracker.store.errors import StoreError
 from tests.clickhouse_legacy import downgrade_schema
 from tests.servers import ClickHouseServer, _make_test_pki, free_port

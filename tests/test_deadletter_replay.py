@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from sfpltracker.deadletter_replay import fingerprint, parse, replay, unique_rows
 from sfpltracker.pipeline.spool import encode_frame, list_segments, segment_path
 from sfpltracker.store.deadletter import DeadLetters
-from sfpltracker.store.embedded import EmbeddedStore
+from sfpltracker.store.deadletter_replay import fingerprint, parse, replay, unique_rows
+from sfpltracker.store.embedded.store import EmbeddedStore
 from tests.test_durability import TRACK, assert_exactly_once, drained, wait_health
 from tests.test_poison import CLASHING_PATHS_PARAMS, LONE_SURROGATE_PARAMS, event_row
 from tests.test_privacy_cli import cli

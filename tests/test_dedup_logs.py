@@ -1,6 +1,6 @@
 """A crash between ClickHouse's two commit steps of a part (the block id appended to the
 table's deduplication log, then the part renamed into place) must not keep a re-send from
-writing that part (``store/dedup_logs.py``).
+writing that part (``store/embedded/dedup_logs.py``).
 
 The crash is made deterministically: a batch is inserted with a token, the store is stopped
 and the ``ltvu`` view's part is put back to the ``tmp_insert_`` directory it was renamed from,
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from sfpltracker.store.dedup_logs import repair_deduplication_logs
-from sfpltracker.store.embedded import EmbeddedStore
+from sfpltracker.store.embedded.dedup_logs import repair_deduplication_logs
+from sfpltracker.store.embedded.store import EmbeddedStore
 
 DAY_MS = 1_767_225_600_000  # 2026-01-01
 

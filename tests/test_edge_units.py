@@ -14,13 +14,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sfpltracker.config import ConfigError, load_dict
-from sfpltracker.tls import acme
-from sfpltracker.tls.acme import AcmeManager, Http01Tokens, RenewalFailed, retry_delay
-from sfpltracker.tls.alpn import ACME_IDENTIFIER_OID, validation_pair
-from sfpltracker.tls.certs import CertStore, self_signed_pair
-from sfpltracker.web.hosts import ProxyRoute, SiteRouter
-from sfpltracker.web.limits import DailyLimiter, client_key
-from sfpltracker.web.static_site import accepted_encodings, etag_matches, parse_range
+from sfpltracker.edge.hosts import ProxyRoute, SiteRouter
+from sfpltracker.edge.limits import DailyLimiter, client_key
+from sfpltracker.edge.static_site import accepted_encodings, etag_matches, parse_range
+from sfpltracker.edge.tls import acme
+from sfpltracker.edge.tls.acme import AcmeManager, Http01Tokens, RenewalFailed, retry_delay
+from sfpltracker.edge.tls.alpn import ACME_IDENTIFIER_OID, validation_pair
+from sfpltracker.edge.tls.certs import CertStore, self_signed_pair
 
 # -- ACME scheduling ---------------------------------------------------------------------------
 
@@ -292,7 +292,7 @@ class StubStore:
 
 @pytest.fixture
 def edge_site(tmp_path):
-    from sfpltracker.edge import Edge
+    from sfpltracker.edge.assembly import Edge
     from sfpltracker.gateway import Gateway
     from sfpltracker.web.site import GatewayRoot
 
@@ -415,7 +415,7 @@ def test_stored_certificate_dates_drive_due_time():
 
 
 def test_file_cache_keeps_answers_a_second_and_bounds_content(tmp_path):
-    from sfpltracker.web.static_site import FileCache
+    from sfpltracker.edge.static_site import FileCache
 
     root = tmp_path / "www"
     root.mkdir()

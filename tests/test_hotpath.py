@@ -205,7 +205,7 @@ class AcceptAll:
 
 @pytest.fixture
 def edge(tmp_path):
-    from sfpltracker.edge import Edge
+    from sfpltracker.edge.assembly import Edge
     from sfpltracker.gateway import Gateway
     from sfpltracker.web.site import GatewayRoot
 

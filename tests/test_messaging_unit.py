@@ -235,7 +235,7 @@ def test_no_rows_without_a_valid_tid():
 
 
 def test_in_a_cluster_a_thread_lives_on_one_shard():
-    from sfpltracker.store.cluster import cluster_statements
+    from sfpltracker.store.clickhouse.cluster import cluster_statements
     from sfpltracker.store.schema import load_statements
 
     sql = {s.name: s.sql for s in cluster_statements(load_statements(), "c1")}

@@ -318,7 +318,7 @@ def test_jetstream_loader_finishes_a_half_stored_batch_from_its_journal(jetstrea
     the batch is in ``events`` (with its token), ``hits`` and ``visitors`` miss it, and the
     loader's journal holds its begin record. The restarted loader must complete the views."""
     from sfpltracker.pipeline.journal import InsertJournal, JournalBatch
-    from sfpltracker.store.embedded import EmbeddedStore
+    from sfpltracker.store.embedded.store import EmbeddedStore
 
     loader = gateway_factory({"Notify": [nats_entry(jetstream, JetStream=True)]}, name="loader")
     before = events(5, "halfway")

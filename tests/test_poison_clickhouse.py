@@ -24,7 +24,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from sfpltracker.pipeline.spool import encode_frame, list_segments, segment_path
-from sfpltracker.store.clickhouse import ClickHouseStore
+from sfpltracker.store.clickhouse.store import ClickHouseStore
 from sfpltracker.store.errors import StoreError
 from tests.clickhouse_legacy import downgrade_schema
 from tests.servers import ClickHouseServer

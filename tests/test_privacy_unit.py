@@ -10,11 +10,11 @@ import uuid
 
 import pytest
 
+from sfpltracker.ingest.consent import agreed_row
 from sfpltracker.ingest.event import EventModel
 from sfpltracker.ingest.request import RequestInfo
 from sfpltracker.privacy import build_enrichers
 from sfpltracker.privacy.catalogue import Table
-from sfpltracker.privacy.consent import agreed_row
 from sfpltracker.privacy.identity import (
     CFLAGS,
     CookielessIds,

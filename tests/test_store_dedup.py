@@ -9,8 +9,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
-from sfpltracker.store.embedded import DEDUP_KEYS as EMBEDDED_KEYS
-from sfpltracker.store.embedded import EmbeddedStore
+from sfpltracker.store.embedded.store import DEDUP_KEYS as EMBEDDED_KEYS
+from sfpltracker.store.embedded.store import EmbeddedStore
 
 
 def test_keys_and_filter():

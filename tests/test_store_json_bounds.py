@@ -19,8 +19,8 @@ from twisted.internet import defer, reactor
 
 from bench.params_column import random_params, rare_text_key, schema_params_type
 from sfpltracker.ingest.event import _params_text
-from sfpltracker.store.cluster import cluster_statements
-from sfpltracker.store.embedded import MERGE_TREE_SETTINGS, SERVER_SETTINGS, EmbeddedStore
+from sfpltracker.store.clickhouse.cluster import cluster_statements
+from sfpltracker.store.embedded.store import MERGE_TREE_SETTINGS, SERVER_SETTINGS, EmbeddedStore
 from sfpltracker.store.schema import (
     JSON_BOUNDS,
     SCHEMA_DIR,

@@ -1,11 +1,11 @@
-"""``store/legacy.py``: the gateway's reads rewritten for a server older than the schema needs."""
+"""``store/clickhouse/legacy.py``: the gateway's reads rewritten for a server older than the schema needs."""
 
 from __future__ import annotations
 
 import pytest
 
+from sfpltracker.store.clickhouse.legacy import LegacyDialect, bind, epoch_milli_from_seconds
 from sfpltracker.store.errors import StoreError
-from sfpltracker.store.legacy import LegacyDialect, bind, epoch_milli_from_seconds
 
 
 def test_parameters_bound_as_typed_literals():

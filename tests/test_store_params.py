@@ -10,7 +10,7 @@ from tests.gateway_process import ROOT
 CHILD = """
 import json, sys
 import chdb
-from sfpltracker.store.embedded import escaped
+from sfpltracker.store.embedded.store import escaped
 conn = chdb.connect(":memory:")
 out = []
 for value in json.loads(sys.argv[1]):

@@ -16,10 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..privacy.identity import CookielessIds, CookiePolicy
-from ..privacy.ip import IPPolicy
-from . import bounds
-from .fields import (
+from sfpltracker.ingest import bounds
+from sfpltracker.ingest.fields import (
     EVENT_COERCERS,
     NOT_PARAMS,
     param_value,
@@ -27,9 +25,11 @@ from .fields import (
     to_json_object,
     unique_json_paths,
 )
-from .ids import parse_uuid, short_hash, uuid4, uuid7
-from .parse import BadInput
-from .request import RequestInfo
+from sfpltracker.ingest.ids import parse_uuid, short_hash, uuid4, uuid7
+from sfpltracker.ingest.parse import BadInput
+from sfpltracker.ingest.request import RequestInfo
+from sfpltracker.privacy.identity import CookielessIds, CookiePolicy
+from sfpltracker.privacy.ip import IPPolicy
 
 Enricher = Callable[[dict, RequestInfo], None]
 

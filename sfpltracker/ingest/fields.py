@@ -12,8 +12,8 @@ import math
 import re
 from typing import Any
 
-from . import bounds
-from .ids import parse_uuid
+from sfpltracker.ingest import bounds
+from sfpltracker.ingest.ids import parse_uuid
 
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")

@@ -27,10 +27,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..store.schema import SCHEMA_DIR, split_statements
-from . import bounds
-from .fields import INT32_MAX, INT32_MIN, to_float, to_int, to_str
-from .ids import parse_uuid
+from sfpltracker.ingest import bounds
+from sfpltracker.ingest.fields import INT32_MAX, INT32_MIN, to_float, to_int, to_str
+from sfpltracker.ingest.ids import parse_uuid
+from sfpltracker.store.schema import SCHEMA_DIR, split_statements
 
 SCHEMA_FILE = SCHEMA_DIR / "060_messaging.sql"
 TABLES = ("mthreads", "mstore", "mtriage")

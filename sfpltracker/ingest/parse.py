@@ -11,7 +11,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from . import bounds
+from sfpltracker.ingest import bounds
 
 
 class BadInput(ValueError):

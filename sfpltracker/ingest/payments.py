@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from .fields import to_float, to_int, to_str
-from .ids import parse_uuid, short_hash, uuid4
-from .messaging import MAX_TIME_MS, MIN_TIME_MS
-from .parse import BadInput
-from .request import RequestInfo
+from sfpltracker.ingest.fields import to_float, to_int, to_str
+from sfpltracker.ingest.ids import parse_uuid, short_hash, uuid4
+from sfpltracker.ingest.messaging import MAX_TIME_MS, MIN_TIME_MS
+from sfpltracker.ingest.parse import BadInput
+from sfpltracker.ingest.request import RequestInfo
 
 COMMON_UUIDS = ("vid", "uid", "oid", "tid", "invid", "sid", "updater", "owner")
 ITEM_UUIDS = ("product_id", "orid")

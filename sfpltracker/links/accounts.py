@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, threads
 
-from .. import admin
-from ..ingest.ids import ZERO_UUID, parse_uuid, uuid4
+from sfpltracker import admin
+from sfpltracker.ingest.ids import ZERO_UUID, parse_uuid, uuid4
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
 SCRYPT_MAXMEM = 64 * 1024 * 1024

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .model import Link, possible_key
+from sfpltracker.links.model import Link, possible_key
 
 log = Logger()
 

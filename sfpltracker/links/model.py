@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
-from ..ingest.ids import parse_uuid, short_hash
-from ..ingest.parse import query_pairs
-from ..ingest.request import host_only
+from sfpltracker.ingest.ids import parse_uuid, short_hash
+from sfpltracker.ingest.parse import query_pairs
+from sfpltracker.ingest.request import host_only
 
 STATUSES = (301, 302, 307, 308)
 DEFAULT_STATUS = 302

@@ -13,7 +13,7 @@ import fnmatch
 import re
 from urllib.parse import urlsplit
 
-from ..ingest.request import host_only
+from sfpltracker.ingest.request import host_only
 
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
 

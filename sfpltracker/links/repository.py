@@ -11,8 +11,8 @@ import json
 
 from twisted.internet import defer, threads
 
-from ..ingest.ids import short_hash
-from .model import LINK_COLUMNS, Link, history_row, link_from_row, redirect_row
+from sfpltracker.ingest.ids import short_hash
+from sfpltracker.links.model import LINK_COLUMNS, Link, history_row, link_from_row, redirect_row
 
 
 def _rows(data: bytes) -> list[dict]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .accounts import Accounts
-from .cache import LinkCache
-from .policy import RedirectPolicy
-from .repository import LinkRepository
-from .throttle import LoginThrottle
+from sfpltracker.links.accounts import Accounts
+from sfpltracker.links.cache import LinkCache
+from sfpltracker.links.policy import RedirectPolicy
+from sfpltracker.links.repository import LinkRepository
+from sfpltracker.links.throttle import LoginThrottle
 
 
 class ShortLinkService:

@@ -14,7 +14,7 @@ key): without that, a burst of concurrent guesses would all start before the fir
 failed. A legitimate client may thus run up to ``limit`` concurrent logins per IP and uid.
 
 Keys are HMAC-SHA256 digests with a random key made at start (as ``RateLimitPerDay``,
-``web/limits.py``): no raw IP or uid is kept. Memory is bounded: at most ``max_entries``
+``edge/limits.py``): no raw IP or uid is kept. Memory is bounded: at most ``max_entries``
 keys, the least recently used dropped first (a dropped key just starts counting afresh).
 """
 
@@ -26,7 +26,7 @@ import math
 import secrets
 from collections import OrderedDict
 
-from ..web.limits import ip_digest
+from sfpltracker.edge.limits import ip_digest
 
 
 class Throttled(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from ..config import Config, ConfigError
+from sfpltracker.config import Config, ConfigError
 
 
 def nats_entries(cfg: Config) -> list[tuple[int, object]]:

@@ -34,10 +34,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..config import BatchSettings
-from ..store.dedup import DEDUP_KEYS
-from .breaker import CircuitBreaker
-from .journal import JournalBatch, Journaled, Span
+from sfpltracker.config import BatchSettings
+from sfpltracker.pipeline.breaker import CircuitBreaker
+from sfpltracker.pipeline.journal import JournalBatch, Journaled, Span
+from sfpltracker.store.dedup import DEDUP_KEYS
 
 log = Logger()
 

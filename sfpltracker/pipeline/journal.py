@@ -54,7 +54,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from .spool import Position, fsync_directory
+from sfpltracker.pipeline.spool import Position, fsync_directory
 
 log = Logger()
 

@@ -38,9 +38,8 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from ..store.dedup import DEDUP_KEYS
-from .journal import InsertJournal, JournalBatch, Span, finish
-from .spool import (
+from sfpltracker.pipeline.journal import InsertJournal, JournalBatch, Span, finish
+from sfpltracker.pipeline.spool import (
     MAGIC,
     Frame,
     Position,
@@ -52,6 +51,7 @@ from .spool import (
     scan_segment,
     segment_path,
 )
+from sfpltracker.store.dedup import DEDUP_KEYS
 
 log = Logger()
 

@@ -21,9 +21,9 @@ from prometheus_client.core import (
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .intake import Record, Refused
-from .loader import Loader
-from .spool import Frame, Position, SpoolWriter, encode_frame
+from sfpltracker.pipeline.intake import Record, Refused
+from sfpltracker.pipeline.loader import Loader
+from sfpltracker.pipeline.spool import Frame, Position, SpoolWriter, encode_frame
 
 log = Logger()
 

@@ -3,8 +3,8 @@
 
 def build_enrichers(geoip=None) -> tuple:
     """The event enrichers of this package: GeoIP (when a database is open), user agent."""
-    from .geoip import GeoEnricher
-    from .useragent import UserAgentEnricher, warm_up
+    from sfpltracker.privacy.geoip import GeoEnricher
+    from sfpltracker.privacy.useragent import UserAgentEnricher, warm_up
 
     warm_up()
     return ((GeoEnricher(geoip),) if geoip is not None else ()) + (UserAgentEnricher(),)

@@ -1,6 +1,6 @@
 """Admin commands of the privacy tools, run by the process that owns the store.
 
-Each command does one step, so the CLI (``privacy/cli.py``) can print progress between steps
+Each command does one step, so the CLI (``cli/privacy.py``) can print progress between steps
 and the same code runs inside the gateway (over ``POST /admin/<command>``) and offline:
 
 - ``prune-plan`` / ``prune-table``: what retention deletes (with counts), then one table;
@@ -16,10 +16,10 @@ import time
 
 from twisted.internet import defer
 
-from ..admin import AdminError, command
-from . import retention
-from .catalogue import ZERO_REF, count, database_of, mutate, read_catalogue
-from .subject import Subject, SubjectError, resolve
+from sfpltracker.admin import AdminError, command
+from sfpltracker.privacy import retention
+from sfpltracker.privacy.catalogue import ZERO_REF, count, database_of, mutate, read_catalogue
+from sfpltracker.privacy.subject import Subject, SubjectError, resolve
 
 
 def _now_ms(ctx, args) -> int:

@@ -14,7 +14,7 @@ import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..ingest.request import RequestInfo
+from sfpltracker.ingest.request import RequestInfo
 
 MMDB_MARKER = b"\xab\xcd\xefMaxMind.com"
 

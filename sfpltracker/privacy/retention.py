@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
-from .catalogue import KEEP_TABLES, LOG_TABLES, Table, database_of, string_list, time_literal
+from sfpltracker.privacy.catalogue import (
+    KEEP_TABLES,
+    LOG_TABLES,
+    Table,
+    database_of,
+    string_list,
+    time_literal,
+)
 
 DAY_MS = 86_400_000
 

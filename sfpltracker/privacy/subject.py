@@ -25,8 +25,15 @@ from dataclasses import asdict, dataclass, field
 
 from twisted.internet import defer
 
-from ..ingest.ids import ZERO_UUID, parse_uuid
-from .catalogue import KEEP_TABLES, Table, database_of, string_list, uuid_list, valid_ehash
+from sfpltracker.ingest.ids import ZERO_UUID, parse_uuid
+from sfpltracker.privacy.catalogue import (
+    KEEP_TABLES,
+    Table,
+    database_of,
+    string_list,
+    uuid_list,
+    valid_ehash,
+)
 
 ID_COLUMNS = ("vid", "uid", "ehash", "sid")
 

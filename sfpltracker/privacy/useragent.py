@@ -13,7 +13,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from ..ingest.request import RequestInfo
+from sfpltracker.ingest.request import RequestInfo
 
 _TABLET = re.compile(r"iPad|Tablet|PlayBook|Silk|Kindle", re.IGNORECASE)
 _MOBILE = re.compile(r"Mobi|iPhone|iPod|Android|BlackBerry|IEMobile|Opera Mini", re.IGNORECASE)

@@ -36,7 +36,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from .errors import StoreError
+from sfpltracker.store.errors import StoreError
 
 # Tables of the ``system`` database clients read to connect and to browse the schema:
 # clickhouse-connect reads ``system.settings``; Grafana's plugin the databases, tables and

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.web.server import NOT_DONE_YET
 
-from ..ingest.request import RequestInfo, host_only
+from sfpltracker.ingest.request import RequestInfo, host_only
 
 
 def header(request, name: str, default: str = "") -> str:

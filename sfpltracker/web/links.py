@@ -30,13 +30,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from ..ingest import bounds
-from ..ingest.ids import uuid4
-from ..ingest.messaging import event_records
-from ..ingest.parse import BadInput, query_pairs
-from ..ingest.request import host_only
-from ..links.accounts import AuthFailed, Credentials
-from ..links.model import (
+from sfpltracker.ingest import bounds
+from sfpltracker.ingest.ids import uuid4
+from sfpltracker.ingest.messaging import event_records
+from sfpltracker.ingest.parse import BadInput, query_pairs
+from sfpltracker.ingest.request import host_only
+from sfpltracker.links.accounts import AuthFailed, Credentials
+from sfpltracker.links.model import (
     PERMANENT,
     Link,
     LinkInvalid,
@@ -48,9 +48,9 @@ from ..links.model import (
     public_view,
     resolve_tracked,
 )
-from ..links.throttle import Throttled
-from ..store.errors import StoreError
-from .common import (
+from sfpltracker.links.throttle import Throttled
+from sfpltracker.store.errors import StoreError
+from sfpltracker.web.common import (
     NOT_DONE_YET,
     apply_cors,
     body_too_large,
@@ -62,8 +62,8 @@ from .common import (
     request_info,
     write_json,
 )
-from .rdr import answer_after_intake
-from .track import set_visitor_cookies
+from sfpltracker.web.rdr import answer_after_intake
+from sfpltracker.web.track import set_visitor_cookies
 
 log = Logger()
 

@@ -18,7 +18,7 @@ from prometheus_client.openmetrics.exposition import (
 )
 from twisted.web.resource import Resource
 
-from .common import apply_cors, header, write_json
+from sfpltracker.web.common import apply_cors, header, write_json
 
 
 class _Leaf(Resource):

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.web import static
 from twisted.web.resource import Resource
 
-from .common import error, request_info
+from sfpltracker.web.common import error, request_info
 
 log = Logger()
 

@@ -33,12 +33,12 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from .. import admin
-from ..store.errors import StoreError
-from ..store.query_guard import QueryRefused, check_format
-from .common import body_too_large, header
-from .front import EdgeFront, EdgeSite
-from .site import LimitedRequest
+from sfpltracker import admin
+from sfpltracker.edge.front import EdgeFront, EdgeSite
+from sfpltracker.store.errors import StoreError
+from sfpltracker.store.query_guard import QueryRefused, check_format
+from sfpltracker.web.common import body_too_large, header
+from sfpltracker.web.site import LimitedRequest
 
 log = Logger()
 

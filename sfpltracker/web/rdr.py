@@ -17,11 +17,11 @@ from urllib.parse import parse_qsl
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from ..ingest.messaging import count_events, event_records
-from ..ingest.parse import BadInput, path_pairs, query_pairs
-from ..links.model import LinkInvalid, ascii_url
-from .common import NOT_DONE_YET, apply_cors, error, finish, preflight, request_info
-from .track import _rest_of_path, set_visitor_cookies
+from sfpltracker.ingest.messaging import count_events, event_records
+from sfpltracker.ingest.parse import BadInput, path_pairs, query_pairs
+from sfpltracker.links.model import LinkInvalid, ascii_url
+from sfpltracker.web.common import NOT_DONE_YET, apply_cors, error, finish, preflight, request_info
+from sfpltracker.web.track import _rest_of_path, set_visitor_cookies
 
 log = Logger()
 

@@ -13,21 +13,21 @@ from twisted.web import http, server
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
-from ..links.service import ShortLinkService
-from .common import error
-from .links import RpiResource, ShortLinkFallback
-from .ops import (
+from sfpltracker.links.service import ShortLinkService
+from sfpltracker.web.common import error
+from sfpltracker.web.links import RpiResource, ShortLinkFallback
+from sfpltracker.web.ops import (
     ClearResource,
     HealthResource,
     MetricsResource,
     PingResource,
     StatusResource,
 )
-from .privacy import PrivacyResource
-from .pub import PubResource
-from .rdr import RedirectResource
-from .track import LtvResource, TrackResource
-from .ws import WebSocketIngestResource
+from sfpltracker.web.privacy import PrivacyResource
+from sfpltracker.web.pub import PubResource
+from sfpltracker.web.rdr import RedirectResource
+from sfpltracker.web.track import LtvResource, TrackResource
+from sfpltracker.web.ws import WebSocketIngestResource
 
 log = Logger()
 
@@ -207,7 +207,7 @@ class GatewaySite(server.Site):
     from a path: it is written only with ``Debug`` on, through ``twisted.logger``.
     """
 
-    channelClass = CountingChannel  # subclasses (web/front.py) add per-connection limits
+    channelClass = CountingChannel  # subclasses (edge/front.py) add per-connection limits
 
     def __init__(self, gateway, root: Resource, **kwargs):
         cfg = gateway.cfg

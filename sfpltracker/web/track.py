@@ -13,9 +13,9 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from ..ingest.ids import parse_uuid
-from ..ingest.messaging import messaging_records
-from ..ingest.parse import (
+from sfpltracker.ingest.ids import parse_uuid
+from sfpltracker.ingest.messaging import messaging_records
+from sfpltracker.ingest.parse import (
     BadInput,
     RefusedItem,
     item_problem,
@@ -24,9 +24,9 @@ from ..ingest.parse import (
     path_pairs,
     query_pairs,
 )
-from ..ingest.payments import payment_rows
-from ..pipeline.intake import Refused
-from .common import (
+from sfpltracker.ingest.payments import payment_rows
+from sfpltracker.pipeline.intake import Refused
+from sfpltracker.web.common import (
     NOT_DONE_YET,
     apply_cors,
     body_too_large,

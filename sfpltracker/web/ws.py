@@ -42,13 +42,13 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 
-from ..ingest.ids import parse_uuid
-from ..ingest.messaging import count_events, messaging_records
-from ..ingest.parse import BadInput, item_problem, json_events, lower_keys, query_pairs
-from ..ingest.request import host_only
-from ..pipeline.intake import Refused
-from .common import NOT_DONE_YET, error, header, request_info
-from .track import visitor_cookies
+from sfpltracker.ingest.ids import parse_uuid
+from sfpltracker.ingest.messaging import count_events, messaging_records
+from sfpltracker.ingest.parse import BadInput, item_problem, json_events, lower_keys, query_pairs
+from sfpltracker.ingest.request import host_only
+from sfpltracker.pipeline.intake import Refused
+from sfpltracker.web.common import NOT_DONE_YET, error, header, request_info
+from sfpltracker.web.track import visitor_cookies
 
 log = Logger()
 

@@ -1,7 +1,7 @@
 """``python -m sfpltracker deadletter list [--table T] | replay --table T [--dry-run]``.
 
 ``list`` reads the files in ``DataDirectory/deadletter/`` itself (no store needed). ``replay``
-is admin command ``deadletter-replay`` (``deadletter_replay.py``): run by the running gateway,
+is admin command ``deadletter-replay`` (``store/deadletter_replay.py``): run by the running gateway,
 which owns the store and the files' append lock, or offline on the store opened here.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from . import cli
-from .deadletter_replay import list_files
+from sfpltracker.cli import main as cli
+from sfpltracker.store.deadletter_replay import list_files
 
 
 def register(subparsers) -> None:

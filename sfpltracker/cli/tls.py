@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .. import cli
+from sfpltracker.cli import main as cli
 
 
 def register(subparsers) -> None:

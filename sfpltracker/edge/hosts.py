@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..ingest.request import host_only
+from sfpltracker.ingest.request import host_only
 
 UPSTREAM_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 

@@ -15,10 +15,10 @@ import re
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from ..ingest.request import host_only
-from .common import apply_cors, error, header
-from .site import CountingChannel, GatewaySite
-from .streaming import StreamingRequest
+from sfpltracker.edge.streaming import StreamingRequest
+from sfpltracker.ingest.request import host_only
+from sfpltracker.web.common import apply_cors, error, header
+from sfpltracker.web.site import CountingChannel, GatewaySite
 
 log = Logger()
 

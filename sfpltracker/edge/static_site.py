@@ -27,8 +27,8 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.web import http, static
 
-from .common import NOT_DONE_YET, error
-from .pub import possible_path, resolve_inside
+from sfpltracker.web.common import NOT_DONE_YET, error
+from sfpltracker.web.pub import possible_path, resolve_inside
 
 SMALL_FILE = 256 * 1024  # read at once; larger files are streamed by a producer
 

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .columns import split_type
+from sfpltracker.store.clickhouse.columns import split_type
 
 UNKNOWN_FORMAT = 73
 

@@ -19,9 +19,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
-from .. import admin
-from ..ingest.event import hash_private
-from .catalogue import valid_ehash
+from sfpltracker import admin
+from sfpltracker.ingest.event import hash_private
+from sfpltracker.privacy.catalogue import valid_ehash
 
 DEFAULT_EXPORT_TABLES = ("events",)
 
@@ -36,12 +36,12 @@ class GatewaySession:
         self.cfg = cfg
 
     def admin(self, name: str, args: dict) -> dict:
-        from .. import cli
+        from sfpltracker.cli import main as cli
 
         return cli.call_running_gateway(self.cfg, name, args)
 
     def query(self, sql: str, fmt: str) -> bytes:
-        from .. import cli
+        from sfpltracker.cli import main as cli
 
         request = urllib.request.Request(
             f"{cli._listener_url(self.cfg)}/?{urlencode({'default_format': fmt})}",
@@ -79,7 +79,7 @@ class OfflineSession:
 
 def with_session(cfg, driver) -> int:
     """Run ``driver(session) -> int`` against the running gateway, else offline."""
-    from .. import cli
+    from sfpltracker.cli import main as cli
 
     try:
         cli.call_running_gateway(cfg, "ping", {})
@@ -91,7 +91,7 @@ def with_session(cfg, driver) -> int:
 def _offline(cfg, driver) -> int:
     from twisted.internet import reactor, threads
 
-    from .. import cli
+    from sfpltracker.cli import main as cli
 
     return cli.run_with_store(
         cfg, lambda store: threads.deferToThread(driver, OfflineSession(cfg, store, reactor))
@@ -283,7 +283,7 @@ def cmd_export(cfg, ns) -> int:
 
 
 def _catalogue(session, db: str) -> dict:
-    from .catalogue import Table
+    from sfpltracker.privacy.catalogue import Table
 
     raw = session.query(
         "SELECT t.name AS table, t.engine AS engine, c.name AS column, c.type AS type "

@@ -13,10 +13,10 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlencode
 
-from . import admin
-from .config import Config, ConfigError, load, parse_listen
-from .links import accounts as _accounts  # noqa: F401 - registers the account-* admin commands
-from .links import cli as links_cli
+from sfpltracker import admin
+from sfpltracker.cli import links as links_cli
+from sfpltracker.config import Config, ConfigError, load, parse_listen
+from sfpltracker.links import accounts as _accounts  # noqa: F401 - registers the account-* admin commands
 
 
 def _listener_url(cfg: Config) -> str:
@@ -62,7 +62,7 @@ def run_with_store(cfg: Config, work):
     from twisted.internet import reactor
     from twisted.python.failure import Failure
 
-    from .gateway import make_store
+    from sfpltracker.gateway import make_store
 
     outcome: list = []
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list = []
 EXTRA_COMMANDS.append(links_cli.register)
 
-from .privacy.cli import register as _register_privacy  # noqa: E402 - prune, forget, export
+from sfpltracker.cli.privacy import register as _register_privacy  # noqa: E402 - prune, forget, export
 
 EXTRA_COMMANDS.append(_register_privacy)
 
@@ -187,5 +187,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Subcommands of feature modules (imported last: they append to EXTRA_COMMANDS above).
-from . import deadletter_cli as _deadletter_cli  # noqa: E402, F401
-from .tls import cli as _tls_cli  # noqa: E402, F401
+from sfpltracker.cli import deadletter as _deadletter_cli  # noqa: E402, F401
+from sfpltracker.cli import tls as _tls_cli  # noqa: E402, F401

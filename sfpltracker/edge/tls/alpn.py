@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from .certs import CertPair, key_to_pem, new_key, parse_pair
+from sfpltracker.edge.tls.certs import CertPair, key_to_pem, new_key, parse_pair
 
 ACME_TLS_1 = b"acme-tls/1"
 ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")

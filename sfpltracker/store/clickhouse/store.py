@@ -49,18 +49,18 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ..config import COMPRESSIONS
-from . import formats
-from .cluster import check_cluster_name, cluster_statements
-from .columns import Prepared, TableShape, prepare
-from .deadletter import DeadLetters
-from .dedup import drop_stored, keys_to_check
-from .errors import StoreError
-from .legacy import LegacyDialect
-from .query_guard import QueryGuard, local_parser
-from .rejects import DataRejected, bisect, dead_letter_family, refused_for_data
-from .rejects import one_line as _reason
-from .schema import (
+from sfpltracker.config import COMPRESSIONS
+from sfpltracker.store.clickhouse import formats
+from sfpltracker.store.clickhouse.cluster import check_cluster_name, cluster_statements
+from sfpltracker.store.clickhouse.columns import Prepared, TableShape, prepare
+from sfpltracker.store.clickhouse.legacy import LegacyDialect
+from sfpltracker.store.deadletter import DeadLetters
+from sfpltracker.store.dedup import drop_stored, keys_to_check
+from sfpltracker.store.errors import StoreError
+from sfpltracker.store.query_guard import QueryGuard, local_parser
+from sfpltracker.store.rejects import DataRejected, bisect, dead_letter_family, refused_for_data
+from sfpltracker.store.rejects import one_line as _reason
+from sfpltracker.store.schema import (
     JSON_BOUNDS,
     json_type_changes,
     load_statements,

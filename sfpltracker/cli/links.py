@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def run(cfg, ns) -> int:
-    from ..cli import run_command
+    from sfpltracker.cli.main import run_command
 
     args: dict = {}
     if getattr(ns, "secret_stdin", False):

@@ -49,12 +49,12 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from .deadletter import DeadLetters
-from .dedup import DEDUP_KEYS, drop_stored, keys_to_check
-from .dedup_logs import repair_if_unused
-from .errors import StoreError
-from .query_guard import QueryGuard
-from .rejects import (
+from sfpltracker.store.deadletter import DeadLetters
+from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
+from sfpltracker.store.embedded.dedup_logs import repair_if_unused
+from sfpltracker.store.errors import StoreError
+from sfpltracker.store.query_guard import QueryGuard
+from sfpltracker.store.rejects import (
     DataRejected,
     Dead,
     bisect,
@@ -62,7 +62,7 @@ from .rejects import (
     one_line,
     refused_for_data,
 )
-from .schema import json_type_changes, load_statements
+from sfpltracker.store.schema import json_type_changes, load_statements
 
 __all__ = ["DEDUP_KEYS", "EmbeddedStore", "StoreError"]
 
@@ -230,7 +230,7 @@ class EmbeddedStore:
 
         self.path.mkdir(parents=True, exist_ok=True)
         # Before chDB reads them: block ids of parts a crash kept from landing would make a
-        # re-send of their batch skip those parts (store/dedup_logs.py).
+        # re-send of their batch skip those parts (store/embedded/dedup_logs.py).
         repair_if_unused(self.path)
         try:
             config = write_chdb_config(self.path.parent / CONFIG_FILE)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import StoreError
+from sfpltracker.store.errors import StoreError
 
 PARAMETERS_REVISION = 54459  # clickhouse_driver.defines.DBMS_MIN_PROTOCOL_VERSION_WITH_PARAMETERS
 DATETIME64_VERSION = (20, 1)

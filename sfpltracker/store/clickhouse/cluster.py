@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import re
 
-from .dedup import DEDUP_KEYS
-from .schema import Statement
+from sfpltracker.store.dedup import DEDUP_KEYS
+from sfpltracker.store.schema import Statement
 
 # agreed/agreements by vid too: "latest consent per visitor" (ReplacingMergeTree on vid in
 # agreements_local, filled from agreed_local) only holds when a visitor lives on one shard.

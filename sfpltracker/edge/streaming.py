@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 
-from .site import LimitedRequest
+from sfpltracker.web.site import LimitedRequest
 
 
 class StreamingRequest(LimitedRequest):

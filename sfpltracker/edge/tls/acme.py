@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .. import __version__
-from .alpn import validation_pair
-from .certs import (
+from sfpltracker import __version__
+from sfpltracker.edge.tls.alpn import validation_pair
+from sfpltracker.edge.tls.certs import (
     CertificateError,
     CertPair,
     key_to_pem,

@@ -31,10 +31,17 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from ..ingest.parse import query_pairs
-from .common import NOT_DONE_YET, body_too_large, finish, header, preflight, read_body
-from .common import error as json_error
-from .limits import DailyLimiter
+from sfpltracker.edge.limits import DailyLimiter
+from sfpltracker.ingest.parse import query_pairs
+from sfpltracker.web.common import (
+    NOT_DONE_YET,
+    body_too_large,
+    finish,
+    header,
+    preflight,
+    read_body,
+)
+from sfpltracker.web.common import error as json_error
 
 log = Logger()
 
@@ -272,7 +279,7 @@ class ProxyFallback:
             reactor, UpstreamEndpoints(reactor, connect_timeout), pool=self.pool
         )
         self.errors = {"502": 0, "504": 0}
-        # Sites' DailyLimit: one in-memory counter per site (keyed hashes of IPs, web/limits.py).
+        # Sites' DailyLimit: one in-memory counter per site (keyed hashes of IPs, edge/limits.py).
         self.limiters = {
             name: DailyLimiter(site.daily_limit, reactor)
             for name, site in router.sites.items()

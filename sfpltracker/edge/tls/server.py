@@ -17,8 +17,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from .alpn import ACME_TLS_1
-from .certs import CertPair, CertStore
+from sfpltracker.edge.tls.alpn import ACME_TLS_1
+from sfpltracker.edge.tls.certs import CertPair, CertStore
 
 log = Logger()
 

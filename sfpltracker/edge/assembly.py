@@ -4,9 +4,9 @@
 here is wiring of the modules that do the work:
 
 - ``tls/``: the certificate store and SNI server, the self-signed default, ACME renewal;
-- ``web/front.py``: connection cap, ACME http-01, ForceHTTPS, HSTS, RateLimitPerDay, read
+- ``edge/front.py``: connection cap, ACME http-01, ForceHTTPS, HSTS, RateLimitPerDay, read
   deadline;
-- ``web/hosts.py``, ``web/proxy.py``, ``web/static_site.py``: the ``Sites`` fallbacks, which
+- ``edge/hosts.py``, ``edge/proxy.py``, ``edge/static_site.py``: the ``Sites`` fallbacks, which
   the service appends to ``GatewayRoot.fallbacks`` after the short links.
 """
 
@@ -16,9 +16,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from . import admin
-from .config import ConfigError, parse_listen
-from .tls.acme import (
+from sfpltracker import admin
+from sfpltracker.config import ConfigError, parse_listen
+from sfpltracker.edge.front import EdgeFront, EdgeSite
+from sfpltracker.edge.hosts import SiteRouter
+from sfpltracker.edge.limits import DailyLimiter
+from sfpltracker.edge.proxy import ProxyFallback
+from sfpltracker.edge.sitetrack import make_tracker
+from sfpltracker.edge.static_site import StaticFallback
+from sfpltracker.edge.tls.acme import (
     HTTP01,
     TLSALPN01,
     AcmeIssuer,
@@ -27,14 +33,8 @@ from .tls.acme import (
     Publisher,
     RenewalFailed,
 )
-from .tls.certs import CertificateError, load_or_create_self_signed, load_pair
-from .tls.server import SNIServer, tls_factory
-from .web.front import EdgeFront, EdgeSite
-from .web.hosts import SiteRouter
-from .web.limits import DailyLimiter
-from .web.proxy import ProxyFallback
-from .web.sitetrack import make_tracker
-from .web.static_site import StaticFallback
+from sfpltracker.edge.tls.certs import CertificateError, load_or_create_self_signed, load_pair
+from sfpltracker.edge.tls.server import SNIServer, tls_factory
 
 log = Logger()
 

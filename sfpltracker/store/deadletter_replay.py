@@ -24,8 +24,8 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
-from . import admin
-from .store.dedup import DEDUP_KEYS
+from sfpltracker import admin
+from sfpltracker.store.dedup import DEDUP_KEYS
 
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 CHUNK_ROWS = 5000  # rows per insert: a big file is replayed in bounded inserts

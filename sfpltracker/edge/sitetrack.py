@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from ..ingest.parse import BadInput
-from .common import request_info
+from sfpltracker.ingest.parse import BadInput
+from sfpltracker.web.common import request_info
 
 log = Logger()
 

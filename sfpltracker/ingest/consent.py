@@ -10,17 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ingest.fields import (
-    json_column_text,
-    to_float,
-    to_int,
-    to_json_object,
-    to_str,
-)
-from ..ingest.ids import parse_uuid, short_hash, uuid7
-from ..ingest.parse import BadInput
-from ..ingest.request import RequestInfo
-from .identity import consent_flags
+from sfpltracker.ingest.fields import json_column_text, to_float, to_int, to_json_object, to_str
+from sfpltracker.ingest.ids import parse_uuid, short_hash, uuid7
+from sfpltracker.ingest.parse import BadInput
+from sfpltracker.ingest.request import RequestInfo
+from sfpltracker.privacy.identity import consent_flags
 
 UUIDS = ("sid", "uid", "avid", "owner", "oid", "ref")
 STRINGS = """app rel url gaid idfa msid fbid region culture term rcode aff device os tz zip org

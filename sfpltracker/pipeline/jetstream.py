@@ -1,0 +1,377 @@
+"""JetStream as the spool: the intake that is acknowledged by the stream, and its loader.
+
+With ``"JetStream": true`` on a ``nats`` Notify entry the stream ``Stream`` is the gateway's
+spool (``JetStreamIntake``): a record is acknowledged to the client once JetStream stored it,
+published with its ``eid`` as ``Nats-Msg-Id`` so a client's retry within the stream's duplicate
+window is dropped by the server. With ``"Loader": true`` (the default) the gateway also runs the
+loader (``JetStreamLoader``): a durable pull consumer with explicit acks that feeds the batcher
+and acks a message only once its row is in the store; a redelivered message (a loader died
+between insert and ack) is inserted with the store's dedup, so every eid is stored once, and a
+batch the loader was inserting when it died is finished from its insert journal first, so the
+derived tables (views) count it once too. Several gateways can publish into one stream; every
+loader on the same durable consumer shares the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from sfpltracker.notify.nats_client import (
+    DUPLICATE_WINDOW,
+    MSG_ID_HEADER,
+    TABLE_HEADER,
+    NatsClient,
+    NatsStats,
+    deferred,
+    message_id,
+    subject_for,
+    to_json,
+)
+from sfpltracker.pipeline.intake import Refused
+from sfpltracker.pipeline.journal import InsertJournal, Journaled, finish
+
+log = Logger()
+
+FETCH_BATCH = 1000  # messages per loader fetch
+MAX_OUTSTANDING = 20_000  # loader messages fetched but not yet stored and acked
+
+
+async def ensure_stream(js, stream: str, subject: str) -> None:
+    """Create the stream if missing (idempotent; every gateway and loader calls it)."""
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import BadRequestError, NotFoundError
+
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        config = StreamConfig(
+            name=stream,
+            subjects=[subject, f"{subject}.>"],
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError as e:  # created meanwhile by another gateway
+            if e.err_code != 10058:
+                raise
+        return
+    if subject not in (info.config.subjects or []):
+        log.warn(
+            "JetStream stream {stream} exists without subject {subject}; events published "
+            "there will not be stored",
+            stream=stream,
+            subject=subject,
+        )
+
+
+class JetStreamIntake:
+    """The intake when JetStream is the spool: accepted = stored by JetStream (PubAck).
+
+    It replaces the local spool rather than sitting behind it: the stream is already a durable
+    (file storage; replicated in a NATS cluster) spool shared by every gateway, so a local
+    copy would cost a second fsync per request and keep acknowledged events on one machine's
+    disk, outside the stream the loaders drain. The price: while NATS cannot store, ingestion
+    answers 503 + ``Retry-After`` instead of absorbing (docs/durability.md).
+    """
+
+    def __init__(self, client: NatsClient, entry, stats: NatsStats, batcher=None):
+        self.client = client
+        self.entry = entry
+        self.stats = stats
+        self.batcher = batcher  # this gateway's loader's, when it runs one
+        self.in_flight: set[defer.Deferred] = set()
+        self._stream_ready = False
+
+    def accept(self, records) -> defer.Deferred:
+        if not self.client.connected:
+            self.stats.js_refused += len(records)
+            return defer.fail(Refused("the event stream (NATS) is unavailable", retry_after=5))
+        d = deferred(self._publish(records))
+        self.in_flight.add(d)
+
+        def done(result):
+            self.in_flight.discard(d)
+            return result
+
+        def refused(failure):
+            self.stats.js_refused += len(records)
+            log.warn("JetStream publish failed: {why}", why=failure.getErrorMessage())
+            raise Refused("the event stream (NATS) did not store the events", retry_after=2)
+
+        return d.addBoth(done).addErrback(refused)
+
+    async def _publish(self, records) -> None:
+        js, entry = self.client.js, self.entry
+        if not self._stream_ready:
+            await ensure_stream(js, entry.Stream, entry.Subject)
+            self._stream_ready = True
+        sends = []
+        for table, row in records:
+            payload = to_json(row)
+            headers = {MSG_ID_HEADER: message_id(table, row, payload), TABLE_HEADER: table}
+            sends.append(
+                js.publish(
+                    subject_for(entry.Subject, table),
+                    payload,
+                    timeout=entry.Timeout,
+                    stream=entry.Stream,
+                    headers=headers,
+                )
+            )
+        await asyncio.gather(*sends)
+        self.stats.js_published += len(records)
+
+    def status(self) -> str:
+        """``down``: nothing can be accepted; ``degraded``: accepted, but this gateway's loader
+        cannot store (events wait in the stream); ``ok``."""
+        if not self.client.connected:
+            return "down"
+        breaker = self.batcher.breaker if self.batcher is not None else None
+        if breaker is not None and (breaker.state != "closed" or breaker.failures > 0):
+            return "degraded"
+        return "ok"
+
+    def health(self) -> dict:
+        return {"status": self.status(), "spool": self.report()}
+
+    def report(self) -> dict:
+        st = self.stats
+        return {
+            "durability": "jetstream",  # the stream is the spool: no local spool files
+            "stream": self.entry.Stream,
+            "subject": self.entry.Subject,
+            "connected": self.client.connected,
+            "publishing": len(self.in_flight),  # requests waiting for their PubAck
+            "published_records": st.js_published,
+            "refused_records": st.js_refused,
+            "loader": self.batcher is not None,
+            "loaded_records": st.loaded,
+            "redelivered_records": st.redelivered,
+            "resent_inserts": st.resent,
+        }
+
+    def close(self) -> defer.Deferred:
+        """Wait for the publishes in flight (their clients are waiting for the answer)."""
+        waits = [defer.Deferred() for _ in self.in_flight]
+        for d, w in zip(list(self.in_flight), waits, strict=True):
+            d.addBoth(lambda r, w=w: (w.callback(None), r)[1])
+        return defer.gatherResults(waits)
+
+
+class JetStreamLoader:
+    """Durable pull consumer -> batcher -> store; a message is acked once its row is stored.
+
+    Exact after a crash, derived tables included: every batch it inserts is written first
+    (token and rows, fdatasync-ed) to an insert journal of its own
+    (``DataDirectory/jetstream/<Stream>/inserts.journal``, ``pipeline/journal.py``). A batch
+    begun and not ended (the process died during the insert, or the batcher gave up on it)
+    may be in ``events`` and in only some of its views; before fetching anything more the
+    loader sends such a batch again with its token, from the journal, so the store writes
+    exactly the missing parts. Its messages, redelivered afterwards, are then found stored
+    (dedup) and acked.
+    """
+
+    def __init__(self, client: NatsClient, entry, gateway, stats: NatsStats):
+        self.client = client
+        self.entry = entry
+        self.gateway = gateway
+        self.stats = stats
+        self.durable = f"{entry.Stream}_loader"
+        self.outstanding = 0
+        self.keys_in_flight: set[str] = set()
+        self.acks: set[asyncio.Future] = set()
+        self.journal = InsertJournal(gateway.cfg.data_dir / "jetstream" / entry.Stream)
+        self.origin = Journaled(self.journal)
+        self._journal_open = False
+        self._room: asyncio.Event | None = None
+        self._task: asyncio.Future | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _subscribe(self):
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import BadRequestError
+
+        js = self.client.js
+        await ensure_stream(js, self.entry.Stream, self.entry.Subject)
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.entry.AckWaitSeconds,
+            max_ack_pending=MAX_OUTSTANDING * 2,
+        )
+        try:
+            await js.add_consumer(self.entry.Stream, config)
+        except BadRequestError as e:  # exists with other settings: use it as it is
+            log.warn("JetStream consumer {name}: {why}", name=self.durable, why=e.description)
+        return await js.pull_subscribe_bind(durable=self.durable, stream=self.entry.Stream)
+
+    async def _run(self) -> None:
+        import nats.errors
+
+        sub = None
+        while not self._stopping:
+            try:
+                await self._finish_in_doubt()
+                await self.client.ready.wait()
+                if sub is None:
+                    sub = await self._subscribe()
+                    log.info("JetStream loader consuming {stream}", stream=self.entry.Stream)
+                while self.outstanding >= MAX_OUTSTANDING:
+                    self._room.clear()
+                    await self._room.wait()
+                messages = await sub.fetch(batch=FETCH_BATCH, timeout=1)
+            except asyncio.CancelledError:
+                return
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as e:  # noqa: BLE001 - NATS away or consumer gone: try again
+                if self._stopping:
+                    return
+                log.warn("JetStream loader: {error}", error=f"{type(e).__name__}: {e}")
+                sub = None
+                await asyncio.sleep(1)
+                continue
+            try:
+                await self._finish_in_doubt()  # a batch given up on meanwhile: before its rows
+            except asyncio.CancelledError:
+                return
+            self._load(messages)
+
+    def _open_journal(self):
+        self.journal.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.journal.open()
+
+    async def _finish_in_doubt(self) -> None:
+        """Open the journal, then finish every batch in it that may be half stored; until
+        that is done (the store may be down) nothing is loaded."""
+        loop = asyncio.get_running_loop()
+        warned = False
+        while not self._stopping:
+            try:
+                if not self._journal_open:
+                    doubtful = await deferToThread(self._open_journal).asFuture(loop)
+                    self._journal_open = True
+                    if doubtful:
+                        log.info(
+                            "JetStream loader: {n} insert(s) may have been cut short by the "
+                            "last exit; finishing them",
+                            n=len(doubtful),
+                        )
+                for batch in self.journal.in_doubt():
+                    store = self.gateway.store
+                    if getattr(store, "insert_tokens", False):
+                        rows = batch.rows or []
+                        d = finish(store, self.journal, batch, rows, "JetStream loader")
+                        done = await d.asFuture(loop)
+                        if done == "resent":
+                            self.stats.resent += 1
+                    await self.journal.end(batch.token).asFuture(loop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the store or the disk: try again
+                if not warned:  # one line per outage, not one per second
+                    warned = True
+                    log.warn(
+                        "JetStream loader: finishing an interrupted insert failed ({error}); "
+                        "retrying every second, loading nothing meanwhile",
+                        error=f"{type(e).__name__}: {e}",
+                    )
+                await asyncio.sleep(1)
+
+    def _load(self, messages) -> None:
+        groups: dict[tuple[str, bool], list] = {}
+        for msg in messages:
+            headers = msg.headers or {}
+            key = headers.get(MSG_ID_HEADER, "")
+            if key and key in self.keys_in_flight:
+                continue  # redelivered while its first copy waits for the store: acked then
+            try:
+                row = json.loads(msg.data)
+            except ValueError:
+                self.stats.poison += 1
+                self._settle([msg], "term")
+                continue
+            redelivered = msg.metadata.num_delivered > 1
+            table = headers.get(TABLE_HEADER, "events")
+            groups.setdefault((table, redelivered), []).append((msg, row, key))
+        for (table, redelivered), items in groups.items():
+            rows = [row for _, row, _ in items]
+            msgs = [msg for msg, _, _ in items]
+            keys = [key for _, _, key in items if key]
+            self.keys_in_flight.update(keys)
+            self.outstanding += len(items)
+            if redelivered:
+                # an earlier delivery may have been stored before its loader died: dedup
+                self.stats.redelivered += len(items)
+            d = self.gateway.batcher.add(table, rows, dedup=redelivered, origin=self.origin)
+            d.addCallbacks(self._stored, self._not_stored, (msgs,), None, (msgs, table))
+            d.addBoth(self._done, len(items), keys)
+
+    def _stored(self, _, msgs) -> None:
+        self.stats.loaded += len(msgs)
+        self._settle(msgs, "ack")
+
+    def _not_stored(self, failure, msgs, table) -> None:
+        self.stats.load_failed += len(msgs)
+        log.warn(
+            "JetStream loader: {n} {table} rows not stored ({why}); redelivered later",
+            n=len(msgs),
+            table=table,
+            why=failure.getErrorMessage(),
+        )
+        self._settle(msgs, "nak")
+
+    def _done(self, _, count: int, keys: list[str]) -> None:
+        self.outstanding -= count
+        self.keys_in_flight.difference_update(keys)
+        if self.outstanding < MAX_OUTSTANDING:
+            self._room.set()
+
+    def _settle(self, msgs, how: str) -> None:
+        async def settle():
+            for msg in msgs:
+                try:
+                    if how == "ack":
+                        await msg.ack()
+                    elif how == "nak":
+                        await msg.nak(delay=5)
+                    else:
+                        await msg.term()
+                except Exception:  # noqa: BLE001 - unacked: JetStream redelivers after AckWait
+                    pass
+
+        future = asyncio.ensure_future(settle())
+        self.acks.add(future)
+        future.add_done_callback(self.acks.discard)
+
+    def stop(self) -> defer.Deferred:
+        """Stop fetching, store what was fetched, send the acks."""
+        self._stopping = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        d = self.gateway.batcher.flush_all()
+
+        async def acks_sent():
+            for _ in range(100):  # rows still in the store's hands finish within seconds
+                if not self.outstanding:
+                    break
+                await asyncio.sleep(0.05)
+            if self.acks:
+                await asyncio.gather(*list(self.acks), return_exceptions=True)
+            self.journal.close()  # what is still in flight is in doubt at the next start
+
+        d.addCallback(lambda _: deferred(acks_sent()))
+        return d
