@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sfpltracker import __version__, admin
+from sfpltracker import migrate as _migrate  # noqa: F401 - registers migrate-page
 from sfpltracker.config import Config
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel

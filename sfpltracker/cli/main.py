@@ -157,6 +157,10 @@ from sfpltracker.cli.privacy import register as _register_privacy  # noqa: E402 
 
 EXTRA_COMMANDS.append(_register_privacy)
 
+from sfpltracker.migrate import register as _register_migrate  # noqa: E402 - migrate --from
+
+EXTRA_COMMANDS.append(_register_migrate)
+
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
