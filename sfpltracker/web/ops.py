@@ -22,9 +22,7 @@ from prometheus_client.openmetrics.exposition import (
 )
 from twisted.web.resource import Resource
 
-from sfpltracker.web.common import error
-
-from .common import apply_cors, header, write_json
+from sfpltracker.web.common import apply_cors, error, header, write_json
 
 # ``?format=`` values: absent -> the original tracker's shape, ``object`` -> ours.
 FORMATS = ("original", "object")

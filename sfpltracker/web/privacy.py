@@ -21,15 +21,13 @@ import json
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sfpltracker.web.ops import answer_format, bad_format
-
-from ..ingest.ids import parse_uuid, uuid4
-from ..ingest.parse import BadInput, RefusedItem, json_events, lower_keys
-from ..pipeline.intake import Refused
-from ..privacy.consent import PRIVATE_COLUMNS, agreed_row
-from ..privacy.identity import analytics_consented
-from ..privacy.ip import canonical_ip
-from .common import (
+from sfpltracker.ingest.consent import PRIVATE_COLUMNS, agreed_row
+from sfpltracker.ingest.ids import parse_uuid, uuid4
+from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events, lower_keys
+from sfpltracker.pipeline.intake import Refused
+from sfpltracker.privacy.identity import analytics_consented
+from sfpltracker.privacy.ip import canonical_ip
+from sfpltracker.web.common import (
     NOT_DONE_YET,
     apply_cors,
     body_too_large,
@@ -40,6 +38,7 @@ from .common import (
     request_info,
     write_json,
 )
+from sfpltracker.web.ops import answer_format, bad_format
 
 log = Logger()
 

@@ -15,11 +15,9 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from sfpltracker.ingest import payments
-from sfpltracker.web.ops import note_acknowledged
-
-from ..ingest.ids import parse_uuid
-from ..ingest.messaging import messaging_records
-from ..ingest.parse import (
+from sfpltracker.ingest.ids import parse_uuid
+from sfpltracker.ingest.messaging import messaging_records
+from sfpltracker.ingest.parse import (
     BadInput,
     RefusedItem,
     item_problem,
@@ -28,9 +26,9 @@ from ..ingest.parse import (
     path_pairs,
     query_pairs,
 )
-from ..ingest.payments import payment_rows
-from ..pipeline.intake import Refused
-from .common import (
+from sfpltracker.ingest.payments import payment_rows
+from sfpltracker.pipeline.intake import Refused
+from sfpltracker.web.common import (
     NOT_DONE_YET,
     apply_cors,
     body_too_large,
@@ -41,6 +39,7 @@ from .common import (
     request_info,
     write_json,
 )
+from sfpltracker.web.ops import note_acknowledged
 
 log = Logger()
 
