@@ -12,7 +12,8 @@ old bytes or the new ones, and once it returns the new ones survive a power cut:
 3. renamed over the path;
 4. the directory fsynced (else the rename itself can be lost).
 
-``append_durably`` appends and fsyncs (and fsyncs the directory when it created the file);
+``create_atomic`` is ``write_atomic`` that never replaces: the first of several processes
+creating one file wins and the others read its bytes. ``append_durably`` appends and fsyncs (and fsyncs the directory when it created the file);
 ``fsync_dir`` is step 4 alone, for writers that create files their own way (spool segments).
 """
 
@@ -66,6 +67,31 @@ def write_atomic(
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def create_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> bool:
+    """Create ``path`` holding ``data`` unless it exists (False then: someone else's bytes are
+    there, complete). Atomic like ``write_atomic``: a hard link of a synced temporary file
+    fails when the name is taken, where a rename would replace it."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+            created = True
+        except FileExistsError:
+            created = False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    fsync_dir(path.parent)
+    return created
 
 
 def append_durably(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sfpltracker.fsutil import write_atomic
+from sfpltracker.fsutil import create_atomic, write_atomic
 
 # Consent flags (``cflags``, the ``CookieConsent`` cookie): one bit per consent category. The
 # values keep the original tracker's conventions: its examples send 1024 for analytics consent
@@ -121,14 +121,19 @@ class DailySalts:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / day
         try:
-            value = path.read_bytes()
-            if len(value) == 32:
-                return value
+            stored = path.read_bytes()
         except FileNotFoundError:
-            pass
-        # New, or short (written by an older version that could tear it): a fresh salt.
+            stored = None
+        if stored is not None and len(stored) == 32:
+            return stored
         value = secrets.token_bytes(32)
-        write_atomic(path, value, 0o600)
+        if stored is None:
+            # Created, never replaced: a process that lost the race reads the winner's salt,
+            # so every process sharing the directory computes the same ids.
+            if not create_atomic(path, value, 0o600):
+                return path.read_bytes()
+        else:
+            write_atomic(path, value, 0o600)  # short: torn by an older version's write
         self._forget_before(day)
         return value
 
