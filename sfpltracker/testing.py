@@ -43,12 +43,13 @@ from typing import Any, NamedTuple
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from sfpltracker.store.errors import StoreError
-from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.store.schema import DEFAULT_DATABASE, schema_dir
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # what chDB's store accepts as a token
 
@@ -84,6 +85,7 @@ class MemoryStore:
         self.views = views or {}  # source table -> its materialized views' target tables
         self.insert_tokens = tokens  # chDB: True; a ClickHouse server store: False
         self.readers = [(re.compile(p, re.S), fn) for p, fn in (readers or READERS)]
+        self.known = schema_tables()  # an insert elsewhere fails, as in chDB
         self.tables: dict[str, list[dict]] = defaultdict(list)
         self.tokens: dict[str, set[str]] = defaultdict(set)  # per table (part)
         self.calls: list[Insert] = []
@@ -124,6 +126,8 @@ class MemoryStore:
         self.calls.append(Insert(table, rows, dedup, token))
         if token is not None and not _TOKEN.match(token):
             return defer.fail(StoreError(f"bad insert token {token!r}"))
+        if table not in self.known:
+            return defer.fail(StoreError(f"no table {self.database}.{table}", 60))
         if self.down:
             return defer.fail(StoreError("store down (MemoryStore.down)", 210))
         if self.fail_next:
@@ -205,6 +209,12 @@ class MemoryStore:
             if k not in newest or row.get(version, 0) >= newest[k].get(version, 0):
                 newest[k] = row
         return list(newest.values())
+
+
+def schema_tables() -> set[str]:
+    """The tables the schema files create (materialized views' targets included)."""
+    create = re.compile(rf"CREATE TABLE IF NOT EXISTS {DEFAULT_DATABASE}\.(\w+)")
+    return {m for path in schema_dir().glob("*.sql") for m in create.findall(path.read_text())}
 
 
 def _format(rows: list[dict], fmt: str) -> bytes:
@@ -334,10 +344,20 @@ class MemoryGateway:
         self.root.fallbacks.extend(self.edge.fallbacks())
         self.site = self.edge.site()
         self.client = _SiteClient(self.site)
+        # What a real process would log as a failure (the tests' "no Traceback in the log").
+        self.failures: list[dict] = []
+        globalLogPublisher.addObserver(self._observe)
         self._result(self.gateway.start())
 
+    def _observe(self, event: dict) -> None:
+        if "log_failure" in event or event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            self.failures.append(event)
+
     def close(self) -> None:
-        self._result(self.gateway.stop())
+        try:
+            self._result(self.gateway.stop())
+        finally:
+            globalLogPublisher.removeObserver(self._observe)
 
     def __enter__(self):
         return self
@@ -347,9 +367,12 @@ class MemoryGateway:
 
     def _result(self, d: defer.Deferred):
         """The result of a Deferred that must have fired (nothing here waits on anything)."""
-        self.client.flush()
         out: list = []
         d.addBoth(out.append)
+        for _ in range(1000):  # each flush moves one round of bytes (a file is sent in chunks)
+            if out:
+                break
+            self.client.flush()
         if not out:
             raise AssertionError("the in-memory gateway did not answer (a thread or a socket?)")
         if isinstance(out[0], Failure):
