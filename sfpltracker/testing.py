@@ -23,7 +23,7 @@ that died there, any other exception for an insert that failed there).
 ``MemoryGateway`` builds the gateway as ``service.GatewayService`` does (the edge site, its
 ``GatewayRoot``, the short links, the fallbacks), on a ``MemoryStore``, a ``MemoryReactorClock``
 and ``Durability: "memory"``; ``gw.http(...)`` sends a request through treq's ``StubTreq``
-plumbing to the real ``EdgeSite`` (the real request class: body caps, header checks) and
+plumbing (``RequestTraversalAgent``: an in-memory connection) to the real ``EdgeSite`` (the real request class: body caps, header checks) and
 returns the same ``Response`` the real-process tests get. No process, no socket, no thread:
 use it where the assertions are about answers and rows; durability, kills, TLS, WebSockets
 and the query listener need the real process (``tests/gateway_process.py``).
@@ -37,15 +37,19 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from treq.testing import StubTreq
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from sfpltracker.store.errors import StoreError
@@ -304,13 +308,41 @@ class Response:
         return f"<Response {self.status} {self.body[:200]!r}>"
 
 
-class _SiteClient(StubTreq):
-    """treq's ``StubTreq`` speaking to a whole ``Site`` (ours: its request class, body caps,
-    edge checks), not to a bare resource wrapped in a plain ``Site``."""
+class _NoCookies(CookieJar):
+    """Each request carries the cookies its test gives it, as in the real-process tests."""
 
-    def __init__(self, site):
-        super().__init__(Resource())
-        self._agent._serverFactory = site
+    def extract_cookies(self, response, request):
+        pass
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """The whole body at once (``StubTreq``'s way: no cooperator, no reactor)."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer):
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+def site_client(site) -> tuple[HTTPClient, RequestTraversalAgent]:
+    """A treq client speaking to a whole ``Site`` (ours: its request class, body caps, edge
+    checks) over treq's in-memory connection, not to a bare resource in a plain ``Site``."""
+    agent = RequestTraversalAgent(Resource())
+    agent._serverFactory = site
+    return HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=_Body), agent
 
 
 class MemoryGateway:
@@ -343,7 +375,7 @@ class MemoryGateway:
         self.edge = Edge(self.gateway, self.root, self.clock)
         self.root.fallbacks.extend(self.edge.fallbacks())
         self.site = self.edge.site()
-        self.client = _SiteClient(self.site)
+        self.client, self.agent = site_client(self.site)
         # What a real process would log as a failure (the tests' "no Traceback in the log").
         self.failures: list[dict] = []
         globalLogPublisher.addObserver(self._observe)
@@ -372,7 +404,7 @@ class MemoryGateway:
         for _ in range(1000):  # each flush moves one round of bytes (a file is sent in chunks)
             if out:
                 break
-            self.client.flush()
+            self.agent.flush()
         if not out:
             raise AssertionError("the in-memory gateway did not answer (a thread or a socket?)")
         if isinstance(out[0], Failure):
