@@ -40,6 +40,24 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _synced_temp(directory: Path, name: str, data: bytes, mode: int) -> Path:
+    """A new file beside ``name`` (a fresh name, created exclusively with ``mode``) holding
+    ``data``, fsynced. Removed again if writing fails."""
+    tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
 def write_atomic(
     path: str | os.PathLike,
     data: bytes | str,
@@ -53,14 +71,8 @@ def write_atomic(
     path = Path(path)
     if isinstance(data, str):
         data = data.encode()
-    tmp = Path(tmp_dir or path.parent) / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    tmp = _synced_temp(Path(tmp_dir or path.parent), path.name, data, mode)
     try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -74,14 +86,8 @@ def create_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> bo
     there, complete). Atomic like ``write_atomic``: a hard link of a synced temporary file
     fails when the name is taken, where a rename would replace it."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    tmp = _synced_temp(path.parent, path.name, data, mode)
     try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         try:
             os.link(tmp, path)
             created = True
