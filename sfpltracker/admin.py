@@ -18,6 +18,8 @@ from typing import Any
 
 from twisted.internet import defer
 
+from sfpltracker.fsutil import write_atomic
+
 COMMANDS: dict[str, Callable[..., Any]] = {}
 
 TOKEN_FILE = "admin.token"
@@ -62,10 +64,7 @@ def create_token(data_dir: Path) -> str:
     path = token_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text(token)
-    tmp.replace(path)
+    write_atomic(path, token, 0o600)
     return token
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from sfpltracker.original_config import Mapped, OriginalConfigError, translate
+from sfpltracker.store.schema import DEFAULT_DATABASE
 
 
 class ConfigError(Exception):
@@ -50,7 +51,7 @@ class NotifyEntry:
 
     Type: str = "embedded"
     Hosts: list[str] = field(default_factory=list)
-    Database: str = "sfpla"
+    Database: str = DEFAULT_DATABASE
     Context: str = ""
     Username: str = "default"
     Password: str = ""

@@ -7,7 +7,6 @@ acknowledgement) -> batcher -> store. Web resources receive it and call into it;
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from twisted.logger import Logger
 from sfpltracker import __version__, admin
 from sfpltracker import migrate as _migrate  # noqa: F401 - registers migrate-page
 from sfpltracker.config import Config
+from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
 from sfpltracker.notify import nats as notify_nats
@@ -29,6 +29,7 @@ from sfpltracker.privacy.geoip import open_geoip
 from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
 from sfpltracker.store import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
+from sfpltracker.store.schema import DEFAULT_DATABASE
 
 log = Logger()
 
@@ -41,13 +42,7 @@ def load_or_create_secret(path: Path, configured: str = "") -> bytes:
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32).encode()
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(value)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, value, 0o600)
     return value
 
 
@@ -56,7 +51,7 @@ def make_store(cfg: Config, reactor):
     if entry.Type == "embedded":
         from sfpltracker.store.embedded.store import EmbeddedStore
 
-        return EmbeddedStore(cfg.data_dir, reactor, database=entry.Database or "sfpla")
+        return EmbeddedStore(cfg.data_dir, reactor, database=entry.Database or DEFAULT_DATABASE)
     if entry.Type == "clickhouse":
         from sfpltracker.store.clickhouse.store import ClickHouseStore
 

@@ -3,6 +3,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from sfpltracker.store.embedded.store import EmbeddedStore
+from sfpltracker.testing import MemoryGateway
 from tests.gateway_process import GatewayProcess
 
 
@@ -10,6 +11,14 @@ from tests.gateway_process import GatewayProcess
 def gateway(tmp_path):
     """A running gateway on the embedded store with default settings."""
     with GatewayProcess(tmp_path) as gw:
+        yield gw
+
+
+@pytest.fixture
+def memory_gateway(tmp_path):
+    """The gateway's resource tree on a MemoryStore, in memory (no process, no socket):
+    ``memory_gateway.http(...)`` answers at once, ``memory_gateway.rows("events")``."""
+    with MemoryGateway(tmp_path) as gw:
         yield gw
 
 

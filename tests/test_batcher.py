@@ -1,38 +1,23 @@
 """Unit tests: each batching strategy's flush trigger, retries, breaker, honest stats."""
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from sfpltracker.config import BatchSettings
 from sfpltracker.pipeline.batcher import Batcher, StoreRefused
 from sfpltracker.pipeline.intake import MemoryIntake, Refused
+from sfpltracker.testing import MemoryStore
 
 
-class RecordingStore:
-    """Records inserts; ``fail`` makes the next N inserts fail; ``hold`` keeps them pending."""
-
-    def __init__(self):
-        self.inserts = []
-        self.fail = 0
-        self.hold = False
-        self.pending = []
-
-    def insert(self, table, rows, dedup=False):
-        self.inserts.append((table, len(rows), dedup))
-        if self.fail:
-            self.fail -= 1
-            return defer.fail(RuntimeError("store down"))
-        if self.hold:
-            d = defer.Deferred()
-            self.pending.append(d)
-            return d
-        return defer.succeed(len(rows))
+def inserts(store: MemoryStore) -> list[tuple[str, int, bool]]:
+    """(table, rows sent, dedup) of every insert call."""
+    return [(c.table, len(c.rows), c.dedup) for c in store.calls]
 
 
 def make(strategy, **kw):
     settings = BatchSettings(Strategy=strategy, **kw)
-    clock, store = MemoryReactorClock(), RecordingStore()
+    # No insert tokens (a ClickHouse server store): retries are sent with dedup.
+    clock, store = MemoryReactorClock(), MemoryStore(tokens=False)
     return clock, store, Batcher(store, clock, {"events": settings})
 
 
@@ -44,25 +29,25 @@ def test_immediate_flushes_every_add():
     clock, store, b = make("immediate")
     b.add("events", rows(1))
     b.add("events", rows(2))
-    assert [n for _, n, _ in store.inserts] == [1, 2]
+    assert [n for _, n, _ in inserts(store)] == [1, 2]
 
 
 def test_size_flushes_at_max_batch_size_only():
     clock, store, b = make("size", MaxBatchSize=5, MaxBatchTime=1.0)
     b.add("events", rows(4))
     clock.advance(5)
-    assert store.inserts == []
+    assert inserts(store) == []
     b.add("events", rows(1))
-    assert [n for _, n, _ in store.inserts] == [5]
+    assert [n for _, n, _ in inserts(store)] == [5]
 
 
 def test_size_has_a_safety_flush_for_quiet_tables():
     clock, store, b = make("size", MaxBatchSize=100, MaxBatchTime=1.0)
     b.add("events", rows(3))
     clock.advance(9.9)
-    assert store.inserts == []
+    assert inserts(store) == []
     clock.advance(0.2)
-    assert [n for _, n, _ in store.inserts] == [3]
+    assert [n for _, n, _ in inserts(store)] == [3]
 
 
 def test_time_flushes_when_the_oldest_row_is_max_batch_time_old():
@@ -70,53 +55,53 @@ def test_time_flushes_when_the_oldest_row_is_max_batch_time_old():
     b.add("events", rows(10))  # size does not matter for the time strategy
     clock.advance(1.0)
     b.add("events", rows(1))
-    assert store.inserts == []
+    assert inserts(store) == []
     clock.advance(1.0)  # first row is now 2 s old
-    assert [n for _, n, _ in store.inserts] == [11]
+    assert [n for _, n, _ in inserts(store)] == [11]
 
 
 def test_hybrid_flushes_on_size_or_time():
     clock, store, b = make("hybrid", MaxBatchSize=5, MaxBatchTime=2.0)
     b.add("events", rows(5))
-    assert [n for _, n, _ in store.inserts] == [5]
+    assert [n for _, n, _ in inserts(store)] == [5]
     b.add("events", rows(1))
     clock.advance(1.9)
-    assert len(store.inserts) == 1
+    assert len(inserts(store)) == 1
     clock.advance(0.1)
-    assert [n for _, n, _ in store.inserts] == [5, 1]
+    assert [n for _, n, _ in inserts(store)] == [5, 1]
 
 
 def test_memory_flushes_on_queued_bytes():
     clock, store, b = make("memory", MaxBatchSize=10_000, MaxMemoryMB=0.01)  # ~10 KB
     b.add("events", rows(5, size=1000))
-    assert store.inserts == []
+    assert inserts(store) == []
     b.add("events", rows(6, size=1000))
-    assert [n for _, n, _ in store.inserts] == [11]
+    assert [n for _, n, _ in inserts(store)] == [11]
 
 
 def test_adaptive_halves_its_size_after_a_failure_and_grows_after_fast_flushes():
     clock, store, b = make("adaptive", MaxBatchSize=100, MaxBatchTime=2.0, RetryAttempts=0)
     t = b._table("events")
-    store.fail = 1
+    store.fail_next = 1
     b.add("events", rows(100)).addErrback(lambda f: f.trap(StoreRefused))
     assert t.target_size == 50
     b.add("events", rows(49))
-    assert len(store.inserts) == 1  # below the new target
+    assert len(inserts(store)) == 1  # below the new target
     b.add("events", rows(1))
-    assert [n for _, n, _ in store.inserts] == [100, 50]
+    assert [n for _, n, _ in inserts(store)] == [100, 50]
     assert t.target_size > 50  # the fast successful flush grew it back
 
 
 def test_add_fires_only_when_stored_and_retries_use_dedup():
     clock, store, b = make("immediate", RetryAttempts=2, RetryBackoffMs=100)
-    store.fail = 2
+    store.fail_next = 2
     done = []
     b.add("events", rows(3)).addCallback(done.append)
     assert done == []
     clock.advance(0.1)
     clock.advance(0.2)
     assert done == [3]
-    assert [d for _, _, d in store.inserts] == [False, True, True]
+    assert [d for _, _, d in inserts(store)] == [False, True, True]
     report = b.report()
     assert report["total_batches"] == 1 and report["failed_attempts"] == 2
     assert report["total_items"] == 3 and report["queued_items"] == 0
@@ -124,7 +109,7 @@ def test_add_fires_only_when_stored_and_retries_use_dedup():
 
 def test_giving_up_fails_the_deferred_and_counts_the_batch():
     clock, store, b = make("immediate", RetryAttempts=1, RetryBackoffMs=10)
-    store.fail = 5
+    store.fail_next = 5
     failures = []
     b.add("events", rows(2)).addErrback(failures.append)
     clock.pump([0.01] * 10)
@@ -136,7 +121,7 @@ def test_giving_up_fails_the_deferred_and_counts_the_batch():
 def test_breaker_opens_after_repeated_failures_and_memory_intake_refuses():
     clock, store, b = make("immediate", RetryAttempts=0)
     intake = MemoryIntake(b)
-    store.fail = 100
+    store.fail_next = 100
     for _ in range(5):
         b.add("events", rows(1)).addErrback(lambda f: None)
     assert b.breaker.state == "open"
@@ -150,13 +135,13 @@ def test_breaker_opens_after_repeated_failures_and_memory_intake_refuses():
 
 def test_one_flush_at_a_time_per_table_keeps_order():
     clock, store, b = make("hybrid", MaxBatchSize=2, MaxBatchTime=1.0)
-    store.hold = True
+    store.held = []
     b.add("events", rows(2))
     b.add("events", rows(2))
-    assert len(store.inserts) == 1  # the second waits for the first
-    store.hold = False
-    store.pending.pop(0).callback(2)
-    assert len(store.inserts) == 2
+    assert len(inserts(store)) == 1  # the second waits for the first
+    held, store.held = store.held, None
+    held.pop(0).callback(None)
+    assert len(inserts(store)) == 2
 
 
 def test_flush_all_flushes_everything_queued():
@@ -165,7 +150,7 @@ def test_flush_all_flushes_everything_queued():
     b.add("payments", rows(1))
     done = []
     b.flush_all().addCallback(done.append)
-    assert done and sum(n for _, n, _ in store.inserts) == 4
+    assert done and sum(n for _, n, _ in inserts(store)) == 4
 
 
 @pytest.mark.parametrize("strategy", ["immediate", "time", "size", "hybrid", "memory", "adaptive"])
@@ -181,10 +166,10 @@ def test_every_strategy_eventually_stores_everything(strategy):
 
 def test_a_backlog_goes_out_in_one_insert_not_many_small_ones():
     clock, store, b = make("hybrid", MaxBatchSize=10, MaxBatchTime=1.0)
-    store.hold = True
+    store.held = []
     b.add("events", rows(10))  # due: the first insert starts and is held
     for _ in range(5):
         b.add("events", rows(10))  # waits behind it
-    store.hold = False
-    store.pending.pop(0).callback(10)
-    assert [n for _, n, _ in store.inserts] == [10, 50]
+    held, store.held = store.held, None
+    held.pop(0).callback(None)
+    assert [n for _, n, _ in inserts(store)] == [10, 50]

@@ -21,6 +21,7 @@ from sfpltracker.edge.tls import acme
 from sfpltracker.edge.tls.acme import AcmeManager, Http01Tokens, RenewalFailed, retry_delay
 from sfpltracker.edge.tls.alpn import ACME_IDENTIFIER_OID, validation_pair
 from sfpltracker.edge.tls.certs import CertStore, self_signed_pair
+from sfpltracker.testing import MemoryStore
 
 # -- ACME scheduling ---------------------------------------------------------------------------
 
@@ -279,17 +280,6 @@ def test_accept_encoding_and_etags():
 # -- the channel: read deadline, connection cap, early answers to streamed requests -------------
 
 
-class StubStore:
-    """A store with no rows (the short-link fallback asks it before the proxy is reached)."""
-
-    kind = "stub"
-
-    def query(self, sql, fmt="JSONEachRow", params=None, database=None):
-        from twisted.internet import defer
-
-        return defer.succeed(b"")
-
-
 @pytest.fixture
 def edge_site(tmp_path):
     from sfpltracker.edge.assembly import Edge
@@ -308,7 +298,7 @@ def edge_site(tmp_path):
             }
         )
         clock = MemoryReactorClock()
-        gateway = Gateway(cfg, clock, store=StubStore())
+        gateway = Gateway(cfg, clock, store=MemoryStore())
         root = GatewayRoot(gateway)
         edge = Edge(gateway, root, clock)
         root.fallbacks.extend(edge.fallbacks())

@@ -26,6 +26,7 @@ from zope.interface import alsoProvides
 from sfpltracker.config import load_dict
 from sfpltracker.ingest.ids import parse_uuid, uuid4, uuid7
 from sfpltracker.ingest.request import RequestInfo, utc_day
+from sfpltracker.testing import MemoryStore
 from sfpltracker.web import common
 from sfpltracker.web.common import RequestCookies, RequestHeaders
 
@@ -185,13 +186,6 @@ def test_allow_origin_is_split_once_per_value_and_the_cache_is_bounded():
 # -- the edge channel -----------------------------------------------------------------------
 
 
-class StubStore:
-    kind = "stub"
-
-    def query(self, sql, fmt="JSONEachRow", params=None, database=None):
-        return defer.succeed(b"")
-
-
 class AcceptAll:
     """An intake that takes everything at once (the spool is tested on its own)."""
 
@@ -213,7 +207,7 @@ def edge(tmp_path):
         {"DataDirectory": str(tmp_path / "data"), "ProxyPortTLS": "", "ReadTimeoutSeconds": 2}
     )
     clock = MemoryReactorClock()
-    gateway = Gateway(cfg, clock, store=StubStore())
+    gateway = Gateway(cfg, clock, store=MemoryStore())
     gateway.intake = AcceptAll()
     root = GatewayRoot(gateway)
     site = Edge(gateway, root, clock).site()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from sfpltracker.config import BatchSettings
@@ -26,6 +25,7 @@ from sfpltracker.pipeline.journal import (
 )
 from sfpltracker.pipeline.loader import Loader, _rows_of
 from sfpltracker.pipeline.spool import Position, encode_frame
+from sfpltracker.testing import MemoryStore, NoAnswer
 from tests.test_spool import _spool, event, fired, now, open_writer
 
 
@@ -155,55 +155,37 @@ def test_rows_of_a_batch_are_rebuilt_from_the_spool_in_order(tmp_path):
 # -- a store that commits in pieces ----------------------------------------------------------
 
 
-class PiecesStore:
-    """``events`` (the source) and ``hits`` (a view of it), each skipping a token it has."""
-
-    kind = "memory"
-    insert_tokens = True
+class PiecesStore(MemoryStore):
+    """``events`` (the source) and ``hits`` (a view of it), each part written once per token;
+    ``die_after_source``/``fail_after_source`` stop an insert between the two parts."""
 
     def __init__(self):
-        self.events: list[dict] = []
-        self.hits = 0
-        self.source_tokens: set[str] = set()
-        self.view_tokens: set[str] = set()
-        self.calls: list[tuple] = []
-        self.hang = False  # store nothing and never answer (a crash before any commit)
+        super().__init__(views={"events": ["hits"]})
         self.die_after_source = False  # commit the source part, then never answer
         self.fail_after_source = False  # commit the source part, then fail
-        self.down = False
+        self.after_part = self._between_parts
 
-    def without_stored(self, table, rows):
-        stored = {r["eid"] for r in self.events}
-        return defer.succeed([r for r in rows if r["eid"] not in stored])
-
-    def insert(self, table, rows, dedup=False, token=None):
-        self.calls.append((table, [r["eid"] for r in rows], dedup, token))
-        if self.down:
-            return defer.fail(OSError("store down"))
-        if self.hang:
-            return defer.Deferred()
-        if dedup:
-            stored = {r["eid"] for r in self.events}
-            rows = [r for r in rows if r["eid"] not in stored]
-        if token is None or token not in self.source_tokens:
-            self.events.extend(rows)
-            if token is not None:
-                self.source_tokens.add(token)
+    def _between_parts(self, table):
         if self.die_after_source:
-            return defer.Deferred()  # the process is gone: no answer, ever
+            raise NoAnswer
         if self.fail_after_source:
-            return defer.fail(OSError("a view's part could not be written"))
-        if token is None or token not in self.view_tokens:
-            self.hits += len(rows)
-            if token is not None:
-                self.view_tokens.add(token)
-        return defer.succeed(len(rows))
+            raise OSError("a view's part could not be written")
 
-    def sync(self):
-        return defer.succeed(None)
+    @property
+    def events(self) -> list[dict]:
+        return self.tables["events"]
 
-    def eids(self):
+    @property
+    def hits(self) -> int:
+        return len(self.tables["hits"])
+
+    def eids(self) -> list[str]:
         return [r["eid"] for r in self.events]
+
+
+def calls(store) -> list[tuple[str, list[str], bool, str | None]]:
+    """(table, eids sent, dedup, token) of every insert call."""
+    return [(c.table, [r["eid"] for r in c.rows], c.dedup, c.token) for c in store.calls]
 
 
 def _batcher(clock, store, attempts=3):
@@ -230,12 +212,12 @@ def test_batcher_sends_every_attempt_with_the_same_rows_and_token(tmp_path):
     span = Span(j, Position(1, 8), Position(1, 99))
     result = fired(b.add("events", rows, origin=span))
     assert j.open_batches == 1  # journaled before it was sent
-    ((_, first, dedup, token),) = store.calls
+    ((_, first, dedup, token),) = calls(store)
     assert token and not dedup and first == ["e0", "e1", "e2"]
     store.fail_after_source = False
     clock.advance(1)
-    assert result == [3] and len(store.calls) == 2
-    assert store.calls[1] == ("events", first, False, token)  # no filter between attempts
+    assert result == [3] and len(calls(store)) == 2
+    assert calls(store)[1] == ("events", first, False, token)  # no filter between attempts
     assert store.eids() == first and store.hits == 3  # the view got its part, once
     assert j.open_batches == 0 and j.in_doubt() == []
 
@@ -248,7 +230,7 @@ def test_batcher_leaves_out_stored_rows_once_and_journals_the_keys_it_sent(tmp_p
     rows = [{"eid": f"e{i}"} for i in range(3)]
     store.die_after_source = True
     b.add("events", rows, dedup=True, origin=Span(j, Position(1, 8), Position(1, 99)))
-    ((_, sent, _, token),) = store.calls
+    ((_, sent, _, token),) = calls(store)
     assert sent == ["e0", "e2"]
     j.close()
     (doubt,) = opened(tmp_path).in_doubt()
@@ -263,7 +245,7 @@ def test_batcher_marks_a_batch_it_gave_up_on_as_in_doubt(tmp_path):
     result = fired(b.add("events", [{"eid": "e0"}], origin=Span(j, Position(1, 8), Position(1, 9))))
     clock.advance(5)
     assert result and result[0].check(StoreRefused)
-    assert [x.token for x in j.in_doubt()] == [store.calls[0][3]]
+    assert [x.token for x in j.in_doubt()] == [calls(store)[0][3]]
 
 
 def test_batcher_without_tokens_retries_with_dedup(tmp_path):
@@ -274,7 +256,7 @@ def test_batcher_without_tokens_retries_with_dedup(tmp_path):
     b.add("events", [{"eid": "e0"}])
     store.down = False
     clock.advance(1)
-    assert [(dedup, token) for *_, dedup, token in store.calls] == [(False, None), (True, None)]
+    assert [(dedup, token) for *_, dedup, token in calls(store)] == [(False, None), (True, None)]
 
 
 # -- a source without a spool (the JetStream loader): the rows go into the journal ----------
@@ -291,7 +273,7 @@ def test_a_journaled_batch_keeps_its_rows_and_a_crash_is_finished_from_them(tmp_
     rows = [{"eid": f"e{i}", "url": "/p", "n": 2**70} for i in (1, 2, 3)]
     store.die_after_source = True  # the process dies between the source part and the view's
     b.add("events", rows, dedup=True, origin=origin)
-    ((_, sent, _, token),) = [c for c in store.calls if c[1] != ["e0"]]
+    ((_, sent, _, token),) = [c for c in calls(store) if c[1] != ["e0"]]
     assert sent == ["e2", "e3"] and store.hits == 1
     j.close()
 
@@ -302,7 +284,7 @@ def test_a_journaled_batch_keeps_its_rows_and_a_crash_is_finished_from_them(tmp_
     assert (doubt.token, doubt.lo, doubt.hi) == (token, None, None)
     assert doubt.rows == rows[1:]  # identical, an int past 64 bits included
     assert fired(journal_module.finish(store, again, doubt, doubt.rows, "test")) == ["resent"]
-    assert store.calls[-1] == ("events", ["e2", "e3"], False, token)
+    assert calls(store)[-1] == ("events", ["e2", "e3"], False, token)
     assert sorted(store.eids()) == ["e0", "e1", "e2", "e3"]  # none twice in the source
     assert store.hits == 3  # the view got the missing part, once
 
@@ -313,11 +295,11 @@ def test_finish_leaves_a_batch_nothing_of_which_landed_to_the_ordinary_load(tmp_
     batch = JournalBatch("t", "events", None, None, rows=[{"eid": "e0"}])
     fired(j.begin(batch))
     assert fired(journal_module.finish(store, j, batch, batch.rows, "test")) == ["settled"]
-    assert store.calls == []  # not re-sent: its redelivered messages load it as new rows
+    assert calls(store) == []  # not re-sent: its redelivered messages load it as new rows
     store.events.append({"eid": "e0"})
     batch.boot = "another boot"
     assert fired(journal_module.finish(store, j, batch, batch.rows, "test")) == ["after_reboot"]
-    assert store.calls == []
+    assert calls(store) == []
 
 
 # -- the loader --------------------------------------------------------------------------------
@@ -330,13 +312,13 @@ def test_crash_between_source_and_view_is_finished_at_the_next_start(tmp_path):
     store.die_after_source = True
     eids += _spool(writer, clock, loader, 1, start=2)  # its insert "crashes" after the source
     assert store.eids() == eids and store.hits == 2
-    token = store.calls[-1][3]
+    token = calls(store)[-1][3]
     # A new process: the same spool and journal, the store as the crash left it.
     store.die_after_source = False
     writer2, loader2 = _loader(tmp_path, clock, store)
     clock.advance(1)
     assert loader2.resent_batches == 1 and loader2.settled_batches == 0
-    resend = [c for c in store.calls if c[3] == token]
+    resend = [c for c in calls(store) if c[3] == token]
     assert len(resend) == 2 and resend[1][1] == [eids[2]] and not resend[1][2]
     assert sorted(store.eids()) == sorted(eids) and len(store.eids()) == 3  # none twice
     assert store.hits == 3  # the view got the missing part
@@ -346,10 +328,10 @@ def test_crash_between_source_and_view_is_finished_at_the_next_start(tmp_path):
 def test_crash_before_anything_landed_lets_the_replay_load_it_as_new(tmp_path):
     clock, store = MemoryReactorClock(), PiecesStore()
     writer, loader = _loader(tmp_path, clock, store)
-    store.hang = True
+    store.held = []  # store nothing, never answer (a crash before any commit)
     eids = _spool(writer, clock, loader, 2)
     assert store.eids() == [] and loader.journal.open_batches >= 1
-    store.hang = False
+    store.held = None
     writer2, loader2 = _loader(tmp_path, clock, store)
     clock.advance(1)
     assert loader2.settled_batches >= 1 and loader2.resent_batches == 0

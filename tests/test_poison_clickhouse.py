@@ -23,14 +23,21 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from sfpltracker.pipeline.spool import encode_frame, list_segments, segment_path
 from sfpltracker.store.clickhouse.store import ClickHouseStore
 from sfpltracker.store.errors import StoreError
 from tests.clickhouse_legacy import downgrade_schema
 from tests.servers import ClickHouseServer
 from tests.test_durability import drained, store_writes_blocked, wait_health
 from tests.test_poison import dead_letters, event_row
-from tests.test_poison_probe import REPRO_VALUES, compact, nested, post_good, wait_tried
+from tests.test_poison_probe import (
+    REPRO_VALUES,
+    compact,
+    nested,
+    poison_rows,
+    post_good,
+    spool_between_good,
+    wait_tried,
+)
 
 TOO_DEEP = "[" * 41  # what the rule looks for in params
 
@@ -135,14 +142,8 @@ def test_poison_in_the_spool_is_retried_through_an_outage_and_a_restart_on_the_s
     # Stopped cleanly, so no insert is left in doubt: the first insert after the restart is
     # the backlog's.
     gw.stop()
-    # Below the door: the repro's events as an older gateway (or one without input limits)
-    # spooled them, between good ones.
-    repro = [event_row(str(uuid.uuid4()), n, compact({"p": v})) for n, v in enumerate(REPRO_VALUES)]
-    spooled_good = [event_row(str(uuid.uuid4()), 100 + n) for n in range(3)]
-    records = [["events", r] for r in [spooled_good[0], *repro, *spooled_good[1:]]]
-    series = Path(gw.config["DataDirectory"]) / "spool" / "main"
-    with open(segment_path(series, list_segments(series)[-1]), "ab") as f:
-        f.write(encode_frame(records, int(time.time() * 1000)))
+    repro, _ = poison_rows()
+    spooled_good = spool_between_good(gw, repro)
 
     # Restarted while the server cannot write the table: the poison's Code: 49 passes the
     # probe, but every half without it fails with "Access to file denied": an outage, the

@@ -71,6 +71,18 @@ def poison_rows() -> tuple[list[dict], dict]:
     return repro, event_row(str(uuid.uuid4()), 99, compact(MIXED))
 
 
+def spool_between_good(gw, poison: list[dict]) -> list[dict]:
+    """Append ``poison`` rows, between three good ones, to the stopped gateway's spool: below
+    the HTTP door, what an older gateway (or one without input limits) spooled. Returns the
+    good rows."""
+    good = [event_row(str(uuid.uuid4()), 100 + n) for n in range(3)]
+    records = [["events", r] for r in [good[0], *poison, *good[1:]]]
+    series = Path(gw.config["DataDirectory"]) / "spool" / "main"
+    with open(segment_path(series, list_segments(series)[-1]), "ab") as f:
+        f.write(encode_frame(records, int(time.time() * 1000)))
+    return good
+
+
 STR = "/tr/v1/str/"
 
 
@@ -143,13 +155,8 @@ def test_poison_in_the_spool_is_retried_through_an_outage_and_a_restart(gateway_
         check=True,
         timeout=120,
     )
-    # Below the door: what an older gateway (or one without input limits) spooled.
     repro, mixed = poison_rows()
-    spooled_good = [event_row(str(uuid.uuid4()), 100 + n) for n in range(3)]
-    records = [["events", r] for r in [spooled_good[0], *repro, mixed, *spooled_good[1:]]]
-    series = Path(gw.config["DataDirectory"]) / "spool" / "main"
-    with open(segment_path(series, list_segments(series)[-1]), "ab") as f:
-        f.write(encode_frame(records, int(time.time() * 1000)))
+    spooled_good = spool_between_good(gw, [*repro, mixed])
 
     # Restarted while the store cannot write: the insert fails (for the poison or the disk,
     # whichever chDB meets first), the probe fails, so it is an outage: retried, nothing set

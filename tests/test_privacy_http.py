@@ -1,5 +1,7 @@
-"""Privacy through real gateway processes: cookies per policy, IP modes (scanning every column of
-every table and the log for the client IP), trusted proxies, GeoIP, bots, consent routes."""
+"""Privacy through the gateway: cookies per policy, trusted proxies, bots, consent routes and
+GeoIP lookups in memory (answers and the rows the gateway makes); on real processes what needs
+chDB or the process: IP modes (scanning every column of every table and the log for the client
+IP), the schema's views and seeded tables, a broken GeoIP database stopping start-up."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sfpltracker.testing import MemoryGateway
 from tests.gateway_process import GatewayProcess
 from tests.test_privacy_geoip import CITY_MMDB, write_test_bin
 
@@ -41,6 +44,10 @@ def attributes(header: str) -> dict[str, str]:
 
 
 def stored_event(gw, eid: str) -> dict:
+    """The ``events`` row of ``eid`` (in memory: as the gateway sent it; else read back)."""
+    if isinstance(gw, MemoryGateway):
+        [row] = [r for r in gw.rows("events") if r["eid"] == eid]
+        return row
     return gw.wait_for(
         f"SELECT toString(vid) AS vid, ip, iphash, country, city, region, bot, browser, os, "
         f"device FROM sfpla.events FINAL WHERE eid = '{eid}'",
@@ -56,29 +63,35 @@ def track(gw, headers=None, ua=CHROME, **fields) -> tuple[str, object]:
     return eid, resp
 
 
+PLAIN = {"TrustedProxies": ["127.0.0.1/32"], "Batching": IMMEDIATE}
+STRICT = {
+    "RequireConsent": True,
+    "HonorDNT": True,
+    "DropBots": True,
+    "TrustedProxies": ["10.0.0.0/8"],
+    "Batching": IMMEDIATE,
+}
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):
-    """Default privacy settings; the test client counts as a trusted proxy (X-Forwarded-*)."""
-    with GatewayProcess(
-        tmp_path_factory.mktemp("plain"),
-        {"TrustedProxies": ["127.0.0.1/32"], "Batching": IMMEDIATE},
-    ) as gw:
+    """Default privacy settings; the test client counts as a trusted proxy (X-Forwarded-*).
+    In memory: the answers and the rows the gateway makes."""
+    with MemoryGateway(tmp_path_factory.mktemp("plain"), PLAIN) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
-    """RequireConsent + HonorDNT + DropBots; only 10.0.0.0/8 is a trusted proxy."""
-    with GatewayProcess(
-        tmp_path_factory.mktemp("strict"),
-        {
-            "RequireConsent": True,
-            "HonorDNT": True,
-            "DropBots": True,
-            "TrustedProxies": ["10.0.0.0/8"],
-            "Batching": IMMEDIATE,
-        },
-    ) as gw:
+    """RequireConsent + HonorDNT + DropBots; only 10.0.0.0/8 is a trusted proxy (in memory)."""
+    with MemoryGateway(tmp_path_factory.mktemp("strict"), STRICT) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def plain_process(tmp_path_factory):
+    """``plain`` as a real process on chDB: what the schema does (views, seeded tables)."""
+    with GatewayProcess(tmp_path_factory.mktemp("plain_process"), PLAIN) as gw:
         yield gw
 
 
@@ -142,28 +155,45 @@ def test_forwarded_headers_only_from_trusted_proxies(plain, strict):
     assert stored_event(plain, eid)["ip"] == "198.51.100.0"  # rightmost hop not a proxy
 
 
-def test_bots_flagged_kept_out_of_derived_tables_and_dropped_with_drop_bots(plain, strict):
+def test_bots_flagged_and_dropped_with_drop_bots(plain, strict):
     url = f"https://example.com/{uuid.uuid4()}"
     eid, _ = track(plain, ua=GOOGLEBOT, url=url)
     row = stored_event(plain, eid)
     assert row["bot"] == 1 and row["device"] == "Bot" and row["browser"] == "Googlebot"
     human, _ = track(plain, url=url)
     assert stored_event(plain, human)["bot"] == 0
-    # A view's part lands just after the events part of the same insert: wait for the human's
-    # hit. The bot's insert (one writer, immediate batching) finished before, views included.
-    hits = plain.wait_for(
-        f"SELECT sum(total) AS n FROM sfpla.hits WHERE url = '{url}'",
-        lambda rows: rows and int(rows[0]["n"]) >= 1,
-    )
-    assert hits == [{"n": 1}]
     consent = {"Cookie": "CookieConsent=1024"}
     bot_eid, resp = track(strict, headers=consent, ua=GOOGLEBOT)
     assert resp.status == 200
     human_eid, _ = track(strict, headers=consent)
     stored_event(strict, human_eid)
-    assert strict.query(f"SELECT count() AS n FROM sfpla.events WHERE eid = '{bot_eid}'") == [
-        {"n": 0}
-    ]
+    assert [r for r in strict.rows("events") if r["eid"] == bot_eid] == []
+
+
+def test_bots_are_kept_out_of_derived_tables(plain_process):
+    url = f"https://example.com/{uuid.uuid4()}"
+    eid, _ = track(plain_process, ua=GOOGLEBOT, url=url)
+    assert stored_event(plain_process, eid)["bot"] == 1
+    human, _ = track(plain_process, url=url)
+    assert stored_event(plain_process, human)["bot"] == 0
+    # A view's part lands just after the events part of the same insert: wait for the human's
+    # hit. The bot's insert (one writer, immediate batching) finished before, views included.
+    hits = plain_process.wait_for(
+        f"SELECT sum(total) AS n FROM sfpla.hits WHERE url = '{url}'",
+        lambda rows: rows and int(rows[0]["n"]) >= 1,
+    )
+    assert hits == [{"n": 1}]
+    # The latest consent per visitor, by the schema's view (the route test reads the history).
+    vid = str(uuid.uuid4())
+    for cflags in (1024, 256):
+        body = {"vid": vid, "cflags": cflags}
+        assert plain_process.http("POST", "/tr/v1/ppi/agree", json_body=body).status == 200
+        time.sleep(0.01)
+    latest = plain_process.wait_for(
+        f"SELECT cflags FROM sfpla.agreements FINAL WHERE vid = '{vid}'",
+        lambda rows: rows == [{"cflags": 256}],
+    )
+    assert latest == [{"cflags": 256}]
 
 
 # -- consent routes ----------------------------------------------------------------------------
@@ -183,7 +213,7 @@ def test_agree_records_history_latest_and_sets_consent_cookies(plain):
     set_cookies = cookies_of(resp)
     assert cookie_value(set_cookies["CookieConsent"]) == "1024"
     assert cookie_value(set_cookies["vid"]) == vid  # consent given: the vid cookie starts here
-    time.sleep(0.01)
+    plain.clock.advance(0.01)
     resp = plain.http(
         "POST",
         "/tr/v1/ppi/agree",
@@ -195,18 +225,13 @@ def test_agree_records_history_latest_and_sets_consent_cookies(plain):
     assert attributes(withdrawn["vid"])["max-age"] == "0" and cookie_value(withdrawn["vid"]) == ""
     assert cookie_value(withdrawn["CookieConsent"]) == "256"
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        history = plain.http("GET", f"/tr/v1/ppi/agree?vid={vid}")
-        if history.status == 200 and len(history.json()) == 2:
-            break
-        time.sleep(0.2)
+    plain.rows("agreed")  # everything accepted is stored
+    history = plain.http("GET", f"/tr/v1/ppi/agree?vid={vid}")
+    assert history.status == 200, history
     records = history.json()
     assert [r["cflags"] for r in records] == [256, 1024]  # newest first
     assert records[1]["tz"] == "Europe/Berlin" and records[1]["browser"] == "Chrome"
     assert "ip" not in records[0] and "iphash" not in records[0]
-    latest = plain.query(f"SELECT cflags FROM sfpla.agreements FINAL WHERE vid = '{vid}'")
-    assert latest == [{"cflags": 256}]
 
 
 def test_agree_under_gpc_sets_no_cookie(plain):
@@ -236,8 +261,8 @@ def test_privacy_routes_refuse_bad_input_with_a_reason(plain, method, path, body
     assert resp.json()["error"]
 
 
-def test_jurisdictions_are_seeded(plain):
-    resp = plain.http("GET", "/tr/v1/ppi/jds")
+def test_jurisdictions_are_seeded(plain_process):
+    resp = plain_process.http("GET", "/tr/v1/ppi/jds")
     assert resp.status == 200 and resp.header("content-type") == "application/json"
     by_regulation = {j["regulation"]: j for j in resp.json()}
     assert {"GDPR", "UK GDPR", "CCPA/CPRA", "LGPD"} <= set(by_regulation)
@@ -348,7 +373,7 @@ def test_ip_mode_applies_before_anything_is_stored_or_logged(tmp_path, mode, dat
 
 def test_geoip_lookup_route(tmp_path):
     geo = write_test_bin(tmp_path / "DB11.BIN")
-    with GatewayProcess(tmp_path, {"GeoIPDatabase": str(geo)}) as gw:
+    with MemoryGateway(tmp_path, {"GeoIPDatabase": str(geo)}) as gw:
         resp = gw.http("GET", "/tr/v1/ppi/geoip?ip=216.160.83.56&format=object")
         assert resp.status == 200
         record = resp.json()

@@ -6,7 +6,6 @@ test drives, so the order of writes, fsyncs and acknowledgements is observable.
 
 from __future__ import annotations
 
-import errno
 import os
 import uuid
 
@@ -32,6 +31,7 @@ from sfpltracker.pipeline.spool import (
     segment_path,
 )
 from sfpltracker.pipeline.spool_intake import SpoolIntake
+from sfpltracker.testing import MemoryStore
 
 
 def now(fn, *args):
@@ -218,7 +218,7 @@ def test_disk_full_refuses_and_leaves_no_garbage(tmp_path):
     clock = MemoryReactorClock()
     directory = tmp_path / "s"
     intake = SpoolIntake(
-        tmp_path, _batcher(clock, _Store()), clock, writer_blocking=now, loader_blocking=now
+        tmp_path, _batcher(clock, _store()), clock, writer_blocking=now, loader_blocking=now
     )
     intake.writer.directory = directory
     intake.loader.directory = directory
@@ -253,39 +253,13 @@ def test_reports_fsync_latency_in_buckets(tmp_path):
 # -- the loader ----------------------------------------------------------------------------
 
 
-class _Store:
-    """An in-memory store with the store interface and dedup on ``eid`` (unit tests only)."""
+def _store() -> MemoryStore:
+    # No insert tokens (a ClickHouse server store): replays are sent with dedup.
+    return MemoryStore(tokens=False)
 
-    kind = "memory"
 
-    def __init__(self):
-        self.rows: list[dict] = []
-        self.calls: list[tuple[str, int, bool]] = []
-        self.down = False
-        self.held: list[defer.Deferred] | None = None
-        self.synced = 0
-
-    def insert(self, table, rows, dedup=False):
-        self.calls.append((table, len(rows), dedup))
-        if self.down:
-            return defer.fail(OSError(errno.EROFS, "store down"))
-        if dedup:
-            stored = {r["eid"] for r in self.rows}
-            rows = [r for r in rows if r["eid"] not in stored]
-        if self.held is not None:
-            d = defer.Deferred()
-            d.addCallback(lambda _: (self.rows.extend(rows), len(rows))[1])
-            self.held.append(d)
-            return d
-        self.rows.extend(rows)
-        return defer.succeed(len(rows))
-
-    def sync(self):
-        self.synced += 1
-        return defer.succeed(None)
-
-    def eids(self):
-        return [r["eid"] for r in self.rows]
+def _eids(store: MemoryStore) -> list[str]:
+    return [r["eid"] for r in store.rows("events")]
 
 
 def _batcher(clock, store):
@@ -320,7 +294,7 @@ def _spool(writer, clock, loader, n, start=0):
 
 def test_loader_commits_only_what_the_store_confirmed(tmp_path):
     clock = MemoryReactorClock()
-    store = _Store()
+    store = _store()
     store.held = []
     writer, loader = _setup(tmp_path, clock, store)
     eids = _spool(writer, clock, loader, 3)
@@ -333,30 +307,30 @@ def test_loader_commits_only_what_the_store_confirmed(tmp_path):
     assert loader.committed == writer.end and loader.pending_records == 0
     clock.advance(loader.persist_interval)
     assert load_committed(writer.directory) == writer.end and store.synced >= 1
-    assert store.eids() == eids and all(not dedup for _, _, dedup in store.calls)
+    assert _eids(store) == eids and all(not dedup for _, _, dedup, _ in store.calls)
     assert loader.disk_reads == 0  # caught up: frames came from the in-memory tail
 
 
 def test_loader_reads_from_disk_what_the_tail_dropped(tmp_path, monkeypatch):
     monkeypatch.setattr("sfpltracker.pipeline.loader.MAX_TAIL_BYTES", 300)
     clock = MemoryReactorClock()
-    store = _Store()
+    store = _store()
     store.held = []
     writer, loader = _setup(tmp_path, clock, store, max_in_flight_bytes=150)
     eids = _spool(writer, clock, loader, 12)
     assert loader.tail_bytes <= 300
     while store.held:
         store.held.pop(0).callback(None)
-    assert store.eids() == eids and loader.committed == writer.end
+    assert _eids(store) == eids and loader.committed == writer.end
     assert loader.disk_reads > 0
 
 
 def test_store_outage_rewinds_and_replays_with_dedup_exactly_once(tmp_path):
     clock = MemoryReactorClock()
-    store = _Store()
+    store = _store()
     writer, loader = _setup(tmp_path, clock, store)
     eids = _spool(writer, clock, loader, 2)
-    assert store.eids() == eids
+    assert _eids(store) == eids
     store.down = True
     more = _spool(writer, clock, loader, 3, start=2)
     clock.advance(1)  # retries run out; the loader rewinds to the committed position
@@ -369,13 +343,13 @@ def test_store_outage_rewinds_and_replays_with_dedup_exactly_once(tmp_path):
     for _ in range(20):
         clock.advance(1)
     assert loader.committed == writer.end and not loader.store_failing
-    assert sorted(store.eids()) == sorted(eids + more) and len(store.eids()) == 5
-    assert any(dedup for _, _, dedup in store.calls) and loader.replayed_records >= 3
+    assert sorted(_eids(store)) == sorted(eids + more) and len(_eids(store)) == 5
+    assert any(dedup for _, _, dedup, _ in store.calls) and loader.replayed_records >= 3
 
 
 def test_loader_keeps_in_flight_bounded_while_the_store_hangs(tmp_path):
     clock = MemoryReactorClock()
-    store = _Store()
+    store = _store()
     store.held = []  # never confirms
     writer, loader = _setup(tmp_path, clock, store, max_in_flight_bytes=2000)
     _spool(writer, clock, loader, 40)
@@ -387,7 +361,7 @@ def test_loader_keeps_in_flight_bounded_while_the_store_hangs(tmp_path):
 
 def test_restart_replays_past_the_committed_position_with_dedup(tmp_path):
     clock = MemoryReactorClock()
-    store = _Store()
+    store = _store()
     writer, loader = _setup(tmp_path, clock, store, persist_interval=1000)
     first = _spool(writer, clock, loader, 2)
     clock.advance(1000)  # the position after these two is saved
@@ -398,15 +372,15 @@ def test_restart_replays_past_the_committed_position_with_dedup(tmp_path):
     writer2, loader2 = _setup(tmp_path, clock, store)
     clock.advance(1)
     assert loader2.replayed_records == 3 and loader2.loaded_records == 3
-    assert len(store.eids()) == 5 and sorted(store.eids()) == sorted(first + later)
+    assert len(_eids(store)) == 5 and sorted(_eids(store)) == sorted(first + later)
     replays = store.calls[calls_before:]
-    assert replays and all(dedup for _, _, dedup in replays)
+    assert replays and all(dedup for _, _, dedup, _ in replays)
     assert loader2.pending_records == 0 and loader2.committed == writer2.end
 
 
 def test_loaded_segments_are_deleted(tmp_path):
     clock = MemoryReactorClock()
-    store = _Store()
+    store = _store()
     directory = tmp_path / "s"
     writer = open_writer(directory, clock, segment_bytes=150)
     loader = Loader(writer, _batcher(clock, store), clock, store=store, blocking=now)
@@ -421,7 +395,7 @@ def test_loaded_segments_are_deleted(tmp_path):
 
 def test_spool_full_refuses_with_retry_after(tmp_path):
     clock = MemoryReactorClock()
-    store = _Store()
+    store = _store()
     store.down = True
     intake = SpoolIntake(
         tmp_path,
@@ -452,7 +426,7 @@ def test_intake_acks_after_commit(tmp_path, window_ms):
     runner = ManualRunner()
     intake = SpoolIntake(
         tmp_path,
-        _batcher(clock, _Store()),
+        _batcher(clock, _store()),
         clock,
         commit_window=window_ms / 1000,
         writer_blocking=runner,
@@ -470,7 +444,7 @@ def test_intake_acks_after_commit(tmp_path, window_ms):
 def test_intake_not_started_refuses_and_closes_quietly(tmp_path):
     """A Gateway built but never started (unit tests of other parts) must not hang."""
     clock = MemoryReactorClock()
-    intake = SpoolIntake(tmp_path, _batcher(clock, _Store()), clock)
+    intake = SpoolIntake(tmp_path, _batcher(clock, _store()), clock)
     refused = fired(intake.accept([event(1)]))
     assert refused[0].check(Refused) and refused[0].value.retry_after == 1
     assert intake.status() == "down"

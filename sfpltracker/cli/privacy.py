@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -20,8 +19,10 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from sfpltracker import admin
+from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest.event import hash_private
 from sfpltracker.privacy.catalogue import valid_ehash
+from sfpltracker.store.schema import DEFAULT_DATABASE
 
 DEFAULT_EXPORT_TABLES = ("events",)
 
@@ -264,7 +265,7 @@ def cmd_export(cfg, ns) -> int:
     names = [t.strip() for t in ns.tables.split(",") if t.strip()]
 
     def drive(session) -> int:
-        db = cfg.store_entry().Database or "sfpla"
+        db = cfg.store_entry().Database or DEFAULT_DATABASE
         catalogue = _catalogue(session, db)
         total = 0
         for name in names:
@@ -329,13 +330,9 @@ def _export_table(session, db, table, column, since, until, out: Path) -> int:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    # Owner-only: an export holds personal data (a subject's rows, whole tables).
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600)
 
 
 # -- registration ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.fields import INT32_MAX, INT32_MIN, to_float, to_int, to_str
 from sfpltracker.ingest.ids import parse_uuid
-from sfpltracker.store.schema import SCHEMA_DIR, split_statements
+from sfpltracker.store.schema import DEFAULT_DATABASE, SCHEMA_DIR, split_statements
 
 SCHEMA_FILE = SCHEMA_DIR / "060_messaging.sql"
 TABLES = ("mthreads", "mstore", "mtriage")
@@ -173,7 +173,9 @@ _BY_TYPE: dict[str, Callable[[Any], Any]] = {
 
 # -- the columns, from the schema file ---------------------------------------------------------
 
-_CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS sfpla\.(\w+)\s*\((.*)\)\s*ENGINE", re.S)
+_CREATE = re.compile(
+    rf"CREATE TABLE IF NOT EXISTS {DEFAULT_DATABASE}\.(\w+)\s*\((.*)\)\s*ENGINE", re.S
+)
 _COLUMN = re.compile(r"^\s*(\w+)\s+(.+?)(?:\s+DEFAULT\s+.*)?$")
 
 

@@ -54,7 +54,8 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from sfpltracker.pipeline.spool import Position, fsync_directory
+from sfpltracker.fsutil import fsync_dir, write_atomic
+from sfpltracker.pipeline.spool import Position
 
 log = Logger()
 
@@ -226,7 +227,7 @@ class InsertJournal:
             if not self._open and self._size:
                 self._rewrite()  # everything in it is settled: start empty
         if created:
-            fsync_directory(self.path.parent)
+            fsync_dir(self.path.parent)
         return list(self._doubt.values())
 
     def close(self) -> None:
@@ -308,15 +309,7 @@ class InsertJournal:
     def _rewrite(self) -> None:
         """Replace the file by one holding only the open begin records (atomically)."""
         data = b"".join(self._open.values())
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_directory(self.path.parent)
+        write_atomic(self.path, data, 0o644)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)

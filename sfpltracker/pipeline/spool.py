@@ -43,6 +43,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from sfpltracker.fsutil import fsync_dir, write_atomic
+
 log = Logger()
 
 MAGIC = b"SFPLSPL1"
@@ -254,24 +256,10 @@ def load_committed(directory: Path) -> Position | None:
         return None
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_committed(directory: Path, pos: Position) -> None:
-    """Write the position atomically and durably (temp file, fsync, rename, fsync dir)."""
-    directory = Path(directory)
-    tmp = directory / (COMMITTED_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"segment": pos.segment, "offset": pos.offset}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / COMMITTED_FILE)
-    fsync_directory(directory)
+    """Write the position atomically and durably (``fsutil.write_atomic``)."""
+    data = json.dumps({"segment": pos.segment, "offset": pos.offset})
+    write_atomic(Path(directory) / COMMITTED_FILE, data)
 
 
 # -- the writer ----------------------------------------------------------------------------
@@ -562,7 +550,7 @@ class SpoolWriter:
         try:
             _write_all(fd, MAGIC, 0)
             os.fdatasync(fd)
-            fsync_directory(self.directory)
+            fsync_dir(self.directory)
         except OSError:
             os.close(fd)
             try:

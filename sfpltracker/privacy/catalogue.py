@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer, task
 
+from sfpltracker.store.schema import DEFAULT_DATABASE
+
 # Configuration tables: never pruned, never searched for a subject (short links, credentials,
 # the jurisdictions themselves).
 KEEP_TABLES = frozenset(
@@ -58,7 +60,7 @@ class Table:
 
 
 def database_of(store) -> str:
-    return getattr(store, "database", "") or "sfpla"
+    return getattr(store, "database", "") or DEFAULT_DATABASE
 
 
 @defer.inlineCallbacks

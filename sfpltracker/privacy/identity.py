@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from sfpltracker.fsutil import create_atomic, write_atomic
 
 # Consent flags (``cflags``, the ``CookieConsent`` cookie): one bit per consent category. The
 # values keep the original tracker's conventions: its examples send 1024 for analytics consent
@@ -120,19 +121,19 @@ class DailySalts:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / day
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            value = path.read_bytes()
-            if len(value) == 32:
-                return value
-            value = secrets.token_bytes(32)  # a torn write: replace it
-            path.write_bytes(value)
-            return value
+            stored = path.read_bytes()
+        except FileNotFoundError:
+            stored = None
+        if stored is not None and len(stored) == 32:
+            return stored
         value = secrets.token_bytes(32)
-        with os.fdopen(fd, "wb") as f:
-            f.write(value)
-            f.flush()
-            os.fsync(f.fileno())
+        if stored is None:
+            # Created, never replaced: a process that lost the race reads the winner's salt,
+            # so every process sharing the directory computes the same ids.
+            if not create_atomic(path, value, 0o600):
+                return path.read_bytes()
+        else:
+            write_atomic(path, value, 0o600)  # short: torn by an older version's write
         self._forget_before(day)
         return value
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import threading
 from pathlib import Path
+
+from sfpltracker.fsutil import append_durably, write_atomic
 
 
 class DeadLetters:
@@ -51,14 +52,7 @@ class DeadLetters:
         data = "".join(lines).encode("utf-8", "backslashreplace")
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path(table), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durably(self.path(table), data, 0o600)
 
     def snapshot(self, table: str) -> bytes:
         """The file's whole lines as they are now (blocking; under the append lock, so no
@@ -82,21 +76,7 @@ class DeadLetters:
             with open(path, "rb") as f:
                 f.seek(head_size)
                 tail = f.read()
-            tmp = path.with_name(f".{path.name}.replay")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(b"".join(keep) + tail)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # the rename itself survives a crash
-            finally:
-                os.close(dir_fd)
+            write_atomic(path, b"".join(keep) + tail, 0o600)
         return tail
 
     def read(self, table: str) -> list[dict]:

@@ -27,6 +27,7 @@ from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events, lower_k
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.privacy.identity import analytics_consented
 from sfpltracker.privacy.ip import canonical_ip
+from sfpltracker.store.schema import DEFAULT_DATABASE
 from sfpltracker.web.common import (
     NOT_DONE_YET,
     apply_cors,
@@ -46,7 +47,11 @@ MAX_AGREEMENTS = 1000
 
 
 def _database(gateway) -> str:
-    return getattr(gateway.store, "database", "") or gateway.cfg.store_entry().Database or "sfpla"
+    return (
+        getattr(gateway.store, "database", "")
+        or gateway.cfg.store_entry().Database
+        or DEFAULT_DATABASE
+    )
 
 
 class PrivacyResource(Resource):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
+
+from sfpltracker.fsutil import write_atomic
 
 log = Logger()
 
@@ -124,15 +125,10 @@ def load_pair(cert_path: Path, key_path: Path, source: str) -> CertPair:
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` atomically (temp file + rename) readable by the owner only."""
+    """Write ``data`` atomically and durably, readable by the owner only unless ``mode``
+    says otherwise (a certificate chain is public, its key is not)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, mode)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:

@@ -61,6 +61,7 @@ from sfpltracker.store.query_guard import QueryGuard, local_parser
 from sfpltracker.store.rejects import DataRejected, bisect, dead_letter_family, refused_for_data
 from sfpltracker.store.rejects import one_line as _reason
 from sfpltracker.store.schema import (
+    DEFAULT_DATABASE,
     JSON_BOUNDS,
     json_type_changes,
     load_statements,
@@ -160,7 +161,7 @@ class ClickHouseStore:
         hosts: list[str],
         data_dir: Path,
         *,
-        database: str = "sfpla",
+        database: str = DEFAULT_DATABASE,
         username: str = "default",
         password: str = "",
         secure: bool = False,
@@ -224,7 +225,9 @@ class ClickHouseStore:
     @classmethod
     def from_config(cls, entry, cfg, reactor) -> ClickHouseStore:
         """The store of a ``Notify`` entry of type ``clickhouse``."""
-        database = entry.Database if entry.Database != "sfpla" else (entry.Context or "sfpla")
+        database = entry.Database
+        if database == DEFAULT_DATABASE:  # the default: an original config names it in Context
+            database = entry.Context or DEFAULT_DATABASE
 
         def path(value: str) -> str:
             return str(cfg.path(value)) if value else ""

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from sfpltracker.fsutil import write_atomic
+
 log = Logger()
 
 LOG_DIR = "deduplication_logs"
@@ -95,21 +97,7 @@ def _repair_table(table_dir: Path, log_dir: Path) -> int:
 def _replace(path: Path, data: bytes, scratch_dir: Path) -> None:
     """Write ``data`` to ``path`` atomically; the temporary file lives outside the log
     directory (ClickHouse reads every file there as a log)."""
-    tmp = scratch_dir / f".{path.name}.sfpl-repair"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data, 0o644, tmp_dir=scratch_dir)
 
 
 def repair_if_unused(chdb_path: Path) -> int:

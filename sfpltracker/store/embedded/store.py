@@ -49,6 +49,7 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from sfpltracker.fsutil import write_atomic
 from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from sfpltracker.store.embedded.dedup_logs import repair_if_unused
@@ -62,7 +63,7 @@ from sfpltracker.store.rejects import (
     one_line,
     refused_for_data,
 )
-from sfpltracker.store.schema import json_type_changes, load_statements
+from sfpltracker.store.schema import DEFAULT_DATABASE, json_type_changes, load_statements
 
 __all__ = ["DEDUP_KEYS", "EmbeddedStore", "StoreError"]
 
@@ -185,7 +186,7 @@ class EmbeddedStore:
     kind = "embedded"
     insert_tokens = True  # insert(..., token=) re-sends a batch idempotently, views included
 
-    def __init__(self, data_dir: Path, reactor, database: str = "sfpla", readers: int = 2):
+    def __init__(self, data_dir: Path, reactor, database: str = DEFAULT_DATABASE, readers: int = 2):
         self.path = Path(data_dir) / "chdb"
         self.reactor = reactor
         self.database = database
@@ -570,9 +571,7 @@ def write_chdb_config(path: Path) -> Path:
     """Write the engine's configuration to ``path`` (again at every start: the budget is the
     code's, not something edited in place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(chdb_config_xml())
-    os.replace(tmp, path)
+    write_atomic(path, chdb_config_xml())
     return path
 
 
