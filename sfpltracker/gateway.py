@@ -15,6 +15,8 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sfpltracker.notify import facebook as notify_facebook
+
 from . import __version__, admin
 from . import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 from .config import Config
@@ -125,6 +127,8 @@ class Gateway:
         }
         # NATS publishers / JetStream spool (may wrap or replace self.intake); last, on purpose.
         self.notifiers = notify_nats.attach(self)
+        # Conversions API outputs, fed by the loader after acceptance (notify/facebook.py).
+        self.outputs = notify_facebook.attach(self)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -135,6 +139,8 @@ class Gateway:
     @defer.inlineCallbacks
     def start(self):
         yield self.store.start()
+        for output in self.outputs:  # before the loader, which replays into them
+            yield output.start()
         start_intake = getattr(self.intake, "start", None)  # the spool opens its files
         if start_intake is not None:
             yield start_intake()
@@ -154,6 +160,8 @@ class Gateway:
             yield self.intake.close()
             for notifier in reversed(self.notifiers):
                 yield notifier.stop()
+            for output in self.outputs:
+                yield output.stop()
         finally:
             self.batcher.stop()
             yield self.store.stop()
