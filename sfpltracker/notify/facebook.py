@@ -65,7 +65,7 @@ GRAPH_VERSION = "v22.0"
 MAX_BATCH_EVENTS = 1000  # Meta: at most 1,000 events per request
 MAX_AGE_SECONDS = 7 * 86400  # Meta refuses a request holding an event older than 7 days
 SEGMENT_BYTES = 4 * 1024 * 1024
-BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_MAX_SECONDS = 60.0
 # Graph API error codes that are not about the events: rate limits (4, 17, 32, 613, 80000s),
 # temporary trouble (1, 2), an expired or invalid token or a missing permission (190, 102, 10,
@@ -400,7 +400,7 @@ class FacebookOutput:
         self.directory = cfg.data_dir / "facebook" / _safe(entry.PixelId)
         self.outbox = Outbox(self.directory)
         self.dead = DeadLetters(self.directory / "deadletter")
-        self.breaker = CircuitBreaker(reactor, max_failures=3, reset_seconds=10.0)
+        self.breaker = CircuitBreaker(reactor, max_failures=5, reset_seconds=5.0)
         self.stats = Stats()
         self._blocking = blocking
         self._append_lock = defer.DeferredLock()
