@@ -247,3 +247,13 @@ def test_an_event_meta_refuses_is_dead_lettered_alone(tmp_path):
         assert bad not in graph.event_ids()
         (line,) = [json.loads(x) for x in dead.read_text().splitlines()]
         assert line["row"]["event_id"] == bad and "refused" in line["reason"]
+
+
+def test_memory_durability_sends_too(tmp_path):
+    with GraphAPI(PIXEL, TOKEN) as graph:
+        with GatewayProcess(tmp_path, {**facebook(graph), "Durability": "memory"}) as gw:
+            events = [purchase() for _ in range(7)]
+            track(gw, events, cookie=CONSENT)
+            graph.wait_for(lambda: len(graph.events) >= 7)
+        assert graph.violations == []
+        once_each(graph, [e["eid"] for e in events])

@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,14 +246,15 @@ class Outbox:
     """Append-only segment files of Meta-ready events and the position sent up to.
 
     Blocking methods: called on a thread, one at a time per method kind (appends serialised by
-    the output, reads and ``mark_sent`` by the one sender)."""
+    the output, reads and ``mark_sent`` by the one sender); ``sizes`` is shared under a lock."""
 
     directory: Path
     sent: tuple[int, int] = (1, 0)
     durable: tuple[int, int] = (1, 0)  # end of what is fsync-ed: the sender reads no further
     high_water: Pos | None = None  # spool position of the last line's frame
-    pending: int = 0
+    pending: int = 0  # lines not yet sent (changed on the reactor thread only, after open)
     sizes: dict[int, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -294,10 +296,12 @@ class Outbox:
                 self.pending += f.read().count(b"\n")
 
     def append(self, lines: list[bytes]) -> tuple[int, int]:
-        seq = max(self.sizes)
-        if self.sizes[seq] >= SEGMENT_BYTES:
-            seq += 1
-            self.sizes[seq] = 0
+        with self.lock:
+            seq = max(self.sizes)
+            if self.sizes[seq] >= SEGMENT_BYTES:
+                seq += 1
+                self.sizes[seq] = 0
+            size = self.sizes[seq]
         path = _segment(self.directory, seq)
         data = b"".join(lines)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -306,21 +310,26 @@ class Outbox:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)  # no half-written lines: the retry appends them whole
+            raise
         finally:
             os.close(fd)
-        if self.sizes[seq] == 0:
+        if size == 0:
             _fsync_dir(self.directory)  # a new segment: its name survives a crash too
-        self.sizes[seq] += len(data)
-        return (seq, self.sizes[seq])
+        with self.lock:
+            self.sizes[seq] = size + len(data)
+        return (seq, size + len(data))
 
     def read(self, limit: int, until: tuple[int, int]) -> Batch:
         """Up to ``limit`` events from the sent position, not past ``until`` (durable)."""
         events: list[dict] = []
         seq, offset = self.sent
         while len(events) < limit and (seq, offset) < until:
-            size = self.sizes.get(seq, 0) if seq != until[0] else until[1]
-            if offset >= size:
+            with self.lock:
+                size = self.sizes.get(seq, 0) if seq != until[0] else until[1]
                 later = [s for s in self.sizes if s > seq]
+            if offset >= size:
                 if not later:
                     break
                 seq, offset = min(later), 0
@@ -335,7 +344,7 @@ class Outbox:
                 offset += len(line)
         return Batch(events, (seq, offset))
 
-    def mark_sent(self, end: tuple[int, int], count: int) -> None:
+    def mark_sent(self, end: tuple[int, int]) -> None:
         tmp = self.directory / "sent.json.tmp"
         with open(tmp, "w") as f:
             json.dump({"segment": end[0], "offset": end[1]}, f)
@@ -344,11 +353,13 @@ class Outbox:
         os.replace(tmp, self.directory / "sent.json")
         _fsync_dir(self.directory)
         self.sent = end
-        self.pending -= count
-        newest = max(self.sizes)
-        for seq in [s for s in self.sizes if s < end[0] and s != newest]:
+        with self.lock:
+            newest = max(self.sizes)
+            done = [s for s in self.sizes if s < end[0] and s != newest]
+            for seq in done:
+                del self.sizes[seq]
+        for seq in done:
             _segment(self.directory, seq).unlink(missing_ok=True)
-            del self.sizes[seq]
 
 
 # ------------------------------------------------------------------------------ output
@@ -480,7 +491,21 @@ class FacebookOutput:
 
     @defer.inlineCallbacks
     def _append(self, lines):
-        end = yield self._blocking(self.outbox.append, lines)
+        # A write error (disk full) is retried here rather than failing the loader's chunk:
+        # the lines stay in order, and the high-water mark set in take() stays true.
+        while True:
+            try:
+                end = yield self._blocking(self.outbox.append, lines)
+                break
+            except OSError as e:
+                log.error(
+                    "facebook {pixel}: cannot write the outbox ({why}); retrying",
+                    pixel=self.pixel,
+                    why=e.strerror or str(e),
+                )
+                if self._stopped:
+                    raise
+                yield task.deferLater(self.reactor, 1.0, lambda: None)
         self.outbox.durable = end
         self.outbox.pending += len(lines)
         self.stats.captured += len(lines)
@@ -510,7 +535,8 @@ class FacebookOutput:
             except Stopped:
                 return
             self.stats.batches += 1
-            yield self._blocking(self.outbox.mark_sent, batch.end, len(batch.events))
+            yield self._blocking(self.outbox.mark_sent, batch.end)
+            self.outbox.pending -= len(batch.events)
 
     @defer.inlineCallbacks
     def _deliver(self, events: list[dict]):
