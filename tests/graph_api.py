@@ -75,6 +75,7 @@ class GraphAPI:
         self.version = version
         self.events: list[dict] = []  # events of accepted requests, in arrival order
         self.requests: list[tuple[str, int]] = []  # (outcome, events in the request)
+        self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
         self.violations: list[str] = []
         self.reject_ids: set[str] = set()  # a request with one of these gets Meta's 400
         self.hold_seconds = 3.0  # "timeout": how long the answer is held back
@@ -179,6 +180,7 @@ class GraphAPI:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 with graph._lock:
+                    graph.arrivals.append(time.monotonic())
                     outcome = graph._script.pop(0) if graph._script else "ok"
                 if outcome == "timeout":
                     with graph._lock:

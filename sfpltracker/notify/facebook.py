@@ -67,7 +67,7 @@ MAX_BATCH_EVENTS = 1000  # Meta: at most 1,000 events per request
 MAX_AGE_SECONDS = 7 * 86400  # Meta refuses a request holding an event older than 7 days
 SEGMENT_BYTES = 4 * 1024 * 1024
 BACKOFF_BASE_SECONDS = 0.25
-BACKOFF_MAX_SECONDS = 60.0
+BACKOFF_MAX_SECONDS = 30.0
 # Graph API error codes that are not about the events: rate limits (4, 17, 32, 613, 80000s),
 # temporary trouble (1, 2), an expired or invalid token or a missing permission (190, 102, 10,
 # 200-299; the operator fixes the token, the events wait).
