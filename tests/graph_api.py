@@ -9,7 +9,8 @@ from here): a real HTTP server on 127.0.0.1 in a thread.
 
 It checks every request as Meta documents the contract (developers.facebook.com/docs/
 marketing-api/conversions-api: "Using the API", "Parameters", "Customer Information
-Parameters"): ``POST /{vNN.N}/{pixel}/events``, the access token (query or body), a ``data``
+Parameters"): ``POST /{vNN.N}/{pixel}/events``, the access token (query parameter, or a form
+field as in Meta's curl example), a ``data``
 array of 1 to 1,000 server events with ``event_name``, ``event_time`` (unix seconds, not older
 than 7 days), ``action_source``, ``user_data``; the identifiers that must be hashed (``em``,
 ``ph``, ``external_id``, ``country``, ...) as 64 lower-case hex digits (SHA-256), those that
@@ -151,7 +152,11 @@ class GraphAPI:
                 body["data"] = json.loads(body["data"])
         if not isinstance(body, dict):
             raise ContractError("body is not an object")
-        token = body.get("access_token") or (query.get("access_token") or [None])[0]
+        # Meta: "Attach your generated secure access token using the access_token query
+        # parameter" (its curl example sends it as a form field instead).
+        token = (query.get("access_token") or [None])[0]
+        if token is None and "json" not in content_type:
+            token = body.get("access_token")
         if token != self.token:
             raise ContractError("access_token missing or wrong", code=190)
         unknown = set(body) - {"data", "access_token", "test_event_code", "partner_agent"}

@@ -528,7 +528,14 @@ class FacebookOutput:
                 continue
             batch = yield self._blocking(self.outbox.read, self.batch_events, self.outbox.durable)
             if not batch.events:
-                self.outbox.pending = 0  # the count drifted (a crash mid-append): re-synced
+                self.outbox.pending = 0  # the count drifted (an empty segment): re-synced
+                self._wakeup = defer.Deferred()
+                try:
+                    yield self._wakeup  # until the next append
+                except defer.CancelledError:
+                    return
+                finally:
+                    self._wakeup = None
                 continue
             try:
                 yield self._deliver(batch.events)
@@ -601,11 +608,19 @@ class FacebookOutput:
 
     @defer.inlineCallbacks
     def _post(self, events: list[dict]):
-        body: dict[str, Any] = {"data": events, "access_token": self.entry.AccessToken}
+        body: dict[str, Any] = {"data": events}
         if self.entry.TestEventCode:
             body["test_event_code"] = self.entry.TestEventCode
         try:
-            d = treq.post(self.url, json=body, pool=self.pool, reactor=self.reactor)
+            # Meta's documented form: the token as the access_token query parameter (it is
+            # never logged: log lines and dead letters name self.url, without it).
+            d = treq.post(
+                self.url,
+                params={"access_token": self.entry.AccessToken},
+                json=body,
+                pool=self.pool,
+                reactor=self.reactor,
+            )
             d.addTimeout(self.timeout, self.reactor)
             response = yield d
             r = treq.content(response)
