@@ -142,10 +142,19 @@ def test_listed_events_arrive_once_hashed_with_ip_and_ua_only_under_consent(tmp_
             track(gw, [consented, lead, *skipped], cookie=CONSENT)
             track(gw, [no_marketing], cookie=NO_MARKETING)
             track(gw, [gpc], cookie=CONSENT, headers={"Sec-GPC": "1"})
+            # A server event: the visitor's IP and user agent are the ones the backend passes.
+            backend = {
+                "ename": "lead",
+                "eid": str(uuid.uuid4()),
+                "cflags": 4096,
+                "ip": "198.51.100.9",
+                "ua": "Visitor-UA/2",
+            }
+            assert gw.http("POST", "/tr/v1/str/", json_body=backend).status == 200
             bulk = [purchase() for _ in range(150)]
             for i in range(0, 150, 50):
                 track(gw, bulk[i : i + 50], cookie=CONSENT)
-            wanted = [consented, lead, no_marketing, gpc, *bulk]
+            wanted = [consented, lead, no_marketing, gpc, backend, *bulk]
             eids = [e["eid"] for e in wanted]
             graph.wait_for(lambda: len(graph.events) >= len(wanted))
             wait_metric(gw, "sfpl_facebook_events_sent_total", len(wanted))
@@ -166,6 +175,11 @@ def test_listed_events_arrive_once_hashed_with_ip_and_ua_only_under_consent(tmp_
         assert user["client_user_agent"] == UA
         assert all(len(h) == 64 for h in user["external_id"])
         assert by_id[lead["eid"]]["event_name"] == "Lead"  # the configured spelling
+        user = by_id[backend["eid"]]["user_data"]
+        assert (user["client_ip_address"], user["client_user_agent"]) == (
+            "198.51.100.9",
+            "Visitor-UA/2",
+        )
 
         for eid in (no_marketing["eid"], gpc["eid"]):
             user = by_id[eid]["user_data"]

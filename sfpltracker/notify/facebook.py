@@ -144,8 +144,8 @@ class Capture:
 
     def __call__(self, raw: dict, row: dict, req) -> tuple[str, dict] | None:
         ename = row.get("ename")
-        if ename not in self.enames:
-            return None
+        if ename not in self.enames or row.get("bot"):
+            return None  # not listed, or a crawler's (the user-agent parser says so)
         server = bool(row.get("server"))
         headers = {} if server else req.headers
         ids = [sha256_hex(v) for v in (normalise_text(row.get("vid")),) if v]
