@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -271,3 +273,44 @@ def test_memory_durability_sends_too(tmp_path):
             graph.wait_for(lambda: len(graph.events) >= 7)
         assert graph.violations == []
         once_each(graph, [e["eid"] for e in events])
+
+
+def test_the_contract_server_refuses_what_meta_refuses():
+    """The fake is only worth its "no violations" if it catches them."""
+    good = {
+        "event_name": "Lead",
+        "event_time": int(time.time()),
+        "action_source": "website",
+        "event_id": "e1",
+        "user_data": {"em": [sha("a@b.c")], "client_user_agent": UA},
+    }
+    bad_events = [
+        {**good, "user_data": {"em": ["a@b.c"]}},  # not hashed
+        {**good, "user_data": {"client_ip_address": sha("1.2.3.4")}},  # hashed, must not be
+        {**good, "event_time": int(time.time()) - 8 * 86400},  # older than 7 days
+        {**good, "action_source": "web"},
+        {**good, "event_name": "Purchase"},  # no value/currency
+        {**good, "color": "red"},  # unknown key
+        {k: v for k, v in good.items() if k != "user_data"},
+    ]
+    with GraphAPI(PIXEL, TOKEN) as graph:
+
+        def post(path, events, token=TOKEN):
+            url = f"{graph.url}{path}?access_token={token}"
+            body = json.dumps({"data": events}).encode()
+            req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert post(f"/v22.0/{PIXEL}/events", [good]) == 200
+        assert post(f"/v22.0/{PIXEL}/events", [good], token="wrong") == 400
+        assert post(f"/{PIXEL}/events", [good]) == 400  # no version
+        assert post(f"/v22.0/{PIXEL}/events", []) == 400
+        assert post(f"/v22.0/{PIXEL}/events", [good] * 1001) == 400
+        for event in bad_events:
+            assert post(f"/v22.0/{PIXEL}/events", [good, event]) == 400, event
+        assert len(graph.violations) == 4 + len(bad_events)
+        assert graph.event_ids() == ["e1"]
