@@ -47,7 +47,8 @@ class BatchSettings:
 
 @dataclass
 class NotifyEntry:
-    """One ``Notify`` entry: a store (``embedded``, ``clickhouse``) or a publisher (``nats``)."""
+    """One ``Notify`` entry: a store (``embedded``, ``clickhouse``), a publisher (``nats``) or
+    an output (``facebook``: the Conversions API, docs/outputs.md)."""
 
     Type: str = "embedded"
     Hosts: list[str] = field(default_factory=list)
@@ -68,6 +69,15 @@ class NotifyEntry:
     Stream: str = "SFPL_EVENTS"
     Loader: bool = True  # JetStream: this gateway also loads the stream into its store
     AckWaitSeconds: float = 30.0  # JetStream loader: unacked messages are redelivered after it
+    # facebook: the pixel, its Conversions API token, the enames sent (Meta's spelling, e.g.
+    # "Purchase"; matched case-insensitively), Meta's test code, where the Graph API is.
+    PixelId: str = ""
+    AccessToken: str = ""
+    Events: list[str] = field(default_factory=list)
+    TestEventCode: str = ""
+    GraphURL: str = "https://graph.facebook.com"
+    GraphVersion: str = "v22.0"
+    BatchEvents: int = 1000  # events per Graph API request (Meta's limit: 1,000)
     Critical: bool = False
     Skip: bool = False
 
@@ -197,7 +207,7 @@ class Config:
 
 
 STORE_TYPES = ("embedded", "clickhouse")
-NOTIFY_TYPES = (*STORE_TYPES, "nats")
+NOTIFY_TYPES = (*STORE_TYPES, "nats", "facebook")
 
 # Keys of the original tracker's config.json. ``original_config.translate`` maps those with a
 # meaning here before the typed load; the rest reach ``_build``, which accepts them with a
@@ -357,6 +367,7 @@ def _validate(cfg: Config) -> None:
             )
     if sum(1 for n in cfg.Notify if n.Type == "nats" and n.JetStream and not n.Skip) > 1:
         raise ConfigError("Notify: only one nats entry can have JetStream (it is the spool)")
+    _validate_facebook(cfg)
     for table, settings in cfg.Batching.items():
         if settings.Strategy not in STRATEGIES:
             raise ConfigError(
@@ -378,6 +389,36 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{name}: must be at least 1")
     if cfg.MaxJSONDepth < 2:
         raise ConfigError("MaxJSONDepth: must be at least 2 (an event and its params)")
+
+
+def _validate_facebook(cfg: Config) -> None:
+    entries = [(i, n) for i, n in enumerate(cfg.Notify) if n.Type == "facebook" and not n.Skip]
+    for i, entry in entries:
+        where = f"Notify[{i}]"
+        if not re.fullmatch(r"\d+", entry.PixelId):
+            raise ConfigError(f"{where}.PixelId: a facebook entry needs its pixel id (digits)")
+        if not entry.AccessToken:
+            raise ConfigError(
+                f"{where}.AccessToken: a facebook entry needs a Conversions API token"
+            )
+        if not entry.Events or not all(e.strip() for e in entry.Events):
+            raise ConfigError(f'{where}.Events: list the enames to send (e.g. ["Purchase"])')
+        if not 1 <= entry.BatchEvents <= 1000:
+            raise ConfigError(f"{where}.BatchEvents: must be 1 to 1000 (Meta's limit)")
+        if not re.fullmatch(r"v\d+\.\d+", entry.GraphVersion):
+            raise ConfigError(f'{where}.GraphVersion: expected "vNN.N", got {entry.GraphVersion!r}')
+        if not re.match(r"https?://[^/]+", entry.GraphURL):
+            raise ConfigError(f"{where}.GraphURL: expected an http(s) URL, got {entry.GraphURL!r}")
+        if entry.Timeout <= 0:
+            raise ConfigError(f"{where}.Timeout: must be more than 0 seconds")
+    if entries and any(n.Type == "nats" and n.JetStream and not n.Skip for n in cfg.Notify):
+        raise ConfigError(
+            "Notify: a facebook entry needs the local spool (or Durability memory); with "
+            "JetStream as the spool it is not supported yet"
+        )
+    pixels = [n.PixelId for _, n in entries]
+    if len(set(pixels)) != len(pixels):
+        raise ConfigError("Notify: two facebook entries for one PixelId")
 
 
 ACME_CHALLENGES = ("auto", "http-01", "tls-alpn-01")
@@ -468,8 +509,31 @@ def load(path: str | os.PathLike, warnings: list[str] | None = None) -> Config:
         raise ConfigError(f"{p}: {e}") from None
 
 
+def _apply_fb_env(cfg: Config) -> None:
+    """The original's ``FB_PIXEL``/``FB_TOKEN`` set the facebook entry's pixel and token; with
+    no such entry they add one, sending the enames of ``FB_EVENTS`` (comma-separated)."""
+    pixel, token = os.environ.get("FB_PIXEL"), os.environ.get("FB_TOKEN")
+    if not pixel and not token:
+        return
+    entry = next((n for n in cfg.Notify if n.Type == "facebook"), None)
+    if entry is None:
+        events = [e.strip() for e in os.environ.get("FB_EVENTS", "").split(",") if e.strip()]
+        if not events:
+            raise ConfigError(
+                "environment FB_PIXEL/FB_TOKEN: no facebook Notify entry; set FB_EVENTS too "
+                "(the enames to send, comma-separated)"
+            )
+        entry = NotifyEntry(Type="facebook", Events=events)
+        cfg.Notify.append(entry)
+    if pixel:
+        entry.PixelId = pixel.strip()
+    if token:
+        entry.AccessToken = token.strip()
+
+
 def _apply_env(cfg: Config) -> None:
     """``SFPL_<Key>`` overrides a top-level scalar key (containers set ports and paths so)."""
+    _apply_fb_env(cfg)
     for f in fields(Config):
         raw = os.environ.get(f"SFPL_{f.name}")
         if raw is None or f.metadata.get("internal"):

@@ -20,6 +20,7 @@ from sfpltracker.config import Config
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
+from sfpltracker.notify import facebook as notify_facebook
 from sfpltracker.notify import nats as notify_nats
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
@@ -121,6 +122,8 @@ class Gateway:
         }
         # NATS publishers / JetStream spool (may wrap or replace self.intake); last, on purpose.
         self.notifiers = notify_nats.attach(self)
+        # Conversions API outputs, fed by the loader after acceptance (notify/facebook.py).
+        self.outputs = notify_facebook.attach(self)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -131,6 +134,8 @@ class Gateway:
     @defer.inlineCallbacks
     def start(self):
         yield self.store.start()
+        for output in self.outputs:  # before the loader, which replays into them
+            yield output.start()
         start_intake = getattr(self.intake, "start", None)  # the spool opens its files
         if start_intake is not None:
             yield start_intake()
@@ -150,6 +155,8 @@ class Gateway:
             yield self.intake.close()
             for notifier in reversed(self.notifiers):
                 yield notifier.stop()
+            for output in self.outputs:
+                yield output.stop()
         finally:
             self.batcher.stop()
             yield self.store.stop()

@@ -17,7 +17,7 @@ random ids), so the page after a saved key is the same rows every time, and it i
 with an insert token derived from the source, the table and that key. A page that landed but
 whose key was not saved yet (a kill between the two) is sent again with the same rows and the
 same token, and the store skips what landed - the table's part and every view's part
-(``store/embedded.py``); a store without tokens gets ``dedup=True`` (rows whose key is stored
+(``store/embedded/store.py``); a store without tokens gets ``dedup=True`` (rows whose key is stored
 are skipped). ``redirect_history`` keeps no deduplication window here, so its rows already
 stored are looked up first. The source must not change while it is copied: point traffic at
 this gateway first (docs/migrating.md).

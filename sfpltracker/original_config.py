@@ -295,7 +295,12 @@ class _Translator:
                 Mapped(f"{where}: {kind!r} is disabled (trailing _), skipped as the original did")
             )
             return None
-        if kind.lower() in FOREIGN_SERVICES or (original_style and kind not in _STORE_OR_NATS):
+        # The Conversions API exists here as {"Type": "facebook", ...} (docs/outputs.md); the
+        # original's entry (Service, Context = pixel, Key = token, no Events) is still skipped.
+        new_facebook = kind == "facebook" and not original_style
+        if not new_facebook and (
+            kind.lower() in FOREIGN_SERVICES or (original_style and kind not in _STORE_OR_NATS)
+        ):
             if entry.get("Critical"):
                 raise OriginalConfigError(
                     f"{where}: a {kind} service is not supported here, and the entry is "

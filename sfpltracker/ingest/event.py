@@ -60,6 +60,9 @@ class EventModel:
     hash_key: bytes  # keys the hash of e-mail addresses
     drop_bots: bool = False
     enrichers: tuple[Enricher, ...] = ()
+    # ``(raw, row, req) -> record | None``: what an output (the Conversions API) needs of an
+    # event that its row does not keep, accepted with it (notify/facebook.py); None: no output.
+    capture: Callable[[dict, dict, RequestInfo], tuple[str, dict] | None] | None = None
 
     def visitor(
         self, req: RequestInfo, first: dict | None = None, *, server: bool = False

@@ -20,6 +20,10 @@ log = Logger()
 
 Record = tuple[str, dict]
 
+# Records for the outputs (the Conversions API, notify/facebook.py), accepted and spooled with
+# their event but never inserted into a store: the loader hands them to ``outputs``.
+OUTPUT_TABLE = "capi"
+
 
 class Refused(Exception):
     """Records cannot be accepted now; the client should retry after ``retry_after`` s."""
@@ -35,6 +39,7 @@ class MemoryIntake:
         self.batcher = batcher
         self.max_queued_rows = max_queued_rows
         self.lost_rows = 0
+        self.outputs: list = []  # as the spool loader's (no replay: positions are None)
 
     def start(self) -> defer.Deferred:
         return defer.succeed(None)
@@ -47,6 +52,12 @@ class MemoryIntake:
         by_table: dict[str, list[dict]] = defaultdict(list)
         for table, row in records:
             by_table[table].append(row)
+        captured = by_table.pop(OUTPUT_TABLE, None)
+        if captured:
+            for output in self.outputs:
+                items = [(None, False, row) for row in captured]
+                d = defer.maybeDeferred(output.take, items)
+                d.addErrback(self._lost, OUTPUT_TABLE, len(captured))
         for table, rows in by_table.items():
             self.batcher.add(table, rows).addErrback(self._lost, table, len(rows))
         return defer.succeed(None)

@@ -38,6 +38,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from sfpltracker.pipeline.intake import OUTPUT_TABLE
 from sfpltracker.pipeline.journal import InsertJournal, JournalBatch, Span, finish
 from sfpltracker.pipeline.spool import (
     MAGIC,
@@ -134,6 +135,10 @@ class Loader:
         self.resent_batches = 0  # in-doubt batches sent again with their token
         self.settled_batches = 0  # in-doubt batches found not stored at all
         self.after_reboot_batches = 0  # in doubt since before a reboot: not re-sent
+        # Outputs fed after acceptance (notify/facebook.py): each ``take(items)`` gets the
+        # records of OUTPUT_TABLE, which never go to the store; a chunk is confirmed once the
+        # store and every output have what it holds.
+        self.outputs: list = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -159,6 +164,8 @@ class Loader:
         self.oldest_ms = backlog.first_ms
         self._stopped = False
         self.writer.listeners.append(self.wake)
+        for output in self.outputs:
+            output.limit_high_water(self.writer.end)
         if backlog.records:
             log.info(
                 "spool: replaying {n} records from segment {seg} offset {off}",
@@ -274,6 +281,7 @@ class Loader:
         if not frames:
             return
         by_table: dict[str, list[dict]] = defaultdict(list)
+        outputs: list = []  # (frame end, replayed, row) of OUTPUT_TABLE records
         records = size = 0
         first_ms = None
         replay = False
@@ -290,12 +298,17 @@ class Loader:
                 replay = True
                 self.replayed_records += frame.count
             for table, row in frame.records:
-                by_table[table].append(row)
+                if table == OUTPUT_TABLE:
+                    outputs.append((frame.end, frame.start < self.replay_until, row))
+                else:
+                    by_table[table].append(row)
             records += frame.count
             size += frame.size
             if first_ms is None and frame.records:
                 first_ms = frame.accepted_ms
-        chunk = _Chunk(frames[0].start, next_pos, records, size, first_ms, len(by_table))
+        sinks = self.outputs if outputs else []
+        waiting = len(by_table) + len(sinks)
+        chunk = _Chunk(frames[0].start, next_pos, records, size, first_ms, waiting)
         span = (chunk.start, chunk.end)
         self.in_flight.append(chunk)
         self.in_flight_bytes += size
@@ -307,6 +320,9 @@ class Loader:
             d = self.batcher.add(
                 table, rows, size=share, dedup=replay, origin=Span(self.journal, *span)
             )
+            d.addCallbacks(self._stored, self._failed, callbackArgs=(chunk,), errbackArgs=(chunk,))
+        for sink in sinks:
+            d = defer.maybeDeferred(sink.take, outputs)
             d.addCallbacks(self._stored, self._failed, callbackArgs=(chunk,), errbackArgs=(chunk,))
 
     # -- confirmations ----------------------------------------------------------------------

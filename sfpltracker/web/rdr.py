@@ -111,6 +111,9 @@ class RedirectResource(Resource):
         except BadInput:  # beyond the input bounds: the visitor still goes on, untracked
             row = None
         records = event_records(raw, row) if row is not None else []
+        capture = gw.events.capture  # an output's record of an event (notify/facebook.py)
+        if row is not None and capture is not None and (extra := capture(raw, row, req)):
+            records.append(extra)
 
         def answer() -> bytes:
             if not self.server and visitor.cookies_allowed:

@@ -148,6 +148,7 @@ class TrackResource(IngestResource):
         first = next((i for i in items if isinstance(i, dict)), {})
         visitor = gw.events.visitor(req, {**base, **lower_keys(first)}, server=self.server)
         records, eids, problems = [], [], []
+        capture = gw.events.capture  # an output's record of an event (notify/facebook.py)
         for n, item in enumerate(items):
             if not isinstance(item, dict):
                 problems.append(f"event {n}: {item_problem(item)}")
@@ -166,6 +167,8 @@ class TrackResource(IngestResource):
                 eids.append(None)
                 continue
             records.append(("events", row))
+            if capture is not None and (extra := capture(raw, row, req)) is not None:
+                records.append(extra)
             if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
                 records.extend(messaging_records(raw, row))
             eids.append(row["eid"])

@@ -242,6 +242,7 @@ class IngestProtocol(WebSocketServerProtocol):
             first = next((i for i in items if isinstance(i, dict)), {})
             visitor = gw.events.visitor(req, {**base, **lower_keys(first)} if base else first)
         records, eids, problems = [], [], []
+        capture = gw.events.capture  # an output's record of an event (notify/facebook.py)
         for n, item in enumerate(items):
             if not isinstance(item, dict):
                 problems.append(f"event {n}: {item_problem(item)}")
@@ -258,6 +259,8 @@ class IngestProtocol(WebSocketServerProtocol):
                     eids.append(eid)
                 continue
             records.append(("events", row))
+            if capture is not None and (extra := capture(raw, row, req)) is not None:
+                records.append(extra)
             if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
                 records.extend(messaging_records(raw, row))
             eids.append(row["eid"])
