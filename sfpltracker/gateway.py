@@ -23,11 +23,9 @@ from sfpltracker.notify import nats as notify_nats
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
 from sfpltracker.privacy import build_enrichers
-from sfpltracker.privacy import commands as _privacy_commands  # noqa: F401 - registers prune, forget, ...
 from sfpltracker.privacy.geoip import open_geoip
 from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
-from sfpltracker.store import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 
 log = Logger()
 
