@@ -2,7 +2,9 @@
 
 Every route answers only once the intake has accepted the events (2xx), refuses with 503 and
 ``Retry-After`` when it cannot, and answers malformed input with 400 and a JSON reason. In a
-batch, one bad item is refused alone; the others are stored.
+batch, one bad item is refused alone; the others are stored. What the input becomes is the
+event model's (``EventModel.records()``, ``payment_records()``); this module reads the request
+and answers.
 """
 
 from __future__ import annotations
@@ -13,18 +15,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sfpltracker.ingest.ids import parse_uuid
-from sfpltracker.ingest.messaging import messaging_records
-from sfpltracker.ingest.parse import (
-    BadInput,
-    RefusedItem,
-    item_problem,
-    json_events,
-    lower_keys,
-    path_pairs,
-    query_pairs,
-)
-from sfpltracker.ingest.payments import payment_rows
+from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events, path_pairs, query_pairs
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.web.common import (
     NOT_DONE_YET,
@@ -131,38 +122,18 @@ class TrackResource(IngestResource):
     def _ingest(self, request, items: list[Any], base: dict[str, str]):
         gw = self.gateway
         req = request_info(request, gw)
-        first = next((i for i in items if isinstance(i, dict)), {})
-        visitor = gw.events.visitor(req, {**base, **lower_keys(first)}, server=self.server)
-        records, eids, problems = [], [], []
-        for n, item in enumerate(items):
-            if not isinstance(item, dict):
-                problems.append(f"event {n}: {item_problem(item)}")
-                eids.append(None)
-                continue
-            raw = {**base, **lower_keys(item)}
-            try:
-                row = gw.events.event_row(
-                    raw, req, visitor, server=self.server, with_user_agent=not self.server
-                )
-            except BadInput as e:  # beyond a bound: this event alone is refused
-                problems.append(f"event {n}: {e}")
-                eids.append(None)
-                continue
-            if row is None:  # a bot, with DropBots
-                eids.append(None)
-                continue
-            records.append(("events", row))
-            if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
-                records.extend(messaging_records(raw, row))
-            eids.append(row["eid"])
+        got = gw.events.records(
+            items, req, base, server=self.server, with_user_agent=not self.server
+        )
+        problems = got.problems
         gw.count("events_rejected", len(problems))
-        if problems and not records:
+        if problems and not got.records:
             return error(request, 400, "; ".join(problems[:5]))
 
         def answer() -> bytes:
-            gw.count("events_accepted", len(eids) - eids.count(None))
-            if self.client and visitor.cookies_allowed:
-                self._set_cookies(request, visitor, req.https)
+            gw.count("events_accepted", got.accepted)
+            if self.client and got.visitor.cookies_allowed:
+                self._set_cookies(request, got.visitor, req.https)
             if problems:
                 request.setHeader(b"x-rejected-events", str(len(problems)).encode())
             if self.kind == "img":
@@ -170,10 +141,11 @@ class TrackResource(IngestResource):
                 request.setHeader(b"cache-control", b"no-store, max-age=0")
                 return GIF
             if self.kind == "str":
+                eids = got.eids
                 return write_json(request, 200, eids if len(items) > 1 else eids[0])
             return b""
 
-        return self._submit(request, records, answer)
+        return self._submit(request, got.records, answer)
 
     def _set_cookies(self, request, visitor, https: bool) -> None:
         set_visitor_cookies(request, visitor, https, self.cfg)
@@ -216,14 +188,14 @@ class LtvResource(IngestResource):
                 raise BadInput(
                     problem or 'expected one JSON object (use "payments": [...] for a batch)'
                 )
-            req = request_info(request, self.gateway)
-            rows = payment_rows(lower_keys(items[0]), req, parse_uuid(req.cookies.get("vid")))
+            records = self.gateway.events.payment_records(
+                items[0], request_info(request, self.gateway)
+            )
         except BadInput as e:
             return error(request, 400, str(e))
-        records = [("payments", row) for row in rows]
 
         def answer() -> bytes:
-            self.gateway.count("payments_accepted", len(rows))
-            return write_json(request, 200, {"ok": True, "ids": [r["id"] for r in rows]})
+            self.gateway.count("payments_accepted", len(records))
+            return write_json(request, 200, {"ok": True, "ids": [row["id"] for _, row in records]})
 
         return self._submit(request, records, answer)
