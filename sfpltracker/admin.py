@@ -6,37 +6,24 @@ sfpltracker <command>`` cannot open the store itself: it asks the running gatewa
 the token the gateway keeps in ``DataDirectory/admin.token`` (mode 0600: whoever can read the
 data directory is an administrator anyway). With no gateway running, the CLI opens the store
 itself and runs the very same function. Each command is written once, against the store
-interface.
+interface. Which commands exist, and what they run, is the list in
+``cli/admin_commands.py``.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import defer
 
 from sfpltracker.fsutil import write_atomic
-
-COMMANDS: dict[str, Callable[..., Any]] = {}
 
 TOKEN_FILE = "admin.token"
 
 
 class AdminError(Exception):
     """A command refused its arguments; the message is shown to the operator."""
-
-
-def command(name: str):
-    """Register ``fn(ctx, args: dict) -> result | Deferred`` as admin command ``name``."""
-
-    def register(fn):
-        COMMANDS[name] = fn
-        return fn
-
-    return register
 
 
 class AdminContext:
@@ -46,13 +33,6 @@ class AdminContext:
         self.cfg = cfg
         self.store = store
         self.gateway = gateway
-
-
-def run(ctx: AdminContext, name: str, args: dict) -> defer.Deferred:
-    fn = COMMANDS.get(name)
-    if fn is None:
-        return defer.fail(AdminError(f"unknown command {name!r}"))
-    return defer.maybeDeferred(fn, ctx, args)
 
 
 def token_path(data_dir: Path) -> Path:
@@ -68,7 +48,6 @@ def create_token(data_dir: Path) -> str:
     return token
 
 
-@command("schema")
 def load_schema(ctx: AdminContext, args: dict):
     """(Re)load the schema files; idempotent."""
     d = defer.maybeDeferred(ctx.store.load_schema)
@@ -83,7 +62,6 @@ def load_schema(ctx: AdminContext, args: dict):
     return d
 
 
-@command("ping")
 def ping(ctx: AdminContext, args: dict):
     d = ctx.store.ping()
     d.addCallback(lambda _: {"ok": True, "store": ctx.store.kind})

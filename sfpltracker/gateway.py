@@ -15,7 +15,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sfpltracker import __version__, admin
-from sfpltracker import migrate as _migrate  # noqa: F401 - registers migrate-page
 from sfpltracker.config import Config
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
@@ -25,11 +24,9 @@ from sfpltracker.notify import nats as notify_nats
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
 from sfpltracker.privacy import build_enrichers
-from sfpltracker.privacy import commands as _privacy_commands  # noqa: F401 - registers prune, forget, ...
 from sfpltracker.privacy.geoip import open_geoip
 from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
-from sfpltracker.store import deadletter_replay as _deadletter_replay  # noqa: F401 - deadletter-replay
 from sfpltracker.store.schema import DEFAULT_DATABASE
 
 log = Logger()

@@ -49,7 +49,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import re
 import time
 import uuid
@@ -62,6 +61,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
 from sfpltracker import admin
+from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest.fields import unique_json_paths
 from sfpltracker.ingest.ids import short_hash
 from sfpltracker.links.model import LinkInvalid, link_key, normalize_path, parse_from
@@ -564,7 +564,6 @@ def copy_page(store, mapper: Mapper, source_url: str, name: str, after, limit: i
     }
 
 
-@admin.command("migrate-page")
 def migrate_page_command(ctx: admin.AdminContext, args: dict):
     """One page, run by the gateway that owns the store (``python -m sfpltracker migrate``
     while the gateway runs)."""
@@ -604,17 +603,7 @@ class State:
     def save(self) -> None:
         """Atomically, and durably: a resumed run must never start before a page it saved."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, json.dumps(self.data, indent=1).encode(), 0o600)
 
 
 def run(cfg, source_url: str, page, out, batch: int = DEFAULT_BATCH, restart: bool = False):
@@ -719,10 +708,7 @@ def format_summary(summary: list[dict]) -> str:
 # -- the command ------------------------------------------------------------------------------
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "migrate", help="copy an original tracker's ClickHouse database into this store"
-    )
+def arguments(parser) -> None:
     parser.add_argument(
         "--from",
         dest="source",
@@ -736,7 +722,6 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--restart", action="store_true", help="forget what an earlier run copied, start over"
     )
-    parser.set_defaults(handler=cmd_migrate)
 
 
 def _local(host: str) -> str:
@@ -763,7 +748,7 @@ def check_not_own_database(cfg, url: str) -> None:
 
 
 def cmd_migrate(cfg, ns) -> int:
-    from sfpltracker.cli import main as cli
+    from sfpltracker.cli import client as cli
 
     url = check_source_url(ns.source)
     check_not_own_database(cfg, url)

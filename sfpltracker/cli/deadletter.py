@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import json
 
-from sfpltracker.cli import main as cli
+from sfpltracker.cli.client import run_command
 from sfpltracker.store.deadletter_replay import list_files
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("deadletter", help="list or replay the rows the store refused")
+def arguments(parser) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="per table: rows, oldest/newest, reasons")
     listing.add_argument("--table", "-t", default="")
     listing.add_argument("--json", action="store_true", help="print the summary as JSON")
-    listing.set_defaults(handler=cmd_list)
     replay = actions.add_parser("replay", help="insert a table's dead letters again")
     replay.add_argument("--table", "-t", required=True)
     replay.add_argument("--dry-run", action="store_true", help="count only, change nothing")
-    replay.set_defaults(handler=cmd_replay)
+
+
+def run(cfg, ns) -> int:
+    return cmd_list(cfg, ns) if ns.action == "list" else cmd_replay(cfg, ns)
 
 
 def cmd_list(cfg, ns) -> int:
@@ -46,7 +47,7 @@ def cmd_list(cfg, ns) -> int:
 
 
 def cmd_replay(cfg, ns) -> int:
-    result = cli.run_command(cfg, "deadletter-replay", {"table": ns.table, "dry_run": ns.dry_run})
+    result = run_command(cfg, "deadletter-replay", {"table": ns.table, "dry_run": ns.dry_run})
     table = result["table"]
     duplicates = result["duplicates_in_file"]
     unreadable = f", {result['unreadable']} unreadable line(s) kept" if result["unreadable"] else ""
@@ -65,6 +66,3 @@ def cmd_replay(cfg, ns) -> int:
         f"({duplicates} in the file, {result['already_stored']} already stored){unreadable}"
     )
     return 0
-
-
-cli.EXTRA_COMMANDS.append(register)

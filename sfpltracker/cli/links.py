@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime
 import sys
 
+from sfpltracker.cli.client import run_command
 
-def register(sub) -> None:
-    account = sub.add_parser("account", help="API credentials of the short-link admin API")
+
+def arguments(account) -> None:
     actions = account.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create an account (prints its secret once)")
     create.add_argument("--org", required=True, help="organisation name")
@@ -24,12 +25,9 @@ def register(sub) -> None:
     rotate.add_argument("uid", help="the account's uid")
     rotate.add_argument("--secret-stdin", action="store_true", help="read the secret from stdin")
     actions.add_parser("list", help="list accounts (never their secrets)")
-    account.set_defaults(handler=run)
 
 
 def run(cfg, ns) -> int:
-    from sfpltracker.cli.main import run_command
-
     args: dict = {}
     if getattr(ns, "secret_stdin", False):
         args["secret"] = sys.stdin.readline().rstrip("\r\n")

@@ -19,6 +19,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from sfpltracker import admin
+from sfpltracker.cli import admin_commands
+from sfpltracker.cli.client import (
+    GatewayNotRunning,
+    call_running_gateway,
+    listener_url,
+    run_with_store,
+)
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest.event import hash_private
 from sfpltracker.privacy.catalogue import valid_ehash
@@ -37,15 +44,11 @@ class GatewaySession:
         self.cfg = cfg
 
     def admin(self, name: str, args: dict) -> dict:
-        from sfpltracker.cli import main as cli
-
-        return cli.call_running_gateway(self.cfg, name, args)
+        return call_running_gateway(self.cfg, name, args)
 
     def query(self, sql: str, fmt: str) -> bytes:
-        from sfpltracker.cli import main as cli
-
         request = urllib.request.Request(
-            f"{cli._listener_url(self.cfg)}/?{urlencode({'default_format': fmt})}",
+            f"{listener_url(self.cfg)}/?{urlencode({'default_format': fmt})}",
             data=sql.encode(),
             method="POST",
         )
@@ -70,7 +73,7 @@ class OfflineSession:
     def admin(self, name: str, args: dict) -> dict:
         from twisted.internet.threads import blockingCallFromThread
 
-        return blockingCallFromThread(self.reactor, admin.run, self.ctx, name, args)
+        return blockingCallFromThread(self.reactor, admin_commands.run, self.ctx, name, args)
 
     def query(self, sql: str, fmt: str) -> bytes:
         from twisted.internet.threads import blockingCallFromThread
@@ -80,11 +83,9 @@ class OfflineSession:
 
 def with_session(cfg, driver) -> int:
     """Run ``driver(session) -> int`` against the running gateway, else offline."""
-    from sfpltracker.cli import main as cli
-
     try:
-        cli.call_running_gateway(cfg, "ping", {})
-    except cli.GatewayNotRunning:
+        call_running_gateway(cfg, "ping", {})
+    except GatewayNotRunning:
         return _offline(cfg, driver)
     return driver(GatewaySession(cfg))
 
@@ -92,9 +93,7 @@ def with_session(cfg, driver) -> int:
 def _offline(cfg, driver) -> int:
     from twisted.internet import reactor, threads
 
-    from sfpltracker.cli import main as cli
-
-    return cli.run_with_store(
+    return run_with_store(
         cfg, lambda store: threads.deferToThread(driver, OfflineSession(cfg, store, reactor))
     )
 
@@ -335,7 +334,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     write_atomic(path, data, 0o600)
 
 
-# -- registration ------------------------------------------------------------------------------
+# -- options ------------------------------------------------------------------------------------
 
 
 def _subject_options(parser) -> None:
@@ -350,30 +349,27 @@ def _subject_options(parser) -> None:
     )
 
 
-def register(sub) -> None:
-    """Add the privacy subcommands to ``python -m sfpltracker``."""
-    prune = sub.add_parser("prune", help="delete rows older than the retention (+ jurisdictions)")
+def prune_arguments(prune) -> None:
     prune.add_argument("--logs-only", action="store_true", help="only the log tables")
     prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     prune.add_argument("--days", type=int, default=None, help="override DataRetentionDays")
-    prune.set_defaults(handler=cmd_prune)
 
-    forget = sub.add_parser("forget", help="erase a visitor/user/e-mail hash from every table")
+
+def forget_arguments(forget) -> None:
     _subject_options(forget)
     forget.add_argument("--export", metavar="FILE", help="export-subject to FILE first")
     forget.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-    forget.set_defaults(handler=cmd_forget)
 
-    export_subject = sub.add_parser("export-subject", help="a subject's rows as JSON")
+
+def export_subject_arguments(export_subject) -> None:
     _subject_options(export_subject)
     export_subject.add_argument("--out", metavar="FILE", help="write to FILE (default stdout)")
-    export_subject.set_defaults(handler=cmd_export_subject)
 
-    export = sub.add_parser("export", help="tables as Parquet, Hive-partitioned by day")
+
+def export_arguments(export) -> None:
     export.add_argument("--since", required=True, help="first day, YYYY-MM-DD (UTC)")
     export.add_argument("--until", required=True, help="last day, YYYY-MM-DD (UTC, included)")
     export.add_argument("--out", required=True, metavar="DIR", help="output directory")
     export.add_argument(
         "--tables", default=",".join(DEFAULT_EXPORT_TABLES), help="comma-separated (events)"
     )
-    export.set_defaults(handler=cmd_export)

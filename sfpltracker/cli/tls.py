@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import sys
 
-from sfpltracker.cli import main as cli
+from sfpltracker.cli.client import GatewayNotRunning, call_running_gateway
 
 
-def register(subparsers) -> None:
-    tls = subparsers.add_parser("tls", help="certificates of the running gateway: status, renew")
+def arguments(tls) -> None:
     tls.add_argument("action", choices=["status", "renew"])
     tls.add_argument("domain", nargs="?", default="", help="for renew: one of LetsEncryptDomains")
-    tls.set_defaults(handler=run)
 
 
 def run(cfg, ns) -> int:
@@ -25,12 +23,9 @@ def run(cfg, ns) -> int:
         sys.stderr.write("sfpltracker: tls renew needs a DOMAIN\n")
         return 2
     try:
-        result = cli.call_running_gateway(cfg, f"tls-{ns.action}", {"domain": ns.domain})
-    except cli.GatewayNotRunning:
+        result = call_running_gateway(cfg, f"tls-{ns.action}", {"domain": ns.domain})
+    except GatewayNotRunning:
         sys.stderr.write("sfpltracker: tls needs the running gateway (twistd sfpltracker)\n")
         return 1
     print(json.dumps(result, indent=2))
     return 0
-
-
-cli.EXTRA_COMMANDS.append(register)

@@ -16,7 +16,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from sfpltracker import admin
 from sfpltracker.config import ConfigError, parse_listen
 from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.edge.hosts import SiteRouter
@@ -31,7 +30,6 @@ from sfpltracker.edge.tls.acme import (
     AcmeManager,
     Http01Tokens,
     Publisher,
-    RenewalFailed,
 )
 from sfpltracker.edge.tls.certs import CertificateError, load_or_create_self_signed, load_pair
 from sfpltracker.edge.tls.server import SNIServer, tls_factory
@@ -221,27 +219,3 @@ class Edge:
                     }
                 )
         return {"certificates": certs, "acme": self.acme.status() if self.acme else []}
-
-
-@admin.command("tls-status")
-def _tls_status(ctx, args):
-    edge = getattr(ctx.gateway, "edge", None)
-    if edge is None:
-        raise admin.AdminError("tls-status needs the running gateway")
-    return edge.tls_status()
-
-
-@admin.command("tls-renew")
-def _tls_renew(ctx, args):
-    edge = getattr(ctx.gateway, "edge", None)
-    if edge is None or edge.acme is None:
-        raise admin.AdminError("tls-renew needs the running gateway with LetsEncryptDomains")
-    domain = str(args.get("domain", ""))
-    d = edge.acme.renew_now(domain)
-
-    def failed(failure):
-        failure.trap(RenewalFailed)
-        raise admin.AdminError(f"renewal of {domain} failed: {failure.value}")
-
-    d.addCallbacks(lambda _: edge.tls_status(), failed)
-    return d

@@ -1,14 +1,14 @@
 """Recording what the edge serves (HTML pages, proxied requests) as server events.
 
-The same path ``/tr/v1/pub/`` downloads take: build the row with the event model, hand it to
-the intake, never make the response wait for it or fail because of it.
+The same path ``/tr/v1/pub/`` downloads take: the records from the event model
+(``EventModel.records()``), handed to the intake; the response never waits for them or fails
+because of them.
 """
 
 from __future__ import annotations
 
 from twisted.logger import Logger
 
-from sfpltracker.ingest.parse import BadInput
 from sfpltracker.web.common import request_info
 
 log = Logger()
@@ -25,16 +25,13 @@ def make_tracker(gateway):
         referer = req.headers.get("referer")
         if referer:
             raw.setdefault("last", referer)
-        visitor = gateway.events.visitor(req)
-        try:
-            row = gateway.events.event_row(raw, req, visitor, server=True)
-        except BadInput as e:  # beyond the input bounds: served, not tracked
-            log.info("{ename} not tracked: {why}", ename=raw.get("ename"), why=str(e))
+        got = gateway.events.records([raw], req, server=True)
+        if got.problems:  # beyond the input bounds: served, not tracked
+            log.info("{ename} not tracked: {why}", ename=raw.get("ename"), why=got.problems[0])
+        if not got.records:  # refused, or a bot with DropBots
             return
-        if row is None:  # a bot, with DropBots
-            return
-        d = gateway.intake.accept([("events", row)])
-        d.addCallback(lambda _: gateway.count("events_accepted"))
+        d = gateway.intake.accept(got.records)
+        d.addCallback(lambda _: gateway.count("events_accepted", got.accepted))
         d.addErrback(
             lambda f: log.info(
                 "{ename} not tracked: {why}", ename=raw.get("ename"), why=f.getErrorMessage()

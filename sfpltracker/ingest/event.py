@@ -1,4 +1,11 @@
-"""The event model: one input dict plus its request -> one ``events`` row.
+"""The event model: parsed input plus its request -> the ``(table, row)`` records to store.
+
+``EventModel.records()`` is the one way a tracking request becomes records, whatever carried
+it (HTTP ``/tr/`` ``/str/`` ``/img/``, a WebSocket message, a redirect or short-link click, a
+``/pub/`` download, a page the edge served): the visitor, one ``events`` row per input item,
+and the rows derived from an event (messaging, ``ingest/messaging.py``).
+``payment_records()`` and ``consent()`` do the same for ``/ltv/`` and ``/ppi/agree``. The web
+layer only parses the transport and answers.
 
 Rules (API.md section 4): values are kept as sent except ``ename``, ``etyp``, ``source``,
 ``medium``, ``campaign`` (lower) and ``country`` (upper); unknown keys land in ``params`` the same
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sfpltracker.ingest import bounds
+from sfpltracker.ingest.consent import agreed_row
 from sfpltracker.ingest.fields import (
     EVENT_COERCERS,
     NOT_PARAMS,
@@ -26,12 +34,15 @@ from sfpltracker.ingest.fields import (
     unique_json_paths,
 )
 from sfpltracker.ingest.ids import parse_uuid, short_hash, uuid4, uuid7
-from sfpltracker.ingest.parse import BadInput
+from sfpltracker.ingest.messaging import messaging_records
+from sfpltracker.ingest.parse import BadInput, item_problem, lower_keys
+from sfpltracker.ingest.payments import payment_rows
 from sfpltracker.ingest.request import RequestInfo
-from sfpltracker.privacy.identity import CookielessIds, CookiePolicy
+from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, analytics_consented
 from sfpltracker.privacy.ip import IPPolicy
 
 Enricher = Callable[[dict, RequestInfo], None]
+Record = tuple[str, dict[str, Any]]
 
 # ``json.dumps(..., separators=...)`` builds a new encoder on every call; this one is shared
 # (same settings: ASCII-only, compact).
@@ -50,6 +61,29 @@ class Visitor:
     # client's own vid is not used, so no identifier outlives the day.
     cookieless: bool = False
     day_key: bytes | None = None  # keys the IP hash of a cookieless visitor (IPMode hash)
+
+
+@dataclass
+class Ingested:
+    """What the input items of one request (or WebSocket message) became."""
+
+    records: list[Record]  # each stored event's row, followed by the rows derived from it
+    # Per input item: the eid of its stored event; for an event dropped as a bot (DropBots),
+    # the client's own eid if it sent a valid one (handled, not stored); None when refused.
+    eids: list[str | None]
+    problems: list[str]  # "event <n>: <reason>" of each refused item
+    accepted: int  # events among the records (the rest are derived from them)
+    visitor: Visitor
+
+
+@dataclass
+class Consent:
+    """A consent decision (``/ppi/agree``) and what its answer needs."""
+
+    record: Record  # ("agreed", row)
+    vid: str
+    granted: bool  # analytics granted: the vid cookie is set, else vid/sid are expired
+    cookies_allowed: bool  # False under GPC/DNT: no cookie at all is set
 
 
 @dataclass
@@ -93,6 +127,91 @@ class EventModel:
         vid = cookie_vid or parse_uuid(first.get("vid")) or uuid4()
         sid = parse_uuid(req.cookies.get("sid")) or parse_uuid(first.get("sid")) or uuid4()
         return Visitor(vid, sid, cookies_allowed=True, from_cookie=cookie_vid is not None)
+
+    def records(
+        self,
+        items: list[Any],
+        req: RequestInfo,
+        base: dict[str, str] | None = None,
+        *,
+        server: bool = False,
+        with_user_agent: bool = True,
+        visitor: Visitor | None = None,
+    ) -> Ingested:
+        """The records of one request's input ``items``.
+
+        ``items`` are parsed input: dicts (any key case) are events, anything else (a
+        ``RefusedItem``, a JSON value that is not an object) is refused on its own, as is an
+        event beyond the input bounds; the others stand. ``base`` holds the pairs every event
+        of the request shares (REST path, query string, the WebSocket URL's query); an event's
+        own keys win. ``visitor`` is one decided earlier (a WebSocket connection's); a
+        cookieless one is decided again, so its id never outlives its day. ``server``: sent by
+        the site's backend (``/str/``, or a request the edge tracks for the visitor);
+        ``with_user_agent=False`` when the user agent is the backend's own.
+        """
+        raws: list[Any] = []
+        for item in items:
+            if isinstance(item, dict):
+                raws.append({**base, **lower_keys(item)} if base else lower_keys(item))
+            else:
+                raws.append(item)
+        if visitor is None or visitor.cookieless:
+            first = next((r for r in raws if isinstance(r, dict)), base or {})
+            visitor = self.visitor(req, first, server=server)
+        records: list[Record] = []
+        eids: list[str | None] = []
+        problems: list[str] = []
+        accepted = 0
+        for n, raw in enumerate(raws):
+            if not isinstance(raw, dict):
+                problems.append(f"event {n}: {item_problem(raw)}")
+                eids.append(None)
+                continue
+            try:
+                row = self.event_row(
+                    raw, req, visitor, server=server, with_user_agent=with_user_agent
+                )
+            except BadInput as e:  # beyond a bound: this event alone is refused
+                problems.append(f"event {n}: {e}")
+                eids.append(None)
+                continue
+            if row is None:  # a bot, with DropBots: handled, not stored
+                eids.append(parse_uuid(raw.get("eid")))
+                continue
+            records.append(("events", row))
+            # an output's record of the event (the Conversions API, notify/facebook.py)
+            if self.capture is not None and (extra := self.capture(raw, row, req)) is not None:
+                records.append(extra)
+            if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
+                records.extend(messaging_records(raw, row))
+            eids.append(row["eid"])
+            accepted += 1
+        return Ingested(records, eids, problems, accepted, visitor)
+
+    def payment_records(self, body: dict[str, Any], req: RequestInfo) -> list[Record]:
+        """``("payments", row)`` per line item of a ``/ltv/`` body; ``BadInput`` if malformed."""
+        rows = payment_rows(lower_keys(body), req, parse_uuid(req.cookies.get("vid")))
+        return [("payments", row) for row in rows]
+
+    def consent(self, body: dict[str, Any], req: RequestInfo) -> Consent:
+        """The ``agreed`` record of a ``/ppi/agree`` body; ``BadInput`` if malformed.
+
+        The visitor is the body's ``vid``, else the cookie's; else a new one when analytics
+        is granted and the browser does not refuse cookies (it becomes the vid cookie), else
+        the day's cookieless id (nothing that outlives the day).
+        """
+        body = lower_keys(body)
+        cookies_allowed = self.cookie_policy.header_refusal(req.headers) is None
+        flags = body.get("cflags", req.cookies.get("CookieConsent"))
+        granted = analytics_consented(None if flags is None else str(flags))
+        vid = parse_uuid(body.get("vid")) or parse_uuid(req.cookies.get("vid"))
+        if vid is None:
+            if granted and cookies_allowed:
+                vid = uuid4()
+            else:
+                vid = self.cookieless.visitor_id(req.day, req.host, req.ip, req.user_agent)
+        row = agreed_row(body, req, vid, self.ip_policy, self.enrichers)
+        return Consent(("agreed", row), vid, granted, cookies_allowed)
 
     def event_row(
         self,

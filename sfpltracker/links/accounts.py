@@ -235,7 +235,6 @@ def _secret_arg(args: dict) -> str | None:
     return secret
 
 
-@admin.command("account-create")
 def account_create(ctx, args: dict):
     org = args.get("org")
     if not isinstance(org, str) or not org.strip():
@@ -248,7 +247,6 @@ def account_create(ctx, args: dict):
     )
 
 
-@admin.command("account-rotate")
 def account_rotate(ctx, args: dict):
     uid = parse_uuid(args.get("uid"))
     if uid is None:
@@ -256,7 +254,6 @@ def account_rotate(ctx, args: dict):
     return Accounts(ctx.store, _reactor(ctx)).rotate(uid, _now_ms(ctx), _secret_arg(args))
 
 
-@admin.command("account-list")
 def account_list(ctx, args: dict):
     d = Accounts(ctx.store).list()
     d.addCallback(lambda rows: {"accounts": rows})

@@ -16,7 +16,7 @@ import time
 
 from twisted.internet import defer
 
-from sfpltracker.admin import AdminError, command
+from sfpltracker.admin import AdminError
 from sfpltracker.privacy import retention
 from sfpltracker.privacy.catalogue import ZERO_REF, count, database_of, mutate, read_catalogue
 from sfpltracker.privacy.subject import Subject, SubjectError, resolve
@@ -51,7 +51,6 @@ def _prune_steps(ctx, args):
     return tables, steps, skipped, now_ms
 
 
-@command("prune-plan")
 @defer.inlineCallbacks
 def prune_plan(ctx, args):
     """Which rows retention deletes in each table (counted, nothing deleted)."""
@@ -63,7 +62,6 @@ def prune_plan(ctx, args):
     return {"now_ms": now_ms, "days": _days(ctx, args), "tables": planned, "skipped": skipped}
 
 
-@command("prune-table")
 @defer.inlineCallbacks
 def prune_table(ctx, args):
     """Delete one table's expired rows (same rules and instant as the plan)."""
@@ -92,7 +90,6 @@ def _subject(args, key="subject") -> Subject:
         raise AdminError(str(e)) from None
 
 
-@command("forget-plan")
 @defer.inlineCallbacks
 def forget_plan(ctx, args):
     """Resolve the subject and count their rows in every table that can hold them."""
@@ -113,7 +110,6 @@ def forget_plan(ctx, args):
     return {"subject": subject.as_dict(), "tables": planned}
 
 
-@command("forget-table")
 @defer.inlineCallbacks
 def forget_table(ctx, args):
     """Delete a resolved subject's rows from one table; clear other rows' ``ref`` to them."""
@@ -145,7 +141,6 @@ def forget_table(ctx, args):
     }
 
 
-@command("subject-rows")
 @defer.inlineCallbacks
 def subject_rows(ctx, args):
     """One table's rows of a resolved subject, as JSON objects."""

@@ -188,7 +188,6 @@ def _replay(store, deadletters, table: str, dry_run: bool):
     return result
 
 
-@admin.command("deadletter-replay")
 def replay_command(ctx: admin.AdminContext, args: dict):
     """Replay ``args["table"]``'s dead letters (``dry_run``: only count what would be done)."""
     table = check_table(args.get("table"))

@@ -32,8 +32,7 @@ from twisted.web.resource import Resource
 
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.ids import uuid4
-from sfpltracker.ingest.messaging import event_records
-from sfpltracker.ingest.parse import BadInput, query_pairs
+from sfpltracker.ingest.parse import query_pairs
 from sfpltracker.ingest.request import host_only
 from sfpltracker.links.accounts import AuthFailed, Credentials
 from sfpltracker.links.model import (
@@ -351,23 +350,16 @@ class ShortLinkFallback:
         referrer = req.headers.get("referer")
         if referrer:
             raw["last"] = referrer
-        visitor = gw.events.visitor(req, raw)
-        try:
-            row = gw.events.event_row(raw, req, visitor, server=False)
-        except BadInput:  # beyond the input bounds: the visitor still goes on, untracked
-            row = None
-        records = event_records(raw, row) if row is not None else []
-        capture = gw.events.capture  # an output's record of an event (notify/facebook.py)
-        if row is not None and capture is not None and (extra := capture(raw, row, req)):
-            records.append(extra)
+        # Beyond the input bounds the click is refused: the visitor still goes on, untracked.
+        got = gw.events.records([raw], req)
 
         def answer() -> bytes:
-            if visitor.cookies_allowed:
-                set_visitor_cookies(request, visitor, req.https, self.cfg)
+            if got.visitor.cookies_allowed:
+                set_visitor_cookies(request, got.visitor, req.https, self.cfg)
             return b""
 
         return answer_after_intake(
-            request, gw, records, answer, lambda: self.links.count("untracked")
+            request, gw, got.records, answer, lambda: self.links.count("untracked")
         )
 
 

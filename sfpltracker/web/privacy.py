@@ -21,11 +21,10 @@ import json
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sfpltracker.ingest.consent import PRIVATE_COLUMNS, agreed_row
-from sfpltracker.ingest.ids import parse_uuid, uuid4
-from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events, lower_keys
+from sfpltracker.ingest.consent import PRIVATE_COLUMNS
+from sfpltracker.ingest.ids import parse_uuid
+from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events
 from sfpltracker.pipeline.intake import Refused
-from sfpltracker.privacy.identity import analytics_consented
 from sfpltracker.privacy.ip import canonical_ip
 from sfpltracker.store.schema import DEFAULT_DATABASE
 from sfpltracker.web.common import (
@@ -105,29 +104,19 @@ class PrivacyResource(Resource):
         if len(items) != 1 or not isinstance(items[0], dict):
             problem = items[0] if len(items) == 1 and isinstance(items[0], RefusedItem) else None
             return error(request, 400, problem or "expected one JSON object")
-        body = lower_keys(items[0])
         req = request_info(request, gw)
-        refusal = gw.events.cookie_policy.header_refusal(req.headers)
         try:
-            flags_probe = body.get("cflags", req.cookies.get("CookieConsent"))
-            granted = analytics_consented(None if flags_probe is None else str(flags_probe))
-            vid = parse_uuid(body.get("vid")) or parse_uuid(req.cookies.get("vid"))
-            if vid is None:
-                if granted and refusal is None:
-                    vid = uuid4()  # becomes the vid cookie below
-                else:
-                    vid = gw.events.cookieless.visitor_id(req.day, req.host, req.ip, req.user_agent)
-            row = agreed_row(body, req, vid, gw.events.ip_policy, gw.events.enrichers)
+            consent = gw.events.consent(items[0], req)
         except BadInput as e:
             return error(request, 400, str(e))
 
         def answer() -> bytes:
             gw.count("agreements_accepted")
-            if refusal is None:
-                self._consent_cookies(request, row, granted, req.https)
-            return write_json(request, 200, {"ok": True, "vid": vid})
+            if consent.cookies_allowed:
+                self._consent_cookies(request, consent.record[1], consent.granted, req.https)
+            return write_json(request, 200, {"ok": True, "vid": consent.vid})
 
-        d = gw.intake.accept([("agreed", row)])
+        d = gw.intake.accept([consent.record])
 
         def refused(failure):
             if failure.check(Refused):

@@ -73,12 +73,10 @@ class PubResource(Resource):
         """Record the download as a server event; serving never waits for or fails on it."""
         gw = self.gateway
         req = request_info(request, gw)
-        visitor = gw.events.visitor(req)
-        row = gw.events.event_row(
-            {"ename": "pub", "etyp": "file", "url": req.uri}, req, visitor, server=True
-        )
-        if row is None:
+        fields = {"ename": "pub", "etyp": "file", "url": req.uri}
+        got = gw.events.records([fields], req, server=True)
+        if not got.records:
             return
-        d = gw.intake.accept([("events", row)])
-        d.addCallback(lambda _: gw.count("events_accepted"))
+        d = gw.intake.accept(got.records)
+        d.addCallback(lambda _: gw.count("events_accepted", got.accepted))
         d.addErrback(lambda f: log.info("download not tracked: {why}", why=f.getErrorMessage()))

@@ -34,6 +34,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from sfpltracker import admin
+from sfpltracker.cli import admin_commands
 from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.query_guard import QueryRefused, check_format
@@ -100,7 +101,9 @@ class QueryResource(Resource):
                 raise ValueError("expected a JSON object")
         except ValueError as e:
             return _json(request, 400, {"error": f"bad arguments: {e}"})
-        d = admin.run(admin.AdminContext(self.gateway.cfg, self.store, self.gateway), name, args)
+        d = admin_commands.run(
+            admin.AdminContext(self.gateway.cfg, self.store, self.gateway), name, args
+        )
 
         def done(result):
             _finish(request, _json(request, 200, result))

@@ -17,8 +17,8 @@ from urllib.parse import parse_qsl
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sfpltracker.ingest.messaging import count_events, event_records
-from sfpltracker.ingest.parse import BadInput, path_pairs, query_pairs
+from sfpltracker.ingest.messaging import count_events
+from sfpltracker.ingest.parse import path_pairs, query_pairs
 from sfpltracker.links.model import LinkInvalid, ascii_url
 from sfpltracker.web.common import NOT_DONE_YET, apply_cors, error, finish, preflight, request_info
 from sfpltracker.web.track import _rest_of_path, set_visitor_cookies
@@ -105,23 +105,16 @@ class RedirectResource(Resource):
         referrer = req.headers.get("referer")
         if referrer and "last" not in raw:
             raw["last"] = referrer
-        visitor = gw.events.visitor(req, raw)
-        try:
-            row = gw.events.event_row(raw, req, visitor, server=self.server)
-        except BadInput:  # beyond the input bounds: the visitor still goes on, untracked
-            row = None
-        records = event_records(raw, row) if row is not None else []
-        capture = gw.events.capture  # an output's record of an event (notify/facebook.py)
-        if row is not None and capture is not None and (extra := capture(raw, row, req)):
-            records.append(extra)
+        # Beyond the input bounds the click is refused: the visitor still goes on, untracked.
+        got = gw.events.records([raw], req, server=self.server)
 
         def answer() -> bytes:
-            if not self.server and visitor.cookies_allowed:
-                set_visitor_cookies(request, visitor, req.https, self.cfg)
+            if not self.server and got.visitor.cookies_allowed:
+                set_visitor_cookies(request, got.visitor, req.https, self.cfg)
             return self._redirect(request, target)
 
         return answer_after_intake(
-            request, gw, records, answer, lambda: self.links.count("untracked")
+            request, gw, got.records, answer, lambda: self.links.count("untracked")
         )
 
     render_POST = render_GET

@@ -2,7 +2,9 @@
 
 Every route answers only once the intake has accepted the events (2xx), refuses with 503 and
 ``Retry-After`` when it cannot, and answers malformed input with 400 and a JSON reason. In a
-batch, one bad item is refused alone; the others are stored.
+batch, one bad item is refused alone; the others are stored. What the input becomes is the
+event model's (``EventModel.records()``, ``payment_records()``); this module reads the request
+and answers.
 """
 
 from __future__ import annotations
@@ -15,18 +17,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from sfpltracker.ingest import payments
-from sfpltracker.ingest.ids import parse_uuid
-from sfpltracker.ingest.messaging import messaging_records
 from sfpltracker.ingest.parse import (
     BadInput,
     RefusedItem,
-    item_problem,
     json_events,
-    lower_keys,
     path_pairs,
     query_pairs,
 )
-from sfpltracker.ingest.payments import payment_rows
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.web.common import (
     NOT_DONE_YET,
@@ -145,43 +142,19 @@ class TrackResource(IngestResource):
     def _ingest(self, request, items: list[Any], base: dict[str, str], started: int):
         gw = self.gateway
         req = request_info(request, gw)
-        first = next((i for i in items if isinstance(i, dict)), {})
-        visitor = gw.events.visitor(req, {**base, **lower_keys(first)}, server=self.server)
-        records, eids, problems = [], [], []
-        capture = gw.events.capture  # an output's record of an event (notify/facebook.py)
-        for n, item in enumerate(items):
-            if not isinstance(item, dict):
-                problems.append(f"event {n}: {item_problem(item)}")
-                eids.append(None)
-                continue
-            raw = {**base, **lower_keys(item)}
-            try:
-                row = gw.events.event_row(
-                    raw, req, visitor, server=self.server, with_user_agent=not self.server
-                )
-            except BadInput as e:  # beyond a bound: this event alone is refused
-                problems.append(f"event {n}: {e}")
-                eids.append(None)
-                continue
-            if row is None:  # a bot, with DropBots
-                eids.append(None)
-                continue
-            records.append(("events", row))
-            if capture is not None and (extra := capture(raw, row, req)) is not None:
-                records.append(extra)
-            if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
-                records.extend(messaging_records(raw, row))
-            eids.append(row["eid"])
+        got = gw.events.records(
+            items, req, base, server=self.server, with_user_agent=not self.server
+        )
+        problems = got.problems
         gw.count("events_rejected", len(problems))
-        if problems and not records:
+        if problems and not got.records:
             return error(request, 400, "; ".join(problems[:5]))
 
         def answer() -> bytes:
-            acknowledged = len(eids) - eids.count(None)
-            gw.count("events_accepted", acknowledged)
-            note_acknowledged(gw, acknowledged, started)
-            if self.client and visitor.cookies_allowed:
-                self._set_cookies(request, visitor, req.https)
+            gw.count("events_accepted", got.accepted)
+            note_acknowledged(gw, got.accepted, started)
+            if self.client and got.visitor.cookies_allowed:
+                self._set_cookies(request, got.visitor, req.https)
             if problems:
                 request.setHeader(b"x-rejected-events", str(len(problems)).encode())
             if self.kind == "img":
@@ -189,10 +162,11 @@ class TrackResource(IngestResource):
                 request.setHeader(b"cache-control", b"no-store, max-age=0")
                 return GIF
             if self.kind == "str":
+                eids = got.eids
                 return write_json(request, 200, eids if len(items) > 1 else eids[0])
             return b""
 
-        return self._submit(request, records, answer)
+        return self._submit(request, got.records, answer)
 
     def _set_cookies(self, request, visitor, https: bool) -> None:
         set_visitor_cookies(request, visitor, https, self.cfg)
@@ -253,20 +227,18 @@ class LtvResource(IngestResource):
                 )
         except BadInput as e:
             return error(request, 400, str(e))
-        return self._payments(request, lower_keys(items[0]))
+        return self._payments(request, items[0])
 
     render_PUT = render_POST
 
     def _payments(self, request, body: dict[str, Any]):
         try:
-            req = request_info(request, self.gateway)
-            rows = payment_rows(body, req, parse_uuid(req.cookies.get("vid")))
+            records = self.gateway.events.payment_records(body, request_info(request, self.gateway))
         except BadInput as e:
             return error(request, 400, str(e))
-        records = [("payments", row) for row in rows]
 
         def answer() -> bytes:
-            self.gateway.count("payments_accepted", len(rows))
-            return write_json(request, 200, {"ok": True, "ids": [r["id"] for r in rows]})
+            self.gateway.count("payments_accepted", len(records))
+            return write_json(request, 200, {"ok": True, "ids": [row["id"] for _, row in records]})
 
         return self._submit(request, records, answer)

@@ -6,7 +6,7 @@ and what ingestion needs to know of the client (IP after ``TrustedProxies``, use
 cookies) is captured once from that upgrade request (``web.common.request_info``).
 
 Each message is ingested exactly as an HTTP POST to ``/tr/`` is: a client event, same fields,
-enrichment and privacy policy (``EventModel``), handed to ``gateway.intake.accept()``. The
+enrichment and privacy policy (``EventModel.records()``), handed to ``gateway.intake.accept()``. The
 upgrade URL's query string is part of every event, as in the original (``?app=shop`` tags the
 whole connection); ``ack`` is the only key taken out. The visitor is decided once, at the
 upgrade, as for one HTTP request (cookie, else the URL's ``vid``, else new), and its ``vid``/
@@ -42,9 +42,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 
-from sfpltracker.ingest.ids import parse_uuid
-from sfpltracker.ingest.messaging import count_events, messaging_records
-from sfpltracker.ingest.parse import BadInput, item_problem, json_events, lower_keys, query_pairs
+from sfpltracker.ingest.messaging import count_events
+from sfpltracker.ingest.parse import BadInput, json_events, query_pairs
 from sfpltracker.ingest.request import host_only
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.web.common import NOT_DONE_YET, error, header, request_info
@@ -233,42 +232,14 @@ class IngestProtocol(WebSocketServerProtocol):
             return
         if self._req is None:
             self._req = dataclasses.replace(self.upgrade, now_ms=gw.now_ms())
-        req = self._req
-        base = self.base
-        visitor = self.visitor
-        if visitor is None or visitor.cookieless:
-            # A cookieless visitor's id is the day's hash: worked out per message, so it never
-            # outlives its day on a long-lived connection (it does not change within one).
-            first = next((i for i in items if isinstance(i, dict)), {})
-            visitor = gw.events.visitor(req, {**base, **lower_keys(first)} if base else first)
-        records, eids, problems = [], [], []
-        capture = gw.events.capture  # an output's record of an event (notify/facebook.py)
-        for n, item in enumerate(items):
-            if not isinstance(item, dict):
-                problems.append(f"event {n}: {item_problem(item)}")
-                continue
-            raw = {**base, **lower_keys(item)} if base else lower_keys(item)
-            try:
-                row = gw.events.event_row(raw, req, visitor, server=False)
-            except BadInput as e:  # beyond a bound: this event alone is refused
-                problems.append(f"event {n}: {e}")
-                continue
-            if row is None:  # a bot, with DropBots: handled, not stored
-                eid = parse_uuid(raw.get("eid"))
-                if eid:
-                    eids.append(eid)
-                continue
-            records.append(("events", row))
-            if capture is not None and (extra := capture(raw, row, req)) is not None:
-                records.append(extra)
-            if "tid" in row:  # a message thread: mthreads/mstore/mtriage rows too
-                records.extend(messaging_records(raw, row))
-            eids.append(row["eid"])
-        gw.count("events_rejected", len(problems))
-        if problems and not records:
-            self._refuse("; ".join(problems[:5]))
+        got = gw.events.records(items, self._req, self.base, visitor=self.visitor)
+        gw.count("events_rejected", len(got.problems))
+        if got.problems and not got.records:
+            self._refuse("; ".join(got.problems[:5]))
             return
-        message = (records, eids, problems)
+        # The ack names the events the gateway took: stored, or dropped as bots (their own eid)
+        eids = [eid for eid in got.eids if eid is not None]
+        message = (got.records, eids, got.problems)
         if self._batch is None:  # not from a socket read (a caller feeding messages itself)
             self._submit([message])
         else:
