@@ -12,6 +12,8 @@ here is wiring of the modules that do the work:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import threads
 from twisted.logger import Logger
@@ -36,11 +38,18 @@ from sfpltracker.edge.tls.acme import (
 from sfpltracker.edge.tls.certs import CertificateError, load_or_create_self_signed, load_pair
 from sfpltracker.edge.tls.server import SNIServer, tls_factory
 
+if TYPE_CHECKING:
+    from sfpltracker.gateway import Gateway
+    from sfpltracker.web.site import GatewayRoot
+
 log = Logger()
 
 
 class Edge:
-    def __init__(self, gateway, root, reactor):
+    """Built by ``GatewayService`` (the composition root), which also lists ``metrics`` among
+    the gateway's metric sources and hands the edge to the admin commands (``tls-status``)."""
+
+    def __init__(self, gateway: Gateway, root: GatewayRoot, reactor):
         cfg = gateway.cfg
         self.gateway = gateway
         self.root = root
@@ -64,8 +73,6 @@ class Edge:
         self.acme: AcmeManager | None = None
         if cfg.ProxyPortTLS:
             self._setup_tls()
-        gateway.metric_sources.append(self.metrics)
-        gateway.edge = self  # for the tls-status / tls-renew admin commands
 
     # -- assembly ----------------------------------------------------------------------------
 
@@ -225,7 +232,7 @@ class Edge:
 
 @admin.command("tls-status")
 def _tls_status(ctx, args):
-    edge = getattr(ctx.gateway, "edge", None)
+    edge = ctx.edge
     if edge is None:
         raise admin.AdminError("tls-status needs the running gateway")
     return edge.tls_status()
@@ -233,7 +240,7 @@ def _tls_status(ctx, args):
 
 @admin.command("tls-renew")
 def _tls_renew(ctx, args):
-    edge = getattr(ctx.gateway, "edge", None)
+    edge = ctx.edge
     if edge is None or edge.acme is None:
         raise admin.AdminError("tls-renew needs the running gateway with LetsEncryptDomains")
     domain = str(args.get("domain", ""))

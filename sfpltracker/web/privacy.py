@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -24,6 +25,7 @@ from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events, lower_k
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.privacy.identity import analytics_consented
 from sfpltracker.privacy.ip import canonical_ip
+from sfpltracker.store.interface import database_of
 from sfpltracker.web.common import (
     NOT_DONE_YET,
     apply_cors,
@@ -36,13 +38,16 @@ from sfpltracker.web.common import (
     write_json,
 )
 
+if TYPE_CHECKING:
+    from sfpltracker.gateway import Gateway
+
 log = Logger()
 
 MAX_AGREEMENTS = 1000
 
 
-def _database(gateway) -> str:
-    return getattr(gateway.store, "database", "") or gateway.cfg.store_entry().Database or "sfpla"
+def _database(gateway: Gateway) -> str:
+    return database_of(gateway.store)
 
 
 class PrivacyResource(Resource):
@@ -183,7 +188,7 @@ class PrivacyResource(Resource):
     # -- GeoIP ------------------------------------------------------------------------------
 
     def _geoip(self, request):
-        geoip = getattr(self.gateway, "geoip", None)
+        geoip = self.gateway.geoip
         if geoip is None:
             return error(request, 503, "no GeoIP database is configured (GeoIPDatabase)")
         args = request.args or {}
