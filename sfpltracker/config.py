@@ -338,7 +338,7 @@ def _convert(value: Any, tp: Any, where: str, warnings: list[str]) -> Any:
 def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: frozenset) -> Any:
     known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
     hints = get_type_hints(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key in known:
