@@ -27,12 +27,14 @@ class AdminError(Exception):
 
 
 class AdminContext:
-    """What a command may use: the config and the store (and, in the gateway, the gateway)."""
+    """What a command may use: the config and the store (and, in the gateway, the gateway and
+    its edge, given by the composition root)."""
 
-    def __init__(self, cfg, store, gateway=None):
+    def __init__(self, cfg, store, gateway=None, edge=None):
         self.cfg = cfg
         self.store = store
         self.gateway = gateway
+        self.edge = edge
 
 
 def token_path(data_dir: Path) -> Path:
@@ -56,7 +58,7 @@ def load_schema(ctx: AdminContext, args: dict):
         lambda count: {
             "ok": True,
             "statements": count,
-            "server": getattr(ctx.store, "server_version", ""),
+            "server": ctx.store.server_version,
         }
     )
     return d

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from sfpltracker.original_config import Mapped, OriginalConfigError, translate
 from sfpltracker.store.schema import DEFAULT_DATABASE
@@ -97,6 +98,56 @@ class SiteEntry:
     # Requests per client IP per UTC day on this site's proxy routes, then 429 (0 = no limit):
     # the original's ProxyDailyLimit, which counted /api/ only.
     DailyLimit: int = 0
+
+
+UPSTREAM_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
+@dataclass
+class ProxyRoute:
+    """One ``Sites.<host>.Proxy`` entry, parsed: checked by ``load()``, served by ``edge/``."""
+
+    prefix: bytes
+    upstream: str
+    scheme: str  # http or https
+    host: str
+    port: int
+    base_path: bytes  # b"" when the path goes upstream unchanged
+
+    @classmethod
+    def parse(cls, prefix: str, upstream: str) -> ProxyRoute:
+        parts = urlsplit(upstream)
+        scheme = UPSTREAM_SCHEMES.get(parts.scheme.lower())
+        if scheme is None or not parts.hostname:
+            raise ValueError(f"upstream must be an http(s):// URL with a host, got {upstream!r}")
+        if not prefix.startswith("/"):
+            raise ValueError(f"a proxy prefix starts with /, got {prefix!r}")
+        port = parts.port or (443 if scheme == "https" else 80)
+        base = parts.path if parts.path not in ("", "/") else ""
+        return cls(prefix.encode(), upstream, scheme, parts.hostname, port, base.encode())
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode()
+
+    def matches(self, path: bytes) -> bool:
+        if self.prefix.endswith(b"/"):
+            return path.startswith(self.prefix)
+        return path == self.prefix or path.startswith(self.prefix + b"/")
+
+    def target(self, uri: bytes) -> bytes:
+        """The path and query to request upstream for the client's ``uri``."""
+        if not self.base_path:
+            return uri
+        rest = uri[len(self.prefix.rstrip(b"/")) :]
+        target = self.base_path.rstrip(b"/") + rest
+        return target if target.startswith(b"/") else b"/" + target
+
+    def url(self, uri: bytes) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}".encode() + self.target(uri)
 
 
 @dataclass
@@ -298,7 +349,7 @@ def _convert(value: Any, tp: Any, where: str, warnings: list[str]) -> Any:
 def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: frozenset) -> Any:
     known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
     hints = get_type_hints(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key in known:
@@ -441,8 +492,6 @@ def _validate_edge(cfg: Config) -> None:
         raise ConfigError("ACMEChallenge: http-01 is answered on ProxyPort, which is disabled")
     for host, entry in cfg.Sites.items():
         for prefix, upstream in entry.Proxy.items():
-            from sfpltracker.edge.hosts import ProxyRoute
-
             try:
                 ProxyRoute.parse(prefix, upstream)
             except ValueError as e:

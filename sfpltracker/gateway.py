@@ -1,15 +1,21 @@
-"""The running gateway's parts, built from the config and shared by every listener.
+"""The composition root: every part of the running gateway, built from the config.
 
-``Gateway`` owns the one-way flow: event model (ingest) -> intake (the point of
-acknowledgement) -> batcher -> store. Web resources receive it and call into it; nothing in
-``ingest``, ``pipeline`` or ``store`` knows about HTTP.
+``Gateway`` builds the one-way flow, event model (ingest) -> intake (the point of
+acknowledgement) -> batcher -> store, with the NATS notifiers and the short links, and hands
+each part what it needs; no part reaches back to change the gateway (``tests/
+test_interfaces.py`` checks). ``service.py`` builds the web root and the edge on top of it and
+lists their metrics. Web resources receive the gateway and call into it; nothing in
+``ingest``, ``pipeline`` or ``store`` knows about HTTP. The contracts between the parts:
+``store/interface.py``.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -19,14 +25,16 @@ from sfpltracker.config import Config
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
-from sfpltracker.notify import facebook as notify_facebook
-from sfpltracker.notify import nats as notify_nats
+from sfpltracker.links.service import ShortLinkService
+from sfpltracker.notify.facebook import FacebookOutput, make_capture, make_outputs
+from sfpltracker.notify.nats import NatsNotifier, PublishingIntake, make_notifiers
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
 from sfpltracker.privacy import build_enrichers
 from sfpltracker.privacy.geoip import open_geoip
 from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
+from sfpltracker.store.interface import Intake, MetricSource, Store
 from sfpltracker.store.schema import DEFAULT_DATABASE
 
 log = Logger()
@@ -44,7 +52,7 @@ def load_or_create_secret(path: Path, configured: str = "") -> bytes:
     return value
 
 
-def make_store(cfg: Config, reactor):
+def make_store(cfg: Config, reactor) -> Store:
     entry = cfg.store_entry()
     if entry.Type == "embedded":
         from sfpltracker.store.embedded.store import EmbeddedStore
@@ -57,8 +65,27 @@ def make_store(cfg: Config, reactor):
     raise NotImplementedError(f"store type {entry.Type!r} is not available yet")
 
 
-def make_intake(cfg: Config, batcher, store, reactor):
-    """The point of acknowledgement: the durable spool, or RAM with ``Durability: "memory"``."""
+def make_intake(
+    cfg: Config, batcher: Batcher, store: Store, reactor, notifiers: list[NatsNotifier]
+) -> Intake:
+    """The point of acknowledgement: the durable spool, RAM with ``Durability: "memory"``, or
+    a JetStream stream (the last such Notify entry); NATS publishers wrap it."""
+    streams = [n.intake for n in notifiers if n.intake is not None]
+    intake: Intake
+    if streams:
+        intake = streams[-1]
+        log.info(
+            "durability: the JetStream stream {stream} is the spool (acknowledged after its "
+            "PubAck; the local spool and Durability are not used)",
+            stream=streams[-1].entry.Stream,
+        )
+    else:
+        intake = _local_intake(cfg, batcher, store, reactor)
+    publishers = [n.publisher for n in notifiers if n.publisher is not None]
+    return PublishingIntake(intake, publishers) if publishers else intake
+
+
+def _local_intake(cfg: Config, batcher: Batcher, store: Store, reactor) -> Intake:
     if cfg.Durability == "memory":
         return MemoryIntake(batcher)
     from sfpltracker.pipeline.spool_intake import SpoolIntake
@@ -73,8 +100,14 @@ def make_intake(cfg: Config, batcher, store, reactor):
     )
 
 
+def output_sink(intake: Intake):
+    """What hands the outputs their records: the spool's loader, or the memory intake."""
+    inner = getattr(intake, "inner", intake)  # NATS publishing wraps the spool
+    return getattr(inner, "loader", inner)
+
+
 class Gateway:
-    def __init__(self, cfg: Config, reactor, store=None):
+    def __init__(self, cfg: Config, reactor, store: Store | None = None):
         self.cfg = cfg
         self.reactor = reactor
         self.version = __version__
@@ -87,6 +120,8 @@ class Gateway:
         self.geoip = open_geoip(cfg.path(cfg.GeoIPDatabase)) if cfg.GeoIPDatabase else None
         # How deep, how many keys, how big client JSON may be (ingest/bounds.py).
         bounds.configure(bounds.JsonLimits.from_config(cfg))
+        # Conversions API outputs (notify/facebook.py): fed by the loader after acceptance.
+        self.outputs: list[FacebookOutput] = make_outputs(cfg, reactor)
         salts = DailySalts(cfg.data_dir / "cookieless", cfg.CookielessSalt.encode())
         self.events = EventModel(
             ip_policy=IPPolicy(cfg.IPMode, ip_secret),
@@ -95,20 +130,31 @@ class Gateway:
             hash_key=cfg.PrefixPrivateHash.encode() or secret,
             drop_bots=cfg.DropBots,
             enrichers=build_enrichers(self.geoip),
+            # what the Conversions API outputs need of an event that its row does not keep
+            capture=make_capture(cfg) if self.outputs else None,
         )
-        self.store = store if store is not None else make_store(cfg, reactor)
+        self.store: Store = store if store is not None else make_store(cfg, reactor)
         self.batcher = Batcher(self.store, reactor, cfg.Batching)
-        self.intake = make_intake(cfg, self.batcher, self.store, reactor)
+        # NATS publishers / JetStream as the spool: they decide what the intake is.
+        self.notifiers = make_notifiers(cfg, reactor, self.batcher)
+        self.intake: Intake = make_intake(cfg, self.batcher, self.store, reactor, self.notifiers)
+        self.links = ShortLinkService(cfg, self.store, reactor)
+        if self.outputs:
+            output_sink(self.intake).outputs.extend(self.outputs)
         self.open_connections = 0
-        # Callables yielding prometheus metric families (spool, TLS, ...), read at scrape time.
-        self.metric_sources: list = []
         # Parts with a life of their own (the short-link cache that polls the store, ...):
         # each has start() and stop() -> Deferred; started once the store is ready, stopped
         # before it closes.
-        self.components: list = []
-        if hasattr(self.store, "metric_families"):
+        self.components: list[Any] = [self.links]
+        # Callables yielding prometheus metric families, read at scrape time; service.py adds
+        # the web root's and the edge's.
+        self.metric_sources: list[Callable[[], Iterable[Any]]] = []
+        if isinstance(self.store, MetricSource):
             self.metric_sources.append(self.store.metric_families)
         self.metric_sources.append(self._intake_metrics)
+        self.metric_sources += [n.metrics for n in self.notifiers]
+        self.metric_sources.append(self.links.metrics)
+        self.metric_sources += [output.metric_families for output in self.outputs]
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
@@ -117,10 +163,12 @@ class Gateway:
             "requests_refused": 0,
             "payments_accepted": 0,
         }
-        # NATS publishers / JetStream spool (may wrap or replace self.intake); last, on purpose.
-        self.notifiers = notify_nats.attach(self)
-        # Conversions API outputs, fed by the loader after acceptance (notify/facebook.py).
-        self.outputs = notify_facebook.attach(self)
+
+    def connection_opened(self) -> None:
+        self.open_connections += 1
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -133,14 +181,12 @@ class Gateway:
         yield self.store.start()
         for output in self.outputs:  # before the loader, which replays into them
             yield output.start()
-        start_intake = getattr(self.intake, "start", None)  # the spool opens its files
-        if start_intake is not None:
-            yield start_intake()
+        yield self.intake.start()  # the spool opens its files
         self.store_ready = True
         for notifier in self.notifiers:
             yield notifier.start()
         self.admin_token = admin.create_token(self.cfg.data_dir)
-        log.info("store ready: {kind} at {where}", kind=self.store.kind, where=_where(self.store))
+        log.info("store ready: {kind} at {where}", kind=self.store.kind, where=self.store.where)
         for component in self.components:
             yield component.start()
 
@@ -159,9 +205,8 @@ class Gateway:
             yield self.store.stop()
 
     def _intake_metrics(self):
-        # Read at scrape time: another part may have wrapped or replaced the intake.
-        source = getattr(self.intake, "metric_families", None)
-        return source() if source is not None else ()
+        intake = self.intake  # read at scrape time: a test or bench may swap it
+        return intake.metric_families() if isinstance(intake, MetricSource) else ()
 
     def extra_metrics(self):
         for source in self.metric_sources:
@@ -178,7 +223,3 @@ class Gateway:
             },
             "spool": intake.get("spool"),
         }
-
-
-def _where(store) -> str:
-    return str(getattr(store, "where", "") or getattr(store, "path", ""))

@@ -30,10 +30,20 @@ def tcp_endpoint(reactor, listen: str, backlog: int = 1024):
     )
 
 
+def build_front(gateway: Gateway, reactor) -> tuple[GatewayRoot, Edge]:
+    """The web root and the edge (TLS, ACME, Sites, limits) of ``gateway``: the edge's
+    fallbacks go after the short links; their metrics join the gateway's."""
+    root = GatewayRoot(gateway)
+    edge = Edge(gateway, root, reactor)
+    root.fallbacks.extend(edge.fallbacks())
+    gateway.metric_sources += [root.websocket.metrics, edge.metrics]
+    return root, edge
+
+
 class GatewayService(service.Service):
     """Runs the gateway and its listeners; ``ports`` holds what is listening (for tests)."""
 
-    name = "sfpltracker"
+    name = "sfpltracker"  # type: ignore[assignment]  # Twisted's stubs declare None only
 
     def __init__(self, cfg: Config, reactor=None):
         if reactor is None:
@@ -42,18 +52,16 @@ class GatewayService(service.Service):
             reactor = default_reactor
         self.cfg = cfg
         self.reactor = reactor
+        # The composition root, as twisted's web tap: build the parts, then the listeners.
         self.gateway = Gateway(cfg, reactor)
-        self.root = GatewayRoot(self.gateway)
-        # The edge (TLS, ACME, Sites, limits); its fallbacks go after the short links.
-        self.edge = Edge(self.gateway, self.root, reactor)
-        self.root.fallbacks.extend(self.edge.fallbacks())
+        self.root, self.edge = build_front(self.gateway, reactor)
         self.ports: dict[str, object] = {}
         self._starting: defer.Deferred | None = None
 
     def listeners(self) -> list[tuple[str, str, object]]:
         """(name, address, factory) for every configured listener."""
         cfg = self.cfg
-        out = []
+        out: list[tuple[str, str, object]] = []
         if cfg.ProxyPort:
             # ForceHTTPS redirects this listener only (ACME http-01 challenges excepted).
             out.append(("ProxyPort", cfg.ProxyPort, self.edge.site(force_https=cfg.ForceHTTPS)))
@@ -62,7 +70,7 @@ class GatewayService(service.Service):
         if cfg.ProxyPortTLS:
             out.append(("ProxyPortTLS", cfg.ProxyPortTLS, self.edge.tls_site()))
         if cfg.QueryPort:
-            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway)))
+            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway, self.edge)))
         return out
 
     def startService(self):

@@ -353,9 +353,8 @@ class MemoryGateway:
 
     def __init__(self, data_dir: Path, overrides: dict[str, Any] | None = None, store=None):
         from sfpltracker.config import load_dict
-        from sfpltracker.edge.assembly import Edge
         from sfpltracker.gateway import Gateway
-        from sfpltracker.web.site import GatewayRoot
+        from sfpltracker.service import build_front
 
         static = Path(__file__).resolve().parent.parent / "static"
         self.config = {
@@ -371,9 +370,7 @@ class MemoryGateway:
         self.clock.advance(time.time())  # rows get today's created_at, ids today's salt
         self.store = store if store is not None else MemoryStore()
         self.gateway = Gateway(self.cfg, self.clock, store=self.store)
-        self.root = GatewayRoot(self.gateway)
-        self.edge = Edge(self.gateway, self.root, self.clock)
-        self.root.fallbacks.extend(self.edge.fallbacks())
+        self.root, self.edge = build_front(self.gateway, self.clock)
         self.site = self.edge.site()
         self.client, self.agent = site_client(self.site)
         # What a real process would log as a failure (the tests' "no Traceback in the log").

@@ -12,6 +12,8 @@ here is wiring of the modules that do the work:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import threads
 from twisted.logger import Logger
@@ -34,11 +36,18 @@ from sfpltracker.edge.tls.acme import (
 from sfpltracker.edge.tls.certs import CertificateError, load_or_create_self_signed, load_pair
 from sfpltracker.edge.tls.server import SNIServer, tls_factory
 
+if TYPE_CHECKING:
+    from sfpltracker.gateway import Gateway
+    from sfpltracker.web.site import GatewayRoot
+
 log = Logger()
 
 
 class Edge:
-    def __init__(self, gateway, root, reactor):
+    """Built by ``GatewayService`` (the composition root), which also lists ``metrics`` among
+    the gateway's metric sources and hands the edge to the admin commands (``tls-status``)."""
+
+    def __init__(self, gateway: Gateway, root: GatewayRoot, reactor):
         cfg = gateway.cfg
         self.gateway = gateway
         self.root = root
@@ -62,8 +71,6 @@ class Edge:
         self.acme: AcmeManager | None = None
         if cfg.ProxyPortTLS:
             self._setup_tls()
-        gateway.metric_sources.append(self.metrics)
-        gateway.edge = self  # for the tls-status / tls-renew admin commands
 
     # -- assembly ----------------------------------------------------------------------------
 

@@ -13,56 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from sfpltracker.config import ProxyRoute
 from sfpltracker.ingest.request import host_only
 
-UPSTREAM_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
-
-
-@dataclass
-class ProxyRoute:
-    prefix: bytes
-    upstream: str
-    scheme: str  # http or https
-    host: str
-    port: int
-    base_path: bytes  # b"" when the path goes upstream unchanged
-
-    @classmethod
-    def parse(cls, prefix: str, upstream: str) -> ProxyRoute:
-        parts = urlsplit(upstream)
-        scheme = UPSTREAM_SCHEMES.get(parts.scheme.lower())
-        if scheme is None or not parts.hostname:
-            raise ValueError(f"upstream must be an http(s):// URL with a host, got {upstream!r}")
-        if not prefix.startswith("/"):
-            raise ValueError(f"a proxy prefix starts with /, got {prefix!r}")
-        port = parts.port or (443 if scheme == "https" else 80)
-        base = parts.path if parts.path not in ("", "/") else ""
-        return cls(prefix.encode(), upstream, scheme, parts.hostname, port, base.encode())
-
-    @property
-    def host_header(self) -> bytes:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode()
-
-    def matches(self, path: bytes) -> bool:
-        if self.prefix.endswith(b"/"):
-            return path.startswith(self.prefix)
-        return path == self.prefix or path.startswith(self.prefix + b"/")
-
-    def target(self, uri: bytes) -> bytes:
-        """The path and query to request upstream for the client's ``uri``."""
-        if not self.base_path:
-            return uri
-        rest = uri[len(self.prefix.rstrip(b"/")) :]
-        target = self.base_path.rstrip(b"/") + rest
-        return target if target.startswith(b"/") else b"/" + target
-
-    def url(self, uri: bytes) -> bytes:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}".encode() + self.target(uri)
+__all__ = ["HostSite", "ProxyRoute", "SiteRouter"]  # ProxyRoute: parsed in config.py
 
 
 @dataclass

@@ -29,7 +29,7 @@ from twisted.internet import defer, threads
 
 from sfpltracker import admin
 from sfpltracker.ingest.ids import ZERO_UUID, parse_uuid, uuid4
-from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.store.interface import database_of
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
 SCRYPT_MAXMEM = 64 * 1024 * 1024
@@ -112,7 +112,7 @@ class Accounts:
     def __init__(self, store, reactor=None):
         self.store = store
         self.reactor = reactor
-        self.database = getattr(store, "database", DEFAULT_DATABASE)
+        self.database = database_of(store)
         self.checks = 0  # password checks run (each a scrypt): /metrics
 
     def _hash_off_reactor(self, fn, *args):

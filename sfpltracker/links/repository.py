@@ -13,7 +13,7 @@ from twisted.internet import defer, threads
 
 from sfpltracker.ingest.ids import short_hash
 from sfpltracker.links.model import LINK_COLUMNS, Link, history_row, link_from_row, redirect_row
-from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.store.interface import database_of
 
 
 def _rows(data: bytes) -> list[dict]:
@@ -25,7 +25,7 @@ class LinkRepository:
         self.store = store
         self.reactor = reactor
         self.ignore_key = ignore_key
-        self.database = getattr(store, "database", DEFAULT_DATABASE)
+        self.database = database_of(store)
         self.queries = 0
 
     def _query(self, sql: str, params: dict | None = None) -> defer.Deferred:

@@ -1,31 +1,31 @@
 """The short-link parts of one gateway: repository, cache, accounts and their counters.
 
-Built once by the site (``web/site.py``) and shared by the admin API and the serving path;
-it registers itself with the gateway so the cache loads once the store is ready, stops polling
-before the store closes, and shows up in ``/metrics``.
+Built once by the gateway (the composition root) and shared by the admin API and the serving
+path; the gateway lists it among its components (the cache loads once the store is ready and
+stops polling before the store closes) and its metric sources (``/metrics``).
 """
 
 from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sfpltracker.config import Config
 from sfpltracker.links.accounts import Accounts
 from sfpltracker.links.cache import LinkCache
 from sfpltracker.links.policy import RedirectPolicy
 from sfpltracker.links.repository import LinkRepository
 from sfpltracker.links.throttle import LoginThrottle
+from sfpltracker.store.interface import Store
 
 
 class ShortLinkService:
-    def __init__(self, gateway, **cache_options):
-        cfg = gateway.cfg
-        self.gateway = gateway
-        self.repo = LinkRepository(gateway.store, gateway.reactor, cfg.IgnoreQueryParamsKey)
-        self.cache = LinkCache(self.repo, gateway.reactor, **cache_options)
-        self.accounts = Accounts(gateway.store, gateway.reactor)
+    def __init__(self, cfg: Config, store: Store, reactor, **cache_options):
+        self.repo = LinkRepository(store, reactor, cfg.IgnoreQueryParamsKey)
+        self.cache = LinkCache(self.repo, reactor, **cache_options)
+        self.accounts = Accounts(store, reactor)
         self.policy = RedirectPolicy(cfg.Domains, cfg.RedirectAllowHosts)
         self.throttle = (
-            LoginThrottle(cfg.LoginFailureLimit, cfg.LoginFailureWindowSeconds, gateway.reactor)
+            LoginThrottle(cfg.LoginFailureLimit, cfg.LoginFailureWindowSeconds, reactor)
             if cfg.LoginFailureLimit > 0
             else None
         )
@@ -37,8 +37,6 @@ class ShortLinkService:
             "auth_throttled": 0,  # admin API calls refused (429) after too many failed logins
             "changes": 0,  # links created, updated or deleted through this process
         }
-        gateway.components.append(self)
-        gateway.metric_sources.append(self.metrics)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n

@@ -638,7 +638,8 @@ class FacebookOutput:
             error = json.loads(content).get("error") or {}
         except (ValueError, AttributeError):
             pass
-        code = error.get("code") if isinstance(error.get("code"), int) else 0
+        raw_code = error.get("code")
+        code: int = raw_code if isinstance(raw_code, int) else 0
         reason = str(error.get("error_user_msg") or error.get("message") or content[:200])
         transient_code = code in _TRANSIENT_CODES or 200 <= code < 300 or 80000 <= code < 80100
         if status == 429 or status == 408 or status >= 500 or transient_code:
@@ -723,18 +724,7 @@ def _safe(name: str) -> str:
 # ------------------------------------------------------------------------------ wiring
 
 
-def attach(gateway) -> list[FacebookOutput]:
-    """The outputs of ``gateway.cfg`` (none: nothing captured, nothing changed)."""
-    entries = facebook_entries(gateway.cfg)
-    if not entries:
-        return []
-    outputs = [FacebookOutput(entry, gateway.cfg, gateway.reactor) for entry in entries]
-    gateway.events.capture = make_capture(gateway.cfg)
-    intake = gateway.intake
-    while hasattr(intake, "inner"):  # NATS publishing wraps the spool
-        intake = intake.inner
-    sink = getattr(intake, "loader", intake)  # the spool's loader, or the memory intake
-    sink.outputs.extend(outputs)
-    for output in outputs:
-        gateway.metric_sources.append(output.metric_families)
-    return outputs
+def make_outputs(cfg, reactor) -> list[FacebookOutput]:
+    """The outputs of ``cfg`` (none: nothing captured); the composition root (gateway.py)
+    hands them to the loader and captures what they need at ingestion."""
+    return [FacebookOutput(entry, cfg, reactor) for entry in facebook_entries(cfg)]

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from sfpltracker.notify.nats_client import NatsClient, NatsStats, to_json
+from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.jetstream import JetStreamIntake, JetStreamLoader
+from sfpltracker.store.interface import Intake, MetricSource
 
 # --------------------------------------------------------------------------- plain publish
 
@@ -82,9 +85,12 @@ class EventPublisher:
 class PublishingIntake:
     """Wraps the gateway's intake: what it accepted is then published; nothing else changes."""
 
-    def __init__(self, inner, publishers: list[EventPublisher]):
+    def __init__(self, inner: Intake, publishers: list[EventPublisher]):
         self.inner = inner
         self.publishers = publishers
+
+    def start(self) -> defer.Deferred:
+        return self.inner.start()
 
     def accept(self, records) -> defer.Deferred:
         d = self.inner.accept(records)
@@ -102,41 +108,49 @@ class PublishingIntake:
                     publisher.stats.publish_failed += len(rows)
         return result
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def health(self) -> dict:
+        return self.inner.health()
+
+    def close(self) -> defer.Deferred:
+        return self.inner.close()
+
+    def metric_families(self):
+        return self.inner.metric_families() if isinstance(self.inner, MetricSource) else ()
 
 
 # --------------------------------------------------------------------------- wiring
 
 
 class NatsNotifier:
-    """Everything one ``nats`` Notify entry runs: a client, and a publisher or JetStream parts."""
+    """Everything one ``nats`` Notify entry runs: a client, and a publisher or JetStream parts.
 
-    def __init__(self, entry, index: int, gateway):
+    Built by the gateway (the composition root), which takes ``intake`` (JetStream as the
+    spool) or ``publisher`` (wrapping its intake) from here; nothing here changes the gateway.
+    """
+
+    def __init__(self, entry, index: int, *, batcher: Batcher, data_dir: Path):
         self.entry = entry
-        self.gateway = gateway
         self.stats = NatsStats()
         self.client = NatsClient(entry, index, self.stats)
         self.publisher: EventPublisher | None = None
+        self.intake: JetStreamIntake | None = None
         self.loader: JetStreamLoader | None = None
         if entry.JetStream:
-            batcher = gateway.batcher if entry.Loader else None
-            gateway.intake = JetStreamIntake(self.client, entry, self.stats, batcher)
-            log.info(
-                "durability: the JetStream stream {stream} is the spool (acknowledged after its "
-                "PubAck; the local spool and Durability are not used)",
-                stream=entry.Stream,
+            self.intake = JetStreamIntake(
+                self.client, entry, self.stats, batcher if entry.Loader else None
             )
             if entry.Loader:
-                self.loader = JetStreamLoader(self.client, entry, gateway, self.stats)
+                self.loader = JetStreamLoader(
+                    self.client, entry, self.stats, batcher=batcher, data_dir=data_dir
+                )
         else:
             self.publisher = EventPublisher(self.client, entry.Subject, self.stats)
-        gateway.metric_sources.append(self.metrics)
 
     def start(self) -> defer.Deferred:
         d = self.client.start()
-        if self.loader is not None:
-            d.addCallback(lambda _: self.loader.start())
+        loader = self.loader
+        if loader is not None:
+            d.addCallback(lambda _: loader.start())
         return d
 
     @defer.inlineCallbacks
@@ -202,16 +216,12 @@ class NatsNotifier:
             )
 
 
-def attach(gateway) -> list[NatsNotifier]:
-    """The NATS notifiers of ``gateway.cfg``; plain publishers wrap ``gateway.intake``."""
+def make_notifiers(cfg, reactor, batcher: Batcher) -> list[NatsNotifier]:
+    """One notifier per ``nats`` Notify entry of ``cfg`` (none: NATS is not loaded)."""
     from sfpltracker.notify.reactor import nats_entries, require
 
-    entries = nats_entries(gateway.cfg)
+    entries = nats_entries(cfg)
     if not entries:
         return []
-    require(gateway.reactor, entries[0][0])
-    notifiers = [NatsNotifier(entry, i, gateway) for i, entry in entries]
-    publishers = [n.publisher for n in notifiers if n.publisher is not None]
-    if publishers:
-        gateway.intake = PublishingIntake(gateway.intake, publishers)
-    return notifiers
+    require(reactor, entries[0][0])
+    return [NatsNotifier(entry, i, batcher=batcher, data_dir=cfg.data_dir) for i, entry in entries]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -72,9 +73,10 @@ class NatsClient:
         self.servers = [h if "://" in h else f"nats://{h}" for h in entry.Hosts]
         # What logs and errors say: no credentials (``nats://user:password@host`` is allowed).
         self.shown = ", ".join(_without_userinfo(s) for s in self.servers)
-        self.nc = None
-        self.js = None
-        self.ready: asyncio.Event | None = None
+        self.nc: Any = None  # nats.aio.client.Client once connected
+        self.js: Any = None  # its JetStream context
+        # Set while connected; made in start(), on the asyncio loop.
+        self.ready: asyncio.Event = asyncio.Event()
         self._task: asyncio.Future | None = None
         self._reported_failure = False
 
@@ -101,7 +103,7 @@ class NatsClient:
     async def _connect(self) -> None:
         import nats
 
-        options = dict(
+        options: dict[str, Any] = dict(
             servers=self.servers,
             name="sfpltracker",
             allow_reconnect=True,

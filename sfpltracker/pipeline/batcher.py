@@ -31,13 +31,15 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer
+from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sfpltracker.config import BatchSettings
 from sfpltracker.pipeline.breaker import CircuitBreaker
-from sfpltracker.pipeline.journal import JournalBatch, Journaled, Span
+from sfpltracker.pipeline.journal import InsertJournal, JournalBatch, Journaled, Span
 from sfpltracker.store.dedup import DEDUP_KEYS
+from sfpltracker.store.interface import TokenStore, token_store
 
 log = Logger()
 
@@ -87,7 +89,7 @@ class _Batch:
     dedup: bool  # some rows may be stored already
     token: str | None = None  # insert_deduplication_token: the same for every attempt
     prepared: bool = False  # rows filtered (if dedup) and journaled: fixed from now on
-    journal: object = None  # the InsertJournal holding its begin record
+    journal: InsertJournal | None = None  # the journal holding its begin record
 
 
 @dataclass
@@ -97,7 +99,7 @@ class _Table:
     entries: deque = field(default_factory=deque)
     rows: int = 0
     bytes: int = 0
-    timer: object = None
+    timer: DelayedCall | None = None
     flushing: bool = False
     target_size: int = 0  # adaptive strategy's current size threshold
 
@@ -123,7 +125,9 @@ class Batcher:
         self.stats = BatchStats()
         self.breaker = CircuitBreaker(reactor)
         self.started = reactor.seconds()
-        self.tokens = bool(getattr(store, "insert_tokens", False))
+        # Asked once: a store with insert tokens gets every attempt of a batch with one token.
+        self.token_store: TokenStore | None = token_store(store)
+        self.tokens = self.token_store is not None
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -245,7 +249,8 @@ class Batcher:
         where many inserts of ``MaxBatchSize`` rows fall behind.
         """
         limit = MAX_INSERT_ROWS
-        taken, rows = [], 0
+        taken: list[_Entry] = []
+        rows = 0
         while t.entries and (not taken or rows + len(t.entries[0].rows) <= limit):
             e = t.entries.popleft()
             taken.append(e)
@@ -289,7 +294,7 @@ class Batcher:
             key = DEDUP_KEYS.get(table)
             if journal is not None and key is not None and batch.rows:
                 first, last = batch.entries[0].origin, batch.entries[-1].origin
-                if isinstance(first, Span):
+                if isinstance(first, Span) and isinstance(last, Span):
                     keys = [r.get(key) for r in batch.rows] if batch.dedup else None
                     record = JournalBatch(batch.token, table, first.start, last.end, keys)
                 else:  # no copy to rebuild it from: the rows go into the journal
@@ -319,7 +324,7 @@ class Batcher:
             elif elapsed < ADAPTIVE_FAST_SECONDS:
                 t.target_size = min(t.settings.MaxBatchSize * 4, int(t.target_size * 1.25) + 1)
         if batch.journal is not None:
-            batch.journal.end(batch.token).addErrback(_journal_failed)
+            batch.journal.end(batch.token or "").addErrback(_journal_failed)
         t.flushing = False
         for e in entries:
             e.deferred.callback(len(e.rows))
@@ -352,7 +357,7 @@ class Batcher:
             error=failure.getErrorMessage(),
         )
         if batch.journal is not None:
-            batch.journal.doubt(batch.token)  # it may be half stored: the loader finishes it
+            batch.journal.doubt(batch.token or "")  # it may be half stored: the loader finishes it
         t.flushing = False
         for e in entries:
             e.deferred.errback(StoreRefused(failure.getErrorMessage()))
@@ -360,14 +365,14 @@ class Batcher:
 
     def flush_all(self) -> defer.Deferred:
         """Flush every table now (shutdown); fires when everything queued has settled."""
-        waits = []
+        waits: list[defer.Deferred] = []
         for t in self.tables.values():
             waits.extend(e.deferred for e in t.entries)
             t.settings = replace(t.settings, Strategy="immediate")
             self._consider(t)
-        settled = [defer.Deferred() for _ in waits]
+        settled: list[defer.Deferred[None]] = [defer.Deferred() for _ in waits]
         for d, s in zip(waits, settled, strict=True):
-            d.addBoth(lambda r, s=s: (s.callback(None), r)[1])
+            d.addBoth(_also_fire, s)
         return defer.gatherResults(settled)
 
     def stop(self) -> None:
@@ -417,7 +422,7 @@ class Batcher:
         }
 
 
-def _journal_of(entries: list[_Entry]):
+def _journal_of(entries: list[_Entry]) -> InsertJournal | None:
     """The insert journal of a batch whose every entry comes from one journaled source.
 
     Entries of a table are queued in source order and a batch takes a prefix of them, so a
@@ -430,6 +435,11 @@ def _journal_of(entries: list[_Entry]):
     ):
         return None
     return first.journal
+
+
+def _also_fire(result: object, other: defer.Deferred[None]) -> object:
+    other.callback(None)
+    return result
 
 
 def _journal_failed(failure: Failure) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
@@ -32,8 +33,10 @@ from sfpltracker.notify.nats_client import (
     subject_for,
     to_json,
 )
+from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.pipeline.journal import InsertJournal, Journaled, finish
+from sfpltracker.store.interface import TokenStore, token_store
 
 log = Logger()
 
@@ -87,6 +90,9 @@ class JetStreamIntake:
         self.batcher = batcher  # this gateway's loader's, when it runs one
         self.in_flight: set[defer.Deferred] = set()
         self._stream_ready = False
+
+    def start(self) -> defer.Deferred:
+        return defer.succeed(None)  # the notifier that built it connects the client
 
     def accept(self, records) -> defer.Deferred:
         if not self.client.connected:
@@ -158,10 +164,15 @@ class JetStreamIntake:
 
     def close(self) -> defer.Deferred:
         """Wait for the publishes in flight (their clients are waiting for the answer)."""
-        waits = [defer.Deferred() for _ in self.in_flight]
+        waits: list[defer.Deferred[None]] = [defer.Deferred() for _ in self.in_flight]
         for d, w in zip(list(self.in_flight), waits, strict=True):
-            d.addBoth(lambda r, w=w: (w.callback(None), r)[1])
+            d.addBoth(_also_fire, w)
         return defer.gatherResults(waits)
+
+
+def _also_fire(result: object, other: defer.Deferred[None]) -> object:
+    other.callback(None)
+    return result
 
 
 class JetStreamLoader:
@@ -177,19 +188,23 @@ class JetStreamLoader:
     (dedup) and acked.
     """
 
-    def __init__(self, client: NatsClient, entry, gateway, stats: NatsStats):
+    def __init__(
+        self, client: NatsClient, entry, stats: NatsStats, *, batcher: Batcher, data_dir: Path
+    ):
         self.client = client
         self.entry = entry
-        self.gateway = gateway
+        self.batcher = batcher
+        # Asked once: a store with insert tokens finishes a batch cut short from the journal.
+        self.token_store: TokenStore | None = token_store(batcher.store)
         self.stats = stats
         self.durable = f"{entry.Stream}_loader"
         self.outstanding = 0
         self.keys_in_flight: set[str] = set()
         self.acks: set[asyncio.Future] = set()
-        self.journal = InsertJournal(gateway.cfg.data_dir / "jetstream" / entry.Stream)
+        self.journal = InsertJournal(data_dir / "jetstream" / entry.Stream)
         self.origin = Journaled(self.journal)
         self._journal_open = False
-        self._room: asyncio.Event | None = None
+        self._room: asyncio.Event = asyncio.Event()
         self._task: asyncio.Future | None = None
         self._stopping = False
 
@@ -270,8 +285,8 @@ class JetStreamLoader:
                             n=len(doubtful),
                         )
                 for batch in self.journal.in_doubt():
-                    store = self.gateway.store
-                    if getattr(store, "insert_tokens", False):
+                    store = self.token_store
+                    if store is not None:
                         rows = batch.rows or []
                         d = finish(store, self.journal, batch, rows, "JetStream loader")
                         done = await d.asFuture(loop)
@@ -316,8 +331,8 @@ class JetStreamLoader:
             if redelivered:
                 # an earlier delivery may have been stored before its loader died: dedup
                 self.stats.redelivered += len(items)
-            d = self.gateway.batcher.add(table, rows, dedup=redelivered, origin=self.origin)
-            d.addCallbacks(self._stored, self._not_stored, (msgs,), None, (msgs, table))
+            d = self.batcher.add(table, rows, dedup=redelivered, origin=self.origin)
+            d.addCallbacks(self._stored, self._not_stored, (msgs,), {}, (msgs, table))
             d.addBoth(self._done, len(items), keys)
 
     def _stored(self, _, msgs) -> None:
@@ -362,7 +377,7 @@ class JetStreamLoader:
         self._stopping = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        d = self.gateway.batcher.flush_all()
+        d = self.batcher.flush_all()
 
         async def acks_sent():
             for _ in range(100):  # rows still in the store's hands finish within seconds

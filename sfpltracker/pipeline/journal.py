@@ -48,6 +48,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from twisted.internet import defer
@@ -91,7 +92,7 @@ class JournalBatch:
     table: str
     lo: Position | None  # the rows are those of ``table`` in the spool frames [lo, hi) ...
     hi: Position | None
-    keys: list[str] | None = None  # ... whose dedup key is one of these (None: all of them)
+    keys: list[Any] | None = None  # ... whose dedup key is one of these (None: all of them)
     boot: str | None = None  # the kernel's boot id when it was begun (set by the journal)
     rows: list[dict] | None = None  # or the rows themselves (a source without a spool)
 
@@ -204,7 +205,7 @@ class InsertJournal:
         records, valid = read_records(data)
         with self._lock:
             for rec in records:
-                token = rec.get("token")
+                token: str = rec.get("token") or ""
                 if rec["op"] == "begin":
                     self._open[token] = encode_record(rec)
                     self._batches[token] = JournalBatch.from_record(rec)
@@ -252,6 +253,7 @@ class InsertJournal:
         record = encode_record(batch.to_record())
         with self._lock:
             self._append(record)
+            assert self._fd is not None  # open() came first
             os.fdatasync(self._fd)
             self._open[batch.token] = record
             self._batches[batch.token] = batch

@@ -53,6 +53,7 @@ from sfpltracker.pipeline.spool import (
     segment_path,
 )
 from sfpltracker.store.dedup import DEDUP_KEYS
+from sfpltracker.store.interface import SyncingStore, TokenStore, token_store
 
 log = Logger()
 
@@ -106,6 +107,10 @@ class Loader:
         self.batcher = batcher
         self.reactor = reactor
         self.store = store
+        # What the store can do, asked once: re-send a journaled batch with its token; make
+        # confirmed rows durable before the spool forgets them.
+        self.token_store: TokenStore | None = token_store(batcher.store)
+        self.syncing: SyncingStore | None = store if isinstance(store, SyncingStore) else None
         self.max_in_flight_bytes = max_in_flight_bytes
         self.persist_interval = persist_interval
         self._blocking = blocking or deferToThread
@@ -416,16 +421,16 @@ class Loader:
 
     @defer.inlineCallbacks
     def _resolve_all(self):
-        store = self.batcher.store
+        store = self.token_store
         for batch in self.journal.in_doubt():
             if self._stopped:
                 return
-            if getattr(store, "insert_tokens", False):
+            if store is not None:
                 yield self._resolve_one(store, batch)
             yield self.journal.end(batch.token)
 
     @defer.inlineCallbacks
-    def _resolve_one(self, store, batch: JournalBatch):
+    def _resolve_one(self, store: TokenStore, batch: JournalBatch):
         """Send the batch again with its token if any of its rows reached the source table."""
         sizes = dict(self.writer.sizes)
         rows = yield self._blocking(_rows_of, self.directory, batch, sizes)
@@ -452,10 +457,10 @@ class Loader:
         if pos <= self.persisted:
             return defer.succeed(None)
         deletable = tuple(seq for seq in self.writer.sizes if seq < pos.segment)
-        sync = getattr(self.store, "sync", None)
+        syncing = self.syncing
         # The store may hold the rows only in the page cache: make them durable before the
         # position says they are stored, and before the spool copy is deleted.
-        d = defer.maybeDeferred(sync) if sync is not None else defer.succeed(None)
+        d = defer.maybeDeferred(syncing.sync) if syncing is not None else defer.succeed(None)
         d.addCallback(lambda _: self._blocking(_save_and_delete, self.directory, pos, deletable))
 
         def saved(_):
@@ -490,13 +495,14 @@ def _rows_of(directory: Path, batch: JournalBatch, sizes: dict[int, int]) -> lis
     those it left out as already stored."""
     key = DEDUP_KEYS.get(batch.table)
     rows: list[dict] = []
-    pos = batch.lo
-    while pos < batch.hi:
+    pos, hi = batch.lo, batch.hi
+    assert pos is not None and hi is not None  # a batch journaled with its spool span
+    while pos < hi:
         result = read_frames(directory, pos, sizes, READ_CHUNK_BYTES)
         if result.next <= pos:
             break  # nothing more to read (a segment gone: nothing to re-send from it)
         for frame in result.frames:
-            if frame.start >= batch.hi:
+            if frame.start >= hi:
                 return rows
             for table, row in frame.records:
                 if table == batch.table and batch.selects(row.get(key) if key else None):

@@ -373,6 +373,7 @@ class SpoolWriter:
     def _run(self, fn, *args) -> defer.Deferred:
         if self._blocking is not None:
             return self._blocking(fn, *args)
+        assert self._pool is not None, "open() starts the writer thread"
         return deferToThreadPool(self.reactor, self._pool, fn, *args)
 
     def open(self) -> defer.Deferred:
@@ -567,14 +568,16 @@ class SpoolWriter:
             created = self._new_segment()
         start = self._offset
         began = time.monotonic()
+        fd = self._fd
+        assert fd is not None  # opened above
         try:
-            _write_all(self._fd, data, start)
-            os.fdatasync(self._fd)
+            _write_all(fd, data, start)
+            os.fdatasync(fd)
         except OSError:
             # Take the partial group back out, so no later frame follows garbage.
             try:
-                os.ftruncate(self._fd, start)
-                os.fdatasync(self._fd)
+                os.ftruncate(fd, start)
+                os.fdatasync(fd)
             except OSError:
                 self._close_file()  # the next group starts a fresh segment
             raise

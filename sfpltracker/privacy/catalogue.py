@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer, task
 
-from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.store.interface import database_of
 
 # Configuration tables: never pruned, never searched for a subject (short links, credentials,
 # the jurisdictions themselves).
@@ -57,10 +57,6 @@ class Table:
             if re.search(r"(Replacing|Summing|Aggregating|Collapsing)", self.engine)
             else ""
         )
-
-
-def database_of(store) -> str:
-    return getattr(store, "database", "") or DEFAULT_DATABASE
 
 
 @defer.inlineCallbacks
@@ -134,7 +130,7 @@ def mutate(store, table: Table, action: str, where: str, reactor=None, timeout: 
     that run mutations in the background anyway.
     """
     db = database_of(store)
-    cluster = getattr(store, "cluster", "") or ""
+    cluster = store.cluster
     on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
     yield store.execute(
         f"ALTER TABLE {db}.`{table.name}`{on_cluster} {action} WHERE {where} "

@@ -25,7 +25,9 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
 from sfpltracker import admin
+from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import DEDUP_KEYS
+from sfpltracker.store.interface import Store
 
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 CHUNK_ROWS = 5000  # rows per insert: a big file is replayed in bounded inserts
@@ -121,7 +123,7 @@ def check_table(table) -> str:
 
 
 @defer.inlineCallbacks
-def replay(store, table: str, dry_run: bool = False):
+def replay(store: Store, table: str, dry_run: bool = False):
     """Insert the rows of ``table``'s dead-letter file again; fires with the counts."""
     deadletters = store.deadletters
     if table in deadletters.replaying:
@@ -134,7 +136,7 @@ def replay(store, table: str, dry_run: bool = False):
 
 
 @defer.inlineCallbacks
-def _replay(store, deadletters, table: str, dry_run: bool):
+def _replay(store: Store, deadletters: DeadLetters, table: str, dry_run: bool):
     head = yield deferToThread(deadletters.snapshot, table)
     parsed = parse(head)
     rows = unique_rows(table, parsed)
@@ -146,9 +148,8 @@ def _replay(store, deadletters, table: str, dry_run: bool):
     }
     if dry_run:
         fresh = list(rows.values())
-        known = getattr(store, "without_stored", None)
-        if known is not None and fresh:
-            fresh = yield known(table, fresh)
+        if fresh:
+            fresh = yield store.without_stored(table, fresh)
             result["already_stored"] = len(rows) - len(fresh)
         result.update(dry_run=True, to_insert=len(fresh))
         return result
@@ -191,8 +192,6 @@ def _replay(store, deadletters, table: str, dry_run: bool):
 def replay_command(ctx: admin.AdminContext, args: dict):
     """Replay ``args["table"]``'s dead letters (``dry_run``: only count what would be done)."""
     table = check_table(args.get("table"))
-    if not hasattr(ctx.store, "deadletters"):
-        raise admin.AdminError(f"the {ctx.store.kind} store keeps no dead letters")
     if not ctx.store.deadletters.path(table).exists():
         raise admin.AdminError(f"no dead letters for {table}")
     return replay(ctx.store, table, bool(args.get("dry_run")))

@@ -268,7 +268,9 @@ class QueryGuard:
         except (ValueError, RecursionError):
             raise QueryRefused("the query is too deeply nested") from None
         if not isinstance(tree, dict) or tree.get("type") not in STATEMENTS:
-            raise QueryRefused(_not_allowed(tree.get("type") if isinstance(tree, dict) else ""))
+            raise QueryRefused(
+                _not_allowed(str(tree.get("type") or "") if isinstance(tree, dict) else "")
+            )
         self._walk(tree)
         fmt_node = tree.get("format_ast")
         fmt = check_format(str(fmt_node.get("name", ""))) if fmt_node else None
@@ -315,7 +317,7 @@ class QueryGuard:
     # -- the allow-list ---------------------------------------------------------------------
 
     def _walk(self, root: dict) -> None:
-        stack = [(root, 0)]
+        stack: list[tuple[dict | list, int]] = [(root, 0)]
         while stack:
             node, depth = stack.pop()
             if depth > MAX_DEPTH:

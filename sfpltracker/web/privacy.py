@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -26,7 +27,7 @@ from sfpltracker.ingest.ids import parse_uuid
 from sfpltracker.ingest.parse import BadInput, RefusedItem, json_events
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.privacy.ip import canonical_ip
-from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.store.interface import database_of
 from sfpltracker.web.common import (
     NOT_DONE_YET,
     apply_cors,
@@ -40,17 +41,16 @@ from sfpltracker.web.common import (
 )
 from sfpltracker.web.ops import answer_format, bad_format
 
+if TYPE_CHECKING:
+    from sfpltracker.gateway import Gateway
+
 log = Logger()
 
 MAX_AGREEMENTS = 1000
 
 
-def _database(gateway) -> str:
-    return (
-        getattr(gateway.store, "database", "")
-        or gateway.cfg.store_entry().Database
-        or DEFAULT_DATABASE
-    )
+def _database(gateway: Gateway) -> str:
+    return database_of(gateway.store)
 
 
 class PrivacyResource(Resource):
@@ -181,7 +181,7 @@ class PrivacyResource(Resource):
     # -- GeoIP ------------------------------------------------------------------------------
 
     def _geoip(self, request):
-        geoip = getattr(self.gateway, "geoip", None)
+        geoip = self.gateway.geoip
         if geoip is None:
             return error(request, 503, "no GeoIP database is configured (GeoIPDatabase)")
         shape = answer_format(request)

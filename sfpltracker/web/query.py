@@ -27,6 +27,7 @@ import base64
 import hmac
 import json
 import uuid
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
@@ -40,6 +41,10 @@ from sfpltracker.store.errors import StoreError
 from sfpltracker.store.query_guard import QueryRefused, check_format
 from sfpltracker.web.common import body_too_large, header
 from sfpltracker.web.site import LimitedRequest
+
+if TYPE_CHECKING:
+    from sfpltracker.edge.assembly import Edge
+    from sfpltracker.gateway import Gateway
 
 log = Logger()
 
@@ -68,9 +73,10 @@ NOT_FOUND_CODES = {60, 81, 390}  # unknown table, database, table function
 class QueryResource(Resource):
     isLeaf = True
 
-    def __init__(self, gateway):
+    def __init__(self, gateway: Gateway, edge: Edge | None = None):
         super().__init__()
         self.gateway = gateway
+        self.edge = edge  # for the tls-status / tls-renew admin commands
         self.store = gateway.store
         self.user = gateway.cfg.QueryUser
         self.password = gateway.cfg.QueryPassword
@@ -102,7 +108,7 @@ class QueryResource(Resource):
         except ValueError as e:
             return _json(request, 400, {"error": f"bad arguments: {e}"})
         d = admin_commands.run(
-            admin.AdminContext(self.gateway.cfg, self.store, self.gateway), name, args
+            admin.AdminContext(self.gateway.cfg, self.store, self.gateway, self.edge), name, args
         )
 
         def done(result):
@@ -210,8 +216,8 @@ class QuerySite(EdgeSite):
     ``EdgeFront`` without ACME, HTTPS redirect or daily limit only adds the connection cap.
     """
 
-    def __init__(self, gateway):
-        front = EdgeFront(gateway, QueryResource(gateway))
+    def __init__(self, gateway: Gateway, edge: Edge | None = None):
+        front = EdgeFront(gateway, QueryResource(gateway, edge))
         super().__init__(gateway, front, reactor=gateway.reactor)
         self.requestFactory = type(
             "QueryRequest", (LimitedRequest,), {"max_body": QUERY_MAX_BODY_BYTES}
@@ -221,5 +227,5 @@ class QuerySite(EdgeSite):
         pass  # queries may hold personal data; never log them
 
 
-def query_site(gateway) -> server.Site:
-    return QuerySite(gateway)
+def query_site(gateway: Gateway, edge: Edge | None = None) -> server.Site:
+    return QuerySite(gateway, edge)

@@ -8,12 +8,13 @@ fallback with ``maybe_render(request)`` that returns None to pass the request on
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger, globalLogPublisher
 from twisted.web import http, server
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
-from sfpltracker.links.service import ShortLinkService
 from sfpltracker.web.common import error
 from sfpltracker.web.links import RpiResource, ShortLinkFallback
 from sfpltracker.web.ops import (
@@ -29,16 +30,20 @@ from sfpltracker.web.rdr import RedirectResource
 from sfpltracker.web.track import LtvResource, TrackResource
 from sfpltracker.web.ws import WebSocketIngestResource
 
+if TYPE_CHECKING:
+    from sfpltracker.gateway import Gateway
+
 log = Logger()
 
 
 class GatewayRoot(Resource):
     isLeaf = True
 
-    def __init__(self, gateway):
+    def __init__(self, gateway: Gateway):
         super().__init__()
         self.gateway = gateway
         self.prefix = gateway.cfg.prefix.encode()
+        self.websocket = WebSocketIngestResource(gateway)
         self.ops: dict[bytes, Resource] = {
             b"/health": HealthResource(gateway),
             b"/ping": PingResource(gateway),
@@ -46,7 +51,7 @@ class GatewayRoot(Resource):
             b"/metrics": MetricsResource(gateway),
             b"/clear": ClearResource(gateway),
         }
-        self.links = ShortLinkService(gateway)
+        self.links = gateway.links
         self.api: dict[bytes, Resource] = {
             b"tr": TrackResource(gateway, "tr"),
             b"str": TrackResource(gateway, "str"),
@@ -57,7 +62,7 @@ class GatewayRoot(Resource):
             b"rpi": RpiResource(gateway, self.links),
             b"rdr": RedirectResource(gateway, self.links, server=True),
             b"xrdr": RedirectResource(gateway, self.links, server=False),
-            b"ws": WebSocketIngestResource(gateway),
+            b"ws": self.websocket,
         }
         self.fallbacks: list = [ShortLinkFallback(gateway, self.links, self)]
 
@@ -168,10 +173,10 @@ class CountingChannel(http.HTTPChannel):
 
     def connectionMade(self):
         super().connectionMade()
-        self.site.gateway.open_connections += 1
+        self.site.gateway.connection_opened()
 
     def connectionLost(self, reason):
-        self.site.gateway.open_connections -= 1
+        self.site.gateway.connection_closed()
         super().connectionLost(reason)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import lz4.block
@@ -48,6 +48,9 @@ from sfpltracker.ingest.request import host_only
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.web.common import NOT_DONE_YET, error, header, request_info
 from sfpltracker.web.track import visitor_cookies
+
+if TYPE_CHECKING:
+    from sfpltracker.gateway import Gateway
 
 log = Logger()
 
@@ -321,7 +324,7 @@ class WebSocketIngestResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, gateway):
+    def __init__(self, gateway: Gateway):
         super().__init__()
         cfg = gateway.cfg
         self.gateway = gateway
@@ -341,7 +344,6 @@ class WebSocketIngestResource(Resource):
             closeHandshakeTimeout=5,
             failByDrop=False,
         )
-        gateway.metric_sources.append(self.metrics)
         gateway.reactor.addSystemEventTrigger("before", "shutdown", self.close_all)
 
     def render(self, request):

@@ -10,7 +10,7 @@ from sfpltracker import admin
 
 
 def tls_status(ctx: admin.AdminContext, args: dict):
-    edge = getattr(ctx.gateway, "edge", None)
+    edge = ctx.edge
     if edge is None:
         raise admin.AdminError("tls-status needs the running gateway")
     return edge.tls_status()
@@ -21,7 +21,7 @@ def tls_renew(ctx: admin.AdminContext, args: dict):
     # ACME client; the running gateway that executes this has it loaded already.
     from sfpltracker.edge.tls.acme import RenewalFailed
 
-    edge = getattr(ctx.gateway, "edge", None)
+    edge = ctx.edge
     if edge is None or edge.acme is None:
         raise admin.AdminError("tls-renew needs the running gateway with LetsEncryptDomains")
     domain = str(args.get("domain", ""))

@@ -81,8 +81,8 @@ def cluster_statements(statements: list[Statement], cluster: str) -> list[Statem
     """The cluster form of ``statements`` (see the module docstring)."""
     check_cluster_name(cluster)
     on = f"ON CLUSTER '{cluster}'"
-    local = {_table_name(s) for s in statements if s.kind == "table" and _is_merge_tree(s.sql)}
-    local.discard(None)
+    names = (_table_name(s) for s in statements if s.kind == "table" and _is_merge_tree(s.sql))
+    local = {name for name in names if name is not None}
     out: list[Statement] = []
     for s in statements:
         kind = s.kind
@@ -113,7 +113,11 @@ def _table_name(s: Statement) -> tuple[str, str] | None:
 
 def _is_merge_tree(sql: str) -> bool:
     m = _ENGINE.search(sql)
-    return bool(m) and m.group(1).endswith("MergeTree") and not m.group(1).startswith("Replicated")
+    return (
+        m is not None
+        and m.group(1).endswith("MergeTree")
+        and not m.group(1).startswith("Replicated")
+    )
 
 
 def _table(sql: str, cluster: str, on: str, local: set[tuple[str, str]]) -> list[str]:
@@ -225,6 +229,7 @@ def _replicate_inner_engine(sql: str) -> str:
 
 def _alter(sql: str, on: str, local: set[tuple[str, str]]) -> list[str]:
     m = _ALTER_TABLE.match(sql)
+    assert m is not None  # cluster_statements sends only ALTER TABLE statements here
     db, name, rest = m.group(1), m.group(2), sql[m.end() :]
     if (db, name) not in local:
         return [f"ALTER TABLE {db}.{name} {on} {rest}"]

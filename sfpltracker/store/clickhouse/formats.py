@@ -125,6 +125,7 @@ def number(value: float, float32: bool = False) -> str:
     text = _shortest32(value) if float32 else repr(value)
     sign, digits, exponent = decimal.Decimal(text).normalize().as_tuple()
     ds = "".join(map(str, digits))
+    assert isinstance(exponent, int)  # a finite value (nan and inf are answered above)
     point = len(ds) + exponent  # digits before the decimal point
     if len(ds) <= point <= 21:
         body = ds + "0" * (point - len(ds))

@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -57,6 +57,7 @@ from sfpltracker.store.clickhouse.legacy import LegacyDialect
 from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import drop_stored, keys_to_check
 from sfpltracker.store.errors import StoreError
+from sfpltracker.store.interface import Store
 from sfpltracker.store.query_guard import QueryGuard, local_parser
 from sfpltracker.store.rejects import DataRejected, bisect, dead_letter_family, refused_for_data
 from sfpltracker.store.rejects import one_line as _reason
@@ -153,7 +154,11 @@ def _disconnect(client) -> None:
 
 
 class ClickHouseStore:
+    """A ``store.interface.Store``; not a ``TokenStore``: the oldest servers it serves (18.16)
+    know no ``insert_deduplication_token``, so retried batches rely on ``dedup`` alone."""
+
     kind = "clickhouse"
+    insert_tokens: Literal[False] = False
 
     def __init__(
         self,
@@ -469,9 +474,13 @@ class ClickHouseStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def insert(self, table: str, rows: list[dict], dedup: bool = False) -> defer.Deferred:
+    def insert(
+        self, table: str, rows: list[dict], dedup: bool = False, token: str | None = None
+    ) -> defer.Deferred:
         """Insert rows; fires with how many landed. With ``dedup`` rows whose key is stored are
-        skipped first; rows the server rejects for their data go to the dead-letter file."""
+        skipped first; rows the server rejects for their data go to the dead-letter file.
+        ``token`` is taken for the common contract and not sent (``insert_tokens`` is False:
+        callers ask before relying on it)."""
         d = self._run(self._insert, table, rows, dedup)
         d.addCallback(self._settle, table)
         return d
@@ -720,3 +729,9 @@ class ClickHouseStore:
         for host, n in sorted(self.stats["host_changes"].items()):
             moves.add_metric([host], n)
         yield moves
+
+
+if TYPE_CHECKING:  # mypy checks the contract this store keeps (store/interface.py)
+
+    def _contract(store: ClickHouseStore) -> Store:
+        return store

@@ -39,7 +39,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
@@ -54,6 +54,7 @@ from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from sfpltracker.store.embedded.dedup_logs import repair_if_unused
 from sfpltracker.store.errors import StoreError
+from sfpltracker.store.interface import Store, SyncingStore, TokenStore
 from sfpltracker.store.query_guard import QueryGuard
 from sfpltracker.store.rejects import (
     DataRejected,
@@ -183,8 +184,12 @@ def _error(exc: Exception) -> StoreError:
 
 
 class EmbeddedStore:
+    """A ``store.interface.Store``, a ``TokenStore`` and a ``SyncingStore``."""
+
     kind = "embedded"
-    insert_tokens = True  # insert(..., token=) re-sends a batch idempotently, views included
+    insert_tokens: Literal[True] = True  # insert(token=) re-sends a batch idempotently
+    cluster = ""  # one process, no cluster
+    server_version = ""  # no server to name
 
     def __init__(self, data_dir: Path, reactor, database: str = DEFAULT_DATABASE, readers: int = 2):
         self.path = Path(data_dir) / "chdb"
@@ -193,12 +198,16 @@ class EmbeddedStore:
         self.writer_pool = ThreadPool(1, 1, name="chdb-writer")
         self.reader_pool = ThreadPool(1, readers, name="chdb-reader")
         self.columns: dict[str, dict[str, str]] = {}
-        self._writer = None
+        self._writer: Any = None  # chdb's connection, opened on the writer thread
         self._local = threading.local()
         self._inserts = 0
         self.deadletters = DeadLetters(Path(data_dir) / "deadletter")
         self.stats: dict[str, Counter] = {"dead_letters": Counter()}
         self.guard = QueryGuard({database}, database)
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -214,7 +223,7 @@ class EmbeddedStore:
                     self._writer.close()
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
-                self._writer = None
+                self._writer: Any = None  # chdb's connection, opened on the writer thread
 
         d = self._on_writer(close)
 
@@ -474,7 +483,7 @@ class EmbeddedStore:
 
     def _without_stored(self, table: str, rows: list[dict]) -> list[dict]:
         key, wanted = keys_to_check(table, rows)
-        if not wanted:
+        if key is None or not wanted:
             return rows
         result = self._writer.query(
             f"SELECT toString(`{key}`) FROM {self.database}.`{table}` "
@@ -581,7 +590,7 @@ def chdb_connection_string(
     """``file:<path>?...``: with ``config`` the engine's configuration file (read when the
     first connection of the process opens the engine), ``settings`` for this connection's
     session."""
-    args = {"config-file": str(config)} if config else {}
+    args: dict[str, object] = {"config-file": str(config)} if config else {}
     args.update(settings or {})
     return f"file:{path}" + ("?" + urlencode(args, safe="/:") if args else "")
 
@@ -618,3 +627,9 @@ def syncfs(path: Path) -> None:
 def _libc():
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+if TYPE_CHECKING:  # mypy checks the contracts this store keeps (store/interface.py)
+
+    def _contracts(store: EmbeddedStore) -> tuple[Store, TokenStore, SyncingStore]:
+        return store, store, store
