@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_ADMIN = {
     "schema",
     "ping",
+    "migrate-page",
     "account-create",
     "account-rotate",
     "account-list",

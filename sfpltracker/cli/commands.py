@@ -67,7 +67,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("tls", "certificates of the running gateway: status, renew", tls.arguments, tls.run),
     Command(
         "migrate",
-        "copy an original tracker's ClickHouse database into this store",
+        "copy an original tracker's ClickHouse database here",
         migrate.arguments,
         migrate.cmd_migrate,
     ),
