@@ -26,6 +26,7 @@ What the protocol itself holds to (tests/test_fast_http.py):
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 
@@ -47,6 +48,8 @@ log = Logger()
 MAX_PIPELINED = 16
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = frozenset((204, 304))
+_TEXT = re.compile(rb"[\x20-\x7e]*")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class _Refuse(Exception):
@@ -320,8 +323,23 @@ class AdapterChannel:
         # A WebSocket that took the transport over tells us when it closes.
         self.protocol.connectionLost(reason)
 
-    def dataReceived(self, data):  # noqa: N802 - StreamingRequest replaces it to drop a body
+    def dataReceived(self, data):  # noqa: N802 - replaced by the proxy's WebSocket tunnel
         pass
+
+    # What edge/proxy.py's ``splice`` takes over from an HTTPChannel for a WebSocket tunnel:
+    # the bytes read after the upgrade request, the time-out, then dataReceived/connectionLost.
+    @property
+    def _dataBuffer(self):  # noqa: N802
+        held = self.protocol._held
+        return [held] if held else []
+
+    @_dataBuffer.setter
+    def _dataBuffer(self, value):  # noqa: N802
+        self.protocol._held = b"".join(value)
+
+    def setTimeout(self, timeout):  # noqa: N802
+        if timeout is None:
+            self.protocol.tunnel(self)
 
 
 class FastHTTPProtocol(Protocol):
@@ -347,6 +365,7 @@ class FastHTTPProtocol(Protocol):
         self._reading_until: float | None = None
         self._last = 0.0
         self._timer = None
+        self._tunnel: AdapterChannel | None = None  # a proxied WebSocket: bytes go through
 
     # -- connection --------------------------------------------------------------------------
 
@@ -361,6 +380,10 @@ class FastHTTPProtocol(Protocol):
         self._arm(f.read_timeout or f.idle_timeout)
 
     def connectionLost(self, reason=None):  # noqa: N802
+        if self._tunnel is not None:
+            tunnel, self._tunnel = self._tunnel, None
+            tunnel.connectionLost(reason)  # the proxy's tunnel closes its upstream side
+            return
         if self._lost:
             return
         self._lost = True
@@ -383,6 +406,9 @@ class FastHTTPProtocol(Protocol):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes):  # noqa: N802
+        if self._tunnel is not None:
+            self._tunnel.dataReceived(data)
+            return
         if not self._reading or self._closing:
             return
         if self._held is not None:
@@ -406,8 +432,24 @@ class FastHTTPProtocol(Protocol):
                 log.failure("HTTP parser callback failed", Failure(refusal))
                 self._refuse_later(400, "malformed request")
         except httptools.HttpParserError as e:
-            self._refuse_later(400, f"malformed request: {e}")
+            self._parse_error(str(e), data)
         self._dispatch()
+
+    def _parse_error(self, message: str, data: bytes) -> None:
+        """Refuse what llhttp refused, with the reasons ``EdgeChannel`` gives."""
+        if self._cur is None or not self._cur.url:  # at the request line's start
+            method = data.lstrip(b"\r\n").split(b" ", 1)[0]
+            if not _TEXT.fullmatch(method):  # a TLS handshake on the HTTP port, say
+                self._refuse_later(400, "not an HTTP/1.1 request")
+                return
+            if "method" in message.lower() and _TOKEN.fullmatch(method):
+                # A method no route takes (RFC 9110 allows any token): as GatewayRoot answers.
+                self._refuse_later(405, "method not allowed here")
+                return
+        if "CR" in message or "LF" in message:
+            self._refuse_later(400, "request lines must end in CRLF")
+        else:
+            self._refuse_later(400, "malformed request")
 
     # -- parser callbacks --------------------------------------------------------------------
 
@@ -633,6 +675,14 @@ class FastHTTPProtocol(Protocol):
                 self._timer.cancel()
             self._timer = None
 
+    def tunnel(self, channel: AdapterChannel) -> None:
+        """The connection is a byte pipe now (edge/proxy.py ``splice``): no HTTP, no timer."""
+        self._tunnel = channel
+        self._upgraded = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
     def adapter_done(self, channel: AdapterChannel) -> None:
         if self._active is not channel.parsed:
             return
@@ -644,10 +694,11 @@ class FastHTTPProtocol(Protocol):
 
     def write_refusal(self, status: int, reason: str) -> None:
         body = _json_error(reason)
+        allow = b"Allow: GET, HEAD, POST, PUT, OPTIONS\r\n" if status == 405 else b""
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
+            b"HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n%s"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (status, RESPONSES.get(status, b"Error"), _date(), len(body), body)
+            % (status, RESPONSES.get(status, b"Error"), _date(), allow, len(body), body)
         )
 
     # -- time-outs: one timer per connection -------------------------------------------------
