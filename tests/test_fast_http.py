@@ -305,3 +305,31 @@ def test_smuggling_is_refused_with_400_and_closed(gw, case):
     assert [a.status for a in got] == [200, 400], got
     assert got[1].header("connection") == "close" and got[1].json()["error"]
     assert gw.query("SELECT eid FROM events WHERE ename = 'smuggled'") == []
+
+
+# -- the hot routes -----------------------------------------------------------------------------
+
+
+def test_hot_routes_are_answered_without_twisted_web(gw):
+    # twisted.web's Request names itself in a Server header; the fast path writes none. The
+    # answers are the resources' own (same bodies, cookies, types as behind twisted.web).
+    pipeline = (
+        GET_PING
+        + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /tr/v1/img/?ename=hot_img HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /tr/v1/tr/ename/hot_tr?k=v HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    ping, health, img, tr, status = answers(raw(gw, pipeline))
+    for a in (ping, health, img, tr):
+        assert a.status == 200 and a.header("server") is None, a.head
+    assert status.status == 200 and status.header("server").startswith("TwistedWeb")
+    assert ping.body == b"pong" and health.json()["status"] == "ok"
+    assert img.header("content-type") == "image/gif" and img.body.startswith(b"GIF89a")
+    assert "vid=" in img.header("set-cookie")
+    rows = gw.wait_for(
+        "SELECT ename, params FROM events WHERE ename IN ('hot_img', 'hot_tr') ORDER BY ename",
+        lambda r: len(r) == 2,
+    )
+    assert [r["ename"] for r in rows] == ["hot_img", "hot_tr"]
+    assert rows[1]["params"] == {"k": "v"}
