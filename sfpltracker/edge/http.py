@@ -415,8 +415,9 @@ class FastHTTPProtocol(Protocol):
             self._held += data
             return
         f = self.factory
+        self._last = now = f.seconds()
         if self._cur is None and self._reading_until is None and f.read_timeout:
-            self._reading_until = f.seconds() + f.read_timeout
+            self._reading_until = now + f.read_timeout
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -725,7 +726,11 @@ class FastHTTPProtocol(Protocol):
             self._arm(until - now)
             return
         idle = f.idle_timeout
-        busy = self._active is not None or self._queue
+        active = self._active
+        # An answer being prepared is not idleness (as behind twisted.web); a client that
+        # stops sending a streamed upload is.
+        uploading = isinstance(active, ParsedRequest) and active.streaming and not active.complete
+        busy = bool(self._queue) or (active is not None and not uploading)
         if idle and not busy and now - self._last >= idle:
             self.close()
             return
