@@ -302,12 +302,18 @@ class AdapterChannel:
             self.transport.writeSequence(data)
 
     def registerProducer(self, producer, streaming):  # noqa: N802
+        # A static file's producer takes the protocol's place on the transport while it runs.
         if self.transport is not None:
+            self.transport.unregisterProducer()
             self.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self):  # noqa: N802
         if self.transport is not None:
             self.transport.unregisterProducer()
+            if not self.protocol._upgraded:
+                self.transport.registerProducer(self.protocol, True)
+                # A pause of ours may have no resume coming (the file's producer got it).
+                self.protocol.resumeProducing()
 
     def requestDone(self, request):  # noqa: N802
         self.protocol.adapter_done(self)
@@ -378,6 +384,28 @@ class FastHTTPProtocol(Protocol):
         self.secure = ISSLTransport(t, None) is not None
         self._last = f.seconds()
         self._arm(f.read_timeout or f.idle_timeout)
+        # Answers the client does not read fill the transport's buffer: it then pauses us,
+        # and we stop reading requests (a pipelining client cannot grow our memory).
+        t.registerProducer(self, True)
+
+    # -- the transport's producer: stop reading while the client does not read our answers --
+
+    _write_paused = False
+
+    def pauseProducing(self):  # noqa: N802
+        if not self._write_paused:
+            self._write_paused = True
+            if not self._paused:
+                self.transport.pauseProducing()
+
+    def resumeProducing(self):  # noqa: N802
+        if self._write_paused:
+            self._write_paused = False
+            if not self._paused and not self._lost:
+                self.transport.resumeProducing()
+
+    def stopProducing(self):  # noqa: N802
+        pass  # the connection is going; connectionLost follows
 
     def connectionLost(self, reason=None):  # noqa: N802
         if self._tunnel is not None:
@@ -531,7 +559,8 @@ class FastHTTPProtocol(Protocol):
             raise _Stop()
         if len(self._queue) > MAX_PIPELINED and not self._paused:
             self._paused = True
-            self.transport.pauseProducing()
+            if not self._write_paused:
+                self.transport.pauseProducing()
 
     # -- answering in order ------------------------------------------------------------------
 
@@ -576,7 +605,8 @@ class FastHTTPProtocol(Protocol):
                 self._respond(item)
             if self._paused and len(self._queue) <= MAX_PIPELINED // 2 and not self._closing:
                 self._paused = False
-                self.transport.resumeProducing()
+                if not self._write_paused:
+                    self.transport.resumeProducing()
         finally:
             self._dispatching = False
 
@@ -672,6 +702,7 @@ class FastHTTPProtocol(Protocol):
         if channel.transport is None and not self._upgraded:
             # A WebSocket took the connection over: it is no longer HTTP.
             self._upgraded = True
+            self.transport.unregisterProducer()
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
