@@ -763,6 +763,8 @@ class FastHTTPProtocol(Protocol):
         uploading = isinstance(active, ParsedRequest) and active.streaming and not active.complete
         busy = bool(self._queue) or (active is not None and not uploading)
         if idle and not busy and now - self._last >= idle:
+            # As twisted.web's channel logs it (web/site.py keeps the address out of it).
+            log.info("Timing out client: {peer}", peer="(address not logged)")
             self.close()
             return
         wake = [f.read_timeout] if f.read_timeout else []
