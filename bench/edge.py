@@ -1,13 +1,15 @@
 """Edge benchmark: reverse proxy and static files, sfpltracker vs nginx, in one run.
 
     /work/venv/bin/python bench/edge.py [--seconds 10] [--connections 50] [--nginx-workers 1]
+        [--layers twisted,fast]
 
 Servers, all on 127.0.0.1 with free ports, stopped at the end:
 - upstream: nginx (1 worker) answering ``GET /api/hello`` with a 6-byte body — the same
   upstream for both proxies;
 - nginx: ``proxy_pass`` to it (keep-alive upstream connections) and a static root;
 - sfpltracker: a real gateway process (``twistd``) whose ``Sites`` has the same proxy route
-  and the same static root.
+  and the same static root, once per ``--layers`` value of ``HTTPServer`` (``twisted``:
+  twisted.web's HTTPChannel; ``fast``: edge/http.py).
 ``reference: GET /ping`` is a fixed 4-byte answer on both (the gateway's ops route), to show
 what one CPython process can do at all. Each case is measured with wrk (2 threads, 50 connections) after a 2 s warm-up. Neither
 server writes an access log. The gateway is one CPython process; nginx runs
@@ -123,6 +125,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument("--layers", default="twisted,fast", help="HTTPServer values to compare")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -154,56 +157,59 @@ def main() -> int:
             }}""",
         workers=args.nginx_workers,
     )
-    gateway = GatewayProcess(
-        work,
-        {
-            "Sites": {
-                "*": {
-                    "Root": str(static_root),
-                    "Proxy": {"/api/": f"http://127.0.0.1:{up_port}"},
-                    "CacheControl": "public, max-age=60",
-                }
-            },
-            "MaxConnections": 100000,
+    layers = args.layers.split(",")
+    config = {
+        "Sites": {
+            "*": {
+                "Root": str(static_root),
+                "Proxy": {"/api/": f"http://127.0.0.1:{up_port}"},
+                "CacheControl": "public, max-age=60",
+            }
         },
-        name="gateway",
-    )
-    rows = []
+        "MaxConnections": 100000,
+    }
+    cases = [
+        ("proxy GET (6 B answer)", "/api/hello"),
+        ("static file (4 KiB html)", "/page.html"),
+        # The ceiling of one CPython process: a fixed answer, no file, no upstream.
+        ("reference: GET /ping", "/ping"),
+    ]
+    nginx_results, results = {}, {}
     try:
         with upstream, proxy:
             wait_port(up_port)
             wait_port(nginx_port)
-            with gateway:
-                cases = [
-                    ("proxy GET (6 B answer)", "/api/hello"),
-                    ("static file (4 KiB html)", "/page.html"),
-                    # The ceiling of one CPython process: a fixed answer, no file, no upstream.
-                    ("reference: GET /ping", "/ping"),
-                ]
-                for name, path in cases:
-                    n = measure(
-                        f"http://127.0.0.1:{nginx_port}{path}", args.seconds, args.connections
-                    )
-                    g = measure(
-                        f"http://127.0.0.1:{gateway.port}{path}", args.seconds, args.connections
-                    )
-                    rows.append((name, n, g))
+            for name, path in cases:
+                url = f"http://127.0.0.1:{nginx_port}{path}"
+                nginx_results[name] = measure(url, args.seconds, args.connections)
+            # The gateway behind each HTTP layer (HTTPServer), one process at a time.
+            for layer in layers:
+                overrides = {**config, "HTTPServer": layer}
+                with GatewayProcess(work, overrides, name=f"gateway-{layer}") as gateway:
+                    for name, path in cases:
+                        url = f"http://127.0.0.1:{gateway.port}{path}"
+                        results[layer, name] = measure(url, args.seconds, args.connections)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(
         f"\nwrk -t2 -c{args.connections} -d{args.seconds}s; nginx {args.nginx_workers} worker(s), "
-        "sfpltracker 1 process; same upstream (nginx, 1 worker)\n"
+        "sfpltracker 1 process per HTTPServer layer; same upstream (nginx, 1 worker)\n"
     )
-    header = f"{'case':<26}{'nginx req/s':>13}{'sfpltracker req/s':>19}{'ratio':>8}"
-    header += f"{'nginx p99':>11}{'sfpl p99':>10}{'errors n/s':>12}"
+    header = f"{'case':<26}{'nginx req/s':>13}"
+    for layer in layers:
+        header += f"{layer + ' req/s':>15}{'ratio':>8}{'p99':>9}{'err':>6}"
+    header += f"{'nginx p99':>11}"
     print(header)
     print("-" * len(header))
-    for name, (n_rps, n_p99, n_bad), (g_rps, g_p99, g_bad) in rows:
-        print(
-            f"{name:<26}{n_rps:>13,.0f}{g_rps:>19,.0f}{g_rps / n_rps:>7.2f}x"
-            f"{n_p99:>9.1f}ms{g_p99:>8.1f}ms{f'{n_bad}/{g_bad}':>12}"
-        )
+    for name, _ in cases:
+        n_rps, n_p99, n_bad = nginx_results[name]
+        line = f"{name:<26}{n_rps:>13,.0f}"
+        for layer in layers:
+            g_rps, g_p99, g_bad = results[layer, name]
+            line += f"{g_rps:>15,.0f}{g_rps / n_rps:>7.2f}x{g_p99:>7.1f}ms{g_bad:>6}"
+        line += f"{n_p99:>9.1f}ms"
+        print(line)
     print("\ngoal: ratio >= 0.40x")
     return 0
 

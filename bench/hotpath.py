@@ -7,7 +7,8 @@
 machine where req/s moves with the neighbours' load. This script feeds raw HTTP/1.1 requests
 into the same objects the gateway serves with (``EdgeSite`` -> ``EdgeFront`` -> ``GatewayRoot``
 -> ``TrackResource`` -> ``EventModel``) over an in-memory transport, and prints microseconds of
-CPU per request next to a bare ``twisted.web`` resource fed the same way, so what the gateway
+CPU per request next to a bare ``twisted.web`` resource fed the same way (and the gateway behind
+``HTTPServer: fast``, edge/http.py, fed the same bytes), so what the gateway
 adds on top of Twisted's own HTTP handling is visible and repeatable. The intake serialises the
 records as the spool does (``encode_frame``) and acknowledges at once: the spool's disk writes
 happen on its own thread and are measured by ``bench/ingest.py``.
@@ -97,10 +98,13 @@ class Pixel(resource.Resource):
     render_POST = render_GET
 
 
-def gateway_site(workdir: Path):
+def gateway_site(workdir: Path, layer: str = "twisted"):
+    """The gateway's listening factory: ``EdgeSite`` (``twisted``) or ``FastHTTPFactory``."""
     clock = MemoryReactorClock()
     clock.advance(time.time())
-    cfg = load_dict({"DataDirectory": str(workdir / "data"), "ProxyPortTLS": ""})
+    cfg = load_dict(
+        {"DataDirectory": str(workdir / "data"), "ProxyPortTLS": "", "HTTPServer": layer}
+    )
     gateway = Gateway(cfg, clock, store=StubStore())
     gateway.intake = SerialisingIntake(clock)
     root = GatewayRoot(gateway)
@@ -195,7 +199,8 @@ def serve_only(server: str, case: str, n: int) -> None:
     if server == "bare":
         site = bare_site()
     else:
-        site = gateway_site(Path(tempfile.mkdtemp(prefix="sfpl-hotpath-")))[2]
+        layer = "fast" if server == "fast" else "twisted"
+        site = gateway_site(Path(tempfile.mkdtemp(prefix="sfpl-hotpath-")), layer)[2]
     drive(site, raw, 200)
     drive(site, raw, n)
 
@@ -235,7 +240,7 @@ def instructions(n: int) -> None:
         ).stderr
         return int(re.search(r"I\s+refs:\s+([\d,]+)", out).group(1).replace(",", ""))
 
-    jobs = [(server, case) for case in CASES for server in ("bare", "gateway")]
+    jobs = [(server, case) for case in CASES for server in ("bare", "gateway", "fast")]
     with ThreadPoolExecutor(2) as pool:
         counted = dict(
             zip(
@@ -244,10 +249,17 @@ def instructions(n: int) -> None:
                 strict=True,
             )
         )
-    print(f"{'request':<22} {'bare Twisted instr/req':>23} {'gateway instr/req':>18} {'ratio':>6}")
+    print(
+        f"{'request':<22} {'bare Twisted instr/req':>23} {'gateway instr/req':>18} {'ratio':>6}"
+        f" {'gateway fast instr/req':>23} {'ratio':>6}"
+    )
     for case, (label, _) in CASES.items():
         bare, gw = counted[("bare", case)], counted[("gateway", case)]
-        print(f"{label:<22} {bare:>23,.0f} {gw:>18,.0f} {bare / gw:>6.2f}")
+        fast = counted[("fast", case)]
+        print(
+            f"{label:<22} {bare:>23,.0f} {gw:>18,.0f} {bare / gw:>6.2f}"
+            f" {fast:>23,.0f} {bare / fast:>6.2f}"
+        )
     print(f"\nvalgrind --tool=cachegrind, {n} requests per case after a warm-up of 200.")
 
 
@@ -272,17 +284,26 @@ def main() -> None:
         return
     workdir = Path(tempfile.mkdtemp(prefix="sfpl-hotpath-"))
     gateway, root, site = gateway_site(workdir)
+    fast_site = gateway_site(workdir / "fast", "fast")[2]
 
     rows = []
     for label, raw in CASES.values():
         bare, _ = drive(bare_site(), raw, n, ROUNDS)
         gw, answer = drive(site, raw, n, ROUNDS)
-        if not answer.startswith(b"HTTP/1.1 200"):
-            raise SystemExit(f"the gateway did not answer 200:\n{answer.decode()}")
-        rows.append((label, bare, gw))
-    print(f"{'request':<22} {'bare Twisted us/req':>20} {'gateway us/req':>15} {'ratio':>6}")
-    for label, bare, gw in rows:
-        print(f"{label:<22} {bare * 1e6:>20.1f} {gw * 1e6:>15.1f} {bare / gw:>6.2f}")
+        fast, fast_answer = drive(fast_site, raw, n, ROUNDS)
+        for a in (answer, fast_answer):
+            if not a.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"the gateway did not answer 200:\n{a.decode()}")
+        rows.append((label, bare, gw, fast))
+    print(
+        f"{'request':<22} {'bare Twisted us/req':>20} {'gateway us/req':>15} {'ratio':>6}"
+        f" {'gateway fast us/req':>20} {'ratio':>6}"
+    )
+    for label, bare, gw, fast in rows:
+        print(
+            f"{label:<22} {bare * 1e6:>20.1f} {gw * 1e6:>15.1f} {bare / gw:>6.2f}"
+            f" {fast * 1e6:>20.1f} {bare / fast:>6.2f}"
+        )
 
     print(f"\n{'step (browser request)':<26} {'us/call':>8}")
     for name, seconds in steps(gateway, root, site, BROWSER_REQUEST, n).items():

@@ -3,7 +3,8 @@
     .venv/bin/python bench/ingest.py [--seconds 10] [--connections 50]
 
 (a) nginx `empty_gif` with an access log, (b) a bare twisted.web resource returning the GIF,
-(c) the gateway's GET REST-path tracking, (d) JSON POST batches of 20 events. For (c) and (d)
+(c) the gateway's GET REST-path tracking, (d) JSON POST batches of 20 events; (c) and (d) once
+per ``--layers`` (``HTTPServer``: ``twisted``, twisted.web's HTTPChannel; ``fast``, edge/http.py). For (c) and (d)
 the rows in `sfpla.events` are counted after the run, so the table shows events *stored* per
 second and how many 2xx-answered events are missing from the store (must be 0).
 
@@ -42,6 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--layers", default="twisted,fast", help="HTTPServer values to measure the gateway with"
+    )
     args = parser.parse_args()
     run = dict(seconds=args.seconds, connections=args.connections)
     work = Path(tempfile.mkdtemp(prefix="sfpl-bench-"))
@@ -57,28 +61,32 @@ def main() -> None:
         cpu.stop()
     rows.append(["(b) bare Twisted resource", b, b.ok, None, cpu])
 
-    with GatewayProcess(work, name="gw-get") as gw:
-        cpu = CpuMeter(gw.proc.pid).start()
-        c = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/ename/page_view/etyp/view/app/bench", **run)
-        main = cpu.stop().main  # the reactor thread during the run
-        stored = count_events(gw)
-        cpu.stop()  # the whole process, until the events are stored
-        cpu.main = main
-        rows.append(["(c) gateway GET REST path", c, c.ok, stored, cpu])
-
     body = json.dumps([{"ename": "bench", "etyp": "batch", "n": i} for i in range(BATCH)])
     script = (
         f"wrk.method = 'POST'\nwrk.body = {json.dumps(body)}\n"
         "wrk.headers['Content-Type'] = 'application/json'\n"
     )
-    with GatewayProcess(work, name="gw-post") as gw:
-        cpu = CpuMeter(gw.proc.pid).start()
-        d = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
-        main = cpu.stop().main
-        stored = count_events(gw)
-        cpu.stop()
-        cpu.main = main
-        rows.append([f"(d) gateway POST batches of {BATCH}", d, d.ok * BATCH, stored, cpu])
+    # Each gateway case behind twisted.web's HTTPChannel and behind edge/http.py.
+    for layer in args.layers.split(","):
+        overrides = {"HTTPServer": layer}
+        with GatewayProcess(work, overrides, name=f"gw-get-{layer}") as gw:
+            cpu = CpuMeter(gw.proc.pid).start()
+            path = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
+            c = wrk(f"http://127.0.0.1:{gw.port}{path}", **run)
+            main = cpu.stop().main  # the reactor thread during the run
+            stored = count_events(gw)
+            cpu.stop()  # the whole process, until the events are stored
+            cpu.main = main
+            rows.append([f"(c) gateway GET REST path [{layer}]", c, c.ok, stored, cpu])
+
+        with GatewayProcess(work, overrides, name=f"gw-post-{layer}") as gw:
+            cpu = CpuMeter(gw.proc.pid).start()
+            d = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
+            main = cpu.stop().main
+            stored = count_events(gw)
+            cpu.stop()
+            cpu.main = main
+            rows.append([f"(d) POST batches of {BATCH} [{layer}]", d, d.ok * BATCH, stored, cpu])
 
     out = []
     for name, r, answered, stored, cpu in rows:

@@ -6,7 +6,8 @@
 access log): the ceiling for one CPython process; (b) the gateway serving a short link (302,
 the click built as an event and handed to the intake, batched into the store); (c) the gateway
 answering an unknown slug on a link host (404, no store query); (d) ``/tr/v1/rdr/?url=`` to an
-allowed host. After (b) the ``short_rdr`` events in the store are counted: every redirect
+allowed host; (b)-(d) once per ``--layers`` value of ``HTTPServer`` (``twisted``: twisted.web's
+HTTPChannel; ``fast``: edge/http.py). After (b) the ``short_rdr`` events in the store are counted: every redirect
 answered must be a stored click. The goal is (b)/(a) >= 0.8.
 """
 
@@ -139,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--layers", default="twisted,fast", help="HTTPServer values to compare")
     args = parser.parse_args()
     run = {"seconds": args.seconds, "connections": args.connections}
     work = Path(tempfile.mkdtemp(prefix="sfpl-bench-links-"))
@@ -156,21 +158,24 @@ def main() -> None:
         os.killpg(bare.pid, signal.SIGTERM)
         bare.wait(10)
 
-    with GatewayProcess(work, {"RedirectAllowHosts": ["example.com"]}) as gw:
-        create_link(gw)
-        url = f"http://127.0.0.1:{gw.port}"
-        wrk(f"{url}/spring", seconds=2, connections=args.connections, host="go.bench")
-        before = stored_clicks(gw)
-        pid = gw.proc.pid
-        hit = wrk(f"{url}/spring", host="go.bench", pid=pid, **run)
-        stored = stored_clicks(gw) - before
-        results["(b) gateway short link, 302 + click"] = hit
-        results["(c) gateway unknown slug, 404"] = wrk(
-            f"{url}/nope", host="go.bench", pid=pid, **run
-        )
-        results["(d) gateway /tr/v1/rdr/?url=, 302"] = wrk(
-            f"{url}/tr/v1/rdr/?url=https%3A%2F%2Fexample.com%2Fa", pid=pid, **run
-        )
+    hits, stored = {}, {}
+    for layer in args.layers.split(","):  # the gateway behind each HTTP layer (HTTPServer)
+        overrides = {"RedirectAllowHosts": ["example.com"], "HTTPServer": layer}
+        with GatewayProcess(work, overrides, name=f"gw-{layer}") as gw:
+            create_link(gw)
+            url = f"http://127.0.0.1:{gw.port}"
+            wrk(f"{url}/spring", seconds=2, connections=args.connections, host="go.bench")
+            before = stored_clicks(gw)
+            pid = gw.proc.pid
+            hit = hits[layer] = wrk(f"{url}/spring", host="go.bench", pid=pid, **run)
+            stored[layer] = stored_clicks(gw) - before
+            results[f"(b) gateway short link, 302 + click [{layer}]"] = hit
+            results[f"(c) gateway unknown slug, 404 [{layer}]"] = wrk(
+                f"{url}/nope", host="go.bench", pid=pid, **run
+            )
+            results[f"(d) gateway /tr/v1/rdr/?url=, 302 [{layer}]"] = wrk(
+                f"{url}/tr/v1/rdr/?url=https%3A%2F%2Fexample.com%2Fa", pid=pid, **run
+            )
 
     bare = results["(a) bare Twisted resource, 302"]
     rows = [
@@ -181,16 +186,18 @@ def main() -> None:
     headers = ["case", "req/s", "vs (a)", "CPU us/req", "capacity vs (a)", "p50 ms", "p99 ms",
                "socket errors"]  # fmt: skip
     print(table(headers, rows))
-    answered = hit["requests"] - hit["non_3xx"]
-    print(
-        f"\nshort-link redirects answered in (b): {answered}, clicks stored: {stored}"
-        f" ({'none missing' if stored >= answered else 'MISSING ' + str(answered - stored)};"
-        " wrk does not count requests still in flight when it stops)"
-    )
-    print(
-        f"ratio short link / bare 302: {hit['rps'] / bare['rps']:.2f} in req/s, "
-        f"{bare['cpu_us'] / hit['cpu_us']:.2f} in CPU per request (goal >= 0.80)"
-    )
+    for layer, hit in hits.items():
+        answered = hit["requests"] - hit["non_3xx"]
+        n = stored[layer]
+        print(
+            f"\n[{layer}] short-link redirects answered in (b): {answered}, clicks stored: {n}"
+            f" ({'none missing' if n >= answered else 'MISSING ' + str(answered - n)};"
+            " wrk does not count requests still in flight when it stops)"
+        )
+        print(
+            f"[{layer}] ratio short link / bare 302: {hit['rps'] / bare['rps']:.2f} in req/s, "
+            f"{bare['cpu_us'] / hit['cpu_us']:.2f} in CPU per request (goal >= 0.80)"
+        )
 
 
 if __name__ == "__main__":

@@ -166,6 +166,9 @@ class Config:
     MaxHeaderBytes: int = 16384
     MaxConnections: int = 10000
     RateLimitPerDay: int = 0
+    # HTTP/1.1 on the edge listeners: "fast" (edge/http.py, httptools; hot routes without
+    # twisted.web) or "twisted" (twisted.web's HTTPChannel). The query listener is twisted.web.
+    HTTPServer: str = "twisted"
 
     # Routes and request handling (section 3).
     ApiVersion: int = 1
@@ -380,7 +383,14 @@ def _closest(key: str, known: dict) -> str:
     return ""
 
 
+HTTP_SERVERS = ("fast", "twisted")
+
+
 def _validate(cfg: Config) -> None:
+    if cfg.HTTPServer not in HTTP_SERVERS:
+        raise ConfigError(
+            f"HTTPServer: must be one of {', '.join(HTTP_SERVERS)}, got {cfg.HTTPServer!r}"
+        )
     if cfg.ApiVersion < 0:
         raise ConfigError("ApiVersion: must be 0 or more")
     if cfg.IPMode not in IP_MODES:

@@ -26,6 +26,7 @@ def test_defaults_match_the_contract():
         ({"MaxBodyBytes": "big"}, 'MaxBodyBytes: expected an integer, got "big"'),
         ({"Domains": "x.com"}, "Domains: expected a list"),
         ({"IPMode": "scramble"}, "IPMode: must be one of"),
+        ({"HTTPServer": "nginx"}, "HTTPServer: must be one of fast, twisted"),
         ({"ProxyPort": "eighty"}, "ProxyPort:"),
         ({"Notify": [{"Type": "mysql"}]}, "Notify[0].Type: must be one of"),
         ({"Notify": [{"Type": "clickhouse", "Hots": []}]}, "Notify[0].Hots: unknown key"),

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from sfpltracker.config import ConfigError, parse_listen
 from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.edge.hosts import SiteRouter
+from sfpltracker.edge.http import FastHTTPFactory
 from sfpltracker.edge.limits import DailyLimiter
 from sfpltracker.edge.proxy import ProxyFallback
 from sfpltracker.edge.sitetrack import make_tracker
@@ -78,7 +79,7 @@ class Edge:
         """The ``Sites`` fallbacks, in order: proxy routes, then static files."""
         return [self.proxy, self.static] if self.router else []
 
-    def site(self, *, force_https: bool = False) -> EdgeSite:
+    def site(self, *, force_https: bool = False):
         cfg = self.gateway.cfg
         https_port = parse_listen(cfg.ProxyPortTLS)[1] if cfg.ProxyPortTLS else None
         if cfg.ProxyPortRedirect:  # the original's key: where the redirect points
@@ -92,7 +93,10 @@ class Edge:
             https_port=https_port,
             hsts=cfg.HSTS,
         )
-        return EdgeSite(self.gateway, front, edge=self, reactor=self.reactor)
+        site = EdgeSite(self.gateway, front, edge=self, reactor=self.reactor)
+        if cfg.HTTPServer == "fast":
+            return FastHTTPFactory(site)  # edge/http.py: httptools, hot routes without twisted.web
+        return site
 
     def tls_site(self):
         """The factory for ``ProxyPortTLS``: TLS with SNI in front of an edge site."""

@@ -1,0 +1,871 @@
+"""A lean HTTP/1.1 server protocol on Twisted's reactor, parsing with httptools (llhttp).
+
+``twisted.web``'s ``HTTPChannel`` parses in pure Python and builds a ``Request`` with two
+``Headers`` objects, ``parse_qs`` of every query and a ``Date`` string per answer: it was the
+ceiling of every route (docs/performance.md). This protocol parses with llhttp (the parser
+of Node.js) and answers the hot routes (``/ping``, ``/health``, GET ``/tr/v1/tr|str|img``,
+short-link hits) with ``FastRequest``, a small object with the part of ``Request`` those
+resources use, so the same resource code builds the same rows and answers. Every other
+request goes to the ``EdgeSite``'s resource tree through ``AdapterChannel``, which makes a
+real ``twisted.web`` request of the parsed one: routes behave as behind ``EdgeChannel``.
+
+What the protocol itself holds to (tests/test_fast_http.py):
+
+- keep-alive for HTTP/1.1, close after an HTTP/1.0 answer or ``Connection: close``;
+  pipelined requests answered one at a time, in order; ``Expect: 100-continue`` answered when
+  the request's turn comes; chunked request bodies;
+- limits: the request line and head within ``MaxHeaderBytes`` (414 / 400), a body declared
+  over ``MaxBodyBytes`` refused with 413 before it is read (proxied paths stream instead),
+  ``ReadTimeoutSeconds`` from a request's first byte to its end (408), ``IdleTimeoutSeconds``
+  between requests (silent close), ``MaxConnections`` (``EdgeFront``'s 503);
+- request smuggling refused with 400 and the connection closed (llhttp in its strict mode,
+  plus a ``Transfer-Encoding`` other than exactly ``chunked``): CL + TE, duplicate CLs, bad
+  chunk sizes, bare LF, obs-fold, NUL/CR in values, space before the colon.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import deque
+
+import httptools
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET
+
+from sfpltracker.edge.front import ACME_CHALLENGE, HSTS_VALUE, host_problem
+from sfpltracker.links.model import link_key, normalize_path
+
+log = Logger()
+
+# More parsed requests than this waiting behind the one being answered: stop reading.
+MAX_PIPELINED = 16
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY = frozenset((204, 304))
+_TEXT = re.compile(rb"[\x20-\x7e]*")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class _Refuse(Exception):
+    """Raised in a parser callback: answer ``status`` with ``reason``, then close."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: the request just parsed is the connection's last."""
+
+
+class _Refusal:
+    """A refusal waiting its turn in the queue (answers before it are sent first)."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str):
+        self.status = status
+        self.reason = reason
+
+
+class ParsedRequest:
+    __slots__ = (
+        "method",
+        "url",
+        "version",
+        "raw_headers",
+        "headers",
+        "keep_alive",
+        "chunks",
+        "size",
+        "complete",
+        "content_length",
+        "chunked",
+        "expect_continue",
+        "continued",
+        "streaming",
+        "request",
+        "upgrade",
+    )
+
+    def __init__(self):
+        self.url = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.headers: dict[bytes, list[bytes]] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.continued = False
+        self.streaming = False
+        self.request = None  # the twisted.web request of a streamed body, once started
+        self.upgrade = False
+
+    def header(self, name: bytes) -> bytes | None:
+        """The last value, as ``twisted.web``'s ``Request.getHeader``."""
+        values = self.headers.get(name)
+        return values[-1] if values else None
+
+
+class _HeaderView:
+    """The part of ``twisted.web.http_headers.Headers`` the routes read (lower-case names)."""
+
+    __slots__ = ("_h", "_raw")
+
+    def __init__(self, parsed: ParsedRequest):
+        self._h = parsed.headers
+        self._raw = parsed.raw_headers
+
+    def getRawHeaders(self, name, default=None):  # noqa: N802 - Twisted's interface
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        return self._h.get(name.lower(), default)
+
+    def hasHeader(self, name) -> bool:  # noqa: N802
+        return self.getRawHeaders(name) is not None
+
+    def getAllRawHeaders(self):  # noqa: N802
+        return iter(self._h.items())
+
+
+class _DateCache:
+    """The ``Date`` header's value, formatted once per second instead of per answer."""
+
+    def __init__(self):
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = datetimeToString(now)
+        return self._value
+
+
+_date = _DateCache()
+
+
+def _canonical(name: bytes, _cache: dict = {}) -> bytes:  # noqa: B006 - a deliberate cache
+    """``content-type`` -> ``Content-Type`` (as Twisted writes names), cached per name."""
+    out = _cache.get(name)
+    if out is None:
+        out = b"-".join(p[:1].upper() + p[1:] for p in name.lower().split(b"-"))
+        if len(_cache) < 256:
+            _cache[name] = out
+    return out
+
+
+def _json_error(reason: str) -> bytes:
+    return json.dumps({"error": reason}, separators=(",", ":")).encode() + b"\n"
+
+
+class FastRequest:
+    """What ``/ping``, ``/health``, ``TrackResource.render_GET`` and the short-link fallback
+    use of a ``twisted.web`` request, without building one (its ``Headers``, ``parse_qs`` of
+    the query, its ``Date`` formatting, the resource traversal)."""
+
+    __slots__ = (
+        "protocol",
+        "parsed",
+        "method",
+        "uri",
+        "path",
+        "clientproto",
+        "requestHeaders",
+        "code",
+        "code_message",
+        "headers_out",
+        "cookies",
+        "finished",
+        "_disconnected",
+        "_body",
+        "_cookies_in",
+        "sentLength",
+    )
+
+    def __init__(self, protocol, parsed: ParsedRequest):
+        self.protocol = protocol
+        self.parsed = parsed
+        self.method = parsed.method
+        self.uri = parsed.url
+        self.path = parsed.url.split(b"?", 1)[0]
+        self.clientproto = parsed.version
+        self.requestHeaders = _HeaderView(parsed)
+        self.code = 200
+        self.code_message = None
+        self.headers_out: dict[bytes, bytes] = {}
+        self.cookies: list[bytes] = []
+        self.finished = False
+        self._disconnected = False
+        self._body: list[bytes] = []
+        self._cookies_in = None
+        self.sentLength = 0
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def getHeader(self, name):  # noqa: N802 - Twisted's interface
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        return self.parsed.header(name.lower())
+
+    def getClientAddress(self):  # noqa: N802
+        return self.protocol.peer
+
+    def isSecure(self) -> bool:  # noqa: N802
+        return self.protocol.secure
+
+    @property
+    def received_cookies(self) -> dict[bytes, bytes]:
+        """Parsed on first use, as ``Request.parseCookies`` does."""
+        if self._cookies_in is None:
+            cookies: dict[bytes, bytes] = {}
+            for text in self.parsed.headers.get(b"cookie", ()):
+                for cookie in text.split(b";"):
+                    k, sep, v = cookie.lstrip().partition(b"=")
+                    if sep:
+                        cookies[k] = v
+            self._cookies_in = cookies
+        return self._cookies_in
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def setResponseCode(self, code: int, message=None):  # noqa: N802
+        self.code = code
+        self.code_message = message
+
+    def setHeader(self, name, value):  # noqa: N802
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        if isinstance(value, str):
+            value = value.encode("latin-1")
+        self.headers_out[name.lower()] = value
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._body.append(data)
+
+    def finish(self) -> None:
+        if self.finished or self._disconnected:
+            return
+        self.finished = True
+        self.protocol.fast_answered(self, b"".join(self._body))
+
+
+class AdapterChannel:
+    """What a ``twisted.web`` request needs of its channel, over ``FastHTTPProtocol``: the
+    parsed request is handed to the ``EdgeSite`` resource tree as ``HTTPChannel`` would."""
+
+    def __init__(self, protocol, parsed: ParsedRequest):
+        self.protocol = protocol
+        self.parsed = parsed
+        self.transport = protocol.transport
+        self.site = self.factory = protocol.factory.site
+        self.over_limit = protocol.over_limit
+        self.persistent = parsed.keep_alive
+        self._command = parsed.method
+        self._path = parsed.url
+        self._version = parsed.version
+
+    def getPeer(self):  # noqa: N802
+        return self.protocol.peer
+
+    def getHost(self):  # noqa: N802
+        return self.protocol.host
+
+    def isSecure(self) -> bool:  # noqa: N802
+        return self.protocol.secure
+
+    def writeHeaders(self, version, code, reason, headers):  # noqa: N802
+        out = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                out.extend((name, b": ", value, b"\r\n"))
+        out.append(b"\r\n")
+        self.write(b"".join(out))
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def writeSequence(self, data) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.writeSequence(data)
+
+    def registerProducer(self, producer, streaming):  # noqa: N802
+        # A static file's producer takes the protocol's place on the transport while it runs.
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+            self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):  # noqa: N802
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+            if not self.protocol._upgraded:
+                self.transport.registerProducer(self.protocol, True)
+                # A pause of ours may have no resume coming (the file's producer got it).
+                self.protocol.resumeProducing()
+
+    def requestDone(self, request):  # noqa: N802
+        self.protocol.adapter_done(self)
+
+    def loseConnection(self):  # noqa: N802
+        self.protocol.close()
+
+    def _respondToBadRequestAndDisconnect(self):  # noqa: N802 - Twisted's (private) hook
+        self.protocol.write_refusal(400, "malformed request")
+        self.protocol.close()
+
+    def connectionLost(self, reason):  # noqa: N802
+        # A WebSocket that took the transport over tells us when it closes.
+        self.protocol.connectionLost(reason)
+
+    def dataReceived(self, data):  # noqa: N802 - replaced by the proxy's WebSocket tunnel
+        pass
+
+    # What edge/proxy.py's ``splice`` takes over from an HTTPChannel for a WebSocket tunnel:
+    # the bytes read after the upgrade request, the time-out, then dataReceived/connectionLost.
+    @property
+    def _dataBuffer(self):  # noqa: N802
+        held = self.protocol._held
+        return [held] if held else []
+
+    @_dataBuffer.setter
+    def _dataBuffer(self, value):  # noqa: N802
+        self.protocol._held = b"".join(value)
+
+    def setTimeout(self, timeout):  # noqa: N802
+        if timeout is None:
+            self.protocol.tunnel(self)
+
+
+class FastHTTPProtocol(Protocol):
+    factory: FastHTTPFactory
+    over_limit = False
+    peer = None
+    host = None
+    secure = False
+
+    def __init__(self):
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque = deque()
+        self._cur: ParsedRequest | None = None  # the request being parsed
+        self._active = None  # the request being answered
+        self._head_bytes = 0  # request line + headers of the request being parsed
+        self._closing = False
+        self._reading = True  # False once the last request has been read
+        self._lost = False
+        self._paused = False
+        self._dispatching = False
+        self._upgraded = False
+        self._held: bytes | None = None  # bytes after an upgrade request, until it is answered
+        self._reading_until: float | None = None
+        self._last = 0.0
+        self._timer = None
+        self._tunnel: AdapterChannel | None = None  # a proxied WebSocket: bytes go through
+
+    # -- connection --------------------------------------------------------------------------
+
+    def connectionMade(self):  # noqa: N802
+        f = self.factory
+        f.gateway.open_connections += 1
+        t = self.transport
+        self.peer = t.getPeer()
+        self.host = t.getHost()
+        self.secure = ISSLTransport(t, None) is not None
+        self._last = f.seconds()
+        self._arm(f.read_timeout or f.idle_timeout)
+        # Answers the client does not read fill the transport's buffer: it then pauses us,
+        # and we stop reading requests (a pipelining client cannot grow our memory).
+        t.registerProducer(self, True)
+
+    # -- the transport's producer: stop reading while the client does not read our answers --
+
+    _write_paused = False
+
+    def pauseProducing(self):  # noqa: N802
+        if not self._write_paused:
+            self._write_paused = True
+            if not self._paused:
+                self.transport.pauseProducing()
+
+    def resumeProducing(self):  # noqa: N802
+        if self._write_paused:
+            self._write_paused = False
+            if not self._paused and not self._lost:
+                self.transport.resumeProducing()
+
+    def stopProducing(self):  # noqa: N802
+        pass  # the connection is going; connectionLost follows
+
+    def connectionLost(self, reason=None):  # noqa: N802
+        if self._tunnel is not None:
+            tunnel, self._tunnel = self._tunnel, None
+            tunnel.connectionLost(reason)  # the proxy's tunnel closes its upstream side
+            return
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self.factory.gateway.open_connections -= 1
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        active, self._active = self._active, None
+        if isinstance(active, FastRequest):
+            active._disconnected = True
+        elif isinstance(active, ParsedRequest) and active.request is not None:
+            active.request.connectionLost(reason or Failure(ConnectionError("lost")))
+        self._queue.clear()
+
+    def close(self) -> None:
+        """Read nothing more; close once what was written has been sent."""
+        self._closing = True
+        if self.transport is not None and not self._lost:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes):  # noqa: N802
+        if self._tunnel is not None:
+            self._tunnel.dataReceived(data)
+            return
+        if not self._reading or self._closing:
+            return
+        if self._held is not None:
+            self._held += data
+            return
+        f = self.factory
+        self._last = now = f.seconds()
+        if self._cur is None and self._reading_until is None and f.read_timeout:
+            self._reading_until = now + f.read_timeout
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            # llhttp stops after an upgrade request: what follows waits for its answer.
+            self._held = data[int(e.args[0]) :]
+        except httptools.HttpParserCallbackError as e:
+            refusal = e.__context__
+            if isinstance(refusal, _Stop):
+                pass  # the rest is not read
+            elif isinstance(refusal, _Refuse):
+                self._refuse_later(refusal.status, refusal.reason)
+            else:  # a bug of ours in a callback: never a silent hang
+                log.failure("HTTP parser callback failed", Failure(refusal))
+                self._refuse_later(400, "malformed request")
+        except httptools.HttpParserError as e:
+            self._parse_error(str(e), data)
+        self._dispatch()
+
+    def _parse_error(self, message: str, data: bytes) -> None:
+        """Refuse what llhttp refused, with the reasons ``EdgeChannel`` gives."""
+        if self._cur is None or not self._cur.url:  # at the request line's start
+            method = data.lstrip(b"\r\n").split(b" ", 1)[0]
+            if not _TEXT.fullmatch(method):  # a TLS handshake on the HTTP port, say
+                self._refuse_later(400, "not an HTTP/1.1 request")
+                return
+            if "method" in message.lower() and _TOKEN.fullmatch(method):
+                # A method no route takes (RFC 9110 allows any token): as GatewayRoot answers.
+                self._refuse_later(405, "method not allowed here")
+                return
+        if "CR" in message or "LF" in message:
+            self._refuse_later(400, "request lines must end in CRLF")
+        else:
+            self._refuse_later(400, "malformed request")
+
+    # -- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self):
+        self._cur = ParsedRequest()
+        self._head_bytes = 0
+        if self._reading_until is None and self.factory.read_timeout:
+            self._reading_until = self.factory.seconds() + self.factory.read_timeout
+
+    def on_url(self, url: bytes):
+        cur = self._cur
+        cur.url += url
+        if len(cur.url) + 16 > self.factory.max_header_bytes:
+            raise _Refuse(414, "request line longer than MaxHeaderBytes")
+
+    def on_header(self, name: bytes, value: bytes):
+        cur = self._cur
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes + len(cur.url) + 16 > self.factory.max_header_bytes:
+            raise _Refuse(400, "request headers larger than MaxHeaderBytes")
+        lname = name.lower()
+        if lname == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # llhttp takes "identity, chunked"; a proxy in front may read it otherwise.
+            raise _Refuse(400, "Transfer-Encoding other than chunked")
+        cur.raw_headers.append((name, value))
+        values = cur.headers.get(lname)
+        if values is None:
+            cur.headers[lname] = [value]
+        else:
+            values.append(value)
+
+    def on_headers_complete(self):
+        cur = self._cur
+        p = self._parser
+        f = self.factory
+        cur.method = p.get_method()
+        version = p.get_http_version()
+        cur.version = b"HTTP/1.1" if version == "1.1" else b"HTTP/1.0"
+        # HTTP/1.0 answers close the connection, as behind twisted.web.
+        cur.keep_alive = version == "1.1" and p.should_keep_alive()
+        cur.upgrade = p.should_upgrade()
+        cl = cur.header(b"content-length")
+        cur.content_length = int(cl) if cl is not None else None
+        cur.chunked = b"transfer-encoding" in cur.headers
+        has_body = cur.chunked or bool(cur.content_length)
+        if has_body and f.site.wants_stream(_HostView(cur), cur.method, cur.url):
+            cur.streaming = True  # a proxied body: streamed as it arrives, no MaxBodyBytes
+        elif (cur.content_length or 0) > f.max_body_bytes:
+            raise _Refuse(413, f"request body larger than MaxBodyBytes ({f.max_body_bytes})")
+        expect = cur.header(b"expect")
+        cur.expect_continue = (
+            expect is not None and expect.lower() == b"100-continue" and cur.version == b"HTTP/1.1"
+        )
+        self._queue.append(cur)
+        if cur.streaming or cur.expect_continue:
+            self._dispatch()
+
+    def on_body(self, body: bytes):
+        cur = self._cur
+        cur.size += len(body)
+        if cur.request is not None:  # streaming to a proxy already
+            cur.request.handleContentChunk(body)
+            return
+        if not cur.streaming and cur.size > self.factory.max_body_bytes:
+            raise _Refuse(
+                413, f"request body larger than MaxBodyBytes ({self.factory.max_body_bytes})"
+            )
+        cur.chunks.append(body)
+
+    def on_message_complete(self):
+        cur, self._cur = self._cur, None
+        self._reading_until = None
+        cur.complete = True
+        if cur.request is not None:  # a streamed body has ended
+            cur.request.requestReceived(cur.method, cur.url, cur.version)
+        if not cur.keep_alive:
+            self._reading = False
+            raise _Stop()
+        if len(self._queue) > MAX_PIPELINED and not self._paused:
+            self._paused = True
+            if not self._write_paused:
+                self.transport.pauseProducing()
+
+    # -- answering in order ------------------------------------------------------------------
+
+    def _refuse_later(self, status: int, reason: str) -> None:
+        """Queue a refusal behind the requests parsed before it; read nothing more."""
+        cur, self._cur = self._cur, None
+        if cur is not None:
+            if cur is self._active:  # a body being streamed to a proxy went wrong: give up
+                self._closing = True
+                self.transport.abortConnection()
+                return
+            if cur in self._queue:
+                self._queue.remove(cur)
+        self._reading_until = None
+        self._queue.append(_Refusal(status, reason))
+        self._reading = False  # dataReceived ignores the rest
+
+    def _dispatch(self) -> None:
+        if self._dispatching or self._lost:
+            return
+        self._dispatching = True
+        try:
+            while self._active is None and self._queue and not self._lost:
+                item = self._queue[0]
+                if isinstance(item, _Refusal):
+                    self._queue.clear()
+                    self.write_refusal(item.status, item.reason)
+                    self.close()
+                    return
+                if not item.complete:
+                    if item.expect_continue and not item.continued:
+                        item.continued = True
+                        self.transport.write(_CONTINUE)
+                    if item.streaming and item.request is None:
+                        self._queue.popleft()
+                        self._active = item
+                        self._reading_until = None  # the idle timeout guards the body
+                        self._adapt(item)
+                    return
+                self._queue.popleft()
+                self._active = item
+                self._respond(item)
+            if self._paused and len(self._queue) <= MAX_PIPELINED // 2 and not self._closing:
+                self._paused = False
+                if not self._write_paused:
+                    self.transport.resumeProducing()
+        finally:
+            self._dispatching = False
+
+    def _done(self, keep_alive: bool) -> None:
+        self._active = None
+        if not keep_alive or self._closing:
+            self.close()
+            return
+        self._last = self.factory.seconds()
+        if self._held is not None and not self._upgraded:
+            # An upgrade request answered without upgrading: read on with a fresh parser.
+            data, self._held = self._held, None
+            self._parser = httptools.HttpRequestParser(self)
+            if data:
+                self.dataReceived(data)
+        self._dispatch()
+
+    def _respond(self, parsed: ParsedRequest) -> None:
+        request = FastRequest(self, parsed) if parsed.method == b"GET" else None
+        route = None if request is None else self.factory.fast_route(self, request)
+        if route is None:
+            self._adapt(parsed)
+            return
+        try:
+            body = route(request)
+        except Exception:
+            log.failure("fast route failed")
+            request.setResponseCode(500)
+            request.headers_out = {b"content-type": b"application/json"}
+            body = _json_error("internal error")
+        if body is not NOT_DONE_YET:
+            request.finished = True
+            self.fast_answered(request, body)
+
+    def fast_answered(self, request: FastRequest, body: bytes) -> None:
+        """Write a ``FastRequest``'s answer in one piece."""
+        if self._lost or self._active is not request.parsed:
+            return
+        f = self.factory
+        code = request.code
+        parsed = request.parsed
+        out = [
+            b"HTTP/1.1 %d %s\r\nDate: %s\r\n"
+            % (code, request.code_message or RESPONSES.get(code, b"Unknown"), _date())
+        ]
+        headers = request.headers_out
+        if code not in _NO_BODY and b"content-length" not in headers:
+            out.append(b"Content-Length: %d\r\n" % len(body))
+        if f.hsts and self.secure:
+            headers[b"strict-transport-security"] = HSTS_VALUE
+        for name, value in headers.items():
+            out.append(b"%s: %s\r\n" % (_canonical(name), value))
+        for cookie in request.cookies:
+            out.append(b"Set-Cookie: %s\r\n" % cookie)
+        if not parsed.keep_alive:
+            out.append(b"Connection: close\r\n")
+        out.append(b"\r\n")
+        if parsed.method != b"HEAD" and code not in _NO_BODY:
+            out.append(body)
+        request.sentLength = len(body)
+        self.transport.write(b"".join(out))
+        if f.debug:
+            f.site.log(request)
+        self._done(parsed.keep_alive)
+
+    def _adapt(self, parsed: ParsedRequest) -> None:
+        """Hand ``parsed`` to the ``EdgeSite``'s resource tree as a ``twisted.web`` request."""
+        channel = AdapterChannel(self, parsed)
+        site = channel.site
+        request = site.requestFactory(channel)
+        headers = Headers()
+        for name, value in parsed.raw_headers:
+            headers.addRawHeader(name, value)
+        request.requestHeaders = headers
+        if not parsed.keep_alive and parsed.version == b"HTTP/1.1":
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        request.parseCookies()
+        parsed.request = request
+        if parsed.streaming:
+            length = parsed.content_length
+            request.gotLength(length)  # StreamingRequest renders now; the body follows
+            for chunk in parsed.chunks:
+                request.handleContentChunk(chunk)
+            parsed.chunks = []
+            if parsed.complete:
+                request.requestReceived(parsed.method, parsed.url, parsed.version)
+        else:
+            request.gotLength(parsed.size)
+            for chunk in parsed.chunks:
+                request.handleContentChunk(chunk)
+            parsed.chunks = []
+            request.requestReceived(parsed.method, parsed.url, parsed.version)
+        if channel.transport is None and not self._upgraded:
+            # A WebSocket took the connection over: it is no longer HTTP.
+            self._upgraded = True
+            self.transport.unregisterProducer()
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def tunnel(self, channel: AdapterChannel) -> None:
+        """The connection is a byte pipe now (edge/proxy.py ``splice``): no HTTP, no timer."""
+        self._tunnel = channel
+        self._upgraded = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def adapter_done(self, channel: AdapterChannel) -> None:
+        if self._active is not channel.parsed:
+            return
+        parsed = channel.parsed
+        if parsed.streaming and not parsed.complete:
+            # Answered before its body ended (StreamingRequest closes): read nothing more.
+            self._closing = True
+        self._done(channel.persistent and parsed.keep_alive)
+
+    def write_refusal(self, status: int, reason: str) -> None:
+        body = _json_error(reason)
+        allow = b"Allow: GET, HEAD, POST, PUT, OPTIONS\r\n" if status == 405 else b""
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n%s"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, RESPONSES.get(status, b"Error"), _date(), allow, len(body), body)
+        )
+
+    # -- time-outs: one timer per connection -------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        if delay > 0:
+            self._timer = self.factory.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        """Answer 408 to a request past its read deadline, close an idle connection, or
+        sleep until one of them could next happen."""
+        self._timer = None
+        if self._lost or self._upgraded:
+            return
+        f = self.factory
+        now = f.seconds()
+        until = self._reading_until
+        if until is not None:
+            if now >= until:
+                f.gateway.count("requests_timed_out")
+                self._refuse_later(408, "request not received within ReadTimeoutSeconds")
+                self._dispatch()
+                return
+            self._arm(until - now)
+            return
+        idle = f.idle_timeout
+        active = self._active
+        # An answer being prepared is not idleness (as behind twisted.web); a client that
+        # stops sending a streamed upload is.
+        uploading = isinstance(active, ParsedRequest) and active.streaming and not active.complete
+        busy = bool(self._queue) or (active is not None and not uploading)
+        if idle and not busy and now - self._last >= idle:
+            # As twisted.web's channel logs it (web/site.py keeps the address out of it).
+            log.info("Timing out client: {peer}", peer="(address not logged)")
+            self.close()
+            return
+        wake = [f.read_timeout] if f.read_timeout else []
+        if idle:
+            wake.append(idle if busy else self._last + idle - now)
+        self._arm(max(0.01, min(wake)))
+
+
+class _HostView:
+    """``request.getHeader`` over a parsed head, for ``EdgeSite.wants_stream``."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, parsed: ParsedRequest):
+        self._p = parsed
+
+    def getHeader(self, name):  # noqa: N802
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        return self._p.header(name.lower())
+
+
+class FastHTTPFactory(Factory):
+    """A listener's factory: ``FastHTTPProtocol`` in front of an ``EdgeSite``."""
+
+    protocol = FastHTTPProtocol
+
+    def __init__(self, site):
+        self.site = site
+        self.gateway = gw = site.gateway
+        cfg = gw.cfg
+        self.front = front = site.resource  # EdgeFront
+        self.root = root = front.root  # GatewayRoot
+        reactor = site.reactor
+        self.seconds = reactor.seconds
+        self.call_later = reactor.callLater
+        self.read_timeout = cfg.ReadTimeoutSeconds
+        self.idle_timeout = cfg.IdleTimeoutSeconds
+        self.max_header_bytes = cfg.MaxHeaderBytes
+        self.max_body_bytes = cfg.MaxBodyBytes
+        self.max_connections = cfg.MaxConnections
+        self.debug = cfg.Debug
+        self.hsts = front.hsts
+        # The routes answered without twisted.web: what EdgeFront and GatewayRoot would
+        # route there (the rest of EdgeFront's rules are checked per request below).
+        self.ops = {p: root.ops[p].render_GET for p in (b"/ping", b"/health")}
+        prefix = root.prefix + b"/"
+        tracking = front.limiter is None  # RateLimitPerDay counts in EdgeFront
+        self.api = {}
+        if tracking:
+            for name in (b"tr", b"str", b"img"):
+                self.api[prefix + name + b"/"] = root.api[name].render_GET
+                self.api[prefix + name] = root.api[name].render_GET
+        self.prefix = prefix
+        self.shortlinks = root.fallbacks[0] if root.fallbacks else None
+
+    def buildProtocol(self, addr):  # noqa: N802
+        p = self.protocol()
+        p.factory = self
+        # Decided once, as the connection opens: over the cap, EdgeFront answers 503.
+        p.over_limit = self.gateway.open_connections >= self.max_connections
+        return p
+
+    def fast_route(self, protocol, request: FastRequest):
+        """The resource method answering ``request`` without twisted.web, or None."""
+        parsed = request.parsed
+        if protocol.over_limit or parsed.upgrade:
+            return None
+        front = self.front
+        if front.force_https and not protocol.secure:
+            return None
+        path = request.path
+        route = self.ops.get(path)
+        if route is None and path.startswith(self.prefix):
+            name_end = path.find(b"/", len(self.prefix))
+            route = self.api.get(path if name_end < 0 else path[: name_end + 1])
+            if route is None:
+                return None  # another API route: twisted.web
+        if route is None:
+            route = self._shortlink(request, path)
+            if route is None:
+                return None
+        if b"host" in parsed.headers and host_problem(request) is not None:
+            return None  # EdgeFront answers it
+        return route
+
+    def _shortlink(self, request: FastRequest, path: bytes):
+        """A short link found in the cache at once (a live one): answered here; a miss, or
+        a slug still to be looked up, goes the whole way (proxy and static sites follow)."""
+        fallback = self.shortlinks
+        if fallback is None or path.startswith(ACME_CHALLENGE):
+            return None
+        cache = fallback.cache
+        host = fallback._host(request)  # the fallback's own rule (trusted X-Forwarded-Host)
+        if not cache.may_have(host):
+            return None
+        found = cache.lookup(link_key(host, normalize_path(path)))
+        if found is None or not hasattr(found, "live") or not found.live(self.gateway.now_ms()):
+            return None
+        return lambda request: fallback._answer(request, found)
+
+
+def fast_factory(site) -> FastHTTPFactory:
+    return FastHTTPFactory(site)
