@@ -9,6 +9,7 @@ the stored ``vid`` is the one the ``vid`` cookie gets.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -22,9 +23,12 @@ from . import bounds
 from .fields import (
     EVENT_COERCERS,
     NOT_PARAMS,
+    PRIVATE_FIELDS,
+    looks_hashed,
     param_value,
     to_int,
     to_json_object,
+    tz_country,
     unique_json_paths,
 )
 from .ids import parse_uuid, short_hash, uuid4, uuid7
@@ -50,6 +54,9 @@ class Visitor:
     # client's own vid is not used, so no identifier outlives the day.
     cookieless: bool = False
     day_key: bytes | None = None  # keys the IP hash of a cookieless visitor (IPMode hash)
+    # The vid was minted for this request (no cookie, none sent): its first event counts in
+    # counters 'vids_created' (events.new_vid), the others of its batch do not.
+    minted: bool = False
 
 
 @dataclass
@@ -87,9 +94,16 @@ class EventModel:
                 day_key=self.cookieless.day_key(day),
             )
         cookie_vid = parse_uuid(req.cookies.get("vid"))
-        vid = cookie_vid or parse_uuid(first.get("vid")) or uuid4()
+        sent_vid = parse_uuid(first.get("vid")) or parse_uuid(user_header(req).get("vid"))
+        vid = cookie_vid or sent_vid or uuid4()
         sid = parse_uuid(req.cookies.get("sid")) or parse_uuid(first.get("sid")) or uuid4()
-        return Visitor(vid, sid, cookies_allowed=True, from_cookie=cookie_vid is not None)
+        return Visitor(
+            vid,
+            sid,
+            cookies_allowed=True,
+            from_cookie=cookie_vid is not None,
+            minted=cookie_vid is None and sent_vid is None,
+        )
 
     def event_row(
         self,
@@ -105,6 +119,12 @@ class EventModel:
         Raises ``BadInput`` for an event beyond the params bounds (``MaxParamsKeys``,
         ``MaxParamsBytes``): that event alone is refused.
         """
+        # The original's lowest-priority inputs: the ``User`` header (a JSON object), then the
+        # ``ehash`` cookie; anything the event itself sends wins.
+        user = user_header(req)
+        cookie_ehash = req.cookies.get("ehash")
+        if user or cookie_ehash:
+            raw = {**user, **({"ehash": cookie_ehash} if cookie_ehash else {}), **raw}
         row: dict[str, Any] = {}
         params: dict[str, Any] = {}
         explicit_params = to_json_object(raw.get("params"))
@@ -135,14 +155,24 @@ class EventModel:
             if cookie_flags is not None:
                 row["cflags"] = cookie_flags
 
-        email = raw.get("email")
-        if "ehash" not in row and isinstance(email, str) and email.strip():
-            row["ehash"] = self.hash_private(email)
+        # E-mail, user name, phone: only their keyed hashes are stored, never the value.
+        for key, column in PRIVATE_FIELDS.items():
+            sent = row.get(column)
+            if sent is not None and not looks_hashed(sent.strip()):
+                row[column] = self.hash_private(sent) if sent.strip() else ""
+            value = raw.get(key)
+            if not row.get(column) and isinstance(value, str) and value.strip():
+                row[column] = self.hash_private(value)
         if "url" not in row and req.page_url:
             row["url"] = req.page_url
 
         row["created_at"] = req.now_ms
         row["hhash"] = short_hash(req.host)
+        row["hostname"] = req.host
+        row["ja4h"] = req.ja4h
+        if visitor.minted and not server and row["vid"] == visitor.vid:
+            row["new_vid"] = 1
+            visitor.minted = False  # once per visitor, not per event of its batch
         # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
         # full ``req.ip``, which is never put in a row unless IPMode is "full".
         row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
@@ -153,6 +183,10 @@ class EventModel:
         row["bot"] = 0
         for enrich in self.enrichers:
             enrich(row, req)
+        if not row.get("country"):  # the original's last resort: the client's time zone
+            country = tz_country(row.get("tz"))
+            if country:
+                row["country"] = country
         if self.drop_bots and row.get("bot"):
             return None
         return row
@@ -160,6 +194,24 @@ class EventModel:
     def hash_private(self, text: str) -> str:
         """Keyed hash of an e-mail address (never stored in the clear)."""
         return hash_private(self.hash_key, text)
+
+
+def user_header(req: RequestInfo) -> dict[str, Any]:
+    """The ``User`` request header of the original's clients: a JSON object of event fields
+    (keys lower-cased), or {} when absent or not an object."""
+    text = req.headers.get("user") if req.headers else None
+    return _user_object(text) if text else {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_object(text: str) -> dict[str, Any]:
+    try:
+        parsed = bounds.json_in_text(text)
+    except Exception:  # noqa: BLE001 - any bad header is ignored, as the original did
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {str(k).lower(): v for k, v in parsed.items()}
 
 
 def _params_text(params: dict[str, Any]) -> str:

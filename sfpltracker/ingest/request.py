@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sfpltracker.ingest.ja4h import ja4h
+
 # Paths of the tracking API itself are never taken as the page ``url`` of an event.
 _INTERNAL = re.compile(r"/(tr|img|pub|str|rdr|xrdr|ltv|ppi|rpi)/v?\d*|/tr/v\d+/")
 
@@ -27,6 +29,14 @@ class RequestInfo:
     # Lower-cased names, first value; a plain dict or a view read on demand (web/common.py).
     headers: Mapping[str, str] = field(default_factory=dict)
     now_ms: int = 0
+    method: str = "GET"
+    version: str = "HTTP/1.1"
+
+    @functools.cached_property
+    def ja4h(self) -> str:
+        """The request's JA4H fingerprint as the original computed it (``ingest/ja4h.py``),
+        once per request (a batch's events share it)."""
+        return ja4h(self.method, self.version, self.headers, self.headers)
 
     @property
     def day(self) -> str:
