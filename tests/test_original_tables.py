@@ -279,3 +279,49 @@ def test_side_tables_on_clickhouse_18_16(tmp_path, monkeypatch):
             assert final(f"SELECT count() FROM sfpla.userhosts FINAL WHERE uid = '{uid}'") == [(1,)]
             assert final(f"SELECT count() FROM sfpla.aliases WHERE uid = '{uid}'") == [(1,)]
             assert final("SELECT count() FROM sfpla.redirect_history FINAL") == [(0,)]
+
+
+WRITE_ORG = """
+import sys
+from sfpltracker.store.embedded import EmbeddedStore
+store = EmbeddedStore(sys.argv[1], reactor=None)
+store._open_and_load()
+store._writer.query(
+    "INSERT INTO sfpla.orgs (oid, org, ddata, updated_at) VALUES "
+    "('" + sys.argv[2] + "', 'acme', '{\\"default_destination_host\\": \\"https://www.acme.test\\"}', "
+    "now64(3))"
+)
+store._writer.close()
+"""
+
+
+def test_tracked_links_to_a_path_go_to_the_orgs_default_destination_host(tmp_path):
+    """The original's orgs.ddata.default_destination_host for a tracked link to ``/path``."""
+    gateway = GatewayProcess(tmp_path, CONFIG)
+    with gateway:
+        out = cli(gateway, "account", "create", "--org", "acme")
+    account = dict(re.findall(r"^(\w+):\s*(\S+)$", out, re.M))
+    # The operator's orgs row, written while no gateway holds the store.
+    subprocess.run(
+        [sys.executable, "-c", WRITE_ORG, gateway.config["DataDirectory"], account["oid"]],
+        check=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    with gateway:
+        creds = f"/tr/v1/rpi/redirect/{account['uid']}/{account['secret']}"
+        links = {
+            "sale": "https://tracker.test/tr/v1/rdr/?url=/sale%3Fx%3D1&utm_source=mail",
+            "other": f"https://tracker.test/tr/v1/rdr/?url=/b&oid={uuid.UUID(int=7)}",
+            "plain": "https://shop.test/c",
+        }
+        for slug, urlto in links.items():
+            body = {"urlfrom": f"https://go.test/{slug}", "urlto": urlto}
+            assert gateway.http("POST", creds, json_body=body).status == 200
+        where = {
+            slug: gateway.http("GET", f"/{slug}", headers={"Host": "go.test"}).header("location")
+            for slug in links
+        }
+    assert where == {
+        "sale": "https://www.acme.test/sale?x=1",
+        "other": "https://tracker.test/b",  # an org without a row: against the tracked URL
+        "plain": "https://shop.test/c",
+    }
