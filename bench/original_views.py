@@ -1,18 +1,20 @@
 """What the original's side tables (schema/070_original.sql: ten materialized views on
 ``events``) cost each insert in chDB.
 
-    .venv/bin/python bench/original_views.py [--batch 1000] [--rounds 10]
+    .venv/bin/python bench/original_views.py [--batch 1000] [--rounds 10] [--each]
 
 Two embedded stores in one run, taking turns every round: ``without`` has the schema minus
 070_original.sql (events and its six views as before), ``with`` the whole schema. Rows carry
 what the new views select (uid, e-mail/user-name/phone hashes, host name, a thread id with a
-conversion on some), so every view writes. Prints the median per batch and the ratio.
+conversion on some), so every view writes. Prints the median per batch and the ratio;
+``--each`` adds a database per new view (the old schema plus that view alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sfpltracker.store.embedded import EmbeddedStore  # noqa: E402
-from sfpltracker.store.schema import SCHEMA_DIR  # noqa: E402
+from sfpltracker.store.schema import SCHEMA_DIR, load_statements  # noqa: E402
 
 EPOCH_MS = 1_767_225_600_000
 NEW_FILE = "070_original.sql"
@@ -79,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--each", action="store_true", help="also each new view alone")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sfpl-bench-views-") as tmp:
@@ -89,6 +92,18 @@ def main() -> None:
                 shutil.copy(f, base / f.name)
         store = open_store(Path(tmp) / "a", base)
         stores = {"without": "base", "with": "sfpla"}
+        if args.each:  # base + one view (its table and materialized view) per database
+            new = load_statements("sfpla", SCHEMA_DIR)
+            views = [s for s in new if s.file == NEW_FILE and s.kind == "materialized_view"]
+            for view in views:
+                target = re.search(r"\bTO\s+sfpla\.(\w+)", view.sql).group(1)
+                database = f"only_{target}"
+                for s in load_statements(database, base):
+                    store._writer.query(s.sql)
+                for s in new:
+                    if s.file == NEW_FILE and s.name in (target, view.name):
+                        store._writer.query(s.sql.replace("sfpla.", f"{database}."))
+                stores[f"+{target}"] = database
         times: dict[str, list[float]] = {name: [] for name in stores}
         n = 0
         for database in stores.values():  # warm up
@@ -107,10 +122,10 @@ def main() -> None:
 
     before = statistics.median(times["without"])
     print(f"\nchDB, {args.batch}-row batches with tokens, {args.rounds} rounds, median\n")
-    print(f"{'schema':<8}  {'ms/batch':>9}  {'rows/s':>9}  {'ratio':>6}")
+    print(f"{'schema':<18}  {'ms/batch':>9}  {'rows/s':>9}  {'ratio':>6}")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"{name:<8}  {med * 1000:>9.1f}  {args.batch / med:>9,.0f}  {med / before:>6.2f}")
+        print(f"{name:<18}  {med * 1000:>9.1f}  {args.batch / med:>9,.0f}  {med / before:>6.2f}")
 
 
 if __name__ == "__main__":
