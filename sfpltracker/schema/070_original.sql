@@ -38,13 +38,15 @@ SELECT hhash, ip, toUInt64(1) AS total, toDate(created_at) AS date
 FROM sfpla.events
 WHERE ip != '' AND bot = 0;
 
--- Requests per visitor and host (client events).
+-- Requests per visitor and host (client events). `uid` (an addition: the visitor's user, if
+-- any event of the day named one) lets `forget --uid` find a visitor's counts.
 CREATE TABLE IF NOT EXISTS sfpla.reqs
 (
     hhash String,
     vid UUID,
     total UInt64,
-    date Date
+    date Date,
+    uid SimpleAggregateFunction(max, UUID)
 )
 ENGINE = SummingMergeTree(total)
 PARTITION BY toYYYYMM(date)
@@ -52,7 +54,7 @@ ORDER BY (hhash, vid, date)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.reqs_mv TO sfpla.reqs AS
-SELECT hhash, vid, toUInt64(1) AS total, toDate(created_at) AS date
+SELECT hhash, vid, toUInt64(1) AS total, toDate(created_at) AS date, uid
 FROM sfpla.events
 WHERE server = 0 AND bot = 0;
 
