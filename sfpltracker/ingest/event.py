@@ -9,7 +9,6 @@ the stored ``vid`` is the one the ``vid`` cookie gets.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import json
@@ -94,7 +93,7 @@ class EventModel:
                 day_key=self.cookieless.day_key(day),
             )
         cookie_vid = parse_uuid(req.cookies.get("vid"))
-        sent_vid = parse_uuid(first.get("vid")) or parse_uuid(user_header(req).get("vid"))
+        sent_vid = parse_uuid(first.get("vid")) or parse_uuid(req.original_inputs.get("vid"))
         vid = cookie_vid or sent_vid or uuid4()
         sid = parse_uuid(req.cookies.get("sid")) or parse_uuid(first.get("sid")) or uuid4()
         return Visitor(
@@ -121,10 +120,9 @@ class EventModel:
         """
         # The original's lowest-priority inputs: the ``User`` header (a JSON object), then the
         # ``ehash`` cookie; anything the event itself sends wins.
-        user = user_header(req)
-        cookie_ehash = req.cookies.get("ehash")
-        if user or cookie_ehash:
-            raw = {**user, **({"ehash": cookie_ehash} if cookie_ehash else {}), **raw}
+        extra = req.original_inputs
+        if extra:
+            raw = {**extra, **raw}
         row: dict[str, Any] = {}
         params: dict[str, Any] = {}
         explicit_params = to_json_object(raw.get("params"))
@@ -194,24 +192,6 @@ class EventModel:
     def hash_private(self, text: str) -> str:
         """Keyed hash of an e-mail address (never stored in the clear)."""
         return hash_private(self.hash_key, text)
-
-
-def user_header(req: RequestInfo) -> dict[str, Any]:
-    """The ``User`` request header of the original's clients: a JSON object of event fields
-    (keys lower-cased), or {} when absent or not an object."""
-    text = req.headers.get("user") if req.headers else None
-    return _user_object(text) if text else {}
-
-
-@functools.lru_cache(maxsize=1024)
-def _user_object(text: str) -> dict[str, Any]:
-    try:
-        parsed = bounds.json_in_text(text)
-    except Exception:  # noqa: BLE001 - any bad header is ignored, as the original did
-        return {}
-    if not isinstance(parsed, dict):
-        return {}
-    return {str(k).lower(): v for k, v in parsed.items()}
 
 
 def _params_text(params: dict[str, Any]) -> str:
