@@ -199,7 +199,10 @@ def test_badly_typed_messaging_fields_are_dropped_alone(gw):
             "keep": True,
         }
     ]
-    events = gw.query(f"SELECT ename, toString(tid) AS tid FROM sfpla.events WHERE eid = '{eid}'")
+    # events is its own batch: it may land after the messaging tables' batches.
+    events = gw.wait_for(
+        f"SELECT ename, toString(tid) AS tid FROM sfpla.events WHERE eid = '{eid}'", len
+    )
     assert events == [{"ename": "message_sent", "tid": tid}]
 
 

@@ -28,9 +28,12 @@ from sfpltracker.ingest.consent import agreed_row
 from sfpltracker.ingest.fields import (
     EVENT_COERCERS,
     NOT_PARAMS,
+    PRIVATE_FIELDS,
+    looks_hashed,
     param_value,
     to_int,
     to_json_object,
+    tz_country,
     unique_json_paths,
 )
 from sfpltracker.ingest.ids import parse_uuid, short_hash, uuid4, uuid7
@@ -61,6 +64,9 @@ class Visitor:
     # client's own vid is not used, so no identifier outlives the day.
     cookieless: bool = False
     day_key: bytes | None = None  # keys the IP hash of a cookieless visitor (IPMode hash)
+    # The vid was minted for this request (no cookie, none sent): its first event counts in
+    # counters 'vids_created' (events.new_vid), the others of its batch do not.
+    minted: bool = False
 
 
 @dataclass
@@ -124,9 +130,16 @@ class EventModel:
                 day_key=self.cookieless.day_key(day),
             )
         cookie_vid = parse_uuid(req.cookies.get("vid"))
-        vid = cookie_vid or parse_uuid(first.get("vid")) or uuid4()
+        sent_vid = parse_uuid(first.get("vid")) or parse_uuid(req.original_inputs.get("vid"))
+        vid = cookie_vid or sent_vid or uuid4()
         sid = parse_uuid(req.cookies.get("sid")) or parse_uuid(first.get("sid")) or uuid4()
-        return Visitor(vid, sid, cookies_allowed=True, from_cookie=cookie_vid is not None)
+        return Visitor(
+            vid,
+            sid,
+            cookies_allowed=True,
+            from_cookie=cookie_vid is not None,
+            minted=cookie_vid is None and sent_vid is None,
+        )
 
     def records(
         self,
@@ -227,6 +240,11 @@ class EventModel:
         Raises ``BadInput`` for an event beyond the params bounds (``MaxParamsKeys``,
         ``MaxParamsBytes``): that event alone is refused.
         """
+        # The original's lowest-priority inputs: the ``User`` header (a JSON object), then the
+        # ``ehash`` cookie; anything the event itself sends wins.
+        extra = req.original_inputs
+        if extra:
+            raw = {**extra, **raw}
         row: dict[str, Any] = {}
         params: dict[str, Any] = {}
         explicit_params = to_json_object(raw.get("params"))
@@ -257,14 +275,24 @@ class EventModel:
             if cookie_flags is not None:
                 row["cflags"] = cookie_flags
 
-        email = raw.get("email")
-        if "ehash" not in row and isinstance(email, str) and email.strip():
-            row["ehash"] = self.hash_private(email)
+        # E-mail, user name, phone: only their keyed hashes are stored, never the value.
+        for key, column in PRIVATE_FIELDS.items():
+            sent = row.get(column)
+            if sent is not None and not looks_hashed(sent.strip()):
+                row[column] = self.hash_private(sent) if sent.strip() else ""
+            value = raw.get(key)
+            if not row.get(column) and isinstance(value, str) and value.strip():
+                row[column] = self.hash_private(value)
         if "url" not in row and req.page_url:
             row["url"] = req.page_url
 
         row["created_at"] = req.now_ms
         row["hhash"] = short_hash(req.host)
+        row["hostname"] = req.host
+        row["ja4h"] = req.ja4h
+        if visitor.minted and not server and row["vid"] == visitor.vid:
+            row["new_vid"] = 1
+            visitor.minted = False  # once per visitor, not per event of its batch
         # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
         # full ``req.ip``, which is never put in a row unless IPMode is "full".
         row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
@@ -275,6 +303,10 @@ class EventModel:
         row["bot"] = 0
         for enrich in self.enrichers:
             enrich(row, req)
+        if not row.get("country"):  # the original's last resort: the client's time zone
+            country = tz_country(row.get("tz"))
+            if country:
+                row["country"] = country
         if self.drop_bots and row.get("bot"):
             return None
         return row

@@ -7,6 +7,7 @@ the batch it came in.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -182,7 +183,7 @@ EVENT_FIELDS: dict[str, tuple[str, str]] = {
         k: (k, "str")
         for k in """org app rel ptyp xid split sink content term relation aff arm_id mcid device
         os browser region city zip tz gaid idfa msid fbid culture rcode last url outcome
-        ehash""".split()
+        ehash uhash chash""".split()
     },
     **{k: (k, "lower") for k in "ename etyp source medium campaign".split()},
     "country": ("country", "upper"),
@@ -203,8 +204,37 @@ EVENT_FIELDS: dict[str, tuple[str, str]] = {
 # above, identifiers handled by the event model, and personal data that is only stored hashed.
 NOT_PARAMS = frozenset(EVENT_FIELDS) | frozenset(
     """eid vid sid params email cell chash uname uhash acct first uri hhash iphash bhash ip
-    latlon tr time created did vp v1 hostname""".split()
+    latlon tr time created did vp v1 hostname new_vid""".split()
 )
+
+# Personal data the client may send in the clear (key -> the column of its keyed hash), or
+# already hashed under the column's own name (``ehash``, ``uhash``, ``chash``).
+PRIVATE_FIELDS = {"email": "ehash", "uname": "uhash", "cell": "chash"}
+
+# What a hash looks like (the original's base64url SHA-1, ours, hex digests).
+_HASHED = re.compile(r"^[A-Za-z0-9_\-+/=]{20,128}$")
+
+
+def looks_hashed(value: str) -> bool:
+    """Whether a client's ``ehash``/``uhash``/``chash`` can be stored as it is. An e-mail
+    address, phone number or user name sent in its place is hashed first: never stored raw."""
+    return bool(_HASHED.match(value)) and not value.lstrip("+").isdigit()
+
+
+@functools.cache
+def _zone_countries() -> dict[str, str]:
+    """Lower-cased IANA time zone -> ISO 3166-1 alpha-2, from the tz database's zone.tab (what
+    the original's zones.go table was made from)."""
+    import pytz
+
+    return {z.lower(): cc for cc, zones in pytz.country_timezones.items() for z in zones}
+
+
+def tz_country(tz: Any) -> str | None:
+    """The country of an IANA time zone name (``America/Los_Angeles`` -> ``US``), or None."""
+    if not isinstance(tz, str) or not tz:
+        return None
+    return _zone_countries().get(tz.strip().lower())
 
 
 def _lower(value: Any) -> str | None:

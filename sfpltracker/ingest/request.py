@@ -12,6 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sfpltracker.ingest import bounds
+from sfpltracker.ingest.ja4h import ja4h
+
 # Paths of the tracking API itself are never taken as the page ``url`` of an event.
 _INTERNAL = re.compile(r"/(tr|img|pub|str|rdr|xrdr|ltv|ppi|rpi)/v?\d*|/tr/v\d+/")
 
@@ -27,6 +30,26 @@ class RequestInfo:
     # Lower-cased names, first value; a plain dict or a view read on demand (web/common.py).
     headers: Mapping[str, str] = field(default_factory=dict)
     now_ms: int = 0
+    method: str = "GET"
+    version: str = "HTTP/1.1"
+
+    @functools.cached_property
+    def original_inputs(self) -> dict:
+        """The original's lowest-priority event inputs, read once per request (a batch shares
+        them): the ``User`` header's JSON object (keys lower-cased), then the ``ehash``
+        cookie. Empty for nearly every request."""
+        text = self.headers.get("user") if self.headers else None
+        found = dict(_user_object(text)) if text else {}
+        ehash = self.cookies.get("ehash") if self.cookies else None
+        if ehash:
+            found["ehash"] = ehash
+        return found
+
+    @functools.cached_property
+    def ja4h(self) -> str:
+        """The request's JA4H fingerprint as the original computed it (``ingest/ja4h.py``),
+        once per request (a batch's events share it)."""
+        return ja4h(self.method, self.version, self.headers, self.headers)
 
     @property
     def day(self) -> str:
@@ -40,6 +63,18 @@ class RequestInfo:
         if self.uri and not _INTERNAL.search(self.uri.split("?", 1)[0]):
             return self.uri
         return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_object(text: str) -> dict:
+    """The ``User`` header as a dict of event fields, {} when it is not a JSON object."""
+    try:
+        parsed = bounds.json_in_text(text)
+    except Exception:  # noqa: BLE001 - a bad header is ignored, as the original did
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {str(k).lower(): v for k, v in parsed.items()}
 
 
 @functools.lru_cache(maxsize=4)

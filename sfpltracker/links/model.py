@@ -13,8 +13,9 @@ missing or mistyped field with a 400 instead of crashing.
 from __future__ import annotations
 
 import datetime
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
@@ -102,6 +103,44 @@ def resolve_tracked(urlto: str, ignore_key: str = "igqp") -> tuple[str, tuple]:
     fields = query_pairs(parts.query, ignore_key)
     fields.pop("url", None)
     return ascii_url(urljoin(urlto, destination)), tuple(sorted(fields.items()))
+
+
+def relative_destination(urlto: str, link_oid: str = "") -> tuple[str, str] | None:
+    """``(oid, path)`` for a tracked link whose ``url`` is a path (``/sale``): the original
+    sends its clicks to the organisation's ``orgs.ddata.default_destination_host`` (reference
+    a.7). The organisation is the tracked URL's ``oid`` parameter (the original's), else the
+    link's own. None for any other link."""
+    parts = urlsplit(urlto)
+    if not _TRACKED.search(parts.path):
+        return None
+    pairs = dict(parse_qsl(parts.query, keep_blank_values=True))
+    destination = pairs.get("url", "").strip()
+    if not destination.startswith("/") or destination.startswith("//"):
+        return None
+    oid = parse_uuid(pairs.get("oid")) or parse_uuid(link_oid)
+    return (oid, destination) if oid else None
+
+
+def default_destination_host(ddata: str) -> str:
+    """``ddata.default_destination_host`` of an ``orgs`` row (JSON text), "" when unset."""
+    try:
+        value = json.loads(ddata or "{}")
+    except ValueError:
+        return ""
+    host = value.get("default_destination_host") if isinstance(value, dict) else None
+    return host.strip() if isinstance(host, str) else ""
+
+
+def with_org_host(link: Link, hosts: dict[str, str]) -> Link:
+    """``link`` going to its organisation's default destination host when its tracked
+    destination is a path and the organisation has one (``hosts``: oid -> host)."""
+    found = relative_destination(link.urlto, link.oid)
+    host = hosts.get(found[0], "") if found else ""
+    if not found or not host:
+        return link
+    if "://" not in host:
+        host = "https://" + host
+    return replace(link, location=ascii_url(host.rstrip("/") + found[1]))
 
 
 def link_from_row(row: dict, ignore_key: str = "igqp") -> Link:

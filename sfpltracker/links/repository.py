@@ -12,7 +12,16 @@ import json
 from twisted.internet import defer, threads
 
 from sfpltracker.ingest.ids import short_hash
-from sfpltracker.links.model import LINK_COLUMNS, Link, history_row, link_from_row, redirect_row
+from sfpltracker.links.model import (
+    LINK_COLUMNS,
+    Link,
+    default_destination_host,
+    history_row,
+    link_from_row,
+    redirect_row,
+    relative_destination,
+    with_org_host,
+)
 from sfpltracker.store.interface import database_of
 
 
@@ -40,15 +49,36 @@ class LinkRepository:
 
         ``redirect_history`` only grows (one row per change), so its row count moves on every
         change; ``max(updated_at)`` and the row count of ``redirects`` cover a change whose
-        history row failed to land.
+        history row failed to land. ``orgs`` rows decide where relative tracked links go.
         """
         db = self.database
         d = self._query(
             f"SELECT (SELECT count() FROM {db}.redirect_history) AS changes, "
             f"(SELECT toUnixTimestamp64Milli(max(updated_at)) FROM {db}.redirects) AS newest, "
-            f"(SELECT count() FROM {db}.redirects) AS versions"
+            f"(SELECT count() FROM {db}.redirects) AS versions, "
+            f"(SELECT count() FROM {db}.orgs) AS orgs, "
+            f"(SELECT toUnixTimestamp64Milli(max(updated_at)) FROM {db}.orgs) AS orgs_newest"
         )
         d.addCallback(lambda data: tuple(int(v) for v in _rows(data)[0].values()))
+        return d
+
+    def with_org_hosts(self, links: list[Link]) -> defer.Deferred:
+        """``links`` with each tracked link to a path sent to its organisation's
+        ``ddata.default_destination_host`` (one query for all, none when no link needs it)."""
+        oids = {found[0] for link in links if (found := relative_destination(link.urlto, link.oid))}
+        if not oids:
+            return defer.succeed(links)
+        d = self._query(
+            f"SELECT toString(oid) AS oid, ddata FROM {self.database}.orgs FINAL "
+            "WHERE toString(oid) IN {oids:Array(String)}",
+            {"oids": _array(oids)},
+        )
+
+        def apply(data: bytes) -> list[Link]:
+            hosts = {r["oid"]: default_destination_host(r["ddata"]) for r in _rows(data)}
+            return [with_org_host(link, hosts) for link in links]
+
+        d.addCallback(apply)
         return d
 
     def load(self, limit: int, now_ms: int) -> defer.Deferred:
@@ -67,6 +97,7 @@ class LinkRepository:
             )
         else:
             d.addCallback(self._links)
+        d.addCallback(self.with_org_hosts)
         return d
 
     def hosts(self) -> defer.Deferred:
@@ -94,9 +125,10 @@ class LinkRepository:
                 return None
             link = link_from_row(rows[0], self.ignore_key)
             deleted = bool(int(rows[0]["deleted"]))
-            if include_deleted:
-                return link, deleted
-            return None if deleted else link
+            return self.with_org_hosts([link]).addCallback(
+                lambda links: (links[0], deleted) if include_deleted else
+                (None if deleted else links[0])
+            )  # fmt: skip
 
         d.addCallback(pick)
         return d
@@ -110,6 +142,7 @@ class LinkRepository:
             {"host": host, "oid": oid},
         )
         d.addCallback(self._links)
+        d.addCallback(self.with_org_hosts)
         return d
 
     def clicks(self, links: list[Link]) -> defer.Deferred:

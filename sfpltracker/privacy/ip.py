@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping
 
 
 class TrustedProxies:
-    """Peers whose ``X-Forwarded-For`` / ``X-Real-IP`` are believed; anyone else's are ignored."""
+    """Peers whose ``X-Forwarded-For`` / ``X-Real-IP`` / ``X-Client-IP`` / ``CF-Connecting-IP``
+    are believed; anyone else's are ignored."""
 
     def __init__(self, cidrs: Iterable[str]):
         self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
@@ -49,8 +50,13 @@ class TrustedProxies:
                     return ip
             if client is not None:
                 return client
-        real = canonical_ip(_strip_port(headers.get("x-real-ip", "").strip()))
-        return real or peer
+        # One-address headers, in the original's order: nginx's, then other proxies' and
+        # Cloudflare's (believed only from a trusted proxy, unlike the original).
+        for name in ("x-real-ip", "x-client-ip", "cf-connecting-ip"):
+            ip = canonical_ip(_strip_port(headers.get(name, "").strip()))
+            if ip:
+                return ip
+        return peer
 
 
 def _strip_port(hop: str) -> str:

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS sfpla.events
     outcome String,
     bot UInt8,
     server UInt8,
+    -- additions for the original's side tables (070_original.sql adds them to an older table)
+    hostname LowCardinality(String),
+    uhash String,
+    chash String,
+    new_vid UInt8,
     INDEX idx_vid vid TYPE bloom_filter GRANULARITY 4,
     INDEX idx_uid uid TYPE bloom_filter GRANULARITY 4,
     INDEX idx_tid tid TYPE bloom_filter GRANULARITY 4

@@ -48,10 +48,14 @@ CREATE TABLE IF NOT EXISTS sfpla.redirects
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY urlfrom;
 
--- Every create, update and delete, appended (never collapsed: it is the audit trail, and its
--- row count tells other gateways sharing the store that links changed). `pathto` / `searchto`
--- are the destination's path and query (the original stored the from-path in `pathto`).
+-- Every create, update and delete, appended (it is the audit trail, and its row count tells
+-- other gateways sharing the store that links changed). `pathto` / `searchto` are the
+-- destination's path and query (the original stored the from-path in `pathto`).
 -- Additions: `id`, `action` (create/update/delete), `status`, `expires`, `forward_query`.
+-- ReplacingMergeTree, as the original's, so its `SELECT ... FROM redirect_history FINAL` runs:
+-- the key keeps each change (a row only collapses with an identical change of the same
+-- millisecond). A MergeTree table an older schema made is rebuilt as this one at start
+-- (store/schema.py engine_changes).
 CREATE TABLE IF NOT EXISTS sfpla.redirect_history
 (
     urlfrom String,
@@ -71,5 +75,5 @@ CREATE TABLE IF NOT EXISTS sfpla.redirect_history
     expires DateTime64(3, 'UTC'),
     forward_query UInt8
 )
-ENGINE = MergeTree
-ORDER BY (urlfrom, updated_at);
+ENGINE = ReplacingMergeTree
+ORDER BY (urlfrom, updated_at, action);

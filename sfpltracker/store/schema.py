@@ -180,3 +180,44 @@ def json_type_changes(
                 )
             )
     return out
+
+
+ENGINE_CHANGE = "(engine change)"  # the ``file`` of the statements engine_changes() makes
+_ENGINE = re.compile(r"\bENGINE\s*=\s*(\w+)", re.IGNORECASE)
+# Engine changes made for the operator: a table an older schema made with the first engine,
+# declared now with the second. Rows are copied as they are (same columns, same sort key order
+# or a longer one), so nothing is lost; any other change is left to the operator.
+CONVERTIBLE = frozenset({("MergeTree", "ReplacingMergeTree")})
+
+
+def engine_changes(
+    statements: list[Statement], stored: dict[str, str], database: str
+) -> list[Statement]:
+    """The statements that rebuild a table whose stored engine (``stored``: table -> engine of
+    ``system.tables``) is an older one the schema now declares otherwise (``redirect_history``
+    was a MergeTree, which refuses ``FINAL``). ``CREATE TABLE IF NOT EXISTS`` keeps the old
+    table; this copies its rows into the declared table and swaps the two atomically
+    (``EXCHANGE TABLES``: an Atomic database, the default of chDB and ClickHouse >= 20.10)."""
+    out = []
+    for s in statements:
+        if s.kind != "table" or not s.name:
+            continue
+        declared = _ENGINE.search(s.sql)
+        current = stored.get(s.name)
+        if not declared or current is None or (current, declared.group(1)) not in CONVERTIBLE:
+            continue
+        table, new = f"{database}.{s.name}", f"{database}.{s.name}__convert"
+        create = re.sub(
+            rf"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+{re.escape(table)}\b",
+            f"CREATE TABLE {new}",
+            s.sql,
+            count=1,
+        )
+        out += [
+            Statement(ENGINE_CHANGE, f"DROP TABLE IF EXISTS {new}"),
+            Statement(ENGINE_CHANGE, create),
+            Statement(ENGINE_CHANGE, f"INSERT INTO {new} SELECT * FROM {table}"),
+            Statement(ENGINE_CHANGE, f"EXCHANGE TABLES {table} AND {new}"),
+            Statement(ENGINE_CHANGE, f"DROP TABLE {new}"),
+        ]
+    return out

@@ -117,6 +117,8 @@ def request_info(request, gateway, *, now_ms: int | None = None) -> RequestInfo:
         cookies=RequestCookies(request.received_cookies),
         headers=headers,
         now_ms=gateway.now_ms() if now_ms is None else now_ms,
+        method=request.method.decode("latin-1"),
+        version=request.clientproto.decode("latin-1"),
     )
 
 

@@ -227,6 +227,7 @@ class RpiResource(Resource):
             created_at=current.created_at if current is not None else now,
             updated_at=now,
         )
+        link = (yield self.links.repo.with_org_hosts([link]))[0]
         action = "update" if current is not None else "create"
         yield self.links.repo.write(link, action, given.urlfrom, account.uid, now, given.searchto)
         self.links.cache.apply(link.key, link)

@@ -64,6 +64,7 @@ from sfpltracker.store.rejects import one_line as _reason
 from sfpltracker.store.schema import (
     DEFAULT_DATABASE,
     JSON_BOUNDS,
+    engine_changes,
     json_type_changes,
     load_statements,
     parse_version,
@@ -356,6 +357,8 @@ class ClickHouseStore:
                     self._call(client, statement.sql)
                 except StoreError as e:
                     raise StoreError(f"schema {statement.file}: {e}", e.code or -1) from None
+            if not self.cluster:  # a cluster's tables are rebuilt by its operator
+                self._change_engines(client, statements)
             self._read_shapes(client)
             self._bound_json_columns(client)
             quote = self._call(
@@ -379,6 +382,19 @@ class ClickHouseStore:
         with self._schema_lock:
             if not self._schema_loaded:
                 self._load_schema()
+
+    def _change_engines(self, client, statements) -> None:
+        """Rebuild a table an older schema made with an engine the schema changed since
+        (``engine_changes``: redirect_history, MergeTree -> ReplacingMergeTree)."""
+        rows = self._call(
+            client, f"SELECT name, engine FROM system.tables WHERE database = '{self.database}'"
+        )
+        for statement in engine_changes(statements, dict(rows), self.database):
+            log.info("store: {sql}", sql=statement.sql.splitlines()[0])
+            try:
+                self._call(client, statement.sql)
+            except StoreError as e:
+                raise StoreError(f"schema: {statement.sql}: {e}", e.code or -1) from None
 
     def _bound_json_columns(self, client) -> None:
         """Bring JSON columns of tables an older schema created to the declared (bounded) type

@@ -64,7 +64,12 @@ from sfpltracker.store.rejects import (
     one_line,
     refused_for_data,
 )
-from sfpltracker.store.schema import DEFAULT_DATABASE, json_type_changes, load_statements
+from sfpltracker.store.schema import (
+    DEFAULT_DATABASE,
+    engine_changes,
+    json_type_changes,
+    load_statements,
+)
 
 __all__ = ["DEDUP_KEYS", "EmbeddedStore", "StoreError"]
 
@@ -263,10 +268,27 @@ class EmbeddedStore:
                 self._writer.query(statement.sql)
             except Exception as e:
                 raise StoreError(f"schema {statement.file}: {e}") from None
+        self._change_engines(statements)
         self._ensure_dedup_windows()
         self._read_columns()
         self._bound_json_columns(statements)
         return len(statements)
+
+    def _change_engines(self, statements) -> None:
+        """Rebuild a table an older schema made with an engine the schema changed since
+        (``engine_changes``: redirect_history, MergeTree -> ReplacingMergeTree)."""
+        raw = self._writer.query(
+            "SELECT name, engine FROM system.tables WHERE database = {db:String}",
+            "TabSeparated",
+            params={"db": self.database},
+        )
+        stored = dict(line.split("\t", 1) for line in raw.bytes().decode().splitlines() if line)
+        for statement in engine_changes(statements, stored, self.database):
+            log.info("store: {sql}", sql=statement.sql.splitlines()[0])
+            try:
+                self._writer.query(statement.sql)
+            except Exception as e:
+                raise StoreError(f"schema: {statement.sql}: {e}") from None
 
     def _bound_json_columns(self, statements) -> None:
         """Bring JSON columns of tables an older schema created to the declared (bounded) type:
