@@ -6,16 +6,10 @@ A ``Notify`` entry ``{"Type": "nats", "Hosts": [...], "Subject": "toc.track.noti
   accepted it (``PublishingIntake``). Publishing never delays or fails the client's answer:
   rows wait in a bounded queue, nats-py buffers them while it reconnects, and whatever cannot be
   sent is counted (``sfpl_nats_publish_failed_total``), not retried.
-* ``"JetStream": true``: the stream ``Stream`` is the gateway's spool (``JetStreamIntake``): a
-  record is acknowledged to the client once JetStream stored it, published with its ``eid`` as
-  ``Nats-Msg-Id`` so a client's retry within the stream's duplicate window is dropped by the
-  server. With ``"Loader": true`` (the default) the gateway also runs the loader
-  (``JetStreamLoader``): a durable pull consumer with explicit acks that feeds the batcher and
-  acks a message only once its row is in the store; a redelivered message (a loader died between
-  insert and ack) is inserted with the store's dedup, so every eid is stored once, and a batch
-  the loader was inserting when it died is finished from its insert journal first, so the
-  derived tables (views) count it once too. Several
-  gateways can publish into one stream; every loader on the same durable consumer shares the work.
+* ``"JetStream": true``: the stream ``Stream`` is the gateway's spool, and the gateway may run
+  its loader: ``pipeline/jetstream.py`` (``JetStreamIntake``, ``JetStreamLoader``); this
+  module's ``NatsNotifier`` builds them for the entry, and the composition root (``gateway.py``)
+  takes the intake.
 
 Events go on ``Subject`` (so real-time subscribers see the same JSON in both modes); other
 tables' rows (payments, ...) go on ``Subject.<table>``, with the table in the ``Sfpl-Table``
