@@ -76,6 +76,7 @@ Reader = Callable[["MemoryStore", re.Match, dict], list[dict]]
 
 class MemoryStore:
     kind = "memory"
+    where = "memory"  # the start-up log line's
 
     def __init__(
         self,

@@ -130,7 +130,7 @@ def test_pipelined_requests_are_answered_in_order(gw):
     pipeline = (
         b"GET /tr/v1/str/?ename=pipelined_1 HTTP/1.1\r\nHost: x\r\n\r\n"
         + GET_PING
-        + b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /status?format=object HTTP/1.1\r\nHost: x\r\n\r\n"
         + b"GET /tr/v1/str/?ename=pipelined_2 HTTP/1.1\r\nHost: x\r\n\r\n"
         + b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )

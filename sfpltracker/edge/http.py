@@ -377,7 +377,7 @@ class FastHTTPProtocol(Protocol):
 
     def connectionMade(self):  # noqa: N802
         f = self.factory
-        f.gateway.open_connections += 1
+        f.gateway.connection_opened()
         t = self.transport
         self.peer = t.getPeer()
         self.host = t.getHost()
@@ -416,7 +416,7 @@ class FastHTTPProtocol(Protocol):
             return
         self._lost = True
         self._closing = True
-        self.factory.gateway.open_connections -= 1
+        self.factory.gateway.connection_closed()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
