@@ -291,3 +291,13 @@ def test_a_tls_handshake_on_the_http_port_is_400_at_once(gw):
     hello = bytes.fromhex("160301020001") + binary * 2
     [(status, body)] = answers(raw(gw, hello, timeout=10))  # was: a 408 after the read timeout
     assert status == 400 and reason(body) == "not an HTTP/1.1 request"
+
+
+def test_http_1_1_without_host_is_400_and_http_1_0_without_host_still_works(gw):
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (was 200).
+    for path in (b"/ping", b"/tr/v1/tr/?ename=nohost", b"/f.txt"):
+        [(status, body)] = answers(raw(gw, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % path))
+        assert status == 400 and reason(body) == "missing Host header", (path, body)
+    # HTTP/1.0 had no Host header: still served.
+    [(status, body)] = answers(raw(gw, b"GET /ping HTTP/1.0\r\n\r\n"))
+    assert (status, body) == (200, b"pong")

@@ -39,10 +39,13 @@ MAX_HOST_BYTES = 262  # a 253-byte DNS name, ":" and a port, with room for brack
 
 
 def host_problem(request) -> str | None:
-    """Why the request's Host header cannot be used, or None when it can (or is absent)."""
+    """Why the request's Host header cannot be used, or None when it can.
+
+    Absent is fine in HTTP/1.0 only: RFC 9112 3.2 makes it a 400 in HTTP/1.1.
+    """
     values = request.requestHeaders.getRawHeaders(b"host")
     if values is None:
-        return None
+        return "missing Host header" if request.clientproto == b"HTTP/1.1" else None
     if len(values) > 1:  # RFC 9112 3.2: which one would a proxy in front have used?
         return "more than one Host header"
     if len(values[0]) > MAX_HOST_BYTES or not _HOST.fullmatch(values[0]):
