@@ -342,3 +342,10 @@ def test_http_1_1_without_host_is_400_on_the_fast_routes_too(gw):
         assert a.status == 400 and a.json() == {"error": "missing Host header"}, (path, a.body)
     [a] = answers(raw(gw, b"GET /ping HTTP/1.0\r\n\r\n"))
     assert (a.status, a.body) == (200, b"pong")
+
+
+def test_absolute_form_targets_are_routed_on_the_fast_layer_too(gw):
+    # RFC 9112 3.2.2 (was 404): the fast routes miss it, twisted.web's front routes it.
+    request = b"GET http://x/ping HTTP/1.1\r\nHost: y\r\nConnection: close\r\n\r\n"
+    [a] = answers(raw(gw, request))
+    assert (a.status, a.body) == (200, b"pong")
