@@ -159,6 +159,10 @@ class Config:
     QueryPort: str = "127.0.0.1:8123"
     QueryUser: str = ""
     QueryPassword: str = ""
+    # Bounds on one query of the query listener (ClickHouse's max_execution_time and
+    # max_result_bytes): past them it is stopped and answered 400 with ClickHouse's reason.
+    QueryTimeoutSeconds: float = 30.0
+    QueryMaxResultBytes: int = 64 * 1024 * 1024
     ForceHTTPS: bool = False
     HSTS: bool = False
     ReadTimeoutSeconds: float = 20.0

@@ -198,7 +198,9 @@ class MemoryStore:
                 return defer.succeed(_format(reader(self, m, params or {}), fmt))
         return defer.fail(StoreError(f"MemoryStore cannot answer {sql[:200]!r}"))
 
-    def user_query(self, sql: str, fmt: str, database: str | None = None) -> defer.Deferred:
+    def user_query(
+        self, sql: str, fmt: str, database: str | None = None, limits=None
+    ) -> defer.Deferred:
         return defer.fail(StoreError("the query listener needs a real store"))
 
     def _unless_down(self, value) -> defer.Deferred:

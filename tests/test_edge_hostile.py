@@ -291,3 +291,40 @@ def test_a_tls_handshake_on_the_http_port_is_400_at_once(gw):
     hello = bytes.fromhex("160301020001") + binary * 2
     [(status, body)] = answers(raw(gw, hello, timeout=10))  # was: a 408 after the read timeout
     assert status == 400 and reason(body) == "not an HTTP/1.1 request"
+
+
+def test_http_1_1_without_host_is_400_and_http_1_0_without_host_still_works(gw):
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (was 200).
+    for path in (b"/ping", b"/tr/v1/tr/?ename=nohost", b"/f.txt"):
+        [(status, body)] = answers(raw(gw, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % path))
+        assert status == 400 and reason(body) == "missing Host header", (path, body)
+    # HTTP/1.0 had no Host header: still served.
+    [(status, body)] = answers(raw(gw, b"GET /ping HTTP/1.0\r\n\r\n"))
+    assert (status, body) == (200, b"pong")
+
+
+# -- absolute-form request targets (RFC 9112 3.2.2) ------------------------------------------
+
+
+def test_absolute_form_targets_are_routed_by_their_authority(gw):
+    def get(target: bytes, host: bytes = b"elsewhere.test") -> tuple[int, bytes]:
+        request = b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (target, host)
+        [answer] = answers(raw(gw, request))
+        return answer
+
+    # Was 404 for each: the whole target was taken for the path.
+    assert get(b"http://127.0.0.1:%d/ping" % gw.port) == (200, b"pong")
+    assert get(b"http://localhost/tr/v1/pub/f.txt") == (200, b"file")
+    # The target's authority picks the site; the Host header is ignored.
+    assert get(b"http://static.test/f.txt") == (200, b"file")
+    assert get(b"HTTPS://Static.Test:99/f.txt") == (200, b"file")
+    assert get(b"http://static.test") == (200, b"<p>home</p>")
+    assert get(b"http://static.test/f.txt", host=b"static.test") == (200, b"file")
+    # An event sent that way is stored as one sent in origin form.
+    status, body = get(b"http://localhost/tr/v1/tr/?ename=absolute_form")
+    assert status == 200, body
+    gw.wait_for("SELECT 1 FROM events WHERE ename = 'absolute_form'", lambda r: len(r) == 1)
+    # An authority no Host header could hold is refused, like such a Host header.
+    for target in (b"http://user@static.test/f.txt", b"http:///f.txt", b"http://[::1/x"):
+        status, body = get(target)
+        assert status == 400 and reason(body) == "malformed request target", (target, body)

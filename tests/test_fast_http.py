@@ -333,3 +333,19 @@ def test_hot_routes_are_answered_without_twisted_web(gw):
     )
     assert [r["ename"] for r in rows] == ["hot_img", "hot_tr"]
     assert rows[1]["params"] == {"k": "v"}
+
+
+def test_http_1_1_without_host_is_400_on_the_fast_routes_too(gw):
+    # RFC 9112 3.2; /ping and /tr/ are answered without twisted.web, which skipped the check.
+    for path in (b"/ping", b"/tr/v1/tr/?ename=nohost", b"/elsewhere"):
+        [a] = answers(raw(gw, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % path))
+        assert a.status == 400 and a.json() == {"error": "missing Host header"}, (path, a.body)
+    [a] = answers(raw(gw, b"GET /ping HTTP/1.0\r\n\r\n"))
+    assert (a.status, a.body) == (200, b"pong")
+
+
+def test_absolute_form_targets_are_routed_on_the_fast_layer_too(gw):
+    # RFC 9112 3.2.2 (was 404): the fast routes miss it, twisted.web's front routes it.
+    request = b"GET http://x/ping HTTP/1.1\r\nHost: y\r\nConnection: close\r\n\r\n"
+    [a] = answers(raw(gw, request))
+    assert (a.status, a.body) == (200, b"pong")

@@ -11,7 +11,7 @@ import pytest
 
 from sfpltracker.web.query import QUERY_MAX_BODY_BYTES
 from tests.edge_helpers import trickle
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import GatewayProcess, http_request
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,8 @@ def gw(tmp_path_factory):
         "IdleTimeoutSeconds": 5,
         "MaxHeaderBytes": 2048,
         "MaxConnections": 4,
+        "QueryTimeoutSeconds": 1,
+        "QueryMaxResultBytes": 100_000,
     }
     with GatewayProcess(tmp_path_factory.mktemp("querylimits"), config) as gateway:
         yield gateway
@@ -117,3 +119,34 @@ def test_connection_cap_covers_the_query_listener(gw):
     while (r := gw.query_raw("SELECT 1")).status != 200:
         assert time.monotonic() < deadline, r
         time.sleep(0.05)
+
+
+# A query that runs for minutes: a cross join of system tables the guard lets clients read.
+ENDLESS = (
+    "SELECT count() FROM system.functions AS a, system.functions AS b, "
+    "system.functions AS c, system.functions AS d WHERE cityHash64(a.name, b.name, c.name, d.name) = 0"
+)
+
+
+def test_a_query_past_query_timeout_seconds_is_stopped_with_400(gw):
+    # Was: it ran on (the client gave up after 20 s), holding a reader thread all along.
+    r = _post(gw, ENDLESS)
+    assert r.status == 400, r
+    assert b"TIMEOUT_EXCEEDED" in r.body and r.header("x-clickhouse-exception-code") == "159"
+    # The reader is free again.
+    assert gw.query("SELECT 40 + 2 AS x") == [{"x": 42}]
+
+
+def test_a_result_over_query_max_result_bytes_is_refused_with_400(gw):
+    # Was: the whole result, however large (here ~300 kB over a 100 kB cap).
+    r = _post(gw, "SELECT * FROM system.functions")
+    assert r.status == 400, r
+    assert b"TOO_MANY_ROWS_OR_BYTES" in r.body and r.header("x-clickhouse-exception-code") == "396"
+    # A result within the cap is answered.
+    assert gw.query("SELECT count() > 0 AS ok FROM system.functions") == [{"ok": 1}]
+
+
+def _post(gw, sql: str):
+    return http_request(
+        gw.query_port, "POST", "/?default_format=CSV", body=sql.encode(), timeout=20
+    )

@@ -36,17 +36,46 @@ _HOST = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0
 # What the start of a request line may hold before its CRLF (RFC 9112 3: printable ASCII).
 _REQUEST_LINE_START = re.compile(rb"[\x20-\x7e]*\r?")
 MAX_HOST_BYTES = 262  # a 253-byte DNS name, ":" and a port, with room for brackets
+# An absolute-form request target (RFC 9112 3.2.2): the scheme and the authority before the path.
+_ABSOLUTE_FORM = re.compile(rb"(?i)https?://([^/?#]*)")
 
 
 def host_problem(request) -> str | None:
-    """Why the request's Host header cannot be used, or None when it can (or is absent)."""
+    """Why the request's Host header cannot be used, or None when it can.
+
+    Absent is fine in HTTP/1.0 only: RFC 9112 3.2 makes it a 400 in HTTP/1.1.
+    """
     values = request.requestHeaders.getRawHeaders(b"host")
     if values is None:
-        return None
+        return "missing Host header" if request.clientproto == b"HTTP/1.1" else None
     if len(values) > 1:  # RFC 9112 3.2: which one would a proxy in front have used?
         return "more than one Host header"
     if len(values[0]) > MAX_HOST_BYTES or not _HOST.fullmatch(values[0]):
         return "malformed Host header"
+    return None
+
+
+def take_absolute_form(request) -> str | None:
+    """Turn an absolute-form target (``GET http://host/path``) into origin form, in place.
+
+    RFC 9112 3.2.2: a server MUST accept it and use its authority, not the Host header.
+    Twisted keeps the whole target in ``request.path``; every route (sites, short links,
+    ACME, the API) reads ``path``/``uri`` and the Host header, so those are rewritten here
+    before any of them runs. Returns why the target cannot be used, or None.
+    """
+    m = _ABSOLUTE_FORM.match(request.uri)
+    if m is None:
+        return None
+    authority = m.group(1)
+    # Userinfo ("user@host") is not allowed in http(s) targets (RFC 9110 4.2.4).
+    if not authority or len(authority) > MAX_HOST_BYTES or not _HOST.fullmatch(authority):
+        return "malformed request target"
+    rest = request.uri[m.end() :]
+    if not rest.startswith(b"/"):  # "http://host" or "http://host?q": the path is "/"
+        rest = b"/" + rest
+    request.uri = rest
+    request.path = rest.split(b"?", 1)[0]
+    request.requestHeaders.setRawHeaders(b"host", [authority])
     return None
 
 
@@ -258,6 +287,10 @@ class EdgeFront(Resource):
         bad_host = host_problem(request)
         if bad_host is not None:
             return error(request, 400, bad_host)
+        if request.path[:1] != b"/":
+            bad_target = take_absolute_form(request)
+            if bad_target is not None:
+                return error(request, 400, bad_target)
         path = request.path
         if path.startswith(ACME_CHALLENGE):
             answer = self._acme_answer(request, path)

@@ -847,8 +847,8 @@ class FastHTTPFactory(Factory):
             route = self._shortlink(request, path)
             if route is None:
                 return None
-        if b"host" in parsed.headers and host_problem(request) is not None:
-            return None  # EdgeFront answers it
+        if host_problem(request) is not None:
+            return None  # EdgeFront answers it (a missing Host too)
         return route
 
     def _shortlink(self, request: FastRequest, path: bytes):

@@ -12,7 +12,7 @@ A *record* is ``(table, row)``; a row is a dict of JSON-friendly values (ARCHITE
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -88,10 +88,15 @@ class Store(Protocol):
         ...
 
     def user_query(
-        self, sql: str, fmt: str, database: str | None = None
+        self,
+        sql: str,
+        fmt: str,
+        database: str | None = None,
+        limits: Mapping[str, int | float | str] | None = None,
     ) -> Deferred[tuple[str, bytes]]:
         """The query listener's: checked by ``store/query_guard.py``, ``QueryRefused`` if not
-        allowed; fires with ``(format, bytes)``."""
+        allowed; run with ``limits`` (ClickHouse settings: time, result size); fires with
+        ``(format, bytes)``."""
         ...
 
     def execute(self, sql: str) -> Deferred[bytes]: ...

@@ -12,7 +12,10 @@ the tracker's database and a few system tables only, no table function, no funct
 files, the network or the process, no ``INTO OUTFILE``, no ``SETTINGS``; the ``database``
 parameter names the tracker's database) and runs ClickHouse's formatting of the checked parse
 on a ``readonly = 1`` connection. A refused query is answered 403 with the reason
-(``Code: 164 ... (READONLY)``), a syntax error 400 with ClickHouse's message.
+(``Code: 164 ... (READONLY)``), a syntax error 400 with ClickHouse's message. A query runs
+with ``QueryTimeoutSeconds`` (``max_execution_time``) and ``QueryMaxResultBytes``
+(``max_result_bytes``) as its limits: past them ClickHouse stops it and the answer is 400 with
+its reason (``TIMEOUT_EXCEEDED``, ``TOO_MANY_ROWS_OR_BYTES``), never a held reader thread.
 
 The listener has the limits of the public ones (``EdgeSite`` and ``EdgeFront``): a request
 must arrive within ``ReadTimeoutSeconds`` (else 408 and the connection is closed), its headers
@@ -80,6 +83,14 @@ class QueryResource(Resource):
         self.store = gateway.store
         self.user = gateway.cfg.QueryUser
         self.password = gateway.cfg.QueryPassword
+        # A client query cannot hold a reader thread or the process's memory indefinitely;
+        # ClickHouse stops it (TIMEOUT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES: answered 400).
+        self.limits = {
+            "max_execution_time": _seconds(gateway.cfg.QueryTimeoutSeconds),
+            "timeout_overflow_mode": "throw",
+            "max_result_bytes": gateway.cfg.QueryMaxResultBytes,
+            "result_overflow_mode": "throw",
+        }
 
     def render_GET(self, request):
         return self._handle(request, b"")
@@ -161,7 +172,9 @@ class QueryResource(Resource):
         except QueryRefused as e:
             return _exception(request, 400, 73, str(e), "UNKNOWN_FORMAT")
         # Parsed, checked and run on a store thread (query_guard): never on the reactor.
-        d = self.store.user_query(sql, fmt, database=args.get("database", [""])[0] or None)
+        d = self.store.user_query(
+            sql, fmt, database=args.get("database", [""])[0] or None, limits=self.limits
+        )
 
         def done(result: tuple[str, bytes]):
             fmt, data = result
@@ -186,6 +199,11 @@ class QueryResource(Resource):
 
         d.addCallbacks(done, failed)
         return server.NOT_DONE_YET
+
+
+def _seconds(value: float) -> int | float:
+    """30, not 30.0: older servers read the setting as a whole number of seconds."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _exception(request, status, code, message, name, raw=False) -> bytes:

@@ -653,7 +653,9 @@ class ClickHouseStore:
             sql, params = self.legacy.adapt(sql, params)
         return self._run(self._read, sql, fmt, params, database)
 
-    def user_query(self, sql: str, fmt: str, database: str | None = None) -> defer.Deferred:
+    def user_query(
+        self, sql: str, fmt: str, database: str | None = None, limits=None
+    ) -> defer.Deferred:
         """A query of the query listener: checked by ``query_guard`` (with chDB's parser, in
         this process) and run with ``readonly = 1``, both on a store thread; fires with
         ``(format, bytes)``. ``QueryRefused`` if not allowed."""
@@ -662,11 +664,11 @@ class ClickHouseStore:
             checked = self.guard.check(local_parser(), sql, database)
             out = checked.fmt or fmt
             # Run as checked: not rewritten for an old server (legacy.adapt edits text).
-            return out, self._read(checked.sql, out, None, checked.database)
+            return out, self._read(checked.sql, out, None, checked.database, limits)
 
         return self._run(run)
 
-    def _read(self, sql: str, fmt: str, params, database: str | None) -> bytes:
+    def _read(self, sql: str, fmt: str, params, database: str | None, limits=None) -> bytes:
         began = time.monotonic()
         with self.clients.client() as client:
             rows, columns = self._in_database(
@@ -675,7 +677,8 @@ class ClickHouseStore:
                 sql,
                 params,
                 with_column_types=True,
-                settings={"readonly": 1},
+                # The limits before readonly, which locks settings once applied.
+                settings={**(limits or {}), "readonly": 1},
             )
             last = client.last_query
             progress = last.progress if last else None

@@ -356,12 +356,15 @@ class EmbeddedStore:
     def _on_writer(self, fn, *args) -> defer.Deferred:
         return deferToThreadPool(self.reactor, self.writer_pool, fn, *args)
 
-    def _reader(self):
-        conn = getattr(self._local, "conn", None)
+    def _reader(self, limits=None):
+        """This reader thread's session; with ``limits``, its session for client queries."""
+        name = "conn" if not limits else "user_conn"
+        conn = getattr(self._local, name, None)
         if conn is None:
             import chdb
 
-            conn = chdb.connect(chdb_connection_string(self.path, settings=READER_SETTINGS))
+            settings = {**READER_SETTINGS, **(limits or {})}
+            conn = chdb.connect(chdb_connection_string(self.path, settings=settings))
             # Defence in depth behind query_guard, for this session only (the writer's
             # inserts use Python()): no Python() table function (it reads this process's
             # Python objects by name, DESCRIBE even under readonly), no introspection
@@ -369,7 +372,7 @@ class EmbeddedStore:
             conn.query("SET allow_python_table_function = 0")
             conn.query("SET allow_introspection_functions = 0")
             conn.query("SET readonly = 1")
-            self._local.conn = conn
+            setattr(self._local, name, conn)
         return conn
 
     # -- writes -----------------------------------------------------------------------------
@@ -557,17 +560,24 @@ class EmbeddedStore:
 
         return deferToThreadPool(self.reactor, self.reader_pool, run)
 
-    def user_query(self, sql: str, fmt: str, database: str | None = None) -> defer.Deferred:
+    def user_query(
+        self, sql: str, fmt: str, database: str | None = None, limits=None
+    ) -> defer.Deferred:
         """A query of the query listener: checked by ``query_guard`` and run, both on a
-        reader thread; fires with ``(format, bytes)``. ``QueryRefused`` if not allowed."""
+        reader thread; fires with ``(format, bytes)``. ``QueryRefused`` if not allowed.
+
+        ``limits`` (ClickHouse settings: ``max_execution_time``, ``max_result_bytes``, ...)
+        hold for client queries only, so they run on a session of their own: a readonly
+        session takes no settings per query, and the gateway's own reads need no bound."""
 
         def run():
             conn = self._reader()
             checked = self.guard.check(conn, sql, database)
             out = checked.fmt or fmt
+            user = self._reader(limits) if limits else conn
             try:
-                conn.query(f"USE `{checked.database}`")
-                return out, conn.query(checked.sql, out).bytes()
+                user.query(f"USE `{checked.database}`")
+                return out, user.query(checked.sql, out).bytes()
             except Exception as e:
                 raise _error(e) from None
 
