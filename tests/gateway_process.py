@@ -101,6 +101,9 @@ class GatewayProcess:
         ]
 
     def start(self, timeout: float = 60) -> GatewayProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            # a second process would replace the first here and leak it (it keeps running)
+            raise RuntimeError("the gateway is already running")
         self.config_path.write_text(json.dumps(self.config, indent=2))
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "ab")
@@ -153,7 +156,10 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def __enter__(self):
-        return self.start()
+        # ``with gw.start():`` starts it once: the with block then only stops it at the end
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        return self
 
     def __exit__(self, *exc):
         try:

@@ -400,7 +400,6 @@ def test_migrate_killed_and_resumed_copies_every_row_once(tmp_path, original):
     assert f"events: done before ({N_EVENTS} rows)" in again
 
     with gw:
-        gw.start()
         check_destination(gw, rows)
 
 
@@ -500,7 +499,6 @@ def test_migrate_through_the_running_gateway(tmp_path, original):
     """With the gateway running (chDB: it owns the store), the command has it insert."""
     ch, rows = original
     with GatewayProcess(tmp_path) as gw:
-        gw.start()
         out = run_migrate(gw, ch)
         assert "the gateway is running" in out
         assert f"events: {N_EVENTS} of {N_EVENTS} rows (100%)" in out
