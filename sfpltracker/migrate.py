@@ -52,7 +52,9 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -315,12 +317,12 @@ class Mapper:
         """The rows for this schema's ``table``: ``source`` and ``columns`` are name -> type
         there and here. Only a column whose type differs (String -> JSON, UInt8 -> Bool ...)
         is converted value by value."""
-        convert = {}
+        convert: dict[str, Callable[[Any], Any]] = {}
         for name, spec in columns.items():
             if "JSON" in spec:
                 convert[name] = _json_text
             elif name in source and _base(spec) != _base(source[name]):
-                convert[name] = lambda v, spec=spec: _coerce(v, spec)
+                convert[name] = partial(_coerce, spec=spec)
         special = getattr(self, f"_map_{table}", None)
         hashes = [h for h in KEYED_HASHES if h in source]
         out = []

@@ -33,15 +33,17 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from treq.testing import RequestTraversalAgent
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
@@ -51,6 +53,7 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.schema import DEFAULT_DATABASE, schema_dir
@@ -75,8 +78,11 @@ Reader = Callable[["MemoryStore", re.Match, dict], list[dict]]
 
 
 class MemoryStore:
+    """A ``store.interface.Store``; a ``TokenStore`` when ``tokens`` (the default, as chDB)."""
+
     kind = "memory"
-    where = "memory"  # the start-up log line's
+    cluster = ""  # one store, no cluster
+    server_version = ""  # no server to name
 
     def __init__(
         self,
@@ -85,8 +91,13 @@ class MemoryStore:
         views: dict[str, list[str]] | None = None,
         tokens: bool = True,
         readers: list[tuple[str, Reader]] | None = None,
+        data_dir: Path | None = None,
     ):
         self.database = database
+        # It refuses whole inserts and sets no rows aside, so the directory is only ever read
+        # (``deadletter replay``: nothing there); it is created only if something writes to it.
+        where = data_dir or Path(tempfile.gettempdir()) / f"sfpltracker-memory-{uuid.uuid4().hex}"
+        self.deadletters = DeadLetters(Path(where) / "deadletter")
         self.views = views or {}  # source table -> its materialized views' target tables
         self.insert_tokens = tokens  # chDB: True; a ClickHouse server store: False
         self.readers = [(re.compile(p, re.S), fn) for p, fn in (readers or READERS)]
@@ -101,6 +112,13 @@ class MemoryStore:
         self.after_part: Callable[[str], None] | None = None
         self.started = self.stopped = False
         self.synced = 0
+
+    @property
+    def where(self) -> str:
+        return "memory"
+
+    def metric_families(self) -> list:
+        return []  # no dead letters to count
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -139,7 +157,7 @@ class MemoryStore:
             self.fail_next -= 1
             return defer.fail(StoreError("insert failed (MemoryStore.fail_next)", 210))
         if self.held is not None:
-            d = defer.Deferred()
+            d: defer.Deferred = defer.Deferred()
             d.addCallback(lambda _: self._store(table, rows, dedup, token))
             self.held.append(d)
             return d
@@ -168,7 +186,7 @@ class MemoryStore:
 
     def _without_stored(self, table: str, rows: list[dict]) -> list[dict]:
         key, wanted = keys_to_check(table, rows)
-        if not wanted:
+        if key is None or not wanted:
             return rows
         stored = {str(r.get(key) or "").lower() for r in self.tables[table]}
         return drop_stored(rows, key, stored & {str(k).lower() for k in wanted})
@@ -311,7 +329,7 @@ class Response:
         return f"<Response {self.status} {self.body[:200]!r}>"
 
 
-class _NoCookies(CookieJar):
+class _NoCookies(IndexableCookieJar):
     """Each request carries the cookies its test gives it, as in the real-process tests."""
 
     def extract_cookies(self, response, request):
@@ -345,7 +363,10 @@ def site_client(site) -> tuple[HTTPClient, RequestTraversalAgent]:
     checks) over treq's in-memory connection, not to a bare resource in a plain ``Site``."""
     agent = RequestTraversalAgent(Resource())
     agent._serverFactory = site
-    return HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=_Body), agent
+    # Both provide the zope interfaces treq's annotations name (IAgent, IBodyProducer); mypy
+    # cannot see zope's @implementer.
+    client = HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=_Body)  # type: ignore[arg-type]
+    return client, agent
 
 
 class MemoryGateway:
@@ -371,14 +392,15 @@ class MemoryGateway:
         self.cfg = load_dict(self.config)
         self.clock = MemoryReactorClock()
         self.clock.advance(time.time())  # rows get today's created_at, ids today's salt
-        self.store = store if store is not None else MemoryStore()
+        self.store = store if store is not None else MemoryStore(data_dir=Path(self.cfg.data_dir))
         self.gateway = Gateway(self.cfg, self.clock, store=self.store)
         self.root, self.edge = build_front(self.gateway, self.clock)
         self.site = self.edge.site()
         self.client, self.agent = site_client(self.site)
         # What a real process would log as a failure (the tests' "no Traceback in the log").
         self.failures: list[dict] = []
-        globalLogPublisher.addObserver(self._observe)
+        # A plain callable is an observer (twisted.logger); the stubs want ILogObserver.
+        globalLogPublisher.addObserver(self._observe)  # type: ignore[arg-type]
         self._result(self.gateway.start())
 
     def _observe(self, event: dict) -> None:
@@ -389,7 +411,7 @@ class MemoryGateway:
         try:
             self._result(self.gateway.stop())
         finally:
-            globalLogPublisher.removeObserver(self._observe)
+            globalLogPublisher.removeObserver(self._observe)  # type: ignore[arg-type]
 
     def __enter__(self):
         return self
@@ -416,16 +438,16 @@ class MemoryGateway:
         method: str,
         path: str,
         body: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str | bytes, str | bytes] | None = None,
         json_body: Any = None,
         host: str = "127.0.0.1",
     ) -> Response:
-        headers = {"Host": host, **(headers or {})}
+        sent: dict[str | bytes, str | bytes] = {"Host": host, **(headers or {})}
         if json_body is not None:
             body = json.dumps(json_body).encode()
-            headers.setdefault("Content-Type", "application/json")
+            sent.setdefault("Content-Type", "application/json")
         d = self.client.request(
-            method, f"http://127.0.0.1{path}", data=body, headers=headers, allow_redirects=False
+            method, f"http://127.0.0.1{path}", data=body, headers=sent, allow_redirects=False
         )
         response = self._result(d)
         content = self._result(response.content())

@@ -157,3 +157,18 @@ def test_a_bad_proxy_route_is_still_refused_by_config():
 
     with pytest.raises(ConfigError, match=r"Sites\.\*\.Proxy\./api/"):
         load_dict({"Sites": {"*": {"Proxy": {"/api/": "ftp://up"}}}})
+
+
+def test_the_memory_store_keeps_the_store_contract(tmp_path):
+    """``sfpltracker.testing.MemoryStore`` stands in for chDB (a TokenStore) or, without
+    tokens, for a ClickHouse server (not one): the gateway it is given must find everything
+    ``Store`` names (``where`` for the start-up log line, ``deadletters`` for replay)."""
+    from sfpltracker.testing import MemoryStore
+
+    memory = MemoryStore(data_dir=tmp_path)
+    assert isinstance(memory, Store)
+    assert isinstance(memory, MetricSource)
+    assert isinstance(memory, SyncingStore)
+    assert token_store(memory) is memory
+    assert token_store(MemoryStore(tokens=False)) is None
+    assert memory.deadletters.path("events") == tmp_path / "deadletter" / "events.jsonl"

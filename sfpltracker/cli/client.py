@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import cast
 
 from sfpltracker import admin
 from sfpltracker.cli import admin_commands
@@ -58,6 +59,7 @@ def run_with_store(cfg: Config, work):
     For commands that need the store while no gateway runs (chDB: one process at a time).
     """
     from twisted.internet import reactor
+    from twisted.internet.base import ReactorBase
     from twisted.python.failure import Failure
 
     from sfpltracker.gateway import make_store
@@ -77,7 +79,9 @@ def run_with_store(cfg: Config, work):
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(main)
-    reactor.run(installSignalHandlers=False)
+    # Every installed reactor is a ReactorBase; Twisted types the global as IReactorCore, whose
+    # run() lacks installSignalHandlers.
+    cast(ReactorBase, reactor).run(installSignalHandlers=False)
     result = outcome[0]
     if isinstance(result, Failure):
         if result.check(admin.AdminError):

@@ -132,6 +132,8 @@ class Edge:
 
     def _setup_acme(self) -> None:
         cfg = self.gateway.cfg
+        sni = self.sni
+        assert sni is not None  # _setup_tls made it just before
         challenge = cfg.ACMEChallenge
         if challenge == "auto":
             challenge = HTTP01 if cfg.ProxyPort else TLSALPN01
@@ -139,7 +141,7 @@ class Edge:
             cfg.ACMEDirectory,
             cfg.ACMEEmail,
             cfg.data_dir / "acme",
-            Publisher(self.reactor, self.http01, self.sni.challenges),
+            Publisher(self.reactor, self.http01, sni.challenges),
         )
         pool = self.reactor.getThreadPool()
 
@@ -152,7 +154,7 @@ class Edge:
             cfg.ACMERenewDays,
             issue=issue,
             load=issuer.load_stored,
-            install=lambda domain, pair: self.sni.store.install(pair, [domain]),
+            install=lambda domain, pair: sni.store.install(pair, [domain]),
             describe=f"from {cfg.ACMEDirectory} via {challenge}",
         )
         self.acme.load()

@@ -29,6 +29,7 @@ import json
 import re
 import time
 from collections import deque
+from typing import Any
 
 import httptools
 from twisted.internet.interfaces import ISSLTransport
@@ -37,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.http_headers import Headers
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from sfpltracker.edge.front import ACME_CHALLENGE, HSTS_VALUE, host_problem
 from sfpltracker.links.model import link_key, normalize_path
@@ -94,6 +95,10 @@ class ParsedRequest:
         "request",
         "upgrade",
     )
+    # Set from the parser when the head is complete (on_headers_complete).
+    method: bytes
+    version: bytes
+    keep_alive: bool
 
     def __init__(self):
         self.url = b""
@@ -107,7 +112,7 @@ class ParsedRequest:
         self.expect_continue = False
         self.continued = False
         self.streaming = False
-        self.request = None  # the twisted.web request of a streamed body, once started
+        self.request: Request | None = None  # of a streamed or adapted body, once started
         self.upgrade = False
 
     def header(self, name: bytes) -> bytes | None:
@@ -208,7 +213,7 @@ class FastRequest:
         self.finished = False
         self._disconnected = False
         self._body: list[bytes] = []
-        self._cookies_in = None
+        self._cookies_in: dict[bytes, bytes] | None = None
         self.sentLength = 0
 
     # -- reading -----------------------------------------------------------------------------
@@ -350,6 +355,10 @@ class AdapterChannel:
 
 class FastHTTPProtocol(Protocol):
     factory: FastHTTPFactory
+    # Twisted types it ITransport | None, zope interface methods that mypy (without the zope
+    # plugin) reads without self; it is set before connectionMade, and nothing here writes
+    # once the connection is lost (``_lost``).
+    transport: Any
     over_limit = False
     peer = None
     host = None
@@ -488,14 +497,18 @@ class FastHTTPProtocol(Protocol):
         if self._reading_until is None and self.factory.read_timeout:
             self._reading_until = self.factory.seconds() + self.factory.read_timeout
 
+    # The parser calls on_message_begin first: in the callbacks below ``_cur`` is set.
+
     def on_url(self, url: bytes):
         cur = self._cur
+        assert cur is not None
         cur.url += url
         if len(cur.url) + 16 > self.factory.max_header_bytes:
             raise _Refuse(414, "request line longer than MaxHeaderBytes")
 
     def on_header(self, name: bytes, value: bytes):
         cur = self._cur
+        assert cur is not None
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes + len(cur.url) + 16 > self.factory.max_header_bytes:
             raise _Refuse(400, "request headers larger than MaxHeaderBytes")
@@ -512,6 +525,7 @@ class FastHTTPProtocol(Protocol):
 
     def on_headers_complete(self):
         cur = self._cur
+        assert cur is not None
         p = self._parser
         f = self.factory
         cur.method = p.get_method()
@@ -538,6 +552,7 @@ class FastHTTPProtocol(Protocol):
 
     def on_body(self, body: bytes):
         cur = self._cur
+        assert cur is not None
         cur.size += len(body)
         if cur.request is not None:  # streaming to a proxy already
             cur.request.handleContentChunk(body)
@@ -550,6 +565,7 @@ class FastHTTPProtocol(Protocol):
 
     def on_message_complete(self):
         cur, self._cur = self._cur, None
+        assert cur is not None
         self._reading_until = None
         cur.complete = True
         if cur.request is not None:  # a streamed body has ended
@@ -627,7 +643,7 @@ class FastHTTPProtocol(Protocol):
     def _respond(self, parsed: ParsedRequest) -> None:
         request = FastRequest(self, parsed) if parsed.method == b"GET" else None
         route = None if request is None else self.factory.fast_route(self, request)
-        if route is None:
+        if route is None or request is None:
             self._adapt(parsed)
             return
         try:
@@ -790,7 +806,8 @@ class _HostView:
 class FastHTTPFactory(Factory):
     """A listener's factory: ``FastHTTPProtocol`` in front of an ``EdgeSite``."""
 
-    protocol = FastHTTPProtocol
+    # FastHTTPProtocol.factory is this class; Twisted's stubs want ``factory: Factory | None``.
+    protocol = FastHTTPProtocol  # type: ignore[assignment]
 
     def __init__(self, site):
         self.site = site

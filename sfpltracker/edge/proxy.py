@@ -64,7 +64,7 @@ HOP_BY_HOP = frozenset(
 
 
 def _connection_tokens(request) -> set[bytes]:
-    tokens = set()
+    tokens: set[bytes] = set()
     for value in request.requestHeaders.getRawHeaders(b"connection") or []:
         tokens.update(t.strip().lower() for t in value.split(b","))
     return tokens
@@ -138,7 +138,7 @@ class StreamedBody:
         self.pending_bytes = 0
         self.consumer = None
         self.ended = False
-        self.done = defer.Deferred()
+        self.done: defer.Deferred = defer.Deferred()
         self.sent = 0
         request.body_sink = self
         request.pause_reading()
@@ -473,6 +473,7 @@ def splice(request, upstream: UpstreamSide) -> None:
     channel = request.channel
     client_transport = channel.transport
     upstream_transport = upstream.transport
+    assert upstream_transport is not None  # connected: it has just answered the upgrade
     # Bytes the client already sent after the upgrade request (buffered by the channel).
     early = b"".join(channel._dataBuffer)
     channel._dataBuffer = []
@@ -496,7 +497,8 @@ def splice(request, upstream: UpstreamSide) -> None:
         client_transport.write(upstream.pending)
         upstream.pending = b""
     if early:
-        upstream_transport.write(early)
+        # zope declares ITransport.write(data) without self: mypy (no zope plugin) miscounts
+        upstream_transport.write(early)  # type: ignore[call-arg]
 
 
 def _failure_reason(failure) -> str:

@@ -264,7 +264,7 @@ class StaticFallback:
             self._track(request)
 
         first, length = 0, size
-        if span:
+        if isinstance(span, tuple):
             first, last = span
             length = last - first + 1
             request.setResponseCode(http.PARTIAL_CONTENT)
@@ -283,6 +283,7 @@ class StaticFallback:
         except OSError:  # removed within the cache's second
             request.responseHeaders.removeHeader(b"content-length")
             return error(request, 404, "not found")
+        producer: static.StaticProducer
         if span:
             producer = static.SingleRangeStaticProducer(request, fileobj, first, length)
         else:

@@ -100,7 +100,12 @@ class LinkCache:
         if pending is None:
             pending = self._pending[key] = self._fetch(key)
         result: defer.Deferred = defer.Deferred()
-        pending.addBoth(lambda r: (result.callback(r), r)[1])
+
+        def relay(r: object) -> object:  # a copy for this caller; the shared chain keeps r
+            result.callback(r)
+            return r
+
+        pending.addBoth(relay)
         return result
 
     def _fetch(self, key: str) -> defer.Deferred:

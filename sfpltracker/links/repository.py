@@ -8,6 +8,7 @@ operators can see that a flood of unknown slugs does not reach the store.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from twisted.internet import defer, threads
 
@@ -145,7 +146,8 @@ class LinkRepository:
         d.addCallback(self.with_org_hosts)
         return d
 
-    def clicks(self, links: list[Link]) -> defer.Deferred:
+    # Sequence, not list: inside the class ``list`` names the method above.
+    def clicks(self, links: Sequence[Link]) -> defer.Deferred:
         """Clicks recorded per link id (``events`` with ``ename = 'short_rdr'``, ``rid`` = id)."""
         if not links:
             return defer.succeed({})

@@ -237,9 +237,11 @@ class QuerySite(EdgeSite):
     def __init__(self, gateway: Gateway, edge: Edge | None = None):
         front = EdgeFront(gateway, QueryResource(gateway, edge))
         super().__init__(gateway, front, reactor=gateway.reactor)
-        self.requestFactory = type(
-            "QueryRequest", (LimitedRequest,), {"max_body": QUERY_MAX_BODY_BYTES}
-        )
+
+        class QueryRequest(LimitedRequest):
+            max_body = QUERY_MAX_BODY_BYTES
+
+        self.requestFactory = QueryRequest
 
     def log(self, request):
         pass  # queries may hold personal data; never log them

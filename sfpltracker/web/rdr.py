@@ -66,7 +66,7 @@ class RedirectResource(Resource):
         self.gateway = gateway
         self.cfg = gateway.cfg
         self.links = links
-        self.server = server
+        self.server_side = server  # not ``server``: Resource.server, overwritten by putChild()
 
     def render_OPTIONS(self, request):
         return preflight(request, self.cfg.AllowOrigin)
@@ -106,10 +106,10 @@ class RedirectResource(Resource):
         if referrer and "last" not in raw:
             raw["last"] = referrer
         # Beyond the input bounds the click is refused: the visitor still goes on, untracked.
-        got = gw.events.records([raw], req, server=self.server)
+        got = gw.events.records([raw], req, server=self.server_side)
 
         def answer() -> bytes:
-            if not self.server and got.visitor.cookies_allowed:
+            if not self.server_side and got.visitor.cookies_allowed:
                 set_visitor_cookies(request, got.visitor, req.https, self.cfg)
             return self._redirect(request, target)
 

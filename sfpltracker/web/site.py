@@ -169,7 +169,8 @@ class CountingChannel(http.HTTPChannel):
     """Keeps ``gateway.open_connections`` true for ``/status`` and the connection limit."""
 
     gateway = None
-    _log = Logger(observer=_without_peer)
+    # A plain callable is an observer (twisted.logger); the stubs want the ILogObserver interface.
+    _log = Logger(observer=_without_peer)  # type: ignore[arg-type]
 
     def connectionMade(self):
         super().connectionMade()
@@ -218,9 +219,11 @@ class GatewaySite(server.Site):
         cfg = gateway.cfg
         super().__init__(root, timeout=cfg.IdleTimeoutSeconds, **kwargs)
         self.gateway = gateway
-        self.requestFactory = type(
-            "GatewayRequest", (LimitedRequest,), {"max_body": cfg.MaxBodyBytes}
-        )
+
+        class GatewayRequest(LimitedRequest):
+            max_body = cfg.MaxBodyBytes
+
+        self.requestFactory = GatewayRequest
         self._prefix = cfg.prefix.encode()
 
     def buildProtocol(self, addr):

@@ -118,7 +118,8 @@ class TrackResource(IngestResource):
     def __init__(self, gateway, kind: str):
         super().__init__(gateway)
         self.kind = kind
-        self.server = kind == "str"
+        # not ``server``: Twisted's Resource.server, which putChild() overwrites
+        self.server_side = kind == "str"
         self.client = kind in ("tr", "img")
 
     def render_GET(self, request):
@@ -143,7 +144,7 @@ class TrackResource(IngestResource):
         gw = self.gateway
         req = request_info(request, gw)
         got = gw.events.records(
-            items, req, base, server=self.server, with_user_agent=not self.server
+            items, req, base, server=self.server_side, with_user_agent=not self.server_side
         )
         problems = got.problems
         gw.count("events_rejected", len(problems))

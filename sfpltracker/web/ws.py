@@ -51,6 +51,7 @@ from sfpltracker.web.track import visitor_cookies
 
 if TYPE_CHECKING:
     from sfpltracker.gateway import Gateway
+    from sfpltracker.ingest.request import RequestInfo
 
 log = Logger()
 
@@ -135,7 +136,7 @@ class IngestProtocol(WebSocketServerProtocol):
     """
 
     resource: WebSocketIngestResource
-    upgrade = None  # RequestInfo of the upgrade request (now_ms is set per socket read)
+    upgrade: RequestInfo | None = None  # of the upgrade request (now_ms is set per socket read)
     base: dict[str, str] = {}  # the upgrade URL's query pairs, part of every event
     ack = False
     channel = None  # the HTTP channel whose transport we took over
@@ -205,7 +206,9 @@ class IngestProtocol(WebSocketServerProtocol):
     # is most of the per-message cost of the pipeline. Each message still gets its own answer.
 
     _batch: list | None = None  # [(records, eids, problems)] of the current read
-    _req = None  # the upgrade's RequestInfo stamped with the time of the current read
+    _req: RequestInfo | None = (
+        None  # the upgrade's RequestInfo stamped with the time of the current read
+    )
 
     def dataReceived(self, data: bytes) -> None:
         self._batch, self._req = [], None
@@ -234,6 +237,7 @@ class IngestProtocol(WebSocketServerProtocol):
             self._refuse(str(e))
             return
         if self._req is None:
+            assert self.upgrade is not None  # set by WebSocketIngestResource before any message
             self._req = dataclasses.replace(self.upgrade, now_ms=gw.now_ms())
         got = gw.events.records(items, self._req, self.base, visitor=self.visitor)
         gw.count("events_rejected", len(got.problems))
@@ -255,6 +259,7 @@ class IngestProtocol(WebSocketServerProtocol):
         self._in_flight += len(batch)
         if self._in_flight >= MAX_IN_FLIGHT and not self._paused:
             self._paused = True
+            assert self.transport is not None  # connected: a message just arrived on it
             self.transport.pauseProducing()
 
         def accepted(_):
@@ -335,7 +340,12 @@ class WebSocketIngestResource(Resource):
         self.stats = WsStats()
         self.open: set[IngestProtocol] = set()
         self.factory = WebSocketServerFactory(server="sfpltracker", reactor=gateway.reactor)
-        self.factory.protocol = type("GatewayIngestProtocol", (IngestProtocol,), {"resource": self})
+        owner = self
+
+        class GatewayIngestProtocol(IngestProtocol):
+            resource = owner
+
+        self.factory.protocol = GatewayIngestProtocol
         self.factory.setProtocolOptions(
             maxFramePayloadSize=cfg.MaxMessageBytes,
             maxMessagePayloadSize=cfg.MaxMessageBytes,

@@ -29,6 +29,7 @@ import json
 import random
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import josepy as jose
@@ -170,8 +171,9 @@ def describe_error(failure_or_exc) -> str:
 
 
 def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        exc, cause = cause, cause.__cause__ or cause.__context__
     text = str(exc)
     if "Connection refused" in text:
         return "connection refused"
@@ -267,10 +269,10 @@ class AcmeIssuer:
                 name = authzr.body.identifier.value
                 if challenge_type == HTTP01:
                     self.publisher.add_http01(token, name, keyauth)
-                    undo.append(lambda t=token: self.publisher.remove_http01(t))
+                    undo.append(partial(self.publisher.remove_http01, token))
                 else:
                     self.publisher.add_alpn(name, validation_pair(name, keyauth))
-                    undo.append(lambda n=name: self.publisher.remove_alpn(n))
+                    undo.append(partial(self.publisher.remove_alpn, name))
                 # Generic key-authorization response: serialises to {} for any type.
                 response = challenges.KeyAuthorizationChallengeResponse(key_authorization=keyauth)
                 acme.answer_challenge(challb, response)

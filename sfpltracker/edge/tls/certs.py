@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
@@ -32,12 +32,29 @@ class CertificateError(Exception):
     """A certificate or key file is missing or unusable; the message names the file."""
 
 
+# The private keys pyOpenSSL can serve a certificate with.
+ServableKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | dsa.DSAPrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+SERVABLE_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    dsa.DSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
 @dataclass
 class CertPair:
     """A certificate chain and its key, parsed once."""
 
     chain: list[x509.Certificate]
-    key: object  # a cryptography private key
+    key: ServableKey
     source: str  # "local", "self-signed", "acme"
     fullchain_pem: bytes = b""
     key_pem: bytes = b""
@@ -77,7 +94,8 @@ def dns_names(cert: x509.Certificate) -> list[str]:
             return names
     except x509.ExtensionNotFound:
         pass
-    return [a.value.lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return [a.value.lower() for a in cns if isinstance(a.value, str)]  # a CN is text
 
 
 def parse_pair(fullchain_pem: bytes, key_pem: bytes, source: str, where: str = "") -> CertPair:
@@ -94,6 +112,8 @@ def parse_pair(fullchain_pem: bytes, key_pem: bytes, source: str, where: str = "
         raise CertificateError(
             f"{where or 'key'}: not an unencrypted PEM private key ({e})"
         ) from None
+    if not isinstance(key, SERVABLE_KEYS):  # X25519, DH: cannot sign
+        raise CertificateError(f"{where or 'key'}: a {type(key).__name__} cannot serve TLS")
     if _public_bytes(chain[0].public_key()) != _public_bytes(key.public_key()):
         raise CertificateError(f"{where or 'certificate'}: the key does not match the certificate")
     return CertPair(
@@ -204,7 +224,7 @@ class CertStore:
     def __init__(self, context_factory: Callable[[CertPair], object]):
         self._make = context_factory
         self.default: CertPair | None = None
-        self._default_context = None
+        self._default_context: object = None
         self._by_name: dict[str, tuple[CertPair, object]] = {}
 
     def set_default(self, pair: CertPair) -> None:
