@@ -70,6 +70,9 @@ class NotifyEntry:
     Stream: str = "SFPL_EVENTS"
     Loader: bool = True  # JetStream: this gateway also loads the stream into its store
     AckWaitSeconds: float = 30.0  # JetStream loader: unacked messages are redelivered after it
+    # nats: also consume the original's tic.log / tic.count / tic.update into logs, counters,
+    # updates (notify/consumer.py)
+    Consume: bool = False
     # facebook: the pixel, its Conversions API token, the enames sent (Meta's spelling, e.g.
     # "Purchase"; matched case-insensitively), Meta's test code, where the Graph API is.
     PixelId: str = ""

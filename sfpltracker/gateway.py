@@ -138,6 +138,8 @@ class Gateway:
         # NATS publishers / JetStream as the spool: they decide what the intake is.
         self.notifiers = make_notifiers(cfg, reactor, self.batcher)
         self.intake: Intake = make_intake(cfg, self.batcher, self.store, reactor, self.notifiers)
+        for notifier in self.notifiers:  # "Consume": tic.* messages go through the intake too
+            notifier.consume_into(self.intake)
         self.links = ShortLinkService(cfg, self.store, reactor)
         if self.outputs:
             output_sink(self.intake).outputs.extend(self.outputs)

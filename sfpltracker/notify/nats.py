@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sfpltracker.notify.consumer import Consumer
 from sfpltracker.notify.nats_client import NatsClient, NatsStats, to_json
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.jetstream import JetStreamIntake, JetStreamLoader
@@ -129,6 +130,8 @@ class NatsNotifier:
         self.publisher: EventPublisher | None = None
         self.intake: JetStreamIntake | None = None
         self.loader: JetStreamLoader | None = None
+        # "Consume": the original's tic.* messages; the root hands it the intake (consume_into)
+        self.consumer = Consumer(self.client) if entry.Consume else None
         if entry.JetStream:
             self.intake = JetStreamIntake(
                 self.client, entry, self.stats, batcher if entry.Loader else None
@@ -140,8 +143,15 @@ class NatsNotifier:
         else:
             self.publisher = EventPublisher(self.client, entry.Subject, self.stats)
 
+    def consume_into(self, intake: Intake) -> None:
+        """Where consumed messages' rows go: the gateway's intake, given by the root."""
+        if self.consumer is not None:
+            self.consumer.consume_into(intake)
+
     def start(self) -> defer.Deferred:
         d = self.client.start()
+        if self.consumer is not None:
+            self.consumer.start()
         loader = self.loader
         if loader is not None:
             d.addCallback(lambda _: loader.start())
@@ -149,6 +159,8 @@ class NatsNotifier:
 
     @defer.inlineCallbacks
     def stop(self):
+        if self.consumer is not None:
+            self.consumer.stop()
         if self.loader is not None:
             yield self.loader.stop()
         yield self.client.stop()
@@ -177,6 +189,20 @@ class NatsNotifier:
             "Events that could not be published on NATS",
             st.publish_failed,
         )
+        if self.consumer is not None:
+            cs = self.consumer.stats
+            yield family(
+                CounterMetricFamily,
+                "sfpl_nats_consumed",
+                "tic.* messages handed to the intake",
+                cs.accepted,
+            )
+            yield family(
+                CounterMetricFamily,
+                "sfpl_nats_consume_rejected",
+                "tic.* messages not stored: malformed, or the intake refused them",
+                cs.rejected + cs.failed,
+            )
         if self.entry.JetStream:
             yield family(
                 CounterMetricFamily,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 # The column that identifies a row for deduplication of replays and retries. Tables without
 # an entry are inserted as they come (their engines collapse duplicates, or they have no key).
-DEDUP_KEYS = {"events": "eid", "payments": "id", "agreed": "id", "agreements": "id"}
+DEDUP_KEYS = {"events": "eid", "payments": "id", "agreed": "id", "agreements": "id", "logs": "id"}
 
 
 def keys_to_check(table: str, rows: list[dict]) -> tuple[str | None, list[str]]:
