@@ -166,7 +166,8 @@ FROM sfpla.events
 WHERE chash != '' AND server = 0 AND bot = 0;
 
 -- Named counters; the gateway counts `vids_created` (a visitor id minted for a client event),
--- per day: `SELECT sum(total) FROM sfpla.counters WHERE id = 'vids_created'`.
+-- per day: `SELECT sum(total) FROM sfpla.counters WHERE id = 'vids_created'`. The NATS
+-- consumer (notify/consumer.py, "Consume": true) also inserts its `tic.count` rows here.
 CREATE TABLE IF NOT EXISTS sfpla.counters
 (
     id String,
