@@ -422,7 +422,7 @@ class _Translator:
             else:
                 self.notes.append(
                     f"Consume[{i}]: consuming from {service} is not supported here; skipped "
-                    "(send logs, counts and updates to the HTTP API instead)"
+                    '(for NATS: set "Consume": true on a nats Notify entry)'
                 )
 
 
