@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS sfpla.logs
     msg String,
     params JSON(max_dynamic_paths = 16, max_dynamic_types = 4)
 )
-ENGINE = MergeTree
+-- Replacing (the original's was plain): a row sent twice (a replay) is one line, and
+-- `FROM sfpla.logs FINAL` works as on the other tables.
+ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(ldate)
 ORDER BY (created_at, id)
 SETTINGS non_replicated_deduplication_window = 1000;
