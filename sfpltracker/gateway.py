@@ -139,7 +139,7 @@ class Gateway:
         self.notifiers = make_notifiers(cfg, reactor, self.batcher)
         self.intake: Intake = make_intake(cfg, self.batcher, self.store, reactor, self.notifiers)
         for notifier in self.notifiers:  # "Consume": tic.* messages go through the intake too
-            notifier.consume_into(self.intake)
+            notifier.consume_into(self.intake, self.events.ip_policy)
         self.links = ShortLinkService(cfg, self.store, reactor)
         if self.outputs:
             output_sink(self.intake).outputs.extend(self.outputs)

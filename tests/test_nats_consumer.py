@@ -57,6 +57,8 @@ def test_consumed_messages_are_stored_once_and_bad_ones_do_not_stop_the_rest(
                     "ldate": "2026-01-02",
                     "ltimenss": "1767312000123456789",
                     "params": {"k": "v"},
+                    "ip": "203.0.113.77",
+                    "iphash": "the-original-reversible-hash",
                 }
             ).encode(),
         ),
@@ -85,6 +87,9 @@ def test_consumed_messages_are_stored_once_and_bad_ones_do_not_stop_the_rest(
     assert log["ltime"].startswith("2026-01-02 00:00:00.123")
     assert log["params"] == {"k": "v"}
     assert uuid.UUID(log["id"]).version == 1
+    # IPMode (default truncate) as for every row with an IP; a message's own iphash is not kept
+    assert log["ip"] == "203.0.113.0"
+    assert len(log["iphash"]) == 26 and log["iphash"] != "the-original-reversible-hash"
     assert [(c["id"], int(c["n"])) for c in counters] == [("tic.count.signups", 1), ("widgets", 1)]
     assert updates == [{"id": "u1", "msg": "v2"}]
     assert metric(gw, "sfpl_nats_consumed_total") == 5

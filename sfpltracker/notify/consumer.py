@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from sfpltracker.privacy.ip import IPPolicy
 from sfpltracker.store.interface import Intake
 
 log = Logger()
@@ -149,10 +150,12 @@ class Consumer:
         self.prefix = prefix
         self.stats = ConsumeStats()
         self.intake: Intake | None = None
+        self.ip_policy: IPPolicy | None = None
         self._task: asyncio.Future | None = None
 
-    def consume_into(self, intake: Intake) -> None:
+    def consume_into(self, intake: Intake, ip_policy: IPPolicy | None = None) -> None:
         self.intake = intake
+        self.ip_policy = ip_policy
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._subscribe())
@@ -185,6 +188,12 @@ class Consumer:
             self.stats.rejected += 1
             log.warn("NATS: message on {subject} not stored: {why}", subject=subject, why=e)
             return
+        table, row = record
+        if table == "logs":
+            # IPMode as for every row with an IP (a message's own iphash - the original's was
+            # reversible - is never stored); no policy: no IP at all
+            ip = row.get("ip", "")
+            row["ip"], row["iphash"] = self.ip_policy.stored(ip) if self.ip_policy else ("", "")
         if self.intake is None:  # not wired: nothing would store it
             self.stats.failed += 1
             return

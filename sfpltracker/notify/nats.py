@@ -31,6 +31,7 @@ from sfpltracker.notify.consumer import Consumer
 from sfpltracker.notify.nats_client import NatsClient, NatsStats, to_json
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.jetstream import JetStreamIntake, JetStreamLoader
+from sfpltracker.privacy.ip import IPPolicy
 from sfpltracker.store.interface import Intake, MetricSource
 
 # --------------------------------------------------------------------------- plain publish
@@ -143,10 +144,11 @@ class NatsNotifier:
         else:
             self.publisher = EventPublisher(self.client, entry.Subject, self.stats)
 
-    def consume_into(self, intake: Intake) -> None:
-        """Where consumed messages' rows go: the gateway's intake, given by the root."""
+    def consume_into(self, intake: Intake, ip_policy: IPPolicy) -> None:
+        """Where consumed messages' rows go: the gateway's intake, given by the root, with
+        the ``IPMode`` their IPs get."""
         if self.consumer is not None:
-            self.consumer.consume_into(intake)
+            self.consumer.consume_into(intake, ip_policy)
 
     def start(self) -> defer.Deferred:
         d = self.client.start()
