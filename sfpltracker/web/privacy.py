@@ -149,11 +149,13 @@ class PrivacyResource(Resource):
         if vid is None:
             return error(request, 400, "vid must be a UUID")
         db = _database(self.gateway)
+        # the private columns are dropped here, not with `* EXCEPT`, which clickhouse-server
+        # 18.16 cannot parse
         sql = (
-            f"SELECT * EXCEPT ({', '.join(PRIVATE_COLUMNS)}) FROM {db}.agreed FINAL "
+            f"SELECT * FROM {db}.agreed FINAL "
             f"WHERE vid = {{vid:UUID}} ORDER BY created_at DESC, id DESC LIMIT {MAX_AGREEMENTS}"
         )
-        return self._json_rows(request, sql, {"vid": vid})
+        return self._json_rows(request, sql, {"vid": vid}, drop=PRIVATE_COLUMNS)
 
     def _jurisdictions(self, request):
         db = _database(self.gateway)
@@ -164,11 +166,12 @@ class PrivacyResource(Resource):
         )
         return self._json_rows(request, sql, None)
 
-    def _json_rows(self, request, sql: str, params):
+    def _json_rows(self, request, sql: str, params, drop=()):
         d = self.gateway.store.query(sql, "JSONEachRow", params=params)
 
         def done(data: bytes):
             rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+            rows = [{k: v for k, v in row.items() if k not in drop} for row in rows]
             finish(request, write_json(request, 200, rows))
 
         def failed(failure):
