@@ -2,6 +2,7 @@
 // and prints what each step answered, as JSON.
 // usage: node shorten_client.mjs <shorten.html> <tracker base URL> <token> <uid> <secret> <host>
 import fs from 'node:fs';
+import path from 'node:path';
 import vm from 'node:vm';
 
 const [htmlPath, tracker, token, uid, secret, host] = process.argv.slice(2);
@@ -10,6 +11,11 @@ const m = /<script id="api">([\s\S]*?)<\/script>/.exec(html);
 if (!m) throw new Error('no <script id="api"> in ' + htmlPath);
 // Only what a browser page has: fetch, URL, btoa (no DOM: the client must be pure).
 const ctx = vm.createContext({ fetch, URL, btoa, unescape, encodeURIComponent, JSON, Promise, Date, isNaN, parseInt, String });
+// the scripts the page loads first (shortlinks.js: the API client), then its own
+for (const [, src] of html.matchAll(/<script src="([^"]+)"><\/script>/g)) {
+  const file = path.join(path.dirname(htmlPath), src);
+  vm.runInContext(fs.readFileSync(file, 'utf8'), ctx, { filename: src });
+}
 vm.runInContext(m[1], ctx, { filename: 'shorten.html#api' });
 
 const out = {};

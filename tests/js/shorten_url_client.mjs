@@ -2,6 +2,7 @@
 // the page's Shorten button does, and prints what each step answered, as JSON.
 // usage: node shorten_url_client.mjs <page.html> <tracker base URL> <uid> <key> <host>
 import fs from 'node:fs';
+import path from 'node:path';
 import vm from 'node:vm';
 
 const [htmlPath, tracker, uid, key, host] = process.argv.slice(2);
@@ -10,6 +11,11 @@ const m = /<script id="api">([\s\S]*?)<\/script>/.exec(html);
 if (!m) throw new Error('no <script id="api"> in ' + htmlPath);
 // Only what a browser page has: fetch, btoa (no DOM: the API part must be pure).
 const ctx = vm.createContext({ fetch, btoa, unescape, encodeURIComponent, JSON, Promise, parseInt, String });
+// the scripts the page loads first (shortlinks.js: the API client), then its own
+for (const [, src] of html.matchAll(/<script src="([^"]+)"><\/script>/g)) {
+  const file = path.join(path.dirname(htmlPath), src);
+  vm.runInContext(fs.readFileSync(file, 'utf8'), ctx, { filename: src });
+}
 vm.runInContext(m[1], ctx, { filename: 'shorten_url.html#api' });
 
 const settle = (p) => p.then((data) => ({ ok: true, data }), (e) => ({ ok: false, status: e.status || null, error: e.message }));
