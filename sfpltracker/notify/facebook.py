@@ -53,6 +53,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from sfpltracker.fsutil import fsync_dir, write_atomic
 from sfpltracker.pipeline.breaker import CircuitBreaker
 from sfpltracker.pipeline.intake import OUTPUT_TABLE
 from sfpltracker.store.deadletter import DeadLetters
@@ -227,14 +228,6 @@ def _segment(directory: Path, seq: int) -> Path:
     return directory / f"outbox-{seq:08d}.jsonl"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Batch:
     events: list[dict]
@@ -316,7 +309,7 @@ class Outbox:
         finally:
             os.close(fd)
         if size == 0:
-            _fsync_dir(self.directory)  # a new segment: its name survives a crash too
+            fsync_dir(self.directory)  # a new segment: its name survives a crash too
         with self.lock:
             self.sizes[seq] = size + len(data)
         return (seq, size + len(data))
@@ -345,13 +338,8 @@ class Outbox:
         return Batch(events, (seq, offset))
 
     def mark_sent(self, end: tuple[int, int]) -> None:
-        tmp = self.directory / "sent.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"segment": end[0], "offset": end[1]}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.directory / "sent.json")
-        _fsync_dir(self.directory)
+        position = json.dumps({"segment": end[0], "offset": end[1]})
+        write_atomic(self.directory / "sent.json", position, 0o600)
         self.sent = end
         with self.lock:
             newest = max(self.sizes)
