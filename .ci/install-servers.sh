@@ -9,7 +9,7 @@
 # running afterwards is stopped.
 set -euo pipefail
 
-PACKAGES=(clickhouse-server clickhouse-client nats-server pebble wrk nginx-light)
+PACKAGES=(clickhouse-server clickhouse-client nats-server pebble wrk nginx-light chromium)
 
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""

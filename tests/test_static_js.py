@@ -367,7 +367,7 @@ def test_static_pages_are_self_contained(page):
 def build_links(*inputs: dict) -> list[dict]:
     out = run_node(
         str(JS_DIR / "track_url_builder.mjs"),
-        str(ROOT / "static" / "track_url.html"),
+        str(ROOT / "static" / "track_url.js"),
         json.dumps(inputs),
     )
     return json.loads(out)

@@ -1,0 +1,1 @@
+../../static/track_url.js
