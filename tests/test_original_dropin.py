@@ -135,3 +135,27 @@ def _connected(gw) -> bool:
         line.startswith("sfpl_nats_connected") and line.endswith(" 1.0")
         for line in text.splitlines()
     )
+
+
+def test_the_originals_visitors_and_sessions_views_as_first_event_views(original_gw):
+    gw = original_gw
+    vid, sid, later_sid = (str(uuid.uuid4()) for _ in range(3))
+    for url, session in (("/first", sid), ("/second", sid), ("/third", later_sid)):
+        r = gw.http("POST", "/tr/v1/tr/", json_body={"vid": vid, "sid": session, "url": url})
+        assert r.status == 200
+        gw.wait_for(f"SELECT eid FROM sfpla.events WHERE url = '{url}' AND vid = '{vid}'", bool)
+    first = gw.query(
+        f"SELECT url, toString(sid) AS sid FROM sfpla.visitors_first WHERE vid = '{vid}'"
+    )
+    assert first == [{"url": "/first", "sid": sid}]
+    sessions = gw.query(
+        f"SELECT toString(sid) AS sid, url FROM sfpla.sessions_first WHERE vid = '{vid}' "
+        "ORDER BY url"
+    )
+    assert sessions == [{"sid": sid, "url": "/first"}, {"sid": later_sid, "url": "/third"}]
+    # every column of the original's views: the events row (as visitors_latest)
+    columns = {
+        table: [c["name"] for c in gw.query(f"DESCRIBE TABLE sfpla.{table}")]
+        for table in ("visitors_first", "sessions_first", "events")
+    }
+    assert columns["visitors_first"] == columns["sessions_first"] == columns["events"]
