@@ -159,3 +159,49 @@ def test_the_originals_visitors_and_sessions_views_as_first_event_views(original
         for table in ("visitors_first", "sessions_first", "events")
     }
     assert columns["visitors_first"] == columns["sessions_first"] == columns["events"]
+
+
+def test_health_keeps_its_shape_and_answers_the_originals_metrics_alongside(original_gw):
+    r = original_gw.http("GET", "/health")
+    assert r.status == 200, r
+    health = r.json()
+    # API.md's keys, as before
+    assert health["status"] == "ok" and health["store"]["kind"] == "embedded"
+    assert health["spool"]["durability"]
+    # the original answered its /metrics JSON on /health: its clients read these
+    assert health["metrics"]["health_status"] == "healthy"
+    assert {"event_count", "error_count", "total_latency_ns", "start_time_unix"} <= set(
+        health["metrics"]
+    )
+    assert health["batching"]["enabled"] is True
+    assert {"avg_latency_ms", "error_rate", "uptime_seconds"} <= set(health["calculated"])
+    assert health["timestamp"].endswith("Z")
+
+
+def test_total_latency_counts_websocket_events(original_gw):
+    import asyncio
+
+    import websockets
+
+    gw = original_gw
+
+    def metrics() -> dict:
+        return gw.http("GET", "/metrics").json()["metrics"]
+
+    before = metrics()
+
+    async def send() -> list[str]:
+        url = f"ws://127.0.0.1:{gw.port}/tr/v1/ws?ack=1"
+        acked: list[str] = []
+        async with websockets.connect(url, open_timeout=20) as ws:
+            for i in range(5):
+                await ws.send(json.dumps({"ename": "ws_latency", "i": i}))
+            while len(acked) < 5:
+                acked.extend(json.loads(await ws.recv())["ok"])
+        return acked
+
+    assert len(asyncio.run(asyncio.wait_for(send(), 60))) == 5
+    after = metrics()
+    assert after["event_count"] == before["event_count"] + 5
+    assert after["total_latency_ns"] > before["total_latency_ns"]
+    assert after["last_processed_unix"] >= max(before["last_processed_unix"], 1)
