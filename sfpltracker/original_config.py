@@ -20,7 +20,11 @@ What is mapped (README "Coming from the original tracker" has the table):
 - ``MaximumConnections`` -> ``MaxConnections``, ``ConnectionTimeout`` ->
   ``IdleTimeoutSeconds``, ``ProxyPortRedirect`` -> ``ForceHTTPS``;
 - ``AnonymizeIP`` / ``UseRemoveIP`` -> ``IPMode``; ``UseGeoIP`` + a ``.BIN``/``.mmdb`` in
-  ``IPv6GeoIPZip``/``IPv4GeoIPZip`` -> ``GeoIPDatabase``.
+  ``IPv6GeoIPZip``/``IPv4GeoIPZip`` -> ``GeoIPDatabase``;
+- the file is the original's (``ORIGINAL_ONLY_KEYS``, or an entry with ``Service``) ->
+  ``NormalizeURLs: true`` (its ``UrlFilter``/``UrlFilterMatchGroup`` kept), unless given;
+- a ``Consume[]`` nats entry -> ``Consume: true`` + ``ConsumeSubjects`` (its ``Filter``) on the
+  Notify nats entry with the same ``Hosts``, else a nats entry with ``Publish: false``.
 """
 
 from __future__ import annotations
