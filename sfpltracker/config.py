@@ -73,6 +73,11 @@ class NotifyEntry:
     # nats: also consume the original's tic.log / tic.count / tic.update into logs, counters,
     # updates (notify/consumer.py)
     Consume: bool = False
+    # nats + Consume: the subjects per kind ({"log": ["tic.log.>"], ...}); empty: tic.<kind>
+    # and tic.<kind>.> for each of log, count, update
+    ConsumeSubjects: dict[str, list[str]] = field(default_factory=dict)
+    # nats: publish accepted events on Subject (false: an entry that only consumes)
+    Publish: bool = True
     # facebook: the pixel, its Conversions API token, the enames sent (Meta's spelling, e.g.
     # "Purchase"; matched case-insensitively), Meta's test code, where the Graph API is.
     PixelId: str = ""
@@ -194,6 +199,11 @@ class Config:
     MaxParamsKeys: int = 256
     MaxParamsBytes: int = 65536
     IgnoreQueryParamsKey: str = "igqp"
+    # The original's url/last normalisation (ingest/urls.py): off by default (API.md: values
+    # as sent); on when the original's config file is loaded (original_config.py).
+    NormalizeURLs: bool = False
+    UrlFilter: str = ""  # with NormalizeURLs: a regex whose group UrlFilterMatchGroup is kept
+    UrlFilterMatchGroup: int = 0
     # Short-link admin API: after this many failed logins per client IP or uid within the
     # window, further attempts get 429 without a password check (0 turns it off).
     LoginFailureLimit: int = 10
@@ -278,7 +288,7 @@ LEGACY_KEYS = frozenset(
     ProxyForceJson ProxyDailyLimit ProxyDailyLimitChecker MaximumConnections
     ReadHeaderTimeoutSeconds WriteTimeoutSeconds TempDirectory UseGeoIP GeoIPVersion
     IPv4GeoIPZip IPv6GeoIPZip IPv4GeoIPCSVDest IPv6GeoIPCSVDest UseRegionDescriptions
-    UseRemoveIP AccountHashMixer UrlFilter UrlFilterMatchGroup CFlagsMarketing CFlagsIgnore
+    UseRemoveIP AccountHashMixer CFlagsMarketing CFlagsIgnore
     SchemaVersion PruneLogsTTL PruneLogsOnly PruneLogsSkip PruneLogsPageSize PruneUpdateConfig
     PruneLimit PruneSkipToTimestamp S3Bucket S3Prefix S3Region S3AccessKeyID S3SecretAccessKey
     HealthCheckInterval InactivityTimeoutSeconds MaxShardSizeBytes Consume NodeId
@@ -433,6 +443,11 @@ def _validate(cfg: Config) -> None:
                 f"Notify[{i}].Compression: must be one of lz4, lz4hc, zstd or none, "
                 f"got {entry.Compression!r}"
             )
+        for kind in entry.ConsumeSubjects:
+            if kind not in ("log", "count", "update"):
+                raise ConfigError(
+                    f"Notify[{i}].ConsumeSubjects.{kind}: must be log, count or update"
+                )
     if sum(1 for n in cfg.Notify if n.Type == "nats" and n.JetStream and not n.Skip) > 1:
         raise ConfigError("Notify: only one nats entry can have JetStream (it is the spool)")
     _validate_facebook(cfg)
@@ -455,8 +470,25 @@ def _validate(cfg: Config) -> None:
     ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+    _validate_urls(cfg)
     if cfg.MaxJSONDepth < 2:
         raise ConfigError("MaxJSONDepth: must be at least 2 (an event and its params)")
+
+
+def _validate_urls(cfg: Config) -> None:
+    if not cfg.UrlFilter:
+        return
+    if not cfg.NormalizeURLs:
+        raise ConfigError("UrlFilter: only applies with NormalizeURLs: true")
+    try:
+        pattern = re.compile(cfg.UrlFilter)
+    except re.error as e:
+        raise ConfigError(f"UrlFilter: not a valid regex: {e}") from None
+    if not 0 <= cfg.UrlFilterMatchGroup <= pattern.groups:
+        raise ConfigError(
+            f"UrlFilterMatchGroup: UrlFilter has {pattern.groups} groups, "
+            f"got {cfg.UrlFilterMatchGroup}"
+        )
 
 
 def _validate_facebook(cfg: Config) -> None:

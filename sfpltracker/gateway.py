@@ -25,6 +25,7 @@ from sfpltracker.config import Config
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
+from sfpltracker.ingest.urls import UrlNormaliser
 from sfpltracker.links.service import ShortLinkService
 from sfpltracker.notify.facebook import FacebookOutput, make_capture, make_outputs
 from sfpltracker.notify.nats import NatsNotifier, PublishingIntake, make_notifiers
@@ -132,6 +133,9 @@ class Gateway:
             enrichers=build_enrichers(self.geoip),
             # what the Conversions API outputs need of an event that its row does not keep
             capture=make_capture(cfg) if self.outputs else None,
+            normalise_url=(
+                UrlNormaliser(cfg.UrlFilter, cfg.UrlFilterMatchGroup) if cfg.NormalizeURLs else None
+            ),
         )
         self.store: Store = store if store is not None else make_store(cfg, reactor)
         self.batcher = Batcher(self.store, reactor, cfg.Batching)

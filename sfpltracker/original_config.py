@@ -20,7 +20,11 @@ What is mapped (README "Coming from the original tracker" has the table):
 - ``MaximumConnections`` -> ``MaxConnections``, ``ConnectionTimeout`` ->
   ``IdleTimeoutSeconds``, ``ProxyPortRedirect`` -> ``ForceHTTPS``;
 - ``AnonymizeIP`` / ``UseRemoveIP`` -> ``IPMode``; ``UseGeoIP`` + a ``.BIN``/``.mmdb`` in
-  ``IPv6GeoIPZip``/``IPv4GeoIPZip`` -> ``GeoIPDatabase``.
+  ``IPv6GeoIPZip``/``IPv4GeoIPZip`` -> ``GeoIPDatabase``;
+- the file is the original's (``ORIGINAL_ONLY_KEYS``, or an entry with ``Service``) ->
+  ``NormalizeURLs: true`` (its ``UrlFilter``/``UrlFilterMatchGroup`` kept), unless given;
+- a ``Consume[]`` nats entry -> ``Consume: true`` + ``ConsumeSubjects`` (its ``Filter``) on the
+  Notify nats entry with the same ``Hosts``, else a nats entry with ``Publish: false``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from typing import Any
 
 
@@ -56,6 +61,16 @@ SUBSUMED = {
     "API": "set by the original at start-up, not read from the file",
     "Note": "a comment",
 }
+
+# Keys only the original's config files have (its config.json, its README's sample): one of
+# them, or a Notify/Consume entry written with ``Service``, marks the file as the original's.
+ORIGINAL_ONLY_KEYS = frozenset(
+    """MaximumConnections UseRemoveIP AnonymizeIP UseGeoIP IPv4GeoIPZip IPv6GeoIPZip
+    GeoIPVersion SchemaVersion UrlFilter UrlFilterMatchGroup ProxyUrl ProxyUrlFilter
+    IgnoreInsecureTLS ProxyDailyLimit ProxyDailyLimitChecker PruneOldData ConnectionTimeout
+    Consume AccountHashMixer CFlagsMarketing CFlagsIgnore UseRegionDescriptions TempDirectory
+    PruneLogsTTL PruneLimit""".split()
+)
 
 _ENTRY_BATCH_KEYS = {
     "MaxBatchSize": "MaxBatchSize",
@@ -95,8 +110,17 @@ class _Translator:
 
     # -- top level ---------------------------------------------------------------------------
 
+    def is_original(self) -> bool:
+        out = self.out
+        if any(key in out for key in ORIGINAL_ONLY_KEYS):
+            return True
+        entries = [e for k in ("Notify", "Consume") if isinstance(out.get(k), list) for e in out[k]]
+        return any(isinstance(e, dict) and "Service" in e for e in entries)
+
     def run(self) -> dict:
         out = self.out
+        if self.is_original():
+            self._urls()
         # Entries first: their Prune rules may set DataRetentionDays, which PruneOldData names.
         if "Notify" in out and isinstance(out["Notify"], list):
             out["Notify"] = self._notify(out["Notify"])
@@ -140,6 +164,41 @@ class _Translator:
                 out.pop(key)
                 self.notes.append(Mapped(f"{key}: {why}"))
         return out
+
+    def _urls(self) -> None:
+        """The original stored url/last normalised (reference b.6): so do its users' files,
+        unless they say ``NormalizeURLs`` themselves."""
+        out = self.out
+        url_filter = out.get("UrlFilter", "")
+        if url_filter:
+            try:
+                re.compile(url_filter)
+            except re.error as e:
+                out.pop("UrlFilter")
+                out.pop("UrlFilterMatchGroup", None)
+                self.notes.append(
+                    f"UrlFilter: {_show(url_filter)} is not a regex Python reads ({e}); "
+                    "URLs are normalised without it"
+                )
+                url_filter = ""
+        if "NormalizeURLs" in self.given:
+            if not out["NormalizeURLs"]:
+                for key in ("UrlFilter", "UrlFilterMatchGroup"):
+                    if key in out:
+                        out.pop(key)
+                        self.notes.append(Mapped(f"{key}: not used, NormalizeURLs is false"))
+            return
+        out["NormalizeURLs"] = True
+        self.mapped(
+            "the original's config file -> NormalizeURLs: true (url and last stored as the "
+            "original stored them: lower-cased, //host/path, no query)"
+        )
+        if url_filter:
+            self.mapped(
+                f"UrlFilter + UrlFilterMatchGroup ({out.get('UrlFilterMatchGroup', 0)}): a URL "
+                "it matches is stored as that group (the original's config: the path of its "
+                "own sites)"
+            )
 
     def _numbers(self) -> None:
         out = self.out
@@ -415,15 +474,68 @@ class _Translator:
             self.put("DataRetentionDays", min(days), f"{where}.Prune (ClearAll rules)")
 
     def _consume(self, entries: list) -> None:
+        """A ``nats`` Consume entry: its Filter subjects consumed into logs / counters /
+        updates (notify/consumer.py), on the Notify nats entry with the same Hosts or on an
+        entry of its own that publishes nothing (the original's consumer only consumed)."""
         for i, entry in enumerate(entries):
+            where = f"Consume[{i}]"
             service = entry.get("Service", "?") if isinstance(entry, dict) else "?"
             if isinstance(service, str) and service.endswith("_"):
-                self.notes.append(Mapped(f"Consume[{i}]: {service!r} is disabled, skipped"))
-            else:
+                self.notes.append(Mapped(f"{where}: {service!r} is disabled, skipped"))
+            elif service != "nats" or not isinstance(entry, dict):
                 self.notes.append(
-                    f"Consume[{i}]: consuming from {service} is not supported here; skipped "
-                    '(for NATS: set "Consume": true on a nats Notify entry)'
+                    f"{where}: consuming from {service} is not supported here; skipped (only "
+                    "nats, as in the original)"
                 )
+            else:
+                self._consume_nats(where, entry)
+
+    def _consume_nats(self, where: str, entry: dict) -> None:
+        subjects: dict[str, list[str]] = {}
+        for j, f in enumerate(entry.pop("Filter", None) or []):
+            alias = f.get("Alias") if isinstance(f, dict) else None
+            subject = f.get("Id") if isinstance(f, dict) else None
+            if alias not in CONSUME_KINDS or not isinstance(subject, str) or not subject:
+                self.notes.append(
+                    f"{where}.Filter[{j}]: Alias must be log, count or update with an Id "
+                    "(the subject); ignored"
+                )
+                continue
+            subjects.setdefault(alias, []).append(subject)
+        if not subjects:
+            self.notes.append(f"{where}: no Filter subjects, nothing to consume; skipped")
+            return
+        entry.pop("Service")
+        hosts = entry.get("Hosts")
+        notify = self.out.setdefault("Notify", [])
+        if not isinstance(notify, list):
+            return
+        same = next(
+            (
+                n
+                for n in notify
+                if isinstance(n, dict) and n.get("Type") == "nats" and n.get("Hosts") == hosts
+            ),
+            None,
+        )
+        if same is not None:
+            same["Consume"], same["ConsumeSubjects"] = True, subjects
+            self.mapped(
+                f"{where} -> Consume: true and ConsumeSubjects: {_show(subjects)} on the Notify "
+                f"nats entry with Hosts {_show(hosts)}"
+            )
+            return
+        if isinstance(entry.get("Timeout"), int | float):
+            entry["Timeout"] = entry["Timeout"] / 1000  # the original's milliseconds
+        notify.append({**entry, "Type": "nats", "Consume": True, "Publish": False,
+                       "ConsumeSubjects": subjects})  # fmt: skip
+        self.mapped(
+            f"{where} -> Notify[{len(notify) - 1}]: a nats entry with Consume: true, "
+            f"ConsumeSubjects: {_show(subjects)}, Publish: false (events are not published)"
+        )
+
+
+CONSUME_KINDS = ("log", "count", "update")  # the original's Filter aliases (notify/consumer.py)
 
 
 _STORE_OR_NATS = ("embedded", "clickhouse", "nats")

@@ -75,8 +75,6 @@ def test_the_originals_config_json_keeps_its_meaning():
         "UseGeoIP",  # says to set GeoIPDatabase to a .BIN or .mmdb
         "IgnoreInsecureTLS",
         "WriteTimeoutSeconds",
-        "UrlFilter",
-        "UrlFilterMatchGroup",
         "CFlagsMarketing",
         "SchemaVersion",
         "PruneLogsTTL",

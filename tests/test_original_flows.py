@@ -161,7 +161,7 @@ def test_readme_track_event_json_and_server_side(orig):
         ("server_event", "conversion"),
     ]
     assert rows[1][0] == eid
-    assert rows[0][3] == "https://example.com/page"
+    assert rows[0][3] == "//example.com/page"  # the original's normalisation (its config)
     assert rows[0][4] == "US"  # country from tz, as the original derives it
 
 

@@ -103,6 +103,9 @@ class EventModel:
     # ``(raw, row, req) -> record | None``: what an output (the Conversions API) needs of an
     # event that its row does not keep, accepted with it (notify/facebook.py); None: no output.
     capture: Callable[[dict, dict, RequestInfo], tuple[str, dict] | None] | None = None
+    # ``NormalizeURLs``: ``url``/``last`` stored the original's way (ingest/urls.py); None:
+    # kept as sent (API.md section 4)
+    normalise_url: Callable[[str], str] | None = None
 
     def visitor(
         self, req: RequestInfo, first: dict | None = None, *, server: bool = False
@@ -285,6 +288,10 @@ class EventModel:
                 row[column] = self.hash_private(value)
         if "url" not in row and req.page_url:
             row["url"] = req.page_url
+        if self.normalise_url is not None:
+            for column in ("url", "last"):
+                if row.get(column):
+                    row[column] = self.normalise_url(row[column])
 
         row["created_at"] = req.now_ms
         row["hhash"] = short_hash(req.host)

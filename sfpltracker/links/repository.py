@@ -70,13 +70,15 @@ class LinkRepository:
         if not oids:
             return defer.succeed(links)
         d = self._query(
-            f"SELECT toString(oid) AS oid, ddata FROM {self.database}.orgs FINAL "
-            "WHERE toString(oid) IN {oids:Array(String)}",
+            # not ``toString(oid) AS oid``: in WHERE that alias would be the text, which
+            # matches no UUID of the parameter (the note of issue 16 took it for a chDB bug)
+            f"SELECT toString(oid) AS org_id, ddata FROM {self.database}.orgs FINAL "
+            "WHERE oid IN {oids:Array(UUID)}",
             {"oids": _array(oids)},
         )
 
         def apply(data: bytes) -> list[Link]:
-            hosts = {r["oid"]: default_destination_host(r["ddata"]) for r in _rows(data)}
+            hosts = {r["org_id"]: default_destination_host(r["ddata"]) for r in _rows(data)}
             return [with_org_host(link, hosts) for link in links]
 
         d.addCallback(apply)

@@ -2,7 +2,8 @@
 become rows of ``logs``, ``counters`` and ``updates`` (reference c.20, h "NATS").
 
 A ``nats`` Notify entry with ``"Consume": true`` queue-subscribes (group ``tracker``, so
-gateways share the work) to ``tic.<kind>`` and ``tic.<kind>.>``. Each JSON message is checked
+gateways share the work) to ``tic.<kind>`` and ``tic.<kind>.>``, or to the entry's
+``ConsumeSubjects`` (the original's ``Consume[].Filter``: Alias -> Id). Each JSON message is checked
 and turned into one row with the original's columns, then handed to the gateway's intake (the
 spool: durable and loaded like every other row; the composition root passes the intake in).
 A message that is not a JSON object, or has a field of the wrong type, is logged and counted
@@ -145,9 +146,14 @@ def to_record(kind: str, subject: str, data: bytes, now_ms: int) -> tuple[str, d
 class Consumer:
     """Subscribes once the client is connected (nats-py re-subscribes after a reconnect)."""
 
-    def __init__(self, client, prefix: str = "tic"):
+    def __init__(self, client, subjects: dict[str, list[str]] | None = None):
         self.client = client
-        self.prefix = prefix
+        # kind -> subjects; the original's config.json listed tic.<kind>.> in its Filter
+        self.subjects = {
+            kind: (subjects or {}).get(kind)
+            or ([] if subjects else [f"tic.{kind}", f"tic.{kind}.>"])
+            for kind in KINDS
+        }
         self.stats = ConsumeStats()
         self.intake: Intake | None = None
         self.ip_policy: IPPolicy | None = None
@@ -167,12 +173,12 @@ class Consumer:
     async def _subscribe(self) -> None:
         await self.client.ready.wait()
         nc = self.client.nc
-        for kind in KINDS:
+        for kind, subjects in self.subjects.items():
             handler = self._handler(kind)
-            for subject in (f"{self.prefix}.{kind}", f"{self.prefix}.{kind}.>"):
+            for subject in subjects:
                 await nc.subscribe(subject, queue=QUEUE_GROUP, cb=handler)
         await nc.flush()
-        log.info("NATS: consuming {prefix}.log/count/update", prefix=self.prefix)
+        log.info("NATS: consuming {subjects}", subjects=self.subjects)
 
     def _handler(self, kind: str):
         async def handle(msg) -> None:

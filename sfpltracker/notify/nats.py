@@ -132,7 +132,7 @@ class NatsNotifier:
         self.intake: JetStreamIntake | None = None
         self.loader: JetStreamLoader | None = None
         # "Consume": the original's tic.* messages; the root hands it the intake (consume_into)
-        self.consumer = Consumer(self.client) if entry.Consume else None
+        self.consumer = Consumer(self.client, entry.ConsumeSubjects) if entry.Consume else None
         if entry.JetStream:
             self.intake = JetStreamIntake(
                 self.client, entry, self.stats, batcher if entry.Loader else None
@@ -141,7 +141,7 @@ class NatsNotifier:
                 self.loader = JetStreamLoader(
                     self.client, entry, self.stats, batcher=batcher, data_dir=data_dir
                 )
-        else:
+        elif entry.Publish:
             self.publisher = EventPublisher(self.client, entry.Subject, self.stats)
 
     def consume_into(self, intake: Intake, ip_policy: IPPolicy) -> None:

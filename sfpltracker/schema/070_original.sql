@@ -263,6 +263,18 @@ CREATE VIEW IF NOT EXISTS sfpla.visitors_latest AS
 SELECT * FROM sfpla.events WHERE bot = 0
 ORDER BY created_at DESC LIMIT 1 BY oid, vid;
 
+-- The original's `visitors` and `sessions` views (the first event of each visitor / session,
+-- every events column). Those two names are this gateway's first/last-seen tables (API.md
+-- section 6, 010_events.sql), so the original's views are here as `visitors_first` and
+-- `sessions_first` (docs/migrating.md: rename them in the original's queries).
+CREATE VIEW IF NOT EXISTS sfpla.visitors_first AS
+SELECT * FROM sfpla.events WHERE bot = 0
+ORDER BY created_at ASC LIMIT 1 BY oid, vid;
+
+CREATE VIEW IF NOT EXISTS sfpla.sessions_first AS
+SELECT * FROM sfpla.events WHERE bot = 0
+ORDER BY created_at ASC LIMIT 1 BY oid, sid;
+
 CREATE VIEW IF NOT EXISTS sfpla.nodes AS
 SELECT hhash, vid, uid, iphash, ip, sid, created_at
 FROM sfpla.events

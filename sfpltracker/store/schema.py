@@ -221,3 +221,41 @@ def engine_changes(
             Statement(ENGINE_CHANGE, f"DROP TABLE {new}"),
         ]
     return out
+
+
+def cluster_engine_changes(
+    statements: list[Statement], stored: dict[str, str], database: str, cluster: str
+) -> dict[str, list[str]]:
+    """On a cluster, the statements an operator runs to rebuild a ``<t>_local`` table an older
+    schema made with an engine since changed (table -> statements; ``stored`` as for
+    ``engine_changes``, Replicated engines compared without the prefix). Not run by the gateway:
+    the copy must run once per shard on one replica while nothing writes the table, which
+    several gateways starting at once cannot promise (docs/clickhouse.md)."""
+    out = {}
+    for s in statements:
+        if s.kind != "table" or not s.name:
+            continue
+        declared = _ENGINE.search(s.sql)
+        current = stored.get(s.name)
+        if not declared or current is None:
+            continue
+        pair = (current.removeprefix("Replicated"), declared.group(1).removeprefix("Replicated"))
+        if pair not in CONVERTIBLE:
+            continue
+        table, new = f"{database}.{s.name}", f"{database}.{s.name}__convert"
+        on = f" ON CLUSTER '{cluster}'"
+        create = re.sub(
+            rf"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+{re.escape(table)}\b",
+            f"CREATE TABLE {new}",
+            s.sql,
+            count=1,
+        ).replace(f"/{s.name}'", f"/{s.name}__convert'")  # its own ZooKeeper path
+        if on not in create:
+            create = create.replace(f"CREATE TABLE {new}", f"CREATE TABLE {new}{on}", 1)
+        out[s.name] = [
+            create,
+            f"INSERT INTO {new} SELECT * FROM {table}  -- on one replica of each shard",
+            f"EXCHANGE TABLES {table} AND {new}{on}",
+            f"DROP TABLE {new}{on} SYNC",
+        ]
+    return out

@@ -5,6 +5,7 @@ None of them is tracked (the original counted every health probe as a short-link
 ``/status`` and ``/metrics`` answer by default in the original tracker's shapes, which its
 clients parse; ``/status?format=object`` is this gateway's richer object (see
 ``answer_format``). ``/metrics`` gives Prometheus text to a scraper that asks for it.
+``/health`` is API.md's object with the original's metrics keys alongside.
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ class _Leaf(Resource):
 
 
 class HealthResource(_Leaf):
+    """API.md's ``{"status", "store", "spool"}``, 503 when events are not accepted; with the
+    original's keys alongside (``metrics``, ``batching``, ``calculated``, ``timestamp``): it
+    answered its metrics JSON on ``/health``, and its clients read ``metrics.health_status``."""
+
     def render_GET(self, request):
         health = self.gateway.health()
         status = 503 if health["status"] == "down" else 200
         request.setHeader(b"cache-control", b"no-store")
-        return write_json(request, status, health)
+        return write_json(request, status, {**seed_metrics(self.gateway, health), **health})
 
 
 class PingResource(_Leaf):
@@ -145,7 +150,7 @@ def _rfc3339(seconds: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def seed_metrics(gw) -> dict:
+def seed_metrics(gw, health: dict | None = None) -> dict:
     """The original's ``/metrics`` JSON, key for key, every number measured here.
 
     - ``event_count``: events acknowledged to clients; ``error_count``: events refused as
@@ -154,7 +159,8 @@ def seed_metrics(gw) -> dict:
       ``campaign_events``: events of a message thread (``tid``) written, one ``mthreads`` row
       each, as the original counted one per campaign event.
     - ``total_latency_ns``: summed per event, from the request being taken up to its durable
-      acknowledgement, on the HTTP tracking routes (``/tr/``, ``/str/``, ``/img/``);
+      acknowledgement, on the HTTP tracking routes (``/tr/``, ``/str/``, ``/img/``) and for
+      WebSocket messages (from the socket read that brought them);
       ``avg_latency_ms`` divides it by the events so timed.
     - ``last_processed_unix``: when an event was last acknowledged (0: none yet).
     """
@@ -164,7 +170,7 @@ def seed_metrics(gw) -> dict:
     by_table = gw.batcher.stats.rows_by_table
     accepted = c.get("events_accepted", 0)
     errors = c.get("events_rejected", 0) + batching["failed_batches"]
-    health = gw.health()["status"]
+    health = health or gw.health()
     # The original rendered the last flush as RFC 3339 always (the epoch before any flush).
     last_flush = gw.batcher.stats.last_flush
     batching["last_flush_time"] = _rfc3339(last_flush) if last_flush else _rfc3339(0)
@@ -181,7 +187,9 @@ def seed_metrics(gw) -> dict:
             "payments_count": c.get("payments_accepted", 0),
             "refused_requests": c.get("requests_refused", 0),
             "connection_count": gw.open_connections,
-            "health_status": {"ok": "healthy", "degraded": "degraded"}.get(health, "unhealthy"),
+            "health_status": {"ok": "healthy", "degraded": "degraded"}.get(
+                health["status"], "unhealthy"
+            ),
             "start_time_unix": int(gw.started_at),
         },
         "batching": batching,
@@ -195,7 +203,7 @@ def seed_metrics(gw) -> dict:
             "batch_success_rate": batching["batch_success_rate"],
             "avg_items_per_batch": batching["avg_batch_size"],
         },
-        "spool": gw.intake.health().get("spool"),
+        "spool": health.get("spool"),
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
     }
 

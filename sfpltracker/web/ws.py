@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -47,6 +48,7 @@ from sfpltracker.ingest.parse import BadInput, json_events, query_pairs
 from sfpltracker.ingest.request import host_only
 from sfpltracker.pipeline.intake import Refused
 from sfpltracker.web.common import NOT_DONE_YET, error, header, request_info
+from sfpltracker.web.ops import note_acknowledged
 from sfpltracker.web.track import visitor_cookies
 
 if TYPE_CHECKING:
@@ -205,13 +207,16 @@ class IngestProtocol(WebSocketServerProtocol):
     # ``intake.accept()`` (one spool write, one batcher entry) instead of one per message, which
     # is most of the per-message cost of the pipeline. Each message still gets its own answer.
 
-    _batch: list | None = None  # [(records, eids, problems)] of the current read
+    _batch: list | None = None  # [(records, eids, problems, events, read_ns)] of the read
     _req: RequestInfo | None = (
         None  # the upgrade's RequestInfo stamped with the time of the current read
     )
 
+    _read_ns = 0  # when the current read was taken up: the events' total_latency_ns starts here
+
     def dataReceived(self, data: bytes) -> None:
         self._batch, self._req = [], None
+        self._read_ns = time.monotonic_ns()
         try:
             super().dataReceived(data)
         except Exception:
@@ -246,8 +251,10 @@ class IngestProtocol(WebSocketServerProtocol):
             return
         # The ack names the events the gateway took: stored, or dropped as bots (their own eid)
         eids = [eid for eid in got.eids if eid is not None]
-        message = (got.records, eids, got.problems)
         if self._batch is None:  # not from a socket read (a caller feeding messages itself)
+            self._read_ns = time.monotonic_ns()
+        message = (got.records, eids, got.problems, got.accepted, self._read_ns)
+        if self._batch is None:
             self._submit([message])
         else:
             self._batch.append(message)
@@ -264,7 +271,8 @@ class IngestProtocol(WebSocketServerProtocol):
 
         def accepted(_):
             gw.count("events_accepted", count_events(records))
-            for _records, eids, problems in batch:
+            for _records, eids, problems, events, started in batch:
+                note_acknowledged(gw, events, started)
                 if problems:
                     self._reply({"ok": eids, "error": "; ".join(problems[:5])})
                 else:
@@ -277,7 +285,7 @@ class IngestProtocol(WebSocketServerProtocol):
             else:
                 log.failure("intake failed", failure)
                 reason, retry = "events cannot be accepted now", 5
-            for _records, eids, _problems in batch:
+            for _records, eids, *_rest in batch:
                 self._reply({"error": reason, "retry_after": retry, "eids": eids})
 
         def settled(_):

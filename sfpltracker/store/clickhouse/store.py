@@ -64,6 +64,7 @@ from sfpltracker.store.rejects import one_line as _reason
 from sfpltracker.store.schema import (
     DEFAULT_DATABASE,
     JSON_BOUNDS,
+    cluster_engine_changes,
     engine_changes,
     json_type_changes,
     load_statements,
@@ -357,8 +358,10 @@ class ClickHouseStore:
                     self._call(client, statement.sql)
                 except StoreError as e:
                     raise StoreError(f"schema {statement.file}: {e}", e.code or -1) from None
-            if not self.cluster:  # a cluster's tables are rebuilt by its operator
+            if not self.cluster:
                 self._change_engines(client, statements)
+            else:  # a cluster's tables are rebuilt by its operator: say how
+                self._tell_engine_changes(client, statements)
             self._read_shapes(client)
             self._bound_json_columns(client)
             quote = self._call(
@@ -395,6 +398,23 @@ class ClickHouseStore:
                 self._call(client, statement.sql)
             except StoreError as e:
                 raise StoreError(f"schema: {statement.sql}: {e}", e.code or -1) from None
+
+    def _tell_engine_changes(self, client, statements) -> None:
+        """A cluster table made by an older schema with an engine since changed: a warning at
+        every start with the statements that rebuild it (docs/clickhouse.md)."""
+        rows = self._call(
+            client, f"SELECT name, engine FROM system.tables WHERE database = '{self.database}'"
+        )
+        changes = cluster_engine_changes(statements, dict(rows), self.database, self.cluster)
+        for table, steps in changes.items():
+            log.warn(
+                "store: {table} has the engine of an older schema ({engine}); not converted on "
+                "a cluster (e.g. redirect_history refuses FINAL until it is). Stop the gateways "
+                "and run (docs/clickhouse.md, 'Engine changes on a cluster'):\n{steps}",
+                table=f"{self.database}.{table}",
+                engine=dict(rows)[table],
+                steps=";\n".join(step.strip() for step in steps) + ";",
+            )
 
     def _bound_json_columns(self, client) -> None:
         """Bring JSON columns of tables an older schema created to the declared (bounded) type
