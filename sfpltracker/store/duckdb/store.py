@@ -163,6 +163,10 @@ class DuckDBStore:
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> defer.Deferred:
+        if self.writer_pool.joined:  # started again after stop(): new threads
+            self.writer_pool = ThreadPool(1, 1, name="duckdb-writer")
+            self.reader_pool = ThreadPool(1, self.reader_pool.max, name="duckdb-reader")
+            self._local = threading.local()
         self.writer_pool.start()
         self.reader_pool.start()
         return self._on_writer(self._open_and_load)
