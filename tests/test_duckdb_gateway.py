@@ -23,6 +23,7 @@ DUCKDB = {"Notify": [{"Type": "duckdb", "File": "data/sfpla.duckdb"}]}
 def gw(tmp_path_factory):
     config = {**DUCKDB, "Domains": ["localhost", "go.duck.test"], "LoginFailureLimit": 1000}
     with GatewayProcess(tmp_path_factory.mktemp("duck"), config) as gateway:
+        assert gateway.http("GET", "/health").json()["store"]["kind"] == "duckdb"
         yield gateway
 
 
@@ -117,6 +118,7 @@ def test_a_sigkill_mid_load_then_restart_stores_each_ack_once(tmp_path):
     replayed = resent = 0
     try:
         gw.start()
+        assert health(gw)["store"]["kind"] == "duckdb"
         for _ in range(2):
             loads = [LoadClient(gw, 2), LoadClient(gw, 1, "payment"), LoadClient(gw, 1, "consent")]
             for load in loads:

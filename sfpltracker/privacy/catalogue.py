@@ -62,6 +62,14 @@ class Table:
 @defer.inlineCallbacks
 def read_catalogue(store):
     """``{name: Table}`` of the data tables of the store's database (no views)."""
+    if getattr(store, "kind", "") == "duckdb":
+        from sfpltracker.admin import AdminError
+
+        # Deletes here are ClickHouse mutations over ClickHouse's catalogue (docs/duckdb.md).
+        raise AdminError(
+            "prune, forget, export-subject and export run on ClickHouse stores only; on the "
+            "DuckDB store use DuckDB SQL on the file (docs/duckdb.md)"
+        )
     db = database_of(store)
     raw = yield store.query(
         "SELECT t.name AS table, t.engine AS engine, c.name AS column, c.type AS type "
