@@ -160,3 +160,19 @@ def test_the_file_opens_in_a_plain_duckdb_client(duckdb_store, tmp_path):
     finally:
         con.close()
     yield duckdb_store.start()  # the fixture stops it
+
+
+def test_a_duckdb_notify_entry_makes_the_duckdb_store_on_its_file(tmp_path):
+    from twisted.internet import reactor
+
+    from sfpltracker.config import load
+    from sfpltracker.gateway import make_store
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({"DataDirectory": "d", "Notify": [{"Type": "duckdb", "File": "x/t.duckdb"}]})
+    )
+    store = make_store(load(str(config)), reactor)
+    assert (store.kind, store.where) == ("duckdb", str(tmp_path / "x" / "t.duckdb"))
+    config.write_text(json.dumps({"DataDirectory": "d", "Notify": [{"Type": "duckdb"}]}))
+    assert make_store(load(str(config)), reactor).where == str(tmp_path / "d" / "sfpla.duckdb")
