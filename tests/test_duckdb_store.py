@@ -176,3 +176,27 @@ def test_a_duckdb_notify_entry_makes_the_duckdb_store_on_its_file(tmp_path):
     assert (store.kind, store.where) == ("duckdb", str(tmp_path / "x" / "t.duckdb"))
     config.write_text(json.dumps({"DataDirectory": "d", "Notify": [{"Type": "duckdb"}]}))
     assert make_store(load(str(config)), reactor).where == str(tmp_path / "d" / "sfpla.duckdb")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_batch_resent_by_the_next_process_after_its_commit_is_not_stored_twice(tmp_path):
+    from twisted.internet import reactor
+
+    from sfpltracker.store.duckdb.store import DuckDBStore
+
+    # The process committed the batch (token included) and died before the journal heard:
+    # the next process re-sends it with the same token.
+    batch = [{"id": "logins", "total": 3, "date": "2026-01-01"}]
+    first = DuckDBStore(tmp_path / "sfpla.duckdb", tmp_path, reactor)
+    yield first.start()
+    yield first.insert("counters", batch, token="j-7")
+    yield first.stop()
+    second = DuckDBStore(tmp_path / "sfpla.duckdb", tmp_path, reactor)
+    yield second.start()
+    try:
+        yield second.insert("counters", batch, token="j-7")
+        assert (yield rows(second, "SELECT id, total FROM counters")) == [
+            {"id": "logins", "total": 3}
+        ]
+    finally:
+        yield second.stop()

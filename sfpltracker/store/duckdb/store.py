@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import queue
 import re
 import threading
 from collections import Counter
@@ -153,7 +154,7 @@ class DuckDBStore:
         self.columns: dict[str, dict[str, str]] = {}  # table -> column -> DuckDB type
         self._con: Any = None
         self._local = threading.local()
-        self._cursor_lock = threading.Lock()
+        self._cursors: queue.Queue = queue.Queue()
         self._seq = 0
 
     @property
@@ -208,6 +209,9 @@ class DuckDBStore:
         con.execute(f'USE "{self.database}"')
         self._con = con
         self._load_schema()
+        self._cursors = queue.Queue()
+        for _ in range(self.reader_pool.max):
+            self._cursors.put(con.cursor())
         # Closed to the outside from here on, for every connection of this database.
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -249,13 +253,14 @@ class DuckDBStore:
         return deferToThreadPool(self.reactor, self.writer_pool, fn, *args)
 
     def _cursor(self):
-        """This reader thread's own connection to the database."""
+        """This reader thread's own connection to the database (made on the writer thread
+        at open: a DuckDB connection is not to be used by two threads at once)."""
         cur = getattr(self._local, "cursor", None)
         if cur is None:
-            with self._cursor_lock:
-                if self._con is None:
-                    raise StoreError("the DuckDB store is not open", 210)
-                cur = self._con.cursor()
+            try:
+                cur = self._cursors.get_nowait()
+            except queue.Empty:
+                raise StoreError("the DuckDB store is not open", 210) from None
             cur.execute(f'USE "{self.database}"')
             self._local.cursor = cur
         return cur
