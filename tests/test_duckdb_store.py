@@ -200,3 +200,29 @@ def test_a_batch_resent_by_the_next_process_after_its_commit_is_not_stored_twice
         ]
     finally:
         yield second.stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["forget", "--vid", "00000000-0000-0000-0000-000000000001"],
+        ["export", "--since", "2026-01-01", "--until", "2026-01-02", "--out", "exported"],
+    ],
+)
+def test_the_clickhouse_only_commands_say_so_on_a_duckdb_store(tmp_path, args):
+    import subprocess
+    import sys
+
+    from tests.gateway_process import ROOT
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"DataDirectory": "d", "Notify": [{"Type": "duckdb"}]}))
+    out = subprocess.run(
+        [sys.executable, "-m", "sfpltracker", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "run on ClickHouse stores only" in out.stderr and "Traceback" not in out.stderr
