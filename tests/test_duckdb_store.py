@@ -226,3 +226,14 @@ def test_the_clickhouse_only_commands_say_so_on_a_duckdb_store(tmp_path, args):
     )
     assert out.returncode != 0
     assert "run on ClickHouse stores only" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_column_the_schema_has_and_the_file_lacks_is_added_at_start(duckdb_store, tmp_path):
+    # a file made by an older schema: events without a column added since
+    yield duckdb_store.execute('ALTER TABLE sfpla.events DROP COLUMN "chash"')
+    yield duckdb_store.stop()
+    yield duckdb_store.start()
+    yield duckdb_store.insert("events", [{**events(1)[0], "chash": "c1"}])
+    assert (yield rows(duckdb_store, "SELECT chash FROM sfpla.events")) == [{"chash": "c1"}]
+    assert (yield rows(duckdb_store, "SELECT count(*) AS n FROM sfpla.cells")) == [{"n": 1}]

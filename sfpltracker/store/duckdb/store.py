@@ -228,9 +228,27 @@ class DuckDBStore:
             except Exception as e:
                 raise StoreError(f"schema {what}: {e}") from None
         self._read_columns()
+        self._add_missing_columns()
         row = con.execute(f"SELECT coalesce(max(seq), 0) FROM {self.database}.{TOKENS_TABLE}")
         self._seq = int(row.fetchone()[0])
         return len(statements)
+
+    def _add_missing_columns(self) -> None:
+        """Columns the schema files added to a table since this file was made (``CREATE
+        TABLE IF NOT EXISTS`` leaves an existing table as it is)."""
+        added = False
+        for name, table in self.tables.items():
+            stored = self.columns.get(name)
+            for column in table.columns if stored is not None else ():
+                if column.name not in stored:
+                    log.info("store: {table} gets column {column}", table=name, column=column.name)
+                    self._con.execute(
+                        f'ALTER TABLE {self.database}."{name}" ADD COLUMN "{column.name}" '
+                        f"{column.type} DEFAULT {column.default}"
+                    )
+                    added = True
+        if added:
+            self._read_columns()
 
     def _read_columns(self) -> None:
         rows = self._con.execute(
