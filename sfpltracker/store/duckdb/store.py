@@ -239,7 +239,9 @@ class DuckDBStore:
         added = False
         for name, table in self.tables.items():
             stored = self.columns.get(name)
-            for column in table.columns if stored is not None else ():
+            if stored is None:
+                continue
+            for column in table.columns:
                 if column.name not in stored:
                     log.info("store: {table} gets column {column}", table=name, column=column.name)
                     self._con.execute(
