@@ -74,8 +74,12 @@ READ_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
 def _duck():
-    import duckdb
-
+    try:
+        import duckdb
+    except ImportError:
+        raise StoreError(
+            "the duckdb store needs the duckdb package: pip install 'sfpltracker[duckdb]'"
+        ) from None
     return duckdb
 
 
