@@ -99,6 +99,7 @@ def test_the_cli_query_runs_duckdb_sql_through_the_running_gateway(gw):
         "SET enable_external_access = true",
         "DROP TABLE sfpla.events",
         "SELECT 1; DELETE FROM sfpla.events",
+        "WITH x AS (DELETE FROM sfpla.events RETURNING *) SELECT count(*) FROM x",
     ],
 )
 def test_a_hostile_query_is_refused_by_the_listener(gw, sql):

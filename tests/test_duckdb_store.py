@@ -136,6 +136,7 @@ def test_a_row_refused_for_its_data_is_set_aside_and_the_others_stored(duckdb_st
         "DELETE FROM sfpla.events",
         "CREATE TABLE sfpla.x (a INT)",
         "SELECT 1; DROP TABLE sfpla.events",
+        "WITH x AS (DELETE FROM sfpla.events RETURNING *) SELECT count(*) FROM x",
         "SELECT * FROM 'data/sfpla.duckdb'",
     ],
 )

@@ -21,7 +21,8 @@ Reads run on reader threads, each with its own cursor of the database. Once the 
 loaded the database is closed to the outside: ``enable_external_access = false`` (no file,
 no network, no extension loading or installing, no ``ATTACH``, no ``COPY``, no Python object
 scans) and ``lock_configuration = true`` (no ``SET`` undoes it). The query listener's queries
-are then parsed by DuckDB and run only as one ``SELECT`` (or ``EXPLAIN``) statement, with
+are then parsed by DuckDB and run only as one ``SELECT`` (or ``EXPLAIN``) statement, in a
+read-only transaction (a ``SELECT`` may hold a data-modifying CTE), with
 ``QueryTimeoutSeconds`` (the query is interrupted) and ``QueryMaxResultBytes``.
 """
 
@@ -493,8 +494,13 @@ class DuckDBStore:
             timer.daemon = True
             timer.start()
             try:
+                # A SELECT can still write (``WITH x AS (DELETE ... RETURNING *) SELECT``): a
+                # read-only transaction refuses any write, whatever the statement says.
+                cur.execute("BEGIN TRANSACTION READ ONLY")
                 cur.execute(statements[0])
                 return out, _formatted(cur, out, int(limits.get("max_result_bytes") or 0))
+            except _duck().TransactionException as e:
+                raise QueryRefused(one_line(e)) from None
             except _duck().InterruptException:
                 raise StoreError("the query ran past QueryTimeoutSeconds (TIMEOUT_EXCEEDED)",
                                  TIMEOUT_EXCEEDED) from None  # fmt: skip
@@ -506,6 +512,7 @@ class DuckDBStore:
                 raise StoreError(one_line(e), _code(e)) from None
             finally:
                 timer.cancel()
+                _rollback(cur)
 
         return deferToThreadPool(self.reactor, self.reader_pool, run)
 
