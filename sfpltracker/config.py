@@ -48,7 +48,7 @@ class BatchSettings:
 
 @dataclass
 class NotifyEntry:
-    """One ``Notify`` entry: a store (``embedded``, ``clickhouse``), a publisher (``nats``) or
+    """One ``Notify`` entry: a store (``embedded``, ``clickhouse``, ``duckdb``), a publisher (``nats``) or
     an output (``facebook``: the Conversions API, docs/outputs.md)."""
 
     Type: str = "embedded"
@@ -65,6 +65,7 @@ class NotifyEntry:
     Connections: int = 4
     Timeout: float = 10.0  # seconds
     Cluster: str = ""
+    File: str = ""  # duckdb: the database file (default DataDirectory/sfpla.duckdb)
     Subject: str = "toc.track.notify"
     JetStream: bool = False
     Stream: str = "SFPL_EVENTS"
@@ -277,7 +278,7 @@ class Config:
         return stores[0] if stores else NotifyEntry(Type="embedded")
 
 
-STORE_TYPES = ("embedded", "clickhouse")
+STORE_TYPES = ("embedded", "clickhouse", "duckdb")
 NOTIFY_TYPES = (*STORE_TYPES, "nats", "facebook")
 
 # Keys of the original tracker's config.json. ``original_config.translate`` maps those with a

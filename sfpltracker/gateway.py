@@ -63,6 +63,11 @@ def make_store(cfg: Config, reactor) -> Store:
         from sfpltracker.store.clickhouse.store import ClickHouseStore
 
         return ClickHouseStore.from_config(entry, cfg, reactor)
+    if entry.Type == "duckdb":
+        from sfpltracker.store.duckdb.store import DuckDBStore
+
+        path = cfg.path(entry.File) if entry.File else cfg.data_dir / "sfpla.duckdb"
+        return DuckDBStore(path, cfg.data_dir, reactor, database=entry.Database or DEFAULT_DATABASE)
     raise NotImplementedError(f"store type {entry.Type!r} is not available yet")
 
 

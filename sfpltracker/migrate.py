@@ -480,6 +480,8 @@ def _rows(data: bytes) -> list[dict]:
 def destination_columns(store, table: str):
     """``(name -> type, None)`` of this schema's ``table``, or ``(None, reason)`` when rows
     cannot be inserted there."""
+    if getattr(store, "kind", "") == "duckdb":
+        raise admin.AdminError("migrate copies into ClickHouse stores only (docs/duckdb.md)")
     database = getattr(store, "database", "sfpla")
     found = _rows(
         (

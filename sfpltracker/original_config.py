@@ -356,8 +356,10 @@ class _Translator:
             return None
         # The Conversions API exists here as {"Type": "facebook", ...} (docs/outputs.md); the
         # original's entry (Service, Context = pixel, Key = token, no Events) is still skipped.
-        new_facebook = kind == "facebook" and not original_style
-        if not new_facebook and (
+        # So is the original's duckdb entry (its file holds the original's tables); the DuckDB
+        # store here is {"Type": "duckdb", "File": ...} (docs/duckdb.md).
+        new_style = kind in ("facebook", "duckdb") and not original_style
+        if not new_style and (
             kind.lower() in FOREIGN_SERVICES or (original_style and kind not in _STORE_OR_NATS)
         ):
             if entry.get("Critical"):

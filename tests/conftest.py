@@ -44,3 +44,14 @@ def store(tmp_path):
     pytest_twisted.blockon(s.start())
     yield s
     pytest_twisted.blockon(s.stop())
+
+
+@pytest.fixture
+def duckdb_store(tmp_path):
+    """A started DuckDB store on ``tmp_path/sfpla.duckdb``, without a gateway."""
+    from sfpltracker.store.duckdb.store import DuckDBStore
+
+    s = DuckDBStore(tmp_path / "sfpla.duckdb", tmp_path, reactor)
+    pytest_twisted.blockon(s.start())
+    yield s
+    pytest_twisted.blockon(s.stop())

@@ -114,6 +114,17 @@ def test_both_real_stores_keep_the_store_contract(tmp_path):
     assert server.where == "127.0.0.1:9000"
 
 
+def test_the_duckdb_store_keeps_the_store_contract(tmp_path):
+    from sfpltracker.store.duckdb.store import DuckDBStore
+
+    store = DuckDBStore(tmp_path / "sfpla.duckdb", tmp_path, reactor)  # built, not opened
+    assert isinstance(store, Store) and isinstance(store, MetricSource)
+    assert token_store(store) is store and isinstance(store, TokenStore)
+    # DuckDB syncs its write-ahead log at commit: nothing for the spool loader to ask
+    assert not isinstance(store, SyncingStore)
+    assert store.where == str(tmp_path / "sfpla.duckdb")
+
+
 def test_every_intake_keeps_the_intake_contract(tmp_path):
     from sfpltracker.gateway import Gateway
     from sfpltracker.notify.nats import PublishingIntake

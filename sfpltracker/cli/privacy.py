@@ -283,7 +283,9 @@ def cmd_export(cfg, ns) -> int:
 
 
 def _catalogue(session, db: str) -> dict:
-    from sfpltracker.privacy.catalogue import Table
+    from sfpltracker.privacy.catalogue import Table, refuse_duckdb
+
+    refuse_duckdb(getattr(session, "store", None))
 
     raw = session.query(
         "SELECT t.name AS table, t.engine AS engine, c.name AS column, c.type AS type "

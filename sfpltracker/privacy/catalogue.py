@@ -59,9 +59,22 @@ class Table:
         )
 
 
+def refuse_duckdb(store) -> None:
+    """These commands read ClickHouse's catalogue and delete with ClickHouse mutations: on the
+    DuckDB store an ``AdminError`` saying so (docs/duckdb.md)."""
+    if getattr(store, "kind", "") == "duckdb":
+        from sfpltracker.admin import AdminError
+
+        raise AdminError(
+            "prune, forget, export-subject and export run on ClickHouse stores only; on the "
+            "DuckDB store use DuckDB SQL on the file (docs/duckdb.md)"
+        )
+
+
 @defer.inlineCallbacks
 def read_catalogue(store):
     """``{name: Table}`` of the data tables of the store's database (no views)."""
+    refuse_duckdb(store)
     db = database_of(store)
     raw = yield store.query(
         "SELECT t.name AS table, t.engine AS engine, c.name AS column, c.type AS type "

@@ -1,0 +1,257 @@
+-- The DuckDB store's derived tables and views (store/duckdb/schema.py), one for each table a
+-- ClickHouse materialized view fills and each plain view of schema/*.sql, with the same names
+-- and columns. A view is computed from its source table when read, so it counts every stored
+-- row exactly once (the source tables are deduplicated on insert) and FINAL needs nothing:
+-- a Summing target is the GROUP BY of its key, a Replacing one the newest row of its key, an
+-- Aggregating one its aggregates. tests/test_duckdb_store.py checks the columns against the
+-- ClickHouse schema. Statements end with ";" at the end of a line; `sfpla.` is the database.
+
+CREATE OR REPLACE VIEW sfpla.events_recent AS
+SELECT * FROM sfpla.events
+WHERE created_at >= make_timestamp(epoch_us(now())) - INTERVAL 7 DAY;
+
+CREATE OR REPLACE VIEW sfpla.hits AS
+SELECT hhash, url, count(*)::UBIGINT AS total, created_at::DATE AS date
+FROM sfpla.events
+WHERE url != '' AND server = 0 AND bot = 0
+GROUP BY hhash, url, created_at::DATE;
+
+CREATE OR REPLACE VIEW sfpla.dailies AS
+SELECT ip, created_at::DATE AS day, count(*)::UBIGINT AS total
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY ip, created_at::DATE;
+
+CREATE OR REPLACE VIEW sfpla.referrers AS
+SELECT hhash, last AS url, count(*)::UBIGINT AS total, created_at::DATE AS date
+FROM sfpla.events
+WHERE last != '' AND server = 0 AND bot = 0
+GROUP BY hhash, last, created_at::DATE;
+
+CREATE OR REPLACE VIEW sfpla.outcomes AS
+SELECT hhash, outcome, sink, created_at::DATE AS created, url, count(*)::UBIGINT AS total
+FROM sfpla.events
+WHERE outcome != '' AND server = 0 AND bot = 0
+GROUP BY hhash, outcome, sink, url, created_at::DATE;
+
+CREATE OR REPLACE VIEW sfpla.visitors AS
+SELECT oid, vid, any_value(hhash) AS hhash, max(uid) AS uid, min(created_at) AS first_seen,
+       max(created_at) AS last_seen, count(*)::UBIGINT AS events
+FROM sfpla.events
+WHERE bot = 0
+GROUP BY oid, vid;
+
+CREATE OR REPLACE VIEW sfpla.sessions AS
+SELECT oid, sid, any_value(vid) AS vid, any_value(hhash) AS hhash,
+       min(created_at) AS first_seen, max(created_at) AS last_seen, count(*)::UBIGINT AS events
+FROM sfpla.events
+WHERE bot = 0
+GROUP BY oid, sid;
+
+CREATE OR REPLACE VIEW sfpla.ltv AS
+SELECT hhash, id, id_type, sum(paid) AS paid, any_value(oid) AS oid, any_value(org) AS org,
+       max(updated_at) AS updated_at, any_value(updater) AS updater,
+       min(created_at) AS created_at, any_value(owner) AS owner
+FROM (
+    SELECT hhash, uid AS id, 'uid' AS id_type, revenue AS paid, oid, org, updated_at, updater,
+           created_at, owner FROM sfpla.payments
+    UNION ALL
+    SELECT hhash, vid, 'vid', revenue, oid, org, updated_at, updater, created_at, owner
+    FROM sfpla.payments
+    UNION ALL
+    SELECT hhash, orid, 'orid', revenue, oid, org, updated_at, updater, created_at, owner
+    FROM sfpla.payments
+)
+WHERE id != '00000000-0000-0000-0000-000000000000'::UUID
+GROUP BY hhash, id, id_type;
+
+CREATE OR REPLACE VIEW sfpla.ltvu AS
+SELECT hhash, uid, oid, sum(revenue) AS paid, count(*)::UBIGINT AS payments,
+       max(updated_at) AS updated_at
+FROM sfpla.payments
+WHERE uid != '00000000-0000-0000-0000-000000000000'::UUID
+GROUP BY hhash, uid, oid;
+
+CREATE OR REPLACE VIEW sfpla.ltvv AS
+SELECT hhash, vid, oid, sum(revenue) AS paid, count(*)::UBIGINT AS payments,
+       max(updated_at) AS updated_at
+FROM sfpla.payments
+WHERE vid != '00000000-0000-0000-0000-000000000000'::UUID
+GROUP BY hhash, vid, oid;
+
+-- The latest decision per visitor (ReplacingMergeTree(updated_at) ORDER BY vid).
+CREATE OR REPLACE VIEW sfpla.agreements AS
+SELECT * FROM sfpla.agreed
+QUALIFY row_number() OVER (PARTITION BY vid ORDER BY updated_at DESC, created_at DESC, id DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.ips AS
+SELECT hhash, ip, count(*)::UBIGINT AS total, created_at::DATE AS date
+FROM sfpla.events
+WHERE ip != '' AND bot = 0
+GROUP BY hhash, ip, created_at::DATE;
+
+CREATE OR REPLACE VIEW sfpla.reqs AS
+SELECT hhash, vid, count(*)::UBIGINT AS total, created_at::DATE AS date, max(uid) AS uid
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY hhash, vid, created_at::DATE;
+
+CREATE OR REPLACE VIEW sfpla.browsers AS
+SELECT hhash, bhash, browser, count(*)::UBIGINT AS total, created_at::DATE AS date
+FROM sfpla.events
+WHERE bhash != '' AND server = 0 AND bot = 0
+GROUP BY hhash, bhash, browser, created_at::DATE;
+
+CREATE OR REPLACE VIEW sfpla.hosts AS
+SELECT hhash, hostname, max(created_at) AS created_at
+FROM sfpla.events
+WHERE hostname != '' AND server = 0 AND bot = 0
+GROUP BY hhash, hostname;
+
+CREATE OR REPLACE VIEW sfpla.userhosts AS
+SELECT hhash, uid, vid, sid, created_at
+FROM sfpla.events
+WHERE uid != '00000000-0000-0000-0000-000000000000'::UUID AND server = 0 AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, uid, vid ORDER BY created_at DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.usernames AS
+SELECT hhash, uhash, vid, sid, created_at
+FROM sfpla.events
+WHERE uhash != '' AND server = 0 AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, uhash, vid ORDER BY created_at DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.emails AS
+SELECT hhash, ehash, vid, sid, created_at
+FROM sfpla.events
+WHERE ehash != '' AND server = 0 AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, ehash ORDER BY created_at DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.cells AS
+SELECT hhash, chash, vid, sid, created_at
+FROM sfpla.events
+WHERE chash != '' AND server = 0 AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, chash, vid ORDER BY created_at DESC) = 1;
+
+-- `counters` takes rows too (the NATS consumer's tic.count): they are kept here.
+CREATE TABLE IF NOT EXISTS sfpla.counters_consumed (
+    id VARCHAR NOT NULL DEFAULT '',
+    total UBIGINT NOT NULL DEFAULT 0,
+    date DATE NOT NULL DEFAULT DATE '1970-01-01'
+);
+
+CREATE OR REPLACE VIEW sfpla.counters AS
+SELECT id, sum(total)::UBIGINT AS total, date
+FROM (
+    SELECT id, total, date FROM sfpla.counters_consumed
+    UNION ALL
+    SELECT 'vids_created', 1, created_at::DATE
+    FROM sfpla.events
+    WHERE new_vid = 1 AND server = 0 AND bot = 0
+)
+GROUP BY id, date;
+
+CREATE OR REPLACE VIEW sfpla.impression_daily AS
+SELECT oid, org, tid, any_value(campaign) AS campaign_id, created_at::DATE AS day,
+       xid AS variant_id,
+       count(*)::BIGINT AS total_impressions,
+       count_if(uid = '00000000-0000-0000-0000-000000000000'::UUID)::BIGINT
+           AS anonymous_impressions,
+       count_if(uid != '00000000-0000-0000-0000-000000000000'::UUID)::BIGINT
+           AS identified_impressions,
+       count(*)::BIGINT AS unique_visitors,
+       count_if(ename = 'conversion')::BIGINT AS conversions,
+       max(created_at) AS updated_at
+FROM sfpla.events
+WHERE tid != '00000000-0000-0000-0000-000000000000'::UUID
+  AND oid != '00000000-0000-0000-0000-000000000000'::UUID
+  AND ename != '' AND (ename = 'conversion' OR score != 0) AND bot = 0
+GROUP BY oid, org, tid, created_at::DATE, xid;
+
+CREATE OR REPLACE VIEW sfpla.visitors_latest AS
+SELECT * FROM sfpla.events WHERE bot = 0
+QUALIFY row_number() OVER (PARTITION BY oid, vid ORDER BY created_at DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.nodes AS
+SELECT hhash, vid, uid, iphash, ip, sid, created_at
+FROM sfpla.events
+WHERE ip != '' AND iphash != '' AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, vid, iphash ORDER BY created_at) = 1;
+
+CREATE OR REPLACE VIEW sfpla.locations AS
+SELECT hhash, vid, lat, lon, uid, sid, created_at
+FROM sfpla.events
+WHERE lat != 0 AND lon != 0 AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, vid, lat, lon ORDER BY created_at) = 1;
+
+CREATE OR REPLACE VIEW sfpla.aliases AS
+SELECT hhash, vid, uid, sid, created_at
+FROM sfpla.events
+WHERE uid != '00000000-0000-0000-0000-000000000000'::UUID AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, vid, uid ORDER BY created_at) = 1;
+
+CREATE OR REPLACE VIEW sfpla.user_sessions AS
+SELECT hhash, uid, vid, sid, created_at
+FROM sfpla.events
+WHERE uid != '00000000-0000-0000-0000-000000000000'::UUID AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, uid, vid, sid ORDER BY created_at) = 1;
+
+CREATE OR REPLACE VIEW sfpla.routed AS
+SELECT hhash, ip, url, created_at AS updated_at
+FROM sfpla.events
+WHERE ip != '' AND url != '' AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, ip ORDER BY created_at DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.referrals AS
+SELECT hhash, ref, vid, 0 AS gen, created_at, -epoch(created_at)::BIGINT AS version_ts
+FROM sfpla.events
+WHERE ref != '00000000-0000-0000-0000-000000000000'::UUID AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, vid ORDER BY created_at) = 1;
+
+CREATE OR REPLACE VIEW sfpla.referred AS
+SELECT hhash, rcode, vid, 0 AS gen, created_at, -epoch(created_at)::BIGINT AS version_ts
+FROM sfpla.events
+WHERE rcode != '' AND bot = 0
+QUALIFY row_number() OVER (PARTITION BY hhash, vid ORDER BY created_at) = 1;
+
+CREATE OR REPLACE VIEW sfpla.last_event_by_vid_uid_ename AS
+SELECT oid, org, vid, uid, ename, created_at AS last_occurred, tid AS last_thread,
+       date_diff('day', created_at, make_timestamp(epoch_us(now()))) AS days_since
+FROM sfpla.events
+WHERE bot = 0
+QUALIFY row_number() OVER (PARTITION BY oid, vid, uid, ename ORDER BY created_at DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.last_event_by_user AS
+SELECT oid, org, uid, ename AS event_type, created_at AS last_event_time,
+       date_diff('day', created_at, make_timestamp(epoch_us(now()))) AS days_since_event
+FROM sfpla.events
+WHERE bot = 0
+QUALIFY row_number() OVER (PARTITION BY oid, uid, ename ORDER BY created_at DESC) = 1;
+
+CREATE OR REPLACE VIEW sfpla.conversion_funnel AS
+SELECT oid, org, vid,
+       min(created_at) AS first_touch,
+       max(created_at) FILTER (WHERE ename IN ('conversion', 'purchase', 'paid'))
+           AS conversion_time,
+       date_diff('day', min(created_at),
+                 max(created_at) FILTER (WHERE ename IN ('conversion', 'purchase', 'paid')))
+           AS days_to_conversion,
+       coalesce(max(score) FILTER (WHERE ename IN ('purchase', 'paid')), 0) AS conversion_value,
+       coalesce(any_value(invoice_id) FILTER (WHERE ename IN ('conversion', 'purchase', 'paid')),
+                '00000000-0000-0000-0000-000000000000'::UUID) AS invoice_id
+FROM sfpla.events
+WHERE bot = 0
+GROUP BY oid, org, vid
+HAVING count_if(ename IN ('conversion', 'purchase', 'paid')) > 0;
+
+CREATE OR REPLACE VIEW sfpla.event_frequency AS
+SELECT oid, org, ename AS event_type,
+       count(DISTINCT eid) AS total_events,
+       count(DISTINCT vid) AS unique_visitors,
+       count(DISTINCT uid) AS unique_users,
+       min(created_at) AS first_seen,
+       max(created_at) AS last_seen,
+       avg(score) AS avg_score
+FROM sfpla.events
+WHERE bot = 0
+GROUP BY oid, org, ename
+ORDER BY total_events DESC;
