@@ -187,6 +187,7 @@ def _components() -> dict:
             "LinkInput": {
                 "type": "object",
                 "required": ["urlfrom", "urlto"],
+                "examples": [{"urlfrom": "links.test/spring", "urlto": "https://example.com/sale"}],
                 "properties": {
                     "urlfrom": {"type": "string", "examples": ["go.example.com/spring"]},
                     "urlto": {"type": "string", "examples": ["https://example.com/sale"]},
@@ -502,7 +503,7 @@ def _privacy(p: str) -> dict:
 
 
 def _links(p: str) -> dict:
-    auth = [{"bearer": []}, {"basic": []}]
+    auth: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
     creds = [
         {"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}},
         {"name": "password", "in": "path", "required": True, "schema": {"type": "string"}},
