@@ -686,6 +686,7 @@ API_ROUTES = [
     "rdr/",
     "xrdr/",
     "ws",
+    "openapi.json",
     "",
 ]
 

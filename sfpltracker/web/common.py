@@ -143,6 +143,13 @@ def error(request, status: int, reason: str, retry_after: int | None = None) -> 
     return write_json(request, status, {"error": reason})
 
 
+def method_not_allowed(request, allowed: str, reason: str = "method not allowed here") -> bytes:
+    """405 with the ``Allow`` header RFC 9110 (15.5.6) requires: the methods that work here
+    (``allowed``, e.g. ``"GET, HEAD, OPTIONS"``), so a client can correct itself."""
+    request.setHeader(b"allow", allowed.encode("latin-1"))
+    return error(request, 405, reason)
+
+
 def finish(request, body: bytes) -> None:
     """Finish a deferred response unless the client has gone away meanwhile."""
     if getattr(request, "_disconnected", False) or request.finished:

@@ -56,6 +56,7 @@ from sfpltracker.web.common import (
     error,
     finish,
     header,
+    method_not_allowed,
     preflight,
     read_body,
     request_info,
@@ -130,12 +131,14 @@ class RpiResource(Resource):
                 return self._run(request, self._save(request, creds))
             if method == b"DELETE":
                 return self._run(request, self._delete(request, creds))
-            return error(request, 405, "use POST to save a link, DELETE to remove one")
+            return method_not_allowed(
+                request, "POST, DELETE, OPTIONS", "use POST to save a link, DELETE to remove one"
+            )
         if action == "redirects" and len(rest) in (1, 3):
             creds = Credentials(rest[0], rest[1]) if len(rest) == 3 else header_credentials(request)
             if method in (b"GET", b"HEAD"):
                 return self._run(request, self._list(request, creds, rest[-1]))
-            return error(request, 405, "use GET to list links")
+            return method_not_allowed(request, "GET, HEAD, OPTIONS", "use GET to list links")
         return error(request, 404, "unknown rpi route")
 
     def _run(self, request, d: defer.Deferred):

@@ -34,6 +34,7 @@ from sfpltracker.web.common import (
     body_too_large,
     error,
     finish,
+    method_not_allowed,
     preflight,
     read_body,
     request_info,
@@ -86,7 +87,7 @@ class PrivacyResource(Resource):
         if action == "agree":
             return self._agree(request)
         if action in ("jds", "geoip"):
-            return error(request, 405, f"use GET for /ppi/{action}")
+            return method_not_allowed(request, "GET, HEAD, OPTIONS", f"use GET for /ppi/{action}")
         return error(request, 404, f"unknown privacy action {action!r}")
 
     render_PUT = render_POST

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 
 from sfpltracker.web.common import error
 from sfpltracker.web.links import RpiResource, ShortLinkFallback
+from sfpltracker.web.openapi import OpenApiResource
 from sfpltracker.web.ops import (
     ClearResource,
     HealthResource,
@@ -63,6 +64,7 @@ class GatewayRoot(Resource):
             b"rdr": RedirectResource(gateway, self.links, server=True),
             b"xrdr": RedirectResource(gateway, self.links, server=False),
             b"ws": self.websocket,
+            b"openapi.json": OpenApiResource(gateway),
         }
         self.fallbacks: list = [ShortLinkFallback(gateway, self.links, self)]
 

@@ -31,6 +31,7 @@ from sfpltracker.web.common import (
     body_too_large,
     error,
     finish,
+    method_not_allowed,
     preflight,
     read_body,
     request_info,
@@ -81,7 +82,7 @@ class IngestResource(Resource):
         return b""
 
     def render_DELETE(self, request):
-        return error(request, 405, "method not allowed")
+        return method_not_allowed(request, "GET, HEAD, POST, PUT, OPTIONS")
 
     def _body_items(self, request) -> list[Any]:
         if body_too_large(request):

@@ -47,7 +47,13 @@ from sfpltracker.ingest.messaging import count_events
 from sfpltracker.ingest.parse import BadInput, json_events, query_pairs
 from sfpltracker.ingest.request import host_only
 from sfpltracker.pipeline.intake import Refused
-from sfpltracker.web.common import NOT_DONE_YET, error, header, request_info
+from sfpltracker.web.common import (
+    NOT_DONE_YET,
+    error,
+    header,
+    method_not_allowed,
+    request_info,
+)
 from sfpltracker.web.ops import note_acknowledged
 from sfpltracker.web.track import visitor_cookies
 
@@ -366,6 +372,9 @@ class WebSocketIngestResource(Resource):
 
     def render(self, request):
         cfg = self.gateway.cfg
+        if request.method not in (b"GET", b"HEAD"):
+            # RFC 6455 4.1: an opening handshake is a GET; any other method is the wrong one
+            return method_not_allowed(request, "GET")
         if b"websocket" not in (request.getHeader(b"upgrade") or b"").lower():
             request.setHeader(b"upgrade", b"websocket")
             return error(request, 426, "this route expects a WebSocket upgrade")

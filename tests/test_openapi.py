@@ -1,0 +1,187 @@
+"""The OpenAPI description (``/tr/v1/openapi.json``): valid OpenAPI 3.1 and true of a live gateway.
+
+schemathesis (its CLI, the command a user would run, README "The API description") generates
+requests from the document for every operation - the examples in it, the boundaries of the GET
+and DELETE operations' parameters and the methods each path does not take, then random input,
+valid and invalid - and sends them to a real gateway process.
+For each answer it checks: no 5xx, a status code the document lists for that operation, the
+content type and headers listed, the body valid against the listed schema; a method the
+document does not list for a path gets 405 with an ``Allow`` header naming those it does; an
+operation under security is refused without the credentials.
+
+Bounded and reproducible: ``EXAMPLES`` per operation, a fixed ``--seed``, no shrinking, so a red
+run is the same input every time; the failing request is printed as a curl line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+from openapi_spec_validator import validate
+
+from tests.gateway_process import ROOT, GatewayProcess
+
+SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
+CITY_MMDB = ROOT / "tests" / "data" / "maxmind" / "GeoIP2-City-Test.mmdb"
+EXAMPLES = 6  # per operation: ~45 operations, ~45 s on a loaded 2-core machine
+SEED = 20261205
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "unsupported_method",
+    "allow_header_conformance",
+    "missing_required_header",
+    "ignored_auth",
+)
+
+
+def operations(document: dict) -> set[str]:
+    return {
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method in item
+        if method in ("get", "put", "post", "delete", "patch", "head", "options")
+    }
+
+
+def test_the_document_is_valid_openapi_3_1(memory_gateway):
+    r = memory_gateway.http("GET", "/tr/v1/openapi.json")
+    assert r.status == 200 and r.header("content-type") == "application/json", r
+    document = json.loads(r.body)
+    validate(document)  # openapi-spec-validator: raises on anything not OpenAPI 3.1
+    assert document["openapi"].startswith("3.1")
+    described = {path for path in document["paths"]}
+    for route in ("tr", "str", "img", "ltv", "rdr", "xrdr", "ppi", "rpi", "pub", "ws"):
+        assert any(p.startswith(f"/tr/v1/{route}/") or p == f"/tr/v1/{route}" for p in described)
+    assert {"/ping", "/health", "/status", "/metrics", "/clear"} <= described
+
+
+def test_the_paths_follow_api_version(tmp_path):
+    from sfpltracker.testing import MemoryGateway
+
+    with MemoryGateway(tmp_path, {"ApiVersion": 2}) as gw:
+        document = json.loads(gw.http("GET", "/tr/v2/openapi.json").body)
+    assert "/tr/v2/tr/" in document["paths"] and "/tr/v1/tr/" not in document["paths"]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    config = {
+        "Domains": ["localhost", "links.test"],
+        "GeoIPDatabase": str(CITY_MMDB),
+        "LoginFailureLimit": 0,  # generated credentials must reach the handlers, not a 429
+    }
+    with GatewayProcess(tmp_path_factory.mktemp("openapi"), config) as gw:
+        out = subprocess.run(
+            [sys.executable, "-m", "sfpltracker", "--config", str(gw.config_path)]
+            + ["account", "create", "--org", "openapi"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        account = dict(re.findall(r"^(\w+):\s*(\S+)$", out.stdout, re.M))
+        yield gw, account
+
+
+def test_a_live_gateway_answers_as_described(live, tmp_path):
+    gw, account = live
+    url = f"http://127.0.0.1:{gw.port}/tr/v1/openapi.json"
+    junit = tmp_path / "junit.xml"
+    # The credential path segments get the account's, so those forms reach a save, a delete and
+    # a listing; wrong credentials are what ignored_auth sends to the header forms.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        "[parameters]\n"
+        f'"path.uid" = "{account["uid"]}"\n'
+        f'"path.password" = "{account["secret"]}"\n'
+        '"path.host" = "links.test"\n'
+        # The coverage phase (every boundary of every schema, valid and invalid, and each method
+        # a path does not take) is deterministic but unbounded: ~3,000 requests over every
+        # operation. It runs on the GET and DELETE operations, which still send every path the
+        # methods it does not take; bodies are left to the fuzzing phase (and tests/test_fuzz.py).
+        "[[operations]]\n"
+        'include-method-regex = "^(POST|PUT)$"\n'
+        "phases.coverage.enabled = false\n"
+    )
+    command = [
+        *SCHEMATHESIS,
+        f"--config-file={config}",
+        "run",
+        url,
+        f"--checks={','.join(CHECKS)}",
+        f"--max-examples={EXAMPLES}",
+        f"--seed={SEED}",
+        # examples: the document's own; fuzzing: EXAMPLES valid and invalid inputs per operation
+        "--phases=examples,coverage,fuzzing",
+        "--workers=1",
+        "--no-shrink",
+        "--max-redirects=0",
+        "--continue-on-failure",
+        "--request-timeout=20",
+        f"--header=Authorization: Bearer {account['token']}",
+        "--report=junit",
+        f"--report-junit-path={junit}",
+        "--no-color",
+    ]
+    run = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, timeout=240, env=_env()
+    )
+    output = run.stdout[-20000:] + run.stderr[-5000:]
+    assert run.returncode == 0, output
+
+    # every operation of the document was run, and none failed
+    document = json.loads(gw.http("GET", "/tr/v1/openapi.json").body)
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    failed = {
+        c.get("name") for c in cases if c.find("failure") is not None or c.find("error") is not None
+    }
+    assert not failed, (failed, output)
+    tested = {c.get("name") for c in cases if c.find("skipped") is None}
+    # schemathesis leaves out the operation it loaded the document from (it got it already)
+    expected = operations(document) - {"GET /tr/v1/openapi.json"}
+    assert tested >= expected, (expected - tested, output)
+    assert gw.http("GET", "/ping").body == b"pong"
+    # the authenticated operations were reached, not only refused: links were saved (and the
+    # delete operation got a saved link's urlfrom from schemathesis' response-derived data)
+    changes = gw.query("SELECT DISTINCT action FROM sfpla.redirect_history")
+    assert {row["action"] for row in changes} >= {"create"}, changes
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    # no user or project schemathesis.toml may change what this run checks
+    return {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
+
+
+# What the fuzzer found (unsupported_method: RFC 9110 15.5.6, a 405 MUST carry ``Allow``).
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("DELETE", "/tr/v1/tr/", "GET, HEAD, POST, PUT, OPTIONS"),
+        ("DELETE", "/tr/v1/img/x/y", "GET, HEAD, POST, PUT, OPTIONS"),
+        ("DELETE", "/tr/v1/ltv/", "GET, HEAD, POST, PUT, OPTIONS"),
+        ("PUT", "/tr/v1/ppi/jds", "GET, HEAD, OPTIONS"),
+        ("POST", "/tr/v1/ppi/geoip", "GET, HEAD, OPTIONS"),
+        ("PATCH", "/tr/v1/rpi/redirect", "POST, DELETE, OPTIONS"),
+        ("GET", "/tr/v1/rpi/redirect/uid/secret", "POST, DELETE, OPTIONS"),
+        ("PUT", "/tr/v1/rpi/redirects/example.com", "GET, HEAD, OPTIONS"),
+        ("POST", "/tr/v1/ws", "GET"),
+    ],
+)
+def test_a_405_names_the_methods_that_work(memory_gateway, method, path, allowed):
+    r = memory_gateway.http(method, path)
+    assert r.status == 405 and json.loads(r.body)["error"], r
+    assert r.header("allow") == allowed, r
+    for other in allowed.split(", "):
+        assert memory_gateway.http(other, path).status != 405, (other, path)
