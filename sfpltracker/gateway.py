@@ -36,6 +36,7 @@ from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
 from sfpltracker.store.interface import Intake, MetricSource, Store
 from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.workers import SINGLE, Role
 
 log = Logger()
 
@@ -66,7 +67,12 @@ def make_store(cfg: Config, reactor) -> Store:
 
 
 def make_intake(
-    cfg: Config, batcher: Batcher, store: Store, reactor, notifiers: list[NatsNotifier]
+    cfg: Config,
+    batcher: Batcher,
+    store: Store,
+    reactor,
+    notifiers: list[NatsNotifier],
+    role: Role = SINGLE,
 ) -> Intake:
     """The point of acknowledgement: the durable spool, RAM with ``Durability: "memory"``, or
     a JetStream stream (the last such Notify entry); NATS publishers wrap it."""
@@ -80,14 +86,27 @@ def make_intake(
             stream=streams[-1].entry.Stream,
         )
     else:
-        intake = _local_intake(cfg, batcher, store, reactor)
+        intake = _local_intake(cfg, batcher, store, reactor, role)
     publishers = [n.publisher for n in notifiers if n.publisher is not None]
     return PublishingIntake(intake, publishers) if publishers else intake
 
 
-def _local_intake(cfg: Config, batcher: Batcher, store: Store, reactor) -> Intake:
+def _local_intake(cfg: Config, batcher: Batcher, store: Store, reactor, role: Role) -> Intake:
     if cfg.Durability == "memory":
         return MemoryIntake(batcher)
+    if role.kind == "worker":  # its own series; the store process loads it
+        from sfpltracker.workers.worker_side import RemoteStore, WorkerIntake
+
+        assert isinstance(store, RemoteStore)
+        return WorkerIntake(
+            cfg.data_dir / "spool",
+            role.name,
+            batcher,
+            reactor,
+            store.link,
+            max_bytes=cfg.SpoolMaxBytes,
+            commit_window=cfg.SpoolCommitWindowMs / 1000,
+        )
     from sfpltracker.pipeline.spool_intake import SpoolIntake
 
     return SpoolIntake(
@@ -106,10 +125,22 @@ def output_sink(intake: Intake):
     return getattr(inner, "loader", inner)
 
 
+def remote_store(cfg: Config, reactor) -> Store:
+    """A worker's store: the store process, over AMP (workers/worker_side.py)."""
+    from sfpltracker.workers.worker_side import RemoteStore, StoreLink
+
+    entry = cfg.store_entry()
+    return RemoteStore(StoreLink(cfg.data_dir, reactor), entry.Type, entry.Database)
+
+
 class Gateway:
-    def __init__(self, cfg: Config, reactor, store: Store | None = None):
+    def __init__(self, cfg: Config, reactor, store: Store | None = None, role: Role = SINGLE):
         self.cfg = cfg
         self.reactor = reactor
+        # Workers > 1: a worker has no store of its own; the store process loads its series.
+        self.role = role
+        if store is None and role.kind == "worker":
+            store = remote_store(cfg, reactor)
         self.version = __version__
         self.started_at = time.time()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +168,9 @@ class Gateway:
         self.batcher = Batcher(self.store, reactor, cfg.Batching)
         # NATS publishers / JetStream as the spool: they decide what the intake is.
         self.notifiers = make_notifiers(cfg, reactor, self.batcher)
-        self.intake: Intake = make_intake(cfg, self.batcher, self.store, reactor, self.notifiers)
+        self.intake: Intake = make_intake(
+            cfg, self.batcher, self.store, reactor, self.notifiers, role
+        )
         for notifier in self.notifiers:  # "Consume": tic.* messages go through the intake too
             notifier.consume_into(self.intake, self.events.ip_policy)
         self.links = ShortLinkService(cfg, self.store, reactor)
@@ -148,6 +181,25 @@ class Gateway:
         # each has start() and stop() -> Deferred; started once the store is ready, stopped
         # before it closes.
         self.components: list[Any] = [self.links]
+        self.series = None  # the store process: the workers' spool series and their loaders
+        if role.kind == "store":
+            from sfpltracker.workers.store_side import SeriesLoaders, StoreServer
+
+            self.series = SeriesLoaders(
+                cfg.data_dir / "spool", self.store, reactor, cfg.Batching, self.outputs
+            )
+            self.components += [
+                self.series,
+                StoreServer(cfg.data_dir, self.store, self.series, reactor),
+            ]
+        self.reporter = None  # Workers > 1: counters to the supervisor, totals back
+        if role.kind != "single":
+            from sfpltracker.workers.reporter import Reporter
+
+            self.reporter = Reporter(
+                cfg.data_dir, reactor, role.kind, role.name, self._counters, self._own_status
+            )
+            self.components.append(self.reporter)
         # Callables yielding prometheus metric families, read at scrape time; service.py adds
         # the web root's and the edge's.
         self.metric_sources: list[Callable[[], Iterable[Any]]] = []
@@ -157,6 +209,8 @@ class Gateway:
         self.metric_sources += [n.metrics for n in self.notifiers]
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
+        if self.series is not None:
+            self.metric_sources.append(self.series.metric_families)
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
@@ -187,7 +241,8 @@ class Gateway:
         self.store_ready = True
         for notifier in self.notifiers:
             yield notifier.start()
-        self.admin_token = admin.create_token(self.cfg.data_dir)
+        if self.role.kind != "worker":  # admin commands run in the store process
+            self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=self.store.where)
         for component in self.components:
             yield component.start()
@@ -214,10 +269,32 @@ class Gateway:
         for source in self.metric_sources:
             yield from source()
 
+    def _counters(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def _own_status(self) -> str:
+        return self.intake.health()["status"] if self.store_ready else "down"
+
+    def total_counters(self) -> dict[str, int]:
+        """The counters over every process (Workers > 1: the supervisor's totals, with this
+        process's own numbers as of now), else this process's."""
+        totals = self.reporter.totals if self.reporter is not None else None
+        if not totals:
+            return self.counters
+        out = dict(totals["counters"])
+        sent = self.reporter.sent if self.reporter is not None else {}
+        for key, n in self.counters.items():
+            if key.endswith("_unix"):
+                out[key] = max(out.get(key, 0), n)
+            else:
+                out[key] = out.get(key, 0) - sent.get(key, 0) + n
+        return out
+
     def health(self) -> dict:
         intake = self.intake.health()
-        return {
-            "status": intake["status"] if self.store_ready else "down",
+        status = intake["status"] if self.store_ready else "down"
+        out = {
+            "status": status,
             "store": {
                 "kind": self.store.kind,
                 "ready": self.store_ready,
@@ -225,3 +302,14 @@ class Gateway:
             },
             "spool": intake.get("spool"),
         }
+        if self.series is not None:
+            out["series"] = self.series.report()
+            if status == "ok" and self.series.store_failing():
+                out["status"] = "degraded"
+        totals = self.reporter.totals if self.reporter is not None else None
+        if totals:
+            out["processes"] = totals["processes"]
+            others_down = any(p["status"] in ("down", "failing") for p in totals["processes"])
+            if out["status"] == "ok" and others_down:
+                out["status"] = "degraded"
+        return out

@@ -158,7 +158,7 @@ def seed_metrics(gw) -> dict:
       ``avg_latency_ms`` divides it by the events so timed.
     - ``last_processed_unix``: when an event was last acknowledged (0: none yet).
     """
-    c = gw.counters
+    c = gw.total_counters()  # Workers > 1: over every process
     uptime = max(time.time() - gw.started_at, 1e-9)
     batching = gw.batcher.report()
     by_table = gw.batcher.stats.rows_by_table
@@ -209,17 +209,18 @@ class GatewayCollector:
     def collect(self):
         gw = self.gateway
         b = gw.batcher.report()
+        c = gw.total_counters()  # Workers > 1: over every process
         yield CounterMetricFamily(
-            "sfpl_events_accepted", "Events acknowledged to clients", gw.counters["events_accepted"]
+            "sfpl_events_accepted", "Events acknowledged to clients", c.get("events_accepted", 0)
         )
         yield CounterMetricFamily(
-            "sfpl_events_rejected", "Events refused as malformed", gw.counters["events_rejected"]
+            "sfpl_events_rejected", "Events refused as malformed", c.get("events_rejected", 0)
         )
         yield CounterMetricFamily(
-            "sfpl_requests_refused", "Requests answered 503", gw.counters["requests_refused"]
+            "sfpl_requests_refused", "Requests answered 503", c.get("requests_refused", 0)
         )
         yield CounterMetricFamily(
-            "sfpl_payments_accepted", "Payment rows acknowledged", gw.counters["payments_accepted"]
+            "sfpl_payments_accepted", "Payment rows acknowledged", c.get("payments_accepted", 0)
         )
         yield CounterMetricFamily("sfpl_batches_stored", "Batches stored", b["total_batches"])
         yield CounterMetricFamily("sfpl_rows_stored", "Rows stored", b["total_items"])
