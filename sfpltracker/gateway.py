@@ -119,6 +119,10 @@ def _local_intake(cfg: Config, batcher: Batcher, store: Store, reactor, role: Ro
     )
 
 
+def _spool_is_local(cfg: Config, notifiers: list[NatsNotifier]) -> bool:
+    return cfg.Durability == "spool" and not any(n.intake is not None for n in notifiers)
+
+
 def output_sink(intake: Intake):
     """What hands the outputs their records: the spool's loader, or the memory intake."""
     inner = getattr(intake, "inner", intake)  # NATS publishing wraps the spool
@@ -181,17 +185,18 @@ class Gateway:
         # each has start() and stop() -> Deferred; started once the store is ready, stopped
         # before it closes.
         self.components: list[Any] = [self.links]
-        self.series = None  # the store process: the workers' spool series and their loaders
-        if role.kind == "store":
+        # The workers' spool series and their loaders: in the store process, and in a single
+        # process too, which so loads what workers left when Workers went from N to 1.
+        self.series = None
+        if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
             from sfpltracker.workers.store_side import SeriesLoaders, StoreServer
 
             self.series = SeriesLoaders(
                 cfg.data_dir / "spool", self.store, reactor, cfg.Batching, self.outputs
             )
-            self.components += [
-                self.series,
-                StoreServer(cfg.data_dir, self.store, self.series, reactor),
-            ]
+            self.components.append(self.series)
+            if role.kind == "store":
+                self.components.append(StoreServer(cfg.data_dir, self.store, self.series, reactor))
         self.reporter = None  # Workers > 1: counters to the supervisor, totals back
         if role.kind != "single":
             from sfpltracker.workers.reporter import Reporter
