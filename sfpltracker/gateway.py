@@ -281,19 +281,15 @@ class Gateway:
         return self.intake.health()["status"] if self.store_ready else "down"
 
     def total_counters(self) -> dict[str, int]:
-        """The counters over every process (Workers > 1: the supervisor's totals, with this
-        process's own numbers as of now), else this process's."""
+        """The counters over every process (Workers > 1: the supervisor's totals, exactly as
+        it answered, so whichever worker a scrape reaches a counter never goes backwards),
+        else this process's."""
         totals = self.reporter.totals if self.reporter is not None else None
-        if not totals:
-            return self.counters
-        out = dict(totals["counters"])
-        sent = self.reporter.sent if self.reporter is not None else {}
-        for key, n in self.counters.items():
-            if key.endswith("_unix"):
-                out[key] = max(out.get(key, 0), n)
-            else:
-                out[key] = out.get(key, 0) - sent.get(key, 0) + n
-        return out
+        return dict(totals["counters"]) if totals else self.counters
+
+    def refresh_totals(self) -> defer.Deferred | None:
+        """Workers > 1: ask the supervisor for the totals now (``/metrics``); else None."""
+        return self.reporter.report() if self.reporter is not None else None
 
     def health(self) -> dict:
         intake = self.intake.health()

@@ -11,13 +11,15 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.gateway_process import GatewayProcess, http_request
+from tests.gateway_process import ROOT, GatewayProcess, http_request
 
 EVENTS_SQL = "SELECT count() AS n, uniqExact(ename) AS u FROM sfpla.events"
 
@@ -241,3 +243,50 @@ def test_worker_dying_at_start_up_is_reported_and_backed_off(tmp_path):
         acked = send(gw, [f"f{i}" for i in range(50)])
         assert len(acked) == 50
         assert_stored_once(gw, acked)
+
+
+def prom(gw: GatewayProcess, name: str) -> float:
+    text = gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
+    m = re.search(rf"^{name}(?:_total)? ([\d.e+]+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def test_metrics_are_totals_over_every_process_and_never_go_backwards(workers):
+    gw = workers
+    acked = send(gw, [f"m{i}" for i in range(120)])
+    assert len(acked) == 120
+    # Whichever worker answers the scrape, it counts what every worker accepted.
+    wait_until(lambda: prom(gw, "sfpl_events_accepted") == 120, what="totals")
+    assert {prom(gw, "sfpl_events_accepted") for _ in range(10)} == {120}
+    victim = process(gw, "w1")["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: process(gw, "w1")["pid"] not in (None, victim), what="w1 restarted")
+    assert {prom(gw, "sfpl_events_accepted") for _ in range(10)} == {120}
+
+
+def test_a_short_link_made_through_one_worker_is_served_by_all(workers):
+    gw = workers
+    out = subprocess.run(
+        [sys.executable, "-m", "sfpltracker", "--config", str(gw.config_path)]
+        + ["account", "create", "--org", "acme"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    account = dict(re.findall(r"^(\w+):\s*(\S+)$", out.stdout, re.M))
+    r = gw.http(
+        "POST",
+        f"/tr/v1/rpi/redirect/{account['uid']}/{account['secret']}",
+        json_body={"urlfrom": "go.workers.test/x", "urlto": "https://example.com/landed"},
+    )
+    assert r.status == 200, r
+
+    def every_worker_redirects() -> bool:
+        # each request on a new connection: the kernel hands them to both workers
+        hits = [gw.http("GET", "/x", headers={"Host": "go.workers.test"}) for _ in range(20)]
+        return all(h.header("location") == "https://example.com/landed" for h in hits)
+
+    wait_until(every_worker_redirects, 30, "the link served by every worker")

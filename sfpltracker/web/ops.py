@@ -21,6 +21,7 @@ from prometheus_client.openmetrics.exposition import (
     generate_latest as generate_openmetrics,
 )
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from sfpltracker.web.common import apply_cors, error, header, write_json
 
@@ -111,6 +112,21 @@ class MetricsResource(_Leaf):
         self.registry.register(GatewayCollector(gateway))
 
     def render_GET(self, request):
+        refreshing = self.gateway.refresh_totals()  # Workers > 1: the totals asked for now
+        if refreshing is None:
+            return self._render(request)
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(_):
+            if not gone:
+                request.write(self._render(request))
+                request.finish()
+
+        refreshing.addBoth(answer)
+        return NOT_DONE_YET
+
+    def _render(self, request) -> bytes:
         accept = header(request, "accept")
         if "application/openmetrics-text" in accept:
             request.setHeader(b"content-type", OPENMETRICS_TYPE.encode())

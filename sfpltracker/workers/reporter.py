@@ -37,7 +37,6 @@ class Reporter:
         self.role, self.name = role, name
         self.counters, self.status = counters, status
         self.totals: dict | None = None  # the last answer, or None before the first
-        self.sent: dict[str, int] = {}  # the counters that answer counted for this process
         self.proto: amp.AMP | None = None
         self.service = ClientService(
             endpoints.UNIXClientEndpoint(
@@ -66,20 +65,21 @@ class Reporter:
         self.report()  # the last counters, before this process exits
         return self.service.stopService()
 
-    def report(self) -> None:
+    def report(self) -> defer.Deferred:
+        """Send this process's numbers; fires once ``totals`` holds the answer (or it failed:
+        ``totals`` keeps the last one)."""
         proto = self.proto
         if proto is None or proto.transport is None or not proto.transport.connected:
             self.proto = None
-            return
-        counters = dict(self.counters())
+            return defer.succeed(None)
         d = proto.callRemote(
             cmds.Report,
             role=self.role,
             ident=self.name,
             pid=os.getpid(),
-            report={"counters": counters, "status": self.status()},
+            report={"counters": dict(self.counters()), "status": self.status()},
         )
-        d.addCallbacks(self._answered, lambda f: None, callbackArgs=(counters,))
+        return d.addCallbacks(self._answered, lambda f: None)
 
-    def _answered(self, answer: dict, counters: dict[str, int]) -> None:
-        self.totals, self.sent = answer["totals"], counters
+    def _answered(self, answer: dict) -> None:
+        self.totals = answer["totals"]
