@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.python import usage
 
 from sfpltracker.config import ConfigError, load, worker_count
@@ -59,9 +61,18 @@ def _role(options) -> Role:
     )
 
 
+def worker_config(cfg, role: Role):
+    """A worker's config: its share of ``MaxConnections`` (the workers together never hold
+    more; the kernel spreads new connections over the workers waiting to accept)."""
+    if role.kind != "worker":
+        return cfg
+    share = -(-cfg.MaxConnections // max(1, worker_count(cfg)))
+    return dataclasses.replace(cfg, MaxConnections=share)
+
+
 def makeService(options):
-    cfg = options["cfg"]
     role = _role(options)
+    cfg = worker_config(options["cfg"], role)
     if role.kind == "single":
         log_config_notes(options["warnings"])  # once: the children read the same file
     try:

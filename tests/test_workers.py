@@ -6,6 +6,7 @@ asserts outcomes: every acknowledged event stored exactly once, whichever worker
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import os
@@ -290,3 +291,23 @@ def test_a_short_link_made_through_one_worker_is_served_by_all(workers):
         return all(h.header("location") == "https://example.com/landed" for h in hits)
 
     wait_until(every_worker_redirects, 30, "the link served by every worker")
+
+
+def test_max_connections_holds_for_all_workers_together(tmp_path):
+    with GatewayProcess(tmp_path, {"Workers": 2, "MaxConnections": 4}) as gw:
+        wait_until(lambda: all(p["pid"] for p in health(gw)["processes"]), what="all up")
+        conns = [http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10) for _ in range(10)]
+        try:
+            for c in conns:
+                c.connect()
+            time.sleep(0.5)  # every connection accepted by some worker before any request
+            statuses = []
+            for c in conns:
+                c.request("GET", "/ping")
+                statuses.append(c.getresponse().status)
+        finally:
+            for c in conns:
+                c.close()
+        # Each worker holds its share (2): together never more than MaxConnections.
+        assert 1 <= statuses.count(200) <= 4
+        assert statuses.count(503) >= 6
