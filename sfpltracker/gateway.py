@@ -11,6 +11,7 @@ lists their metrics. Web resources receive the gateway and call into it; nothing
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 
 from sfpltracker import __version__, admin
 from sfpltracker.config import Config
+from sfpltracker.edge.limits import DailyLimiter
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
@@ -36,7 +38,7 @@ from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
 from sfpltracker.store.interface import Intake, MetricSource, Store
 from sfpltracker.store.schema import DEFAULT_DATABASE
-from sfpltracker.workers import SINGLE, Role
+from sfpltracker.workers import LIMIT_KEY_ENV, SINGLE, Role
 
 log = Logger()
 
@@ -205,6 +207,14 @@ class Gateway:
                 cfg.data_dir, reactor, role.kind, role.name, self._counters, self._own_status
             )
             self.components.append(self.reporter)
+        # RateLimitPerDay (edge/limits.py); with workers, counted over all of them.
+        self.limiter: DailyLimiter | None = None
+        if cfg.RateLimitPerDay > 0:
+            shared = os.environ.pop(LIMIT_KEY_ENV, "") if role.kind == "worker" else ""
+            key = bytes.fromhex(shared) if shared else None
+            self.limiter = DailyLimiter(cfg.RateLimitPerDay, reactor, key=key)
+            if self.reporter is not None and role.kind == "worker":
+                self.reporter.limiter = self.limiter
         # Callables yielding prometheus metric families, read at scrape time; service.py adds
         # the web root's and the edge's.
         self.metric_sources: list[Callable[[], Iterable[Any]]] = []

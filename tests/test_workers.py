@@ -311,3 +311,15 @@ def test_max_connections_holds_for_all_workers_together(tmp_path):
         # Each worker holds its share (2): together never more than MaxConnections.
         assert 1 <= statuses.count(200) <= 4
         assert statuses.count(503) >= 6
+
+
+def test_rate_limit_per_day_counts_over_every_worker(tmp_path):
+    with GatewayProcess(tmp_path, {"Workers": 2, "RateLimitPerDay": 30}) as gw:
+        wait_until(lambda: all(p["pid"] for p in health(gw)["processes"]), what="all up")
+        # 30 requests, each on its own connection: the kernel spreads them over both workers.
+        first = [gw.http("GET", f"/tr/v1/tr/ename/r{i}").status for i in range(30)]
+        assert first.count(200) == 30
+        time.sleep(3)  # the workers report their counts (every second) and take the totals
+        # Every worker now knows the client is at the limit, whichever took its requests.
+        later = [gw.http("GET", f"/tr/v1/tr/ename/q{i}").status for i in range(20)]
+        assert later == [429] * 20

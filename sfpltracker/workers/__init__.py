@@ -27,3 +27,6 @@ class Role:
 
 
 SINGLE = Role()
+
+# The supervisor's RateLimitPerDay key for its workers (edge/limits.py), in their environment.
+LIMIT_KEY_ENV = "SFPL_LIMIT_KEY"

@@ -37,6 +37,7 @@ class Reporter:
         self.role, self.name = role, name
         self.counters, self.status = counters, status
         self.totals: dict | None = None  # the last answer, or None before the first
+        self.limiter = None  # RateLimitPerDay's DailyLimiter, its counts shared (workers)
         self.proto: amp.AMP | None = None
         self.service = ClientService(
             endpoints.UNIXClientEndpoint(
@@ -72,14 +73,16 @@ class Reporter:
         if proto is None or proto.transport is None or not proto.transport.connected:
             self.proto = None
             return defer.succeed(None)
+        report = {"counters": dict(self.counters()), "status": self.status()}
+        if self.limiter is not None:
+            report["limits"] = list(self.limiter.take_unsent())
         d = proto.callRemote(
-            cmds.Report,
-            role=self.role,
-            ident=self.name,
-            pid=os.getpid(),
-            report={"counters": dict(self.counters()), "status": self.status()},
+            cmds.Report, role=self.role, ident=self.name, pid=os.getpid(), report=report
         )
         return d.addCallbacks(self._answered, lambda f: None)
 
     def _answered(self, answer: dict) -> None:
         self.totals = answer["totals"]
+        limits = self.totals.pop("limits", None)
+        if limits and self.limiter is not None:
+            self.limiter.merge(*limits)

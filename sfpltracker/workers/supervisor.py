@@ -21,7 +21,9 @@ then the store process (its loaders load what the workers left), then the superv
 
 from __future__ import annotations
 
+import itertools
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -35,6 +37,7 @@ from twisted.protocols import amp
 
 from sfpltracker.config import Config, parse_listen
 from sfpltracker.gateway import load_or_create_secret
+from sfpltracker.workers import LIMIT_KEY_ENV
 from sfpltracker.workers import protocol as cmds
 
 log = Logger()
@@ -46,6 +49,7 @@ HEALTHY_AFTER = 10.0  # a child that ran this long before dying was not failing 
 FAILING_AFTER = 3  # quick deaths in a row before it is reported as failing to start
 STORE_WAIT = 30.0  # start the workers anyway if the store process has not reported by then
 TWISTD = "from twisted.scripts.twistd import run; run()"
+MAX_OVER_LIMIT = 10000  # clients over RateLimitPerDay sent back in one answer
 
 
 def bind(address: str, backlog: int = 1024) -> socket.socket:
@@ -123,6 +127,11 @@ class Supervisor(service.Service):
         self.workers = [Slot("worker", f"w{i + 1}", {}) for i in range(workers)]
         self.stopping = False
         self.port = None
+        # RateLimitPerDay over every worker: one key for their client digests (in memory and
+        # in the children's environment only) and the day's totals per digest.
+        self.limit_key = secrets.token_hex(32)
+        self.limit_day = -1
+        self.limit_hits: dict[str, int] = {}
         self._store_reported: defer.Deferred = defer.Deferred()
 
     # -- start --------------------------------------------------------------------------------
@@ -193,7 +202,11 @@ class Supervisor(service.Service):
         child_fds: dict[int, object] = {0: "w", 1: 1, 2: 2}
         child_fds.update({fd: fd for fd in slot.fds.values()})  # same numbers in the child
         transport = self.reactor.spawnProcess(
-            child, sys.executable, self.command(slot), env=dict(os.environ), childFDs=child_fds
+            child,
+            sys.executable,
+            self.command(slot),
+            env={**os.environ, LIMIT_KEY_ENV: self.limit_key},
+            childFDs=child_fds,
         )
         slot.proc = child
         slot.pid = transport.pid
@@ -256,7 +269,26 @@ class Supervisor(service.Service):
             slot.status = report.get("status", "ok")
             if slot is self.store and not self._store_reported.called:
                 self._store_reported.callback(None)
-        return self.totals()
+        totals = self.totals()
+        if "limits" in report:
+            totals["limits"] = self.limit_totals(*report["limits"])
+        return totals
+
+    def limit_totals(self, day: int, hits: dict[str, int]) -> list:
+        """Add a worker's hits; the totals of those clients and of every client over the
+        limit (so a worker refuses a client that went over through the others)."""
+        if day > self.limit_day:
+            self.limit_day, self.limit_hits = day, {}
+        elif day < self.limit_day:
+            return [day, {}]
+        for digest, n in hits.items():
+            self.limit_hits[digest] = self.limit_hits.get(digest, 0) + n
+        limit = self.cfg.RateLimitPerDay
+        answer = {d: self.limit_hits[d] for d in hits}
+        over = (d for d, n in self.limit_hits.items() if n >= limit)
+        for d in itertools.islice(over, MAX_OVER_LIMIT):
+            answer[d] = self.limit_hits[d]
+        return [day, answer]
 
     def totals(self) -> dict:
         counters: dict[str, int] = {}
