@@ -189,7 +189,7 @@ class Gateway:
         self.components: list[Any] = [self.links]
         # The workers' spool series and their loaders: in the store process, and in a single
         # process too, which so loads what workers left when Workers went from N to 1.
-        self.series = None
+        self.series: Any = None
         if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
             from sfpltracker.workers.store_side import SeriesLoaders, StoreServer
 
@@ -199,7 +199,7 @@ class Gateway:
             self.components.append(self.series)
             if role.kind == "store":
                 self.components.append(StoreServer(cfg.data_dir, self.store, self.series, reactor))
-        self.reporter = None  # Workers > 1: counters to the supervisor, totals back
+        self.reporter: Any = None  # Workers > 1: counters to the supervisor, totals back
         if role.kind != "single":
             from sfpltracker.workers.reporter import Reporter
 

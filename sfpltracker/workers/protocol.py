@@ -62,7 +62,7 @@ class BigJSON(BigBytes):
         objects[key] = json.loads(objects[key])
 
 
-STORE_ERRORS = {StoreError: b"STORE_ERROR"}
+STORE_ERRORS: dict[type[Exception], bytes] = {StoreError: b"STORE_ERROR"}
 
 
 # -- worker -> store process -------------------------------------------------------------------
@@ -72,7 +72,6 @@ class Hello(amp.Command):
     """A worker's series and its segments' durable sizes (sent on every connection)."""
 
     arguments = [(b"series", amp.Unicode()), (b"sizes", BigJSON())]
-    response: list = []
 
 
 class Appended(amp.Command):
@@ -116,8 +115,6 @@ class Execute(amp.Command):
 
 
 class Ping(amp.Command):
-    arguments: list = []
-    response: list = []
     errors = STORE_ERRORS
 
 

@@ -40,10 +40,10 @@ class Reporter:
         self.limiter = None  # RateLimitPerDay's DailyLimiter, its counts shared (workers)
         self.proto: amp.AMP | None = None
         self.service = ClientService(
-            endpoints.UNIXClientEndpoint(
+            endpoints.UNIXClientEndpoint(  # type: ignore[arg-type]
                 reactor, cmds.socket_path(data_dir, cmds.SUPERVISOR_SOCKET)
             ),
-            protocol.Factory.forProtocol(amp.AMP),
+            protocol.Factory.forProtocol(amp.AMP),  # type: ignore[arg-type]
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0),
             clock=reactor,
             prepareConnection=self._connected,

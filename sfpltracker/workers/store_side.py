@@ -137,19 +137,27 @@ class SeriesLoaders:
         if name not in self._adding:
             self._adding[name] = self._add(name)
         d: defer.Deferred = defer.Deferred()
-        self._adding[name].addBoth(lambda r: (d.callback(r), r)[1])
+
+        def also(result):
+            d.callback(result)
+            return result
+
+        self._adding[name].addBoth(also)
         return d
 
     @defer.inlineCallbacks
     def _add(self, name: str):
-        series = self.remote[name] = RemoteSeries(self.spool_dir / name, name, self._forget)
-        scanned = yield deferToThread(series.scan)
-        series.adopt(scanned)
-        batcher = Batcher(self.store, self.reactor, self.batching)
-        loader = Loader(series, batcher, self.reactor, store=self.store)  # type: ignore[arg-type]
-        loader.outputs.extend(self.outputs)
-        series.loader = loader
-        yield loader.start()
+        try:
+            series = self.remote[name] = RemoteSeries(self.spool_dir / name, name, self._forget)
+            scanned = yield deferToThread(series.scan)
+            series.adopt(scanned)
+            batcher = Batcher(self.store, self.reactor, self.batching)
+            loader = Loader(series, batcher, self.reactor, store=self.store)  # type: ignore[arg-type]
+            loader.outputs.extend(self.outputs)
+            series.loader = loader
+            yield loader.start()
+        finally:
+            del self._adding[name]  # a failed start is tried again by the next Hello
         log.info(
             "spool {name}: loading a worker's series from segment {seg} offset {off}",
             name=name,
@@ -157,7 +165,6 @@ class SeriesLoaders:
             off=loader.read_pos.offset,
         )
         self.series[name] = (series, loader, batcher)
-        del self._adding[name]
         return self.series[name]
 
     def _forget(self, name: str, segments: list[int]) -> None:

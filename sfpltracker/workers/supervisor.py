@@ -47,7 +47,8 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 HEALTHY_AFTER = 10.0  # a child that ran this long before dying was not failing at start-up
 FAILING_AFTER = 3  # quick deaths in a row before it is reported as failing to start
-STORE_WAIT = 30.0  # start the workers anyway if the store process has not reported by then
+STORE_WAIT = 30.0
+STOP_TIMEOUT = 90.0  # a child still running this long after SIGTERM is killed  # start the workers anyway if the store process has not reported by then
 TWISTD = "from twisted.scripts.twistd import run; run()"
 MAX_OVER_LIMIT = 10000  # clients over RateLimitPerDay sent back in one answer
 
@@ -338,12 +339,33 @@ class Supervisor(service.Service):
             if child is None:
                 continue
             try:
-                child.transport.signalProcess("TERM")
+                child.transport.signalProcess("TERM")  # type: ignore[union-attr,call-arg]
             except error.ProcessExitedAlready:
                 continue
             waiting.append(child.ended)
+            # A child that hangs in its shutdown is killed (its spool series keeps the rest).
+            kill = self.reactor.callLater(STOP_TIMEOUT, _kill, child)
+            child.ended.addBoth(_cancel, kill)
         if waiting:
             yield defer.DeferredList(waiting)
+
+
+def _cancel(result, call):
+    if call.active():
+        call.cancel()
+    return result
+
+
+def _kill(child: _Child) -> None:
+    log.warn(
+        "supervisor: {role} {name} did not stop; killing it",
+        role=child.slot.role,
+        name=child.slot.name,
+    )
+    try:
+        child.transport.signalProcess("KILL")  # type: ignore[union-attr,call-arg]
+    except error.ProcessExitedAlready:
+        pass
 
 
 def exit_with_parent(parent_pid: int) -> None:

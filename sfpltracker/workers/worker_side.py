@@ -57,8 +57,8 @@ class StoreLink:
         self.connects = 0
         factory = protocol.Factory.forProtocol(lambda: _WorkerAMP(self))
         self.service = ClientService(
-            endpoints.UNIXClientEndpoint(reactor, self.path),
-            factory,
+            endpoints.UNIXClientEndpoint(reactor, self.path),  # type: ignore[arg-type]
+            factory,  # type: ignore[arg-type]
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0),
             clock=reactor,
             prepareConnection=self._connected,
