@@ -285,7 +285,23 @@ class Gateway:
             yield from source()
 
     def _counters(self) -> dict[str, int]:
-        return dict(self.counters)
+        """What this process reports to the supervisor: its counters and, in the store
+        process, what its batchers stored (a worker's /metrics shows those too)."""
+        out = dict(self.counters)
+        if self.role.kind != "store":
+            return out
+        batchers = [self.batcher, *(self.series.batchers() if self.series is not None else [])]
+        for batcher in batchers:
+            st = batcher.stats
+            for key, n in (
+                ("batches_stored", st.total_batches),
+                ("rows_stored", st.total_items),
+                ("batches_failed", st.failed_batches),
+                ("insert_attempts_failed", st.failed_attempts),
+                *((f"rows_stored_{t}", n) for t, n in st.rows_by_table.items()),
+            ):
+                out[key] = out.get(key, 0) + n
+        return out
 
     def _own_status(self) -> str:
         return self.intake.health()["status"] if self.store_ready else "down"

@@ -178,6 +178,13 @@ def seed_metrics(gw) -> dict:
     uptime = max(time.time() - gw.started_at, 1e-9)
     batching = gw.batcher.report()
     by_table = gw.batcher.stats.rows_by_table
+    if "rows_stored" in c:  # Workers > 1: what the store process's batchers stored
+        by_table = {
+            k[len("rows_stored_") :]: n for k, n in c.items() if k.startswith("rows_stored_")
+        }
+        batching["total_batches"] = c["batches_stored"]
+        batching["total_items"] = c["rows_stored"]
+        batching["failed_batches"] = c.get("batches_failed", 0)
     accepted = c.get("events_accepted", 0)
     errors = c.get("events_rejected", 0) + batching["failed_batches"]
     health = gw.health()["status"]
@@ -238,13 +245,22 @@ class GatewayCollector:
         yield CounterMetricFamily(
             "sfpl_payments_accepted", "Payment rows acknowledged", c.get("payments_accepted", 0)
         )
-        yield CounterMetricFamily("sfpl_batches_stored", "Batches stored", b["total_batches"])
-        yield CounterMetricFamily("sfpl_rows_stored", "Rows stored", b["total_items"])
+        # Workers > 1: the store process's batchers, through the supervisor's totals
         yield CounterMetricFamily(
-            "sfpl_batches_failed", "Batches given up after retries", b["failed_batches"]
+            "sfpl_batches_stored", "Batches stored", c.get("batches_stored", b["total_batches"])
         )
         yield CounterMetricFamily(
-            "sfpl_insert_attempts_failed", "Failed insert attempts", b["failed_attempts"]
+            "sfpl_rows_stored", "Rows stored", c.get("rows_stored", b["total_items"])
+        )
+        yield CounterMetricFamily(
+            "sfpl_batches_failed",
+            "Batches given up after retries",
+            c.get("batches_failed", b["failed_batches"]),
+        )
+        yield CounterMetricFamily(
+            "sfpl_insert_attempts_failed",
+            "Failed insert attempts",
+            c.get("insert_attempts_failed", b["failed_attempts"]),
         )
         yield GaugeMetricFamily(
             "sfpl_rows_queued", "Rows waiting in the batcher", b["queued_items"]
