@@ -63,11 +63,17 @@ def _role(options) -> Role:
 
 def worker_config(cfg, role: Role):
     """A worker's config: its share of ``MaxConnections`` (the workers together never hold
-    more; the kernel spreads new connections over the workers waiting to accept)."""
+    more; the kernel spreads new connections over the workers waiting to accept) and of
+    ``LoginFailureLimit`` (together never more failed guesses per window than the limit; a
+    client whose logins all reach one worker is stopped sooner, the safe side for a guard
+    against guessing)."""
     if role.kind != "worker":
         return cfg
-    share = -(-cfg.MaxConnections // max(1, worker_count(cfg)))
-    return dataclasses.replace(cfg, MaxConnections=share)
+    n = max(1, worker_count(cfg))
+    logins = max(1, cfg.LoginFailureLimit // n) if cfg.LoginFailureLimit > 0 else 0
+    return dataclasses.replace(
+        cfg, MaxConnections=-(-cfg.MaxConnections // n), LoginFailureLimit=logins
+    )
 
 
 def makeService(options):

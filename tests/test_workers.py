@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -325,3 +326,20 @@ def test_rate_limit_per_day_counts_over_every_worker(tmp_path):
         # Every worker now knows the client is at the limit, whichever took its requests.
         later = [gw.http("GET", f"/tr/v1/tr/ename/q{i}").status for i in range(20)]
         assert later == [429] * 20
+
+
+def test_failed_logins_are_limited_over_all_workers_together(tmp_path):
+    with GatewayProcess(tmp_path, {"Workers": 2, "LoginFailureLimit": 4}) as gw:
+        wait_until(lambda: all(p["pid"] for p in health(gw)["processes"]), what="all up")
+        statuses = []
+        for _ in range(12):  # a different unknown uid each time: only the address adds up
+            r = gw.http(
+                "POST",
+                f"/tr/v1/rpi/redirect/{uuid.uuid4()}/guess",
+                json_body={"urlfrom": "go.guess.test/a", "urlto": "https://evil.example/"},
+            )
+            statuses.append(r.status)
+        # Whichever worker took each guess, no more than the limit were checked.
+        assert set(statuses) <= {401, 429}
+        assert statuses.count(401) <= 4
+        assert statuses.count(429) >= 8
