@@ -270,3 +270,93 @@ class SerialisingIntake:
         encode_frame(records, int(self.clock.seconds() * 1000))
         self.records += len(records)
         return defer.succeed(None)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (Workers > 1: the supervisor, the store process, workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except FileNotFoundError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                pass
+    return out
+
+
+class TreeCpu:
+    """CPU seconds of a process tree between ``start()`` and ``stop()``, per process too
+    (``by_pid``); processes that started or ended meanwhile count from 0 / up to their end."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.total = 0.0
+        self.by_pid: dict[int, float] = {}
+
+    def _read(self) -> dict[int, float]:
+        out = {}
+        for p in process_tree(self.pid):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            out[p] = (int(fields[11]) + int(fields[12])) / self.tick
+        return out
+
+    def start(self) -> TreeCpu:
+        self._start = self._read()
+        return self
+
+    def stop(self) -> TreeCpu:
+        end = self._read()
+        self.by_pid = {p: v - self._start.get(p, 0.0) for p, v in end.items()}
+        self.total = sum(self.by_pid.values())
+        return self
+
+
+@dataclass
+class HeyResult:
+    requests: int
+    non_2xx: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    rps: float
+
+
+def hey(url: str, rate: int, seconds: int = 8, connections: int = 50) -> HeyResult:
+    """Debian's ``hey`` at a fixed total rate (``-q`` is per connection)."""
+    if shutil.which("hey") is None:
+        raise SystemExit("hey is not installed (apt-get install hey)")
+    per = max(1, round(rate / connections))
+    proc = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-c", str(connections), "-q", str(per), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = proc.stdout
+
+    def pct(p: int) -> float:
+        m = re.search(rf"\b{p}% in ([\d.]+) secs", out)
+        return float(m.group(1)) * 1000 if m else float("nan")
+
+    codes = dict((int(c), int(n)) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return HeyResult(
+        requests=sum(codes.values()),
+        non_2xx=sum(n for c, n in codes.items() if not 200 <= c < 300),
+        p50_ms=pct(50),
+        p90_ms=pct(90),
+        p99_ms=pct(99),
+        rps=float(rps.group(1)) if rps else 0.0,
+    )

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BareTwisted, CpuMeter, GatewayProcess, Nginx, table, wrk
+from common import BareTwisted, CpuMeter, GatewayProcess, Nginx, TreeCpu, table, wrk
 
 BATCH = 20
 
@@ -39,12 +39,64 @@ def count_events(gw: GatewayProcess) -> int:
     return last
 
 
+class Meter:
+    """CPU of the gateway: its one process (main thread during the run, the process until
+    the events are stored), or with workers the whole process tree and each role's share."""
+
+    def __init__(self, gw: GatewayProcess, workers: int):
+        self.gw, self.workers = gw, workers
+        self.pids = {p["pid"]: p["role"] for p in _processes(gw)} if workers > 1 else {}
+        self.cpu = (TreeCpu if workers > 1 else CpuMeter)(gw.proc.pid).start()
+        self.main = 0.0
+
+    def during_run(self) -> None:
+        if self.workers == 1:
+            self.main = self.cpu.stop().main  # the reactor thread during the run
+
+    def until_stored(self):
+        self.cpu.stop()
+        if self.workers == 1:
+            self.cpu.main = self.main
+        else:
+            self.cpu.main = float("nan")  # several reactors: see the split table
+        return self.cpu
+
+    def split(self, name: str, stored: int) -> list:
+        by_role: dict[str, float] = {}
+        for pid, seconds in self.cpu.by_pid.items():
+            role = self.pids.get(pid, "supervisor" if pid == self.gw.proc.pid else "other")
+            by_role[role] = by_role.get(role, 0.0) + seconds
+        per = 1e6 / max(1, stored)
+        return [
+            name,
+            by_role.get("worker", 0.0) * per,
+            by_role.get("store", 0.0) * per,
+            by_role.get("supervisor", 0.0) * per,
+        ]
+
+
+def _processes(gw: GatewayProcess) -> list[dict]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        procs = json.loads(gw.http("GET", "/health").body).get("processes") or []
+        if procs and all(p["pid"] for p in procs):
+            return procs
+        time.sleep(0.2)
+    raise RuntimeError("the gateway's processes did not all come up")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument(
         "--layers", default="twisted,fast", help="HTTPServer values to measure the gateway with"
+    )
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="Workers values to run the gateway cases with (e.g. 1,2); past 1 the CPU is the "
+        "whole process tree's, split into workers and store process",
     )
     args = parser.parse_args()
     run = dict(seconds=args.seconds, connections=args.connections)
@@ -66,27 +118,29 @@ def main() -> None:
         f"wrk.method = 'POST'\nwrk.body = {json.dumps(body)}\n"
         "wrk.headers['Content-Type'] = 'application/json'\n"
     )
-    # Each gateway case behind twisted.web's HTTPChannel and behind edge/http.py.
+    # Each gateway case behind twisted.web's HTTPChannel and behind edge/http.py, with each
+    # Workers value.
+    split: list[str] = []
     for layer in args.layers.split(","):
-        overrides = {"HTTPServer": layer}
-        with GatewayProcess(work, overrides, name=f"gw-get-{layer}") as gw:
-            cpu = CpuMeter(gw.proc.pid).start()
-            path = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
-            c = wrk(f"http://127.0.0.1:{gw.port}{path}", **run)
-            main = cpu.stop().main  # the reactor thread during the run
-            stored = count_events(gw)
-            cpu.stop()  # the whole process, until the events are stored
-            cpu.main = main
-            rows.append([f"(c) gateway GET REST path [{layer}]", c, c.ok, stored, cpu])
-
-        with GatewayProcess(work, overrides, name=f"gw-post-{layer}") as gw:
-            cpu = CpuMeter(gw.proc.pid).start()
-            d = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
-            main = cpu.stop().main
-            stored = count_events(gw)
-            cpu.stop()
-            cpu.main = main
-            rows.append([f"(d) POST batches of {BATCH} [{layer}]", d, d.ok * BATCH, stored, cpu])
+        for n in [int(w) for w in args.workers.split(",")]:
+            overrides = {"HTTPServer": layer, "Workers": n}
+            tag = f"{layer}" if n == 1 else f"{layer}, Workers {n}"
+            for case in ("get", "post"):
+                with GatewayProcess(work, overrides, name=f"gw-{case}-{layer}-{n}") as gw:
+                    meter = Meter(gw, n)
+                    if case == "get":
+                        path = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
+                        r = wrk(f"http://127.0.0.1:{gw.port}{path}", **run)
+                        answered, name = r.ok, f"(c) gateway GET REST path [{tag}]"
+                    else:
+                        r = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
+                        answered, name = r.ok * BATCH, f"(d) POST batches of {BATCH} [{tag}]"
+                    meter.during_run()
+                    stored = count_events(gw)
+                    cpu = meter.until_stored()
+                    rows.append([name, r, answered, stored, cpu])
+                    if n > 1:
+                        split.append(meter.split(name, stored))
 
     out = []
     for name, r, answered, stored, cpu in rows:
@@ -127,6 +181,14 @@ def main() -> None:
             out,
         )
     )
+    if split:
+        print()
+        print(
+            table(
+                ["case", "workers CPU us/event", "store process CPU us/event", "supervisor"],
+                split,
+            )
+        )
     print(f"\n{args.connections} connections, {args.seconds}s per case, wrk on the same machine.")
     print(
         "events/s counts stored rows for the gateway. Stored may exceed 2xx: requests in flight "

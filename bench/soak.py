@@ -74,6 +74,10 @@ class SoakResult:
     max_part_files: int = 0
     send_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # Workers > 1: the samples are the store process's (it holds chDB); the workers' own peaks:
+    worker_max_rss_mb: int = 0
+    worker_max_anon_mb: int = 0
+    worker_max_fds: int = 0
 
     @property
     def max_rss_mb(self) -> int:
@@ -255,18 +259,39 @@ def run(
     drain_timeout: float = 120,
     settle: float = 5,
     log=print,
+    gateway_workers: int = 1,
 ) -> SoakResult:
+    """``gateway_workers``: the gateway's ``Workers`` (1 whatever config.json says, so the
+    samples stay one process's unless asked; past 1 they are the store process's, and the
+    workers' peaks are kept apart)."""
     result = SoakResult(requests)
     rnd = random.Random(seed)
     plan = [make_request(rnd, i) for i in range(requests)]
-    gw = GatewayProcess(Path(workdir), gateway_overrides(config), name="soak")
+    overrides = {**gateway_overrides(config), "Workers": gateway_workers}
+    gw = GatewayProcess(Path(workdir), overrides, name="soak")
     sent = [0]
     stored = [0]
     stop = threading.Event()
     t0 = time.monotonic()
 
     def sample_forever(pid: int) -> None:
+        workers: list[int] = []
+        if gateway_workers > 1:
+            procs = _processes(gw)
+            pid = next(p["pid"] for p in procs if p["role"] == "store")
+            workers = [p["pid"] for p in procs if p["role"] == "worker"]
         while not stop.is_set():
+            for w in workers:
+                try:
+                    result.worker_max_rss_mb = max(
+                        result.worker_max_rss_mb, proc_status_mb(w, "VmRSS")
+                    )
+                    result.worker_max_anon_mb = max(
+                        result.worker_max_anon_mb, proc_status_mb(w, "RssAnon")
+                    )
+                    result.worker_max_fds = max(result.worker_max_fds, proc_fds(w))
+                except OSError:
+                    pass  # restarted: the next sample reads the new one's via /health
             try:
                 result.samples.append(
                     Sample(
@@ -324,6 +349,16 @@ def run(
     return result
 
 
+def _processes(gw: GatewayProcess) -> list[dict]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        procs = json.loads(gw.http("GET", "/health").body).get("processes") or []
+        if procs and all(p["pid"] for p in procs):
+            return procs
+        time.sleep(0.2)
+    raise RuntimeError("the gateway's processes did not all come up")
+
+
 def report(result: SoakResult, log=print, every: int = 5) -> None:
     log(
         f"{'t s':>6} {'RSS MB':>7} {'anon MB':>7} {'chDB MB':>7} {'fds':>5} {'sent':>6} "
@@ -343,6 +378,12 @@ def report(result: SoakResult, log=print, every: int = 5) -> None:
         f"{result.samples[-1].rss_mb}; descriptors: max {result.max_fds}; "
         f"most files in one part: {result.max_part_files}"
     )
+    if result.worker_max_rss_mb:
+        log(
+            f"(Workers > 1: the samples are the store process's) workers: RSS MB max "
+            f"{result.worker_max_rss_mb}, anon MB max {result.worker_max_anon_mb}, "
+            f"descriptors max {result.worker_max_fds}"
+        )
     log(
         f"good events acknowledged {len(result.acked_good)}, stored "
         f"{sum(1 for e in result.acked_good if e in result.stored_good)}, missing "
@@ -360,11 +401,19 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=ROOT / "config.json")
     ap.add_argument("--workdir", type=Path, help="keep the gateway's directory here")
     ap.add_argument("--every", type=int, default=5, help="print every Nth sample (1 s each)")
+    ap.add_argument("--gateway-workers", type=int, default=1, help="the gateway's Workers")
     args = ap.parse_args()
     import tempfile
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
-    result = run(workdir, args.requests, args.workers, args.seed, args.config)
+    result = run(
+        workdir,
+        args.requests,
+        args.workers,
+        args.seed,
+        args.config,
+        gateway_workers=args.gateway_workers,
+    )
     report(result, every=args.every)
     if not args.workdir:
         import shutil

@@ -182,6 +182,10 @@ class Config:
     # HTTP/1.1 on the edge listeners: "fast" (edge/http.py, httptools; hot routes without
     # twisted.web) or "twisted" (twisted.web's HTTPChannel). The query listener is twisted.web.
     HTTPServer: str = "twisted"
+    # Processes (ARCHITECTURE.md "Processes"): 1 = everything in one process; N > 1 or "auto"
+    # (the number of CPUs) = a supervisor, one store process and N ingest workers sharing the
+    # listening sockets. Read it with ``worker_count()``.
+    Workers: int | str = 1
 
     # Routes and request handling (section 3).
     ApiVersion: int = 1
@@ -324,6 +328,40 @@ def parse_duration(value: Any, where: str) -> float:
     raise ConfigError(f'{where}: expected seconds or a duration like "2s", got {value!r}')
 
 
+def _workers(value: Any, where: str) -> int | str:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # from the environment (SFPL_Workers=2)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(
+        f'{where}: expected a number of processes (1 or more) or "auto", got {value!r}'
+    )
+
+
+def worker_count(cfg: Config) -> int:
+    """How many ingest workers: ``Workers``, "auto" = the CPUs; 1 where workers cannot share
+    the work yet (ACME issuance, JetStream as the spool, Durability "memory")."""
+    single = _single_process_only(cfg)
+    if cfg.Workers == "auto":
+        return 1 if single else max(1, os.cpu_count() or 1)
+    n = int(cfg.Workers)
+    if n > 1 and single:
+        raise ConfigError(f"Workers: {n} workers cannot run with {single}; use Workers: 1")
+    return n
+
+
+def _single_process_only(cfg: Config) -> str:
+    if cfg.LetsEncryptDomains:
+        return "LetsEncryptDomains (ACME runs in one process)"
+    if cfg.Durability == "memory":
+        return 'Durability "memory"'
+    if any(n.Type == "nats" and n.JetStream and not n.Skip for n in cfg.Notify):
+        return "a JetStream spool"
+    if not (cfg.ProxyPort or cfg.ProxyExceptHTTP or cfg.ProxyPortTLS):
+        return "no edge listener"
+    return ""
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is list:
@@ -377,6 +415,8 @@ def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: froze
             tp = hints[key]
             if key == "MaxBatchTime":
                 kwargs[key] = parse_duration(value, path)
+            elif key == "Workers":
+                kwargs[key] = _workers(value, path)
             else:
                 kwargs[key] = _convert(value, tp, path, warnings)
         elif key in legacy:
@@ -637,8 +677,11 @@ def _apply_env(cfg: Config) -> None:
         raw = os.environ.get(f"SFPL_{f.name}")
         if raw is None or f.metadata.get("internal"):
             continue
-        tp = eval(f.type, globals()) if isinstance(f.type, str) else f.type  # noqa: S307
         where = f"environment SFPL_{f.name}"
+        if f.name == "Workers":
+            cfg.Workers = _workers(raw.strip(), where)
+            continue
+        tp = eval(f.type, globals()) if isinstance(f.type, str) else f.type  # noqa: S307
         if tp is str:
             value: Any = raw
         else:

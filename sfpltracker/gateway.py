@@ -11,6 +11,7 @@ lists their metrics. Web resources receive the gateway and call into it; nothing
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 
 from sfpltracker import __version__, admin
 from sfpltracker.config import Config
+from sfpltracker.edge.limits import DailyLimiter
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
@@ -37,6 +39,7 @@ from sfpltracker.privacy.identity import CookielessIds, CookiePolicy, DailySalts
 from sfpltracker.privacy.ip import IPPolicy, TrustedProxies
 from sfpltracker.store.interface import Intake, MetricSource, Store
 from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.workers import LIMIT_KEY_ENV, SINGLE, Role
 
 log = Logger()
 
@@ -72,7 +75,12 @@ def make_store(cfg: Config, reactor) -> Store:
 
 
 def make_intake(
-    cfg: Config, batcher: Batcher, store: Store, reactor, notifiers: list[NatsNotifier]
+    cfg: Config,
+    batcher: Batcher,
+    store: Store,
+    reactor,
+    notifiers: list[NatsNotifier],
+    role: Role = SINGLE,
 ) -> Intake:
     """The point of acknowledgement: the durable spool, RAM with ``Durability: "memory"``, or
     a JetStream stream (the last such Notify entry); NATS publishers wrap it."""
@@ -86,14 +94,27 @@ def make_intake(
             stream=streams[-1].entry.Stream,
         )
     else:
-        intake = _local_intake(cfg, batcher, store, reactor)
+        intake = _local_intake(cfg, batcher, store, reactor, role)
     publishers = [n.publisher for n in notifiers if n.publisher is not None]
     return PublishingIntake(intake, publishers) if publishers else intake
 
 
-def _local_intake(cfg: Config, batcher: Batcher, store: Store, reactor) -> Intake:
+def _local_intake(cfg: Config, batcher: Batcher, store: Store, reactor, role: Role) -> Intake:
     if cfg.Durability == "memory":
         return MemoryIntake(batcher)
+    if role.kind == "worker":  # its own series; the store process loads it
+        from sfpltracker.workers.worker_side import RemoteStore, WorkerIntake
+
+        assert isinstance(store, RemoteStore)
+        return WorkerIntake(
+            cfg.data_dir / "spool",
+            role.name,
+            batcher,
+            reactor,
+            store.link,
+            max_bytes=cfg.SpoolMaxBytes,
+            commit_window=cfg.SpoolCommitWindowMs / 1000,
+        )
     from sfpltracker.pipeline.spool_intake import SpoolIntake
 
     return SpoolIntake(
@@ -106,16 +127,32 @@ def _local_intake(cfg: Config, batcher: Batcher, store: Store, reactor) -> Intak
     )
 
 
+def _spool_is_local(cfg: Config, notifiers: list[NatsNotifier]) -> bool:
+    return cfg.Durability == "spool" and not any(n.intake is not None for n in notifiers)
+
+
 def output_sink(intake: Intake):
     """What hands the outputs their records: the spool's loader, or the memory intake."""
     inner = getattr(intake, "inner", intake)  # NATS publishing wraps the spool
     return getattr(inner, "loader", inner)
 
 
+def remote_store(cfg: Config, reactor) -> Store:
+    """A worker's store: the store process, over AMP (workers/worker_side.py)."""
+    from sfpltracker.workers.worker_side import RemoteStore, StoreLink
+
+    entry = cfg.store_entry()
+    return RemoteStore(StoreLink(cfg.data_dir, reactor), entry.Type, entry.Database)
+
+
 class Gateway:
-    def __init__(self, cfg: Config, reactor, store: Store | None = None):
+    def __init__(self, cfg: Config, reactor, store: Store | None = None, role: Role = SINGLE):
         self.cfg = cfg
         self.reactor = reactor
+        # Workers > 1: a worker has no store of its own; the store process loads its series.
+        self.role = role
+        if store is None and role.kind == "worker":
+            store = remote_store(cfg, reactor)
         self.version = __version__
         self.started_at = time.time()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +183,9 @@ class Gateway:
         self.batcher = Batcher(self.store, reactor, cfg.Batching)
         # NATS publishers / JetStream as the spool: they decide what the intake is.
         self.notifiers = make_notifiers(cfg, reactor, self.batcher)
-        self.intake: Intake = make_intake(cfg, self.batcher, self.store, reactor, self.notifiers)
+        self.intake: Intake = make_intake(
+            cfg, self.batcher, self.store, reactor, self.notifiers, role
+        )
         for notifier in self.notifiers:  # "Consume": tic.* messages go through the intake too
             notifier.consume_into(self.intake, self.events.ip_policy)
         self.links = ShortLinkService(cfg, self.store, reactor)
@@ -157,6 +196,34 @@ class Gateway:
         # each has start() and stop() -> Deferred; started once the store is ready, stopped
         # before it closes.
         self.components: list[Any] = [self.links]
+        # The workers' spool series and their loaders: in the store process, and in a single
+        # process too, which so loads what workers left when Workers went from N to 1.
+        self.series: Any = None
+        if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
+            from sfpltracker.workers.store_side import SeriesLoaders, StoreServer
+
+            self.series = SeriesLoaders(
+                cfg.data_dir / "spool", self.store, reactor, cfg.Batching, self.outputs
+            )
+            self.components.append(self.series)
+            if role.kind == "store":
+                self.components.append(StoreServer(cfg.data_dir, self.store, self.series, reactor))
+        self.reporter: Any = None  # Workers > 1: counters to the supervisor, totals back
+        if role.kind != "single":
+            from sfpltracker.workers.reporter import Reporter
+
+            self.reporter = Reporter(
+                cfg.data_dir, reactor, role.kind, role.name, self._counters, self._own_status
+            )
+            self.components.append(self.reporter)
+        # RateLimitPerDay (edge/limits.py); with workers, counted over all of them.
+        self.limiter: DailyLimiter | None = None
+        if cfg.RateLimitPerDay > 0:
+            shared = os.environ.pop(LIMIT_KEY_ENV, "") if role.kind == "worker" else ""
+            key = bytes.fromhex(shared) if shared else None
+            self.limiter = DailyLimiter(cfg.RateLimitPerDay, reactor, key=key)
+            if self.reporter is not None and role.kind == "worker":
+                self.reporter.limiter = self.limiter
         # Callables yielding prometheus metric families, read at scrape time; service.py adds
         # the web root's and the edge's.
         self.metric_sources: list[Callable[[], Iterable[Any]]] = []
@@ -166,6 +233,8 @@ class Gateway:
         self.metric_sources += [n.metrics for n in self.notifiers]
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
+        if self.series is not None:
+            self.metric_sources.append(self.series.metric_families)
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
@@ -196,7 +265,8 @@ class Gateway:
         self.store_ready = True
         for notifier in self.notifiers:
             yield notifier.start()
-        self.admin_token = admin.create_token(self.cfg.data_dir)
+        if self.role.kind != "worker":  # admin commands run in the store process
+            self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=self.store.where)
         for component in self.components:
             yield component.start()
@@ -223,10 +293,44 @@ class Gateway:
         for source in self.metric_sources:
             yield from source()
 
+    def _counters(self) -> dict[str, int]:
+        """What this process reports to the supervisor: its counters and, in the store
+        process, what its batchers stored (a worker's /metrics shows those too)."""
+        out = dict(self.counters)
+        if self.role.kind != "store":
+            return out
+        batchers = [self.batcher, *(self.series.batchers() if self.series is not None else [])]
+        for batcher in batchers:
+            st = batcher.stats
+            for key, n in (
+                ("batches_stored", st.total_batches),
+                ("rows_stored", st.total_items),
+                ("batches_failed", st.failed_batches),
+                ("insert_attempts_failed", st.failed_attempts),
+                *((f"rows_stored_{t}", n) for t, n in st.rows_by_table.items()),
+            ):
+                out[key] = out.get(key, 0) + n
+        return out
+
+    def _own_status(self) -> str:
+        return self.intake.health()["status"] if self.store_ready else "down"
+
+    def total_counters(self) -> dict[str, int]:
+        """The counters over every process (Workers > 1: the supervisor's totals, exactly as
+        it answered, so whichever worker a scrape reaches a counter never goes backwards),
+        else this process's."""
+        totals = self.reporter.totals if self.reporter is not None else None
+        return dict(totals["counters"]) if totals else self.counters
+
+    def refresh_totals(self) -> defer.Deferred | None:
+        """Workers > 1: ask the supervisor for the totals now (``/metrics``); else None."""
+        return self.reporter.report() if self.reporter is not None else None
+
     def health(self) -> dict:
         intake = self.intake.health()
-        return {
-            "status": intake["status"] if self.store_ready else "down",
+        status = intake["status"] if self.store_ready else "down"
+        out = {
+            "status": status,
             "store": {
                 "kind": self.store.kind,
                 "ready": self.store_ready,
@@ -234,3 +338,14 @@ class Gateway:
             },
             "spool": intake.get("spool"),
         }
+        if self.series is not None:
+            out["series"] = self.series.report()
+            if status == "ok" and self.series.store_failing():
+                out["status"] = "degraded"
+        totals = self.reporter.totals if self.reporter is not None else None
+        if totals:
+            out["processes"] = totals["processes"]
+            others_down = any(p["status"] in ("down", "failing") for p in totals["processes"])
+            if out["status"] == "ok" and others_down:
+                out["status"] = "degraded"
+        return out

@@ -7,6 +7,9 @@ listening, flush what was accepted, close the store.
 
 from __future__ import annotations
 
+import os
+import socket
+
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
@@ -17,6 +20,7 @@ from sfpltracker.gateway import Gateway
 from sfpltracker.tuning import tune_gc
 from sfpltracker.web.query import query_site
 from sfpltracker.web.site import GatewayRoot
+from sfpltracker.workers import SINGLE, Role
 
 log = Logger()
 
@@ -28,6 +32,16 @@ def tcp_endpoint(reactor, listen: str, backlog: int = 1024):
         if ":" not in interface
         else endpoints.TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
     )
+
+
+def listen(reactor, listen: str, factory, fd: int | None = None) -> defer.Deferred:
+    """Listen on ``listen``, or on the listening socket ``fd`` a supervisor bound (Workers)."""
+    if fd is None:
+        return tcp_endpoint(reactor, listen).listen(factory)
+    family = socket.AF_INET6 if ":" in parse_listen(listen)[0] else socket.AF_INET
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)  # the port holds its own copy
+    return defer.succeed(port)
 
 
 def build_front(gateway: Gateway, reactor) -> tuple[GatewayRoot, Edge]:
@@ -45,15 +59,16 @@ class GatewayService(service.Service):
 
     name = "sfpltracker"  # type: ignore[assignment]  # Twisted's stubs declare None only
 
-    def __init__(self, cfg: Config, reactor=None):
+    def __init__(self, cfg: Config, reactor=None, role: Role = SINGLE):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.cfg = cfg
         self.reactor = reactor
+        self.role = role
         # The composition root, as twisted's web tap: build the parts, then the listeners.
-        self.gateway = Gateway(cfg, reactor)
+        self.gateway = Gateway(cfg, reactor, role=role)
         self.root, self.edge = build_front(self.gateway, reactor)
         self.ports: dict[str, object] = {}
         self._starting: defer.Deferred | None = None
@@ -69,8 +84,10 @@ class GatewayService(service.Service):
             out.append(("ProxyExceptHTTP", cfg.ProxyExceptHTTP, self.edge.site()))
         if cfg.ProxyPortTLS:
             out.append(("ProxyPortTLS", cfg.ProxyPortTLS, self.edge.tls_site()))
-        if cfg.QueryPort:
+        if cfg.QueryPort and self.role.kind != "worker":
             out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway, self.edge)))
+        if self.role.kind != "single":  # the supervisor's sockets: the edge's to workers
+            out = [entry for entry in out if entry[0] in self.role.fds]
         return out
 
     def startService(self):
@@ -82,7 +99,7 @@ class GatewayService(service.Service):
     def _start(self):
         yield self.gateway.start()
         for name, address, factory in self.listeners():
-            port = yield tcp_endpoint(self.reactor, address).listen(factory)
+            port = yield listen(self.reactor, address, factory, self.role.fds.get(name))
             self.ports[name] = port
             log.info("{name} listening on {address}", name=name, address=_address(port))
         self.edge.start()
@@ -112,7 +129,7 @@ def _address(port) -> str:
     return f"{host.host}:{host.port}"
 
 
-def makeService(cfg: Config, reactor=None) -> service.MultiService:
+def makeService(cfg: Config, reactor=None, role: Role = SINGLE) -> service.MultiService:
     top = service.MultiService()
-    GatewayService(cfg, reactor).setServiceParent(top)
+    GatewayService(cfg, reactor, role).setServiceParent(top)
     return top

@@ -80,6 +80,8 @@ class GatewayProcess:
             "DataDirectory": str(self.workdir / "data"),
             "StaticDirectory": str(ROOT / "static"),
             "Domains": ["localhost"],
+            # One process unless a test asks for workers (tests/test_workers.py).
+            "Workers": 1,
         }
         self.config.update(overrides or {})
         self.config_path = self.workdir / "config.json"

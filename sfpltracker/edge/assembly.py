@@ -22,7 +22,6 @@ from sfpltracker.config import ConfigError, parse_listen
 from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.edge.hosts import SiteRouter
 from sfpltracker.edge.http import FastHTTPFactory
-from sfpltracker.edge.limits import DailyLimiter
 from sfpltracker.edge.proxy import ProxyFallback
 from sfpltracker.edge.sitetrack import make_tracker
 from sfpltracker.edge.static_site import StaticFallback
@@ -65,9 +64,7 @@ class Edge:
         )
         self.static = StaticFallback(self.router, reactor, track=track)
         self.http01 = Http01Tokens()
-        self.limiter = (
-            DailyLimiter(cfg.RateLimitPerDay, reactor) if cfg.RateLimitPerDay > 0 else None
-        )
+        self.limiter = gateway.limiter  # RateLimitPerDay: built by the gateway (shared by workers)
         self.sni: SNIServer | None = None
         self.acme: AcmeManager | None = None
         if cfg.ProxyPortTLS:

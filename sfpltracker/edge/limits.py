@@ -6,6 +6,12 @@ IPv6 clients are counted per /64, the block one host usually owns, so address ro
 within it does not reset the count. The table is cleared when the UTC day changes; past
 ``max_entries`` distinct clients in one day, new clients are let through uncounted (and a
 warning is logged once) rather than letting a flood of addresses exhaust memory.
+
+With ``Workers`` > 1 the workers' limiters share one key (made by the supervisor, held in
+memory only) and their counts: each worker sends the hits it counted since its last report
+to the supervisor about once a second (``take_unsent``) and takes back the totals of those
+clients and of every client over the limit (``merge``). A client spreading its requests over
+the workers is so refused once the total passes the limit, within about a second.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class DailyLimiter:
         self._counts: dict[bytes, int] = {}
         self._warned_full = False
         self.refused = 0
+        self._unsent: dict[bytes, int] = {}  # hits not reported yet (Workers > 1)
 
     def _digest(self, ip: str) -> bytes:
         return ip_digest(self._key, ip)
@@ -60,11 +67,7 @@ class DailyLimiter:
 
     def hit(self, ip: str) -> bool:
         """Count one request from ``ip``; False when it is over today's limit."""
-        day = int(self.clock.seconds() // DAY)
-        if day != self._day:
-            self._day = day
-            self._counts.clear()
-            self._warned_full = False
+        self._roll()
         digest = self._digest(ip)
         count = self._counts.get(digest)
         if count is None:
@@ -82,7 +85,34 @@ class DailyLimiter:
             self.refused += 1
             return False
         self._counts[digest] = count + 1
+        self._unsent[digest] = self._unsent.get(digest, 0) + 1
         return True
+
+    def _roll(self) -> None:
+        day = int(self.clock.seconds() // DAY)
+        if day != self._day:
+            self._day = day
+            self._counts.clear()
+            self._unsent.clear()
+            self._warned_full = False
+
+    def take_unsent(self) -> tuple[int, dict[str, int]]:
+        """The day and the hits counted since the last call (hex digests), for the totals."""
+        self._roll()
+        unsent, self._unsent = self._unsent, {}
+        return self._day, {d.hex(): n for d, n in unsent.items()}
+
+    def merge(self, day: int, totals: dict[str, int]) -> None:
+        """Totals over every worker (of ``day``): a count never goes below them."""
+        self._roll()
+        if day != self._day:
+            return
+        for hexdigest, total in totals.items():
+            digest = bytes.fromhex(hexdigest)
+            # plus what was counted here since the report those totals answer
+            known = total + self._unsent.get(digest, 0)
+            if known > self._counts.get(digest, 0):
+                self._counts[digest] = known
 
     def __len__(self) -> int:
         return len(self._counts)

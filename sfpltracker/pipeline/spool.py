@@ -8,7 +8,8 @@ One *series* is a directory written by exactly one writer (one ingest process)::
         committed              the loader's durable position: everything before it is stored
 
 Several ingest processes can each own a series and one loader process drain them all (see
-DESIGN.md "Growing past one process"); today the gateway runs one writer and one loader.
+DESIGN.md "Growing past one process"); with `Workers` > 1 each worker writes its own series and the
+store process loads them all (ARCHITECTURE.md "Processes").
 
 A segment is ``MAGIC`` followed by frames. A frame holds the records of one ``accept()`` call::
 

@@ -27,7 +27,7 @@ from sfpltracker.pipeline.spool import Frame, Position, SpoolWriter, encode_fram
 
 log = Logger()
 
-SERIES = "main"  # this process's series (one writer per series)
+SERIES = "main"  # the single process's (and the store process's) series; workers: w1, w2, ...
 MIN_SEGMENT_BYTES = 4096
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 MIN_FREE_DISK_BYTES = 32 * 1024 * 1024  # refuse before the disk is completely full
@@ -53,6 +53,7 @@ class SpoolIntake:
         min_free_disk: int = MIN_FREE_DISK_BYTES,
         writer_blocking=None,
         loader_blocking=None,
+        series: str = SERIES,
     ):
         self.directory = Path(directory)
         self.batcher = batcher
@@ -60,7 +61,7 @@ class SpoolIntake:
         self.max_bytes = max_bytes
         self.min_free_disk = min_free_disk
         self.writer = SpoolWriter(
-            self.directory / SERIES,
+            self.directory / series,
             reactor,
             commit_window=commit_window,
             segment_bytes=segment_bytes_for(max_bytes),

@@ -22,6 +22,7 @@ from prometheus_client.openmetrics.exposition import (
     generate_latest as generate_openmetrics,
 )
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from sfpltracker.web.common import apply_cors, error, header, write_json
 
@@ -116,6 +117,21 @@ class MetricsResource(_Leaf):
         self.registry.register(GatewayCollector(gateway))
 
     def render_GET(self, request):
+        refreshing = self.gateway.refresh_totals()  # Workers > 1: the totals asked for now
+        if refreshing is None:
+            return self._render(request)
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(_):
+            if not gone:
+                request.write(self._render(request))
+                request.finish()
+
+        refreshing.addBoth(answer)
+        return NOT_DONE_YET
+
+    def _render(self, request) -> bytes:
         accept = header(request, "accept")
         if "application/openmetrics-text" in accept:
             request.setHeader(b"content-type", OPENMETRICS_TYPE.encode())
@@ -164,10 +180,17 @@ def seed_metrics(gw, health: dict | None = None) -> dict:
       ``avg_latency_ms`` divides it by the events so timed.
     - ``last_processed_unix``: when an event was last acknowledged (0: none yet).
     """
-    c = gw.counters
+    c = gw.total_counters()  # Workers > 1: over every process
     uptime = max(time.time() - gw.started_at, 1e-9)
     batching = gw.batcher.report()
     by_table = gw.batcher.stats.rows_by_table
+    if "rows_stored" in c:  # Workers > 1: what the store process's batchers stored
+        by_table = {
+            k[len("rows_stored_") :]: n for k, n in c.items() if k.startswith("rows_stored_")
+        }
+        batching["total_batches"] = c["batches_stored"]
+        batching["total_items"] = c["rows_stored"]
+        batching["failed_batches"] = c.get("batches_failed", 0)
     accepted = c.get("events_accepted", 0)
     errors = c.get("events_rejected", 0) + batching["failed_batches"]
     health = health or gw.health()
@@ -217,25 +240,35 @@ class GatewayCollector:
     def collect(self):
         gw = self.gateway
         b = gw.batcher.report()
+        c = gw.total_counters()  # Workers > 1: over every process
         yield CounterMetricFamily(
-            "sfpl_events_accepted", "Events acknowledged to clients", gw.counters["events_accepted"]
+            "sfpl_events_accepted", "Events acknowledged to clients", c.get("events_accepted", 0)
         )
         yield CounterMetricFamily(
-            "sfpl_events_rejected", "Events refused as malformed", gw.counters["events_rejected"]
+            "sfpl_events_rejected", "Events refused as malformed", c.get("events_rejected", 0)
         )
         yield CounterMetricFamily(
-            "sfpl_requests_refused", "Requests answered 503", gw.counters["requests_refused"]
+            "sfpl_requests_refused", "Requests answered 503", c.get("requests_refused", 0)
         )
         yield CounterMetricFamily(
-            "sfpl_payments_accepted", "Payment rows acknowledged", gw.counters["payments_accepted"]
+            "sfpl_payments_accepted", "Payment rows acknowledged", c.get("payments_accepted", 0)
         )
-        yield CounterMetricFamily("sfpl_batches_stored", "Batches stored", b["total_batches"])
-        yield CounterMetricFamily("sfpl_rows_stored", "Rows stored", b["total_items"])
+        # Workers > 1: the store process's batchers, through the supervisor's totals
         yield CounterMetricFamily(
-            "sfpl_batches_failed", "Batches given up after retries", b["failed_batches"]
+            "sfpl_batches_stored", "Batches stored", c.get("batches_stored", b["total_batches"])
         )
         yield CounterMetricFamily(
-            "sfpl_insert_attempts_failed", "Failed insert attempts", b["failed_attempts"]
+            "sfpl_rows_stored", "Rows stored", c.get("rows_stored", b["total_items"])
+        )
+        yield CounterMetricFamily(
+            "sfpl_batches_failed",
+            "Batches given up after retries",
+            c.get("batches_failed", b["failed_batches"]),
+        )
+        yield CounterMetricFamily(
+            "sfpl_insert_attempts_failed",
+            "Failed insert attempts",
+            c.get("insert_attempts_failed", b["failed_attempts"]),
         )
         yield GaugeMetricFamily(
             "sfpl_rows_queued", "Rows waiting in the batcher", b["queued_items"]

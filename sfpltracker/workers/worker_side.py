@@ -1,0 +1,247 @@
+"""What a worker has instead of a store: its own spool series and the store process over AMP.
+
+A worker never opens the store. ``WorkerIntake`` acknowledges records once its own series
+(``spool/<worker>``) has them on disk, exactly as ``SpoolIntake`` does, and tells the store
+process how far the series is durable after each group commit; the store process's loader
+reads the segments and deletes them once stored (``Forget`` keeps this worker's size on disk
+right for ``SpoolMaxBytes``). ``RemoteStore`` passes the store reads and writes of the routes
+that need them (short links, accounts, ``/ppi/``) to the store process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, endpoints, protocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from sfpltracker.pipeline.spool_intake import SpoolIntake
+from sfpltracker.store.errors import StoreError
+from sfpltracker.store.schema import DEFAULT_DATABASE
+from sfpltracker.workers import protocol as cmds
+
+log = Logger()
+
+
+class _WorkerAMP(amp.AMP):
+    def __init__(self, link: StoreLink):
+        super().__init__()
+        self.link = link
+
+    @cmds.Forget.responder
+    def forget(self, series: str, segments: list[int]):
+        self.link.forgotten(series, segments)
+        return {}
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.link.proto = self
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.link.lost(self)
+
+
+class StoreLink:
+    """The worker's connection to the store process, re-made with backoff when it drops."""
+
+    def __init__(self, data_dir: Path, reactor):
+        self.reactor = reactor
+        self.path = cmds.socket_path(data_dir, cmds.STORE_SOCKET)
+        self.proto: _WorkerAMP | None = None
+        self.intake: WorkerIntake | None = None
+        self.connects = 0
+        factory = protocol.Factory.forProtocol(lambda: _WorkerAMP(self))
+        self.service = ClientService(
+            endpoints.UNIXClientEndpoint(reactor, self.path),  # type: ignore[arg-type]
+            factory,  # type: ignore[arg-type]
+            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0),
+            clock=reactor,
+            prepareConnection=self._connected,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self.proto is not None
+
+    def start(self) -> None:
+        self.service.startService()
+
+    def stop(self) -> defer.Deferred:
+        return self.service.stopService()
+
+    def _connected(self, proto) -> defer.Deferred | None:
+        self.connects += 1
+        if self.intake is not None and self.intake.started:
+            return self.intake.hello()
+        return None
+
+    def lost(self, proto: _WorkerAMP) -> None:
+        if self.proto is proto:
+            self.proto = None
+
+    def forgotten(self, series: str, segments: list[int]) -> None:
+        if self.intake is not None and series == self.intake.series:
+            self.intake.writer.forget(segments)
+
+    def call(self, command, **kw) -> defer.Deferred:
+        if self.proto is None:
+            return defer.fail(StoreError("the store process is not reachable"))
+        return self.proto.callRemote(command, **kw)
+
+    def notify(self, command, **kw) -> bool:
+        """A command without an answer; dropped when disconnected (``Hello`` catches up)."""
+        if self.proto is None:
+            return False
+        try:
+            self.proto.callRemote(command, **kw)
+        except Exception:  # never into the spool writer's commit that called us
+            log.failure("the store process link: {command}", command=command.__name__)
+            return False
+        return True
+
+
+class RemoteStore:
+    """The store as a worker sees it: reads and writes done by the store process."""
+
+    insert_tokens = False
+    cluster = ""
+    server_version = ""
+    deadletters: Any = None  # the store process keeps them
+
+    def __init__(self, link: StoreLink, kind: str, database: str = ""):
+        self.link = link
+        self.kind = kind
+        self.database = database or DEFAULT_DATABASE
+
+    @property
+    def where(self) -> str:
+        return f"the store process ({self.link.path})"
+
+    def start(self) -> defer.Deferred:
+        self.link.start()
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred:
+        return self.link.stop()
+
+    def load_schema(self) -> defer.Deferred:
+        return defer.succeed(0)  # the store process loads it
+
+    def insert(self, table, rows, dedup=False, token=None) -> defer.Deferred:
+        d = self.link.call(cmds.Insert, table=table, rows=rows, dedup=dedup, token=token)
+        return d.addCallback(lambda r: r["stored"])
+
+    def without_stored(self, table, rows) -> defer.Deferred:
+        return defer.fail(StoreError("a worker does not load its spool"))
+
+    def query(self, sql, fmt="JSONEachRow", params=None, database=None) -> defer.Deferred:
+        d = self.link.call(cmds.Query, sql=sql, fmt=fmt, params=params or {}, database=database)
+        return d.addCallback(lambda r: r["body"])
+
+    def user_query(self, sql, fmt, database=None, limits=None) -> defer.Deferred:
+        return defer.fail(StoreError("the query listener is the store process's"))
+
+    def execute(self, sql) -> defer.Deferred:
+        return self.link.call(cmds.Execute, sql=sql).addCallback(lambda r: r["body"])
+
+    def ping(self) -> defer.Deferred:
+        return self.link.call(cmds.Ping)
+
+    def metric_families(self):
+        return ()  # the store process reports the store's
+
+
+class WorkerIntake(SpoolIntake):
+    """``SpoolIntake`` writing this worker's series only; the store process loads it."""
+
+    def __init__(self, directory: Path, series: str, batcher, reactor, link: StoreLink, **kw):
+        super().__init__(directory, batcher, reactor, series=series, **kw)
+        self.series = series
+        self.link = link
+        link.intake = self
+        self._unsent_records = 0
+
+    @defer.inlineCallbacks
+    def start(self):
+        yield self.writer.open()
+        self.started = True
+        self.writer.listeners.append(self._appended)
+        if self.link.connected:
+            yield self.hello()
+
+    def hello(self) -> defer.Deferred:
+        sizes = {str(seq): size for seq, size in self.writer.sizes.items()}
+        d = self.link.call(cmds.Hello, series=self.series, sizes=sizes)
+        d.addErrback(lambda f: log.warn("spool: hello to the store process: {f}", f=f.value))
+        return d
+
+    def _appended(self) -> None:
+        end = self.writer.end
+        if self.link.notify(
+            cmds.Appended,
+            series=self.series,
+            segment=end.segment,
+            offset=end.offset,
+            records=self._unsent_records,
+        ):
+            self._unsent_records = 0
+
+    def _written(self, end, records, accepted_ms, size) -> None:
+        self._unsent_records += len(records)  # the store process's loader reads them from disk
+
+    @defer.inlineCallbacks
+    def close(self):
+        self.closing = True
+        if not self.started:
+            return
+        yield self.writer.flush()
+        self._appended()  # the last commit's end, before the link closes
+        yield self.writer.close()
+
+    def store_unreachable(self) -> bool:
+        return not self.link.connected
+
+    def _retry_after(self) -> int:
+        return 5 if self.store_unreachable() else 1
+
+    def report(self) -> dict:
+        w = self.writer
+        return {
+            "durability": "spool",
+            "directory": str(w.directory),
+            "series": self.series,
+            "bytes": w.bytes_on_disk,
+            "max_bytes": self.max_bytes,
+            "segments": len(w.sizes),
+            "commits": w.groups,
+            "fsync": w.fsync.report(),
+            "write_errors": w.write_errors,
+            "last_error": w.last_error,
+            "refused_requests": self.refused,
+            "store_reachable": not self.store_unreachable(),
+            "free_disk_bytes": self._free_disk,
+        }
+
+    def metric_families(self):
+        w = self.writer
+        yield GaugeMetricFamily(
+            "sfpl_spool_bytes", "Bytes of spool segments on disk", w.bytes_on_disk
+        )
+        yield CounterMetricFamily("sfpl_spool_commits", "Group commits (one fsync each)", w.groups)
+        yield CounterMetricFamily("sfpl_spool_write_errors", "Failed spool writes", w.write_errors)
+        refused = CounterMetricFamily(
+            "sfpl_spool_refused_requests", "Requests the spool refused", labels=["reason"]
+        )
+        for reason, n in sorted(self.refused_reasons.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        fsync = HistogramMetricFamily(
+            "sfpl_spool_fsync_seconds", "Group commit write + fdatasync latency"
+        )
+        fsync.add_metric([], w.fsync.cumulative(), sum_value=w.fsync.total)
+        yield fsync
