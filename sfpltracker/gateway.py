@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from sfpltracker import __version__, admin
 from sfpltracker.config import Config
+from sfpltracker.export import Exporter
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
@@ -157,6 +158,12 @@ class Gateway:
         self.metric_sources += [n.metrics for n in self.notifiers]
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
+        # Scheduled export of new rows to S3 or a directory (export.py), after the links.
+        self.exporter: Exporter | None = None
+        if cfg.Export.Target:
+            self.exporter = Exporter(cfg.Export, self.store, cfg.data_dir, reactor, cfg.path("."))
+            self.components.append(self.exporter)
+            self.metric_sources.append(self.exporter.metric_families)
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {
