@@ -169,9 +169,10 @@ class ExportState:
 # -- the exporter --------------------------------------------------------------------------
 
 
-def object_key(table: str, day: str, lo: int, hi: int) -> str:
-    """The one name of a (table, day, range) object: a repeated range writes the same key."""
-    return f"{table}/day={day}/part-{lo + 1:012d}-{hi:012d}.parquet"
+def object_key(table: str, day: str, lo: int, hi: int, chunk: int) -> str:
+    """The one name of a (table, day, range, chunk) object: a repeated range writes the same
+    keys."""
+    return f"{table}/day={day}/part-{lo + 1:012d}-{hi:012d}-{chunk:04d}.parquet"
 
 
 def plan_ranges(blocks: list[tuple[int, int]], done: int, max_rows: int) -> list[tuple[int, int]]:
@@ -374,18 +375,26 @@ class Exporter:
             "TabSeparated",
         )
         rows = 0
+        size = self.settings.MaxRowsPerFile
         for line in raw.decode().splitlines():
             if not line:
                 continue
             day, n = line.split("\t")
-            data = yield self.store.query(
-                f"SELECT * FROM {db}.`{table.name}` WHERE {where} "
-                f"AND toDate(`{column}`) = toDate('{day}') ORDER BY _block_number",
-                "Parquet",
-            )
-            yield threads.deferToThread(self.target.put, object_key(table.name, day, lo, hi), data)
+            # Rows stored before the block numbers were kept share their part's number, so one
+            # (range, day) can be large: it is cut into chunks, in an order fixed by the rows
+            # (identical rows being interchangeable), so a repeated range cuts them the same.
+            order = "_block_number" if int(n) <= size else f"`{column}`, cityHash64(*)"
+            for chunk, offset in enumerate(range(0, int(n), size)):
+                page = f" LIMIT {size} OFFSET {offset}" if int(n) > size else ""
+                data = yield self.store.query(
+                    f"SELECT * FROM {db}.`{table.name}` WHERE {where} "
+                    f"AND toDate(`{column}`) = toDate('{day}') ORDER BY {order}{page}",
+                    "Parquet",
+                )
+                key = object_key(table.name, day, lo, hi, chunk)
+                yield threads.deferToThread(self.target.put, key, data)
+                self.stats["objects"] += 1
             rows += int(n)
-            self.stats["objects"] += 1
         return rows
 
     def metric_families(self):
