@@ -47,6 +47,12 @@ class Switch:
     def down(self) -> None:
         with self.lock:
             if self.listener is not None:
+                # shutdown first: a close alone leaves the socket listening while the accept
+                # thread is blocked in it
+                try:
+                    self.listener.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 self.listener.close()
                 self.listener = None
             for conn in self.conns:

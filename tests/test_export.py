@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sfpltracker.config import ConfigError, load_dict
 from tests.gateway_process import ROOT, GatewayProcess
@@ -217,6 +218,15 @@ def exported(s3: S3Server, into: Path) -> dict:
     return counts(s3.download(into) / "tracker")
 
 
+def export_metric(gw: GatewayProcess, name: str) -> float:
+    text = gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"sfpl_export_{name}_total":
+                return sample.value
+    raise AssertionError(f"no metric sfpl_export_{name}_total")
+
+
 def post_events(gw: GatewayProcess, n: int, tag: str) -> None:
     for start in range(0, n, 25):
         batch = [
@@ -236,17 +246,13 @@ def test_the_gateway_exports_to_s3_and_retries_while_s3_is_down(tmp_path):
             s3.down()
             post_events(gw, 60, "b")
             gw.wait_for("SELECT count() AS n FROM sfpla.events", lambda r: r[0]["n"] == 160)
-            wait_until(
-                lambda: (
-                    "sfpl_export_failures_total 0.0" not in gw.http("GET", "/metrics").body.decode()
-                ),
-                60,
-                "a failed export run",
-            )
+            wait_until(lambda: export_metric(gw, "failures") >= 2, 60, "failed export runs")
+            assert exported(s3, tmp_path / "copy")["rows"] == 100  # nothing more got through
             s3.up()
             wait_until(lambda: exported(s3, tmp_path / "copy")["rows"] >= 160, 90, "160 rows")
             got = exported(s3, tmp_path / "copy")
             assert got["rows"] == got["distinct"] == 160
+            assert export_metric(gw, "rows") == 160
             assert "export to s3://sfpl-export/tracker failed, retrying later" in gw.log_text()
 
 
