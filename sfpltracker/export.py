@@ -95,6 +95,9 @@ class S3Target:
             or "us-east-1",
             "connect_timeout": 10,
             "request_timeout": 60,
+            # the upload starts at the first write, and a file smaller than one part goes
+            # up in one PutObject instead of a multipart upload's three requests
+            "allow_delayed_open": True,
         }
         access = settings.AccessKeyId or env("AWS_ACCESS_KEY_ID")
         secret = settings.SecretAccessKey or env("AWS_SECRET_ACCESS_KEY")

@@ -88,13 +88,13 @@ def s3_export(s3: S3Server, **more) -> dict:
     }
 
 
-def wait_until(predicate, timeout: float, what: str):
+def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = predicate()
         if got:
             return got
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -175,10 +175,10 @@ def number_blocks(config: Path, scratch: Path) -> None:
 
 
 def test_an_exporter_killed_mid_run_then_run_again_exports_every_row_once(tmp_path):
-    # 40 rows per range (two inserts): 60 ranges, each a file per day.
-    config = offline_config(tmp_path, Target=str(tmp_path / "out"), MaxRowsPerFile=40)
+    # 10 rows per range (one insert): 30 ranges, each a file per day.
+    config = offline_config(tmp_path, Target=str(tmp_path / "out"), MaxRowsPerFile=10)
     number_blocks(config, tmp_path / "scratch")
-    seed(tmp_path / "data", {"events": event_rows(2400)}, batch=20)  # 120 block numbers
+    seed(tmp_path / "data", {"events": event_rows(300)}, batch=10)  # 30 block numbers
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sfpltracker", "--config", str(config), "export", "--to", str(out)],
@@ -188,22 +188,24 @@ def test_an_exporter_killed_mid_run_then_run_again_exports_every_row_once(tmp_pa
         stderr=subprocess.PIPE,
     )
     try:
-        wait_until(lambda: len(list(out.rglob("*.parquet"))) >= 10, 120, "the first files")
+        wait_until(
+            lambda: len(list(out.rglob("*.parquet"))) >= 5, 120, "the first files", every=0.02
+        )
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.communicate()
-    assert len(list(out.rglob("*.parquet"))) < 180  # it was killed mid-export
+    assert len(list(out.rglob("*.parquet"))) < 90  # it was killed mid-export
     states = [json.loads(p.read_text()) for p in (tmp_path / "data" / "export").glob("*.json")]
     (state,) = [s for s in states if s["target"] == str(out)]
-    assert state["tables"]["events"]["done"] < 120
+    assert state["tables"]["events"]["done"] < 30
     done = cli(config, "export", "--to", str(out))
     assert counts(out) == {
-        "rows": 2400,
-        "distinct": 2400,
-        "days": {"2025-03-01": 800, "2025-03-02": 800, "2025-03-03": 800},
+        "rows": 300,
+        "distinct": 300,
+        "days": {"2025-03-01": 100, "2025-03-02": 100, "2025-03-03": 100},
     }
-    assert len(list(out.rglob("*.parquet"))) == 180, done.stdout
+    assert len(list(out.rglob("*.parquet"))) == 90, done.stdout
 
 
 # -- S3, in the gateway ---------------------------------------------------------------------------
@@ -260,25 +262,25 @@ def test_a_gateway_killed_mid_export_then_restarted_exports_every_row_once(tmp_p
     gw = GatewayProcess(tmp_path, {})
     gw.config_path.write_text(json.dumps(gw.config))
     number_blocks(gw.config_path, tmp_path / "scratch")
-    seed(gw.workdir / "data", {"events": event_rows(2400)}, batch=20)
+    seed(gw.workdir / "data", {"events": event_rows(300)}, batch=10)
     with S3Server(tmp_path) as s3:
-        gw.config["Export"] = s3_export(s3, Every="1h", MaxRowsPerFile=40)
+        gw.config["Export"] = s3_export(s3, Every="1h", MaxRowsPerFile=10)
         gw.start()
         try:
-            wait_until(lambda: len(s3.keys()) >= 10, 120, "the first objects")
+            wait_until(lambda: len(s3.keys()) >= 5, 120, "the first objects", every=0.02)
             gw.kill()
-            assert len(s3.keys()) < 180  # killed mid-export
+            assert len(s3.keys()) < 90  # killed mid-export
             gw.start()  # the export runs at start, the cut range first
-            wait_until(lambda: len(s3.keys()) >= 180, 120, "every object")
+            wait_until(lambda: len(s3.keys()) >= 90, 120, "every object", every=0.5)
             wait_until(
-                lambda: "export: " in gw.log_text().split("Log opened")[-1], 60, "the run's end"
+                lambda: "export: " in gw.log_text().split("starting up.")[-1], 60, "the run's end"
             )
         finally:
             gw.stop()
             gw.kill()
-        assert len(s3.keys()) == 180
+        assert len(s3.keys()) == 90
         assert exported(s3, tmp_path / "copy") == {
-            "rows": 2400,
-            "distinct": 2400,
-            "days": {"2025-03-01": 800, "2025-03-02": 800, "2025-03-03": 800},
+            "rows": 300,
+            "distinct": 300,
+            "days": {"2025-03-01": 100, "2025-03-02": 100, "2025-03-03": 100},
         }
