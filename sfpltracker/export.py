@@ -314,7 +314,12 @@ class Exporter:
         """Export what is new; fires with ``{table: rows}``. A run already going is joined."""
         if self.running is not None:  # after the run in progress, a run of its own
             waiter: defer.Deferred = defer.Deferred()
-            self.running.addBoth(lambda result: (waiter.callback(None), result)[1])
+
+            def release(result):
+                waiter.callback(None)
+                return result  # the run's own callers still get its outcome
+
+            self.running.addBoth(release)
             return waiter.addCallback(lambda _: self.run())
         self.running = self._run()
 
@@ -360,7 +365,11 @@ class Exporter:
             f"WHERE _block_number > {done} GROUP BY b ORDER BY b",
             "TabSeparated",
         )
-        blocks = [tuple(map(int, line.split("\t"))) for line in raw.decode().splitlines() if line]
+        blocks = []
+        for line in raw.decode().splitlines():
+            if line:
+                block, n = line.split("\t")
+                blocks.append((int(block), int(n)))
         for lo, hi in plan_ranges(blocks, done, self.settings.MaxRowsPerFile):
             yield threads.deferToThread(self.state.set, name, lo, (lo, hi))
             rows += yield self._export_range(table, lo, hi)
