@@ -255,6 +255,10 @@ def test_the_gateway_exports_to_s3_and_retries_while_s3_is_down(tmp_path):
             got = exported(s3, tmp_path / "copy")
             assert got["rows"] == got["distinct"] == 160
             assert export_metric(gw, "rows") == 160
+            # `export --to` while the gateway runs: the gateway writes, its own watermark
+            done = cli(gw.config_path, "export", "--to", str(tmp_path / "dir"))
+            assert "export: 160 new rows" in done.stdout, done.stdout
+            assert counts(tmp_path / "dir")["distinct"] == 160
             assert "export to s3://sfpl-export/tracker failed, retrying later" in gw.log_text()
 
 
