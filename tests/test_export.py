@@ -128,6 +128,15 @@ def test_a_bad_export_value_is_refused_naming_the_key(export, named):
     assert str(e.value).startswith(named), str(e.value)
 
 
+def test_the_config_examples_of_the_docs_load():
+    text = (ROOT / "docs" / "export.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```json\n")[1:]]
+    assert len(blocks) == 3
+    for block in blocks:
+        cfg = load_dict(json.loads(block))
+        assert cfg.Export.Target and cfg.Export.Every >= 60
+
+
 def test_a_table_the_store_lacks_stops_start_up_with_the_reason(tmp_path):
     gw = GatewayProcess(tmp_path, {"Export": {"Target": str(tmp_path / "out"), "Tables": ["nope"]}})
     with pytest.raises(RuntimeError) as e:
