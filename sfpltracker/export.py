@@ -58,6 +58,23 @@ class ExportError(Exception):
     """A configuration the export cannot run with, worded for the operator."""
 
 
+class ExportStopped(Exception):
+    """The gateway is stopping: the run ends before its next object (its range stays
+    pending)."""
+
+
+def _after(d: defer.Deferred) -> defer.Deferred:
+    """A Deferred firing (with None) once ``d`` has, leaving ``d``'s result to its callers."""
+    waiter: defer.Deferred = defer.Deferred()
+
+    def release(result):
+        waiter.callback(None)
+        return result
+
+    d.addBoth(release)
+    return waiter
+
+
 # -- targets -------------------------------------------------------------------------------
 
 
@@ -215,6 +232,7 @@ class Exporter:
         self.retry: Any = None
         self.running: defer.Deferred | None = None
         self.prepared = False
+        self.stopping = False
         self.stats: Counter = Counter()
 
     # -- life cycle (gateway component) ----------------------------------------------------
@@ -227,20 +245,24 @@ class Exporter:
         self.loop.start(self.settings.Every, now=True)
 
     def stop(self) -> defer.Deferred:
+        self.stopping = True
         if self.loop is not None and self.loop.running:
             self.loop.stop()
         if self.retry is not None and self.retry.active():
             self.retry.cancel()
-        # Let a run in progress finish its current object: the state stays consistent anyway,
-        # but the store must not close under its queries.
-        running = self.running
-        return running if running is not None else defer.succeed(None)
+        # A run in progress stops before its next object (its range stays pending, to be
+        # repeated by the next start): the store must not close under its queries.
+        return _after(self.running) if self.running is not None else defer.succeed(None)
 
     def tick(self) -> None:
+        if self.running is not None:  # a scheduled run never queues behind another
+            return
         d = self.run()
         d.addErrback(self._failed)
 
     def _failed(self, failure) -> None:
+        if failure.check(ExportStopped):
+            return
         self.stats["failures"] += 1
         log.error(
             "export to {target} failed, retrying later (the watermark is kept): {why}",
@@ -313,14 +335,7 @@ class Exporter:
     def run(self) -> defer.Deferred:
         """Export what is new; fires with ``{table: rows}``. A run already going is joined."""
         if self.running is not None:  # after the run in progress, a run of its own
-            waiter: defer.Deferred = defer.Deferred()
-
-            def release(result):
-                waiter.callback(None)
-                return result  # the run's own callers still get its outcome
-
-            self.running.addBoth(release)
-            return waiter.addCallback(lambda _: self.run())
+            return _after(self.running).addCallback(lambda _: self.run())
         self.running = self._run()
 
         def done(result):
@@ -397,6 +412,8 @@ class Exporter:
             # (identical rows being interchangeable), so a repeated range cuts them the same.
             order = "_block_number" if int(n) <= size else f"`{column}`, cityHash64(*)"
             for chunk, offset in enumerate(range(0, int(n), size)):
+                if self.stopping:
+                    raise ExportStopped()
                 page = f" LIMIT {size} OFFSET {offset}" if int(n) > size else ""
                 data = yield self.store.query(
                     f"SELECT * FROM {db}.`{table.name}` WHERE {where} "
@@ -433,6 +450,8 @@ def export_run(ctx, args: dict):
 
     from sfpltracker.admin import AdminError
 
+    if ctx.store.kind != "embedded":
+        raise AdminError("export --to: needs the embedded store (docs/export.md)")
     to = args.get("to") or ctx.cfg.Export.Target
     if not to:
         raise AdminError("export: no target (give --to, or set Export.Target)")

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfpltracker.config import ConfigError, load_dict
+from sfpltracker.export import object_key, plan_ranges
 from tests.gateway_process import ROOT, GatewayProcess
 from tests.privacy_seed import seed
 from tests.s3_server import BUCKET, KEY_ID, SECRET, S3Server
@@ -143,6 +144,15 @@ def test_a_table_the_store_lacks_stops_start_up_with_the_reason(tmp_path):
         gw.start(timeout=60)
     gw.kill()
     assert "Export.Tables: no table 'nope'" in str(e.value)
+
+
+def test_ranges_hold_at_most_max_rows_and_a_larger_block_alone():
+    blocks = [(3, 5), (4, 5), (6, 20), (9, 1), (10, 9)]
+    assert plan_ranges(blocks, 2, 10) == [(2, 4), (4, 6), (6, 10)]
+    assert plan_ranges([], 7, 10) == []
+    assert object_key("events", "2025-03-01", 2, 4, 0) == (
+        "events/day=2025-03-01/part-000000000003-000000000004-0000.parquet"
+    )
 
 
 # -- a directory, offline: every row once across runs ---------------------------------------------
