@@ -158,7 +158,8 @@ def check_target(spec: str) -> str | None:
 
 
 class ExportState:
-    """``{"target": ..., "tables": {name: {"done": N, "pending": [lo, hi] | null}}}``."""
+    """``{"target": ..., "tables": {name: {"done": N, "pending": [lo, hi, rows] | null}}}``:
+    ``rows`` is the MaxRowsPerFile the range was cut with, so a repeat cuts it the same."""
 
     def __init__(self, data_dir: Path, target: str):
         digest = hashlib.sha256(target.encode()).hexdigest()[:16]
@@ -174,11 +175,11 @@ class ExportState:
     def done(self, table: str) -> int:
         return int(self.tables.get(table, {}).get("done", 0))
 
-    def pending(self, table: str) -> tuple[int, int] | None:
+    def pending(self, table: str) -> tuple[int, int, int] | None:
         got = self.tables.get(table, {}).get("pending")
-        return (int(got[0]), int(got[1])) if got else None
+        return (int(got[0]), int(got[1]), int(got[2])) if got else None
 
-    def set(self, table: str, done: int, pending: tuple[int, int] | None) -> None:
+    def set(self, table: str, done: int, pending: tuple[int, int, int] | None) -> None:
         """Durably (blocking: call it on a thread)."""
         self.tables[table] = {"done": done, "pending": list(pending) if pending else None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,14 +386,15 @@ class Exporter:
             if line:
                 block, n = line.split("\t")
                 blocks.append((int(block), int(n)))
-        for lo, hi in plan_ranges(blocks, done, self.settings.MaxRowsPerFile):
-            yield threads.deferToThread(self.state.set, name, lo, (lo, hi))
-            rows += yield self._export_range(table, lo, hi)
+        size = self.settings.MaxRowsPerFile
+        for lo, hi in plan_ranges(blocks, done, size):
+            yield threads.deferToThread(self.state.set, name, lo, (lo, hi, size))
+            rows += yield self._export_range(table, lo, hi, size)
             yield threads.deferToThread(self.state.set, name, hi, None)
         return rows
 
     @defer.inlineCallbacks
-    def _export_range(self, table: Table, lo: int, hi: int):
+    def _export_range(self, table: Table, lo: int, hi: int, size: int):
         db = database_of(self.store)
         column = table.time_column
         where = f"_block_number > {lo} AND _block_number <= {hi}"
@@ -402,22 +404,22 @@ class Exporter:
             "TabSeparated",
         )
         rows = 0
-        size = self.settings.MaxRowsPerFile
         for line in raw.decode().splitlines():
             if not line:
                 continue
             day, n = line.split("\t")
-            # Rows stored before the block numbers were kept share their part's number, so one
-            # (range, day) can be large: it is cut into chunks, in an order fixed by the rows
-            # (identical rows being interchangeable), so a repeated range cuts them the same.
-            order = "_block_number" if int(n) <= size else f"`{column}`, cityHash64(*)"
-            for chunk, offset in enumerate(range(0, int(n), size)):
+            # A (range, day) of more than MaxRowsPerFile rows (rows stored before the block
+            # numbers were kept share their part's number) is cut into chunks by a hash of the
+            # whole row: the same rows make the same chunks when a range is repeated, and no
+            # chunk needs a sort (a reader query's memory is capped).
+            chunks = -(-int(n) // size)
+            for chunk in range(chunks):
                 if self.stopping:
                     raise ExportStopped()
-                page = f" LIMIT {size} OFFSET {offset}" if int(n) > size else ""
+                part = f" AND cityHash64(*) % {chunks} = {chunk}" if chunks > 1 else ""
                 data = yield self.store.query(
                     f"SELECT * FROM {db}.`{table.name}` WHERE {where} "
-                    f"AND toDate(`{column}`) = toDate('{day}') ORDER BY {order}{page}",
+                    f"AND toDate(`{column}`) = toDate('{day}'){part}",
                     "Parquet",
                 )
                 key = object_key(table.name, day, lo, hi, chunk)
