@@ -93,6 +93,24 @@ class NotifyEntry:
 
 
 @dataclass
+class ExportSettings:
+    """``Export``: new rows of ``Tables`` as Parquet (Hive layout) to ``Target`` every
+    ``Every`` (sfpltracker/export.py, docs/export.md). An empty ``Target`` turns it off. The
+    S3 keys default to the usual AWS environment variables."""
+
+    Every: float = 3600.0  # seconds; "1h" / "15m" strings are accepted too
+    Target: str = ""  # "s3://bucket/prefix" or a directory
+    Tables: list[str] = field(default_factory=lambda: ["events"])
+    Format: str = "parquet"
+    Endpoint: str = ""  # S3 API URL, e.g. "http://127.0.0.1:9000" (MinIO); "" = AWS
+    Region: str = ""
+    AccessKeyId: str = ""
+    SecretAccessKey: str = ""
+    SessionToken: str = ""
+    MaxRowsPerFile: int = 100000  # rows of one export range (one file per day in it)
+
+
+@dataclass
 class SiteEntry:
     """One ``Sites`` entry: a host (or ``*``) served from a static root and/or proxy routes."""
 
@@ -237,6 +255,7 @@ class Config:
     Durability: str = "spool"
     Notify: list[NotifyEntry] = field(default_factory=list)
     Batching: dict[str, BatchSettings] = field(default_factory=dict)
+    Export: ExportSettings = field(default_factory=ExportSettings)
 
     # Edge (section 7).
     Sites: dict[str, SiteEntry] = field(default_factory=dict)
@@ -413,7 +432,7 @@ def _build(cls: type, data: dict, where: str, warnings: list[str], legacy: froze
         path = f"{where}.{key}" if where else key
         if key in known:
             tp = hints[key]
-            if key == "MaxBatchTime":
+            if key in ("MaxBatchTime", "Every"):
                 kwargs[key] = parse_duration(value, path)
             elif key == "Workers":
                 kwargs[key] = _workers(value, path)
@@ -501,6 +520,7 @@ def _validate(cfg: Config) -> None:
         if settings.MaxBatchSize < 1:
             raise ConfigError(f"Batching.{table}.MaxBatchSize: must be at least 1")
     _validate_edge(cfg)
+    _validate_export(cfg)
     for name in (
         "MaxBodyBytes",
         "MaxBatchEvents",
@@ -560,6 +580,37 @@ def _validate_facebook(cfg: Config) -> None:
     pixels = [n.PixelId for _, n in entries]
     if len(set(pixels)) != len(pixels):
         raise ConfigError("Notify: two facebook entries for one PixelId")
+
+
+def _validate_export(cfg: Config) -> None:
+    from sfpltracker.export import check_target
+
+    export = cfg.Export
+    if not export.Target:
+        return
+    why = check_target(export.Target)
+    if why:
+        raise ConfigError(f"Export.Target: {why}")
+    if export.Format.lower() != "parquet":
+        raise ConfigError(f'Export.Format: only "parquet" is supported, got {export.Format!r}')
+    if export.Every < 1:
+        raise ConfigError("Export.Every: must be at least 1 second")
+    if not export.Tables:
+        raise ConfigError('Export.Tables: list the tables to export (e.g. ["events"])')
+    for name in export.Tables:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"Export.Tables: {name!r} is not a table name")
+    if export.Endpoint and not re.match(r"https?://[^/]+/?$", export.Endpoint):
+        raise ConfigError(
+            f'Export.Endpoint: expected "http(s)://host:port", got {export.Endpoint!r}'
+        )
+    if export.MaxRowsPerFile < 1:
+        raise ConfigError("Export.MaxRowsPerFile: must be at least 1")
+    if cfg.store_entry().Type != "embedded":
+        raise ConfigError(
+            "Export: needs the embedded store (it follows the order chDB's one writer stores "
+            "rows in); with a ClickHouse server use its own S3 export"
+        )
 
 
 ACME_CHALLENGES = ("auto", "http-01", "tls-alpn-01")

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from sfpltracker import __version__, admin
 from sfpltracker.config import Config
 from sfpltracker.edge.limits import DailyLimiter
+from sfpltracker.export import Exporter
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
@@ -235,6 +236,12 @@ class Gateway:
         self.metric_sources += [output.metric_families for output in self.outputs]
         if self.series is not None:
             self.metric_sources.append(self.series.metric_families)
+        # Scheduled export of new rows to S3 or a directory (export.py), after the links.
+        self.exporter: Exporter | None = None
+        if cfg.Export.Target and role.kind != "worker":  # the store's process exports
+            self.exporter = Exporter(cfg.Export, self.store, cfg.data_dir, reactor, cfg.path("."))
+            self.components.append(self.exporter)
+            self.metric_sources.append(self.exporter.metric_families)
         self.store_ready = False
         self.admin_token = ""
         self.counters: dict[str, int] = {

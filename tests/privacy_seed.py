@@ -18,9 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def seed(data_dir: Path, tables: dict[str, list[dict]]) -> None:
+def seed(data_dir: Path, tables: dict[str, list[dict]], batch: int = 0) -> None:
+    """``batch``: insert each table's rows this many at a time (one insert each), not at once."""
     payload = Path(data_dir).parent / "seed.json"
-    payload.write_text(json.dumps(tables))
+    payload.write_text(json.dumps({"batch": batch, "tables": tables}))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run(
         [sys.executable, "-m", "tests.privacy_seed", str(data_dir), str(payload)],
@@ -39,7 +40,8 @@ def _main(data_dir: str, payload: str) -> None:
 
     from sfpltracker.store.embedded.store import EmbeddedStore
 
-    tables = json.loads(Path(payload).read_text())
+    given = json.loads(Path(payload).read_text())
+    tables, batch = given["tables"], given["batch"]
     failure = []
 
     @defer.inlineCallbacks
@@ -48,7 +50,9 @@ def _main(data_dir: str, payload: str) -> None:
         try:
             yield store.start()
             for table, rows in tables.items():
-                yield store.insert(table, rows)
+                step = batch or len(rows) or 1
+                for i in range(0, len(rows), step):
+                    yield store.insert(table, rows[i : i + step])
         except Exception as e:  # noqa: BLE001 - reported through the exit code
             failure.append(e)
         finally:

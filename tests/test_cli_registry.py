@@ -34,6 +34,7 @@ EXPECTED_ADMIN = {
     "deadletter-replay",
     "tls-status",
     "tls-renew",
+    "export-run",
 }
 
 # Modules that registered commands as an import side effect, or import the lists.

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from sfpltracker import admin, migrate
+from sfpltracker import admin, export, migrate
 from sfpltracker.edge.tls import commands as tls
 from sfpltracker.links import accounts
 from sfpltracker.privacy import commands as privacy
@@ -38,6 +38,7 @@ ADMIN_COMMANDS: Mapping[str, AdminCommand] = MappingProxyType(
         "tls-status": tls.tls_status,
         "tls-renew": tls.tls_renew,
         "migrate-page": migrate.migrate_page_command,
+        "export-run": export.export_run,
     }
 )
 

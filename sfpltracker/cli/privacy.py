@@ -24,6 +24,7 @@ from sfpltracker.cli.client import (
     GatewayNotRunning,
     call_running_gateway,
     listener_url,
+    run_command,
     run_with_store,
 )
 from sfpltracker.fsutil import write_atomic
@@ -257,11 +258,18 @@ def _day(text: str, option: str) -> datetime.date:
 
 
 def cmd_export(cfg, ns) -> int:
+    if ns.to:
+        return _export_to(cfg, ns)
+    missing = [
+        o for o, v in (("--since", ns.since), ("--until", ns.until), ("--out", ns.out)) if not v
+    ]
+    if missing:
+        raise admin.AdminError(f"export: {', '.join(missing)} needed (or --to TARGET)")
     since, until = _day(ns.since, "--since"), _day(ns.until, "--until")
     if until < since:
         raise admin.AdminError("--until is before --since")
     out = Path(ns.out).resolve()
-    names = [t.strip() for t in ns.tables.split(",") if t.strip()]
+    names = _tables(ns.tables or ",".join(DEFAULT_EXPORT_TABLES))
 
     def drive(session) -> int:
         db = cfg.store_entry().Database or DEFAULT_DATABASE
@@ -280,6 +288,29 @@ def cmd_export(cfg, ns) -> int:
         return 0
 
     return with_session(cfg, drive)
+
+
+def _tables(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _export_to(cfg, ns) -> int:
+    """``--to``: the rows new since the last export to that target (sfpltracker/export.py),
+    written by the process that owns the store (the running gateway, else this one)."""
+    if ns.since or ns.until or ns.out:
+        raise admin.AdminError(
+            "export: --to exports what is new; --since/--until/--out are not for it"
+        )
+    to = ns.to if "://" in ns.to else str(Path(ns.to).resolve())
+    args: dict = {"to": to}
+    if ns.tables:
+        args["tables"] = _tables(ns.tables)
+    done = run_command(cfg, "export-run", args)
+    per_table = ", ".join(f"{t} {n}" for t, n in done["tables"].items())
+    _say(
+        f"export: {done['rows']} new rows -> {done['target']} ({per_table}) in {done['seconds']} s"
+    )
+    return 0
 
 
 def _catalogue(session, db: str) -> dict:
@@ -369,9 +400,16 @@ def export_subject_arguments(export_subject) -> None:
 
 
 def export_arguments(export) -> None:
-    export.add_argument("--since", required=True, help="first day, YYYY-MM-DD (UTC)")
-    export.add_argument("--until", required=True, help="last day, YYYY-MM-DD (UTC, included)")
-    export.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export.add_argument("--since", help="first day, YYYY-MM-DD (UTC)")
+    export.add_argument("--until", help="last day, YYYY-MM-DD (UTC, included)")
+    export.add_argument("--out", metavar="DIR", help="output directory")
     export.add_argument(
-        "--tables", default=",".join(DEFAULT_EXPORT_TABLES), help="comma-separated (events)"
+        "--to",
+        metavar="s3://BUCKET/PREFIX|DIR",
+        help="instead: the rows new since the last export to this target (docs/export.md)",
+    )
+    export.add_argument(
+        "--tables",
+        default=None,
+        help="comma-separated (events; with --to: Export.Tables)",
     )
