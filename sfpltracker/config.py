@@ -175,7 +175,7 @@ class Config:
     RateLimitPerDay: int = 0
     # HTTP/1.1 on the edge listeners: "fast" (edge/http.py, httptools; hot routes without
     # twisted.web) or "twisted" (twisted.web's HTTPChannel). The query listener is twisted.web.
-    HTTPServer: str = "twisted"
+    HTTPServer: str = "fast"
 
     # Routes and request handling (section 3).
     ApiVersion: int = 1
