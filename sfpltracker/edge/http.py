@@ -37,6 +37,7 @@ from collections import deque
 from typing import Any
 
 import httptools
+from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -98,6 +99,7 @@ class ParsedRequest:
         "streaming",
         "request",
         "upgrade",
+        "fast",
     )
     # Set from the parser when the head is complete (on_headers_complete).
     method: bytes
@@ -118,6 +120,7 @@ class ParsedRequest:
         self.streaming = False
         self.request: Request | None = None  # of a streamed or adapted body, once started
         self.upgrade = False
+        self.fast: FastRequest | None = None  # answering it without twisted.web
 
     def header(self, name: bytes) -> bytes | None:
         """The last value, as ``twisted.web``'s ``Request.getHeader``."""
@@ -213,7 +216,10 @@ class FastRequest:
         "_body",
         "_cookies_in",
         "_streamed",
+        "_chunked",
+        "_waiting",
         "sentLength",
+        "defaultContentType",
     )
 
     def __init__(self, protocol, parsed: ParsedRequest):
@@ -232,7 +238,10 @@ class FastRequest:
         self._disconnected = False
         self._body: list[bytes] = []
         self._cookies_in: dict[bytes, bytes] | None = None
-        self._streamed = False  # a producer writes the body after the head (static files)
+        self._streamed = False  # a producer writes the body after the head (files, proxy)
+        self._chunked = False  # ... of a length not known in advance (a proxied answer)
+        self._waiting: list[defer.Deferred] | None = None  # notifyFinish()
+        self.defaultContentType = None  # twisted.web's text/html default is not written here
         self.sentLength = 0
 
     # -- reading -----------------------------------------------------------------------------
@@ -244,6 +253,11 @@ class FastRequest:
 
     def getClientAddress(self):  # noqa: N802
         return self.protocol.peer
+
+    @property
+    def channel(self):
+        """What the proxy's body relay closes when an upstream answer breaks off."""
+        return self.protocol
 
     def isSecure(self) -> bool:  # noqa: N802
         return self.protocol.secure
@@ -289,7 +303,10 @@ class FastRequest:
         if self._streamed:
             if not self._disconnected:
                 self.sentLength += len(data)
-                self.protocol.transport.write(data)
+                if self._chunked:
+                    self.protocol.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+                else:
+                    self.protocol.transport.write(data)
         else:
             self._body.append(data)
 
@@ -311,9 +328,29 @@ class FastRequest:
             return
         self.finished = True
         if self._streamed:
+            if self._chunked:
+                self.protocol.transport.write(b"0\r\n\r\n")
             self.protocol.stream_done(self)
         else:
             self.protocol.fast_answered(self, b"".join(self._body))
+        waiting, self._waiting = self._waiting, None
+        for d in waiting or ():
+            d.callback(None)
+
+    def notifyFinish(self) -> defer.Deferred:  # noqa: N802
+        """Fires when the answer is written, fails when the client goes first (the proxy
+        cancels its upstream request then)."""
+        d: defer.Deferred = defer.Deferred()
+        if self._waiting is None:
+            self._waiting = []
+        self._waiting.append(d)
+        return d
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        self._disconnected = True
+        waiting, self._waiting = self._waiting, None
+        for d in waiting or ():
+            d.errback(reason)
 
 
 class _ResponseHeaders:
@@ -523,10 +560,11 @@ class FastHTTPProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
         active, self._active = self._active, None
-        if isinstance(active, FastRequest):
-            active._disconnected = True
-        elif isinstance(active, ParsedRequest) and active.request is not None:
-            active.request.connectionLost(reason or Failure(ConnectionError("lost")))
+        if isinstance(active, ParsedRequest):
+            if active.fast is not None:
+                active.fast.connectionLost(reason or Failure(ConnectionError("lost")))
+            elif active.request is not None:
+                active.request.connectionLost(reason or Failure(ConnectionError("lost")))
         self._queue.clear()
 
     def close(self) -> None:
@@ -739,6 +777,7 @@ class FastHTTPProtocol(Protocol):
         if route is None:
             self._adapt(parsed)
             return
+        parsed.fast = request
         try:
             body = route(request)
         except Exception:
@@ -754,11 +793,12 @@ class FastHTTPProtocol(Protocol):
         """The status line and headers of a ``FastRequest``'s answer (``length``: of the body
         about to follow, unless the route set its Content-Length)."""
         code = request.code
-        out = [
-            b"HTTP/1.1 %d %s\r\nDate: %s\r\n"
-            % (code, request.code_message or RESPONSES.get(code, b"Unknown"), _date())
-        ]
         headers = request.headers_out
+        out = [
+            b"HTTP/1.1 %d %s\r\n" % (code, request.code_message or RESPONSES.get(code, b"Unknown"))
+        ]
+        if b"date" not in headers:  # a proxied answer keeps its upstream's
+            out.append(b"Date: %s\r\n" % _date())
         if code not in _NO_BODY and length is not None and b"content-length" not in headers:
             out.append(b"Content-Length: %d\r\n" % length)
         if self.factory.hsts and self.secure:
@@ -791,8 +831,18 @@ class FastHTTPProtocol(Protocol):
         if self._lost or self._active is not request.parsed:
             request._disconnected = True
             return
-        if b"content-length" not in request.headers_out:
-            request.parsed.keep_alive = False  # no framing: the body ends with the connection
+        parsed = request.parsed
+        headers = request.headers_out
+        if (
+            b"content-length" not in headers
+            and parsed.method != b"HEAD"
+            and request.code not in _NO_BODY
+        ):
+            if parsed.version == b"HTTP/1.1":  # as twisted.web frames it
+                request._chunked = True
+                headers[b"transfer-encoding"] = b"chunked"
+            else:
+                parsed.keep_alive = False  # the body ends with the connection
         self.transport.write(b"".join(self._head(request, None)))
 
     def stream_done(self, request: FastRequest) -> None:
@@ -968,9 +1018,9 @@ class FastHTTPFactory(Factory):
             for name in (b"rdr", b"xrdr"):
                 self.api[b"GET", name] = self.api[b"POST", name] = root.api[name].render_GET
         # Paths outside the API: the fallback chain (short links, proxy routes, static
-        # sites, 404), unless the path is a proxy route's: those stream through twisted.web.
+        # sites, 404). A proxied request with a body, or a WebSocket upgrade, is handed to
+        # twisted.web before it gets here (streamed as it arrives).
         self.fallbacks = root.render_fallbacks
-        self.router = site.edge.router if site.edge is not None else None
 
     def buildProtocol(self, addr):  # noqa: N802
         p = self.protocol()
@@ -1003,10 +1053,7 @@ class FastHTTPFactory(Factory):
         elif path in self.other_ops or path.startswith(ACME_CHALLENGE):
             return None
         else:
-            router = self.router
-            if router is not None and router.route_for(parsed.header(b"host"), path) is not None:
-                return None  # proxied: streamed both ways by twisted.web's request
-            route = self.fallbacks
+            route = self.fallbacks  # a proxy route's bodiless GET/HEAD too (edge/proxy.py)
         if host_problem(request) is not None:
             return None  # EdgeFront answers it (a missing Host too)
         return route
