@@ -218,6 +218,7 @@ class FastRequest:
         "_streamed",
         "_chunked",
         "_waiting",
+        "_content",
         "sentLength",
         "defaultContentType",
     )
@@ -241,6 +242,7 @@ class FastRequest:
         self._streamed = False  # a producer writes the body after the head (files, proxy)
         self._chunked = False  # ... of a length not known in advance (a proxied answer)
         self._waiting: list[defer.Deferred] | None = None  # notifyFinish()
+        self._content: io.BytesIO | None = None
         self.defaultContentType = None  # twisted.web's text/html default is not written here
         self.sentLength = 0
 
@@ -265,7 +267,9 @@ class FastRequest:
     @property
     def content(self) -> io.BytesIO:
         """The request's body (complete: the layer answers a request once it is read)."""
-        return io.BytesIO(b"".join(self.parsed.chunks))
+        if self._content is None:
+            self._content = io.BytesIO(b"".join(self.parsed.chunks))
+        return self._content
 
     @property
     def responseHeaders(self) -> _ResponseHeaders:  # noqa: N802 - Twisted's interface
