@@ -199,7 +199,7 @@ class Config:
     RateLimitPerDay: int = 0
     # HTTP/1.1 on the edge listeners: "fast" (edge/http.py, httptools; hot routes without
     # twisted.web) or "twisted" (twisted.web's HTTPChannel). The query listener is twisted.web.
-    HTTPServer: str = "twisted"
+    HTTPServer: str = "fast"
     # Processes (ARCHITECTURE.md "Processes"): 1 = everything in one process; N > 1 or "auto"
     # (the number of CPUs) = a supervisor, one store process and N ingest workers sharing the
     # listening sockets. Read it with ``worker_count()``.

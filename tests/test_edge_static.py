@@ -192,3 +192,54 @@ def test_html_pages_are_tracked(gw):
     }
     js = gw.query("SELECT count() AS n FROM sfpla.events WHERE url LIKE '%app.js%'")
     assert js == [{"n": 0}]
+
+
+def _answers(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) of each answer in ``data`` (every answer here has a Content-Length)."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        if head.startswith((b"HTTP/1.1 304", b"HTTP/1.1 204")) or b"\r\nX-Head: 1" in head:
+            length = 0
+        out.append((head, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def test_static_files_are_served_by_the_fast_layer_in_order(gw):
+    # Pipelined on one connection: a 1 MiB file its producer streams as the socket drains,
+    # then a range, a 304, a HEAD, a miss and /ping: each answered whole and in order, with
+    # no twisted.web Request behind them (twisted.web names itself in a Server header).
+    etag = get(gw, "/app.js").header("etag")
+    pipeline = (
+        b"GET /big.bin HTTP/1.1\r\nHost: static.test\r\n\r\n"
+        b"GET /big.bin HTTP/1.1\r\nHost: static.test\r\nRange: bytes=1000-1999\r\n\r\n"
+        b"GET /app.js HTTP/1.1\r\nHost: static.test\r\nIf-None-Match: %s\r\n\r\n"
+        b"HEAD /app.js HTTP/1.1\r\nHost: static.test\r\n\r\n"
+        b"GET /nothing-here HTTP/1.1\r\nHost: static.test\r\n\r\n"
+        b"GET /ping HTTP/1.1\r\nHost: static.test\r\nConnection: close\r\n\r\n"
+    ) % etag.encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        s.sendall(pipeline)
+        data = b""
+        while chunk := s.recv(8192):
+            data += chunk
+    # The HEAD answer's Content-Length names the file, but it has no body.
+    head_at = data.index(b"HTTP/1.1 200", data.index(b"HTTP/1.1 304"))
+    data = data[:head_at] + data[head_at:].replace(b"\r\n\r\n", b"\r\nX-Head: 1\r\n\r\n", 1)
+    got = _answers(data)
+    assert [h.split(b" ", 2)[1] for h, _ in got] == [b"200", b"206", b"304", b"200", b"404", b"200"]
+    (big, big_body), (part, part_body), (same, _), (head, head_body), (miss, miss_body), _ = got
+    assert big_body == BIG and part_body == BIG[1000:2000]
+    assert b"Content-Range: bytes 1000-1999/%d" % len(BIG) in part
+    assert b"ETag: " + etag.encode() in same and head_body == b""
+    assert b"Content-Length: %d" % len(APP_JS) in head
+    assert miss_body == b'{"error":"not found"}\n'
+    for h, _ in got:
+        assert b"\r\nServer:" not in h, h

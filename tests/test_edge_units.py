@@ -376,13 +376,22 @@ def test_early_answer_to_a_streamed_body_closes_the_connection(edge_site):
     channel.connectionLost(None)
 
 
-def test_streamed_body_goes_to_the_proxy_not_into_a_buffer(edge_site):
-    clock, gateway, site = edge_site()
+def streamed_request(channel):
+    """The twisted.web request a connection is handling: EdgeChannel's own, or the one
+    FastHTTPProtocol's adapter made of the parsed request being answered."""
+    if hasattr(channel, "requests"):
+        return channel.requests[0]
+    return channel._active.request
+
+
+@pytest.mark.parametrize("layer", ["fast", "twisted"])
+def test_streamed_body_goes_to_the_proxy_not_into_a_buffer(edge_site, layer):
+    clock, gateway, site = edge_site(HTTPServer=layer)
     channel, transport = connect(site)
     channel.dataReceived(
         b"PUT /up/file HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 30000\r\n\r\n"
     )
-    request = channel.requests[0]
+    request = streamed_request(channel)
     assert request.streaming and request.body_sink is not None
     assert transport.producerState == "paused"  # until the upstream takes the body
     channel.dataReceived(b"z" * 20000)
@@ -391,7 +400,41 @@ def test_streamed_body_goes_to_the_proxy_not_into_a_buffer(edge_site):
     # Ingestion routes keep their buffered, limited bodies.
     channel2, _ = connect(site)
     channel2.dataReceived(b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
-    assert not channel2.requests[0].streaming
+    if layer == "twisted":
+        assert not channel2.requests[0].streaming
+    else:  # parsed, waiting for its body: not handed to any route yet
+        assert not channel2._queue[0].streaming and channel2._active is None
+
+
+def test_a_large_static_file_is_written_only_as_the_transport_asks(edge_site, tmp_path):
+    # The file's producer writes a piece each time the transport wants more (a real socket:
+    # when its buffer drains), never the whole file at once; a request pipelined behind it is
+    # answered after the file, and the protocol reads again once the file is out.
+    root = tmp_path / "site"
+    root.mkdir()
+    big = bytes(range(256)) * 4096  # 1 MiB: over static_site.SMALL_FILE, so streamed
+    (root / "big.bin").write_bytes(big)
+    clock, gateway, site = edge_site(Sites={"*": {"Root": str(root)}})
+    channel, transport = connect(site)
+    channel.dataReceived(
+        b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /ping HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: %d" % len(big) in head
+    assert body == b""  # nothing of the file until the transport asks for it
+    producer = transport.producer
+    assert producer is not channel and not transport.streaming  # the file's pull producer
+    pieces = 0
+    while transport.producer is producer:
+        before = len(transport.value())
+        producer.resumeProducing()
+        assert len(transport.value()) - before <= 256 * 1024
+        pieces += 1
+    assert pieces > 4
+    body, _, after = transport.value().partition(b"\r\n\r\n")[2].partition(b"HTTP/1.1 ")
+    assert body == big  # whole, and the pipelined answer after it
+    assert after.startswith(b"200 ") and after.endswith(b"pong")
+    assert transport.producer is channel  # the protocol is the transport's producer again
 
 
 def test_stored_certificate_dates_drive_due_time():

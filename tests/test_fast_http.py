@@ -349,3 +349,40 @@ def test_absolute_form_targets_are_routed_on_the_fast_layer_too(gw):
     request = b"GET http://x/ping HTTP/1.1\r\nHost: y\r\nConnection: close\r\n\r\n"
     [a] = answers(raw(gw, request))
     assert (a.status, a.body) == (200, b"pong")
+
+
+def test_posts_redirects_and_misses_are_answered_without_twisted_web(gw):
+    # The tracking POSTs, /ltv/, /rdr/ and /xrdr/ and a path no fallback serves: the same
+    # resources' answers and rows, without a twisted.web Request (no Server header).
+    post = json.dumps([{"ename": "fast_post_1"}, {"ename": "fast_post_2"}]).encode()
+    ltv = json.dumps({"amt": 12.5, "currency": "EUR", "ename": "fast_ltv"}).encode()
+    pipeline = (
+        b"POST /tr/v1/str/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+        % (len(post), post)
+        + b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{not"
+        + b"POST /tr/v1/ltv/ HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(ltv), ltv)
+        + b"GET /tr/v1/rdr/?url=%2Flanding&ename=fast_rdr HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"POST /tr/v1/xrdr/?url=%2Felsewhere&ename=fast_xrdr HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 0\r\n\r\n"
+        + b"GET /tr/v1/rdr/?url=https%3A%2F%2Fevil.example%2F HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /no-such-slug HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    stored, bad, payment, rdr, xrdr, refused, miss = answers(raw(gw, pipeline))
+    for a in (stored, bad, payment, rdr, xrdr, refused, miss):
+        assert a.header("server") is None, a.head
+    assert stored.status == 200 and len(stored.json()) == 2
+    assert bad.status == 400 and "malformed JSON" in bad.json()["error"]
+    assert payment.status == 200
+    assert (rdr.status, rdr.header("location")) == (302, "/landing")
+    assert rdr.header("set-cookie") is None  # /rdr/ is a server event: no visitor cookies
+    assert (xrdr.status, xrdr.header("location")) == (302, "/elsewhere")
+    assert "vid=" in xrdr.header("set-cookie")
+    assert refused.status == 400 and "not allowed" in refused.json()["error"]
+    assert miss.status == 404 and miss.json() == {"error": "not found"}
+    rows = gw.wait_for(
+        "SELECT ename FROM events WHERE ename LIKE 'fast\\_%' ORDER BY ename",
+        lambda r: len(r) == 4,
+    )
+    assert [r["ename"] for r in rows] == ["fast_post_1", "fast_post_2", "fast_rdr", "fast_xrdr"]
+    gw.wait_for("SELECT 1 FROM payments WHERE currency = 'EUR'", lambda r: len(r) == 1)

@@ -197,14 +197,20 @@ class AcceptAll:
         return defer.succeed(None)
 
 
-@pytest.fixture
-def edge(tmp_path):
+@pytest.fixture(params=["fast", "twisted"])
+def edge(tmp_path, request):
+    """The edge's factory on each HTTP/1.1 layer (``HTTPServer``; ``fast`` is the default)."""
     from sfpltracker.edge.assembly import Edge
     from sfpltracker.gateway import Gateway
     from sfpltracker.web.site import GatewayRoot
 
     cfg = load_dict(
-        {"DataDirectory": str(tmp_path / "data"), "ProxyPortTLS": "", "ReadTimeoutSeconds": 2}
+        {
+            "DataDirectory": str(tmp_path / "data"),
+            "ProxyPortTLS": "",
+            "ReadTimeoutSeconds": 2,
+            "HTTPServer": request.param,
+        }
     )
     clock = MemoryReactorClock()
     gateway = Gateway(cfg, clock, store=MemoryStore())
@@ -238,6 +244,11 @@ def connect(site, transport=None):
 GET_TR = b"GET /tr/v1/tr/ename/page_view HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
+def is_secure(channel) -> bool:
+    """What the connection decided once about TLS (FastHTTPProtocol keeps it as ``secure``)."""
+    return channel.secure if hasattr(channel, "secure") else channel.isSecure()
+
+
 def test_tls_flag_and_local_address_are_asked_once_per_connection(edge):
     clock, gateway, site = edge
     channel, transport = connect(site)
@@ -245,33 +256,41 @@ def test_tls_flag_and_local_address_are_asked_once_per_connection(edge):
         channel.dataReceived(GET_TR)
     assert transport.value().count(b"HTTP/1.1 200 ") == 5
     assert transport.host_asked == 1
-    assert channel.isSecure() is False
+    assert is_secure(channel) is False
 
     tls = CountingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
     alsoProvides(tls, ISSLTransport)
     channel, tls = connect(site, tls)
     channel.dataReceived(GET_TR)
-    assert channel.isSecure() is True
+    assert is_secure(channel) is True
     assert b"; Secure" in tls.value()  # the cookies of an HTTPS request
 
 
 def test_one_read_deadline_timer_per_connection(edge):
     clock, gateway, site = edge
-    channel, transport = connect(site)
     scheduled = []
-    call_later = channel.callLater
 
-    def counting_call_later(delay, fn, *args, **kwargs):
-        if getattr(fn, "__qualname__", "").startswith("EdgeChannel."):
-            scheduled.append(fn)
-        return call_later(delay, fn, *args, **kwargs)
+    def counting(call_later):
+        def counting_call_later(delay, fn, *args, **kwargs):
+            if getattr(fn, "__qualname__", "").startswith(("EdgeChannel.", "FastHTTPProtocol.")):
+                scheduled.append(fn)
+            return call_later(delay, fn, *args, **kwargs)
 
-    channel.callLater = counting_call_later
+        return counting_call_later
+
+    # FastHTTPProtocol schedules with its factory's call_later (one timer from the
+    # connection's start), EdgeChannel with its own callLater (from the first request).
+    if hasattr(site, "call_later"):
+        site.call_later = counting(site.call_later)
+        channel, transport = connect(site)
+    else:
+        channel, transport = connect(site)
+        channel.callLater = counting(channel.callLater)
     for _ in range(50):
         channel.dataReceived(GET_TR)
         clock.advance(0.01)
     assert transport.value().count(b"HTTP/1.1 200 ") == 50
-    assert len(scheduled) == 1  # for the first request; the other 49 only note a deadline
+    assert len(scheduled) == 1  # one timer; the 50 requests only note a deadline
     channel.connectionLost(None)
     assert not [c for c in clock.getDelayedCalls() if c.func in scheduled]
 

@@ -3,11 +3,15 @@
 ``twisted.web``'s ``HTTPChannel`` parses in pure Python and builds a ``Request`` with two
 ``Headers`` objects, ``parse_qs`` of every query and a ``Date`` string per answer: it was the
 ceiling of every route (docs/performance.md). This protocol parses with llhttp (the parser
-of Node.js) and answers the hot routes (``/ping``, ``/health``, GET ``/tr/v1/tr|str|img``,
-short-link hits) with ``FastRequest``, a small object with the part of ``Request`` those
-resources use, so the same resource code builds the same rows and answers. Every other
-request goes to the ``EdgeSite``'s resource tree through ``AdapterChannel``, which makes a
-real ``twisted.web`` request of the parsed one: routes behave as behind ``EdgeChannel``.
+of Node.js) and answers most requests with ``FastRequest``, a small object with the part of
+``Request`` the resources use, so the same resource code builds the same rows and answers:
+``/ping``, ``/health``, GET and POST ``/tr/v1/tr|str|img|ltv``, ``/tr/v1/rdr|xrdr``, and
+every GET/HEAD outside the API that is not a proxy route: the fallback chain itself (short
+links, hits and misses, static files streamed by ``twisted.web.static``'s producers, 404).
+The rest (the admin API, ``/ppi/``, ``/pub/``, ``/status``, ``/metrics``, OPTIONS, the
+WebSocket upgrade, proxied routes) goes to the ``EdgeSite``'s resource tree through
+``AdapterChannel``, which makes a real ``twisted.web`` request of the parsed one: those routes
+behave as behind ``EdgeChannel``.
 
 What the protocol itself holds to (tests/test_fast_http.py):
 
@@ -25,6 +29,7 @@ What the protocol itself holds to (tests/test_fast_http.py):
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -32,6 +37,7 @@ from collections import deque
 from typing import Any
 
 import httptools
+from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -41,7 +47,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from sfpltracker.edge.front import ACME_CHALLENGE, HSTS_VALUE, host_problem
-from sfpltracker.links.model import link_key, normalize_path
 
 log = Logger()
 
@@ -94,6 +99,7 @@ class ParsedRequest:
         "streaming",
         "request",
         "upgrade",
+        "fast",
     )
     # Set from the parser when the head is complete (on_headers_complete).
     method: bytes
@@ -114,6 +120,7 @@ class ParsedRequest:
         self.streaming = False
         self.request: Request | None = None  # of a streamed or adapted body, once started
         self.upgrade = False
+        self.fast: FastRequest | None = None  # answering it without twisted.web
 
     def header(self, name: bytes) -> bytes | None:
         """The last value, as ``twisted.web``'s ``Request.getHeader``."""
@@ -160,11 +167,24 @@ class _DateCache:
 _date = _DateCache()
 
 
+# Names Twisted writes with other capitals than Header-Case (its header name encoder's list).
+_SPECIAL_CASE = {
+    b"Content-Md5": b"Content-MD5",
+    b"Dnt": b"DNT",
+    b"Etag": b"ETag",
+    b"P3p": b"P3P",
+    b"Te": b"TE",
+    b"Www-Authenticate": b"WWW-Authenticate",
+    b"X-Xss-Protection": b"X-XSS-Protection",
+}
+
+
 def _canonical(name: bytes, _cache: dict = {}) -> bytes:  # noqa: B006 - a deliberate cache
     """``content-type`` -> ``Content-Type`` (as Twisted writes names), cached per name."""
     out = _cache.get(name)
     if out is None:
         out = b"-".join(p[:1].upper() + p[1:] for p in name.lower().split(b"-"))
+        out = _SPECIAL_CASE.get(out, out)
         if len(_cache) < 256:
             _cache[name] = out
     return out
@@ -195,7 +215,12 @@ class FastRequest:
         "_disconnected",
         "_body",
         "_cookies_in",
+        "_streamed",
+        "_chunked",
+        "_waiting",
+        "_content",
         "sentLength",
+        "defaultContentType",
     )
 
     def __init__(self, protocol, parsed: ParsedRequest):
@@ -214,6 +239,11 @@ class FastRequest:
         self._disconnected = False
         self._body: list[bytes] = []
         self._cookies_in: dict[bytes, bytes] | None = None
+        self._streamed = False  # a producer writes the body after the head (files, proxy)
+        self._chunked = False  # ... of a length not known in advance (a proxied answer)
+        self._waiting: list[defer.Deferred] | None = None  # notifyFinish()
+        self._content: io.BytesIO | None = None
+        self.defaultContentType = None  # twisted.web's text/html default is not written here
         self.sentLength = 0
 
     # -- reading -----------------------------------------------------------------------------
@@ -226,8 +256,24 @@ class FastRequest:
     def getClientAddress(self):  # noqa: N802
         return self.protocol.peer
 
+    @property
+    def channel(self):
+        """What the proxy's body relay closes when an upstream answer breaks off."""
+        return self.protocol
+
     def isSecure(self) -> bool:  # noqa: N802
         return self.protocol.secure
+
+    @property
+    def content(self) -> io.BytesIO:
+        """The request's body (complete: the layer answers a request once it is read)."""
+        if self._content is None:
+            self._content = io.BytesIO(b"".join(self.parsed.chunks))
+        return self._content
+
+    @property
+    def responseHeaders(self) -> _ResponseHeaders:  # noqa: N802 - Twisted's interface
+        return _ResponseHeaders(self)
 
     @property
     def received_cookies(self) -> dict[bytes, bytes]:
@@ -256,14 +302,108 @@ class FastRequest:
         self.headers_out[name.lower()] = value
 
     def write(self, data: bytes) -> None:
-        if data:
+        if not data:
+            return
+        if self._streamed:
+            if not self._disconnected:
+                self.sentLength += len(data)
+                if self._chunked:
+                    self.protocol.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+                else:
+                    self.protocol.transport.write(data)
+        else:
             self._body.append(data)
+
+    def registerProducer(self, producer, streaming) -> None:  # noqa: N802
+        """A static file's producer (twisted.web.static's): the head goes out now, with the
+        Content-Length the route set, and the producer writes the body as the transport
+        drains (it takes the protocol's place as the transport's producer meanwhile)."""
+        self._streamed = True
+        self.protocol.stream_head(self)
+        if not self._disconnected:
+            self.protocol.lend_transport(producer, streaming)
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        if not self._disconnected:
+            self.protocol.take_back_transport()
 
     def finish(self) -> None:
         if self.finished or self._disconnected:
             return
         self.finished = True
-        self.protocol.fast_answered(self, b"".join(self._body))
+        if self._streamed:
+            if self._chunked:
+                self.protocol.transport.write(b"0\r\n\r\n")
+            self.protocol.stream_done(self)
+        else:
+            self.protocol.fast_answered(self, b"".join(self._body))
+        waiting, self._waiting = self._waiting, None
+        for d in waiting or ():
+            d.callback(None)
+
+    def notifyFinish(self) -> defer.Deferred:  # noqa: N802
+        """Fires when the answer is written, fails when the client goes first (the proxy
+        cancels its upstream request then)."""
+        d: defer.Deferred = defer.Deferred()
+        if self._waiting is None:
+            self._waiting = []
+        self._waiting.append(d)
+        return d
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        self._disconnected = True
+        waiting, self._waiting = self._waiting, None
+        for d in waiting or ():
+            d.errback(reason)
+
+
+class _ResponseHeaders:
+    """The part of ``Request.responseHeaders`` the routes use, over ``FastRequest.headers_out``
+    (one value a name; ``Set-Cookie`` values go to ``FastRequest.cookies``)."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, request: FastRequest):
+        self._r = request
+
+    @staticmethod
+    def _name(name) -> bytes:
+        return (name.encode("latin-1") if isinstance(name, str) else name).lower()
+
+    def setRawHeaders(self, name, values) -> None:  # noqa: N802
+        name = self._name(name)
+        values = [v.encode("latin-1") if isinstance(v, str) else v for v in values]
+        if name == b"set-cookie":
+            self._r.cookies[:] = values
+        elif values:
+            self._r.headers_out[name] = b", ".join(values)
+
+    def addRawHeader(self, name, value) -> None:  # noqa: N802
+        name = self._name(name)
+        if isinstance(value, str):
+            value = value.encode("latin-1")
+        if name == b"set-cookie":
+            self._r.cookies.append(value)
+            return
+        old = self._r.headers_out.get(name)
+        self._r.headers_out[name] = value if old is None else old + b", " + value
+
+    def getRawHeaders(self, name, default=None):  # noqa: N802
+        name = self._name(name)
+        if name == b"set-cookie":
+            return list(self._r.cookies) or default
+        value = self._r.headers_out.get(name)
+        return default if value is None else [value]
+
+    def hasHeader(self, name) -> bool:  # noqa: N802
+        return self.getRawHeaders(name) is not None
+
+    def removeHeader(self, name) -> None:  # noqa: N802
+        name = self._name(name)
+        if name == b"set-cookie":
+            self._r.cookies.clear()
+        else:
+            self._r.headers_out.pop(name, None)
 
 
 class AdapterChannel:
@@ -307,18 +447,12 @@ class AdapterChannel:
             self.transport.writeSequence(data)
 
     def registerProducer(self, producer, streaming):  # noqa: N802
-        # A static file's producer takes the protocol's place on the transport while it runs.
         if self.transport is not None:
-            self.transport.unregisterProducer()
-            self.transport.registerProducer(producer, streaming)
+            self.protocol.lend_transport(producer, streaming)
 
     def unregisterProducer(self):  # noqa: N802
         if self.transport is not None:
-            self.transport.unregisterProducer()
-            if not self.protocol._upgraded:
-                self.transport.registerProducer(self.protocol, True)
-                # A pause of ours may have no resume coming (the file's producer got it).
-                self.protocol.resumeProducing()
+            self.protocol.take_back_transport()
 
     def requestDone(self, request):  # noqa: N802
         self.protocol.adapter_done(self)
@@ -430,10 +564,11 @@ class FastHTTPProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
         active, self._active = self._active, None
-        if isinstance(active, FastRequest):
-            active._disconnected = True
-        elif isinstance(active, ParsedRequest) and active.request is not None:
-            active.request.connectionLost(reason or Failure(ConnectionError("lost")))
+        if isinstance(active, ParsedRequest):
+            if active.fast is not None:
+                active.fast.connectionLost(reason or Failure(ConnectionError("lost")))
+            elif active.request is not None:
+                active.request.connectionLost(reason or Failure(ConnectionError("lost")))
         self._queue.clear()
 
     def close(self) -> None:
@@ -641,11 +776,12 @@ class FastHTTPProtocol(Protocol):
         self._dispatch()
 
     def _respond(self, parsed: ParsedRequest) -> None:
-        request = FastRequest(self, parsed) if parsed.method == b"GET" else None
-        route = None if request is None else self.factory.fast_route(self, request)
-        if route is None or request is None:
+        request = FastRequest(self, parsed)
+        route = self.factory.fast_route(self, request)
+        if route is None:
             self._adapt(parsed)
             return
+        parsed.fast = request
         try:
             body = route(request)
         except Exception:
@@ -657,36 +793,82 @@ class FastHTTPProtocol(Protocol):
             request.finished = True
             self.fast_answered(request, body)
 
-    def fast_answered(self, request: FastRequest, body: bytes) -> None:
-        """Write a ``FastRequest``'s answer in one piece."""
-        if self._lost or self._active is not request.parsed:
-            return
-        f = self.factory
+    def _head(self, request: FastRequest, length: int | None) -> list[bytes]:
+        """The status line and headers of a ``FastRequest``'s answer (``length``: of the body
+        about to follow, unless the route set its Content-Length)."""
         code = request.code
-        parsed = request.parsed
-        out = [
-            b"HTTP/1.1 %d %s\r\nDate: %s\r\n"
-            % (code, request.code_message or RESPONSES.get(code, b"Unknown"), _date())
-        ]
         headers = request.headers_out
-        if code not in _NO_BODY and b"content-length" not in headers:
-            out.append(b"Content-Length: %d\r\n" % len(body))
-        if f.hsts and self.secure:
+        out = [
+            b"HTTP/1.1 %d %s\r\n" % (code, request.code_message or RESPONSES.get(code, b"Unknown"))
+        ]
+        if b"date" not in headers:  # a proxied answer keeps its upstream's
+            out.append(b"Date: %s\r\n" % _date())
+        if code not in _NO_BODY and length is not None and b"content-length" not in headers:
+            out.append(b"Content-Length: %d\r\n" % length)
+        if self.factory.hsts and self.secure:
             headers[b"strict-transport-security"] = HSTS_VALUE
         for name, value in headers.items():
             out.append(b"%s: %s\r\n" % (_canonical(name), value))
         for cookie in request.cookies:
             out.append(b"Set-Cookie: %s\r\n" % cookie)
-        if not parsed.keep_alive:
+        if not request.parsed.keep_alive:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
-        if parsed.method != b"HEAD" and code not in _NO_BODY:
+        return out
+
+    def fast_answered(self, request: FastRequest, body: bytes) -> None:
+        """Write a ``FastRequest``'s answer in one piece."""
+        if self._lost or self._active is not request.parsed:
+            return
+        parsed = request.parsed
+        out = self._head(request, len(body))
+        if parsed.method != b"HEAD" and request.code not in _NO_BODY:
             out.append(body)
         request.sentLength = len(body)
         self.transport.write(b"".join(out))
-        if f.debug:
-            f.site.log(request)
+        if self.factory.debug:
+            self.factory.site.log(request)
         self._done(parsed.keep_alive)
+
+    def stream_head(self, request: FastRequest) -> None:
+        """The head of an answer whose body a producer writes (``FastRequest.registerProducer``)."""
+        if self._lost or self._active is not request.parsed:
+            request._disconnected = True
+            return
+        parsed = request.parsed
+        headers = request.headers_out
+        if (
+            b"content-length" not in headers
+            and parsed.method != b"HEAD"
+            and request.code not in _NO_BODY
+        ):
+            if parsed.version == b"HTTP/1.1":  # as twisted.web frames it
+                request._chunked = True
+                headers[b"transfer-encoding"] = b"chunked"
+            else:
+                parsed.keep_alive = False  # the body ends with the connection
+        self.transport.write(b"".join(self._head(request, None)))
+
+    def stream_done(self, request: FastRequest) -> None:
+        if self._lost or self._active is not request.parsed:
+            return
+        if self.factory.debug:
+            self.factory.site.log(request)
+        self._done(request.parsed.keep_alive)
+
+    def lend_transport(self, producer, streaming) -> None:
+        """A static file's producer takes the protocol's place on the transport while it runs."""
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(producer, streaming)
+
+    def take_back_transport(self) -> None:
+        if self._lost:
+            return
+        self.transport.unregisterProducer()
+        if not self._upgraded:
+            self.transport.registerProducer(self, True)
+            # A pause of ours may have no resume coming (the file's producer got it).
+            self.resumeProducing()
 
     def _adapt(self, parsed: ParsedRequest) -> None:
         """Hand ``parsed`` to the ``EdgeSite``'s resource tree as a ``twisted.web`` request."""
@@ -828,15 +1010,21 @@ class FastHTTPFactory(Factory):
         # The routes answered without twisted.web: what EdgeFront and GatewayRoot would
         # route there (the rest of EdgeFront's rules are checked per request below).
         self.ops = {p: root.ops[p].render_GET for p in (b"/ping", b"/health")}
-        prefix = root.prefix + b"/"
-        tracking = front.limiter is None  # RateLimitPerDay counts in EdgeFront
-        self.api = {}
-        if tracking:
-            for name in (b"tr", b"str", b"img"):
-                self.api[prefix + name + b"/"] = root.api[name].render_GET
-                self.api[prefix + name] = root.api[name].render_GET
-        self.prefix = prefix
-        self.shortlinks = root.fallbacks[0] if root.fallbacks else None
+        self.other_ops = frozenset(root.ops) - frozenset(self.ops)  # /status, /metrics, ...
+        self.prefix = root.prefix + b"/"
+        # (method, API route name) -> the resource's method. RateLimitPerDay counts the
+        # ingestion routes in EdgeFront: with it, they all go through the adapter.
+        self.api: dict[tuple[bytes, bytes], Any] = {}
+        if front.limiter is None:
+            for name in (b"tr", b"str", b"img", b"ltv"):
+                self.api[b"GET", name] = root.api[name].render_GET
+                self.api[b"POST", name] = root.api[name].render_POST
+            for name in (b"rdr", b"xrdr"):
+                self.api[b"GET", name] = self.api[b"POST", name] = root.api[name].render_GET
+        # Paths outside the API: the fallback chain (short links, proxy routes, static
+        # sites, 404). A proxied request with a body, or a WebSocket upgrade, is handed to
+        # twisted.web before it gets here (streamed as it arrives).
+        self.fallbacks = root.render_fallbacks
 
     def buildProtocol(self, addr):  # noqa: N802
         p = self.protocol()
@@ -850,38 +1038,29 @@ class FastHTTPFactory(Factory):
         parsed = request.parsed
         if protocol.over_limit or parsed.upgrade:
             return None
-        front = self.front
-        if front.force_https and not protocol.secure:
+        if self.front.force_https and not protocol.secure:
             return None
         path = request.path
+        method = request.method
         route = self.ops.get(path)
-        if route is None and path.startswith(self.prefix):
-            name_end = path.find(b"/", len(self.prefix))
-            route = self.api.get(path if name_end < 0 else path[: name_end + 1])
-            if route is None:
-                return None  # another API route: twisted.web
-        if route is None:
-            route = self._shortlink(request, path)
-            if route is None:
+        if route is not None:
+            if method not in (b"GET", b"HEAD"):
                 return None
+        elif path.startswith(self.prefix):
+            name_end = path.find(b"/", len(self.prefix))
+            name = path[len(self.prefix) : None if name_end < 0 else name_end]
+            route = self.api.get((method, name))
+            if route is None:
+                return None  # another API route or method: twisted.web
+        elif method not in (b"GET", b"HEAD") or path[:1] != b"/":
+            return None  # absolute-form targets: EdgeFront rewrites them
+        elif path in self.other_ops or path.startswith(ACME_CHALLENGE):
+            return None
+        else:
+            route = self.fallbacks  # a proxy route's bodiless GET/HEAD too (edge/proxy.py)
         if host_problem(request) is not None:
             return None  # EdgeFront answers it (a missing Host too)
         return route
-
-    def _shortlink(self, request: FastRequest, path: bytes):
-        """A short link found in the cache at once (a live one): answered here; a miss, or
-        a slug still to be looked up, goes the whole way (proxy and static sites follow)."""
-        fallback = self.shortlinks
-        if fallback is None or path.startswith(ACME_CHALLENGE):
-            return None
-        cache = fallback.cache
-        host = fallback._host(request)  # the fallback's own rule (trusted X-Forwarded-Host)
-        if not cache.may_have(host):
-            return None
-        found = cache.lookup(link_key(host, normalize_path(path)))
-        if found is None or not hasattr(found, "live") or not found.live(self.gateway.now_ms()):
-            return None
-        return lambda request: fallback._answer(request, found)
 
 
 def fast_factory(site) -> FastHTTPFactory:
