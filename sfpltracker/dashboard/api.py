@@ -119,18 +119,21 @@ class DashboardResource(Resource):
                 return error(request, 405, "use POST")
             return self._login(request)
         session = self.sessions.get(_cookie(request))
+        if name == "session":
+            # 200 either way: the page asks on load, and a 401 would be a console error there
+            if session is None:
+                return write_json(request, 200, {"signed_in": False})
+            return write_json(request, 200, {"signed_in": True, "uid": session.uid,
+                                             "org": session.org, "csrf": session.csrf})  # fmt: skip
         if session is None:
             return error(request, 401, "sign in first")
-        if name == "session":
-            return write_json(request, 200, {"uid": session.uid, "org": session.org,
-                                             "csrf": session.csrf})  # fmt: skip
         if request.method not in (b"GET", b"HEAD"):
             # Every state-changing request carries the session's CSRF token.
             if not csrf_ok(session, header(request, "x-csrf-token")):
                 return error(request, 403, "missing or wrong CSRF token")
             if name == "logout" and request.method == b"POST":
                 self.sessions.end(_cookie(request) or "")
-                request.addCookie(COOKIE, b"", **self._cookie_flags(request), max_age=0)
+                request.addCookie(COOKIE, b"", **self._cookie_flags(request), max_age=b"0")
                 return write_json(request, 200, {"signed_out": True})
             return error(request, 405, "use GET")
         figure = self.figures.get(name)
