@@ -147,9 +147,7 @@ FROM numbers({count})
 
 HOSTS = ["www.shop.example", "blog.shop.example", "docs.shop.example"]
 # The hhash of each host as the gateway computes it, so a host filter finds the derived rows.
-HOST_HASHES = "transform(host, {}, {}, '')".format(
-    [h for h in HOSTS], [short_hash(h) for h in HOSTS]
-)
+HOST_HASHES = f"transform(host, {[h for h in HOSTS]}, {[short_hash(h) for h in HOSTS]}, '')"
 
 FIGURES = [
     ("overview", ""),
