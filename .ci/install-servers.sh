@@ -9,7 +9,8 @@
 # running afterwards is stopped.
 set -euo pipefail
 
-PACKAGES=(clickhouse-server clickhouse-client nats-server pebble wrk nginx-light)
+# chromium: the dashboard browser tests (tests/test_dashboard_browser.py, Playwright drives it)
+PACKAGES=(clickhouse-server clickhouse-client nats-server pebble wrk nginx-light chromium)
 
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""

@@ -86,16 +86,17 @@
       el('table', {}, el('thead', {}, head), body));
   }
 
-  function stat(label, key, value, previous, suffix) {
+  function stat(label, key, value, previous, suffix, digits) {
+    if (digits === undefined) digits = 1;
     var box = el('div', { 'class': 'stat' },
       el('div', { 'class': 'label', text: label }),
-      el('div', { 'class': 'value' }, el('span', { 'data-k': key, text: num(value, 1) }),
+      el('div', { 'class': 'value' }, el('span', { 'data-k': key, text: num(value, digits) }),
         suffix ? el('span', { 'class': 'suffix', text: suffix }) : null));
     if (previous !== undefined) {
       var delta = previous ? Math.round(100 * (value - previous) / previous) : null;
       box.appendChild(el('div', { 'class': 'prev' },
         el('span', { text: 'previous: ' }),
-        el('span', { 'data-k': key.replace('current', 'previous'), text: num(previous, 1) }),
+        el('span', { 'data-k': key.replace('current', 'previous'), text: num(previous, digits) }),
         el('span', { 'class': delta === null ? '' : (delta >= 0 ? 'up' : 'down'),
                      text: delta === null ? '' : ' (' + (delta >= 0 ? '+' : '') + delta + '%)' })));
     }
@@ -199,7 +200,7 @@
       return call('GET', 'revenue', q).then(function (d) {
         var t = d.totals;
         return [
-          el('section', { 'class': 'stats' }, stat('Revenue', 'totals.revenue', t.revenue), stat('Payments', 'totals.payments', t.payments),
+          el('section', { 'class': 'stats' }, stat('Revenue', 'totals.revenue', t.revenue, undefined, '', 2), stat('Payments', 'totals.payments', t.payments),
             stat('Customers', 'totals.customers', t.customers)),
           chart('Revenue per day and lifetime revenue', d.series, [{ key: 'revenue', label: 'Revenue' }, { key: 'lifetime_revenue', label: 'Lifetime' }]),
           table('Top customers by lifetime value', 'top_customers', d.top_customers, [{ key: 'uid', label: 'User' }, { key: 'ltv', label: 'LTV', num: true }, { key: 'payments', label: 'Payments', num: true }])
