@@ -151,6 +151,7 @@ HOST_HASHES = f"transform(host, {[h for h in HOSTS]}, {[short_hash(h) for h in H
 
 FIGURES = [
     ("overview", ""),
+    ("engagement", ""),
     ("pages", ""),
     ("entry-exit", ""),
     ("referrers", ""),
@@ -255,7 +256,8 @@ def main() -> None:
         assert r.status == 200, r.body
         cookie = r.header("set-cookie").split(";")[0]
         print(json.dumps(json.loads(http_request(
-            gw.query_port, "GET", "/dashboard/api/overview", headers={"Cookie": cookie}
+            gw.query_port, "GET", "/dashboard/api/overview", headers={"Cookie": cookie},
+            timeout=120,
         ).body)["current"]))  # fmt: skip
         rows = time_figures(gw, cookie, args.rounds, "")
         rows += time_figures(gw, cookie, args.rounds, "country=DE")

@@ -17,7 +17,7 @@ from tests.gateway_process import GatewayProcess, http_request
 
 CLIENT = "bot = 0 AND server = 0"
 ZERO = "00000000-0000-0000-0000-000000000000"
-FIGURES = ["overview", "pages", "entry-exit", "referrers", "campaigns", "countries",
+FIGURES = ["overview", "engagement", "pages", "entry-exit", "referrers", "campaigns", "countries",
            "devices", "goals", "links", "revenue", "consent"]  # fmt: skip
 
 
@@ -50,27 +50,41 @@ def sql(gw, text):
 
 def test_overview_equals_sql(gw, dash):
     got = dash.get("overview")
-    per_session = sql(gw, f"SELECT sid, count() AS n, dateDiff('second', min(created_at), max(created_at)) AS d "
-                          f"FROM sfpla.events FINAL WHERE {CLIENT} GROUP BY sid")  # fmt: skip
     totals = sql(gw, f"SELECT count(DISTINCT vid) AS visitors, count(DISTINCT sid) AS sessions, "
-                     f"countIf(url != '') AS pageviews FROM sfpla.events FINAL WHERE {CLIENT}")[0]  # fmt: skip
-    sessions = len(per_session)
-    assert got["current"] == {
-        "visitors": totals["visitors"],
-        "sessions": totals["sessions"],
-        "pageviews": totals["pageviews"],
-        "events": sum(s["n"] for s in per_session),
-        "bounce_rate": round(100 * sum(1 for s in per_session if s["n"] == 1) / sessions, 1),
-        "visit_duration": round(sum(s["d"] for s in per_session) / sessions),
-    }
+                     f"countIf(url != '') AS pageviews, count() AS events "
+                     f"FROM sfpla.events FINAL WHERE {CLIENT}")[0]  # fmt: skip
+    assert got["current"] == totals
     assert totals["visitors"] == 7  # v1-v4 and three link clicks; the bot is not counted
-    assert got["previous"]["visitors"] == 0
+    assert got["previous"] == {"visitors": 0, "sessions": 0, "pageviews": 0, "events": 0}
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     assert [p for p in got["series"] if p["pageviews"]] == [
         {"t": today, "visitors": totals["visitors"], "pageviews": totals["pageviews"]}
     ]
     assert len(got["series"]) == 30
     assert got["realtime"]["visitors"] == totals["visitors"]  # all sent just now
+    # the same from events (a segment filter) and per hour (a range of one day)
+    segment = dash.get("overview", device="Mobile")["current"]
+    assert segment == sql(gw, f"SELECT count(DISTINCT vid) AS visitors, count(DISTINCT sid) AS "
+                              f"sessions, countIf(url != '') AS pageviews, count() AS events FROM "
+                              f"sfpla.events FINAL WHERE {CLIENT} AND device = 'Mobile'")[0]  # fmt: skip
+    hourly = dash.get("overview", **{"from": today, "to": today})
+    assert hourly["bucket"] == "hour" and len(hourly["series"]) == 24
+    assert sum(p["pageviews"] for p in hourly["series"]) == totals["pageviews"]
+
+
+def test_engagement_equals_sql(gw, dash):
+    per_session = sql(gw, f"SELECT sid, count() AS n, dateDiff('second', min(created_at), "
+                          f"max(created_at)) AS d FROM sfpla.events FINAL WHERE {CLIENT} "
+                          f"GROUP BY sid")  # fmt: skip
+    sessions = len(per_session)
+    got = dash.get("engagement")
+    assert got["current"] == {
+        "sessions": sessions,
+        "bounce_rate": round(100 * sum(1 for s in per_session if s["n"] == 1) / sessions, 1),
+        "visit_duration": round(sum(s["d"] for s in per_session) / sessions),
+    }
+    assert got["current"]["bounce_rate"] == round(100 * 4 / 7, 1)  # v3 and the three clicks
+    assert got["previous"] == {"sessions": 0, "bounce_rate": 0.0, "visit_duration": 0}
 
 
 def test_pages_entry_exit_equal_sql(gw, dash):

@@ -77,9 +77,12 @@ def expected(gw, name: str) -> dict[str, object]:
     if name == "overview":
         t = rows(gw, f"SELECT count(DISTINCT vid) AS v, count(DISTINCT sid) AS s, "
                      f"countIf(url != '') AS p FROM sfpla.events FINAL WHERE {CLIENT}")[0]  # fmt: skip
+        n = rows(gw, f"SELECT count() AS s, countIf(n = 1) AS b FROM (SELECT count() AS n FROM "
+                     f"sfpla.events FINAL WHERE {CLIENT} GROUP BY sid)")[0]  # fmt: skip
         want.update({"current.visitors": t["v"], "current.sessions": t["s"],
                      "current.pageviews": t["p"], "realtime.visitors": t["v"],
-                     "previous.visitors": 0})  # fmt: skip
+                     "previous.visitors": 0,
+                     "current.bounce_rate": round(100 * n["b"] / n["s"], 1)})  # fmt: skip
     elif name == "pages":
         table("pages", f"SELECT url, count() AS pageviews FROM sfpla.events FINAL WHERE {CLIENT} "
                        f"AND url != '' GROUP BY url ORDER BY pageviews DESC, url",
@@ -141,6 +144,8 @@ def test_every_page_shows_what_sql_says(gw, browser_page):
     for name in PAGES:
         page.goto(f"{base}#{name}")
         page.wait_for_selector(f"#page[data-page={name}][data-ready]")
+        if name == "overview":
+            page.wait_for_selector("#page .stats[data-engagement]")
         page.wait_for_timeout(150)  # charts draw in the next animation frame
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         got = shown(page)

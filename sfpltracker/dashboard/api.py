@@ -70,6 +70,7 @@ class DashboardResource(Resource):
         self.static = gateway.cfg.path(gateway.cfg.StaticDirectory)
         self.figures = {
             "overview": self.overview,
+            "engagement": self.engagement,
             "pages": self.pages,
             "entry-exit": self.entry_exit,
             "referrers": self.referrers,
@@ -238,8 +239,8 @@ class DashboardResource(Resource):
         by_period = {row["period"]: row for row in periods}
         points = {row["t"]: row for row in series}
         return {
-            "current": _summary(by_period.get("current")),
-            "previous": _summary(by_period.get("previous")),
+            "current": _totals(by_period.get("current")),
+            "previous": _totals(by_period.get("previous")),
             "bucket": q.bucket(f),
             "series": [
                 {
@@ -251,6 +252,14 @@ class DashboardResource(Resource):
             ],
             "realtime": {"visitors": now[0]["visitors"] if now else 0, "minutes": 5},
         }
+
+    @defer.inlineCallbacks
+    def engagement(self, f: q.Filters, args):
+        """Bounce rate and visit duration, this period and the one before (one after the
+        other: each groups every session of its period)."""
+        current = yield self._rows(q.engagement(self.db, f))
+        previous = yield self._rows(q.engagement(self.db, f.previous()))
+        return {"current": _engagement(current), "previous": _engagement(previous)}
 
     @defer.inlineCallbacks
     def pages(self, f, args):
@@ -357,17 +366,20 @@ class DashboardResource(Resource):
         return {"decisions": rows}
 
 
-def _summary(row: dict | None) -> dict[str, Any]:
+def _totals(row: dict | None) -> dict[str, Any]:
     row = row or {}
+    return {k: row.get(k, 0) for k in ("visitors", "sessions", "pageviews", "events")}
+
+
+def _engagement(rows: list[dict]) -> dict[str, Any]:
+    row = rows[0] if rows else {}
     sessions = row.get("sessions", 0)
+    total = int(row.get("duration_total", 0))  # UInt64: JSON output quotes it
     return {
-        "visitors": row.get("visitors", 0),
         "sessions": sessions,
-        "pageviews": row.get("pageviews", 0),
-        "events": row.get("events", 0),
         # percent of sessions with a single event; mean seconds from first to last event
         "bounce_rate": round(100 * row.get("bounces", 0) / sessions, 1) if sessions else 0.0,
-        "visit_duration": round(row.get("duration_total", 0) / sessions) if sessions else 0,
+        "visit_duration": round(total / sessions) if sessions else 0,
     }
 
 

@@ -170,27 +170,54 @@ def buckets(f: Filters) -> list[str]:
 
 
 def overview(db: str, f: Filters) -> Query:
-    """Visitors, sessions, page views, bounce rate, visit duration: this period and the one
-    before, in one pass over both."""
+    """Visitors, sessions, events and page views of this period and the one before."""
     prev = f.previous()
-    where, params = event_conditions(f, start=prev.start)
-    params["cur"] = _ts(f.start)
-    sql = f"""
-SELECT period, toUInt32(uniqMerge(v)) AS visitors, toUInt32(count()) AS sessions,
-       toUInt32(sum(pv)) AS pageviews, toUInt32(sum(ev)) AS events,
-       toUInt32(countIf(ev = 1)) AS bounces, toUInt32(sum(dur)) AS duration_total
-FROM (
-    SELECT if(created_at >= {{cur:{TS}}}, 'current', 'previous') AS period, sid,
-           uniqState(vid) AS v, countIf(url != '') AS pv, count() AS ev,
-           dateDiff('second', min(created_at), max(created_at)) AS dur
-    FROM {db}.events WHERE {where}
-    GROUP BY period, sid
-)
+    if f.segmented:
+        where, params = event_conditions(f, start=prev.start)
+        params["cur"] = _ts(f.start)
+        sql = f"""
+SELECT if(created_at >= {{cur:{TS}}}, 'current', 'previous') AS period,
+       toUInt32(uniq(vid)) AS visitors, toUInt32(uniq(sid)) AS sessions,
+       toUInt32(count()) AS events, toUInt32(countIf(url != '')) AS pageviews
+FROM {db}.events WHERE {where}
+GROUP BY period"""
+    else:
+        where, params = derived_conditions(replace(f, start=prev.start), "day")
+        params["cur"] = f.start.isoformat()
+        sql = f"""
+SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period,
+       toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(uniqMerge(sessions)) AS sessions,
+       toUInt32(sum(events)) AS events, toUInt32(sum(pageviews)) AS pageviews
+FROM {db}.dash_daily WHERE {where} AND dim = 'all'
 GROUP BY period"""
     return Query(sql, params)
 
 
+def engagement(db: str, f: Filters) -> Query:
+    """Sessions of one event (bounces) and the summed time from each session's first to last
+    event, over the events of the range: per session, so read from ``events`` (the slow
+    figure on a large store; docs/dashboard.md)."""
+    where, params = event_conditions(f)
+    sql = f"""
+SELECT toUInt32(count()) AS sessions, toUInt32(countIf(n = 1)) AS bounces,
+       toUInt64(sum(d)) AS duration_total
+FROM (
+    SELECT count() AS n, dateDiff('second', min(created_at), max(created_at)) AS d
+    FROM {db}.events WHERE {where}
+    GROUP BY sid
+)"""
+    return Query(sql, params)
+
+
 def timeseries(db: str, f: Filters) -> Query:
+    if bucket(f) == "day" and not f.segmented:
+        where, params = derived_conditions(f, "day")
+        sql = f"""
+SELECT toString(day) AS t, toUInt32(uniqMerge(visitors)) AS visitors,
+       toUInt32(sum(pageviews)) AS pageviews
+FROM {db}.dash_daily WHERE {where} AND dim = 'all'
+GROUP BY t ORDER BY t"""
+        return Query(sql, params)
     where, params = event_conditions(f)
     step = "toStartOfHour" if bucket(f) == "hour" else "toStartOfDay"
     fmt = "%Y-%m-%d %H:00:00" if bucket(f) == "hour" else "%Y-%m-%d"
@@ -199,6 +226,17 @@ SELECT formatDateTime({step}(created_at), '{fmt}') AS t, toUInt32(uniq(vid)) AS 
        toUInt32(countIf(url != '')) AS pageviews
 FROM {db}.events WHERE {where}
 GROUP BY t ORDER BY t"""
+    return Query(sql, params)
+
+
+def _by_dim(db: str, f: Filters, dim: str, name: str) -> Query:
+    """``name``, visitors and events per value of one dimension from the rollup."""
+    where, params = derived_conditions(f, "day")
+    params["limit"] = f.limit
+    sql = f"""
+SELECT value AS {name}, toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(sum(events)) AS events
+FROM {db}.dash_daily WHERE {where} AND dim = '{dim}'
+GROUP BY value ORDER BY visitors DESC, events DESC, value LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
 
 
@@ -261,6 +299,17 @@ GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
 
 
 def campaigns(db: str, f: Filters) -> Query:
+    if not f.segmented:
+        where, params = derived_conditions(f, "day")
+        params["limit"] = f.limit
+        sql = f"""
+SELECT splitByChar('\\t', value)[1] AS source, splitByChar('\\t', value)[2] AS medium,
+       splitByChar('\\t', value)[3] AS campaign,
+       toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(sum(events)) AS events
+FROM {db}.dash_daily WHERE {where} AND dim = 'campaign'
+GROUP BY value ORDER BY visitors DESC, events DESC, source, medium, campaign
+LIMIT {{limit:UInt32}}"""
+        return Query(sql, params)
     where, params = event_conditions(f)
     params["limit"] = f.limit
     sql = f"""
@@ -272,6 +321,8 @@ ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT {{limit:UInt
 
 
 def countries(db: str, f: Filters) -> Query:
+    if not f.segmented:
+        return _by_dim(db, f, "country", "country")
     where, params = event_conditions(f)
     params["limit"] = f.limit
     sql = f"""
@@ -284,6 +335,15 @@ GROUP BY country ORDER BY visitors DESC, events DESC, country LIMIT {{limit:UInt
 
 def devices(db: str, f: Filters) -> Query:
     """Devices, browsers and operating systems (bots are excluded by every figure)."""
+    if not f.segmented:
+        where, params = derived_conditions(f, "day")
+        params["limit"] = f.limit
+        sql = f"""
+SELECT toString(dim) AS kind, value AS name, toUInt32(uniqMerge(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_daily WHERE {where} AND dim IN ('device', 'browser', 'os')
+GROUP BY kind, name ORDER BY kind, visitors DESC, events DESC, name LIMIT {{limit:UInt32}} BY kind"""
+        return Query(sql, params)
     where, params = event_conditions(f)
     params["limit"] = f.limit
     sql = f"""
@@ -297,6 +357,14 @@ GROUP BY kind, name ORDER BY kind, visitors DESC, events DESC, name LIMIT {{limi
 
 
 def goals(db: str, f: Filters) -> Query:
+    if not f.segmented:
+        where, params = derived_conditions(f, "day")
+        params["limit"] = f.limit
+        sql = f"""
+SELECT value AS ename, toUInt32(sum(events)) AS events, toUInt32(uniqMerge(visitors)) AS visitors
+FROM {db}.dash_daily WHERE {where} AND dim = 'ename'
+GROUP BY value ORDER BY events DESC, ename LIMIT {{limit:UInt32}}"""
+        return Query(sql, params)
     where, params = event_conditions(f)
     params["limit"] = f.limit
     sql = f"""
@@ -410,7 +478,8 @@ FROM {db}.payments FINAL WHERE {where}"""
 
 def top_customers(db: str, f: Filters) -> Query:
     """Customers by lifetime value (``ltvu``: every payment of the user, whenever made)."""
-    parts, params = ["1"], {"limit": f.limit}
+    parts = ["1"]
+    params: dict[str, Any] = {"limit": f.limit}
     if f.host:
         parts.append("hhash = {hhash:String}")
         params["hhash"] = short_hash(f.host)

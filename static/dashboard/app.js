@@ -93,7 +93,7 @@
       el('div', { 'class': 'value' }, el('span', { 'data-k': key, text: num(value, digits) }),
         suffix ? el('span', { 'class': 'suffix', text: suffix }) : null));
     if (previous !== undefined) {
-      var delta = previous ? Math.round(100 * (value - previous) / previous) : null;
+      var delta = (previous && typeof previous === 'number') ? Math.round(100 * (value - previous) / previous) : null;
       box.appendChild(el('div', { 'class': 'prev' },
         el('span', { text: 'previous: ' }),
         el('span', { 'data-k': key.replace('current', 'previous'), text: num(previous, digits) }),
@@ -134,8 +134,18 @@
           stat('Visitors', 'current.visitors', c.visitors, p.visitors),
           stat('Sessions', 'current.sessions', c.sessions, p.sessions),
           stat('Page views', 'current.pageviews', c.pageviews, p.pageviews),
-          stat('Bounce rate', 'current.bounce_rate', c.bounce_rate, p.bounce_rate, '%'),
-          stat('Visit duration', 'current.visit_duration', c.visit_duration, p.visit_duration, 's'));
+          stat('Bounce rate', 'current.bounce_rate', '…', '…', '%'),
+          stat('Visit duration', 'current.visit_duration', '…', '…', 's'));
+        // Per session, so read from every event of the range: drawn when it comes.
+        call('GET', 'engagement', q).then(function (e) {
+          [['current.bounce_rate', e.current.bounce_rate], ['previous.bounce_rate', e.previous.bounce_rate],
+           ['current.visit_duration', e.current.visit_duration], ['previous.visit_duration', e.previous.visit_duration]
+          ].forEach(function (kv) {
+            var node = stats.querySelector('[data-k="' + kv[0] + '"]');
+            if (node) node.textContent = num(kv[1], 1);
+          });
+          stats.setAttribute('data-engagement', '1');
+        }).catch(function (e) { $('error').textContent = e.message; });
         var live = el('section', { 'class': 'realtime' }, el('span', { 'class': 'dot' }),
           el('span', { 'data-k': 'realtime.visitors', text: num(d.realtime.visitors) }),
           el('span', { text: ' visitors in the last 5 minutes' }));
