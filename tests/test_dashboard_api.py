@@ -226,6 +226,8 @@ def test_a_range_without_data_is_empty(dash):
         ("limit=0", "'limit' must be a whole number from 1 to 100"),
         ("country=" + "x" * 300, "'country' is longer than 256 characters"),
         ("from=2000-01-01&to=2026-01-01", "the date range is longer than 3660 days"),
+        ("from=0001-01-01", "'from' must be a day from 1980 to 2100"),
+        ("to=9999-12-31", "'to' must be a day from 1980 to 2100"),
     ],
 )
 def test_bad_filters_are_400_with_a_reason(dash, query, reason):

@@ -101,9 +101,13 @@ def _day(text: str, name: str) -> date | None:
     if not _DAY.match(text):
         raise BadFilter(f"'{name}' must be a date YYYY-MM-DD")
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise BadFilter(f"'{name}' is not a date") from None
+    # The previous period of a range (up to MAX_DAYS) must still be a day ClickHouse has.
+    if not 1980 <= day.year <= 2100:
+        raise BadFilter(f"'{name}' must be a day from 1980 to 2100")
+    return day
 
 
 def _ts(day: date) -> str:
