@@ -316,3 +316,30 @@ def test_login_throttle_applies(gateway_factory):
     r = gw.http("GET", "/tr/v1/rpi/redirects/x.example",
                 headers={"Authorization": f"Bearer {account['uid']}.{account['secret']}"})  # fmt: skip
     assert r.status == 429
+
+
+def test_random_filters_never_fail_the_server(gw, dash):
+    """Hypothesis: any query string on any figure is answered 200 or 400 with a reason."""
+    from urllib.parse import urlencode
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    keys = st.sampled_from(["from", "to", "host", "source", "medium", "campaign", "country",
+                            "device", "limit", "steps", "window", "x"])  # fmt: skip
+    values = st.one_of(
+        st.text(max_size=40),
+        st.dates().map(str),
+        st.integers(-10, 10**12).map(str),
+        st.sampled_from(["2026-02-30", "page_view,signup", "' OR 1=1 --", "%", "\x00"]),
+    )
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(figure=st.sampled_from(FIGURES), params=st.dictionaries(keys, values, max_size=4))
+    def check(figure, params):
+        r = dash.request("GET", f"/dashboard/api/{figure}?{urlencode(params)}")
+        assert r.status in (200, 400), (figure, params, r.status, r.body[:300])
+        if r.status == 400:
+            assert r.json()["error"]
+
+    check()
