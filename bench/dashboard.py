@@ -232,6 +232,7 @@ def time_figures(gw: GatewayProcess, cookie: str, rounds: int, extra: str) -> li
         took.sort()
         p95 = took[min(len(took) - 1, round(0.95 * (len(took) - 1)))]
         rows.append((name, extra or "-", statistics.median(took), p95))
+        print(f"  {name} {extra or '-'}: p50 {rows[-1][2]:.0f} ms, p95 {p95:.0f} ms", flush=True)
     return rows
 
 
