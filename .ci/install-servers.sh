@@ -9,6 +9,7 @@
 # running afterwards is stopped.
 set -euo pipefail
 
+# chromium: the browser tests (tests/test_dashboard_browser.py, tests/test_extension.py; Playwright drives it)
 PACKAGES=(clickhouse-server clickhouse-client nats-server pebble wrk nginx-light chromium)
 
 export DEBIAN_FRONTEND=noninteractive

@@ -168,6 +168,7 @@ DERIVED = {
     "outcomes": ("sum(total)", "events", f"countIf(outcome != '' AND {CLIENT})"),
     "visitors": ("sum(events)", "events", "countIf(bot = 0)"),
     "sessions": ("sum(events)", "events", "countIf(bot = 0)"),
+    "dash_daily": ("sumIf(events, dim = 'all')", "events", f"countIf({CLIENT})"),
     "ltv": (
         "sum(paid)",
         "payments",

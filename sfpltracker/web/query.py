@@ -39,6 +39,7 @@ from twisted.web.resource import Resource
 
 from sfpltracker import admin
 from sfpltracker.cli import admin_commands
+from sfpltracker.dashboard.api import DashboardResource
 from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.query_guard import QueryRefused, check_format
@@ -228,6 +229,23 @@ def _finish(request, data: bytes) -> None:
     request.finish()
 
 
+class QueryRoot(Resource):
+    """``/dashboard`` (sfpltracker/dashboard/) or else the query interface."""
+
+    isLeaf = True
+
+    def __init__(self, query: QueryResource, gateway: Gateway):
+        super().__init__()
+        self.query = query
+        self.dashboard = DashboardResource(gateway)
+
+    def render(self, request):
+        path = request.path
+        if path == b"/dashboard" or path.startswith(b"/dashboard/"):
+            return self.dashboard.render(request)
+        return self.query.render(request)
+
+
 class QuerySite(EdgeSite):
     """The edge's connection limits around ``QueryResource``, with the query body cap.
 
@@ -235,7 +253,7 @@ class QuerySite(EdgeSite):
     """
 
     def __init__(self, gateway: Gateway, edge: Edge | None = None):
-        front = EdgeFront(gateway, QueryResource(gateway, edge))
+        front = EdgeFront(gateway, QueryRoot(QueryResource(gateway, edge), gateway))
         super().__init__(gateway, front, reactor=gateway.reactor)
 
         class QueryRequest(LimitedRequest):

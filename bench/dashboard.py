@@ -1,0 +1,294 @@
+"""How fast the dashboard answers over a large store: p50 / p95 of every ``/dashboard/api/``
+figure over the last 30 days.
+
+    .venv/bin/python bench/dashboard.py [--events 10000000] [--dir DIR] [--rounds 20]
+
+1. Loads ``--events`` generated events (90 days up to today, in sessions of 1-5 events; pages,
+   referrers, countries, devices, hosts and visitors skewed: a few are most of the traffic;
+   3% bot sessions, 1% arriving by one of 200 short links, some UTM campaigns and goals) plus
+   payments, consent decisions and the short links into an embedded store, with
+   ``INSERT ... SELECT`` on chDB itself (not through ingest): the materialized views fill the
+   derived tables as they do for the gateway's inserts.
+2. Starts a real gateway on that data directory, creates an account with the CLI, signs in to
+   the dashboard and times each figure over HTTP on the query listener (``--rounds`` requests
+   each, after one warm-up), without filters and with a segment filter (country), which makes
+   the figures read ``events`` instead of the derived tables.
+
+``--dir`` keeps the loaded store for another run (loading is skipped when it holds data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sfpltracker.ingest.ids import short_hash  # noqa: E402
+from sfpltracker.store.embedded import store as embedded  # noqa: E402
+from sfpltracker.store.embedded.store import EmbeddedStore  # noqa: E402
+from tests.gateway_process import GatewayProcess, http_request  # noqa: E402
+
+CHUNK = 1_000_000  # events per INSERT ... SELECT (bounded memory, progress shown)
+
+# numbers(n) -> one row per event: event `number` belongs to session intDiv(number, 5) at
+# position number % 5, kept when the position is below the session's length (1..5, mean 3).
+EVENTS_SQL = """
+INSERT INTO sfpla.events (eid, vid, sid, hhash, hostname, created_at, url, last, source,
+    medium, campaign, country, device, browser, os, bot, server, ename, etyp, outcome, rid,
+    new_vid, duration)
+SELECT
+    generateUUIDv4(number) AS eid,
+    reinterpretAsUUID(concat(reinterpretAsString(cityHash64(v, 1)),
+                             reinterpretAsString(cityHash64(v, 2)))) AS vid,
+    reinterpretAsUUID(concat(reinterpretAsString(cityHash64(s, 3)),
+                             reinterpretAsString(cityHash64(s, 4)))) AS sid,
+    hh AS hhash, host AS hostname,
+    fromUnixTimestamp64Milli(toInt64({start_ms} + session_at + pos * 40000)) AS created_at,
+    concat('https://', host, if(page = 1, '/', concat('/p/', toString(page)))) AS url,
+    if(pos = 0 AND r(5) < 0.5, concat('https://', ref_domain, '/'), '') AS last,
+    if(utm, ['google', 'newsletter', 'facebook', 'twitter', 'partner'][1 + cityHash64(s, 6) % 5], '')
+        AS source,
+    if(utm, ['cpc', 'email', 'social', 'social', 'referral'][1 + cityHash64(s, 6) % 5], '')
+        AS medium,
+    if(utm, concat('campaign-', toString(cityHash64(s, 7) % 12)), '') AS campaign,
+    ['US', 'DE', 'GB', 'FR', 'IN', 'BR', 'CA', 'NL', 'ES', 'IT', 'JP', 'AU', 'PL', 'SE', 'MX',
+     'CH', 'AT', 'BE', 'DK', 'NO', 'FI', 'IE', 'PT', 'CZ', 'RO', 'KR', 'SG', 'ZA', 'AR', 'TR']
+        [toUInt32(pow(30, r(8))) ] AS country,
+    if(bot, 'Bot', ['Desktop', 'Desktop', 'Desktop', 'Mobile', 'Mobile', 'Tablet'][1 + cityHash64(v, 9) % 6])
+        AS device,
+    if(bot, 'Googlebot', ['Chrome', 'Chrome', 'Safari', 'Firefox', 'Edge', 'Chrome Mobile',
+        'Mobile Safari', 'Samsung Internet'][1 + cityHash64(v, 10) % 8]) AS browser,
+    if(bot, '', ['Windows', 'Mac OS X', 'Linux', 'Android', 'iOS', 'Windows', 'Android', 'iOS']
+        [1 + cityHash64(v, 10) % 8]) AS os,
+    bot,
+    0 AS server,
+    multiIf(link AND pos = 0, 'short_rdr', pos = 0, 'page_view', r(11) < 0.85, 'page_view',
+            r(11) < 0.95, 'signup', r(11) < 0.99, 'add_to_cart', 'purchase') AS ename,
+    'view' AS etyp,
+    multiIf(ename = 'purchase', 'sale', ename = 'signup', 'lead', '') AS outcome,
+    if(link AND pos = 0,
+       reinterpretAsUUID(concat(reinterpretAsString(cityHash64(link_i, 12)),
+                                reinterpretAsString(cityHash64(link_i, 13)))),
+       toUUID('00000000-0000-0000-0000-000000000000')) AS rid,
+    toUInt8(pos = 0 AND cityHash64(v, 14) % 3 = 0) AS new_vid,
+    toInt64(0) AS duration
+FROM (
+    SELECT number, intDiv(number, 5) AS s, number % 5 AS pos,
+           1 + cityHash64(s, 0) % 5 AS len,
+           toUInt64(pow({visitors}, cityHash64(s, 15) / 18446744073709551615.0)) AS v,
+           cityHash64(s, 16) % ({days} * 86400000) AS session_at,
+           toUInt32(pow(2000, cityHash64(number, 17) / 18446744073709551615.0)) AS page,
+           ['www.shop.example', 'blog.shop.example', 'docs.shop.example']
+               [multiIf(cityHash64(s, 18) % 10 < 7, 1, cityHash64(s, 18) % 10 < 9, 2, 3)] AS host,
+           {host_hashes} AS hh,
+           concat('ref', toString(toUInt32(pow(200, cityHash64(s, 19) / 18446744073709551615.0))),
+                  '.example') AS ref_domain,
+           cityHash64(s, 20) % 5 = 0 AS utm,
+           toUInt8(cityHash64(s, 21) % 100 < 3) AS bot,
+           cityHash64(s, 22) % 100 = 0 AS link,
+           cityHash64(s, 23) % 200 AS link_i
+    FROM numbers({offset}, {count})
+    WHERE pos < len
+)
+"""
+
+# r(k): a uniform [0, 1) draw per event, the k-th.
+R = "(cityHash64(number, {k}) / 18446744073709551615.0)"
+
+LINKS_SQL = """
+INSERT INTO sfpla.redirects (hhash, urlfrom, urlto, id, host, path, status, created_at,
+    updated_at)
+SELECT 'l', concat('go.shop.example/l', toString(number)),
+       concat('https://www.shop.example/p/', toString(number)),
+       reinterpretAsUUID(concat(reinterpretAsString(cityHash64(number, 12)),
+                                reinterpretAsString(cityHash64(number, 13)))),
+       'go.shop.example', concat('/l', toString(number)), 302,
+       fromUnixTimestamp64Milli(toInt64({start_ms})), fromUnixTimestamp64Milli(toInt64({start_ms}))
+FROM numbers(200)
+"""
+
+PAYMENTS_SQL = """
+INSERT INTO sfpla.payments (id, hhash, uid, vid, revenue, total, created_at, updated_at)
+SELECT generateUUIDv4(number),
+       '{www_hash}',
+       reinterpretAsUUID(concat(reinterpretAsString(cityHash64(u, 30)),
+                                reinterpretAsString(cityHash64(u, 31)))),
+       reinterpretAsUUID(concat(reinterpretAsString(cityHash64(u, 32)),
+                                reinterpretAsString(cityHash64(u, 33)))),
+       round(5 + (cityHash64(number, 34) % 20000) / 100, 2) AS revenue, revenue,
+       fromUnixTimestamp64Milli(toInt64({start_ms} + cityHash64(number, 35) % ({days} * 86400000))) AS t,
+       t
+FROM (SELECT number, toUInt64(pow(20000, cityHash64(number, 36) / 18446744073709551615.0)) AS u
+      FROM numbers({count}))
+"""
+
+AGREED_SQL = """
+INSERT INTO sfpla.agreed (id, vid, created_at, updated_at, cflags, hhash, country, region)
+SELECT generateUUIDv4(number),
+       reinterpretAsUUID(concat(reinterpretAsString(cityHash64(number, 40)),
+                                reinterpretAsString(cityHash64(number, 41)))),
+       fromUnixTimestamp64Milli(toInt64({start_ms} + cityHash64(number, 42) % ({days} * 86400000))) AS t,
+       t,
+       [256, 256, 1280, 1792, 7936, 16128][1 + cityHash64(number, 43) % 6],
+       '{www_hash}',
+       ['US', 'DE', 'GB', 'FR', 'BR', 'JP', 'ES', 'IT'][1 + cityHash64(number, 44) % 8] AS c,
+       if(c = 'US', ['CA', 'NY', 'TX'][1 + cityHash64(number, 45) % 3], '')
+FROM numbers({count})
+"""
+
+HOSTS = ["www.shop.example", "blog.shop.example", "docs.shop.example"]
+# The hhash of each host as the gateway computes it, so a host filter finds the derived rows.
+HOST_HASHES = f"transform(host, {[h for h in HOSTS]}, {[short_hash(h) for h in HOSTS]}, '')"
+
+FIGURES = [
+    ("overview", ""),
+    ("engagement", ""),
+    ("pages", ""),
+    ("entry-exit", ""),
+    ("referrers", ""),
+    ("campaigns", ""),
+    ("countries", ""),
+    ("devices", ""),
+    ("goals", "steps=page_view,signup,purchase"),
+    ("links", ""),
+    ("revenue", ""),
+    ("consent", ""),
+]
+
+
+def load(data_dir: Path, events: int, days: int = 90, optimize: bool = False) -> None:
+    # Loading only: a larger budget than the gateway's 192 MiB (the 20 views of a 1M-row
+    # INSERT ... SELECT hold more); the timed reads run in the gateway with its own budget.
+    embedded.SERVER_SETTINGS["max_server_memory_usage"] = 3 * 1024**3
+    store = EmbeddedStore(data_dir, reactor=None)
+    store._open_and_load()
+    w = store._writer
+    have = int(w.query("SELECT count() FROM sfpla.events", "TabSeparated").bytes() or 0)
+    if have:
+        print(f"store holds {have:,} events already: not loading")
+        if optimize:
+            merge(w)
+        w.close()
+        return
+    start_ms = int(time.time() * 1000) - days * 86_400_000  # up to now
+    numbers = events * 5 // 3  # mean session length 3 of 5 positions
+    chunk = CHUNK * 5 // 3
+    began = time.perf_counter()
+    sql = re.sub(r"\br\((\d+)\)", lambda m: R.format(k=m.group(1)), EVENTS_SQL)
+    for offset in range(0, numbers, chunk):
+        count = min(chunk, numbers - offset)
+        w.query(
+            sql.format(
+                start_ms=start_ms,
+                days=days,
+                visitors=max(1000, events // 6),
+                offset=offset,
+                count=count,
+                host_hashes=HOST_HASHES,
+            )
+        )
+        n = int(w.query("SELECT count() FROM sfpla.events", "TabSeparated").bytes())
+        print(f"  {n:>12,} events  {time.perf_counter() - began:7.1f} s", flush=True)
+    w.query(LINKS_SQL.format(start_ms=start_ms))
+    www = short_hash(HOSTS[0])
+    w.query(PAYMENTS_SQL.format(start_ms=start_ms, days=days, count=max(1000, events // 100),
+                                www_hash=www))  # fmt: skip
+    w.query(AGREED_SQL.format(start_ms=start_ms, days=days, count=max(1000, events // 30),
+                              www_hash=www))  # fmt: skip
+    print(f"loaded in {time.perf_counter() - began:.1f} s")
+    if optimize:
+        merge(w)
+    w.close()
+
+
+def merge(w) -> None:
+    """Merge the rollup's parts as background merges eventually do. The generated events of
+    one INSERT span all 90 days (live traffic arrives in time order), so unmerged, each day
+    of ``dash_daily`` holds one row per insert block and a range merges thousands of states."""
+    began = time.perf_counter()
+    before = w.query("SELECT count() FROM sfpla.dash_daily", "TabSeparated").bytes().decode()
+    w.query("OPTIMIZE TABLE sfpla.dash_daily FINAL")
+    after = w.query("SELECT count() FROM sfpla.dash_daily", "TabSeparated").bytes().decode()
+    print(f"dash_daily: {before.strip()} rows merged to {after.strip()} "
+          f"in {time.perf_counter() - began:.1f} s")  # fmt: skip
+
+
+def account(gw: GatewayProcess) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "sfpltracker", "--config", str(gw.config_path),
+         "account", "create", "--org", "bench"],  # fmt: skip
+        capture_output=True, text=True, cwd=ROOT, check=True, timeout=120,
+    )  # fmt: skip
+    return dict(re.findall(r"^(\w+):\s*(\S+)$", out.stdout, re.M))
+
+
+def time_figures(gw: GatewayProcess, cookie: str, rounds: int, extra: str) -> list[tuple]:
+    rows = []
+    for name, params in FIGURES:
+        qs = "&".join(p for p in (params, extra) if p)
+        path = f"/dashboard/api/{name}?{qs}"
+        took = []
+        for i in range(rounds + 1):
+            began = time.perf_counter()
+            r = http_request(gw.query_port, "GET", path, headers={"Cookie": cookie}, timeout=120)
+            elapsed = (time.perf_counter() - began) * 1000
+            if r.status != 200:
+                raise SystemExit(f"{path}: {r.status} {r.body[:300]!r}")
+            if i:  # the first warms the caches
+                took.append(elapsed)
+        took.sort()
+        p95 = took[min(len(took) - 1, round(0.95 * (len(took) - 1)))]
+        rows.append((name, extra or "-", statistics.median(took), p95))
+        print(f"  {name} {extra or '-'}: p50 {rows[-1][2]:.0f} ms, p95 {p95:.0f} ms", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--dir", type=Path, help="keep the store here (reused when loaded)")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--optimize", action="store_true", help="merge dash_daily first")
+    parser.add_argument("--no-segment", action="store_true", help="skip the country=DE runs")
+    args = parser.parse_args()
+    tmp = None
+    if args.dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="sfpl-bench-dashboard-")
+        args.dir = Path(tmp.name)
+    data_dir = args.dir / "data"
+    load(data_dir, args.events, optimize=args.optimize)
+    with GatewayProcess(args.dir, {"DataDirectory": str(data_dir)}, name="gw") as gw:
+        print(gw.query("SELECT count() AS events, min(created_at) AS first, "
+                       "max(created_at) AS last FROM sfpla.events"))  # fmt: skip
+        acct = account(gw)
+        r = http_request(gw.query_port, "POST", "/dashboard/api/login",
+                         json_body={"uid": acct["uid"], "secret": acct["secret"]})  # fmt: skip
+        assert r.status == 200, r.body
+        cookie = r.header("set-cookie").split(";")[0]
+        print(json.dumps(json.loads(http_request(
+            gw.query_port, "GET", "/dashboard/api/overview", headers={"Cookie": cookie},
+            timeout=120,
+        ).body)["current"]))  # fmt: skip
+        rows = time_figures(gw, cookie, args.rounds, "")
+        if not args.no_segment:
+            rows += time_figures(gw, cookie, args.rounds, "country=DE")
+    print(f"\n/dashboard/api/ over the last 30 days, {args.rounds} requests each\n")
+    print("| figure | filter | p50 ms | p95 ms |")
+    print("|---|---|---:|---:|")
+    for name, extra, p50, p95 in rows:
+        print(f"| {name} | {extra} | {p50:.0f} | {p95:.0f} |")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,525 @@
+"""The dashboard's reads: filters from the query string, one parameterised SELECT per figure.
+
+Nothing the client sends becomes SQL text: every value is a ClickHouse query parameter
+(``{name:Type}``) and the only text put into a statement is the store's database name and
+fixed fragments chosen here. What is counted (docs/dashboard.md):
+
+- the *traffic* figures count client events without bots (``server = 0 AND bot = 0``), the
+  same events the derived tables (``hits``, ``referrers``, ``outcomes``) are made from, so a
+  page reads a derived table when no segment filter (source/medium/campaign, country, device)
+  is set and ``events`` otherwise, with equal answers;
+- a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
+  event, its duration the time between its first and last event;
+- ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
+- short-link clicks are server events (``rid`` set), bots excluded;
+- revenue reads ``payments`` (FINAL: an updated payment counts once) and ``ltvu``; consent
+  reads ``agreed`` (every decision) and ``jurisdictions``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sfpltracker.ingest.ids import short_hash
+
+SEGMENTS = ("source", "medium", "campaign", "country", "device")
+MAX_TEXT = 256
+MAX_DAYS = 3660
+MAX_STEPS = 8
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+TS = "DateTime64(3, 'UTC')"
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class BadFilter(ValueError):
+    """A filter the dashboard cannot use (answered 400 with the reason)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    start: date  # first day, inclusive
+    end: date  # last day, inclusive
+    host: str = ""
+    source: str = ""
+    medium: str = ""
+    campaign: str = ""
+    country: str = ""
+    device: str = ""
+    limit: int = 10
+
+    @property
+    def segmented(self) -> bool:
+        return any(getattr(self, name) for name in SEGMENTS)
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def previous(self) -> Filters:
+        """The period of the same length just before."""
+        return replace(
+            self,
+            start=self.start - timedelta(days=self.days),
+            end=self.start - timedelta(days=1),
+        )
+
+    def applied(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"from": self.start.isoformat(), "to": self.end.isoformat()}
+        for name in ("host", *SEGMENTS):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+
+def parse_filters(args: dict[str, str], today: date) -> Filters:
+    """Filters from the query string (``from``/``to`` as YYYY-MM-DD, both inclusive; default:
+    the last 30 days up to today)."""
+    end = _day(args.get("to", ""), "to") or today
+    start = _day(args.get("from", ""), "from") or end - timedelta(days=29)
+    if start > end:
+        raise BadFilter("'from' is after 'to'")
+    if (end - start).days >= MAX_DAYS:
+        raise BadFilter(f"the date range is longer than {MAX_DAYS} days")
+    values: dict[str, Any] = {}
+    for name in ("host", *SEGMENTS):
+        value = args.get(name, "").strip()
+        if len(value) > MAX_TEXT:
+            raise BadFilter(f"'{name}' is longer than {MAX_TEXT} characters")
+        values[name] = value
+    limit = args.get("limit", "10")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise BadFilter("'limit' must be a whole number from 1 to 100")
+    return Filters(start=start, end=end, limit=int(limit), **values)
+
+
+def _day(text: str, name: str) -> date | None:
+    if not text:
+        return None
+    if not _DAY.match(text):
+        raise BadFilter(f"'{name}' must be a date YYYY-MM-DD")
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise BadFilter(f"'{name}' is not a date") from None
+    # The previous period of a range (up to MAX_DAYS) must still be a day ClickHouse has.
+    if not 1980 <= day.year <= 2100:
+        raise BadFilter(f"'{name}' must be a day from 1980 to 2100")
+    return day
+
+
+def _ts(day: date) -> str:
+    return f"{day.isoformat()} 00:00:00.000"
+
+
+class Query:
+    """A statement and its parameters, built from fixed fragments."""
+
+    def __init__(self, sql: str, params: dict[str, Any]):
+        self.sql = sql
+        self.params = params
+
+
+def event_conditions(
+    f: Filters, *, client_only: bool = True, dated: bool = True, start: date | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE conditions on ``events`` for ``f`` (start may reach back further)."""
+    parts = ["bot = 0"]
+    params: dict[str, Any] = {}
+    if client_only:
+        parts.append("server = 0")
+    if dated:
+        parts.append(f"created_at >= {{start:{TS}}} AND created_at < {{end:{TS}}}")
+        params["start"] = _ts(start or f.start)
+        params["end"] = _ts(f.end + timedelta(days=1))
+    if f.host:
+        parts.append("hostname = {host:String}")
+        params["host"] = f.host
+    for name in SEGMENTS:
+        value = getattr(f, name)
+        if value:
+            parts.append(f"{name} = {{{name}:String}}")
+            params[name] = value
+    return " AND ".join(parts), params
+
+
+def derived_conditions(f: Filters, date_column: str) -> tuple[str, dict[str, Any]]:
+    """The WHERE conditions on a derived table keyed by ``hhash`` and a Date column."""
+    parts = [f"{date_column} >= {{start_day:Date}} AND {date_column} <= {{end_day:Date}}"]
+    params: dict[str, Any] = {"start_day": f.start.isoformat(), "end_day": f.end.isoformat()}
+    if f.host:
+        parts.append("hhash = {hhash:String}")
+        params["hhash"] = short_hash(f.host)
+    return " AND ".join(parts), params
+
+
+def bucket(f: Filters) -> str:
+    """Hours for a range of two days or less, else days."""
+    return "hour" if f.days <= 2 else "day"
+
+
+def buckets(f: Filters) -> list[str]:
+    """Every bucket of the range, so a chart shows the empty ones as zero."""
+    start = datetime(f.start.year, f.start.month, f.start.day, tzinfo=UTC)
+    if bucket(f) == "hour":
+        return [
+            (start + timedelta(hours=h)).strftime("%Y-%m-%d %H:00:00") for h in range(f.days * 24)
+        ]
+    return [(f.start + timedelta(days=d)).isoformat() for d in range(f.days)]
+
+
+# -- the figures -----------------------------------------------------------------------------
+
+
+def overview(db: str, f: Filters) -> Query:
+    """Visitors, sessions, events and page views of this period and the one before."""
+    prev = f.previous()
+    if f.segmented:
+        where, params = event_conditions(f, start=prev.start)
+        params["cur"] = _ts(f.start)
+        sql = f"""
+SELECT if(created_at >= {{cur:{TS}}}, 'current', 'previous') AS period,
+       toUInt32(uniq(vid)) AS visitors, toUInt32(uniq(sid)) AS sessions,
+       toUInt32(count()) AS events, toUInt32(countIf(url != '')) AS pageviews
+FROM {db}.events WHERE {where}
+GROUP BY period"""
+    else:
+        where, params = derived_conditions(replace(f, start=prev.start), "day")
+        params["cur"] = f.start.isoformat()
+        sql = f"""
+SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period,
+       toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(uniqMerge(sessions)) AS sessions,
+       toUInt32(sum(events)) AS events, toUInt32(sum(pageviews)) AS pageviews
+FROM {db}.dash_daily WHERE {where} AND dim = 'all'
+GROUP BY period"""
+    return Query(sql, params)
+
+
+def engagement(db: str, f: Filters) -> Query:
+    """Sessions of one event (bounces) and the summed time from each session's first to last
+    event, over the events of the range: per session, so read from ``events`` (the slow
+    figure on a large store; docs/dashboard.md)."""
+    where, params = event_conditions(f)
+    sql = f"""
+SELECT toUInt32(count()) AS sessions, toUInt32(countIf(n = 1)) AS bounces,
+       toUInt64(sum(d)) AS duration_total
+FROM (
+    SELECT count() AS n, dateDiff('second', min(created_at), max(created_at)) AS d
+    FROM {db}.events WHERE {where}
+    GROUP BY sid
+)"""
+    return Query(sql, params)
+
+
+def timeseries(db: str, f: Filters) -> Query:
+    if bucket(f) == "day" and not f.segmented:
+        where, params = derived_conditions(f, "day")
+        sql = f"""
+SELECT toString(day) AS t, toUInt32(uniqMerge(visitors)) AS visitors,
+       toUInt32(sum(pageviews)) AS pageviews
+FROM {db}.dash_daily WHERE {where} AND dim = 'all'
+GROUP BY t ORDER BY t"""
+        return Query(sql, params)
+    where, params = event_conditions(f)
+    step = "toStartOfHour" if bucket(f) == "hour" else "toStartOfDay"
+    fmt = "%Y-%m-%d %H:00:00" if bucket(f) == "hour" else "%Y-%m-%d"
+    sql = f"""
+SELECT formatDateTime({step}(created_at), '{fmt}') AS t, toUInt32(uniq(vid)) AS visitors,
+       toUInt32(countIf(url != '')) AS pageviews
+FROM {db}.events WHERE {where}
+GROUP BY t ORDER BY t"""
+    return Query(sql, params)
+
+
+def _by_dim(db: str, f: Filters, dim: str, name: str) -> Query:
+    """``name``, visitors and events per value of one dimension from the rollup."""
+    where, params = derived_conditions(f, "day")
+    params["limit"] = f.limit
+    sql = f"""
+SELECT value AS {name}, toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(sum(events)) AS events
+FROM {db}.dash_daily WHERE {where} AND dim = '{dim}'
+GROUP BY value ORDER BY visitors DESC, events DESC, value LIMIT {{limit:UInt32}}"""
+    return Query(sql, params)
+
+
+def realtime(db: str, f: Filters) -> Query:
+    where, params = event_conditions(f, dated=False)
+    sql = f"""
+SELECT toUInt32(uniq(vid)) AS visitors FROM {db}.events
+WHERE {where} AND created_at >= now64(3, 'UTC') - INTERVAL 5 MINUTE"""
+    return Query(sql, params)
+
+
+def top_pages(db: str, f: Filters) -> Query:
+    if f.segmented:
+        where, params = event_conditions(f)
+        sql = f"""
+SELECT url, toUInt32(count()) AS pageviews FROM {db}.events WHERE {where} AND url != ''
+GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
+    else:
+        where, params = derived_conditions(f, "date")
+        sql = f"""
+SELECT url, toUInt32(sum(total)) AS pageviews FROM {db}.hits WHERE {where}
+GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
+    params["limit"] = f.limit
+    return Query(sql, params)
+
+
+def entry_exit(db: str, f: Filters) -> Query:
+    where, params = event_conditions(f)
+    params["limit"] = f.limit
+    sql = f"""
+SELECT kind, url, toUInt32(count()) AS sessions
+FROM (
+    SELECT argMin(url, created_at) AS entry, argMax(url, created_at) AS exit
+    FROM {db}.events WHERE {where} AND url != ''
+    GROUP BY sid
+)
+ARRAY JOIN ['entry', 'exit'] AS kind, [entry, exit] AS url
+GROUP BY kind, url ORDER BY kind, sessions DESC, url LIMIT {{limit:UInt32}} BY kind"""
+    return Query(sql, params)
+
+
+REFERRER = "if(domain({c}) != '', domain({c}), {c})"
+
+
+def referrers(db: str, f: Filters) -> Query:
+    if f.segmented:
+        where, params = event_conditions(f)
+        sql = f"""
+SELECT {REFERRER.format(c="last")} AS referrer, toUInt32(count()) AS events
+FROM {db}.events WHERE {where} AND last != ''
+GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
+    else:
+        where, params = derived_conditions(f, "date")
+        sql = f"""
+SELECT {REFERRER.format(c="url")} AS referrer, toUInt32(sum(total)) AS events
+FROM {db}.referrers WHERE {where}
+GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
+    params["limit"] = f.limit
+    return Query(sql, params)
+
+
+def campaigns(db: str, f: Filters) -> Query:
+    if not f.segmented:
+        where, params = derived_conditions(f, "day")
+        params["limit"] = f.limit
+        sql = f"""
+SELECT splitByChar('\\t', value)[1] AS source, splitByChar('\\t', value)[2] AS medium,
+       splitByChar('\\t', value)[3] AS campaign,
+       toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(sum(events)) AS events
+FROM {db}.dash_daily WHERE {where} AND dim = 'campaign'
+GROUP BY value ORDER BY visitors DESC, events DESC, source, medium, campaign
+LIMIT {{limit:UInt32}}"""
+        return Query(sql, params)
+    where, params = event_conditions(f)
+    params["limit"] = f.limit
+    sql = f"""
+SELECT source, medium, campaign, toUInt32(uniq(vid)) AS visitors, toUInt32(count()) AS events
+FROM {db}.events WHERE {where} AND (source != '' OR medium != '' OR campaign != '')
+GROUP BY source, medium, campaign
+ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT {{limit:UInt32}}"""
+    return Query(sql, params)
+
+
+def countries(db: str, f: Filters) -> Query:
+    if not f.segmented:
+        return _by_dim(db, f, "country", "country")
+    where, params = event_conditions(f)
+    params["limit"] = f.limit
+    sql = f"""
+SELECT toString(country) AS country, toUInt32(uniq(vid)) AS visitors,
+       toUInt32(count()) AS events
+FROM {db}.events WHERE {where}
+GROUP BY country ORDER BY visitors DESC, events DESC, country LIMIT {{limit:UInt32}}"""
+    return Query(sql, params)
+
+
+def devices(db: str, f: Filters) -> Query:
+    """Devices, browsers and operating systems (bots are excluded by every figure)."""
+    if not f.segmented:
+        where, params = derived_conditions(f, "day")
+        params["limit"] = f.limit
+        sql = f"""
+SELECT toString(dim) AS kind, value AS name, toUInt32(uniqMerge(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_daily WHERE {where} AND dim IN ('device', 'browser', 'os')
+GROUP BY kind, name ORDER BY kind, visitors DESC, events DESC, name LIMIT {{limit:UInt32}} BY kind"""
+        return Query(sql, params)
+    where, params = event_conditions(f)
+    params["limit"] = f.limit
+    sql = f"""
+SELECT kind, name, toUInt32(uniq(vid)) AS visitors, toUInt32(count()) AS events
+FROM {db}.events
+ARRAY JOIN ['device', 'browser', 'os'] AS kind,
+           [toString(device), toString(browser), toString(os)] AS name
+WHERE {where}
+GROUP BY kind, name ORDER BY kind, visitors DESC, events DESC, name LIMIT {{limit:UInt32}} BY kind"""
+    return Query(sql, params)
+
+
+def goals(db: str, f: Filters) -> Query:
+    if not f.segmented:
+        where, params = derived_conditions(f, "day")
+        params["limit"] = f.limit
+        sql = f"""
+SELECT value AS ename, toUInt32(sum(events)) AS events, toUInt32(uniqMerge(visitors)) AS visitors
+FROM {db}.dash_daily WHERE {where} AND dim = 'ename'
+GROUP BY value ORDER BY events DESC, ename LIMIT {{limit:UInt32}}"""
+        return Query(sql, params)
+    where, params = event_conditions(f)
+    params["limit"] = f.limit
+    sql = f"""
+SELECT toString(ename) AS ename, toUInt32(count()) AS events, toUInt32(uniq(vid)) AS visitors
+FROM {db}.events WHERE {where} AND ename != ''
+GROUP BY ename ORDER BY events DESC, ename LIMIT {{limit:UInt32}}"""
+    return Query(sql, params)
+
+
+def outcomes(db: str, f: Filters) -> Query:
+    if f.segmented:
+        where, params = event_conditions(f)
+        sql = f"""
+SELECT outcome, toUInt32(count()) AS events FROM {db}.events WHERE {where} AND outcome != ''
+GROUP BY outcome ORDER BY events DESC, outcome LIMIT {{limit:UInt32}}"""
+    else:
+        where, params = derived_conditions(f, "created")
+        sql = f"""
+SELECT outcome, toUInt32(sum(total)) AS events FROM {db}.outcomes WHERE {where}
+GROUP BY outcome ORDER BY events DESC, outcome LIMIT {{limit:UInt32}}"""
+    params["limit"] = f.limit
+    return Query(sql, params)
+
+
+def parse_steps(text: str) -> list[str]:
+    steps = [s.strip() for s in text.split(",") if s.strip()]
+    if len(steps) > MAX_STEPS:
+        raise BadFilter(f"a funnel has at most {MAX_STEPS} steps")
+    if any(len(s) > MAX_TEXT for s in steps):
+        raise BadFilter(f"a funnel step is longer than {MAX_TEXT} characters")
+    return steps
+
+
+def funnel(db: str, f: Filters, steps: list[str], window_seconds: int) -> Query:
+    """How many visitors did step 1, then 2, ... each within ``window_seconds`` of step 1."""
+    where, params = event_conditions(f)
+    names = [f"s{i}" for i in range(len(steps))]
+    params.update(zip(names, steps, strict=True))
+    params["window"] = window_seconds
+    conditions = ", ".join(f"ename = {{{n}:String}}" for n in names)
+    listed = ", ".join(f"{{{n}:String}}" for n in names)
+    sql = f"""
+SELECT level, toUInt32(count()) AS visitors
+FROM (
+    SELECT vid, windowFunnel({{window:UInt64}})(toDateTime(created_at), {conditions}) AS level
+    FROM {db}.events WHERE {where} AND ename IN ({listed})
+    GROUP BY vid
+)
+WHERE level > 0 GROUP BY level ORDER BY level"""
+    return Query(sql, params)
+
+
+def links(db: str, f: Filters) -> Query:
+    where, params = event_conditions(f, client_only=False)
+    params["limit"] = f.limit
+    sql = f"""
+SELECT toString(r.id) AS id, r.urlfrom AS urlfrom, r.urlto AS urlto,
+       toUInt32(c.clicks) AS clicks
+FROM (SELECT id, urlfrom, urlto FROM {db}.redirects FINAL WHERE deleted = 0) AS r
+LEFT JOIN (
+    SELECT rid, count() AS clicks FROM {db}.events
+    WHERE {where} AND rid != toUUID('{ZERO_UUID}') GROUP BY rid
+) AS c ON c.rid = r.id
+ORDER BY clicks DESC, urlfrom LIMIT {{limit:UInt32}}"""
+    return Query(sql, params)
+
+
+def link_clicks(db: str, f: Filters) -> Query:
+    where, params = event_conditions(f, client_only=False)
+    sql = f"""
+SELECT toString(toDate(created_at)) AS t, toUInt32(count()) AS clicks
+FROM {db}.events WHERE {where} AND rid != toUUID('{ZERO_UUID}')
+GROUP BY t ORDER BY t"""
+    return Query(sql, params)
+
+
+def _payment_conditions(f: Filters, start: date | None = None) -> tuple[str, dict[str, Any]]:
+    parts = [f"created_at < {{end:{TS}}}"]
+    params: dict[str, Any] = {"end": _ts(f.end + timedelta(days=1))}
+    if start is not None:
+        parts.append(f"created_at >= {{start:{TS}}}")
+        params["start"] = _ts(start)
+    if f.host:
+        parts.append("hhash = {hhash:String}")
+        params["hhash"] = short_hash(f.host)
+    return " AND ".join(parts), params
+
+
+def revenue_series(db: str, f: Filters) -> Query:
+    """Per day of the range: revenue and payments; ``before`` is the revenue up to the range,
+    so the cumulative (lifetime) revenue can be drawn."""
+    where, params = _payment_conditions(f)
+    params["start"] = _ts(f.start)
+    sql = f"""
+SELECT if(created_at < {{start:{TS}}}, 'before', toString(toDate(created_at))) AS t,
+       sum(revenue) AS revenue, toUInt32(count()) AS payments,
+       toUInt32(uniqIf(uid, uid != toUUID('{ZERO_UUID}'))) AS customers
+FROM {db}.payments FINAL WHERE {where}
+GROUP BY t ORDER BY t"""
+    return Query(sql, params)
+
+
+def revenue_totals(db: str, f: Filters) -> Query:
+    where, params = _payment_conditions(f, f.start)
+    sql = f"""
+SELECT sum(revenue) AS revenue, toUInt32(count()) AS payments,
+       toUInt32(uniqIf(uid, uid != toUUID('{ZERO_UUID}'))) AS customers
+FROM {db}.payments FINAL WHERE {where}"""
+    return Query(sql, params)
+
+
+def top_customers(db: str, f: Filters) -> Query:
+    """Customers by lifetime value (``ltvu``: every payment of the user, whenever made)."""
+    parts = ["1"]
+    params: dict[str, Any] = {"limit": f.limit}
+    if f.host:
+        parts.append("hhash = {hhash:String}")
+        params["hhash"] = short_hash(f.host)
+    sql = f"""
+SELECT toString(uid) AS uid, sum(paid) AS ltv, toUInt32(sum(payments)) AS payments
+FROM {db}.ltvu WHERE {" AND ".join(parts)}
+GROUP BY uid ORDER BY ltv DESC, uid LIMIT {{limit:UInt32}}"""
+    return Query(sql, params)
+
+
+def consent(db: str, f: Filters) -> Query:
+    """Consent decisions of the range by cflags and the jurisdiction of the visitor's place
+    (a region rule before a country rule; 'none' outside every jurisdiction)."""
+    parts = [f"created_at >= {{start:{TS}}} AND created_at < {{end:{TS}}}"]
+    params: dict[str, Any] = {"start": _ts(f.start), "end": _ts(f.end + timedelta(days=1))}
+    if f.host:
+        parts.append("hhash = {hhash:String}")
+        params["hhash"] = short_hash(f.host)
+    if f.country:
+        parts.append("country = {country:String}")
+        params["country"] = f.country
+    sql = f"""
+SELECT cflags, if(jr != '', jr, if(jc != '', jc, 'none')) AS jurisdiction,
+       toUInt32(count()) AS decisions, toUInt32(uniq(vid)) AS visitors
+FROM (
+    SELECT cflags, vid, upper(toString(country)) AS c,
+           upper(concat(toString(country), '-', region)) AS cr
+    FROM {db}.agreed FINAL WHERE {" AND ".join(parts)}
+) AS a
+LEFT JOIN (
+    SELECT upper(arrayJoin(countries)) AS c, toString(any(regulation)) AS jc
+    FROM {db}.jurisdictions FINAL GROUP BY c
+) AS jc USING c
+LEFT JOIN (
+    SELECT upper(arrayJoin(regions)) AS cr, toString(any(regulation)) AS jr
+    FROM {db}.jurisdictions FINAL GROUP BY cr
+) AS jr USING cr
+GROUP BY cflags, jurisdiction ORDER BY decisions DESC, cflags, jurisdiction"""
+    return Query(sql, params)
