@@ -167,6 +167,14 @@ WHERE tid != '00000000-0000-0000-0000-000000000000'::UUID
   AND ename != '' AND (ename = 'conversion' OR score != 0) AND bot = 0
 GROUP BY oid, org, tid, created_at::DATE, xid;
 
+CREATE OR REPLACE VIEW sfpla.visitors_first AS
+SELECT * FROM sfpla.events WHERE bot = 0
+QUALIFY row_number() OVER (PARTITION BY oid, vid ORDER BY created_at) = 1;
+
+CREATE OR REPLACE VIEW sfpla.sessions_first AS
+SELECT * FROM sfpla.events WHERE bot = 0
+QUALIFY row_number() OVER (PARTITION BY oid, sid ORDER BY created_at) = 1;
+
 CREATE OR REPLACE VIEW sfpla.visitors_latest AS
 SELECT * FROM sfpla.events WHERE bot = 0
 QUALIFY row_number() OVER (PARTITION BY oid, vid ORDER BY created_at DESC) = 1;
@@ -255,3 +263,28 @@ FROM sfpla.events
 WHERE bot = 0
 GROUP BY oid, org, ename
 ORDER BY total_events DESC;
+
+-- The dashboard's rollup (schema/090_dashboard.sql) with its columns; visitors and sessions are
+-- plain distinct counts here (ClickHouse keeps uniq states). The dashboard's own queries are
+-- ClickHouse SQL and do not run on DuckDB (docs/duckdb.md).
+CREATE OR REPLACE VIEW sfpla.dash_daily AS
+SELECT created_at::DATE AS day, hhash, kv.dim AS dim, kv.value AS value,
+       count(DISTINCT vid)::UBIGINT AS visitors,
+       (count(DISTINCT sid) FILTER (WHERE kv.dim = 'all'))::UBIGINT AS sessions,
+       count(*)::UBIGINT AS events, (count(*) FILTER (WHERE url != ''))::UBIGINT AS pageviews
+FROM (
+    SELECT *, unnest([
+        {'dim': 'all', 'value': ''},
+        {'dim': 'country', 'value': country::VARCHAR},
+        {'dim': 'device', 'value': device::VARCHAR},
+        {'dim': 'browser', 'value': browser::VARCHAR},
+        {'dim': 'os', 'value': os::VARCHAR},
+        {'dim': CASE WHEN ename != '' THEN 'ename' ELSE '' END, 'value': ename::VARCHAR},
+        {'dim': CASE WHEN source != '' OR medium != '' OR campaign != '' THEN 'campaign' ELSE '' END,
+         'value': concat(source, chr(9), medium, chr(9), campaign)}
+    ]) AS kv
+    FROM sfpla.events
+    WHERE server = 0 AND bot = 0
+)
+WHERE kv.dim != ''
+GROUP BY created_at::DATE, hhash, kv.dim, kv.value;
