@@ -62,6 +62,7 @@ from sfpltracker.store.rejects import (
     bisect,
     dead_letter_family,
     one_line,
+    reason_classes,
     refused_for_data,
 )
 from sfpltracker.store.schema import (
@@ -397,12 +398,13 @@ class EmbeddedStore:
         """On the reactor thread: count and log the rows set aside; fire with those stored."""
         if outcome.dead:
             self.stats["dead_letters"][table] += len(outcome.dead)
+            # The class of the reason only: chDB's message quotes the refused value.
             log.error(
                 "store: chDB refused {n} row(s) of {table} for their data ({reason}); "
                 "stored the other {stored}, kept the refused in {path}",
                 n=len(outcome.dead),
                 table=table,
-                reason=outcome.dead[0][1],
+                reason=reason_classes(outcome.dead),
                 stored=outcome.stored,
                 path=str(self.deadletters.path(table)),
             )
