@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sfpltracker import __version__, admin
+from sfpltracker import __version__
 from sfpltracker.config import Config
 from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest import bounds
@@ -158,7 +158,6 @@ class Gateway:
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
         self.store_ready = False
-        self.admin_token = ""
         self.counters: dict[str, int] = {
             "events_accepted": 0,
             "events_rejected": 0,
@@ -187,7 +186,6 @@ class Gateway:
         self.store_ready = True
         for notifier in self.notifiers:
             yield notifier.start()
-        self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=self.store.where)
         for component in self.components:
             yield component.start()

@@ -15,6 +15,7 @@ from sfpltracker.config import Config, parse_listen
 from sfpltracker.edge.assembly import Edge
 from sfpltracker.gateway import Gateway
 from sfpltracker.tuning import tune_gc
+from sfpltracker.web.admin import AdminListener
 from sfpltracker.web.query import query_site
 from sfpltracker.web.site import GatewayRoot
 
@@ -56,6 +57,7 @@ class GatewayService(service.Service):
         self.gateway = Gateway(cfg, reactor)
         self.root, self.edge = build_front(self.gateway, reactor)
         self.ports: dict[str, object] = {}
+        self.admin = AdminListener(self.gateway, self.edge, reactor)  # the CLI's channel
         self._starting: defer.Deferred | None = None
 
     def listeners(self) -> list[tuple[str, str, object]]:
@@ -70,7 +72,7 @@ class GatewayService(service.Service):
         if cfg.ProxyPortTLS:
             out.append(("ProxyPortTLS", cfg.ProxyPortTLS, self.edge.tls_site()))
         if cfg.QueryPort:
-            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway, self.edge)))
+            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway)))
         return out
 
     def startService(self):
@@ -81,6 +83,7 @@ class GatewayService(service.Service):
     @defer.inlineCallbacks
     def _start(self):
         yield self.gateway.start()
+        self.admin.start()
         for name, address, factory in self.listeners():
             port = yield tcp_endpoint(self.reactor, address).listen(factory)
             self.ports[name] = port
@@ -103,6 +106,7 @@ class GatewayService(service.Service):
         for port in self.ports.values():
             yield port.stopListening()
         self.ports.clear()
+        yield self.admin.stop()
         yield self.gateway.stop()
         log.info("sfpltracker stopped; everything accepted was flushed")
 

@@ -82,8 +82,8 @@ def refused(r) -> bool:
 # -- reading host files --------------------------------------------------------------------
 
 
-def test_the_file_function_cannot_read_the_admin_token_or_any_file(gw):
-    token_path = gw.workdir / "data" / "admin.token"
+def test_the_file_function_cannot_read_a_secret_or_any_file(gw):
+    token_path = gw.workdir / "data" / "secret.key"
     token = token_path.read_text().strip()
     assert token
     for sql in (
@@ -277,7 +277,7 @@ def test_the_same_guard_in_front_of_a_clickhouse_server(tmp_path, monkeypatch, c
             assert gw.query_raw(f"EXISTS TABLE {database}.events", "TSV").body == b"1\n"
             describe = gw.query_raw(f"DESCRIBE TABLE {database}.events", "TSV")
             assert describe.status == 200 and describe.body.startswith(b"eid\t"), describe
-            token = (gw.workdir / "data" / "admin.token").read_text().strip()
+            token = (gw.workdir / "data" / "secret.key").read_text().strip()
             for sql in (
                 "SELECT file('/etc/passwd')",
                 f"DESCRIBE remote('127.0.0.1:{counter.port}', system.one)",
