@@ -162,6 +162,23 @@ def test_table_functions_make_no_connection(gw, counter, template):
 # -- one statement -------------------------------------------------------------------------
 
 
+def test_functions_telling_of_the_host_are_refused(gw):
+    # Was 200: the data directory's path (where secret.key is), the kernel's version, disks.
+    data = str(gw.workdir / "data")
+    for sql in (
+        "SELECT getServerSetting('path')",
+        "SELECT GETSERVERSETTING('path')",
+        "SELECT getOSKernelVersion()",
+        "SELECT filesystemAvailable(), filesystemCapacity(), filesystemUnreserved()",
+        "SELECT * APPLY getServerSetting FROM (SELECT 'path' AS p)",
+    ):
+        r = gw.query_raw(sql, "TSV")
+        assert data.encode() not in r.body and b"Linux" not in r.body, (sql, r)
+        assert refused(r) and b"is not allowed" in r.body, (sql, r)
+    # A query setting is not the host's: still answered.
+    assert gw.query_raw("SELECT getSetting('max_threads') > 0", "TSV").body == b"1\n"
+
+
 def test_a_comment_cannot_smuggle_a_second_statement(gw):
     r = gw.query_raw("SELECT 41 # '\n; SELECT 42 --'", "TSV")
     assert b"42\n" not in r.body, r
