@@ -118,7 +118,8 @@ def peer_allowed(sock: socket.socket) -> bool:
 
 
 class AdminSite(server.Site):
-    protocol = AdminChannel
+    # Twisted's stubs type it as a callable returning its generic channel protocol.
+    protocol = AdminChannel  # type: ignore[assignment]
     requestFactory = AdminRequest
 
     def __init__(self, gateway: Gateway, edge: Edge | None = None):

@@ -276,7 +276,7 @@ class EmbeddedStore:
                 pass
         self._sessions.clear()
         self._local = threading.local()
-        self._writer: Any = None  # chdb's connection, opened on the writer thread
+        self._writer = None
 
     def _open_and_load(self) -> None:
         import chdb
