@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sfpltracker import __version__, admin
+from sfpltracker import __version__
 from sfpltracker.config import Config
 from sfpltracker.edge.limits import DailyLimiter
 from sfpltracker.export import Exporter
@@ -243,7 +243,6 @@ class Gateway:
             self.components.append(self.exporter)
             self.metric_sources.append(self.exporter.metric_families)
         self.store_ready = False
-        self.admin_token = ""
         self.counters: dict[str, int] = {
             "events_accepted": 0,
             "events_rejected": 0,
@@ -272,8 +271,6 @@ class Gateway:
         self.store_ready = True
         for notifier in self.notifiers:
             yield notifier.start()
-        if self.role.kind != "worker":  # admin commands run in the store process
-            self.admin_token = admin.create_token(self.cfg.data_dir)
         log.info("store ready: {kind} at {where}", kind=self.store.kind, where=self.store.where)
         for component in self.components:
             yield component.start()

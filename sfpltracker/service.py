@@ -18,6 +18,7 @@ from sfpltracker.config import Config, parse_listen
 from sfpltracker.edge.assembly import Edge
 from sfpltracker.gateway import Gateway
 from sfpltracker.tuning import tune_gc
+from sfpltracker.web.admin import AdminListener
 from sfpltracker.web.query import query_site
 from sfpltracker.web.site import GatewayRoot
 from sfpltracker.workers import SINGLE, Role
@@ -71,6 +72,7 @@ class GatewayService(service.Service):
         self.gateway = Gateway(cfg, reactor, role=role)
         self.root, self.edge = build_front(self.gateway, reactor)
         self.ports: dict[str, object] = {}
+        self.admin = AdminListener(self.gateway, self.edge, reactor)  # the CLI's channel
         self._starting: defer.Deferred | None = None
 
     def listeners(self) -> list[tuple[str, str, object]]:
@@ -85,7 +87,7 @@ class GatewayService(service.Service):
         if cfg.ProxyPortTLS:
             out.append(("ProxyPortTLS", cfg.ProxyPortTLS, self.edge.tls_site()))
         if cfg.QueryPort and self.role.kind != "worker":
-            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway, self.edge)))
+            out.append(("QueryPort", cfg.QueryPort, query_site(self.gateway)))
         if self.role.kind != "single":  # the supervisor's sockets: the edge's to workers
             out = [entry for entry in out if entry[0] in self.role.fds]
         return out
@@ -98,6 +100,8 @@ class GatewayService(service.Service):
     @defer.inlineCallbacks
     def _start(self):
         yield self.gateway.start()
+        if self.role.kind != "worker":  # admin commands run where the store is
+            self.admin.start()
         for name, address, factory in self.listeners():
             port = yield listen(self.reactor, address, factory, self.role.fds.get(name))
             self.ports[name] = port
@@ -120,6 +124,7 @@ class GatewayService(service.Service):
         for port in self.ports.values():
             yield port.stopListening()
         self.ports.clear()
+        yield self.admin.stop()
         yield self.gateway.stop()
         log.info("sfpltracker stopped; everything accepted was flushed")
 

@@ -123,6 +123,19 @@ def test_integer_over_4300_digits_is_kept_as_text_on_every_route(mem):
     assert agreed["cflags"] == 1
 
 
+def test_an_integer_past_a_floats_range_in_a_text_column_is_kept_as_text(mem):
+    # Found by the fuzzer (SFPL_FUZZ_SCALE=10): a 500 (OverflowError) for "app": 1e400 as an
+    # integer; "app" is a text column, the integer becomes its digits.
+    gw = mem
+    v = vid()
+    big = 10**400
+    for path in ("/tr/v1/tr/", "/tr/v1/str/"):
+        r = post(gw, path, json.dumps({"ename": "big_app", "vid": v, "app": big}).encode())
+        assert r.status == 200, (path, r)
+    apps = [r["app"] for r in gw.rows("events") if r["vid"] == v]
+    assert apps == [str(big), str(big)]
+
+
 def test_long_digits_in_get_query_and_path_values(mem):
     gw = mem
     v = vid()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sfpltracker import admin, fsutil
+from sfpltracker import fsutil
 from sfpltracker.cli.privacy import _write_atomically
 from sfpltracker.edge.tls.certs import write_private
 from sfpltracker.gateway import load_or_create_secret
@@ -57,7 +57,6 @@ def _deadletter_replace(base: Path) -> None:
 
 
 WRITERS = [
-    Writer("admin token", admin.TOKEN_FILE, 0o600, lambda d: admin.create_token(d)),
     Writer("secret.key", "secret.key", 0o600, lambda d: load_or_create_secret(d / "secret.key")),
     Writer("TLS key", "a.key", 0o600, lambda d: write_private(d / "a.key", b"KEY")),
     Writer("cookieless salt", "2026-01-02", 0o600, lambda d: DailySalts(d, b"").salt("2026-01-02")),

@@ -17,7 +17,7 @@ The properties, for every example:
 - the process stays alive and answers ``/ping``;
 - a good event (a known eid) sent after each piece of garbage is acknowledged, and at the end of
   each test every one of them is stored exactly once (one row per eid, FINAL or not);
-- the query listener never returns the admin token or a host file, never writes a file.
+- the query listener never returns a secret of DataDirectory or a host file, never writes a file.
 
 Reproducible: under ``CI`` the examples are derandomized (a fixed seed per test); locally they are
 random and hypothesis' example database replays a failure first on the next run. A failure
@@ -54,7 +54,6 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from sfpltracker import admin
 from tests.gateway_process import ROOT, GatewayProcess
 
 CI = bool(os.environ.get("CI"))
@@ -151,7 +150,7 @@ class Fuzzed:
         self.gw = gw
         self.account = account
         self.upstream_port = upstream_port
-        self.admin_token = admin.token_path(Path(gw.config["DataDirectory"])).read_text().strip()
+        self.secret = (Path(gw.config["DataDirectory"]) / "secret.key").read_text().strip()
         self.outfile_dir = gw.workdir / "outfiles"
         self.outfile_dir.mkdir()
 
@@ -1068,9 +1067,9 @@ def test_hostile_websocket_messages(fuzzed):
 
 def test_hostile_queries(fuzzed):
     """The query listener with hostile SQL and URL parameters: no 5xx, nothing written or read
-    outside the database (the admin token, /etc/passwd, an OUTFILE target), the process alive."""
+    outside the database (a secret of DataDirectory, /etc/passwd, an OUTFILE target), the process alive."""
     gw = fuzzed.gw
-    token_file = admin.token_path(Path(gw.config["DataDirectory"]))
+    token_file = Path(gw.config["DataDirectory"]) / "secret.key"
     outfile = fuzzed.outfile_dir / "out.txt"
     up = f"http://127.0.0.1:{fuzzed.upstream_port}/x"
     statements = st.sampled_from(
@@ -1141,7 +1140,7 @@ def test_hostile_queries(fuzzed):
             size = "over 16 kB" if len(raw) > 16384 else "under 16 kB"
             raise failure(f"query listener: no answer, {size}")(f"{what}: {e}") from None
         assert_answer(status, answer, what, "the query listener")
-        assert fuzzed.admin_token.encode() not in answer, f"admin token leaked: {what}"
+        assert fuzzed.secret.encode() not in answer, f"secret.key leaked: {what}"
         assert b"root:x:0:0" not in answer, f"/etc/passwd leaked: {what}"
         if outfile.exists():
             outfile.unlink()  # so the next example (and shrinking) starts clean

@@ -82,8 +82,8 @@ def refused(r) -> bool:
 # -- reading host files --------------------------------------------------------------------
 
 
-def test_the_file_function_cannot_read_the_admin_token_or_any_file(gw):
-    token_path = gw.workdir / "data" / "admin.token"
+def test_the_file_function_cannot_read_a_secret_or_any_file(gw):
+    token_path = gw.workdir / "data" / "secret.key"
     token = token_path.read_text().strip()
     assert token
     for sql in (
@@ -160,6 +160,23 @@ def test_table_functions_make_no_connection(gw, counter, template):
 
 
 # -- one statement -------------------------------------------------------------------------
+
+
+def test_functions_telling_of_the_host_are_refused(gw):
+    # Was 200: the data directory's path (where secret.key is), the kernel's version, disks.
+    data = str(gw.workdir / "data")
+    for sql in (
+        "SELECT getServerSetting('path')",
+        "SELECT GETSERVERSETTING('path')",
+        "SELECT getOSKernelVersion()",
+        "SELECT filesystemAvailable(), filesystemCapacity(), filesystemUnreserved()",
+        "SELECT * APPLY getServerSetting FROM (SELECT 'path' AS p)",
+    ):
+        r = gw.query_raw(sql, "TSV")
+        assert data.encode() not in r.body and b"Linux" not in r.body, (sql, r)
+        assert refused(r) and b"is not allowed" in r.body, (sql, r)
+    # A query setting is not the host's: still answered.
+    assert gw.query_raw("SELECT getSetting('max_threads') > 0", "TSV").body == b"1\n"
 
 
 def test_a_comment_cannot_smuggle_a_second_statement(gw):
@@ -277,7 +294,7 @@ def test_the_same_guard_in_front_of_a_clickhouse_server(tmp_path, monkeypatch, c
             assert gw.query_raw(f"EXISTS TABLE {database}.events", "TSV").body == b"1\n"
             describe = gw.query_raw(f"DESCRIBE TABLE {database}.events", "TSV")
             assert describe.status == 200 and describe.body.startswith(b"eid\t"), describe
-            token = (gw.workdir / "data" / "admin.token").read_text().strip()
+            token = (gw.workdir / "data" / "secret.key").read_text().strip()
             for sql in (
                 "SELECT file('/etc/passwd')",
                 f"DESCRIBE remote('127.0.0.1:{counter.port}', system.one)",

@@ -16,7 +16,7 @@ from sfpltracker.store.errors import StoreError
 
 @pytest_twisted.inlineCallbacks
 def test_a_reader_session_reads_no_python_objects_and_has_no_introspection(store):
-    # One test: a chDB process opens one data directory, and reader sessions outlive a store.
+    # One test: a chDB process opens one data directory at a time.
     # ``params`` is a local of the reader thread's frame: Python() would find it by name.
     for sql in ("DESCRIBE Python(params)", "SELECT * FROM Python(params)"):
         with pytest.raises(StoreError) as refused:

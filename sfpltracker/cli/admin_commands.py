@@ -1,4 +1,4 @@
-"""Every admin command, in one list: what ``POST /admin/<command>`` (``web/query.py``) and the
+"""Every admin command, in one list: what ``POST /admin/<command>`` (``web/admin.py``) and the
 CLI's offline path (``cli/client.py``) may run.
 
 A command is ``fn(ctx: AdminContext, args: dict) -> result | Deferred``, written next to the

@@ -1,21 +1,24 @@
 """How a command reaches the store: through the running gateway, else on a store opened here.
 
-chDB lets one process open a data directory, so while the gateway runs it is asked over the
-query listener (``POST /admin/<command>`` with the token in ``DataDirectory``); with no gateway
-running the store is opened in this process and the same admin command runs here. See
-``admin.py``.
+chDB lets one process open a data directory, so while the gateway runs it is asked over its
+admin socket (``POST /admin/<command>`` on ``DataDirectory/admin/admin.sock``, served to this
+user only); with no gateway running the store is opened in this process and the same admin
+command runs here. See ``admin.py``.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
-import urllib.error
-import urllib.request
+import os
+import socket
 from typing import cast
 
 from sfpltracker import admin
 from sfpltracker.cli import admin_commands
 from sfpltracker.config import Config, parse_listen
+
+ADMIN_TIMEOUT_SECONDS = 600  # a command may copy or export a lot (migrate-page, export)
 
 
 def listener_url(cfg: Config) -> str:
@@ -29,28 +32,57 @@ class GatewayNotRunning(Exception):
     pass
 
 
+class _AdminConnection(http.client.HTTPConnection):
+    """HTTP over the gateway's admin socket."""
+
+    def __init__(self, path):
+        super().__init__("localhost", timeout=ADMIN_TIMEOUT_SECONDS)
+        self.socket_path = path
+
+    def connect(self):
+        address, fd = admin.socket_address(self.socket_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self.sock = sock
+
+
 def call_running_gateway(cfg: Config, name: str, args: dict) -> dict:
     """Run an admin command in the running gateway; ``GatewayNotRunning`` when there is none."""
-    token_file = admin.token_path(cfg.data_dir)
-    if not cfg.QueryPort or not token_file.exists():
+    path = admin.socket_path(cfg.data_dir)
+    if not path.exists():
         raise GatewayNotRunning
-    request = urllib.request.Request(
-        f"{listener_url(cfg)}/admin/{name}",
-        data=json.dumps(args).encode(),
-        headers={"X-Sfpl-Admin-Token": token_file.read_text().strip()},
-        method="POST",
-    )
+    conn = _AdminConnection(path)
     try:
-        with urllib.request.urlopen(request, timeout=600) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read()).get("error", str(e))
-        except ValueError:
-            message = str(e)
-        raise admin.AdminError(message) from None
-    except (urllib.error.URLError, ConnectionError):
-        raise GatewayNotRunning from None
+        conn.request(
+            "POST",
+            f"/admin/{name}",
+            body=json.dumps(args).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise GatewayNotRunning from None  # a socket left by a gateway that was killed
+    except (OSError, http.client.HTTPException) as e:
+        raise admin.AdminError(f"the running gateway did not answer: {e}") from None
+    finally:
+        conn.close()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise admin.AdminError(f"the running gateway answered {resp.status}") from None
+    if resp.status != 200:
+        message = answer.get("error") if isinstance(answer, dict) else None
+        raise admin.AdminError(message or f"the running gateway answered {resp.status}")
+    return answer
 
 
 def run_with_store(cfg: Config, work):

@@ -1,8 +1,8 @@
 """``python -m sfpltracker prune | forget | export-subject | export``.
 
 Each command drives the admin steps of ``privacy/commands.py`` one at a time, printing progress
-between them, through a *session*: the running gateway (admin commands over the query
-listener's ``POST /admin/<cmd>``, reads over the query listener itself) or, when no gateway
+between them, through a *session*: the running gateway (admin commands over its admin
+socket's ``POST /admin/<cmd>``, reads over the query listener) or, when no gateway
 runs, the store opened in this process (chDB allows one process per data directory). Files
 (exports) are written by this process, never by the gateway.
 """

@@ -99,14 +99,14 @@ class Edge:
         """The factory for ``ProxyPortTLS``: TLS with SNI in front of an edge site."""
         return tls_factory(self.sni, self.site())
 
-    def wants_stream(self, request, path: bytes) -> bool:
+    def wants_stream(self, host: bytes | None, path: bytes) -> bool:
         """Only proxy routes stream bodies; paths the gateway itself serves never do."""
         if not self.router or path in self.root.ops:
             return False
         prefix = self.root.prefix + b"/"
         if path.startswith(prefix) and path[len(prefix) :].split(b"/", 1)[0] in self.root.api:
             return False
-        return self.proxy.wants_stream(request.getHeader(b"host"), path)
+        return self.proxy.wants_stream(host, path)
 
     def _setup_tls(self) -> None:
         cfg = self.gateway.cfg

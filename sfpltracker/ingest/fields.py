@@ -29,7 +29,9 @@ def to_str(value: Any) -> str | None:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float) and math.isfinite(value):
+    if isinstance(value, int):  # (math.isfinite() of an int past a float's range raised)
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
         return str(value)
     return None  # objects, arrays, null: dropped
 

@@ -50,7 +50,8 @@ METADATA_DATABASES = frozenset({"information_schema", "INFORMATION_SCHEMA"})
 # Scalar functions that reach outside the query's tables: files (file; models and
 # certificates loaded from files), other tables by a name in a string (joinGet, dictGet*,
 # hasColumnInTable, which also connects to other hosts), the network (the ai* functions
-# call an LLM provider), the process (introspection, sleep, the server log, Keeper).
+# call an LLM provider), the process (introspection, sleep, the server log, Keeper), the host
+# (its paths, kernel, disks).
 # Compared in lower case; ``dict*`` and ``ai*`` by prefix, see ``_denied``.
 DENIED_FUNCTIONS = frozenset(
     {
@@ -72,6 +73,13 @@ DENIED_FUNCTIONS = frozenset(
         "sleepeachrow",
         "logtrace",
         "generateserialid",
+        # The host: where the data lives on disk (the path to DataDirectory's secrets), the
+        # kernel's version, the disk's free space.
+        "getserversetting",
+        "getoskernelversion",
+        "filesystemavailable",
+        "filesystemcapacity",
+        "filesystemunreserved",
     }
 )
 DENIED_PREFIXES = ("dict",)

@@ -22,36 +22,35 @@ from collections.abc import Callable
 
 # ClickHouse error codes that mean "this data", not "this server": the batch is split to find
 # the rows that cause them. Everything else (network, memory, unknown table ...) is retried.
-DATA_ERRORS = frozenset(
-    {
-        6,  # CANNOT_PARSE_TEXT
-        25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
-        26,  # CANNOT_PARSE_QUOTED_STRING
-        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-        32,  # ATTEMPT_TO_READ_AFTER_EOF: parsing a value that is too short (toInt64(''))
-        38,  # CANNOT_PARSE_DATE
-        41,  # CANNOT_PARSE_DATETIME
-        53,  # TYPE_MISMATCH
-        69,  # ARGUMENT_OUT_OF_BOUND
-        70,  # CANNOT_CONVERT_TYPE
-        72,  # CANNOT_PARSE_NUMBER
-        117,  # INCORRECT_DATA
-        128,  # TOO_LARGE_ARRAY_SIZE
-        131,  # TOO_LARGE_STRING_SIZE
-        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
-        376,  # CANNOT_PARSE_UUID
-        395,  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
-        407,  # DECIMAL_OVERFLOW
-        441,  # CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING
-        467,  # CANNOT_PARSE_BOOL
-        469,  # VIOLATED_CONSTRAINT
-        632,  # UNEXPECTED_DATA_AFTER_PARSED_VALUE
-        675,  # CANNOT_PARSE_IPV4
-        676,  # CANNOT_PARSE_IPV6
-        691,  # UNKNOWN_ELEMENT_OF_ENUM
-    }
-)
+# With their names: what a log line says of a refused row (``reason_class``).
+DATA_ERRORS: dict[int, str] = {
+    6: "CANNOT_PARSE_TEXT",
+    25: "CANNOT_PARSE_ESCAPE_SEQUENCE",
+    26: "CANNOT_PARSE_QUOTED_STRING",
+    27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    32: "ATTEMPT_TO_READ_AFTER_EOF",  # parsing a value that is too short (toInt64(''))
+    38: "CANNOT_PARSE_DATE",
+    41: "CANNOT_PARSE_DATETIME",
+    53: "TYPE_MISMATCH",
+    69: "ARGUMENT_OUT_OF_BOUND",
+    70: "CANNOT_CONVERT_TYPE",
+    72: "CANNOT_PARSE_NUMBER",
+    117: "INCORRECT_DATA",
+    128: "TOO_LARGE_ARRAY_SIZE",
+    131: "TOO_LARGE_STRING_SIZE",
+    321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    376: "CANNOT_PARSE_UUID",
+    395: "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO",
+    407: "DECIMAL_OVERFLOW",
+    441: "CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING",
+    467: "CANNOT_PARSE_BOOL",
+    469: "VIOLATED_CONSTRAINT",
+    632: "UNEXPECTED_DATA_AFTER_PARSED_VALUE",
+    675: "CANNOT_PARSE_IPV4",
+    676: "CANNOT_PARSE_IPV6",
+    691: "UNKNOWN_ELEMENT_OF_ENUM",
+}
 
 
 # ClickHouse error codes that mean "this store, now" - resources, files, network, the table's
@@ -160,6 +159,35 @@ def one_line(exc: BaseException) -> str:
         if cut in text:
             text = text[: text.index(cut)]
     return text.rstrip(".") + "."
+
+
+# How a reason written by a store's own client code starts ("not sent: ArrowInvalid: ...",
+# "not sent: Code: 53. ...", "not sent: column n (Int32): ..."): the exception's type, the
+# code or the column, before any value.
+_NOT_SENT = re.compile(r"not sent: (?:Code: (\d+)\.|([A-Za-z_]\w*):|column (\w+) \()")
+
+
+def reason_class(reason: str, code: int) -> str:
+    """What a log line may say of why a row was refused: its error code (and the name of a
+    known data error) or the client library's exception type, never the message itself.
+
+    Messages quote the refused value (``Cannot parse JSON object here: {...}``), and a row's
+    values may be personal data: the log keeps the class, the dead-letter file (mode 0600,
+    where the row is anyway) the whole reason.
+    """
+    if code:
+        name = DATA_ERRORS.get(code)
+        return f"code {code} {name}" if name else f"code {code}"
+    m = _NOT_SENT.match(reason)
+    if m is None:
+        return "unclassified"
+    code_, kind, column = m.groups()
+    return f"not sent: code {code_}" if code_ else f"not sent: {kind or 'column ' + column}"
+
+
+def reason_classes(dead: Dead) -> str:
+    """The distinct classes of ``dead`` rows, for one log line (``reason_class``)."""
+    return ", ".join(sorted({reason_class(reason, code) for _, reason, code in dead}))
 
 
 class DataRejected(Exception):

@@ -1,4 +1,5 @@
 """The query listener: the ClickHouse HTTP interface, read-only, over the configured store.
+(It runs no admin command: those are on the admin socket, ``web/admin.py``.)
 
 chDB lets only one process open a data directory, so the running gateway is the read path:
 ``python -m sfpltracker query``, clickhouse-connect, Grafana and curl send their SELECTs here.
@@ -37,8 +38,6 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from sfpltracker import admin
-from sfpltracker.cli import admin_commands
 from sfpltracker.dashboard.api import DashboardResource
 from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.store.errors import StoreError
@@ -47,7 +46,6 @@ from sfpltracker.web.common import body_too_large, header
 from sfpltracker.web.site import LimitedRequest
 
 if TYPE_CHECKING:
-    from sfpltracker.edge.assembly import Edge
     from sfpltracker.gateway import Gateway
 
 log = Logger()
@@ -70,6 +68,8 @@ CONTENT_TYPES = {
     "ArrowStream": "application/octet-stream",
 }
 
+ADMIN_ELSEWHERE = "admin commands are served on DataDirectory/admin/admin.sock only"
+
 # ClickHouse error codes answered as client errors rather than 500 (the query is the input).
 NOT_FOUND_CODES = {60, 81, 390}  # unknown table, database, table function
 
@@ -77,10 +77,9 @@ NOT_FOUND_CODES = {60, 81, 390}  # unknown table, database, table function
 class QueryResource(Resource):
     isLeaf = True
 
-    def __init__(self, gateway: Gateway, edge: Edge | None = None):
+    def __init__(self, gateway: Gateway):
         super().__init__()
         self.gateway = gateway
-        self.edge = edge  # for the tls-status / tls-renew admin commands
         self.store = gateway.store
         self.user = gateway.cfg.QueryUser
         self.password = gateway.cfg.QueryPassword
@@ -97,44 +96,15 @@ class QueryResource(Resource):
         return self._handle(request, b"")
 
     def render_POST(self, request):
+        if request.path.startswith(b"/admin/"):
+            # Admin commands are served on the admin socket only (web/admin.py): nothing
+            # sent over TCP, and nothing a query could read, runs one.
+            return _json(request, 404, {"error": ADMIN_ELSEWHERE})
         if body_too_large(request):
             reason = f"request body larger than {QUERY_MAX_BODY_BYTES} bytes"
-            if request.path.startswith(b"/admin/"):
-                return _json(request, 413, {"error": reason})
             return _exception(request, 413, 0, reason, "BODY_TOO_LARGE")
         request.content.seek(0)
-        body = request.content.read()
-        if request.path.startswith(b"/admin/"):
-            return self._admin(request, request.path[7:].decode("latin-1"), body)
-        return self._handle(request, body)
-
-    def _admin(self, request, name: str, body: bytes):
-        """``POST /admin/<command>``: run an admin command for the CLI (token required)."""
-        token = header(request, "x-sfpl-admin-token")
-        if not token or not hmac.compare_digest(token.encode(), self.gateway.admin_token.encode()):
-            return _json(request, 403, {"error": "admin token missing or wrong"})
-        try:
-            args = json.loads(body or b"{}")
-            if not isinstance(args, dict):
-                raise ValueError("expected a JSON object")
-        except ValueError as e:
-            return _json(request, 400, {"error": f"bad arguments: {e}"})
-        d = admin_commands.run(
-            admin.AdminContext(self.gateway.cfg, self.store, self.gateway, self.edge), name, args
-        )
-
-        def done(result):
-            _finish(request, _json(request, 200, result))
-
-        def failed(failure):
-            if failure.check(admin.AdminError):
-                _finish(request, _json(request, 400, {"error": str(failure.value)}))
-            else:
-                log.failure("admin command {name} failed", failure, name=name)
-                _finish(request, _json(request, 500, {"error": failure.getErrorMessage()}))
-
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
+        return self._handle(request, request.content.read())
 
     def _authorized(self, request, args: dict) -> bool:
         if not self.user and not self.password:
@@ -252,8 +222,8 @@ class QuerySite(EdgeSite):
     ``EdgeFront`` without ACME, HTTPS redirect or daily limit only adds the connection cap.
     """
 
-    def __init__(self, gateway: Gateway, edge: Edge | None = None):
-        front = EdgeFront(gateway, QueryRoot(QueryResource(gateway, edge), gateway))
+    def __init__(self, gateway: Gateway):
+        front = EdgeFront(gateway, QueryRoot(QueryResource(gateway), gateway))
         super().__init__(gateway, front, reactor=gateway.reactor)
 
         class QueryRequest(LimitedRequest):
@@ -265,5 +235,5 @@ class QuerySite(EdgeSite):
         pass  # queries may hold personal data; never log them
 
 
-def query_site(gateway: Gateway, edge: Edge | None = None) -> server.Site:
-    return QuerySite(gateway, edge)
+def query_site(gateway: Gateway) -> server.Site:
+    return QuerySite(gateway)

@@ -137,6 +137,11 @@ class WsStats:
     idle_closes: int = 0
 
 
+# Frames one message may come in: track.js sends each message in one frame; a client that
+# fragments a MaxMessageBytes message into 1 KiB frames still fits.
+MAX_FRAGMENTS = 1024
+
+
 class IngestProtocol(WebSocketServerProtocol):
     """One client connection. ``upgrade``, ``base``, ``ack``, ``visitor``, ``set_cookies`` and
     ``channel`` are set by ``WebSocketIngestResource`` from the upgrade request before the
@@ -159,8 +164,28 @@ class IngestProtocol(WebSocketServerProtocol):
     _in_flight = 0
     _paused = False
     _closing = False
+    _fragments = 0
 
     # -- life cycle -------------------------------------------------------------------------
+
+    def onMessageBegin(self, isBinary):  # noqa: N802, N803 - Autobahn's interface
+        super().onMessageBegin(isBinary)
+        self._fragments = 0
+
+    def onMessageFrameBegin(self, length):  # noqa: N802 - Autobahn's interface
+        """Refuse a message split into more than ``MAX_FRAGMENTS`` frames (1009, close).
+
+        Autobahn keeps every frame of a message as its own bytes object until the message
+        ends: a message within ``MaxMessageBytes`` sent one byte per frame held ~50 bytes of
+        memory per byte sent (~46 MB per connection for a 900 kB message).
+        """
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS and not self.failedByMe:
+            self._fail_connection(
+                self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG,
+                f"message in more than {MAX_FRAGMENTS} frames",
+            )
 
     def onConnect(self, request):
         if self.set_cookies:

@@ -59,7 +59,13 @@ from sfpltracker.store.dedup import drop_stored, keys_to_check
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.interface import Store
 from sfpltracker.store.query_guard import QueryGuard, local_parser
-from sfpltracker.store.rejects import DataRejected, bisect, dead_letter_family, refused_for_data
+from sfpltracker.store.rejects import (
+    DataRejected,
+    bisect,
+    dead_letter_family,
+    reason_classes,
+    refused_for_data,
+)
 from sfpltracker.store.rejects import one_line as _reason
 from sfpltracker.store.schema import (
     DEFAULT_DATABASE,
@@ -536,14 +542,15 @@ class ClickHouseStore:
             self.stats["deduplicated"][table] += outcome.deduplicated
         if outcome.dead:
             self.stats["dead_letters"][table] += len(outcome.dead)
-            for _, reason, code in outcome.dead:
-                log.error(
-                    "ClickHouse rejected a row of {table} (code {code}): {reason}; kept in {path}",
-                    table=table,
-                    code=code,
-                    reason=reason,
-                    path=str(self.deadletters.path(table)),
-                )
+            # The class of the reason only: the server's message quotes the refused value.
+            log.error(
+                "ClickHouse refused {n} row(s) of {table} for their data ({reason}); "
+                "kept the refused in {path}",
+                n=len(outcome.dead),
+                table=table,
+                reason=reason_classes(outcome.dead),
+                path=str(self.deadletters.path(table)),
+            )
         return outcome.stored
 
     def _insert(self, table: str, rows: list[dict], dedup: bool) -> InsertOutcome:

@@ -36,6 +36,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ from sfpltracker.store.rejects import (
     bisect,
     dead_letter_family,
     one_line,
+    reason_classes,
     refused_for_data,
 )
 from sfpltracker.store.schema import (
@@ -205,6 +207,12 @@ class EmbeddedStore:
         self.columns: dict[str, dict[str, str]] = {}
         self._writer: Any = None  # chdb's connection, opened on the writer thread
         self._local = threading.local()
+        # Every reader session (each reader thread opens its own), closed by stop(); and the
+        # reads in flight, which stop() cancels rather than waits for.
+        self._sessions: list[Any] = []
+        self._reads_lock = threading.Lock()
+        self._reads_running = 0
+        self._stopping = False
         self._inserts = 0
         self.deadletters = DeadLetters(Path(data_dir) / "deadletter")
         self.stats: dict[str, Counter] = {"dead_letters": Counter()}
@@ -222,23 +230,53 @@ class EmbeddedStore:
         return self._on_writer(self._open_and_load)
 
     def stop(self) -> defer.Deferred:
-        def close():
-            if self._writer is not None:
-                try:
-                    self._writer.close()
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    pass
-                self._writer: Any = None  # chdb's connection, opened on the writer thread
+        """Cancel the reads in flight, end the reader threads, close every session.
 
-        d = self._on_writer(close)
+        A client query may run for ``QueryTimeoutSeconds``; stopping waits for none: it is
+        cancelled (``KILL QUERY``, the client gets ClickHouse's QUERY_WAS_CANCELLED), a read
+        queued behind it is refused, and no reader session or thread is left behind.
+        """
+        with self._reads_lock:
+            self._stopping = True
+        d = self._on_writer(self._cancel_reads)
+        # ThreadPool.stop() joins its threads: off the reactor thread.
+        d.addBoth(lambda _: deferToThread(self.reader_pool.stop))
+        d.addBoth(lambda _: self._on_writer(self._close_sessions))
 
-        def stop_pools(result):
+        def stop_writer(result):
             self.writer_pool.stop()
-            self.reader_pool.stop()
             return result
 
-        d.addBoth(stop_pools)
+        d.addBoth(stop_writer)
         return d
+
+    def _cancel_reads(self) -> None:
+        """On the writer thread: cancel every read running, until none is (a read that was
+        just starting when one KILL ran is caught by the next)."""
+        while self._writer is not None:
+            with self._reads_lock:
+                if not self._reads_running:
+                    return
+            try:
+                self._writer.query("KILL QUERY WHERE 1 SYNC")
+            except Exception as e:  # noqa: BLE001 - the reads then end at their own limits
+                log.warn("store: cancelling reads failed ({why})", why=one_line(e))
+                return
+            time.sleep(0.01)
+
+    def _close_sessions(self) -> None:
+        """On the writer thread, once the reader threads are gone: their sessions, then the
+        writer's (the engine closes with its last session)."""
+        for conn in [*self._sessions, self._writer]:
+            if conn is None:
+                continue
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._sessions.clear()
+        self._local = threading.local()
+        self._writer = None
 
     def _open_and_load(self) -> None:
         import chdb
@@ -373,7 +411,25 @@ class EmbeddedStore:
             conn.query("SET allow_introspection_functions = 0")
             conn.query("SET readonly = 1")
             setattr(self._local, name, conn)
+            with self._reads_lock:
+                self._sessions.append(conn)
         return conn
+
+    def _on_reader(self, fn) -> defer.Deferred:
+        """Run ``fn()`` (a read) on a reader thread, counted so stop() can cancel it."""
+
+        def counted():
+            with self._reads_lock:
+                if self._stopping:
+                    raise StoreError("the store is stopping", 394)
+                self._reads_running += 1
+            try:
+                return fn()
+            finally:
+                with self._reads_lock:
+                    self._reads_running -= 1
+
+        return deferToThreadPool(self.reactor, self.reader_pool, counted)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -397,12 +453,13 @@ class EmbeddedStore:
         """On the reactor thread: count and log the rows set aside; fire with those stored."""
         if outcome.dead:
             self.stats["dead_letters"][table] += len(outcome.dead)
+            # The class of the reason only: chDB's message quotes the refused value.
             log.error(
                 "store: chDB refused {n} row(s) of {table} for their data ({reason}); "
                 "stored the other {stored}, kept the refused in {path}",
                 n=len(outcome.dead),
                 table=table,
-                reason=outcome.dead[0][1],
+                reason=reason_classes(outcome.dead),
                 stored=outcome.stored,
                 path=str(self.deadletters.path(table)),
             )
@@ -558,7 +615,7 @@ class EmbeddedStore:
             except Exception as e:
                 raise _error(e) from None
 
-        return deferToThreadPool(self.reactor, self.reader_pool, run)
+        return self._on_reader(run)
 
     def user_query(
         self, sql: str, fmt: str, database: str | None = None, limits=None
@@ -581,7 +638,7 @@ class EmbeddedStore:
             except Exception as e:
                 raise _error(e) from None
 
-        return deferToThreadPool(self.reactor, self.reader_pool, run)
+        return self._on_reader(run)
 
     def ping(self) -> defer.Deferred:
         return self.query("SELECT 1", "TabSeparated")
