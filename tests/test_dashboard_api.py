@@ -343,3 +343,15 @@ def test_random_filters_never_fail_the_server(gw, dash):
             assert r.json()["error"]
 
     check()
+
+
+def test_links_and_revenue_are_per_day_for_a_one_day_range(gw, dash):
+    """Found by the OpenAPI schema check: a range of 1-2 days gave hourly buckets that the
+    per-day clicks and payments never matched (all zero)."""
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    got = dash.get("links", **{"from": today, "to": today})
+    assert got["clicks"] == [{"t": today, "clicks": 3}]
+    got = dash.get("revenue", **{"from": today, "to": today})
+    assert [p["t"] for p in got["series"]] == [today]
+    assert got["series"][0]["payments"] == 3
+    assert got["series"][0]["revenue"] == pytest.approx(got["totals"]["revenue"])

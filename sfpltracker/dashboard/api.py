@@ -325,10 +325,10 @@ class DashboardResource(Resource):
             consumeErrors=True,
         )
         per_day = {r["t"]: r["clicks"] for r in series}
-        days = [d for d in q.buckets(q.Filters(f.start, f.end))]
+        # per day even for a range of 1-2 days: the clicks are counted per day
         return {
             "links": top,
-            "clicks": [{"t": d, "clicks": per_day.get(d, 0)} for d in days],
+            "clicks": [{"t": d, "clicks": per_day.get(d, 0)} for d in q.days(f)],
         }
 
     @defer.inlineCallbacks
@@ -344,7 +344,7 @@ class DashboardResource(Resource):
         per_day = {r["t"]: r for r in series}
         cumulative = per_day.get("before", {}).get("revenue", 0.0)
         points = []
-        for d in q.buckets(q.Filters(f.start, f.end)):
+        for d in q.days(f):  # per day even for 1-2 days: payments are summed per day
             row = per_day.get(d, {})
             cumulative += row.get("revenue", 0.0)
             points.append(

@@ -748,11 +748,11 @@ def _rows(**fields: dict) -> dict:
     }
 
 
-def _figure_answer(**fields: dict) -> dict:
-    """A figure's answer: the filters applied and its own fields."""
+def _figure_answer(optional: tuple[str, ...] = (), **fields: dict) -> dict:
+    """A figure's answer: the filters applied and its own fields (all there but ``optional``)."""
     return {
         "type": "object",
-        "required": ["filters", *fields],
+        "required": ["filters", *(name for name in fields if name not in optional)],
         "properties": {"filters": _ref("schemas", "DashboardFilters"), **fields},
         "additionalProperties": False,
     }
@@ -815,6 +815,7 @@ def _dashboard_schemas() -> dict:
         "countries": _figure_answer(countries=_rows(country=text, visitors=COUNT, events=COUNT)),
         "devices": _figure_answer(device=name_counts, browser=name_counts, os=name_counts),
         "goals": _figure_answer(
+            ("window_seconds",),
             enames=_rows(ename=text, events=COUNT, visitors=COUNT),
             outcomes=_rows(outcome=text, events=COUNT),
             funnel=_rows(step=text, visitors=COUNT),
