@@ -282,3 +282,42 @@ def test_dashboard_refusals_match_their_schemas(dashboard):
     r = other.request("POST", "/dashboard/api/logout", headers={"X-CSRF-Token": other.csrf})
     assert r.status == 200
     answer_schema(document, "/dashboard/api/logout", "post", 200).validate(r.json())
+
+
+def test_the_dashboard_operations_answer_as_described(dashboard, tmp_path):
+    """schemathesis over the dashboard's operations on the query listener, signed in."""
+    d, _ = dashboard
+    junit = tmp_path / "junit.xml"
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f'[servers.variables]\nQueryPort = "127.0.0.1:{d.gw.query_port}"\n')
+    command = [
+        *SCHEMATHESIS,
+        f"--config-file={config}",
+        "run",
+        f"http://127.0.0.1:{d.gw.port}/tr/v1/openapi.json",
+        f"--include-path-regex={DASHBOARD}",
+        f"--checks={','.join(CHECKS)}",
+        f"--max-examples={EXAMPLES}",
+        f"--seed={SEED}",
+        "--phases=examples,coverage,fuzzing",
+        "--workers=1",
+        "--no-shrink",
+        "--max-redirects=0",
+        "--continue-on-failure",
+        "--request-timeout=20",
+        # the session; no CSRF token, so a generated logout is refused and the session stays
+        f"--header=Cookie: {d.cookie}",
+        "--report=junit",
+        f"--report-junit-path={junit}",
+        "--no-color",
+    ]
+    run = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, timeout=240, env=_env()
+    )
+    output = run.stdout[-20000:] + run.stderr[-5000:]
+    assert run.returncode == 0, output
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    assert {c.get("name") for c in cases if c.find("skipped") is None} >= {
+        f"GET /dashboard/api/{figure}" for figure in FIGURES
+    }, output
+    assert d.request("GET", "/dashboard/api/session").json()["signed_in"] is True
