@@ -775,10 +775,9 @@ def _dashboard_schemas() -> dict:
         },
         "additionalProperties": False,
     }
-    text = {"type": "string"}
     day_or_hour = {"type": "string", "description": "`YYYY-MM-DD` or `YYYY-MM-DD HH:00:00`"}
     day = {"type": "string", "format": "date"}
-    name_counts = _rows(name=text, visitors=COUNT, events=COUNT)
+    name_counts = _rows(name=TEXT, visitors=COUNT, events=COUNT)
     applied = {
         "type": "object",
         "description": "the filters the answer was computed with (empty ones left out)",
@@ -786,7 +785,7 @@ def _dashboard_schemas() -> dict:
         "properties": {
             "from": day,
             "to": day,
-            **{k: text for k in ("host", "source", "medium", "campaign", "country", "device")},
+            **{k: TEXT for k in ("host", "source", "medium", "campaign", "country", "device")},
         },
         "additionalProperties": False,
     }
@@ -804,25 +803,25 @@ def _dashboard_schemas() -> dict:
             },
         ),
         "engagement": _figure_answer(current=engagement, previous=engagement),
-        "pages": _figure_answer(pages=_rows(url=text, pageviews=COUNT)),
+        "pages": _figure_answer(pages=_rows(url=TEXT, pageviews=COUNT)),
         "entry-exit": _figure_answer(
-            entry=_rows(url=text, sessions=COUNT), exit=_rows(url=text, sessions=COUNT)
+            entry=_rows(url=TEXT, sessions=COUNT), exit=_rows(url=TEXT, sessions=COUNT)
         ),
-        "referrers": _figure_answer(referrers=_rows(referrer=text, events=COUNT)),
+        "referrers": _figure_answer(referrers=_rows(referrer=TEXT, events=COUNT)),
         "campaigns": _figure_answer(
-            campaigns=_rows(source=text, medium=text, campaign=text, visitors=COUNT, events=COUNT)
+            campaigns=_rows(source=TEXT, medium=TEXT, campaign=TEXT, visitors=COUNT, events=COUNT)
         ),
-        "countries": _figure_answer(countries=_rows(country=text, visitors=COUNT, events=COUNT)),
+        "countries": _figure_answer(countries=_rows(country=TEXT, visitors=COUNT, events=COUNT)),
         "devices": _figure_answer(device=name_counts, browser=name_counts, os=name_counts),
         "goals": _figure_answer(
             ("window_seconds",),
-            enames=_rows(ename=text, events=COUNT, visitors=COUNT),
-            outcomes=_rows(outcome=text, events=COUNT),
-            funnel=_rows(step=text, visitors=COUNT),
+            enames=_rows(ename=TEXT, events=COUNT, visitors=COUNT),
+            outcomes=_rows(outcome=TEXT, events=COUNT),
+            funnel=_rows(step=TEXT, visitors=COUNT),
             window_seconds={**COUNT, "description": "with `steps` only"},
         ),
         "links": _figure_answer(
-            links=_rows(id=UUID, urlfrom=text, urlto=text, clicks=COUNT),
+            links=_rows(id=UUID, urlfrom=TEXT, urlto=TEXT, clicks=COUNT),
             clicks=_rows(t=day, clicks=COUNT),
         ),
         "revenue": _figure_answer(
