@@ -343,3 +343,34 @@ def test_random_filters_never_fail_the_server(gw, dash):
             assert r.json()["error"]
 
     check()
+
+
+def test_links_and_revenue_are_per_day_for_a_one_day_range(gw, dash):
+    """Found by the OpenAPI schema check: a range of 1-2 days gave hourly buckets that the
+    per-day clicks and payments never matched (all zero)."""
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    got = dash.get("links", **{"from": today, "to": today})
+    assert got["clicks"] == [{"t": today, "clicks": 3}]
+    got = dash.get("revenue", **{"from": today, "to": today})
+    assert [p["t"] for p in got["series"]] == [today]
+    assert got["series"][0]["payments"] == 3
+    assert got["series"][0]["revenue"] == pytest.approx(got["totals"]["revenue"])
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("TRACE", "/dashboard/api/session", "GET, HEAD"),
+        ("GET", "/dashboard/api/logout", "POST"),
+        ("PUT", "/dashboard/api/login", "POST"),
+        ("DELETE", "/dashboard/api/pages", "GET, HEAD"),
+        ("POST", "/dashboard/app.js", "GET, HEAD"),
+    ],
+)
+def test_a_405_names_the_methods_that_work(dash, method, path, allowed):
+    """Found by schemathesis (tests/test_openapi.py): signed in or not, a method a route does
+    not take is 405 with ``Allow`` (RFC 9110 15.5.6), not 200, 403 or 404."""
+    for who in (dash, dd.Dashboard(dash.gw)):
+        r = who.request(method, path)
+        assert r.status == 405 and r.header("allow") == allowed, (method, path, r.status)
+        assert r.json()["error"]

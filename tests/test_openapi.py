@@ -22,14 +22,18 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
+from tests import dashboard_data as dd
 from tests.gateway_process import ROOT, GatewayProcess
+from tests.test_dashboard_api import FIGURES
 
 SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
 CITY_MMDB = ROOT / "tests" / "data" / "maxmind" / "GeoIP2-City-Test.mmdb"
 EXAMPLES = 6  # per operation: ~45 operations, ~45 s on a loaded 2-core machine
 SEED = 20261205
+DASHBOARD = "^/dashboard/"
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
@@ -132,6 +136,8 @@ def test_a_live_gateway_answers_as_described(live, tmp_path):
         "--report=junit",
         f"--report-junit-path={junit}",
         "--no-color",
+        # the dashboard's operations are on the query listener: test_the_dashboard_* below
+        f"--exclude-path-regex={DASHBOARD}",
     ]
     run = subprocess.run(
         command, capture_output=True, text=True, cwd=tmp_path, timeout=240, env=_env()
@@ -148,7 +154,9 @@ def test_a_live_gateway_answers_as_described(live, tmp_path):
     assert not failed, (failed, output)
     tested = {c.get("name") for c in cases if c.find("skipped") is None}
     # schemathesis leaves out the operation it loaded the document from (it got it already)
-    expected = operations(document) - {"GET /tr/v1/openapi.json"}
+    expected = {
+        op for op in operations(document) if not re.search(DASHBOARD, op.split(" ", 1)[1])
+    } - {"GET /tr/v1/openapi.json"}
     assert tested >= expected, (expected - tested, output)
     assert gw.http("GET", "/ping").body == b"pong"
     # the authenticated operations were reached, not only refused: links were saved (and the
@@ -185,3 +193,131 @@ def test_a_405_names_the_methods_that_work(memory_gateway, method, path, allowed
     assert r.header("allow") == allowed, r
     for other in allowed.split(", "):
         assert memory_gateway.http(other, path).status != 405, (other, path)
+
+
+# -- the dashboard's API (on the query listener) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """A gateway with the dashboard tests' known data, signed in, and its document."""
+    with GatewayProcess(tmp_path_factory.mktemp("openapi-dashboard"), dd.CONFIG) as gw:
+        gw.data = dd.load(gw)
+        d = dd.Dashboard(gw)
+        r = d.login(gw.data["account"]["uid"], gw.data["account"]["secret"])
+        assert r.status == 200, r.body
+        yield d, json.loads(gw.http("GET", "/tr/v1/openapi.json").body)
+
+
+def answer_schema(document: dict, path: str, method: str, status: int) -> Draft202012Validator:
+    """A validator for the JSON answer the document describes (``$ref``s resolved in it)."""
+    response = document["paths"][path][method]["responses"][str(status)]
+    if "$ref" in response:  # a shared response: #/components/responses/<name>
+        response = document["components"]["responses"][response["$ref"].rpartition("/")[2]]
+    schema = {**response["content"]["application/json"]["schema"]}
+    schema["components"] = document["components"]  # so "#/components/..." resolves
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_the_dashboard_api_is_described_on_the_query_listener(dashboard):
+    _, document = dashboard
+    validate(document)
+    for name in (*FIGURES, "login", "logout", "session"):
+        item = document["paths"].get(f"/dashboard/api/{name}")
+        assert item is not None, name
+        assert "QueryPort" in item["servers"][0]["url"], name
+    for figure in FIGURES:
+        op = document["paths"][f"/dashboard/api/{figure}"]["get"]
+        assert op["security"] == [{"dashboardSession": []}]
+        assert {p["name"] for p in op["parameters"]} >= {"from", "to", "host", "device", "limit"}
+        assert {"200", "400", "401"} <= set(op["responses"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "device=Desktop&source=google", "host=go.example&limit=3",
+     "steps=page_view,signup,purchase&window=3600", "from=2020-01-01&to=2020-01-02"],
+)  # fmt: skip
+def test_every_dashboard_answer_matches_its_schema(dashboard, query):
+    """Each figure's real answer (known data, segments, an hourly range, a funnel) is valid
+    against the 200 schema of its path, with no field left undescribed."""
+    d, document = dashboard
+    for figure in FIGURES:
+        r = d.request("GET", f"/dashboard/api/{figure}?{query}")
+        assert r.status == 200, (figure, r.status, r.body)
+        body = r.json()
+        errors = list(answer_schema(document, f"/dashboard/api/{figure}", "get", 200)
+                      .iter_errors(body))  # fmt: skip
+        assert not errors, (figure, query, [e.message for e in errors], body)
+
+
+def test_dashboard_refusals_match_their_schemas(dashboard):
+    d, document = dashboard
+    anonymous = dd.Dashboard(d.gw)
+    for figure in FIGURES:
+        r = anonymous.request("GET", f"/dashboard/api/{figure}")
+        assert r.status == 401, (figure, r.status)
+        answer_schema(document, f"/dashboard/api/{figure}", "get", 401).validate(r.json())
+    r = d.request("GET", "/dashboard/api/pages?from=yesterday")
+    assert r.status == 400
+    answer_schema(document, "/dashboard/api/pages", "get", 400).validate(r.json())
+    for who in (anonymous, d):
+        r = who.request("GET", "/dashboard/api/session")
+        assert r.status == 200
+        answer_schema(document, "/dashboard/api/session", "get", 200).validate(r.json())
+    r = anonymous.login("nobody", "wrong")
+    assert r.status == 401
+    answer_schema(document, "/dashboard/api/login", "post", 401).validate(r.json())
+    r = d.request("POST", "/dashboard/api/logout")  # no CSRF token
+    assert r.status == 403
+    answer_schema(document, "/dashboard/api/logout", "post", 403).validate(r.json())
+    r = anonymous.request("POST", "/dashboard/api/logout", headers={"X-CSRF-Token": "x"})
+    assert r.status == 401
+    answer_schema(document, "/dashboard/api/logout", "post", 401).validate(r.json())
+    # a second session signs in and out, so the signed-in session stays for the other tests
+    other = dd.Dashboard(d.gw)
+    r = other.login(d.gw.data["account"]["uid"], d.gw.data["account"]["secret"])
+    assert r.status == 200
+    answer_schema(document, "/dashboard/api/login", "post", 200).validate(r.json())
+    r = other.request("POST", "/dashboard/api/logout", headers={"X-CSRF-Token": other.csrf})
+    assert r.status == 200
+    answer_schema(document, "/dashboard/api/logout", "post", 200).validate(r.json())
+
+
+def test_the_dashboard_operations_answer_as_described(dashboard, tmp_path):
+    """schemathesis over the dashboard's operations on the query listener, signed in."""
+    d, _ = dashboard
+    junit = tmp_path / "junit.xml"
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f'[servers.variables]\nQueryPort = "127.0.0.1:{d.gw.query_port}"\n')
+    command = [
+        *SCHEMATHESIS,
+        f"--config-file={config}",
+        "run",
+        f"http://127.0.0.1:{d.gw.port}/tr/v1/openapi.json",
+        f"--include-path-regex={DASHBOARD}",
+        f"--checks={','.join(CHECKS)}",
+        f"--max-examples={EXAMPLES}",
+        f"--seed={SEED}",
+        "--phases=examples,coverage,fuzzing",
+        "--workers=1",
+        "--no-shrink",
+        "--max-redirects=0",
+        "--continue-on-failure",
+        "--request-timeout=20",
+        # the session; no CSRF token, so a generated logout is refused and the session stays
+        f"--header=Cookie: {d.cookie}",
+        "--report=junit",
+        f"--report-junit-path={junit}",
+        "--no-color",
+    ]
+    run = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, timeout=240, env=_env()
+    )
+    output = run.stdout[-20000:] + run.stderr[-5000:]
+    assert run.returncode == 0, output
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    assert {c.get("name") for c in cases if c.find("skipped") is None} >= {
+        f"GET /dashboard/api/{figure}" for figure in FIGURES
+    }, output
+    assert d.request("GET", "/dashboard/api/session").json()["signed_in"] is True

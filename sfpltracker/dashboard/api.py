@@ -29,7 +29,14 @@ from sfpltracker.dashboard.auth import COOKIE, LoginRefused, Sessions, csrf_ok, 
 from sfpltracker.links.accounts import Credentials
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.interface import database_of
-from sfpltracker.web.common import error, finish, header, request_info, write_json
+from sfpltracker.web.common import (
+    error,
+    finish,
+    header,
+    method_not_allowed,
+    request_info,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from sfpltracker.gateway import Gateway
@@ -55,6 +62,8 @@ CSP = (
 )
 
 FUNNEL_WINDOW_SECONDS = 7 * 86400
+GET = (b"GET", b"HEAD")
+POST = (b"POST",)
 
 
 class DashboardResource(Resource):
@@ -98,7 +107,7 @@ class DashboardResource(Resource):
         if path.startswith(b"/api/"):
             return self._api(request, path[5:].decode("latin-1"))
         if request.method not in (b"GET", b"HEAD"):
-            return error(request, 405, "use GET")
+            return method_not_allowed(request, "GET, HEAD", "use GET")
         return self._asset(request, path[1:].decode("latin-1"))
 
     def _asset(self, request, name: str):
@@ -115,9 +124,13 @@ class DashboardResource(Resource):
         return data
 
     def _api(self, request, name: str):
+        # The method is checked first (405 with Allow, RFC 9110), the session after it.
+        allowed = POST if name in ("login", "logout") else GET
+        if name not in ("login", "logout", "session") and name not in self.figures:
+            return error(request, 404, "no such dashboard API")
+        if request.method not in allowed:
+            return method_not_allowed(request, ", ".join(m.decode() for m in allowed))
         if name == "login":
-            if request.method != b"POST":
-                return error(request, 405, "use POST")
             return self._login(request)
         session = self.sessions.get(_cookie(request))
         if name == "session":
@@ -128,18 +141,14 @@ class DashboardResource(Resource):
                                              "org": session.org, "csrf": session.csrf})  # fmt: skip
         if session is None:
             return error(request, 401, "sign in first")
-        if request.method not in (b"GET", b"HEAD"):
+        if name == "logout":
             # Every state-changing request carries the session's CSRF token.
             if not csrf_ok(session, header(request, "x-csrf-token")):
                 return error(request, 403, "missing or wrong CSRF token")
-            if name == "logout" and request.method == b"POST":
-                self.sessions.end(_cookie(request) or "")
-                request.addCookie(COOKIE, b"", **self._cookie_flags(request), max_age=b"0")
-                return write_json(request, 200, {"signed_out": True})
-            return error(request, 405, "use GET")
-        figure = self.figures.get(name)
-        if figure is None:
-            return error(request, 404, "no such dashboard API")
+            self.sessions.end(_cookie(request) or "")
+            request.addCookie(COOKIE, b"", **self._cookie_flags(request), max_age=b"0")
+            return write_json(request, 200, {"signed_out": True})
+        figure = self.figures[name]
         args = _args(request)
         try:
             filters = q.parse_filters(args, self._today())
@@ -325,10 +334,10 @@ class DashboardResource(Resource):
             consumeErrors=True,
         )
         per_day = {r["t"]: r["clicks"] for r in series}
-        days = [d for d in q.buckets(q.Filters(f.start, f.end))]
+        # per day even for a range of 1-2 days: the clicks are counted per day
         return {
             "links": top,
-            "clicks": [{"t": d, "clicks": per_day.get(d, 0)} for d in days],
+            "clicks": [{"t": d, "clicks": per_day.get(d, 0)} for d in q.days(f)],
         }
 
     @defer.inlineCallbacks
@@ -344,7 +353,7 @@ class DashboardResource(Resource):
         per_day = {r["t"]: r for r in series}
         cumulative = per_day.get("before", {}).get("revenue", 0.0)
         points = []
-        for d in q.buckets(q.Filters(f.start, f.end)):
+        for d in q.days(f):  # per day even for 1-2 days: payments are summed per day
             row = per_day.get(d, {})
             cumulative += row.get("revenue", 0.0)
             points.append(

@@ -167,6 +167,11 @@ def buckets(f: Filters) -> list[str]:
         return [
             (start + timedelta(hours=h)).strftime("%Y-%m-%d %H:00:00") for h in range(f.days * 24)
         ]
+    return days(f)
+
+
+def days(f: Filters) -> list[str]:
+    """Every day of the range (the per-day figures: link clicks, revenue)."""
     return [(f.start + timedelta(days=d)).isoformat() for d in range(f.days)]
 
 

@@ -8,7 +8,9 @@ description that drifts from the code fails there.
 
 Not described: the WebSocket frames of ``/tr/v1/ws`` (only its HTTP answer), short-link hits
 (``/<slug>`` on a host with links: a fallback, not an API), proxy routes and static sites
-(``Sites``), and the query listener (``QueryPort``: the ClickHouse HTTP interface).
+(``Sites``), and the query listener's ClickHouse HTTP interface and dashboard page; the
+dashboard's JSON API (``/dashboard/api/``) is described, with the query listener
+(``QueryPort``) as the ``servers`` of each of its paths.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def _components() -> dict:
                 },
                 "additionalProperties": True,
             },
+            **_dashboard_schemas(),
             "Events": {
                 "description": "one event, or a batch of up to MaxBatchEvents (500) events",
                 "oneOf": [
@@ -218,6 +221,12 @@ def _components() -> dict:
             },
         },
         "securitySchemes": {
+            "dashboardSession": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "sfpl_dashboard",
+                "description": "the dashboard's session (POST /dashboard/api/login)",
+            },
             "bearer": {"type": "http", "scheme": "bearer", "description": "`{uid}.{secret}`"},
             "basic": {"type": "http", "scheme": "basic", "description": "`uid:secret`"},
         },
@@ -711,10 +720,339 @@ def _ops(p: str) -> dict:
     }
 
 
-# The sections of the document, in order. The dashboard's JSON API (/dashboard/api/, on the
-# listener the operator chooses) adds its own section here: a function of the prefix giving
-# its paths (and `servers` per path when it is served on another listener).
-SECTIONS = (_tracking, _redirects, _pub, _privacy, _links, _ops)
+# ---------------------------------------------------------------------------- the dashboard
+
+# The dashboard's API is served on the query listener (QueryPort), not on the tracking
+# listener: each of its paths names that server.
+DASHBOARD_SERVER = [
+    {
+        "url": "http://{QueryPort}",
+        "description": "the query listener (`QueryPort`, loopback by default; docs/dashboard.md)",
+        "variables": {"QueryPort": {"default": "127.0.0.1:8123"}},
+    }
+]
+COUNT = {"type": "integer", "minimum": 0}
+TEXT = {"type": "string"}
+
+
+def _rows(**fields: dict) -> dict:
+    """An array of rows, each with exactly these fields."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": list(fields),
+            "properties": fields,
+            "additionalProperties": False,
+        },
+    }
+
+
+def _figure_answer(optional: tuple[str, ...] = (), **fields: dict) -> dict:
+    """A figure's answer: the filters applied and its own fields (all there but ``optional``)."""
+    return {
+        "type": "object",
+        "required": ["filters", *(name for name in fields if name not in optional)],
+        "properties": {"filters": _ref("schemas", "DashboardFilters"), **fields},
+        "additionalProperties": False,
+    }
+
+
+def _dashboard_schemas() -> dict:
+    totals = {
+        "type": "object",
+        "required": ["visitors", "sessions", "pageviews", "events"],
+        "properties": {k: COUNT for k in ("visitors", "sessions", "pageviews", "events")},
+        "additionalProperties": False,
+    }
+    engagement = {
+        "type": "object",
+        "required": ["sessions", "bounce_rate", "visit_duration"],
+        "properties": {
+            "sessions": COUNT,
+            "bounce_rate": {"type": "number", "minimum": 0, "maximum": 100},
+            "visit_duration": {**COUNT, "description": "mean seconds, first to last event"},
+        },
+        "additionalProperties": False,
+    }
+    day_or_hour = {"type": "string", "description": "`YYYY-MM-DD` or `YYYY-MM-DD HH:00:00`"}
+    day = {"type": "string", "format": "date"}
+    name_counts = _rows(name=TEXT, visitors=COUNT, events=COUNT)
+    applied = {
+        "type": "object",
+        "description": "the filters the answer was computed with (empty ones left out)",
+        "required": ["from", "to"],
+        "properties": {
+            "from": day,
+            "to": day,
+            **{k: TEXT for k in ("host", "source", "medium", "campaign", "country", "device")},
+        },
+        "additionalProperties": False,
+    }
+    figures = {
+        "overview": _figure_answer(
+            current=totals,
+            previous=totals,
+            bucket={"enum": ["hour", "day"]},
+            series=_rows(t=day_or_hour, visitors=COUNT, pageviews=COUNT),
+            realtime={
+                "type": "object",
+                "required": ["visitors", "minutes"],
+                "properties": {"visitors": COUNT, "minutes": {"const": 5}},
+                "additionalProperties": False,
+            },
+        ),
+        "engagement": _figure_answer(current=engagement, previous=engagement),
+        "pages": _figure_answer(pages=_rows(url=TEXT, pageviews=COUNT)),
+        "entry-exit": _figure_answer(
+            entry=_rows(url=TEXT, sessions=COUNT), exit=_rows(url=TEXT, sessions=COUNT)
+        ),
+        "referrers": _figure_answer(referrers=_rows(referrer=TEXT, events=COUNT)),
+        "campaigns": _figure_answer(
+            campaigns=_rows(source=TEXT, medium=TEXT, campaign=TEXT, visitors=COUNT, events=COUNT)
+        ),
+        "countries": _figure_answer(countries=_rows(country=TEXT, visitors=COUNT, events=COUNT)),
+        "devices": _figure_answer(device=name_counts, browser=name_counts, os=name_counts),
+        "goals": _figure_answer(
+            ("window_seconds",),
+            enames=_rows(ename=TEXT, events=COUNT, visitors=COUNT),
+            outcomes=_rows(outcome=TEXT, events=COUNT),
+            funnel=_rows(step=TEXT, visitors=COUNT),
+            window_seconds={**COUNT, "description": "with `steps` only"},
+        ),
+        "links": _figure_answer(
+            links=_rows(id=UUID, urlfrom=TEXT, urlto=TEXT, clicks=COUNT),
+            clicks=_rows(t=day, clicks=COUNT),
+        ),
+        "revenue": _figure_answer(
+            totals={
+                "type": "object",
+                "required": ["revenue", "payments", "customers"],
+                "properties": {
+                    "revenue": {"type": "number"},
+                    "payments": COUNT,
+                    "customers": COUNT,
+                },  # fmt: skip
+                "additionalProperties": False,
+            },
+            series=_rows(
+                t=day,
+                revenue={"type": "number"},
+                payments=COUNT,
+                lifetime_revenue={"type": "number"},
+            ),  # fmt: skip
+            top_customers=_rows(uid=UUID, ltv={"type": "number"}, payments=COUNT),
+        ),
+        "consent": _figure_answer(
+            decisions=_rows(
+                cflags={"type": "integer"},
+                jurisdiction={"type": "string", "description": "a regulation, or `none`"},
+                decisions=COUNT,
+                visitors=COUNT,
+            )
+        ),
+    }
+    return {
+        "DashboardFilters": applied,
+        **{f"Dashboard.{name}": schema for name, schema in figures.items()},
+    }
+
+
+# figure -> what it answers (docs/dashboard.md, "The API")
+FIGURES = {
+    "overview": "visitors, sessions, page views, events of the range and the one before; a "
+    "series per day (per hour for 1-2 days); realtime visitors (last 5 minutes)",
+    "engagement": "bounce rate and mean visit duration, both periods",
+    "pages": "top pages by page views",
+    "entry-exit": "first and last page of each session",
+    "referrers": "referring domains",
+    "campaigns": "UTM source/medium/campaign: visitors, events",
+    "countries": "visitors and events per country",
+    "devices": "visitors and events per device, browser and OS",
+    "goals": "events and visitors per `ename`, outcomes, a funnel over `steps`",
+    "links": "short links by clicks in the range, clicks per day",
+    "revenue": "revenue, payments, customers; per day and lifetime; top customers by LTV",
+    "consent": "decisions of the range by `cflags` and jurisdiction",
+}
+
+
+def _dashboard(p: str) -> dict:
+    """``/dashboard/api/`` (docs/dashboard.md): sign-in and the figures, behind a session
+    cookie. Not under ``ApiVersion``: the page and its API are versioned together."""
+    session = [{"dashboardSession": []}]
+    error = _ref("schemas", "Error")
+    unauthorized = _json(error, "no session (sign in first)")
+
+    def query(name: str, description: str, schema: dict | None = None) -> dict:
+        return {
+            "name": name,
+            "in": "query",
+            "description": description,
+            "schema": schema or {"type": "string", "maxLength": 256},
+        }
+
+    filters = [
+        query("from", "first day, included (default: 29 days before `to`)", {"type": "string", "format": "date"}),
+        query("to", "last day, included (default: today, UTC)", {"type": "string", "format": "date"}),
+        query("host", "the host the events were sent to"),
+        *(query(k, f"segment: only events with this `{k}`") for k in ("source", "medium", "campaign", "country", "device")),
+        query("limit", "rows per table", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}),
+    ]  # fmt: skip
+    goals = [
+        query("steps", "funnel steps: up to 8 comma-separated `ename`s"),
+        query(
+            "window",
+            "funnel window in seconds (default 7 days)",
+            {"type": "integer", "minimum": 1, "maximum": 90 * 86400},
+        ),
+    ]
+    paths: dict[str, Any] = {
+        "/dashboard/api/login": {
+            "post": {
+                "tags": ["dashboard"],
+                "summary": "sign in with a short-link admin account; sets the session cookie",
+                "operationId": "dashboard_login",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "oneOf": [
+                                    {
+                                        "type": "object",
+                                        "required": ["uid", "secret"],
+                                        "properties": {"uid": TEXT, "secret": TEXT},
+                                    },
+                                    {
+                                        "type": "object",
+                                        "required": ["token"],
+                                        "properties": {
+                                            "token": {
+                                                "type": "string",
+                                                "description": "`{uid}.{secret}`",
+                                            }
+                                        },
+                                    },
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["uid", "org", "csrf"],
+                                "properties": {"uid": TEXT, "org": TEXT, "csrf": TEXT},
+                                "additionalProperties": False,
+                            },
+                            "signed in: send `csrf` back in `X-CSRF-Token` with every POST",
+                        ),
+                        "headers": {
+                            "Set-Cookie": {
+                                "schema": {"type": "string"},
+                                "description": "`sfpl_dashboard` (HttpOnly, SameSite=Strict, Path=/dashboard)",
+                            }
+                        },
+                    },
+                    "400": _ref("responses", "BadRequest"),
+                    "401": _json(error, "uid and secret missing or wrong"),
+                    "403": _json(error, "cross-origin sign-in (`Origin` of another host)"),
+                    "415": _json(error, "not `application/json`"),
+                    "429": _ref("responses", "TooManyRequests"),
+                    "503": _ref("responses", "Unavailable"),
+                },
+            }
+        },
+        "/dashboard/api/session": {
+            "get": {
+                "tags": ["dashboard"],
+                "summary": "whether the caller is signed in (200 either way)",
+                "operationId": "dashboard_session",
+                "responses": {
+                    "200": _json(
+                        {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["signed_in"],
+                                    "properties": {"signed_in": {"const": False}},
+                                    "additionalProperties": False,
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["signed_in", "uid", "org", "csrf"],
+                                    "properties": {
+                                        "signed_in": {"const": True},
+                                        "uid": TEXT,
+                                        "org": TEXT,
+                                        "csrf": TEXT,
+                                    },
+                                    "additionalProperties": False,
+                                },
+                            ]
+                        },
+                        "the session",
+                    )
+                },
+            }
+        },
+        "/dashboard/api/logout": {
+            "post": {
+                "tags": ["dashboard"],
+                "summary": "sign out (ends the session, clears the cookie)",
+                "operationId": "dashboard_logout",
+                "security": session,
+                "parameters": [
+                    {
+                        "name": "X-CSRF-Token",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "the session's `csrf`",
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["signed_out"],
+                            "properties": {"signed_out": {"const": True}},
+                            "additionalProperties": False,
+                        },
+                        "signed out",
+                    ),
+                    "401": unauthorized,
+                    "403": _json(error, "missing or wrong CSRF token"),
+                },
+            }
+        },
+    }
+    for figure, summary in FIGURES.items():
+        paths[f"/dashboard/api/{figure}"] = {
+            "get": {
+                "tags": ["dashboard"],
+                "summary": summary,
+                "operationId": f"dashboard_{figure.replace('-', '_')}",
+                "security": session,
+                "parameters": filters + (goals if figure == "goals" else []),
+                "responses": {
+                    "200": _json(_ref("schemas", f"Dashboard.{figure}"), "the figure"),
+                    "400": _ref("responses", "BadRequest"),
+                    "401": unauthorized,
+                    "503": _ref("responses", "Unavailable"),
+                },
+            }
+        }
+    for item in paths.values():
+        item["servers"] = DASHBOARD_SERVER
+    return paths
+
+
+# The sections of the document, in order: each a function of the prefix giving its paths (and
+# `servers` per path when they are served on another listener, as the dashboard's are).
+SECTIONS = (_tracking, _redirects, _pub, _privacy, _links, _ops, _dashboard)
 
 
 def document(prefix: str, version: str) -> dict:
@@ -728,7 +1066,8 @@ def document(prefix: str, version: str) -> dict:
             "title": "sfpltracker",
             "version": version,
             "description": (
-                "Telemetry gateway: tracking, payments, consent, short links, operations. "
+                "Telemetry gateway: tracking, payments, consent, short links, operations, "
+                "the dashboard's API (on the query listener). "
                 "Every ingestion route answers 2xx only after durable acceptance, 503 with "
                 'Retry-After when it cannot accept, 400 with {"error": ...} for bad input.'
             ),
