@@ -165,7 +165,11 @@ class Gateway:
         # How deep, how many keys, how big client JSON may be (ingest/bounds.py).
         bounds.configure(bounds.JsonLimits.from_config(cfg))
         # Conversions API outputs (notify/facebook.py): fed by the loader after acceptance.
-        self.outputs: list[FacebookOutput] = make_outputs(cfg, reactor)
+        # Workers > 1: a worker captures, the store process's series loaders feed the outputs
+        # (one outbox, one sender; a worker's own would send the outbox a second time).
+        self.outputs: list[FacebookOutput] = (
+            make_outputs(cfg, reactor) if role.kind != "worker" else []
+        )
         salts = DailySalts(cfg.data_dir / "cookieless", cfg.CookielessSalt.encode())
         self.events = EventModel(
             ip_policy=IPPolicy(cfg.IPMode, ip_secret),
@@ -175,7 +179,7 @@ class Gateway:
             drop_bots=cfg.DropBots,
             enrichers=build_enrichers(self.geoip),
             # what the Conversions API outputs need of an event that its row does not keep
-            capture=make_capture(cfg) if self.outputs else None,
+            capture=make_capture(cfg),
             normalise_url=(
                 UrlNormaliser(cfg.UrlFilter, cfg.UrlFilterMatchGroup) if cfg.NormalizeURLs else None
             ),

@@ -54,6 +54,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from sfpltracker.fsutil import fsync_dir, write_atomic
+from sfpltracker.ingest.ids import parse_uuid
 from sfpltracker.pipeline.breaker import CircuitBreaker
 from sfpltracker.pipeline.intake import OUTPUT_TABLE
 from sfpltracker.store.deadletter import DeadLetters
@@ -191,6 +192,8 @@ class Capture:
                 event["data_processing_options"] = ["LDU"]
                 event["data_processing_options_country"] = 0
                 event["data_processing_options_state"] = 0
+        if not ids:  # a payment with a uid but no vid, sent without consent
+            del user["external_id"]
         event["user_data"] = user
         custom: dict[str, Any] = {}
         value = _number(raw.get("value", raw.get("revenue", raw.get("amt"))))
@@ -205,6 +208,40 @@ class Capture:
         if custom:
             event["custom_data"] = custom
         return (CAPI_TABLE, {"ename": ename, "event": event})
+
+    def payment(self, body: dict, item: dict, row: dict, req) -> tuple[str, dict] | None:
+        """The ``capi`` record of one ``/ltv/`` payment row (``item``: its line item, ``body``:
+        the request, keys lower-cased). Its event name is the payment's ``ename``, else
+        ``purchase`` (Meta's standard event); its ``event_id`` the line item's ``eid``, else the
+        payment's id (the store's dedup key, so a replay is the same event at Meta too); the
+        amount ``revenue`` (or ``amt``), else ``total``, else ``payment``. A payment without an
+        amount (Meta refuses a Purchase without ``value`` and ``currency``) or without a vid or
+        uid (nothing to attribute it to) is not sent."""
+        ename = item.get("ename", body.get("ename", "purchase"))
+        if not isinstance(ename, str) or ename.strip().lower() not in self.enames:
+            return None
+        value = next((row[k] for k in ("revenue", "total", "payment") if k in row), None)
+        if value is None or not (row.get("vid") or row.get("uid")):
+            return None  # no amount, or no one to attribute it to
+        flags = body.get("cflags", req.cookies.get("CookieConsent"))
+        try:
+            cflags = int(flags) if flags is not None and not isinstance(flags, bool) else None
+        except (TypeError, ValueError):
+            cflags = None
+        event_row = {
+            "ename": ename.strip().lower(),
+            "eid": parse_uuid(item.get("eid")) or row["id"],
+            "created_at": row["created_at"],
+            "vid": row.get("vid"),
+            "uid": row.get("uid"),
+            "cflags": cflags,
+            "country": row.get("country"),
+            "url": item.get("url", body.get("url")),
+        }
+        # The row's amount and currency (defaulted to USD), the order id when given.
+        raw = {**body, **item, "value": value, "currency": row["currency"]}
+        raw["order_id"] = row.get("orid") or item.get("order_id")
+        return self(raw, event_row, req)
 
 
 def make_capture(cfg) -> Capture | None:
