@@ -14,9 +14,12 @@ import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, task
 
 from sfpltracker.config import ConfigError, load_dict
-from sfpltracker.notify.facebook import normalise_email, normalise_phone
+from sfpltracker.notify import facebook as facebook_module
+from sfpltracker.notify.facebook import FacebookOutput, normalise_email, normalise_phone
+from sfpltracker.pipeline.spool import Position
 from tests.gateway_process import GatewayProcess
 from tests.graph_api import GraphAPI
 from tests.test_workers import process, wait_until
@@ -403,3 +406,48 @@ def test_a_payment_is_sent_once_as_a_purchase_with_value_and_currency(tmp_path):
         got = by_id[get_id]
         assert got["custom_data"] == {"value": 9.5, "currency": "SEK"}
         assert got["opt_out"] is True and set(got["user_data"]) == {"external_id"}
+
+
+def test_replay_marks_are_kept_per_spool_series(tmp_path, monkeypatch):
+    """Workers > 1: the store process loads several series into one outbox. Positions of
+    different series are not comparable: a worker's replayed frame not yet in the outbox is
+    appended (not skipped because another series got further), one already in it is skipped,
+    after a restart too."""
+    monkeypatch.setattr(facebook_module, "SEGMENT_BYTES", 1)  # a segment per append
+    entry = {"Type": "facebook", "PixelId": PIXEL, "AccessToken": TOKEN, "Events": ["Purchase"]}
+    cfg = load_dict({"Notify": [entry], "DataDirectory": str(tmp_path)})
+    clock = task.Clock()
+
+    def output():
+        out = FacebookOutput(cfg.Notify[0], cfg, clock, blocking=defer.maybeDeferred)
+        out.outbox.open()
+        return out
+
+    def capi(eid):
+        return {"ename": "purchase", "event": {"event_id": eid, "event_time": 1}}
+
+    def lines():
+        return [
+            json.loads(line)["ev"]["event_id"]
+            for p in sorted(out.directory.glob("outbox-*.jsonl"))
+            for line in p.read_text().splitlines()
+        ]
+
+    out = output()
+    out.take([(Position(1, 900), False, capi("w1-a"))], "w1")
+    out.take([(Position(1, 100), False, capi("w2-a"))], "w2")
+    out.take([(Position(1, 50), False, capi("main-a"))])
+    # The store process restarts: each loader replays what its series has not committed.
+    out = output()
+    out.take([(Position(1, 900), True, capi("w1-a")), (Position(1, 950), True, capi("w1-b"))], "w1")
+    out.take([(Position(1, 100), True, capi("w2-a")), (Position(1, 300), True, capi("w2-b"))], "w2")
+    out.take([(Position(1, 50), True, capi("main-a"))])
+    assert lines() == ["w1-a", "w2-a", "main-a", "w1-b", "w2-b"]
+    # Once sent, the segments go (all but the newest, w2-b's); the marks stay (sent.json).
+    out.outbox.mark_sent(out.outbox.durable)
+    assert lines() == ["w2-b"]
+    out = output()
+    out.take([(Position(1, 950), True, capi("w1-b"))], "w1")
+    out.take([(Position(1, 300), True, capi("w2-b"))], "w2")
+    out.take([(Position(1, 50), True, capi("main-a")), (Position(1, 60), True, capi("m-b"))])
+    assert lines() == ["w2-b", "m-b"]

@@ -14,9 +14,9 @@ Two halves, so nothing Meta does ever touches a client's request:
   ``{GraphURL}/{GraphVersion}/{PixelId}/events`` in requests of at most ``BatchEvents`` (Meta's
   limit: 1,000) and saves how far it got (``sent.json``) after each answer.
 
-Exactly once across restarts: each outbox line carries the spool position of its frame; a frame
-the loader replays (after a crash or a failed store batch) at or before the outbox's last
-position was already taken and is skipped, so nothing is appended twice, and nothing the
+Exactly once across restarts: each outbox line carries the spool position of its frame (and
+its series, for a worker's, Workers > 1); a frame the loader replays (after a crash or a failed
+store batch) at or before the outbox's last position of that series was already taken and is skipped, so nothing is appended twice, and nothing the
 loader committed is missing. The sender resends only what ``sent.json`` does not cover: the one
 window left is a crash between Meta's 200 and that save, and Meta drops the resend as a
 duplicate (same ``event_id`` and ``event_name``).
@@ -281,8 +281,13 @@ class Outbox:
     directory: Path
     sent: tuple[int, int] = (1, 0)
     durable: tuple[int, int] = (1, 0)  # end of what is fsync-ed: the sender reads no further
-    high_water: Pos | None = None  # spool position of the last line's frame
+    # Per spool series (None: the gateway's own spool, else a worker's series name): the
+    # position of the last frame taken. Positions of different series are not comparable.
+    high_water: dict[str | None, Pos] = field(default_factory=dict)
     pending: int = 0  # lines not yet sent (changed on the reactor thread only, after open)
+    # The marks of the segments deleted once sent (kept in sent.json): a series that took
+    # nothing since still finds its mark after a restart.
+    deleted_marks: dict[str | None, Pos] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -305,18 +310,15 @@ class Outbox:
         try:
             saved = json.loads((self.directory / "sent.json").read_text())
             self.sent = (int(saved["segment"]), int(saved["offset"]))
+            for name, seg, off in saved.get("marks", ()):
+                self.deleted_marks[name] = (int(seg), int(off))
         except FileNotFoundError:
             self.sent = (min(self.sizes), 0)
         if self.sent[0] not in self.sizes:  # its segment was sent and deleted
             self.sent = (min(s for s in self.sizes if s >= self.sent[0]), 0)
-        for seq in sorted(self.sizes, reverse=True):
-            for line in reversed(_segment(self.directory, seq).read_bytes().splitlines()):
-                at = json.loads(line).get("at")
-                if at is not None:
-                    self.high_water = (at[0], at[1])
-                    break
-            if self.high_water is not None:
-                break
+        self.high_water = dict(self.deleted_marks)
+        for seq in sorted(self.sizes):  # what is left: the unsent part, a few segments
+            self.high_water.update(self._marks(seq))
         for seq in sorted(self.sizes):
             if seq < self.sent[0]:
                 continue
@@ -374,13 +376,27 @@ class Outbox:
                 offset += len(line)
         return Batch(events, (seq, offset))
 
+    def _marks(self, seq: int) -> dict[str | None, Pos]:
+        """The last spool position of each series in segment ``seq``."""
+        marks: dict[str | None, Pos] = {}
+        for line in _segment(self.directory, seq).read_bytes().splitlines():
+            entry = json.loads(line)
+            at = entry.get("at")
+            if at is not None:
+                marks[entry.get("s")] = (at[0], at[1])
+        return marks
+
     def mark_sent(self, end: tuple[int, int]) -> None:
-        position = json.dumps({"segment": end[0], "offset": end[1]})
+        with self.lock:
+            newest = max(self.sizes)
+            done = sorted(s for s in self.sizes if s < end[0] and s != newest)
+        for seq in done:  # their marks are saved before the segments go
+            self.deleted_marks.update(self._marks(seq))
+        marks = [[name, *at] for name, at in self.deleted_marks.items()]
+        position = json.dumps({"segment": end[0], "offset": end[1], "marks": marks})
         write_atomic(self.directory / "sent.json", position, 0o600)
         self.sent = end
         with self.lock:
-            newest = max(self.sizes)
-            done = [s for s in self.sizes if s < end[0] and s != newest]
             for seq in done:
                 del self.sizes[seq]
         for seq in done:
@@ -462,12 +478,13 @@ class FacebookOutput:
         self._running = self._run()
         self._running.addErrback(lambda f: log.failure("facebook sender stopped", f))
 
-    def limit_high_water(self, spool_end) -> None:
-        """The spool ends at ``spool_end``: a mark beyond it is from a spool since removed, so
-        no replay can be in the outbox already."""
+    def limit_high_water(self, spool_end, series: str | None = None) -> None:
+        """The spool (``series``) ends at ``spool_end``: a mark beyond it is from a spool since
+        removed, so no replay can be in the outbox already."""
         end = (spool_end.segment, spool_end.offset)
-        if self.outbox.high_water is not None and self.outbox.high_water > end:
-            self.outbox.high_water = None
+        high = self.outbox.high_water.get(series)
+        if high is not None and high > end:
+            del self.outbox.high_water[series]
 
     @defer.inlineCallbacks
     def stop(self):
@@ -483,13 +500,13 @@ class FacebookOutput:
 
     # -- from the loader ----------------------------------------------------------------------
 
-    def take(self, items) -> defer.Deferred:
+    def take(self, items, series: str | None = None) -> defer.Deferred:
         """``items``: ``(at, replay, row)`` of ``capi`` records in spool order (``at``: the
-        frame's end position, None without a spool). Fires once the ones this output sends are
-        in the outbox, durably."""
+        frame's end position in the spool ``series``, None without a spool). Fires once the
+        ones this output sends are in the outbox, durably."""
         lines: list[bytes] = []
         last_at = None
-        high = self.outbox.high_water
+        high = self.outbox.high_water.get(series)
         for at, replay, row in items:
             name = self.names.get(row.get("ename"))
             if name is None:
@@ -501,17 +518,20 @@ class FacebookOutput:
                     continue
                 last_at = at
             event = {"event_name": name, **row["event"]}
+            line: dict[str, Any] = {"at": at, "ev": event}
+            if series is not None:
+                line["s"] = series
             lines.append(
-                json.dumps(
-                    {"at": at, "ev": event}, ensure_ascii=False, separators=(",", ":")
-                ).encode("utf-8", "backslashreplace")
+                json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode(
+                    "utf-8", "backslashreplace"
+                )
                 + b"\n"
             )
         if not lines:
             return defer.succeed(None)
         if last_at is not None:
             # Set now: a replay of these frames taken before the append finishes is skipped.
-            self.outbox.high_water = last_at
+            self.outbox.high_water[series] = last_at
         return self._append_lock.run(self._append, lines)
 
     @defer.inlineCallbacks
