@@ -30,7 +30,13 @@ from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
 from sfpltracker.ingest.urls import UrlNormaliser
 from sfpltracker.links.service import ShortLinkService
-from sfpltracker.notify.facebook import FacebookOutput, make_capture, make_outputs
+from sfpltracker.notify.facebook import (
+    FacebookOutput,
+    facebook_entries,
+    make_capture,
+    make_outputs,
+    total_families,
+)
 from sfpltracker.notify.nats import NatsNotifier, PublishingIntake, make_notifiers
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
@@ -238,6 +244,8 @@ class Gateway:
         self.metric_sources += [n.metrics for n in self.notifiers]
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
+        if role.kind == "worker" and facebook_entries(cfg):  # the store process's outputs
+            self.metric_sources.append(lambda: total_families(self.total_counters()))
         if self.series is not None:
             self.metric_sources.append(self.series.metric_families)
         # Scheduled export of new rows to S3 or a directory (export.py), after the links.
@@ -310,6 +318,8 @@ class Gateway:
         out = dict(self.counters)
         if self.role.kind != "store":
             return out
+        for output in self.outputs:
+            out.update(output.counters())
         batchers = [self.batcher, *(self.series.batchers() if self.series is not None else [])]
         for batcher in batchers:
             st = batcher.stats

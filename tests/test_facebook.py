@@ -358,6 +358,9 @@ def test_two_workers_send_every_listed_event_once_across_a_worker_restart(tmp_pa
             graph.heal()
             graph.wait_for(lambda: set(eids) <= set(graph.event_ids()))
             time.sleep(2)  # a second sender (a worker's) would have posted its copies by now
+            # The store process's counters, whichever worker answers the scrape.
+            wait_metric(gw, "sfpl_facebook_events_sent_total", len(eids))
+            assert metric(gw, "sfpl_facebook_requests_total", outcome="retry") >= 1
         assert graph.violations == []
         once_each(graph, eids)
         assert len(graph.events) == len(eids)

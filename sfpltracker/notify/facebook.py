@@ -761,6 +761,45 @@ class FacebookOutput:
             0 if self.breaker.allows() else 1,
         )
 
+    def counters(self) -> dict[str, int]:
+        """The counters, for the supervisor's totals (Workers > 1: a worker's /metrics shows
+        the store process's output through them, ``total_families``)."""
+        st = self.stats
+        out = {"sent": st.sent, "captured": st.captured, "dead_letter": st.dead_letter}
+        out["batches"] = st.batches
+        out.update({f"requests_{k}": n for k, n in st.requests.items()})
+        return {f"facebook_{k}:{self.pixel}": n for k, n in out.items()}
+
+
+_TOTALS = {
+    "sent": ("sfpl_facebook_events_sent", "Events Meta accepted"),
+    "captured": ("sfpl_facebook_events_captured", "Events appended to the outbox"),
+    "dead_letter": ("sfpl_facebook_events_dead_letter", "Events Meta refused (or too old)"),
+    "batches": ("sfpl_facebook_batches", "Batches finished"),
+}
+
+
+def total_families(totals: dict[str, int]):
+    """A worker's view of the outputs (they run in the store process): their counters from the
+    supervisor's totals. The gauges (pending, circuit open) are the store process's own."""
+    by_pixel: dict[str, dict[str, int]] = {}
+    for key, n in totals.items():
+        if key.startswith("facebook_") and ":" in key:
+            what, pixel = key[len("facebook_") :].split(":", 1)
+            by_pixel.setdefault(pixel, {})[what] = n
+    for pixel, c in by_pixel.items():
+        for what, (name, doc) in _TOTALS.items():
+            metric = CounterMetricFamily(name, doc, labels=["pixel"])
+            metric.add_metric([pixel], c.get(what, 0))
+            yield metric
+        requests = CounterMetricFamily(
+            "sfpl_facebook_requests", "Graph API requests by outcome", labels=["pixel", "outcome"]
+        )
+        for what, n in c.items():
+            if what.startswith("requests_"):
+                requests.add_metric([pixel, what[len("requests_") :]], n)
+        yield requests
+
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "pixel"
