@@ -30,7 +30,13 @@ from sfpltracker.ingest import bounds
 from sfpltracker.ingest.event import EventModel
 from sfpltracker.ingest.urls import UrlNormaliser
 from sfpltracker.links.service import ShortLinkService
-from sfpltracker.notify.facebook import FacebookOutput, make_capture, make_outputs
+from sfpltracker.notify.facebook import (
+    FacebookOutput,
+    facebook_entries,
+    make_capture,
+    make_outputs,
+    total_families,
+)
 from sfpltracker.notify.nats import NatsNotifier, PublishingIntake, make_notifiers
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
@@ -165,7 +171,11 @@ class Gateway:
         # How deep, how many keys, how big client JSON may be (ingest/bounds.py).
         bounds.configure(bounds.JsonLimits.from_config(cfg))
         # Conversions API outputs (notify/facebook.py): fed by the loader after acceptance.
-        self.outputs: list[FacebookOutput] = make_outputs(cfg, reactor)
+        # Workers > 1: a worker captures, the store process's series loaders feed the outputs
+        # (one outbox, one sender; a worker's own would send the outbox a second time).
+        self.outputs: list[FacebookOutput] = (
+            make_outputs(cfg, reactor) if role.kind != "worker" else []
+        )
         salts = DailySalts(cfg.data_dir / "cookieless", cfg.CookielessSalt.encode())
         self.events = EventModel(
             ip_policy=IPPolicy(cfg.IPMode, ip_secret),
@@ -175,7 +185,7 @@ class Gateway:
             drop_bots=cfg.DropBots,
             enrichers=build_enrichers(self.geoip),
             # what the Conversions API outputs need of an event that its row does not keep
-            capture=make_capture(cfg) if self.outputs else None,
+            capture=make_capture(cfg),
             normalise_url=(
                 UrlNormaliser(cfg.UrlFilter, cfg.UrlFilterMatchGroup) if cfg.NormalizeURLs else None
             ),
@@ -234,6 +244,8 @@ class Gateway:
         self.metric_sources += [n.metrics for n in self.notifiers]
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
+        if role.kind == "worker" and facebook_entries(cfg):  # the store process's outputs
+            self.metric_sources.append(lambda: total_families(self.total_counters()))
         if self.series is not None:
             self.metric_sources.append(self.series.metric_families)
         # Scheduled export of new rows to S3 or a directory (export.py), after the links.
@@ -303,6 +315,8 @@ class Gateway:
         out = dict(self.counters)
         if self.role.kind != "store":
             return out
+        for output in self.outputs:
+            out.update(output.counters())
         batchers = [self.batcher, *(self.series.batchers() if self.series is not None else [])]
         for batcher in batchers:
             st = batcher.stats

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -12,11 +14,15 @@ import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, task
 
 from sfpltracker.config import ConfigError, load_dict
-from sfpltracker.notify.facebook import normalise_email, normalise_phone
+from sfpltracker.notify import facebook as facebook_module
+from sfpltracker.notify.facebook import FacebookOutput, normalise_email, normalise_phone
+from sfpltracker.pipeline.spool import Position
 from tests.gateway_process import GatewayProcess
 from tests.graph_api import GraphAPI
+from tests.test_workers import process, wait_until
 
 PIXEL = "1234567890"
 TOKEN = "EAAtest-token"
@@ -314,3 +320,137 @@ def test_the_contract_server_refuses_what_meta_refuses():
             assert post(f"/v22.0/{PIXEL}/events", [good, event]) == 400, event
         assert len(graph.violations) == 4 + len(bad_events)
         assert graph.event_ids() == ["e1"]
+
+
+# ------------------------------------------------------------------------------ Workers > 1
+
+
+def test_two_workers_send_every_listed_event_once_across_a_worker_restart(tmp_path):
+    """The workers capture, the store process's series loaders fill the one outbox and its one
+    sender drains it: a worker restarted while events wait never sends them a second time."""
+    with GraphAPI(PIXEL, TOKEN) as graph:
+        with GatewayProcess(tmp_path, {**facebook(graph), "Workers": 2}) as gw:
+            events = [purchase() for _ in range(40)]
+            eids = [e["eid"] for e in events]
+            outbox = gw.workdir / "data" / "facebook" / PIXEL
+            # Separate connections: both workers take some (each writes its own spool series).
+            for i in range(0, 20, 4):
+                track(gw, events[i : i + 4], cookie=CONSENT)
+            graph.wait_for(lambda: set(eids[:20]) <= set(graph.event_ids()))
+            graph.fail_always("500")  # Meta down: the next events wait in the outbox
+            for i in range(20, 40, 4):
+                track(gw, events[i : i + 4], cookie=CONSENT)
+
+            def all_in_outbox():
+                lines = b"".join(p.read_bytes() for p in outbox.glob("outbox-*.jsonl"))
+                return all(e.encode() in lines for e in eids)
+
+            graph.wait_for(all_in_outbox)
+            victim = process(gw, "w1")["pid"]
+            os.kill(victim, signal.SIGKILL)
+            wait_until(
+                lambda: (
+                    process(gw, "w1")["pid"] not in (None, victim)
+                    and process(gw, "w1")["status"] == "ok"
+                ),
+                what="w1 restarted",
+            )
+            graph.heal()
+            graph.wait_for(lambda: set(eids) <= set(graph.event_ids()))
+            time.sleep(2)  # a second sender (a worker's) would have posted its copies by now
+            # The store process's counters, whichever worker answers the scrape.
+            wait_metric(gw, "sfpl_facebook_events_sent_total", len(eids))
+            assert metric(gw, "sfpl_facebook_requests_total", outcome="retry") >= 1
+        assert graph.violations == []
+        once_each(graph, eids)
+        assert len(graph.events) == len(eids)
+
+
+# ------------------------------------------------------------------------------ payments
+
+
+def test_a_payment_is_sent_once_as_a_purchase_with_value_and_currency(tmp_path):
+    with GraphAPI(PIXEL, TOKEN) as graph:
+        with GatewayProcess(tmp_path, facebook(graph)) as gw:
+            h = {"User-Agent": UA, "X-Forwarded-For": "203.0.113.7", "Cookie": CONSENT}
+            eid = str(uuid.uuid4())
+            single = {"eid": eid, "uid": str(uuid.uuid4()), "amt": 149.99, "currency": "eur"}
+            r = gw.http("POST", "/tr/v1/ltv/", json_body=single, headers=h)
+            assert r.status == 200 and len(json.loads(r.body)["ids"]) == 1
+            # A batch: each line item is a payment; the one without an amount is not sent.
+            items = [{"revenue": 5}, {"total": 7.5, "currency": "GBP"}, {"qty": 1}]
+            batch = {"vid": str(uuid.uuid4()), "payments": items}
+            r = gw.http("POST", "/tr/v1/ltv/", json_body=batch, headers=h)
+            batch_ids = json.loads(r.body)["ids"]
+            assert r.status == 200 and len(batch_ids) == 3
+            # GET, with an ename that is not listed: stored, not sent.
+            r = gw.http("GET", "/tr/v1/ltv/?revenue=3&ename=refund", headers=h)
+            assert r.status == 200
+            # GET without consent: sent as a Purchase with the hashed vid only.
+            query = f"revenue=9.5&currency=SEK&vid={uuid.uuid4()}"
+            r = gw.http("GET", f"/tr/v1/ltv/?{query}", headers={"User-Agent": UA})
+            get_id = json.loads(r.body)["ids"][0]
+            want = [eid, batch_ids[0], batch_ids[1], get_id]
+            graph.wait_for(lambda: set(want) <= set(graph.event_ids()))
+            wait_metric(gw, "sfpl_facebook_events_sent_total", len(want))
+            gw.wait_for("SELECT count() AS n FROM sfpla.payments", lambda r: r[0]["n"] == 6)
+        assert graph.violations == []
+        once_each(graph, want)
+        assert len(graph.events) == len(want)
+        by_id = {e["event_id"]: e for e in graph.events}
+        got = by_id[eid]
+        assert got["event_name"] == "Purchase"
+        assert got["custom_data"] == {"value": 149.99, "currency": "EUR"}
+        assert got["user_data"]["client_ip_address"] == "203.0.113.7"
+        assert got["user_data"]["client_user_agent"] == UA
+        assert got["user_data"]["external_id"] == [sha(single["uid"])]  # no vid: the uid
+        assert by_id[batch_ids[0]]["custom_data"] == {"value": 5.0, "currency": "USD"}
+        assert by_id[batch_ids[1]]["custom_data"] == {"value": 7.5, "currency": "GBP"}
+        got = by_id[get_id]
+        assert got["custom_data"] == {"value": 9.5, "currency": "SEK"}
+        assert got["opt_out"] is True and set(got["user_data"]) == {"external_id"}
+
+
+def test_replay_marks_are_kept_per_spool_series(tmp_path, monkeypatch):
+    """Workers > 1: the store process loads several series into one outbox. Positions of
+    different series are not comparable: a worker's replayed frame not yet in the outbox is
+    appended (not skipped because another series got further), one already in it is skipped,
+    after a restart too."""
+    monkeypatch.setattr(facebook_module, "SEGMENT_BYTES", 1)  # a segment per append
+    entry = {"Type": "facebook", "PixelId": PIXEL, "AccessToken": TOKEN, "Events": ["Purchase"]}
+    cfg = load_dict({"Notify": [entry], "DataDirectory": str(tmp_path)})
+    clock = task.Clock()
+
+    def output():
+        out = FacebookOutput(cfg.Notify[0], cfg, clock, blocking=defer.maybeDeferred)
+        out.outbox.open()
+        return out
+
+    def capi(eid):
+        return {"ename": "purchase", "event": {"event_id": eid, "event_time": 1}}
+
+    def lines():
+        return [
+            json.loads(line)["ev"]["event_id"]
+            for p in sorted(out.directory.glob("outbox-*.jsonl"))
+            for line in p.read_text().splitlines()
+        ]
+
+    out = output()
+    out.take([(Position(1, 900), False, capi("w1-a"))], "w1")
+    out.take([(Position(1, 100), False, capi("w2-a"))], "w2")
+    out.take([(Position(1, 50), False, capi("main-a"))])
+    # The store process restarts: each loader replays what its series has not committed.
+    out = output()
+    out.take([(Position(1, 900), True, capi("w1-a")), (Position(1, 950), True, capi("w1-b"))], "w1")
+    out.take([(Position(1, 100), True, capi("w2-a")), (Position(1, 300), True, capi("w2-b"))], "w2")
+    out.take([(Position(1, 50), True, capi("main-a"))])
+    assert lines() == ["w1-a", "w2-a", "main-a", "w1-b", "w2-b"]
+    # Once sent, the segments go (all but the newest, w2-b's); the marks stay (sent.json).
+    out.outbox.mark_sent(out.outbox.durable)
+    assert lines() == ["w2-b"]
+    out = output()
+    out.take([(Position(1, 950), True, capi("w1-b"))], "w1")
+    out.take([(Position(1, 300), True, capi("w2-b"))], "w2")
+    out.take([(Position(1, 50), True, capi("main-a")), (Position(1, 60), True, capi("m-b"))])
+    assert lines() == ["w2-b", "m-b"]

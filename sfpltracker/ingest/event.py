@@ -206,8 +206,18 @@ class EventModel:
 
     def payment_records(self, body: dict[str, Any], req: RequestInfo) -> list[Record]:
         """``("payments", row)`` per line item of a ``/ltv/`` body; ``BadInput`` if malformed."""
-        rows = payment_rows(lower_keys(body), req, parse_uuid(req.cookies.get("vid")))
-        return [("payments", row) for row in rows]
+        body = lower_keys(body)
+        rows = payment_rows(body, req, parse_uuid(req.cookies.get("vid")))
+        records: list[Record] = [("payments", row) for row in rows]
+        # A payment an output sends (a Purchase to the Conversions API) is spooled with it.
+        payment = getattr(self.capture, "payment", None)
+        if payment is not None:
+            items = body.get("payments", [body])
+            items = [lower_keys(i) for i in items if isinstance(i, dict)]
+            for item, row in zip(items, rows, strict=True):
+                if (extra := payment(body, item, row, req)) is not None:
+                    records.append(extra)
+        return records
 
     def consent(self, body: dict[str, Any], req: RequestInfo) -> Consent:
         """The ``agreed`` record of a ``/ppi/agree`` body; ``BadInput`` if malformed.

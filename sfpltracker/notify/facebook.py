@@ -14,9 +14,9 @@ Two halves, so nothing Meta does ever touches a client's request:
   ``{GraphURL}/{GraphVersion}/{PixelId}/events`` in requests of at most ``BatchEvents`` (Meta's
   limit: 1,000) and saves how far it got (``sent.json``) after each answer.
 
-Exactly once across restarts: each outbox line carries the spool position of its frame; a frame
-the loader replays (after a crash or a failed store batch) at or before the outbox's last
-position was already taken and is skipped, so nothing is appended twice, and nothing the
+Exactly once across restarts: each outbox line carries the spool position of its frame (and
+its series, for a worker's, Workers > 1); a frame the loader replays (after a crash or a failed
+store batch) at or before the outbox's last position of that series was already taken and is skipped, so nothing is appended twice, and nothing the
 loader committed is missing. The sender resends only what ``sent.json`` does not cover: the one
 window left is a crash between Meta's 200 and that save, and Meta drops the resend as a
 duplicate (same ``event_id`` and ``event_name``).
@@ -54,6 +54,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from sfpltracker.fsutil import fsync_dir, write_atomic
+from sfpltracker.ingest.ids import parse_uuid
 from sfpltracker.pipeline.breaker import CircuitBreaker
 from sfpltracker.pipeline.intake import OUTPUT_TABLE
 from sfpltracker.store.deadletter import DeadLetters
@@ -191,6 +192,8 @@ class Capture:
                 event["data_processing_options"] = ["LDU"]
                 event["data_processing_options_country"] = 0
                 event["data_processing_options_state"] = 0
+        if not ids:  # a payment with a uid but no vid, sent without consent
+            del user["external_id"]
         event["user_data"] = user
         custom: dict[str, Any] = {}
         value = _number(raw.get("value", raw.get("revenue", raw.get("amt"))))
@@ -205,6 +208,40 @@ class Capture:
         if custom:
             event["custom_data"] = custom
         return (CAPI_TABLE, {"ename": ename, "event": event})
+
+    def payment(self, body: dict, item: dict, row: dict, req) -> tuple[str, dict] | None:
+        """The ``capi`` record of one ``/ltv/`` payment row (``item``: its line item, ``body``:
+        the request, keys lower-cased). Its event name is the payment's ``ename``, else
+        ``purchase`` (Meta's standard event); its ``event_id`` the line item's ``eid``, else the
+        payment's id (the store's dedup key, so a replay is the same event at Meta too); the
+        amount ``revenue`` (or ``amt``), else ``total``, else ``payment``. A payment without an
+        amount (Meta refuses a Purchase without ``value`` and ``currency``) or without a vid or
+        uid (nothing to attribute it to) is not sent."""
+        ename = item.get("ename", body.get("ename", "purchase"))
+        if not isinstance(ename, str) or ename.strip().lower() not in self.enames:
+            return None
+        value = next((row[k] for k in ("revenue", "total", "payment") if k in row), None)
+        if value is None or not (row.get("vid") or row.get("uid")):
+            return None  # no amount, or no one to attribute it to
+        flags = body.get("cflags", req.cookies.get("CookieConsent"))
+        try:
+            cflags = int(flags) if flags is not None and not isinstance(flags, bool) else None
+        except (TypeError, ValueError):
+            cflags = None
+        event_row = {
+            "ename": ename.strip().lower(),
+            "eid": parse_uuid(item.get("eid")) or row["id"],
+            "created_at": row["created_at"],
+            "vid": row.get("vid"),
+            "uid": row.get("uid"),
+            "cflags": cflags,
+            "country": row.get("country"),
+            "url": item.get("url", body.get("url")),
+        }
+        # The row's amount and currency (defaulted to USD), the order id when given.
+        raw = {**body, **item, "value": value, "currency": row["currency"]}
+        raw["order_id"] = row.get("orid") or item.get("order_id")
+        return self(raw, event_row, req)
 
 
 def make_capture(cfg) -> Capture | None:
@@ -244,8 +281,13 @@ class Outbox:
     directory: Path
     sent: tuple[int, int] = (1, 0)
     durable: tuple[int, int] = (1, 0)  # end of what is fsync-ed: the sender reads no further
-    high_water: Pos | None = None  # spool position of the last line's frame
+    # Per spool series (None: the gateway's own spool, else a worker's series name): the
+    # position of the last frame taken. Positions of different series are not comparable.
+    high_water: dict[str | None, Pos] = field(default_factory=dict)
     pending: int = 0  # lines not yet sent (changed on the reactor thread only, after open)
+    # The marks of the segments deleted once sent (kept in sent.json): a series that took
+    # nothing since still finds its mark after a restart.
+    deleted_marks: dict[str | None, Pos] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -268,18 +310,15 @@ class Outbox:
         try:
             saved = json.loads((self.directory / "sent.json").read_text())
             self.sent = (int(saved["segment"]), int(saved["offset"]))
+            for name, seg, off in saved.get("marks", ()):
+                self.deleted_marks[name] = (int(seg), int(off))
         except FileNotFoundError:
             self.sent = (min(self.sizes), 0)
         if self.sent[0] not in self.sizes:  # its segment was sent and deleted
             self.sent = (min(s for s in self.sizes if s >= self.sent[0]), 0)
-        for seq in sorted(self.sizes, reverse=True):
-            for line in reversed(_segment(self.directory, seq).read_bytes().splitlines()):
-                at = json.loads(line).get("at")
-                if at is not None:
-                    self.high_water = (at[0], at[1])
-                    break
-            if self.high_water is not None:
-                break
+        self.high_water = dict(self.deleted_marks)
+        for seq in sorted(self.sizes):  # what is left: the unsent part, a few segments
+            self.high_water.update(self._marks(seq))
         for seq in sorted(self.sizes):
             if seq < self.sent[0]:
                 continue
@@ -337,13 +376,27 @@ class Outbox:
                 offset += len(line)
         return Batch(events, (seq, offset))
 
+    def _marks(self, seq: int) -> dict[str | None, Pos]:
+        """The last spool position of each series in segment ``seq``."""
+        marks: dict[str | None, Pos] = {}
+        for line in _segment(self.directory, seq).read_bytes().splitlines():
+            entry = json.loads(line)
+            at = entry.get("at")
+            if at is not None:
+                marks[entry.get("s")] = (at[0], at[1])
+        return marks
+
     def mark_sent(self, end: tuple[int, int]) -> None:
-        position = json.dumps({"segment": end[0], "offset": end[1]})
+        with self.lock:
+            newest = max(self.sizes)
+            done = sorted(s for s in self.sizes if s < end[0] and s != newest)
+        for seq in done:  # their marks are saved before the segments go
+            self.deleted_marks.update(self._marks(seq))
+        marks = [[name, *at] for name, at in self.deleted_marks.items()]
+        position = json.dumps({"segment": end[0], "offset": end[1], "marks": marks})
         write_atomic(self.directory / "sent.json", position, 0o600)
         self.sent = end
         with self.lock:
-            newest = max(self.sizes)
-            done = [s for s in self.sizes if s < end[0] and s != newest]
             for seq in done:
                 del self.sizes[seq]
         for seq in done:
@@ -425,12 +478,13 @@ class FacebookOutput:
         self._running = self._run()
         self._running.addErrback(lambda f: log.failure("facebook sender stopped", f))
 
-    def limit_high_water(self, spool_end) -> None:
-        """The spool ends at ``spool_end``: a mark beyond it is from a spool since removed, so
-        no replay can be in the outbox already."""
+    def limit_high_water(self, spool_end, series: str | None = None) -> None:
+        """The spool (``series``) ends at ``spool_end``: a mark beyond it is from a spool since
+        removed, so no replay can be in the outbox already."""
         end = (spool_end.segment, spool_end.offset)
-        if self.outbox.high_water is not None and self.outbox.high_water > end:
-            self.outbox.high_water = None
+        high = self.outbox.high_water.get(series)
+        if high is not None and high > end:
+            del self.outbox.high_water[series]
 
     @defer.inlineCallbacks
     def stop(self):
@@ -446,13 +500,13 @@ class FacebookOutput:
 
     # -- from the loader ----------------------------------------------------------------------
 
-    def take(self, items) -> defer.Deferred:
+    def take(self, items, series: str | None = None) -> defer.Deferred:
         """``items``: ``(at, replay, row)`` of ``capi`` records in spool order (``at``: the
-        frame's end position, None without a spool). Fires once the ones this output sends are
-        in the outbox, durably."""
+        frame's end position in the spool ``series``, None without a spool). Fires once the
+        ones this output sends are in the outbox, durably."""
         lines: list[bytes] = []
         last_at = None
-        high = self.outbox.high_water
+        high = self.outbox.high_water.get(series)
         for at, replay, row in items:
             name = self.names.get(row.get("ename"))
             if name is None:
@@ -464,17 +518,20 @@ class FacebookOutput:
                     continue
                 last_at = at
             event = {"event_name": name, **row["event"]}
+            line: dict[str, Any] = {"at": at, "ev": event}
+            if series is not None:
+                line["s"] = series
             lines.append(
-                json.dumps(
-                    {"at": at, "ev": event}, ensure_ascii=False, separators=(",", ":")
-                ).encode("utf-8", "backslashreplace")
+                json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode(
+                    "utf-8", "backslashreplace"
+                )
                 + b"\n"
             )
         if not lines:
             return defer.succeed(None)
         if last_at is not None:
             # Set now: a replay of these frames taken before the append finishes is skipped.
-            self.outbox.high_water = last_at
+            self.outbox.high_water[series] = last_at
         return self._append_lock.run(self._append, lines)
 
     @defer.inlineCallbacks
@@ -703,6 +760,45 @@ class FacebookOutput:
             "1 while the circuit breaker holds requests back",
             0 if self.breaker.allows() else 1,
         )
+
+    def counters(self) -> dict[str, int]:
+        """The counters, for the supervisor's totals (Workers > 1: a worker's /metrics shows
+        the store process's output through them, ``total_families``)."""
+        st = self.stats
+        out = {"sent": st.sent, "captured": st.captured, "dead_letter": st.dead_letter}
+        out["batches"] = st.batches
+        out.update({f"requests_{k}": n for k, n in st.requests.items()})
+        return {f"facebook_{k}:{self.pixel}": n for k, n in out.items()}
+
+
+_TOTALS = {
+    "sent": ("sfpl_facebook_events_sent", "Events Meta accepted"),
+    "captured": ("sfpl_facebook_events_captured", "Events appended to the outbox"),
+    "dead_letter": ("sfpl_facebook_events_dead_letter", "Events Meta refused (or too old)"),
+    "batches": ("sfpl_facebook_batches", "Batches finished"),
+}
+
+
+def total_families(totals: dict[str, int]):
+    """A worker's view of the outputs (they run in the store process): their counters from the
+    supervisor's totals. The gauges (pending, circuit open) are the store process's own."""
+    by_pixel: dict[str, dict[str, int]] = {}
+    for key, n in totals.items():
+        if key.startswith("facebook_") and ":" in key:
+            what, pixel = key[len("facebook_") :].split(":", 1)
+            by_pixel.setdefault(pixel, {})[what] = n
+    for pixel, c in by_pixel.items():
+        for what, (name, doc) in _TOTALS.items():
+            metric = CounterMetricFamily(name, doc, labels=["pixel"])
+            metric.add_metric([pixel], c.get(what, 0))
+            yield metric
+        requests = CounterMetricFamily(
+            "sfpl_facebook_requests", "Graph API requests by outcome", labels=["pixel", "outcome"]
+        )
+        for what, n in c.items():
+            if what.startswith("requests_"):
+                requests.add_metric([pixel, what[len("requests_") :]], n)
+        yield requests
 
 
 def _safe(name: str) -> str:

@@ -144,6 +144,9 @@ class Loader:
         # records of OUTPUT_TABLE, which never go to the store; a chunk is confirmed once the
         # store and every output have what it holds.
         self.outputs: list = []
+        # The spool series this loader reads (a worker's name; None: the gateway's own spool):
+        # outputs keep their replay marks per series.
+        self.output_series: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -170,7 +173,7 @@ class Loader:
         self._stopped = False
         self.writer.listeners.append(self.wake)
         for output in self.outputs:
-            output.limit_high_water(self.writer.end)
+            output.limit_high_water(self.writer.end, self.output_series)
         if backlog.records:
             log.info(
                 "spool: replaying {n} records from segment {seg} offset {off}",
@@ -327,7 +330,7 @@ class Loader:
             )
             d.addCallbacks(self._stored, self._failed, callbackArgs=(chunk,), errbackArgs=(chunk,))
         for sink in sinks:
-            d = defer.maybeDeferred(sink.take, outputs)
+            d = defer.maybeDeferred(sink.take, outputs, self.output_series)
             d.addCallbacks(self._stored, self._failed, callbackArgs=(chunk,), errbackArgs=(chunk,))
 
     # -- confirmations ----------------------------------------------------------------------

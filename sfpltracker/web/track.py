@@ -239,8 +239,10 @@ class LtvResource(IngestResource):
         except BadInput as e:
             return error(request, 400, str(e))
 
+        ids = [row["id"] for table, row in records if table == "payments"]  # not the capi ones
+
         def answer() -> bytes:
-            self.gateway.count("payments_accepted", len(records))
-            return write_json(request, 200, {"ok": True, "ids": [row["id"] for _, row in records]})
+            self.gateway.count("payments_accepted", len(ids))
+            return write_json(request, 200, {"ok": True, "ids": ids})
 
         return self._submit(request, records, answer)

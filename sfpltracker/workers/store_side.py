@@ -154,6 +154,7 @@ class SeriesLoaders:
             batcher = Batcher(self.store, self.reactor, self.batching)
             loader = Loader(series, batcher, self.reactor, store=self.store)  # type: ignore[arg-type]
             loader.outputs.extend(self.outputs)
+            loader.output_series = name  # its positions are its own (the outbox's replay marks)
             series.loader = loader
             yield loader.start()
         finally:
