@@ -879,7 +879,7 @@ FIGURES = {
 def _dashboard(p: str) -> dict:
     """``/dashboard/api/`` (docs/dashboard.md): sign-in and the figures, behind a session
     cookie. Not under ``ApiVersion``: the page and its API are versioned together."""
-    session = [{"dashboardSession": []}]
+    session: list[dict[str, list[str]]] = [{"dashboardSession": []}]
     error = _ref("schemas", "Error")
     unauthorized = _json(error, "no session (sign in first)")
 
