@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 
 from sfpltracker import admin
 from sfpltracker.cli import admin_commands
-from sfpltracker.web.common import body_too_large
+from sfpltracker.web.common import body_too_large, finish, write_json
 from sfpltracker.web.site import LimitedRequest
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ class AdminResource(Resource):
 
     def render_POST(self, request):  # noqa: N802 - Twisted's interface
         if not request.path.startswith(b"/admin/"):
-            return _json(request, 404, {"error": "POST /admin/<command>"})
+            return write_json(request, 404, {"error": "POST /admin/<command>"})
         if body_too_large(request):
-            return _json(
+            return write_json(
                 request, 413, {"error": f"request body larger than {ADMIN_MAX_BODY_BYTES} bytes"}
             )
         name = request.path[7:].decode("latin-1")
@@ -57,7 +57,7 @@ class AdminResource(Resource):
             if not isinstance(args, dict):
                 raise ValueError("expected a JSON object")
         except ValueError as e:
-            return _json(request, 400, {"error": f"bad arguments: {e}"})
+            return write_json(request, 400, {"error": f"bad arguments: {e}"})
         gw = self.gateway
         d = defer.maybeDeferred(
             admin_commands.run,
@@ -67,30 +67,17 @@ class AdminResource(Resource):
         )
 
         def done(result):
-            _finish(request, _json(request, 200, result))
+            finish(request, write_json(request, 200, result))
 
         def failed(failure):
             if failure.check(admin.AdminError):
-                _finish(request, _json(request, 400, {"error": str(failure.value)}))
+                finish(request, write_json(request, 400, {"error": str(failure.value)}))
             else:
                 log.failure("admin command {name} failed", failure, name=name)
-                _finish(request, _json(request, 500, {"error": failure.getErrorMessage()}))
+                finish(request, write_json(request, 500, {"error": failure.getErrorMessage()}))
 
         d.addCallbacks(done, failed)
         return server.NOT_DONE_YET
-
-
-def _json(request, status: int, payload) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(payload).encode() + b"\n"
-
-
-def _finish(request, data: bytes) -> None:
-    if request._disconnected or request.finished:
-        return
-    request.write(data)
-    request.finish()
 
 
 class AdminRequest(LimitedRequest):
