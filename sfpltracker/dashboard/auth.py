@@ -96,24 +96,12 @@ def login(links, ip: str, creds: Credentials | None, now_ms: int):
     """The ``Account`` of good credentials; ``LoginRefused`` (401, 429) otherwise."""
     if creds is None or not creds.uid or not creds.secret:
         raise LoginRefused(401, "uid and secret required")
-    attempt = None
-    if links.throttle is not None:
-        try:
-            attempt = links.throttle.attempt(ip, creds.uid)
-        except Throttled as e:
-            links.count("auth_throttled")
-            raise LoginRefused(429, e.reason, e.retry_after) from None
     try:
-        account = yield links.accounts.authenticate(creds, now_ms)
+        account = yield links.authenticate(creds, ip, now_ms)
+    except Throttled as e:
+        links.count("auth_throttled")
+        raise LoginRefused(429, e.reason, e.retry_after) from None
     except AuthFailed:
-        if attempt is not None:
-            attempt.failed()
         links.count("auth_failures")
         raise LoginRefused(401, "bad credentials") from None
-    except Exception:
-        if attempt is not None:
-            attempt.abandoned()
-        raise
-    if attempt is not None:
-        attempt.succeeded()
     return account

@@ -8,9 +8,10 @@ stops polling before the store closes) and its metric sources (``/metrics``).
 from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet import defer
 
 from sfpltracker.config import Config
-from sfpltracker.links.accounts import Accounts
+from sfpltracker.links.accounts import Accounts, AuthFailed, Credentials
 from sfpltracker.links.cache import LinkCache
 from sfpltracker.links.policy import RedirectPolicy
 from sfpltracker.links.repository import LinkRepository
@@ -40,6 +41,28 @@ class ShortLinkService:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
+
+    @defer.inlineCallbacks
+    def authenticate(self, creds: Credentials | None, ip: str, now_ms: int):
+        """The account of ``creds``, behind the login throttle (the admin API and the dashboard
+        sign-in share it): ``Throttled`` before any password check once ``ip`` or the uid
+        failed too often, ``AuthFailed`` for missing or wrong credentials."""
+        attempt = None
+        if self.throttle is not None and creds is not None and creds.secret:  # a check will run
+            attempt = self.throttle.attempt(ip, creds.uid)
+        try:
+            account = yield self.accounts.authenticate(creds, now_ms)
+        except AuthFailed:
+            if attempt is not None:
+                attempt.failed()
+            raise
+        except Exception:
+            if attempt is not None:
+                attempt.abandoned()
+            raise
+        if attempt is not None:
+            attempt.succeeded()
+        return account
 
     def start(self):
         return self.cache.start()

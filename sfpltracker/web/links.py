@@ -167,25 +167,13 @@ class RpiResource(Resource):
 
     @defer.inlineCallbacks
     def _account(self, request, creds):
-        attempt = None
-        throttle = self.links.throttle
-        if throttle is not None and creds is not None and creds.secret:  # a check will run
-            try:
-                attempt = throttle.attempt(request_info(request, self.gateway).ip, creds.uid)
-            except Throttled as e:
-                raise Refusal(429, e.reason, e.retry_after) from None
+        ip = request_info(request, self.gateway).ip
         try:
-            account = yield self.links.accounts.authenticate(creds, self.gateway.now_ms())
+            account = yield self.links.authenticate(creds, ip, self.gateway.now_ms())
+        except Throttled as e:
+            raise Refusal(429, e.reason, e.retry_after) from None
         except AuthFailed as e:
-            if attempt is not None:
-                attempt.failed()
             raise Refusal(401, str(e)) from None
-        except Exception:
-            if attempt is not None:
-                attempt.abandoned()
-            raise
-        if attempt is not None:
-            attempt.succeeded()
         return account
 
     @defer.inlineCallbacks
