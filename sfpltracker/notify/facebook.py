@@ -228,7 +228,7 @@ class Capture:
             cflags = int(flags) if flags is not None and not isinstance(flags, bool) else None
         except (TypeError, ValueError):
             cflags = None
-        event_row = {
+        as_event = {  # what the capture reads of an event row
             "ename": ename.strip().lower(),
             "eid": parse_uuid(item.get("eid")) or row["id"],
             "created_at": row["created_at"],
@@ -241,7 +241,7 @@ class Capture:
         # The row's amount and currency (defaulted to USD), the order id when given.
         raw = {**body, **item, "value": value, "currency": row["currency"]}
         raw["order_id"] = row.get("orid") or item.get("order_id")
-        return self(raw, event_row, req)
+        return self(raw, as_event, req)
 
 
 def make_capture(cfg) -> Capture | None:
