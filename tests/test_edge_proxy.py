@@ -384,3 +384,13 @@ def test_proxied_answers_keep_alive_and_pipelined_in_order(gw):
     assert answers[6][2] == b"status"
     for _, head, _ in answers:
         assert head.lower().count(b"\r\ndate:") == 1, head
+
+
+def test_connect_to_a_proxied_route_is_405_not_502(gw):
+    """A reverse proxy forwards no tunnels (found by the fuzzer: CONNECT with a body was a 502
+    "RequestGenerationFailed", a 5xx for client input)."""
+    for body in (None, b"[]"):
+        r = gw.http("CONNECT", "/api/echo", body=body)
+        assert r.status == 405, r
+        assert r.json() == {"error": "CONNECT is not forwarded"}
+        assert "GET" in r.header("allow")

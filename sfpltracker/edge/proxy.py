@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web import client
 from twisted.web.client import (  # bound once: attribute access on the module is slow
     PotentialDataLoss,
+    RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseNeverReceived,
@@ -295,6 +296,9 @@ class ProxyFallback:
         if found is None:
             return None
         site, route = found
+        if request.method == b"CONNECT":  # a tunnel to elsewhere: no reverse proxy forwards it
+            request.setHeader(b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+            return json_error(request, 405, "CONNECT is not forwarded")
         if site.answer_options and request.method == b"OPTIONS":
             return preflight(request, self.gateway.cfg.AllowOrigin)
         limiter = self.limiters.get(site.host)
@@ -399,6 +403,9 @@ class ProxyFallback:
                 t=self.read_timeout,
             )
             finish(request, json_error(request, 504, "upstream did not answer in time"))
+            return None
+        if failure.check(RequestGenerationFailed):  # this request cannot be written upstream
+            finish(request, json_error(request, 400, "request cannot be forwarded"))
             return None
         self.errors["502"] += 1
         why = _failure_reason(failure)
