@@ -253,6 +253,16 @@ def test_idle_connection_is_closed_without_an_answer(gw):
         assert s.recv(100) == b""  # IdleTimeoutSeconds (3) later
 
 
+def test_a_kept_alive_connection_idles_out_after_its_answer_not_the_read_deadline(gateway_factory):
+    """After an answer the idle timer counts, not the read deadline armed at connect (the
+    connection stayed open for ReadTimeoutSeconds; seen as test_log_privacy timing out in CI)."""
+    gw = gateway_factory({"HTTPServer": "fast", "ReadTimeoutSeconds": 120, "IdleTimeoutSeconds": 1})
+    with connect(gw, timeout=60) as s:
+        s.sendall(GET_PING)
+        read_answers(s, 1)
+        assert s.recv(100) == b""  # closed after IdleTimeoutSeconds; 120 s would time out
+
+
 def test_max_connections_answers_503(gw):
     idle = [connect(gw) for _ in range(6)]
     try:

@@ -767,6 +767,7 @@ class FastHTTPProtocol(Protocol):
             self.close()
             return
         self._last = self.factory.seconds()
+        self._arm_idle()
         if self._held is not None and not self._upgraded:
             # An upgrade request answered without upgrading: read on with a fresh parser.
             data, self._held = self._held, None
@@ -936,6 +937,19 @@ class FastHTTPProtocol(Protocol):
     def _arm(self, delay: float) -> None:
         if delay > 0:
             self._timer = self.factory.call_later(delay, self._tick)
+
+    def _arm_idle(self) -> None:
+        """Wake at the idle deadline of a connection that just answered, when the timer would
+        wake later (it may be set for the read deadline, ReadTimeoutSeconds away)."""
+        idle = self.factory.idle_timeout
+        timer = self._timer
+        if not idle or self._lost:
+            return
+        if timer is not None and timer.active():
+            if timer.getTime() <= self._last + idle:
+                return
+            timer.cancel()
+        self._arm(idle)
 
     def _tick(self) -> None:
         """Answer 408 to a request past its read deadline, close an idle connection, or
