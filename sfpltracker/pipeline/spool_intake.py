@@ -41,6 +41,24 @@ def segment_bytes_for(max_bytes: int) -> int:
     return max(MIN_SEGMENT_BYTES, min(MAX_SEGMENT_BYTES, max_bytes // 8))
 
 
+def writer_metric_families(writer: SpoolWriter, refused_reasons: dict[str, int]):
+    """The writing side's metrics (group commits, errors, refusals, fsync latency): the same
+    for the one process's spool and for a worker's series (workers/worker_side.py)."""
+    yield CounterMetricFamily("sfpl_spool_commits", "Group commits (one fsync each)", writer.groups)
+    yield CounterMetricFamily("sfpl_spool_write_errors", "Failed spool writes", writer.write_errors)
+    refused = CounterMetricFamily(
+        "sfpl_spool_refused_requests", "Requests the spool refused", labels=["reason"]
+    )
+    for reason, n in sorted(refused_reasons.items()):
+        refused.add_metric([reason], n)
+    yield refused
+    fsync = HistogramMetricFamily(
+        "sfpl_spool_fsync_seconds", "Group commit write + fdatasync latency"
+    )
+    fsync.add_metric([], writer.fsync.cumulative(), sum_value=writer.fsync.total)
+    yield fsync
+
+
 class SpoolIntake:
     def __init__(
         self,
@@ -244,16 +262,4 @@ class SpoolIntake:
             "Records confirmed stored from the spool",
             ld.loaded_records,
         )
-        yield CounterMetricFamily("sfpl_spool_commits", "Group commits (one fsync each)", w.groups)
-        yield CounterMetricFamily("sfpl_spool_write_errors", "Failed spool writes", w.write_errors)
-        refused = CounterMetricFamily(
-            "sfpl_spool_refused_requests", "Requests the spool refused", labels=["reason"]
-        )
-        for reason, n in sorted(self.refused_reasons.items()):
-            refused.add_metric([reason], n)
-        yield refused
-        fsync = HistogramMetricFamily(
-            "sfpl_spool_fsync_seconds", "Group commit write + fdatasync latency"
-        )
-        fsync.add_metric([], w.fsync.cumulative(), sum_value=w.fsync.total)
-        yield fsync
+        yield from writer_metric_families(w, self.refused_reasons)

@@ -13,13 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from sfpltracker.pipeline.spool_intake import SpoolIntake
+from sfpltracker.pipeline.spool_intake import SpoolIntake, writer_metric_families
 from sfpltracker.store.errors import StoreError
 from sfpltracker.store.schema import DEFAULT_DATABASE
 from sfpltracker.workers import protocol as cmds
@@ -232,16 +232,4 @@ class WorkerIntake(SpoolIntake):
         yield GaugeMetricFamily(
             "sfpl_spool_bytes", "Bytes of spool segments on disk", w.bytes_on_disk
         )
-        yield CounterMetricFamily("sfpl_spool_commits", "Group commits (one fsync each)", w.groups)
-        yield CounterMetricFamily("sfpl_spool_write_errors", "Failed spool writes", w.write_errors)
-        refused = CounterMetricFamily(
-            "sfpl_spool_refused_requests", "Requests the spool refused", labels=["reason"]
-        )
-        for reason, n in sorted(self.refused_reasons.items()):
-            refused.add_metric([reason], n)
-        yield refused
-        fsync = HistogramMetricFamily(
-            "sfpl_spool_fsync_seconds", "Group commit write + fdatasync latency"
-        )
-        fsync.add_metric([], w.fsync.cumulative(), sum_value=w.fsync.total)
-        yield fsync
+        yield from writer_metric_families(w, self.refused_reasons)
