@@ -259,3 +259,34 @@ def cluster_engine_changes(
             f"DROP TABLE {new}{on} SYNC",
         ]
     return out
+
+
+def split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses and quotes (a backslash escapes inside
+    quotes), each part stripped, empty parts dropped: column lists, engine arguments, keys."""
+    parts, depth, quote, current = [], 0, "", []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\" and i + 1 < len(text):
+                current.append(ch + text[i + 1])
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch in "'`\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            i += 1
+            continue
+        current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]

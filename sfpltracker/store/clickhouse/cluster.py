@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 
 from sfpltracker.store.dedup import DEDUP_KEYS
-from sfpltracker.store.schema import Statement
+from sfpltracker.store.schema import Statement, split_top_level
 
 # agreed/agreements by vid too: "latest consent per visitor" (ReplacingMergeTree on vid in
 # agreements_local, filled from agreed_local) only holds when a visitor lives on one shard.
@@ -180,7 +180,7 @@ def _column_definitions(body: str) -> list[str]:
     """The column definitions of a column list, without indexes, projections, constraints
     and codecs (a Distributed table stores nothing, so it takes none of them)."""
     out = []
-    for part in _split_top_level(body):
+    for part in split_top_level(body):
         part = " ".join(part.split())
         if not part or part.split()[0].upper() in _NOT_COLUMNS:
             continue
@@ -270,33 +270,3 @@ def _closing_paren(text: str, open_at: int) -> int:
                 return i
         i += 1
     raise ClusterSchemaError(f"unbalanced parentheses in: {text[:80]}")
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses and quotes."""
-    parts, depth, quote, current = [], 0, "", []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\" and i + 1 < len(text):
-                current.append(ch + text[i + 1])
-                i += 2
-                continue
-            if ch == quote:
-                quote = ""
-        elif ch in "'`\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-            i += 1
-            continue
-        current.append(ch)
-        i += 1
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]

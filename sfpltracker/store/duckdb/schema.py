@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sfpltracker.store.dedup import DEDUP_KEYS
-from sfpltracker.store.schema import DEFAULT_DATABASE, Statement, load_statements
+from sfpltracker.store.schema import (
+    DEFAULT_DATABASE,
+    Statement,
+    load_statements,
+    split_top_level,
+)
 
 VIEWS_FILE = Path(__file__).with_name("views.sql")
 TOKENS_TABLE = "_sfpl_insert_tokens"  # insert tokens, committed with the rows they stored
@@ -78,7 +83,7 @@ def duck_type(ch_type: str) -> str:
     if t.startswith("Array("):
         return duck_type(t[6:-1]) + "[]"
     if t.startswith("SimpleAggregateFunction("):
-        return duck_type(_split_top(t[len("SimpleAggregateFunction(") : -1])[1])
+        return duck_type(split_top_level(t[len("SimpleAggregateFunction(") : -1])[1])
     if t.startswith("DateTime"):
         return "TIMESTAMP"  # UTC, to the microsecond (DateTime64(3) holds milliseconds)
     if t.startswith("JSON") or t.startswith("Object("):
@@ -120,31 +125,6 @@ class Table:
         return f'CREATE TABLE IF NOT EXISTS {database}."{self.name}" (\n    {body}\n)'
 
 
-def _split_top(text: str) -> list[str]:
-    """``text`` split at the commas outside parentheses and quotes."""
-    parts, depth, quote, cur = [], 0, "", []
-    for ch in text:
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = ""
-            continue
-        if ch in "'`\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-            continue
-        cur.append(ch)
-    if "".join(cur).strip():
-        parts.append("".join(cur).strip())
-    return parts
-
-
 def _body(sql: str) -> str:
     """The column list of a ``CREATE TABLE ... ( ... )``."""
     start = sql.index("(")
@@ -167,7 +147,7 @@ _TARGET = re.compile(r"\bTO\s+\w+\.(\w+)", re.IGNORECASE)
 
 def _columns(sql: str) -> list[Column]:
     out = []
-    for item in _split_top(_body(sql)):
+    for item in split_top_level(_body(sql)):
         head = item.split(None, 1)
         if not head or head[0].upper() in ("INDEX", "PROJECTION", "CONSTRAINT"):
             continue
@@ -195,7 +175,7 @@ def table_of(statement: Statement, known: dict[str, Table]) -> Table:
         order = _ORDER.search(statement.sql)
         key = order.group(1).strip("()") if order else ""
         names = {c.name for c in columns}
-        parts = [p.strip().strip("`") for p in _split_top(key)]
+        parts = [p.strip().strip("`") for p in split_top_level(key)]
         if parts and all(p in names for p in parts):
             table.key = parts
             table.version = arg or None
