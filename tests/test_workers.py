@@ -68,10 +68,10 @@ def test_two_workers_store_every_event_once(workers):
     # Both workers wrote a series of their own; the store process loaded them all.
     spool = gw.workdir / "data" / "spool"
     assert {"w1", "w2"} <= {p.name for p in spool.iterdir()}
-    health = json.loads(gw.http("GET", "/health").body)
-    roles = sorted((p["role"], p["name"]) for p in health["processes"])
+    wait_until(lambda: all(p["pid"] for p in health(gw)["processes"]), what="all up")
+    health_now = health(gw)
+    roles = sorted((p["role"], p["name"]) for p in health_now["processes"])
     assert roles == [("store", "store"), ("worker", "w1"), ("worker", "w2")]
-    assert all(p["pid"] for p in health["processes"])
 
 
 class Load:
@@ -204,6 +204,8 @@ def test_supervisor_sigkilled_restart_recovers_every_acknowledged_event(tmp_path
     gw = GatewayProcess(tmp_path, {"Workers": 2})
     try:
         gw.start()
+        # A worker's /health lists the processes once the supervisor's first report reached it.
+        wait_until(lambda: all(p["pid"] for p in health(gw)["processes"]), what="all up")
         children = [p["pid"] for p in health(gw)["processes"]]
         with Load(gw, "p") as load:
             load.wait_acked(200)
