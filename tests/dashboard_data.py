@@ -9,7 +9,6 @@ the query listener (``expect_*``), never by the code under test.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 from tests.gateway_process import GatewayProcess, http_request
@@ -107,13 +106,7 @@ def load(gw: GatewayProcess) -> dict:
     )
     gw.wait_for("SELECT count() AS n FROM sfpla.payments", lambda rows: int(rows[0]["n"]) == 3)
     gw.wait_for("SELECT count() AS n FROM sfpla.agreed", lambda rows: int(rows[0]["n"]) == 4)
-    # An insert commits the table's part before its views' parts (dash_daily, the per-day
-    # tables): a count of the table can be right while the last insert's views are still being
-    # written. The spool's pending records reach 0 only when every insert has returned.
-    deadline = time.monotonic() + 30
-    while json.loads(gw.http("GET", "/health").body)["spool"]["records_pending"]:
-        assert time.monotonic() < deadline, "the loader did not settle in 30 s"
-        time.sleep(0.1)
+    gw.wait_settled()  # the events' views (dash_daily) too
     return {"vids": ids, "uids": uids, "account": account}
 
 

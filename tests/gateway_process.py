@@ -197,3 +197,13 @@ class GatewayProcess:
                 return rows
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting on {sql!r}; last rows: {rows[:5]}")
+
+    def wait_settled(self, timeout: float = 30) -> None:
+        """Wait until no spool record is pending, i.e. every insert has returned. An insert
+        commits its table's part before its views' parts, so a row can be visible in a table
+        while the tables its views fill (dash_daily, agreements, hits, ...) still lack it."""
+        deadline = time.monotonic() + timeout
+        while json.loads(self.http("GET", "/health").body)["spool"]["records_pending"]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"spool records still pending after {timeout} s")
+            time.sleep(0.1)

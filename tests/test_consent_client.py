@@ -82,6 +82,7 @@ def test_agree_sends_the_clients_context_and_is_recorded(run):
         "spring",
     )
     assert old["compliances"] == {"banner": "v3"} and old["culture"] == "en-US"
+    gw.wait_settled()  # agreements is filled by a view on agreed
     latest = gw.query(f"SELECT cflags FROM sfpla.agreements FINAL WHERE vid = '{PAGE_VID}'")
     assert latest == [{"cflags": 256}]
 

@@ -268,6 +268,7 @@ def test_side_tables_on_clickhouse_18_16(tmp_path, monkeypatch):
                     break
                 time.sleep(0.2)
             assert rows == [(1,)]
+            gateway.wait_settled()  # the other views' parts of the same insert
             assert final("SELECT sum(total) FROM sfpla.ips FINAL") == [(1,)]
             assert final("SELECT hostname FROM sfpla.hosts FINAL WHERE hostname = 'shop.test'") == [
                 ("shop.test",)
