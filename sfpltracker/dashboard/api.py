@@ -180,7 +180,7 @@ class DashboardResource(Resource):
             # A cross-site form cannot send JSON without a preflight: no login CSRF.
             return error(request, 415, "send the credentials as application/json")
         origin = header(request, "origin")
-        if origin and origin.split("://", 1)[-1] != header(request, "host"):
+        if origin and origin.split("://", 1)[-1] != self._public_origin(request)[0]:
             return error(request, 403, "cross-origin sign-in refused")
         try:
             request.content.seek(0)
@@ -217,11 +217,22 @@ class DashboardResource(Resource):
         d.addCallbacks(done, failed)
         return NOT_DONE_YET
 
+    def _public_origin(self, request) -> tuple[str, bool]:
+        """The host (with its port) and whether HTTPS, as the browser sees them: this
+        listener's, or what a proxy in ``TrustedProxies`` forwarded (the dashboard served on
+        a public host through a ``Sites`` proxy route to this listener: docs/dashboard.md)."""
+        host, https = header(request, "host"), request.isSecure()
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        if peer in self.gateway.trusted_proxies:
+            host = header(request, "x-forwarded-host").split(",")[0].strip() or host
+            https = https or header(request, "x-forwarded-proto").lower() == "https"
+        return host, https
+
     def _cookie_flags(self, request) -> dict[str, Any]:
         return {
             "path": b"/dashboard",
             "httpOnly": True,
-            "secure": request.isSecure(),
+            "secure": self._public_origin(request)[1],
             "sameSite": "strict",
         }
 
