@@ -88,7 +88,8 @@ class Publisher:
     """What the issuer thread uses to put challenge answers in place on the reactor.
 
     Each call blocks the thread until the reactor has done it, so the CA is told to validate
-    only once the answer is being served.
+    only once the answer is being served. ``http01`` and ``alpn`` may return a Deferred (with
+    workers: fires once every worker has the answer, ``workers/tls_share.py``); it is waited for.
     """
 
     def __init__(self, reactor, http01: Http01Tokens, alpn):
@@ -102,10 +103,9 @@ class Publisher:
         done = threading.Event()
 
         def run():
-            try:
-                fn(*args)
-            finally:
-                done.set()
+            d = defer.maybeDeferred(fn, *args)
+            d.addErrback(lambda f: log.failure("ACME: publishing a challenge answer", f))
+            d.addBoth(lambda _: done.set())
 
         self.reactor.callFromThread(run)
         if not done.wait(timeout):
@@ -180,6 +180,23 @@ def _root_cause(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def cert_paths(acme_dir: Path, domain: str) -> tuple[Path, Path]:
+    folder = Path(acme_dir) / "certs" / domain
+    return folder / "fullchain.pem", folder / "privkey.pem"
+
+
+def load_stored(acme_dir: Path, domain: str) -> CertPair | None:
+    """The certificate stored for ``domain`` (None: none, or unusable)."""
+    cert_path, key_path = cert_paths(acme_dir, domain)
+    if not cert_path.exists():
+        return None
+    try:
+        return load_pair(cert_path, key_path, "acme")
+    except CertificateError as e:
+        log.warn("ACME: stored certificate for {domain} unusable: {why}", domain=domain, why=e)
+        return None
+
+
 class AcmeIssuer:
     """Blocking ACMEv2 client for one directory; call ``issue`` from a thread."""
 
@@ -200,18 +217,10 @@ class AcmeIssuer:
     # -- storage -----------------------------------------------------------------------------
 
     def cert_paths(self, domain: str) -> tuple[Path, Path]:
-        folder = self.acme_dir / "certs" / domain
-        return folder / "fullchain.pem", folder / "privkey.pem"
+        return cert_paths(self.acme_dir, domain)
 
     def load_stored(self, domain: str) -> CertPair | None:
-        cert_path, key_path = self.cert_paths(domain)
-        if not cert_path.exists():
-            return None
-        try:
-            return load_pair(cert_path, key_path, "acme")
-        except CertificateError as e:
-            log.warn("ACME: stored certificate for {domain} unusable: {why}", domain=domain, why=e)
-            return None
+        return load_stored(self.acme_dir, domain)
 
     def _store(self, domain: str, pair: CertPair) -> None:
         cert_path, key_path = self.cert_paths(domain)
@@ -320,7 +329,7 @@ class AcmeManager:
         renew_days: float,
         issue: Callable[[str], defer.Deferred],
         load: Callable[[str], CertPair | None],
-        install: Callable[[str, CertPair], None],
+        install: Callable[[str, CertPair], defer.Deferred | None],
         describe: str = "",
     ):
         self.reactor = reactor
@@ -436,7 +445,8 @@ class AcmeManager:
         state.failures = 0
         state.last_error = ""
         self.issued += 1
-        self._install(state.domain, pair)
+        # With workers a Deferred: fires once every worker serves it (``tls renew`` waits).
+        installed = self._install(state.domain, pair)
         log.info(
             "ACME: certificate for {domain} issued and now served: {pair}{replaced}",
             domain=state.domain,
@@ -454,7 +464,7 @@ class AcmeManager:
             )
             due = CHECK_INTERVAL
         self._schedule(state, min(due, CHECK_INTERVAL))
-        return None
+        return installed if isinstance(installed, defer.Deferred) else None
 
     def _failed(self, failure, state: _DomainState) -> None:
         state.failures += 1
