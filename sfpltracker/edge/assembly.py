@@ -38,6 +38,7 @@ from sfpltracker.edge.tls.acme import (
 from sfpltracker.edge.tls.certs import CertificateError, load_or_create_self_signed, load_pair
 from sfpltracker.edge.tls.server import SNIServer, tls_factory
 from sfpltracker.workers.tls_share import TlsShare, WorkerTls
+from sfpltracker.workers.worker_side import RemoteStore
 
 if TYPE_CHECKING:
     from sfpltracker.gateway import Gateway
@@ -147,7 +148,8 @@ class Edge:
             challenge = HTTP01 if cfg.ProxyPort else TLSALPN01
         install = self._install_acme
         publisher = Publisher(self.reactor, self.http01, sni.challenges)
-        if role == "store":  # Workers > 1: the workers serve what this process obtains
+        if role == "store" and self.gateway.store_server is not None:
+            # Workers > 1: the workers serve what this process obtains
             share = self.share = self.gateway.store_server.tls
             install = self._install_shared
             publisher = Publisher(
@@ -190,7 +192,9 @@ class Edge:
             pair = load_stored(cfg.data_dir / "acme", domain.lower())
             if pair is not None:
                 self._install_acme(domain.lower(), pair)
-        self.gateway.store.link.tls = WorkerTls(self.http01, self.sni.challenges, self.sni.store)
+        store = self.gateway.store
+        if isinstance(store, RemoteStore):
+            store.link.tls = WorkerTls(self.http01, self.sni.challenges, self.sni.store)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -204,7 +208,11 @@ class Edge:
         # The store process: the workers answer the CA, so wait for them to be connected
         # (a worker still missing then answers after it connects; a failed order is retried).
         d = self.share.when_connected(worker_count(self.gateway.cfg), WORKERS_WAIT)
-        d.addCallback(lambda _: self.acme is not None and not self._stopped and self.acme.start())
+        d.addCallback(self._start_acme)
+
+    def _start_acme(self, _=None) -> None:
+        if self.acme is not None and not self._stopped:
+            self.acme.start()
 
     def stop(self):
         self._stopped = True

@@ -49,8 +49,8 @@ class TlsShare:
         for domain, pair in self.certs.items():
             self._send(conn, cmds.TlsCertificate, _cert(domain, pair))
         for n, d in list(self._waiting):
-            if len(self.conns) >= n and not d.called:
-                d.callback(None)
+            if len(self.conns) >= n:
+                _fire(d)
 
     def detach(self, conn: amp.AMP) -> None:
         self.conns.discard(conn)
@@ -62,7 +62,7 @@ class TlsShare:
         d: defer.Deferred = defer.Deferred()
         entry = (n, d)
         self._waiting.append(entry)
-        call = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        call = self.reactor.callLater(timeout, _fire, d)
 
         def done(result):
             self._waiting.remove(entry)
@@ -113,6 +113,11 @@ class TlsShare:
             )
         )
         return d
+
+
+def _fire(d: defer.Deferred) -> None:
+    if not d.called:
+        d.callback(None)
 
 
 def _http01(token: str, domain: str, keyauth: str, remove: bool) -> dict:

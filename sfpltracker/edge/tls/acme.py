@@ -92,7 +92,7 @@ class Publisher:
     workers: fires once every worker has the answer, ``workers/tls_share.py``); it is waited for.
     """
 
-    def __init__(self, reactor, http01: Http01Tokens, alpn):
+    def __init__(self, reactor, http01, alpn):
         self.reactor = reactor
         self.http01 = http01
         self.alpn = alpn
@@ -439,7 +439,7 @@ class AcmeManager:
         d.addCallbacks(self._issued, self._failed, callbackArgs=(state,), errbackArgs=(state,))
         return d
 
-    def _issued(self, pair: CertPair, state: _DomainState) -> None:
+    def _issued(self, pair: CertPair, state: _DomainState) -> defer.Deferred | None:
         old = state.pair
         state.pair = pair
         state.failures = 0
