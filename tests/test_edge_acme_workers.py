@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -154,6 +155,13 @@ def test_renewal_swaps_live_in_every_worker_and_a_restarted_worker_serves_it(tmp
             certs = by_worker(tls_port, domain)
             assert {w: c.serial_number for w, c in certs.items()} == {w: new for w in WORKERS}
             assert {w: worker_pid(gw, w) for w in WORKERS} == pids
+
+            # The store process's ACME counters, on a worker's /metrics (reported each second).
+            def metric() -> str:
+                return gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
+
+            issued = re.compile(r"^sfpl_acme_certificates_issued_total 2\.0$", re.M)
+            wait_until(lambda: issued.search(metric()), 10, "2 issued on /metrics", metric)
 
             # A worker killed and started again serves the current certificate too.
             os.kill(pids["w1"], signal.SIGKILL)

@@ -171,6 +171,7 @@ class Edge:
             load=issuer.load_stored,
             install=install,
             describe=f"from {cfg.ACMEDirectory} via {challenge}",
+            count=self.gateway.count if self.share is not None else None,
         )
         self.acme.load()
 
@@ -233,12 +234,21 @@ class Edge:
             for name, pair in self.sni.store.served():
                 expiry.add_metric([name, pair.source], pair.days_left())
             yield expiry
+        acme = None
         if self.acme is not None:
+            acme = {"acme_certificates_issued": self.acme.issued, "acme_failures": self.acme.failed}
+        elif gw.role.kind == "worker" and gw.cfg.LetsEncryptDomains:
+            acme = gw.total_counters()  # the store process's ACME, via the supervisor's totals
+        if acme is not None:
             yield CounterMetricFamily(
-                "sfpl_acme_certificates_issued", "Certificates obtained via ACME", self.acme.issued
+                "sfpl_acme_certificates_issued",
+                "Certificates obtained via ACME",
+                acme.get("acme_certificates_issued", 0),
             )
             yield CounterMetricFamily(
-                "sfpl_acme_failures", "Failed ACME attempts (each is retried)", self.acme.failed
+                "sfpl_acme_failures",
+                "Failed ACME attempts (each is retried)",
+                acme.get("acme_failures", 0),
             )
         for key, name, doc in (
             ("connections_refused", "sfpl_connections_refused", "Answered 503 over MaxConnections"),

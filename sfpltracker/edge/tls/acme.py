@@ -331,6 +331,7 @@ class AcmeManager:
         load: Callable[[str], CertPair | None],
         install: Callable[[str, CertPair], defer.Deferred | None],
         describe: str = "",
+        count: Callable[[str], None] | None = None,
     ):
         self.reactor = reactor
         self.renew_days = renew_days
@@ -338,6 +339,7 @@ class AcmeManager:
         self._load = load
         self._install = install
         self.describe = describe
+        self._count = count  # with workers: the gateway's counters, totalled by the supervisor
         self.domains = {d.lower(): _DomainState(d.lower()) for d in domains}
         self.lock = defer.DeferredLock()  # one order at a time
         self.issued = 0
@@ -445,6 +447,8 @@ class AcmeManager:
         state.failures = 0
         state.last_error = ""
         self.issued += 1
+        if self._count is not None:
+            self._count("acme_certificates_issued")
         # With workers a Deferred: fires once every worker serves it (``tls renew`` waits).
         installed = self._install(state.domain, pair)
         log.info(
@@ -469,6 +473,8 @@ class AcmeManager:
     def _failed(self, failure, state: _DomainState) -> None:
         state.failures += 1
         self.failed += 1
+        if self._count is not None:
+            self._count("acme_failures")
         state.last_error = describe_error(failure)
         delay = retry_delay(state.failures)
         serving = (
