@@ -370,8 +370,6 @@ def worker_count(cfg: Config) -> int:
 
 
 def _single_process_only(cfg: Config) -> str:
-    if cfg.LetsEncryptDomains:
-        return "LetsEncryptDomains (ACME runs in one process)"
     if cfg.Durability == "memory":
         return 'Durability "memory"'
     if any(n.Type == "nats" and n.JetStream and not n.Skip for n in cfg.Notify):

@@ -210,6 +210,7 @@ class Gateway:
         # The workers' spool series and their loaders: in the store process, and in a single
         # process too, which so loads what workers left when Workers went from N to 1.
         self.series: Any = None
+        self.store_server: Any = None  # the store process's AMP server for its workers
         if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
             from sfpltracker.workers.store_side import SeriesLoaders, StoreServer
 
@@ -218,7 +219,8 @@ class Gateway:
             )
             self.components.append(self.series)
             if role.kind == "store":
-                self.components.append(StoreServer(cfg.data_dir, self.store, self.series, reactor))
+                self.store_server = StoreServer(cfg.data_dir, self.store, self.series, reactor)
+                self.components.append(self.store_server)
         self.reporter: Any = None  # Workers > 1: counters to the supervisor, totals back
         if role.kind != "single":
             from sfpltracker.workers.reporter import Reporter

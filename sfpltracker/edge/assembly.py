@@ -12,13 +12,14 @@ here is wiring of the modules that do the work:
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from sfpltracker.config import ConfigError, parse_listen
+from sfpltracker.config import ConfigError, parse_listen, worker_count
 from sfpltracker.edge.front import EdgeFront, EdgeSite
 from sfpltracker.edge.hosts import SiteRouter
 from sfpltracker.edge.http import FastHTTPFactory
@@ -32,15 +33,20 @@ from sfpltracker.edge.tls.acme import (
     AcmeManager,
     Http01Tokens,
     Publisher,
+    load_stored,
 )
 from sfpltracker.edge.tls.certs import CertificateError, load_or_create_self_signed, load_pair
 from sfpltracker.edge.tls.server import SNIServer, tls_factory
+from sfpltracker.workers.tls_share import TlsShare, WorkerTls
+from sfpltracker.workers.worker_side import RemoteStore
 
 if TYPE_CHECKING:
     from sfpltracker.gateway import Gateway
     from sfpltracker.web.site import GatewayRoot
 
 log = Logger()
+
+WORKERS_WAIT = 60.0  # seconds the store process waits for its workers before ordering
 
 
 class Edge:
@@ -67,6 +73,8 @@ class Edge:
         self.limiter = gateway.limiter  # RateLimitPerDay: built by the gateway (shared by workers)
         self.sni: SNIServer | None = None
         self.acme: AcmeManager | None = None
+        self.share: TlsShare | None = None  # the store process's link to the workers' TLS
+        self._stopped = False
         if cfg.ProxyPortTLS:
             self._setup_tls()
 
@@ -131,15 +139,25 @@ class Edge:
         cfg = self.gateway.cfg
         sni = self.sni
         assert sni is not None  # _setup_tls made it just before
+        role = self.gateway.role.kind
+        if role == "worker":
+            self._serve_acme_from_store()
+            return
         challenge = cfg.ACMEChallenge
         if challenge == "auto":
             challenge = HTTP01 if cfg.ProxyPort else TLSALPN01
-        issuer = AcmeIssuer(
-            cfg.ACMEDirectory,
-            cfg.ACMEEmail,
-            cfg.data_dir / "acme",
-            Publisher(self.reactor, self.http01, sni.challenges),
-        )
+        install = self._install_acme
+        publisher = Publisher(self.reactor, self.http01, sni.challenges)
+        if role == "store" and self.gateway.store_server is not None:
+            # Workers > 1: the workers serve what this process obtains
+            share = self.share = self.gateway.store_server.tls
+            install = self._install_shared
+            publisher = Publisher(
+                self.reactor,
+                SimpleNamespace(add=share.add_http01, remove=share.remove_http01),
+                SimpleNamespace(add=share.add_alpn, remove=share.remove_alpn),
+            )
+        issuer = AcmeIssuer(cfg.ACMEDirectory, cfg.ACMEEmail, cfg.data_dir / "acme", publisher)
         pool = self.reactor.getThreadPool()
 
         def issue(domain):
@@ -151,19 +169,54 @@ class Edge:
             cfg.ACMERenewDays,
             issue=issue,
             load=issuer.load_stored,
-            install=lambda domain, pair: sni.store.install(pair, [domain]),
+            install=install,
             describe=f"from {cfg.ACMEDirectory} via {challenge}",
+            count=self.gateway.count if self.share is not None else None,
         )
         self.acme.load()
+
+    def _install_acme(self, domain: str, pair) -> None:
+        assert self.sni is not None
+        self.sni.store.install(pair, [domain])
+
+    def _install_shared(self, domain: str, pair):
+        self._install_acme(domain, pair)  # what `tls status` shows
+        assert self.share is not None
+        return self.share.install(domain, pair)
+
+    def _serve_acme_from_store(self) -> None:
+        """A worker: serve the stored certificates now (before listening), then what the
+        store process sends (workers/tls_share.py)."""
+        cfg = self.gateway.cfg
+        assert self.sni is not None
+        for domain in cfg.LetsEncryptDomains:
+            pair = load_stored(cfg.data_dir / "acme", domain.lower())
+            if pair is not None:
+                self._install_acme(domain.lower(), pair)
+        store = self.gateway.store
+        if isinstance(store, RemoteStore):
+            store.link.tls = WorkerTls(self.http01, self.sni.challenges, self.sni.store)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Called once the listeners are up (ACME validation needs them)."""
-        if self.acme is not None:
+        if self.acme is None:
+            return
+        if self.share is None:
+            self.acme.start()
+            return
+        # The store process: the workers answer the CA, so wait for them to be connected
+        # (a worker still missing then answers after it connects; a failed order is retried).
+        d = self.share.when_connected(worker_count(self.gateway.cfg), WORKERS_WAIT)
+        d.addCallback(self._start_acme)
+
+    def _start_acme(self, _=None) -> None:
+        if self.acme is not None and not self._stopped:
             self.acme.start()
 
     def stop(self):
+        self._stopped = True
         if self.acme is not None:
             self.acme.stop()
         return self.proxy.pool.closeCachedConnections()
@@ -181,12 +234,21 @@ class Edge:
             for name, pair in self.sni.store.served():
                 expiry.add_metric([name, pair.source], pair.days_left())
             yield expiry
+        acme = None
         if self.acme is not None:
+            acme = {"acme_certificates_issued": self.acme.issued, "acme_failures": self.acme.failed}
+        elif gw.role.kind == "worker" and gw.cfg.LetsEncryptDomains:
+            acme = gw.total_counters()  # the store process's ACME, via the supervisor's totals
+        if acme is not None:
             yield CounterMetricFamily(
-                "sfpl_acme_certificates_issued", "Certificates obtained via ACME", self.acme.issued
+                "sfpl_acme_certificates_issued",
+                "Certificates obtained via ACME",
+                acme.get("acme_certificates_issued", 0),
             )
             yield CounterMetricFamily(
-                "sfpl_acme_failures", "Failed ACME attempts (each is retried)", self.acme.failed
+                "sfpl_acme_failures",
+                "Failed ACME attempts (each is retried)",
+                acme.get("acme_failures", 0),
             )
         for key, name, doc in (
             ("connections_refused", "sfpl_connections_refused", "Answered 503 over MaxConnections"),

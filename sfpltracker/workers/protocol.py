@@ -7,7 +7,9 @@ value, so ``BigBytes`` splits a value over numbered keys (query answers can be l
 Worker -> store process (``store.amp``): a series' durable end after each group commit
 (``Appended``, no answer: one per commit) and on (re)connecting (``Hello``); the store's reads
 and writes (``Query``, ``Insert``, ``Execute``, ``Ping``). Store process -> worker: segments the
-loader deleted (``Forget``). Every process -> supervisor (``supervisor.amp``): its numbers
+loader deleted (``Forget``); ACME's challenge answers and certificates (``AcmeHttp01``,
+``AcmeAlpn``, ``TlsCertificate``: the store process obtains them, every worker serves them; see
+``workers/tls_share.py``). Every process -> supervisor (``supervisor.amp``): its numbers
 (``Report``), answered with the totals over all processes.
 """
 
@@ -126,6 +128,34 @@ class Forget(amp.Command):
 
     arguments = [(b"series", amp.Unicode()), (b"segments", BigJSON())]
     requiresAnswer = False
+
+
+class AcmeHttp01(amp.Command):
+    """Answer (or, ``remove``, stop answering) an http-01 challenge for ``token``."""
+
+    arguments = [
+        (b"token", amp.Unicode()),
+        (b"domain", amp.Unicode()),
+        (b"key_authorization", amp.Unicode()),
+        (b"remove", amp.Boolean()),
+    ]
+
+
+class AcmeAlpn(amp.Command):
+    """Present (or, ``remove``, stop presenting) a tls-alpn-01 validation certificate."""
+
+    arguments = [
+        (b"domain", amp.Unicode()),
+        (b"fullchain", BigBytes()),
+        (b"key", BigBytes()),
+        (b"remove", amp.Boolean()),
+    ]
+
+
+class TlsCertificate(amp.Command):
+    """Serve this certificate for ``domain`` from the next TLS handshake on."""
+
+    arguments = [(b"domain", amp.Unicode()), (b"fullchain", BigBytes()), (b"key", BigBytes())]
 
 
 # -- every process -> supervisor ---------------------------------------------------------------

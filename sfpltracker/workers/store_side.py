@@ -28,6 +28,7 @@ from sfpltracker.pipeline.loader import Loader
 from sfpltracker.pipeline.spool import MAGIC, Position, list_segments, scan_segment, segment_path
 from sfpltracker.pipeline.spool_intake import SERIES, SHUTDOWN_DRAIN_SECONDS
 from sfpltracker.workers import protocol as cmds
+from sfpltracker.workers.tls_share import TlsShare
 
 log = Logger()
 
@@ -286,8 +287,13 @@ class _StoreAMP(amp.AMP):
     def ping(self):
         return self.server.store.ping().addCallback(lambda _: {})
 
+    def connectionMade(self):
+        super().connectionMade()
+        self.server.tls.attach(self)
+
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        self.server.tls.detach(self)
         self.server.loaders.disconnected(self)
 
 
@@ -301,6 +307,8 @@ class StoreServer:
         self.loaders = loaders
         self.reactor = reactor
         self.port = None
+        # ACME's challenge answers and certificates, pushed to every worker (tls_share.py).
+        self.tls = TlsShare(reactor)
 
     @defer.inlineCallbacks
     def start(self):

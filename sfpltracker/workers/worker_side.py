@@ -37,6 +37,22 @@ class _WorkerAMP(amp.AMP):
         self.link.forgotten(series, segments)
         return {}
 
+    # ACME with workers (workers/tls_share.py): the store process obtains, every worker serves.
+    @cmds.AcmeHttp01.responder
+    def acme_http01(self, token: str, domain: str, key_authorization: str, remove: bool):
+        self.link.tls_receiver().take_http01(token, domain, key_authorization, remove)
+        return {}
+
+    @cmds.AcmeAlpn.responder
+    def acme_alpn(self, domain: str, fullchain: bytes, key: bytes, remove: bool):
+        self.link.tls_receiver().take_alpn(domain, fullchain, key, remove)
+        return {}
+
+    @cmds.TlsCertificate.responder
+    def tls_certificate(self, domain: str, fullchain: bytes, key: bytes):
+        self.link.tls_receiver().take_certificate(domain, fullchain, key)
+        return {}
+
     def connectionMade(self):
         super().connectionMade()
         self.link.proto = self
@@ -54,6 +70,7 @@ class StoreLink:
         self.path = cmds.socket_path(data_dir, cmds.STORE_SOCKET)
         self.proto: _WorkerAMP | None = None
         self.intake: WorkerIntake | None = None
+        self.tls: Any = None  # tls_share.WorkerTls: set by the edge when it serves TLS
         self.connects = 0
         factory = protocol.Factory.forProtocol(lambda: _WorkerAMP(self))
         self.service = ClientService(
@@ -83,6 +100,11 @@ class StoreLink:
     def lost(self, proto: _WorkerAMP) -> None:
         if self.proto is proto:
             self.proto = None
+
+    def tls_receiver(self):
+        if self.tls is None:
+            raise RuntimeError("this worker has no TLS listener")
+        return self.tls
 
     def forgotten(self, series: str, segments: list[int]) -> None:
         if self.intake is not None and series == self.intake.series:

@@ -88,10 +88,11 @@ class Publisher:
     """What the issuer thread uses to put challenge answers in place on the reactor.
 
     Each call blocks the thread until the reactor has done it, so the CA is told to validate
-    only once the answer is being served.
+    only once the answer is being served. ``http01`` and ``alpn`` may return a Deferred (with
+    workers: fires once every worker has the answer, ``workers/tls_share.py``); it is waited for.
     """
 
-    def __init__(self, reactor, http01: Http01Tokens, alpn):
+    def __init__(self, reactor, http01, alpn):
         self.reactor = reactor
         self.http01 = http01
         self.alpn = alpn
@@ -102,10 +103,9 @@ class Publisher:
         done = threading.Event()
 
         def run():
-            try:
-                fn(*args)
-            finally:
-                done.set()
+            d = defer.maybeDeferred(fn, *args)
+            d.addErrback(lambda f: log.failure("ACME: publishing a challenge answer", f))
+            d.addBoth(lambda _: done.set())
 
         self.reactor.callFromThread(run)
         if not done.wait(timeout):
@@ -180,6 +180,23 @@ def _root_cause(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def cert_paths(acme_dir: Path, domain: str) -> tuple[Path, Path]:
+    folder = Path(acme_dir) / "certs" / domain
+    return folder / "fullchain.pem", folder / "privkey.pem"
+
+
+def load_stored(acme_dir: Path, domain: str) -> CertPair | None:
+    """The certificate stored for ``domain`` (None: none, or unusable)."""
+    cert_path, key_path = cert_paths(acme_dir, domain)
+    if not cert_path.exists():
+        return None
+    try:
+        return load_pair(cert_path, key_path, "acme")
+    except CertificateError as e:
+        log.warn("ACME: stored certificate for {domain} unusable: {why}", domain=domain, why=e)
+        return None
+
+
 class AcmeIssuer:
     """Blocking ACMEv2 client for one directory; call ``issue`` from a thread."""
 
@@ -200,18 +217,10 @@ class AcmeIssuer:
     # -- storage -----------------------------------------------------------------------------
 
     def cert_paths(self, domain: str) -> tuple[Path, Path]:
-        folder = self.acme_dir / "certs" / domain
-        return folder / "fullchain.pem", folder / "privkey.pem"
+        return cert_paths(self.acme_dir, domain)
 
     def load_stored(self, domain: str) -> CertPair | None:
-        cert_path, key_path = self.cert_paths(domain)
-        if not cert_path.exists():
-            return None
-        try:
-            return load_pair(cert_path, key_path, "acme")
-        except CertificateError as e:
-            log.warn("ACME: stored certificate for {domain} unusable: {why}", domain=domain, why=e)
-            return None
+        return load_stored(self.acme_dir, domain)
 
     def _store(self, domain: str, pair: CertPair) -> None:
         cert_path, key_path = self.cert_paths(domain)
@@ -320,8 +329,9 @@ class AcmeManager:
         renew_days: float,
         issue: Callable[[str], defer.Deferred],
         load: Callable[[str], CertPair | None],
-        install: Callable[[str, CertPair], None],
+        install: Callable[[str, CertPair], defer.Deferred | None],
         describe: str = "",
+        count: Callable[[str], None] | None = None,
     ):
         self.reactor = reactor
         self.renew_days = renew_days
@@ -329,6 +339,7 @@ class AcmeManager:
         self._load = load
         self._install = install
         self.describe = describe
+        self._count = count  # with workers: the gateway's counters, totalled by the supervisor
         self.domains = {d.lower(): _DomainState(d.lower()) for d in domains}
         self.lock = defer.DeferredLock()  # one order at a time
         self.issued = 0
@@ -430,13 +441,16 @@ class AcmeManager:
         d.addCallbacks(self._issued, self._failed, callbackArgs=(state,), errbackArgs=(state,))
         return d
 
-    def _issued(self, pair: CertPair, state: _DomainState) -> None:
+    def _issued(self, pair: CertPair, state: _DomainState) -> defer.Deferred | None:
         old = state.pair
         state.pair = pair
         state.failures = 0
         state.last_error = ""
         self.issued += 1
-        self._install(state.domain, pair)
+        if self._count is not None:
+            self._count("acme_certificates_issued")
+        # With workers a Deferred: fires once every worker serves it (``tls renew`` waits).
+        installed = self._install(state.domain, pair)
         log.info(
             "ACME: certificate for {domain} issued and now served: {pair}{replaced}",
             domain=state.domain,
@@ -454,11 +468,13 @@ class AcmeManager:
             )
             due = CHECK_INTERVAL
         self._schedule(state, min(due, CHECK_INTERVAL))
-        return None
+        return installed if isinstance(installed, defer.Deferred) else None
 
     def _failed(self, failure, state: _DomainState) -> None:
         state.failures += 1
         self.failed += 1
+        if self._count is not None:
+            self._count("acme_failures")
         state.last_error = describe_error(failure)
         delay = retry_delay(state.failures)
         serving = (
