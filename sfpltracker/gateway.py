@@ -193,7 +193,7 @@ class Gateway:
         self.store: Store = store if store is not None else make_store(cfg, reactor)
         self.batcher = Batcher(self.store, reactor, cfg.Batching)
         # NATS publishers / JetStream as the spool: they decide what the intake is.
-        self.notifiers = make_notifiers(cfg, reactor, self.batcher)
+        self.notifiers = make_notifiers(cfg, reactor, self.batcher, worker=role.kind == "worker")
         self.intake: Intake = make_intake(
             cfg, self.batcher, self.store, reactor, self.notifiers, role
         )
@@ -211,14 +211,16 @@ class Gateway:
         # process too, which so loads what workers left when Workers went from N to 1.
         self.series: Any = None
         if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
-            from sfpltracker.workers.store_side import SeriesLoaders, StoreServer
+            from sfpltracker.workers.store_side import SeriesLoaders
 
             self.series = SeriesLoaders(
                 cfg.data_dir / "spool", self.store, reactor, cfg.Batching, self.outputs
             )
             self.components.append(self.series)
-            if role.kind == "store":
-                self.components.append(StoreServer(cfg.data_dir, self.store, self.series, reactor))
+        if role.kind == "store":  # the workers' store reads and writes (a JetStream spool too)
+            from sfpltracker.workers.store_side import StoreServer
+
+            self.components.append(StoreServer(cfg.data_dir, self.store, self.series, reactor))
         self.reporter: Any = None  # Workers > 1: counters to the supervisor, totals back
         if role.kind != "single":
             from sfpltracker.workers.reporter import Reporter

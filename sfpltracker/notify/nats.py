@@ -20,6 +20,7 @@ header. nats-py is asyncio code: the gateway runs on Twisted's asyncio reactor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from pathlib import Path
 
@@ -238,12 +239,17 @@ class NatsNotifier:
             )
 
 
-def make_notifiers(cfg, reactor, batcher: Batcher) -> list[NatsNotifier]:
-    """One notifier per ``nats`` Notify entry of ``cfg`` (none: NATS is not loaded)."""
+def make_notifiers(cfg, reactor, batcher: Batcher, worker: bool = False) -> list[NatsNotifier]:
+    """One notifier per ``nats`` Notify entry of ``cfg`` (none: NATS is not loaded).
+
+    ``worker`` (Workers > 1): a worker only publishes into a JetStream stream; the store
+    process runs the entry's loader (one durable consumer, one insert journal)."""
     from sfpltracker.notify.reactor import nats_entries, require
 
     entries = nats_entries(cfg)
     if not entries:
         return []
     require(reactor, entries[0][0])
+    if worker:
+        entries = [(i, dataclasses.replace(e, Loader=False)) for i, e in entries]  # type: ignore[type-var]
     return [NatsNotifier(entry, i, batcher=batcher, data_dir=cfg.data_dir) for i, entry in entries]
