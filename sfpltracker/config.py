@@ -359,7 +359,7 @@ def _workers(value: Any, where: str) -> int | str:
 
 def worker_count(cfg: Config) -> int:
     """How many ingest workers: ``Workers``, "auto" = the CPUs; 1 where workers cannot share
-    the work yet (ACME issuance, Durability "memory")."""
+    the work yet (ACME issuance)."""
     single = _single_process_only(cfg)
     if cfg.Workers == "auto":
         return 1 if single else max(1, os.cpu_count() or 1)
@@ -372,8 +372,6 @@ def worker_count(cfg: Config) -> int:
 def _single_process_only(cfg: Config) -> str:
     if cfg.LetsEncryptDomains:
         return "LetsEncryptDomains (ACME runs in one process)"
-    if cfg.Durability == "memory":
-        return 'Durability "memory"'
     if not (cfg.ProxyPort or cfg.ProxyExceptHTTP or cfg.ProxyPortTLS):
         return "no edge listener"
     return ""

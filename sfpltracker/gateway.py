@@ -313,10 +313,9 @@ class Gateway:
 
     def _counters(self) -> dict[str, int]:
         """What this process reports to the supervisor: its counters and, in the store
-        process, what its batchers stored (a worker's /metrics shows those too)."""
+        process, what its batchers stored (a worker's /metrics shows those too); a worker's
+        own batcher stores only with Durability "memory" (through the store process)."""
         out = dict(self.counters)
-        if self.role.kind != "store":
-            return out
         for output in self.outputs:
             out.update(output.counters())
         batchers = [self.batcher, *(self.series.batchers() if self.series is not None else [])]
