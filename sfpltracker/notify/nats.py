@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sfpltracker.notify.consumer import Consumer
-from sfpltracker.notify.nats_client import NatsClient, NatsStats, to_json
+from sfpltracker.notify.nats_client import NatsClient, NatsStats, deferred, to_json
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.jetstream import JetStreamIntake, JetStreamLoader
 from sfpltracker.privacy.ip import IPPolicy
@@ -144,6 +144,10 @@ class NatsNotifier:
                 )
         elif entry.Publish:
             self.publisher = EventPublisher(self.client, entry.Subject, self.stats)
+        # Workers > 1: a worker whose stream is the spool waits (up to Timeout) for NATS
+        # before it listens, so the other workers take the connections meanwhile instead of
+        # it answering 503 after every restart.
+        self.connect_before_listening = False
 
     def consume_into(self, intake: Intake, ip_policy: IPPolicy) -> None:
         """Where consumed messages' rows go: the gateway's intake, given by the root, with
@@ -153,6 +157,8 @@ class NatsNotifier:
 
     def start(self) -> defer.Deferred:
         d = self.client.start()
+        if self.connect_before_listening and self.intake is not None:
+            d.addCallback(lambda _: deferred(self.client.connected_within(self.entry.Timeout)))
         if self.consumer is not None:
             self.consumer.start()
         loader = self.loader
@@ -252,4 +258,7 @@ def make_notifiers(cfg, reactor, batcher: Batcher, worker: bool = False) -> list
     require(reactor, entries[0][0])
     if worker:
         entries = [(i, dataclasses.replace(e, Loader=False)) for i, e in entries]  # type: ignore[type-var]
-    return [NatsNotifier(entry, i, batcher=batcher, data_dir=cfg.data_dir) for i, entry in entries]
+    notifiers = [NatsNotifier(e, i, batcher=batcher, data_dir=cfg.data_dir) for i, e in entries]
+    for notifier in notifiers:
+        notifier.connect_before_listening = worker
+    return notifiers
