@@ -246,6 +246,9 @@ class Gateway:
         self.metric_sources += [n.metrics for n in self.notifiers]
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
+        if role.kind == "worker":  # NATS counters over every process (JetStream: the loader's)
+            for notifier in self.notifiers:
+                notifier.totals = self.total_counters
         if role.kind == "worker" and facebook_entries(cfg):  # the store process's outputs
             self.metric_sources.append(lambda: total_families(self.total_counters()))
         if self.series is not None:
@@ -316,6 +319,8 @@ class Gateway:
         process, what its batchers stored (a worker's /metrics shows those too); a worker's
         own batcher stores only with Durability "memory" (through the store process)."""
         out = dict(self.counters)
+        for notifier in self.notifiers:
+            out.update(notifier.counters())
         for output in self.outputs:
             out.update(output.counters())
         batchers = [self.batcher, *(self.series.batchers() if self.series is not None else [])]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.servers import NatsServer
-from tests.test_nats import wait_loader_idle
+from tests.test_nats import metric, wait_loader_idle
 from tests.test_workers import Load, assert_stored_once, health, process, wait_until
 
 
@@ -60,6 +60,12 @@ def test_two_workers_publish_and_the_store_process_loads_every_event_once(worker
     assert spool["durability"] == "jetstream" and spool["loader"] is False  # a worker's
     assert_stored_once(gw, load.acked)
     assert_views_count_once(gw, jetstream)
+    # /metrics counts every worker's publishing and the store process's loading, whichever
+    # worker answers the scrape.
+    n = len(load.acked)
+    wait_until(lambda: metric(gw, "sfpl_jetstream_loaded_total") == n, what="loaded totals")
+    for name in ("sfpl_jetstream_published_total", "sfpl_jetstream_loaded_total"):
+        assert {metric(gw, name) for _ in range(10)} == {n}
     # No local spool series: the stream is the spool.
     assert not (gw.workdir / "data" / "spool" / "w1").exists()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -127,7 +128,12 @@ class NatsNotifier:
 
     def __init__(self, entry, index: int, *, batcher: Batcher, data_dir: Path):
         self.entry = entry
+        self.index = index
         self.stats = NatsStats()
+        # Workers > 1, in a worker: the counters over every process (the supervisor's totals,
+        # ``Gateway.total_counters``), so /metrics counts every worker's publishing and the
+        # store process's loading whichever worker answers.
+        self.totals: Callable[[], dict[str, int]] | None = None
         self.client = NatsClient(entry, index, self.stats)
         self.publisher: EventPublisher | None = None
         self.intake: JetStreamIntake | None = None
@@ -174,8 +180,23 @@ class NatsNotifier:
             yield self.loader.stop()
         yield self.client.stop()
 
+    def counters(self) -> dict[str, int]:
+        """This process's counts, for the supervisor's totals (summed over the processes)."""
+        return {f"nats_{k}:{self.index}": n for k, n in dataclasses.asdict(self.stats).items()}
+
+    def _counted(self) -> NatsStats:
+        if self.totals is None:
+            return self.stats
+        totals = self.totals()
+        return NatsStats(
+            **{
+                k: totals.get(f"nats_{k}:{self.index}", n)
+                for k, n in dataclasses.asdict(self.stats).items()
+            }
+        )
+
     def metrics(self):
-        st, labels = self.stats, [self.entry.Subject]
+        st, labels = self._counted(), [self.entry.Subject]
 
         def family(cls, name, doc, value):
             metric = cls(name, doc, labels=["subject"])
