@@ -369,7 +369,11 @@ class Gateway:
         totals = self.reporter.totals if self.reporter is not None else None
         if totals:
             out["processes"] = totals["processes"]
-            others_down = any(p["status"] in ("down", "failing") for p in totals["processes"])
+            # another process degraded too: a JetStream spool's loader (the store process)
+            # that cannot store is this worker's concern as much as its own would be
+            others_down = any(
+                p["status"] in ("down", "failing", "degraded") for p in totals["processes"]
+            )
             if out["status"] == "ok" and others_down:
                 out["status"] = "degraded"
         return out

@@ -99,3 +99,23 @@ def test_store_process_sigkilled_workers_keep_acking_then_all_stored_once(worker
     assert load.non_2xx == []
     assert_stored_once(gw, load.acked)
     assert_views_count_once(gw, jetstream)
+
+
+def test_a_store_outage_is_absorbed_by_the_stream_and_every_worker_says_degraded(
+    workers, jetstream
+):
+    """The store process's store refuses inserts (its events table made unwritable): the
+    workers keep answering 2xx, any worker's /health is degraded (the loader cannot store),
+    then everything acknowledged is stored once and /health is ok again."""
+    from tests.test_durability import events_table_dir, store_writes_blocked
+
+    gw = workers
+    with Load(gw, "o") as load:
+        load.wait_acked(50)
+        with store_writes_blocked(events_table_dir(gw)):
+            wait_until(lambda: health(gw)["status"] == "degraded", what="degraded health")
+            load.wait_acked(100)
+    assert load.non_2xx == []
+    assert_stored_once(gw, load.acked)
+    assert_views_count_once(gw, jetstream)
+    wait_until(lambda: health(gw)["status"] == "ok", what="ok again")
