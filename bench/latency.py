@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--rates", default="", help="req/s, comma-separated (default: measured)")
-    parser.add_argument("--layer", default="twisted", help="HTTPServer of the gateway")
+    parser.add_argument("--layer", default="fast", help="HTTPServer of the gateway")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sfpl-latency-"))
     counts = [int(w) for w in args.workers.split(",")]

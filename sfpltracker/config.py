@@ -359,7 +359,7 @@ def _workers(value: Any, where: str) -> int | str:
 
 def worker_count(cfg: Config) -> int:
     """How many ingest workers: ``Workers``, "auto" = the CPUs; 1 where workers cannot share
-    the work yet (ACME issuance, JetStream as the spool, Durability "memory")."""
+    the work (no edge listener)."""
     single = _single_process_only(cfg)
     if cfg.Workers == "auto":
         return 1 if single else max(1, os.cpu_count() or 1)
@@ -370,10 +370,6 @@ def worker_count(cfg: Config) -> int:
 
 
 def _single_process_only(cfg: Config) -> str:
-    if cfg.Durability == "memory":
-        return 'Durability "memory"'
-    if any(n.Type == "nats" and n.JetStream and not n.Skip for n in cfg.Notify):
-        return "a JetStream spool"
     if not (cfg.ProxyPort or cfg.ProxyExceptHTTP or cfg.ProxyPortTLS):
         return "no edge listener"
     return ""

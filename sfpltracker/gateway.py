@@ -193,7 +193,7 @@ class Gateway:
         self.store: Store = store if store is not None else make_store(cfg, reactor)
         self.batcher = Batcher(self.store, reactor, cfg.Batching)
         # NATS publishers / JetStream as the spool: they decide what the intake is.
-        self.notifiers = make_notifiers(cfg, reactor, self.batcher)
+        self.notifiers = make_notifiers(cfg, reactor, self.batcher, worker=role.kind == "worker")
         self.intake: Intake = make_intake(
             cfg, self.batcher, self.store, reactor, self.notifiers, role
         )
@@ -212,15 +212,17 @@ class Gateway:
         self.series: Any = None
         self.store_server: Any = None  # the store process's AMP server for its workers
         if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
-            from sfpltracker.workers.store_side import SeriesLoaders, StoreServer
+            from sfpltracker.workers.store_side import SeriesLoaders
 
             self.series = SeriesLoaders(
                 cfg.data_dir / "spool", self.store, reactor, cfg.Batching, self.outputs
             )
             self.components.append(self.series)
-            if role.kind == "store":
-                self.store_server = StoreServer(cfg.data_dir, self.store, self.series, reactor)
-                self.components.append(self.store_server)
+        if role.kind == "store":  # the workers' store reads and writes (a JetStream spool too)
+            from sfpltracker.workers.store_side import StoreServer
+
+            self.store_server = StoreServer(cfg.data_dir, self.store, self.series, reactor)
+            self.components.append(self.store_server)
         self.reporter: Any = None  # Workers > 1: counters to the supervisor, totals back
         if role.kind != "single":
             from sfpltracker.workers.reporter import Reporter
@@ -246,6 +248,9 @@ class Gateway:
         self.metric_sources += [n.metrics for n in self.notifiers]
         self.metric_sources.append(self.links.metrics)
         self.metric_sources += [output.metric_families for output in self.outputs]
+        if role.kind == "worker":  # NATS counters over every process (JetStream: the loader's)
+            for notifier in self.notifiers:
+                notifier.totals = self.total_counters
         if role.kind == "worker" and facebook_entries(cfg):  # the store process's outputs
             self.metric_sources.append(lambda: total_families(self.total_counters()))
         if self.series is not None:
@@ -313,10 +318,11 @@ class Gateway:
 
     def _counters(self) -> dict[str, int]:
         """What this process reports to the supervisor: its counters and, in the store
-        process, what its batchers stored (a worker's /metrics shows those too)."""
+        process, what its batchers stored (a worker's /metrics shows those too); a worker's
+        own batcher stores only with Durability "memory" (through the store process)."""
         out = dict(self.counters)
-        if self.role.kind != "store":
-            return out
+        for notifier in self.notifiers:
+            out.update(notifier.counters())
         for output in self.outputs:
             out.update(output.counters())
         batchers = [self.batcher, *(self.series.batchers() if self.series is not None else [])]
@@ -365,7 +371,11 @@ class Gateway:
         totals = self.reporter.totals if self.reporter is not None else None
         if totals:
             out["processes"] = totals["processes"]
-            others_down = any(p["status"] in ("down", "failing") for p in totals["processes"])
+            # another process degraded too: a JetStream spool's loader (the store process)
+            # that cannot store is this worker's concern as much as its own would be
+            others_down = any(
+                p["status"] in ("down", "failing", "degraded") for p in totals["processes"]
+            )
             if out["status"] == "ok" and others_down:
                 out["status"] = "degraded"
         return out

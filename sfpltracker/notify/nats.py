@@ -20,7 +20,9 @@ header. nats-py is asyncio code: the gateway runs on Twisted's asyncio reactor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -28,7 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sfpltracker.notify.consumer import Consumer
-from sfpltracker.notify.nats_client import NatsClient, NatsStats, to_json
+from sfpltracker.notify.nats_client import NatsClient, NatsStats, deferred, to_json
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.jetstream import JetStreamIntake, JetStreamLoader
 from sfpltracker.privacy.ip import IPPolicy
@@ -126,7 +128,12 @@ class NatsNotifier:
 
     def __init__(self, entry, index: int, *, batcher: Batcher, data_dir: Path):
         self.entry = entry
+        self.index = index
         self.stats = NatsStats()
+        # Workers > 1, in a worker: the counters over every process (the supervisor's totals,
+        # ``Gateway.total_counters``), so /metrics counts every worker's publishing and the
+        # store process's loading whichever worker answers.
+        self.totals: Callable[[], dict[str, int]] | None = None
         self.client = NatsClient(entry, index, self.stats)
         self.publisher: EventPublisher | None = None
         self.intake: JetStreamIntake | None = None
@@ -143,6 +150,10 @@ class NatsNotifier:
                 )
         elif entry.Publish:
             self.publisher = EventPublisher(self.client, entry.Subject, self.stats)
+        # Workers > 1: a worker whose stream is the spool waits (up to Timeout) for NATS
+        # before it listens, so the other workers take the connections meanwhile instead of
+        # it answering 503 after every restart.
+        self.connect_before_listening = False
 
     def consume_into(self, intake: Intake, ip_policy: IPPolicy) -> None:
         """Where consumed messages' rows go: the gateway's intake, given by the root, with
@@ -152,6 +163,8 @@ class NatsNotifier:
 
     def start(self) -> defer.Deferred:
         d = self.client.start()
+        if self.connect_before_listening and self.intake is not None:
+            d.addCallback(lambda _: deferred(self.client.connected_within(self.entry.Timeout)))
         if self.consumer is not None:
             self.consumer.start()
         loader = self.loader
@@ -167,8 +180,23 @@ class NatsNotifier:
             yield self.loader.stop()
         yield self.client.stop()
 
+    def counters(self) -> dict[str, int]:
+        """This process's counts, for the supervisor's totals (summed over the processes)."""
+        return {f"nats_{k}:{self.index}": n for k, n in dataclasses.asdict(self.stats).items()}
+
+    def _counted(self) -> NatsStats:
+        if self.totals is None:
+            return self.stats
+        totals = self.totals()
+        return NatsStats(
+            **{
+                k: totals.get(f"nats_{k}:{self.index}", n)
+                for k, n in dataclasses.asdict(self.stats).items()
+            }
+        )
+
     def metrics(self):
-        st, labels = self.stats, [self.entry.Subject]
+        st, labels = self._counted(), [self.entry.Subject]
 
         def family(cls, name, doc, value):
             metric = cls(name, doc, labels=["subject"])
@@ -238,12 +266,20 @@ class NatsNotifier:
             )
 
 
-def make_notifiers(cfg, reactor, batcher: Batcher) -> list[NatsNotifier]:
-    """One notifier per ``nats`` Notify entry of ``cfg`` (none: NATS is not loaded)."""
+def make_notifiers(cfg, reactor, batcher: Batcher, worker: bool = False) -> list[NatsNotifier]:
+    """One notifier per ``nats`` Notify entry of ``cfg`` (none: NATS is not loaded).
+
+    ``worker`` (Workers > 1): a worker only publishes into a JetStream stream; the store
+    process runs the entry's loader (one durable consumer, one insert journal)."""
     from sfpltracker.notify.reactor import nats_entries, require
 
     entries = nats_entries(cfg)
     if not entries:
         return []
     require(reactor, entries[0][0])
-    return [NatsNotifier(entry, i, batcher=batcher, data_dir=cfg.data_dir) for i, entry in entries]
+    if worker:
+        entries = [(i, dataclasses.replace(e, Loader=False)) for i, e in entries]  # type: ignore[type-var]
+    notifiers = [NatsNotifier(e, i, batcher=batcher, data_dir=cfg.data_dir) for i, e in entries]
+    for notifier in notifiers:
+        notifier.connect_before_listening = worker
+    return notifiers

@@ -100,6 +100,14 @@ class NatsClient:
                 f"did not answer within {timeout:.0f}s"
             ) from None
 
+    async def connected_within(self, timeout: float) -> bool:
+        """Wait until connected, at most ``timeout`` seconds; whether it is (never raises)."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _connect(self) -> None:
         import nats
 

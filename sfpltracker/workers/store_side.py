@@ -261,12 +261,15 @@ class _StoreAMP(amp.AMP):
 
     @cmds.Hello.responder
     def hello(self, series: str, sizes: dict):
+        if self.server.loaders is None:  # a JetStream spool: workers publish to the stream
+            raise ValueError("this store process loads no spool series (JetStream is the spool)")
         d = self.server.loaders.hello(series, {int(k): int(v) for k, v in sizes.items()}, self)
         return d.addCallback(lambda _: {})
 
     @cmds.Appended.responder
     def appended(self, series: str, segment: int, offset: int, records: int):
-        self.server.loaders.appended(series, segment, offset, records)
+        if self.server.loaders is not None:
+            self.server.loaders.appended(series, segment, offset, records)
         return {}
 
     @cmds.Query.responder
@@ -294,14 +297,15 @@ class _StoreAMP(amp.AMP):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.server.tls.detach(self)
-        self.server.loaders.disconnected(self)
+        if self.server.loaders is not None:
+            self.server.loaders.disconnected(self)
 
 
 class StoreServer:
     """The AMP server the workers call, on ``DataDirectory/store.amp``; a ``Gateway``
     component started once the store is ready."""
 
-    def __init__(self, data_dir: Path, store, loaders: SeriesLoaders, reactor):
+    def __init__(self, data_dir: Path, store, loaders: SeriesLoaders | None, reactor):
         self.path = cmds.socket_path(data_dir, cmds.STORE_SOCKET)
         self.store = store
         self.loaders = loaders
