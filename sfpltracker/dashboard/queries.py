@@ -204,17 +204,32 @@ GROUP BY period"""
 
 def engagement(db: str, f: Filters) -> Query:
     """Sessions of one event (bounces) and the summed time from each session's first to last
-    event, over the events of the range: per session, so read from ``events`` (the slow
-    figure on a large store; docs/dashboard.md)."""
-    where, params = event_conditions(f)
-    sql = f"""
-SELECT toUInt32(count()) AS sessions, toUInt32(countIf(n = 1)) AS bounces,
-       toUInt64(sum(d)) AS duration_total
-FROM (
-    SELECT count() AS n, dateDiff('second', min(created_at), max(created_at)) AS d
+    event, this period and the one before (``period``). A session is a sid's events of one
+    day on one host (``dash_sessions``, schema/091_dashboard_sessions.sql): without a segment
+    filter its rows are read with FINAL, one per session; with one, ``events`` are grouped
+    the same way (the slow figure on a large store; docs/dashboard.md)."""
+    prev = f.previous()
+    if f.segmented:
+        where, params = event_conditions(f, start=prev.start)
+        params["cur"] = _ts(f.start)
+        sessions = f"""(
+    SELECT if(created_at >= {{cur:{TS}}}, 'current', 'previous') AS period, count() AS events,
+           min(created_at) AS first_at, max(created_at) AS last_at
     FROM {db}.events WHERE {where}
-    GROUP BY sid
+    GROUP BY period, toDate(created_at), hhash, sid
 )"""
+    else:
+        where, params = derived_conditions(replace(f, start=prev.start), "day")
+        params["cur"] = f.start.isoformat()
+        sessions = f"""(
+    SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period, events, first_at, last_at
+    FROM {db}.dash_sessions FINAL WHERE {where}
+)"""
+    sql = f"""
+SELECT period, toUInt32(count()) AS sessions, toUInt32(countIf(events = 1)) AS bounces,
+       toUInt64(sum(dateDiff('second', first_at, last_at))) AS duration_total
+FROM {sessions}
+GROUP BY period"""
     return Query(sql, params)
 
 
@@ -273,16 +288,27 @@ GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
 
 
 def entry_exit(db: str, f: Filters) -> Query:
-    where, params = event_conditions(f)
+    """Each session's first and last page (by time; a session as for ``engagement``): without
+    a segment filter the (time, url) pairs of ``dash_sessions`` FINAL."""
+    if f.segmented:
+        where, params = event_conditions(f)
+        pages = f"""(
+    SELECT argMin(url, created_at) AS entry_url, argMax(url, created_at) AS exit_url
+    FROM {db}.events WHERE {where} AND url != ''
+    GROUP BY toDate(created_at), hhash, sid
+)"""
+    else:
+        where, params = derived_conditions(f, "day")
+        # a session-day without a page holds the sentinel (time, ''): not a page
+        pages = f"""(
+    SELECT entry.2 AS entry_url, exit.2 AS exit_url
+    FROM {db}.dash_sessions FINAL WHERE {where} AND entry_url != ''
+)"""
     params["limit"] = f.limit
     sql = f"""
 SELECT kind, url, toUInt32(count()) AS sessions
-FROM (
-    SELECT argMin(url, created_at) AS entry, argMax(url, created_at) AS exit
-    FROM {db}.events WHERE {where} AND url != ''
-    GROUP BY sid
-)
-ARRAY JOIN ['entry', 'exit'] AS kind, [entry, exit] AS url
+FROM {pages}
+ARRAY JOIN ['entry', 'exit'] AS kind, [entry_url, exit_url] AS url
 GROUP BY kind, url ORDER BY kind, sessions DESC, url LIMIT {{limit:UInt32}} BY kind"""
     return Query(sql, params)
 
