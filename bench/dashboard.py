@@ -276,15 +276,17 @@ def insert_cost(rounds: int = 30) -> None:
             return statistics.median(took)
 
         timed()  # warm-up
-        with_view = timed()
         view = next(s.sql for s in load_statements() if s.name == "dash_sessions_mv")
-        w.query("DROP TABLE sfpla.dash_sessions_mv")
-        without = timed()
-        w.query(view)
-        again = timed()
+        with_view, without = [], []
+        for _ in range(3):  # alternated: the machine's load drifts
+            with_view.append(timed())
+            w.query("DROP TABLE sfpla.dash_sessions_mv")
+            without.append(timed())
+            w.query(view)
         w.close()
-    print(f"INSERT of ~1,000 events (median of {rounds}): {with_view:.1f} ms with every view, "
-          f"{without:.1f} ms without dash_sessions_mv, {again:.1f} ms with it again")  # fmt: skip
+    print(f"INSERT of ~1,000 events (median of {rounds}, 3 alternations): with every view "
+          f"{' / '.join(f'{t:.1f}' for t in with_view)} ms; without dash_sessions_mv "
+          f"{' / '.join(f'{t:.1f}' for t in without)} ms")  # fmt: skip
 
 
 def account(gw: GatewayProcess) -> dict:

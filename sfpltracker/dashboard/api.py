@@ -264,9 +264,13 @@ class DashboardResource(Resource):
 
     @defer.inlineCallbacks
     def engagement(self, f: q.Filters, args):
-        """Bounce rate and visit duration, this period and the one before."""
+        """Bounce rate and visit duration, this period and the one before (from ``events``
+        with a segment filter: one after the other)."""
         rows = yield self._rows(q.engagement(self.db, f))
         by_period = {row["period"]: row for row in rows}
+        if f.segmented:
+            before = yield self._rows(q.engagement(self.db, f.previous()))
+            by_period["previous"] = before[0] if before else None
         return {
             "current": _engagement(by_period.get("current")),
             "previous": _engagement(by_period.get("previous")),

@@ -204,22 +204,22 @@ GROUP BY period"""
 
 def engagement(db: str, f: Filters) -> Query:
     """Sessions of one event (bounces) and the summed time from each session's first to last
-    event, this period and the one before (``period``). A session is a sid's events of one
-    day on one host (``dash_sessions``, schema/091_dashboard_sessions.sql): without a segment
-    filter its rows are read with FINAL, one per session; with one, ``events`` are grouped
-    the same way (the slow figure on a large store; docs/dashboard.md)."""
-    prev = f.previous()
+    event, per ``period``. A session is a sid's events of one day on one host
+    (``dash_sessions``, schema/091_dashboard_sessions.sql): without a segment filter its rows
+    are read with FINAL, one per session, for this period and the one before; with one,
+    ``events`` of this period only are grouped the same way (the caller asks for the previous
+    period on its own: each groups every session of its period within the reader's memory
+    cap; the slow figure on a large store, docs/dashboard.md)."""
     if f.segmented:
-        where, params = event_conditions(f, start=prev.start)
-        params["cur"] = _ts(f.start)
+        where, params = event_conditions(f)
         sessions = f"""(
-    SELECT if(created_at >= {{cur:{TS}}}, 'current', 'previous') AS period, count() AS events,
-           min(created_at) AS first_at, max(created_at) AS last_at
+    SELECT 'current' AS period, count() AS events, min(created_at) AS first_at,
+           max(created_at) AS last_at
     FROM {db}.events WHERE {where}
-    GROUP BY period, toDate(created_at), hhash, sid
+    GROUP BY toDate(created_at), hhash, sid
 )"""
     else:
-        where, params = derived_conditions(replace(f, start=prev.start), "day")
+        where, params = derived_conditions(replace(f, start=f.previous().start), "day")
         params["cur"] = f.start.isoformat()
         sessions = f"""(
     SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period, events, first_at, last_at
