@@ -219,7 +219,7 @@ def load(
     w.close()
 
 
-ROLLUPS = ("dash_daily", "dash_sessions")
+ROLLUPS = ("dash_daily", "dash_sessions", "dash_totals")
 
 
 def rebuild_rollups(w) -> None:

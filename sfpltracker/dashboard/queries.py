@@ -195,9 +195,10 @@ GROUP BY period"""
         params["cur"] = f.start.isoformat()
         sql = f"""
 SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period,
-       toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(uniqMerge(sessions)) AS sessions,
+       toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(uniqCombinedMerge(14)(sessions)) AS sessions,
        toUInt32(sum(events)) AS events, toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_daily WHERE {where} AND dim = 'all'
+FROM {db}.dash_totals WHERE {where}
 GROUP BY period"""
     return Query(sql, params)
 
@@ -237,9 +238,9 @@ def timeseries(db: str, f: Filters) -> Query:
     if bucket(f) == "day" and not f.segmented:
         where, params = derived_conditions(f, "day")
         sql = f"""
-SELECT toString(day) AS t, toUInt32(uniqMerge(visitors)) AS visitors,
+SELECT toString(day) AS t, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
        toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_daily WHERE {where} AND dim = 'all'
+FROM {db}.dash_totals WHERE {where}
 GROUP BY t ORDER BY t"""
         return Query(sql, params)
     where, params = event_conditions(f)

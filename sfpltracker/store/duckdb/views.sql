@@ -302,3 +302,13 @@ SELECT created_at::DATE AS day, hhash, sid, count(*)::UBIGINT AS events,
 FROM sfpla.events
 WHERE server = 0 AND bot = 0
 GROUP BY created_at::DATE, hhash, sid;
+
+-- The dashboard's totals per day and host (schema/092_dashboard_totals.sql): plain distinct
+-- counts here (ClickHouse keeps uniqCombined states).
+CREATE OR REPLACE VIEW sfpla.dash_totals AS
+SELECT created_at::DATE AS day, hhash, count(DISTINCT vid)::UBIGINT AS visitors,
+       count(DISTINCT sid)::UBIGINT AS sessions, count(*)::UBIGINT AS events,
+       (count(*) FILTER (WHERE url != ''))::UBIGINT AS pageviews
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY created_at::DATE, hhash;
