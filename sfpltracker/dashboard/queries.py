@@ -212,12 +212,14 @@ def engagement(db: str, f: Filters) -> Query:
     period on its own: each groups every session of its period within the reader's memory
     cap; the slow figure on a large store, docs/dashboard.md)."""
     if f.segmented:
+        # hhash as a number: a fixed-size key takes far less of the reader's memory than a
+        # String one (entry-exit over 30 days of DE on 10M events: 96 MiB exceeded)
         where, params = event_conditions(f)
         sessions = f"""(
     SELECT 'current' AS period, count() AS events, min(created_at) AS first_at,
            max(created_at) AS last_at
     FROM {db}.events WHERE {where}
-    GROUP BY toDate(created_at), hhash, sid
+    GROUP BY toDate(created_at), sid, cityHash64(hhash)
 )"""
     else:
         where, params = derived_conditions(replace(f, start=f.previous().start), "day")
@@ -296,7 +298,7 @@ def entry_exit(db: str, f: Filters) -> Query:
         pages = f"""(
     SELECT argMin(url, created_at) AS entry_url, argMax(url, created_at) AS exit_url
     FROM {db}.events WHERE {where} AND url != ''
-    GROUP BY toDate(created_at), hhash, sid
+    GROUP BY toDate(created_at), sid, cityHash64(hhash)
 )"""
     else:
         where, params = derived_conditions(f, "day")
