@@ -5,7 +5,7 @@
 -- read time) instead of grouping every event of the range by sid (docs/dashboard.md).
 -- A session is a sid's events of one day on one host, so a visit across midnight counts as
 -- two (as Google Analytics splits sessions at midnight); the figures from `events` (with a
--- segment filter) count the same way.
+-- segment filter) count a sid's events of one day the same way (of any host).
 -- entry / exit: min / max of (time, url) over the events with a url; a session-day without a
 -- page holds the sentinel (2299-12-31, '') / (epoch, ''), which any page outranks on merge.
 -- (argMin/argMax states did the same but cost ~3x more to read: 500 vs 185 ms over 30 days.)
