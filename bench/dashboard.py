@@ -262,7 +262,7 @@ def insert_cost(rounds: int = 30) -> None:
         store = EmbeddedStore(Path(tmp) / "data", reactor=None)
         store._open_and_load()
         w = store._writer
-        sql = re.sub(r"\br\((\d+)\)", lambda m: R.format(k=m.group(1)), EVENTS_SQL)
+        insert = re.sub(r"\br\((\d+)\)", lambda m: R.format(k=m.group(1)), EVENTS_SQL)
         start_ms = int(time.time() * 1000) - 86_400_000
         offset = 0
 
@@ -271,7 +271,7 @@ def insert_cost(rounds: int = 30) -> None:
             took = []
             for _ in range(rounds):
                 began = time.perf_counter()
-                w.query(sql.format(start_ms=start_ms, days=1, visitors=100_000, offset=offset,
+                w.query(insert.format(start_ms=start_ms, days=1, visitors=100_000, offset=offset,
                                    count=1667, host_hashes=HOST_HASHES))  # fmt: skip
                 took.append((time.perf_counter() - began) * 1000)
                 offset += 1667
@@ -285,8 +285,8 @@ def insert_cost(rounds: int = 30) -> None:
             for name in NEW_VIEWS:
                 w.query(f"DROP TABLE sfpla.{name}")
             without.append(timed())
-            for sql in views:
-                w.query(sql)
+            for view in views:
+                w.query(view)
         w.close()
     print(f"INSERT of ~1,000 events (median of {rounds}, 3 alternations): with every view "
           f"{' / '.join(f'{t:.1f}' for t in with_view)} ms; without {', '.join(NEW_VIEWS)} "
