@@ -14,7 +14,12 @@ figure over the last 30 days.
    each, after one warm-up), without filters and with a segment filter (country), which makes
    the figures read ``events`` instead of the derived tables.
 
-``--dir`` keeps the loaded store for another run (loading is skipped when it holds data).
+``--dir`` keeps the loaded store for another run (loading is skipped when it holds data);
+``--rebuild-rollups`` then drops the dashboard's rollups (``dash_*``) and fills them again from
+``events`` with their views' own SELECT, as a store made with the current schema holds them
+(a store loaded before a rollup existed, or before its sort key changed).
+``--insert-cost`` times a 1,000-event INSERT into a new store with every materialized view on
+``events`` and without the two the dashboard's speed added (``NEW_VIEWS``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from sfpltracker.ingest.ids import short_hash  # noqa: E402
 from sfpltracker.store.embedded import store as embedded  # noqa: E402
 from sfpltracker.store.embedded.store import EmbeddedStore  # noqa: E402
+from sfpltracker.store.schema import load_statements  # noqa: E402
 from tests.gateway_process import GatewayProcess, http_request  # noqa: E402
 
 CHUNK = 1_000_000  # events per INSERT ... SELECT (bounded memory, progress shown)
@@ -165,7 +171,9 @@ FIGURES = [
 ]
 
 
-def load(data_dir: Path, events: int, days: int = 90, optimize: bool = False) -> None:
+def load(
+    data_dir: Path, events: int, days: int = 90, optimize: bool = False, rebuild: bool = False
+) -> None:
     # Loading only: a larger budget than the gateway's 192 MiB (the 20 views of a 1M-row
     # INSERT ... SELECT hold more); the timed reads run in the gateway with its own budget.
     embedded.SERVER_SETTINGS["max_server_memory_usage"] = 3 * 1024**3
@@ -175,6 +183,8 @@ def load(data_dir: Path, events: int, days: int = 90, optimize: bool = False) ->
     have = int(w.query("SELECT count() FROM sfpla.events", "TabSeparated").bytes() or 0)
     if have:
         print(f"store holds {have:,} events already: not loading")
+        if rebuild:
+            rebuild_rollups(w)
         if optimize:
             merge(w)
         w.close()
@@ -210,16 +220,77 @@ def load(data_dir: Path, events: int, days: int = 90, optimize: bool = False) ->
     w.close()
 
 
+ROLLUPS = ("dash_daily", "dash_sessions", "dash_totals")
+NEW_VIEWS = ("dash_sessions_mv", "dash_totals_mv")  # added for the speed goal (issue 18)
+
+
+def rebuild_rollups(w) -> None:
+    """Each rollup made again as the schema declares it, filled from ``events`` by its view's
+    SELECT (what the view writes for every insert, so the same rows once merged)."""
+    statements = {s.name: s.sql for s in load_statements()}
+    for table in ROLLUPS:
+        began = time.perf_counter()
+        view = statements[f"{table}_mv"]
+        w.query(f"DROP TABLE IF EXISTS sfpla.{table}_mv")
+        w.query(f"DROP TABLE IF EXISTS sfpla.{table}")
+        w.query(statements[table])
+        select = view[re.search(r"\bAS\s+SELECT\b", view).start() + 2 :]
+        w.query(f"INSERT INTO sfpla.{table} {select}")
+        w.query(view)
+        print(f"{table}: rebuilt from events in {time.perf_counter() - began:.1f} s", flush=True)
+
+
 def merge(w) -> None:
     """Merge the rollup's parts as background merges eventually do. The generated events of
     one INSERT span all 90 days (live traffic arrives in time order), so unmerged, each day
     of ``dash_daily`` holds one row per insert block and a range merges thousands of states."""
-    began = time.perf_counter()
-    before = w.query("SELECT count() FROM sfpla.dash_daily", "TabSeparated").bytes().decode()
-    w.query("OPTIMIZE TABLE sfpla.dash_daily FINAL")
-    after = w.query("SELECT count() FROM sfpla.dash_daily", "TabSeparated").bytes().decode()
-    print(f"dash_daily: {before.strip()} rows merged to {after.strip()} "
-          f"in {time.perf_counter() - began:.1f} s")  # fmt: skip
+    for table in ROLLUPS:
+        began = time.perf_counter()
+        count = f"SELECT count() FROM sfpla.{table}"
+        before = w.query(count, "TabSeparated").bytes().decode()
+        w.query(f"OPTIMIZE TABLE sfpla.{table} FINAL")
+        after = w.query(count, "TabSeparated").bytes().decode()
+        print(f"{table}: {before.strip()} rows merged to {after.strip()} "
+              f"in {time.perf_counter() - began:.1f} s")  # fmt: skip
+
+
+def insert_cost(rounds: int = 30) -> None:
+    """Median time of a 1,000-event INSERT into a new store, with every view of the schema
+    and without the views of ``NEW_VIEWS`` (what they cost every batch)."""
+    embedded.SERVER_SETTINGS["max_server_memory_usage"] = 1024**3
+    with tempfile.TemporaryDirectory(prefix="sfpl-bench-insert-") as tmp:
+        store = EmbeddedStore(Path(tmp) / "data", reactor=None)
+        store._open_and_load()
+        w = store._writer
+        insert = re.sub(r"\br\((\d+)\)", lambda m: R.format(k=m.group(1)), EVENTS_SQL)
+        start_ms = int(time.time() * 1000) - 86_400_000
+        offset = 0
+
+        def timed() -> float:
+            nonlocal offset
+            took = []
+            for _ in range(rounds):
+                began = time.perf_counter()
+                w.query(insert.format(start_ms=start_ms, days=1, visitors=100_000, offset=offset,
+                                   count=1667, host_hashes=HOST_HASHES))  # fmt: skip
+                took.append((time.perf_counter() - began) * 1000)
+                offset += 1667
+            return statistics.median(took)
+
+        timed()  # warm-up
+        views = [s.sql for s in load_statements() if s.name in NEW_VIEWS]
+        with_view, without = [], []
+        for _ in range(3):  # alternated: the machine's load drifts
+            with_view.append(timed())
+            for name in NEW_VIEWS:
+                w.query(f"DROP TABLE sfpla.{name}")
+            without.append(timed())
+            for view in views:
+                w.query(view)
+        w.close()
+    print(f"INSERT of ~1,000 events (median of {rounds}, 3 alternations): with every view "
+          f"{' / '.join(f'{t:.1f}' for t in with_view)} ms; without {', '.join(NEW_VIEWS)} "
+          f"{' / '.join(f'{t:.1f}' for t in without)} ms")  # fmt: skip
 
 
 def account(gw: GatewayProcess) -> dict:
@@ -259,13 +330,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--optimize", action="store_true", help="merge dash_daily first")
     parser.add_argument("--no-segment", action="store_true", help="skip the country=DE runs")
+    parser.add_argument("--rebuild-rollups", action="store_true",
+                        help="drop the dash_* rollups and fill them again from events")  # fmt: skip
+    parser.add_argument("--insert-cost", action="store_true",
+                        help="only time 1,000-event inserts with and without NEW_VIEWS")  # fmt: skip
     args = parser.parse_args()
+    if args.insert_cost:
+        insert_cost()
+        return
     tmp = None
     if args.dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="sfpl-bench-dashboard-")
         args.dir = Path(tmp.name)
     data_dir = args.dir / "data"
-    load(data_dir, args.events, optimize=args.optimize)
+    load(data_dir, args.events, optimize=args.optimize, rebuild=args.rebuild_rollups)
     with GatewayProcess(args.dir, {"DataDirectory": str(data_dir)}, name="gw") as gw:
         print(gw.query("SELECT count() AS events, min(created_at) AS first, "
                        "max(created_at) AS last FROM sfpla.events"))  # fmt: skip

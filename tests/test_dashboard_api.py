@@ -100,6 +100,37 @@ def test_pages_entry_exit_equal_sql(gw, dash):
         assert got[kind] == want
 
 
+def test_session_rollup_equals_events_and_segments_count_alike(gw, dash):
+    # dash_sessions (read by engagement and entry-exit): per day, host and session, what the
+    # session's client events of that day are.
+    want = sql(gw, f"SELECT toString(toDate(created_at)) AS day, hhash, toString(sid) AS sid, "
+                   f"count() AS events, toString(min(created_at)) AS first_at, "
+                   f"toString(max(created_at)) AS last_at, argMinIf(url, created_at, url != '') "
+                   f"AS entry, argMaxIf(url, created_at, url != '') AS exit FROM sfpla.events "
+                   f"FINAL WHERE {CLIENT} GROUP BY day, hhash, sid ORDER BY sid")  # fmt: skip
+    got = sql(gw, "SELECT toString(day) AS day, hhash, toString(sid) AS sid, events, "
+                  "toString(first_at) AS first_at, toString(last_at) AS last_at, "
+                  "entry.2 AS entry, exit.2 AS exit FROM sfpla.dash_sessions FINAL ORDER BY sid")  # fmt: skip
+    assert got == want and len(got) == 7
+    # with a segment filter the figures read events, counting sessions the same way
+    for segment in ({"device": "Desktop"}, {"country": "DE"}):
+        ((name, value),) = segment.items()
+        per_session = sql(gw, f"SELECT count() AS n, dateDiff('second', min(created_at), "
+                              f"max(created_at)) AS d FROM sfpla.events FINAL WHERE {CLIENT} "
+                              f"AND {name} = '{value}' GROUP BY sid")  # fmt: skip
+        got = dash.get("engagement", **segment)["current"]
+        assert got["sessions"] == len(per_session) > 0
+        assert got["bounce_rate"] == round(
+            100 * sum(1 for s in per_session if s["n"] == 1) / len(per_session), 1
+        )
+        assert got["visit_duration"] == round(sum(s["d"] for s in per_session) / len(per_session))
+        entries = sql(gw, f"SELECT page AS url, count() AS sessions FROM (SELECT argMin(url, "
+                          f"created_at) AS page FROM sfpla.events FINAL WHERE {CLIENT} AND "
+                          f"url != '' AND {name} = '{value}' GROUP BY sid) GROUP BY page "
+                          f"ORDER BY sessions DESC, page")  # fmt: skip
+        assert dash.get("entry-exit", **segment)["entry"] == entries
+
+
 def test_sources_equal_sql(gw, dash):
     got = dash.get("referrers")["referrers"]
     assert got == sql(gw, f"SELECT domain(last) AS referrer, count() AS events FROM sfpla.events "

@@ -169,6 +169,8 @@ DERIVED = {
     "visitors": ("sum(events)", "events", "countIf(bot = 0)"),
     "sessions": ("sum(events)", "events", "countIf(bot = 0)"),
     "dash_daily": ("sumIf(events, dim = 'all')", "events", f"countIf({CLIENT})"),
+    "dash_sessions": ("sum(events)", "events", f"countIf({CLIENT})"),
+    "dash_totals": ("sum(events)", "events", f"countIf({CLIENT})"),
     "ltv": (
         "sum(paid)",
         "payments",

@@ -275,11 +275,17 @@ class DashboardResource(Resource):
 
     @defer.inlineCallbacks
     def engagement(self, f: q.Filters, args):
-        """Bounce rate and visit duration, this period and the one before (one after the
-        other: each groups every session of its period)."""
-        current = yield self._rows(q.engagement(self.db, f))
-        previous = yield self._rows(q.engagement(self.db, f.previous()))
-        return {"current": _engagement(current), "previous": _engagement(previous)}
+        """Bounce rate and visit duration, this period and the one before (from ``events``
+        with a segment filter: one after the other)."""
+        rows = yield self._rows(q.engagement(self.db, f))
+        by_period = {row["period"]: row for row in rows}
+        if f.segmented:
+            before = yield self._rows(q.engagement(self.db, f.previous()))
+            by_period["previous"] = before[0] if before else None
+        return {
+            "current": _engagement(by_period.get("current")),
+            "previous": _engagement(by_period.get("previous")),
+        }
 
     @defer.inlineCallbacks
     def pages(self, f, args):
@@ -391,8 +397,8 @@ def _totals(row: dict | None) -> dict[str, Any]:
     return {k: row.get(k, 0) for k in ("visitors", "sessions", "pageviews", "events")}
 
 
-def _engagement(rows: list[dict]) -> dict[str, Any]:
-    row = rows[0] if rows else {}
+def _engagement(row: dict | None) -> dict[str, Any]:
+    row = row or {}
     sessions = row.get("sessions", 0)
     total = int(row.get("duration_total", 0))  # UInt64: JSON output quotes it
     return {

@@ -195,26 +195,45 @@ GROUP BY period"""
         params["cur"] = f.start.isoformat()
         sql = f"""
 SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period,
-       toUInt32(uniqMerge(visitors)) AS visitors, toUInt32(uniqMerge(sessions)) AS sessions,
+       toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(uniqCombinedMerge(14)(sessions)) AS sessions,
        toUInt32(sum(events)) AS events, toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_daily WHERE {where} AND dim = 'all'
+FROM {db}.dash_totals WHERE {where}
 GROUP BY period"""
     return Query(sql, params)
 
 
 def engagement(db: str, f: Filters) -> Query:
     """Sessions of one event (bounces) and the summed time from each session's first to last
-    event, over the events of the range: per session, so read from ``events`` (the slow
-    figure on a large store; docs/dashboard.md)."""
-    where, params = event_conditions(f)
-    sql = f"""
-SELECT toUInt32(count()) AS sessions, toUInt32(countIf(n = 1)) AS bounces,
-       toUInt64(sum(d)) AS duration_total
-FROM (
-    SELECT count() AS n, dateDiff('second', min(created_at), max(created_at)) AS d
+    event, per ``period``. A session is a sid's events of one day on one host
+    (``dash_sessions``, schema/091_dashboard_sessions.sql): without a segment filter its rows
+    are read with FINAL, one per session, for this period and the one before; with one,
+    ``events`` of this period only are grouped the same way (the caller asks for the previous
+    period on its own: each groups every session of its period within the reader's memory
+    cap; the slow figure on a large store, docs/dashboard.md)."""
+    if f.segmented:
+        # A session here is a sid's events of one day, whatever the host: with the host in
+        # the key (a String, or its hash) the grouping took 2x the time, and with the String
+        # more than the reader's 96 MiB (entry-exit, 30 days of DE on 10M events).
+        where, params = event_conditions(f)
+        sessions = f"""(
+    SELECT 'current' AS period, count() AS events, min(created_at) AS first_at,
+           max(created_at) AS last_at
     FROM {db}.events WHERE {where}
-    GROUP BY sid
+    GROUP BY sid, toDate(created_at)
 )"""
+    else:
+        where, params = derived_conditions(replace(f, start=f.previous().start), "day")
+        params["cur"] = f.start.isoformat()
+        sessions = f"""(
+    SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period, events, first_at, last_at
+    FROM {db}.dash_sessions FINAL WHERE {where}
+)"""
+    sql = f"""
+SELECT period, toUInt32(count()) AS sessions, toUInt32(countIf(events = 1)) AS bounces,
+       toUInt64(sum(dateDiff('second', first_at, last_at))) AS duration_total
+FROM {sessions}
+GROUP BY period"""
     return Query(sql, params)
 
 
@@ -222,9 +241,9 @@ def timeseries(db: str, f: Filters) -> Query:
     if bucket(f) == "day" and not f.segmented:
         where, params = derived_conditions(f, "day")
         sql = f"""
-SELECT toString(day) AS t, toUInt32(uniqMerge(visitors)) AS visitors,
+SELECT toString(day) AS t, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
        toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_daily WHERE {where} AND dim = 'all'
+FROM {db}.dash_totals WHERE {where}
 GROUP BY t ORDER BY t"""
         return Query(sql, params)
     where, params = event_conditions(f)
@@ -273,16 +292,27 @@ GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
 
 
 def entry_exit(db: str, f: Filters) -> Query:
-    where, params = event_conditions(f)
+    """Each session's first and last page (by time; a session as for ``engagement``): without
+    a segment filter the (time, url) pairs of ``dash_sessions`` FINAL."""
+    if f.segmented:
+        where, params = event_conditions(f)
+        pages = f"""(
+    SELECT argMin(url, created_at) AS entry_url, argMax(url, created_at) AS exit_url
+    FROM {db}.events WHERE {where} AND url != ''
+    GROUP BY sid, toDate(created_at)
+)"""
+    else:
+        where, params = derived_conditions(f, "day")
+        # a session-day without a page holds the sentinel (time, ''): not a page
+        pages = f"""(
+    SELECT entry.2 AS entry_url, exit.2 AS exit_url
+    FROM {db}.dash_sessions FINAL WHERE {where} AND entry_url != ''
+)"""
     params["limit"] = f.limit
     sql = f"""
 SELECT kind, url, toUInt32(count()) AS sessions
-FROM (
-    SELECT argMin(url, created_at) AS entry, argMax(url, created_at) AS exit
-    FROM {db}.events WHERE {where} AND url != ''
-    GROUP BY sid
-)
-ARRAY JOIN ['entry', 'exit'] AS kind, [entry, exit] AS url
+FROM {pages}
+ARRAY JOIN ['entry', 'exit'] AS kind, [entry_url, exit_url] AS url
 GROUP BY kind, url ORDER BY kind, sessions DESC, url LIMIT {{limit:UInt32}} BY kind"""
     return Query(sql, params)
 

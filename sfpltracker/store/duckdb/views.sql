@@ -288,3 +288,27 @@ FROM (
 )
 WHERE kv.dim != ''
 GROUP BY created_at::DATE, hhash, kv.dim, kv.value;
+
+-- The dashboard's per-session rollup (schema/091_dashboard_sessions.sql) with its columns:
+-- a row per day, host and session; entry and exit as (time, url) structs of its first and
+-- last page (the sentinels of ClickHouse when it has none).
+CREATE OR REPLACE VIEW sfpla.dash_sessions AS
+SELECT created_at::DATE AS day, hhash, sid, count(*)::UBIGINT AS events,
+       min(created_at) AS first_at, max(created_at) AS last_at,
+       coalesce(min({'t': created_at, 'url': url}) FILTER (WHERE url != ''),
+                {'t': TIMESTAMP '2299-12-31 00:00:00', 'url': ''}) AS entry,
+       coalesce(max({'t': created_at, 'url': url}) FILTER (WHERE url != ''),
+                {'t': TIMESTAMP '1970-01-01 00:00:00', 'url': ''}) AS exit
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY created_at::DATE, hhash, sid;
+
+-- The dashboard's totals per day and host (schema/092_dashboard_totals.sql): plain distinct
+-- counts here (ClickHouse keeps uniqCombined states).
+CREATE OR REPLACE VIEW sfpla.dash_totals AS
+SELECT created_at::DATE AS day, hhash, count(DISTINCT vid)::UBIGINT AS visitors,
+       count(DISTINCT sid)::UBIGINT AS sessions, count(*)::UBIGINT AS events,
+       (count(*) FILTER (WHERE url != ''))::UBIGINT AS pageviews
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY created_at::DATE, hhash;
