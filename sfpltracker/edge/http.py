@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import version as _twisted_web_version
 
 from sfpltracker.edge.front import ACME_CHALLENGE, HSTS_VALUE, host_problem
 
@@ -56,6 +57,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = frozenset((204, 304))
 _TEXT = re.compile(rb"[\x20-\x7e]*")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What twisted.web's Request names itself: the answers of both layers carry the same.
+_SERVER = b"Server: %s\r\n" % _twisted_web_version
 
 
 class _Refuse(Exception):
@@ -243,7 +246,8 @@ class FastRequest:
         self._chunked = False  # ... of a length not known in advance (a proxied answer)
         self._waiting: list[defer.Deferred] | None = None  # notifyFinish()
         self._content: io.BytesIO | None = None
-        self.defaultContentType = None  # twisted.web's text/html default is not written here
+        # twisted.web's default for an answer that sets none (its bodiless redirects have it)
+        self.defaultContentType = b"text/html"
         self.sentLength = 0
 
     # -- reading -----------------------------------------------------------------------------
@@ -783,6 +787,7 @@ class FastHTTPProtocol(Protocol):
             self._adapt(parsed)
             return
         parsed.fast = request
+        self.factory.gateway.count("http_fast_answers")
         try:
             body = route(request)
         except Exception:
@@ -802,8 +807,18 @@ class FastHTTPProtocol(Protocol):
         out = [
             b"HTTP/1.1 %d %s\r\n" % (code, request.code_message or RESPONSES.get(code, b"Unknown"))
         ]
-        if b"date" not in headers:  # a proxied answer keeps its upstream's
+        if b"server" not in headers:  # a proxied answer keeps its upstream's
+            out.append(_SERVER)
+        if b"date" not in headers:
             out.append(b"Date: %s\r\n" % _date())
+        if (
+            b"content-type" not in headers
+            and request.defaultContentType is not None
+            and code not in _NO_BODY
+            and headers.get(b"content-length") != b"0"
+        ):
+            # As twisted.web's Request.write decides it (an explicit length 0 has none).
+            out.append(b"Content-Type: %s\r\n" % request.defaultContentType)
         if code not in _NO_BODY and length is not None and b"content-length" not in headers:
             out.append(b"Content-Length: %d\r\n" % length)
         if self.factory.hsts and self.secure:
