@@ -263,10 +263,14 @@ class BodyRelay(protocol.Protocol):
         self.done.callback(None)
 
 
+def _nothing() -> None:
+    pass
+
+
 class Relay:
     """The client's side of a ``Fetch``: the answer's head, body and end, or the error."""
 
-    __slots__ = ("proxy", "request", "site", "route", "fetch", "gone")
+    __slots__ = ("proxy", "request", "site", "route", "fetch", "gone", "flush")
 
     def __init__(self, proxy: ProxyFallback, request, site, route):
         self.proxy = proxy
@@ -275,6 +279,8 @@ class Relay:
         self.route = route
         self.fetch: Fetch | None = None
         self.gone = False
+        # The fast layer holds an answer's head to send it with the body's first bytes.
+        self.flush = getattr(request, "flush_head", _nothing)
 
     def client_gone(self, _) -> None:
         self.gone = True

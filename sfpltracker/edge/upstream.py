@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseFailed, ResponseNeverReceived
 
+from sfpltracker.edge.http import write_now
+
 log = Logger()
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE"))
@@ -163,6 +165,7 @@ class Fetch:
       (``headers``: (name, value) pairs as received; ``length``: Content-Length or None);
       returns False when the answer is no longer wanted (the client has gone);
     - ``sink.body(data)``, then ``sink.done()``: the body, as it arrives, and its end;
+      ``sink.flush()`` after each read that has not ended it (the head must not wait);
     - ``sink.cut()``: the answer broke off after its head (upstream reset or stalled);
     - ``sink.failed(failure, timed_out)``: no answer (a connect error, the connection closed
       before the head — ``ResponseNeverReceived`` / ``ResponseFailed`` as ``Agent`` says —,
@@ -249,7 +252,7 @@ class Fetch:
         self.conn = conn
         conn.fetch = self
         self.parser = httptools.HttpResponseParser(self)
-        conn.transport.write(self.head)
+        write_now(conn.transport, self.head)
 
     # -- the upstream's bytes ----------------------------------------------------------------
 
@@ -265,6 +268,8 @@ class Fetch:
                 self._broken(Failure(e))
         except httptools.HttpParserError as e:
             self._broken(Failure(e))
+        if not self.finished:
+            self.sink.flush()  # the head, if no body bytes came with it
 
     def on_message_begin(self) -> None:
         self.phrase = b""
