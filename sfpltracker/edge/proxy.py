@@ -400,7 +400,6 @@ class ProxyFallback:
 
     def _forward(self, request, site, route):
         request.defaultContentType = None  # the upstream's Content-Type or none at all
-        headers = Headers(dict(upstream_headers(request, route, self.gateway.trusted_proxies)))
         streamed = None
         if getattr(request, "streaming", False):
             streamed = body = StreamedBody(request, self.stats)
@@ -411,6 +410,7 @@ class ProxyFallback:
             if not data and request.method not in (b"POST", b"PUT", b"PATCH"):
                 return self._fetch(request, site, route)
             body = BytesBody(data)
+        headers = Headers(dict(upstream_headers(request, route, self.gateway.trusted_proxies)))
         d = self.agent.request(request.method, route.url(request.uri), headers, body)
         # (d.called says little here: with a pooled connection d fires at once, chained.)
         state = {"timed_out": False, "timer": None, "gone": False, "answered": False}
