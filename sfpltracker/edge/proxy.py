@@ -1,5 +1,8 @@
 """Reverse proxy: a site's proxy routes, streamed both ways, WebSockets passed through.
 
+Requests without a body go upstream through the lean client of edge/upstream.py (``Relay``
+is its client side); requests with a body through Twisted's ``Agent`` as below.
+
 Request bodies come from ``StreamingRequest`` chunk by chunk and go upstream as they arrive
 (the client is paused while the upstream cannot take more); response bodies go to the client
 as they arrive (the upstream is paused while the client cannot take more). So neither
