@@ -208,7 +208,7 @@ class Fetch:
         self.reactor = pool.reactor
         self.conn: UpstreamConnection | None = None
         self.connecting = None
-        self.parser = None
+        self.parser: Any = None  # an httptools.HttpResponseParser once sent
         self.received = False
         self.retried = False
         self.answered = False
@@ -259,7 +259,7 @@ class Fetch:
     def data_received(self, data: bytes) -> None:
         self.received = True
         try:
-            self.parser.feed_data(data)  # type: ignore[attr-defined]
+            self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadEnd):
                 self._complete()
