@@ -251,6 +251,9 @@ class Fetch:
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         conn.fetch = self
+        # The last client may have paused it after it went back to the pool (its answer's
+        # last write, before it let go of its producer): this answer must be read.
+        conn.resumeProducing()
         self.parser = httptools.HttpResponseParser(self)
         write_now(conn.transport, self.head)
 
