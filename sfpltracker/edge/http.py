@@ -361,6 +361,10 @@ class FastRequest:
         drains (it takes the protocol's place as the transport's producer meanwhile)."""
         self._streamed = True
         self.protocol.stream_head(self)
+        if not streaming:
+            # A file's pull producer: the head goes now, as its own write (the transport
+            # asks the producer for the body).
+            self.flush_head()
         if not self._disconnected:
             self.protocol.lend_transport(producer, streaming)
 
