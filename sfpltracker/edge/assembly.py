@@ -258,6 +258,11 @@ class Edge:
                 "Answered 429 (RateLimitPerDay)",
             ),
             ("requests_timed_out", "sfpl_requests_timed_out", "Answered 408 (ReadTimeoutSeconds)"),
+            (
+                "http_fast_answers",
+                "sfpl_http_fast_answers",
+                "Requests answered by HTTPServer fast without a twisted.web Request",
+            ),
         ):
             yield CounterMetricFamily(name, doc, gw.counters.get(key, 0))
         errors = CounterMetricFamily(

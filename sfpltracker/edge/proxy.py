@@ -1,5 +1,8 @@
 """Reverse proxy: a site's proxy routes, streamed both ways, WebSockets passed through.
 
+Requests without a body go upstream through the lean client of edge/upstream.py (``Relay``
+is its client side); requests with a body through Twisted's ``Agent`` as below.
+
 Request bodies come from ``StreamingRequest`` chunk by chunk and go upstream as they arrive
 (the client is paused while the upstream cannot take more); response bodies go to the client
 as they arrive (the upstream is paused while the client cannot take more). So neither
@@ -33,6 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from sfpltracker.edge.limits import DailyLimiter
+from sfpltracker.edge.upstream import Fetch, UpstreamPool
 from sfpltracker.ingest.parse import query_pairs
 from sfpltracker.web.common import (
     NOT_DONE_YET,
@@ -262,6 +266,80 @@ class BodyRelay(protocol.Protocol):
         self.done.callback(None)
 
 
+def _nothing() -> None:
+    pass
+
+
+class Relay:
+    """The client's side of a ``Fetch``: the answer's head, body and end, or the error."""
+
+    __slots__ = ("proxy", "request", "site", "route", "fetch", "gone", "flush")
+
+    def __init__(self, proxy: ProxyFallback, request, site, route):
+        self.proxy = proxy
+        self.request = request
+        self.site = site
+        self.route = route
+        self.fetch: Fetch | None = None
+        self.gone = False
+        # The fast layer holds an answer's head to send it with the body's first bytes.
+        self.flush = getattr(request, "flush_head", _nothing)
+
+    def client_gone(self, _) -> None:
+        self.gone = True
+        if self.fetch is not None:
+            self.fetch.cancel()
+
+    def answer(self, code: int, phrase: bytes, headers, length, conn) -> bool:
+        request = self.request
+        if self.gone or request._disconnected:
+            return False
+        request.setResponseCode(code, phrase)
+        grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                continue
+            seen = grouped.get(lname)
+            if seen is None:
+                grouped[lname] = (name, [value])
+            else:
+                seen[1].append(value)
+        set_raw = request.responseHeaders.setRawHeaders
+        for name, values in grouped.values():
+            set_raw(name, values)
+        if length is not None and request.method != b"HEAD" and code not in (204, 304):
+            request.setHeader(b"content-length", b"%d" % length)
+        proxy = self.proxy
+        if proxy.track is not None and self.site.track_proxied(request.path.decode("latin-1")):
+            proxy._track(request, code)
+        # The client's full write buffer pauses the upstream socket (back-pressure).
+        request.registerProducer(conn, True)
+        return True
+
+    def body(self, data: bytes) -> None:
+        if not self.request._disconnected:
+            self.request.write(data)
+
+    def done(self) -> None:
+        request = self.request
+        if not request._disconnected:
+            request.unregisterProducer()
+            finish(request, b"")
+
+    def cut(self) -> None:
+        request = self.request
+        if not request._disconnected:
+            request.unregisterProducer()
+            # The answer is cut short; closing without finishing tells the client.
+            request.channel.transport.loseConnection()
+
+    def failed(self, failure, timed_out: bool) -> None:
+        if self.gone or self.request._disconnected:
+            return
+        self.proxy._fail(self.request, self.route, failure, timed_out)
+
+
 class ProxyFallback:
     """The proxy routes of ``Sites``; ``maybe_render`` returns None for other paths."""
 
@@ -276,6 +354,8 @@ class ProxyFallback:
         self.track = track
         self.pool = client.HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 64
+        # Bodiless requests: the lean client (edge/upstream.py), its own pool of 64 a host.
+        self.upstreams = UpstreamPool(reactor, connect_timeout, max_idle=64)
         self.agent = client.Agent.usingEndpointFactory(
             reactor, UpstreamEndpoints(reactor, connect_timeout), pool=self.pool
         )
@@ -323,7 +403,6 @@ class ProxyFallback:
 
     def _forward(self, request, site, route):
         request.defaultContentType = None  # the upstream's Content-Type or none at all
-        headers = Headers(dict(upstream_headers(request, route, self.gateway.trusted_proxies)))
         streamed = None
         if getattr(request, "streaming", False):
             streamed = body = StreamedBody(request, self.stats)
@@ -331,9 +410,10 @@ class ProxyFallback:
             return json_error(request, 413, "request body larger than MaxBodyBytes")
         else:
             data = read_body(request)
-            body = (
-                BytesBody(data) if data or request.method in (b"POST", b"PUT", b"PATCH") else None
-            )
+            if not data and request.method not in (b"POST", b"PUT", b"PATCH"):
+                return self._fetch(request, site, route)
+            body = BytesBody(data)
+        headers = Headers(dict(upstream_headers(request, route, self.gateway.trusted_proxies)))
         d = self.agent.request(request.method, route.url(request.uri), headers, body)
         # (d.called says little here: with a pooled connection d fires at once, chained.)
         state = {"timed_out": False, "timer": None, "gone": False, "answered": False}
@@ -395,7 +475,12 @@ class ProxyFallback:
             state["timer"].cancel()
         if state["gone"] or request._disconnected:
             return None
-        if state["timed_out"]:
+        self._fail(request, route, failure, state["timed_out"])
+        return None
+
+    def _fail(self, request, route, failure, timed_out: bool) -> None:
+        """Answer a request whose upstream did not answer (502/504, or 400)."""
+        if timed_out:
             self.errors["504"] += 1
             log.info(
                 "proxy: {upstream} did not answer within {t:g} s",
@@ -403,15 +488,28 @@ class ProxyFallback:
                 t=self.read_timeout,
             )
             finish(request, json_error(request, 504, "upstream did not answer in time"))
-            return None
+            return
         if failure.check(RequestGenerationFailed):  # this request cannot be written upstream
             finish(request, json_error(request, 400, "request cannot be forwarded"))
-            return None
+            return
         self.errors["502"] += 1
         why = _failure_reason(failure)
         log.info("proxy: {upstream} failed: {why}", upstream=route.upstream, why=why)
         finish(request, json_error(request, 502, f"upstream unavailable: {why}"))
-        return None
+
+    def _fetch(self, request, site, route):
+        """A bodiless request, through the lean client (edge/upstream.py)."""
+        out = [request.method, b" ", route.target(request.uri), b" HTTP/1.1\r\n"]
+        for name, values in upstream_headers(request, route, self.gateway.trusted_proxies):
+            for value in values:
+                out += (name, b": ", value, b"\r\n")
+        out.append(b"\r\n")
+        relay = Relay(self, request, site, route)
+        request.notifyFinish().addErrback(relay.client_gone)
+        relay.fetch = Fetch(
+            self.upstreams, route, request.method, b"".join(out), relay, self.read_timeout
+        )
+        return NOT_DONE_YET
 
     def _track(self, request, status: int) -> None:
         """The original's ProxyUrlFilter rule: a server event for the proxied request."""

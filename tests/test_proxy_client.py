@@ -1,0 +1,223 @@
+"""The proxy's upstream client (edge/upstream.py) against a real upstream on 127.0.0.1 that
+counts its connections and misbehaves on purpose; real gateway processes, both HTTP layers.
+
+What it must hold: kept-alive upstream connections are reused (GET and HEAD alike); a pooled
+connection the upstream closed is retried once on a fresh one; a client that does not read
+holds the upstream back instead of the gateway buffering the body; chunked answers and 1xx
+interim answers; an upstream reset mid-body closes the client's connection (never a 500).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import socketserver
+import struct
+import threading
+import time
+
+import pytest
+
+from tests.gateway_process import GatewayProcess
+
+BIG = 64 * 1024 * 1024
+BLOCK = bytes(range(256)) * 256  # 64 KiB
+
+
+class Upstream(socketserver.ThreadingTCPServer):
+    """A raw HTTP/1.1 upstream: each path is a behaviour (see ``Handler.answer``)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.port = self.server_address[1]
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.requests: list[str] = []
+        self.big_sent = 0
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+
+
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        server: Upstream = self.server  # type: ignore[assignment]
+        with server.lock:
+            server.connections += 1
+        sock = self.request
+        buf = b""
+        served = 0
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            method, path = head.split(b" ")[:2]
+            with server.lock:
+                server.requests.append(path.decode())
+            if path == b"/u/stale":
+                if served:
+                    return  # as an upstream whose keep-alive timer fired: closed, no answer
+                served += 1
+            if not self.answer(sock, method, path):
+                return
+
+    def answer(self, sock, method: bytes, path: bytes) -> bool:
+        """Answer; False closes the connection."""
+        server: Upstream = self.server  # type: ignore[assignment]
+        if path in (b"/u/count", b"/u/stale"):
+            body = b"connection %d" % server.connections
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            if method != b"HEAD":
+                sock.sendall(body)
+            return True
+        if path == b"/u/chunked":
+            sock.sendall(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n"
+            )
+            for part in (b"hello ", b"chunked ", b"world"):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            sock.sendall(b"0\r\n\r\n")
+            return True
+        if path == b"/u/reset":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+            time.sleep(0.2)
+            # SO_LINGER 0: close() sends RST, as a crashed upstream does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            return False
+        if path == b"/u/big":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+            for _ in range(BIG // len(BLOCK)):
+                sock.sendall(BLOCK)  # blocks while the gateway does not read
+                with server.lock:
+                    server.big_sent += len(BLOCK)
+            return True
+        sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    up = Upstream()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module", params=["fast", "twisted"])
+def gw(request, tmp_path_factory, upstream):
+    sites = {"*": {"Proxy": {"/u/": f"http://127.0.0.1:{upstream.port}"}}}
+    overrides = {"Sites": sites, "ProxyTimeoutSeconds": 3, "HTTPServer": request.param}
+    with GatewayProcess(tmp_path_factory.mktemp("gw"), overrides) as gateway:
+        yield gateway
+
+
+def _get(conn: http.client.HTTPConnection, path: str, method: str = "GET"):
+    conn.request(method, path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_sequential_requests_reuse_one_upstream_connection(gw, upstream):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    status, first = _get(conn, "/u/count")
+    assert status == 200
+    before = upstream.connections
+    answers = []
+    for i in range(10):
+        # GET and HEAD alike: a HEAD answer's missing body must not upset the connection.
+        method = "HEAD" if i % 3 == 1 else "GET"
+        answers.append((method, *_get(conn, "/u/count", method)))
+    # A new client connection is served by the same kept-alive upstream connection too.
+    fresh = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    answers.append(("GET", *_get(fresh, "/u/count")))
+    conn.close()
+    fresh.close()
+    assert [status for _, status, _ in answers] == [200] * 11
+    assert {body for method, _, body in answers if method == "GET"} == {first}
+    assert all(body == b"" for method, _, body in answers if method == "HEAD")
+    assert upstream.connections == before
+
+
+def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(gw, upstream):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    upstream.requests.clear()
+    assert _get(conn, "/u/stale")[0] == 200  # the upstream keeps this connection
+    before = upstream.connections
+    # The pooled connection is closed by the upstream on the next request, unanswered.
+    status, body = _get(conn, "/u/stale")
+    conn.close()
+    assert status == 200, body
+    assert upstream.requests == ["/u/stale"] * 3  # answered, refused unanswered, answered
+    assert upstream.connections == before + 1
+
+
+def test_chunked_answer_after_an_interim_1xx(gw):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    conn.request("GET", "/u/chunked")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("x-kind") == "chunked"
+    assert resp.read() == b"hello chunked world"
+    # The connection (and the upstream's) is still good for the next request.
+    assert _get(conn, "/u/count")[0] == 200
+    conn.close()
+
+
+def test_upstream_reset_mid_body_closes_the_client_connection(gw):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    conn.request("GET", "/u/reset")
+    resp = conn.getresponse()
+    assert resp.status == 200  # the head was relayed before the reset
+    with pytest.raises((http.client.IncompleteRead, ConnectionResetError)):
+        resp.read()
+    conn.close()
+    # The gateway goes on serving, the route included.
+    fresh = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    assert _get(fresh, "/u/count")[0] == 200
+    fresh.close()
+
+
+def test_a_client_not_reading_holds_the_upstream_back(gw, upstream):
+    upstream.big_sent = 0
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.settimeout(30)
+    try:
+        sock.sendall(b"GET /u/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        # Read nothing until the upstream cannot send more (its sendall blocks).
+        last, still = -1, 0
+        deadline = time.monotonic() + 20
+        while still < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = upstream.big_sent
+            still = still + 1 if now == last else 0
+            last = now
+        held_back_at = upstream.big_sent
+        # Then read it all: the whole body arrives.
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        got = len(rest)
+        while got < BIG:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+    finally:
+        sock.close()
+    # Socket buffers on three sockets, the gateway's transport buffer: a few MB, not 64.
+    assert held_back_at < 16 * 1024 * 1024
+    assert got == BIG
