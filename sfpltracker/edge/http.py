@@ -73,15 +73,7 @@ def write_now(transport, data: bytes) -> None:
     bytes can go now (order is kept); what the socket does not take is queued as before. TLS
     transports and anything unusual take the ordinary path.
     """
-    if (
-        type(transport) in _TCP
-        and transport.connected
-        and not transport.disconnecting
-        # A pull producer (a static file) is asked for more only when a queued write drains.
-        and (transport.producer is None or transport.streamingProducer)
-        and not transport._tempDataBuffer
-        and len(transport.dataBuffer) == transport.offset
-    ):
+    if type(transport) in _TCP and _idle(transport):
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:
@@ -92,6 +84,22 @@ def write_now(transport, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def _idle(transport) -> bool:
+    """Nothing queued or pending on this TCP transport (Twisted's FileDescriptor buffers:
+    private names, so a Twisted without them takes the ordinary path)."""
+    try:
+        return bool(
+            transport.connected
+            and not transport.disconnecting
+            # A pull producer (a static file) is asked for more only when a queued write drains.
+            and (transport.producer is None or transport.streamingProducer)
+            and not transport._tempDataBuffer
+            and len(transport.dataBuffer) == transport.offset
+        )
+    except AttributeError:
+        return False
 
 
 class _Refuse(Exception):
