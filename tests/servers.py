@@ -34,6 +34,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -65,25 +66,43 @@ class ServerStartError(RuntimeError):
 # --------------------------------------------------------------------------- utilities
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_picked: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1, free now, chosen below the kernel's ephemeral range.
+
+    Port 0 hands out an ephemeral port: the range every outgoing connection (the tests'
+    clients, the gateway's upstream and store connections) takes its local port from, so
+    between choosing and a server's bind a connection could take it (seen in CI: "Address
+    already in use" at a gateway's start). Below that range only listeners bind; a port is
+    not handed out twice in one test run."""
+    low, _ = _ephemeral_range()
+    first = 20000 if low > 21000 else 1024
+    while True:
+        port = random.randrange(first, low)
+        if port in _picked:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        _picked.add(port)
+        return port
 
 
 def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all sockets are held open while choosing)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct free ports."""
+    return [free_port() for _ in range(n)]
 
 
 def _port_open(host: str, port: int) -> bool:
