@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sfpltracker.store.schema import split_top_level
+
 UTC = datetime.UTC
 EPOCH_DATE = datetime.date(1970, 1, 1)
 ZERO_UUID = uuid.UUID(int=0)
@@ -75,22 +77,7 @@ def split_type(spec: str) -> tuple[str, list[str]]:
     if "(" not in spec or not spec.endswith(")"):
         return spec, []
     name, inner = spec[: spec.index("(")], spec[spec.index("(") + 1 : -1]
-    args, depth, quote, current = [], 0, "", ""
-    for ch in inner:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"`":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            args.append(current.strip())
-            current = ""
-            continue
-        current += ch
-    args.append(current.strip())
+    args = split_top_level(inner)
     return name, args
 
 
