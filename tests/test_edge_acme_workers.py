@@ -8,6 +8,7 @@ read from ``/health`` asked over that same connection (a worker's spool series i
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -92,7 +93,10 @@ def worker_pid(gw, name: str):
     return next(p["pid"] for p in health(gw)["processes"] if p["name"] == name)
 
 
-def test_two_workers_get_a_certificate_via_http01_and_both_serve_it(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def two_workers_with_pebble(tmp_path, monkeypatch, config: dict):
+    """Pebble and a gateway of two workers ordering from it (``config`` on top); yields
+    (pebble, gateway, the gateway's TLS port)."""
     http_port, tls_port = free_port(), free_port()
     with Pebble(
         http_port=http_port, tls_port=tls_port, base_dir=tmp_path / "pebble", extra_env=NO_REUSE
@@ -101,92 +105,64 @@ def test_two_workers_get_a_certificate_via_http01_and_both_serve_it(tmp_path, mo
         gw = acme_gateway(
             tmp_path,
             (http_port, tls_port),
-            {
-                "Workers": 2,
-                "LetsEncryptDomains": DOMAINS,
-                "ACMEDirectory": pebble.directory_url,
-                "ACMEChallenge": "http-01",
-            },
+            {"Workers": 2, "ACMEDirectory": pebble.directory_url, **config},
         )
         with gw:
-            serials = {d: every_worker_serves(gw, d) for d in DOMAINS}
-            assert serials[DOMAINS[0]] != serials[DOMAINS[1]]
-            for domain in DOMAINS:  # hostname and chain verify against Pebble's root
-                peer = verify_with_root(tls_port, domain, pebble.issuer_root_pem(), tmp_path)
-                assert ("DNS", domain) in peer["subjectAltName"]
-            # The store process owns the account and the files.
-            acme = gw.workdir / "data" / "acme"
-            assert (acme / "account.key").exists()
-            assert all((acme / "certs" / d / "fullchain.pem").exists() for d in DOMAINS)
-            assert all(p["status"] == "ok" for p in health(gw)["processes"])
+            yield pebble, gw, tls_port
+
+
+def test_two_workers_get_a_certificate_via_http01_and_both_serve_it(tmp_path, monkeypatch):
+    config = {"LetsEncryptDomains": DOMAINS, "ACMEChallenge": "http-01"}
+    with two_workers_with_pebble(tmp_path, monkeypatch, config) as (pebble, gw, tls_port):
+        serials = {d: every_worker_serves(gw, d) for d in DOMAINS}
+        assert serials[DOMAINS[0]] != serials[DOMAINS[1]]
+        for domain in DOMAINS:  # hostname and chain verify against Pebble's root
+            peer = verify_with_root(tls_port, domain, pebble.issuer_root_pem(), tmp_path)
+            assert ("DNS", domain) in peer["subjectAltName"]
+        # The store process owns the account and the files.
+        acme = gw.workdir / "data" / "acme"
+        assert (acme / "account.key").exists()
+        assert all((acme / "certs" / d / "fullchain.pem").exists() for d in DOMAINS)
+        assert all(p["status"] == "ok" for p in health(gw)["processes"])
 
 
 def test_renewal_swaps_live_in_every_worker_and_a_restarted_worker_serves_it(tmp_path, monkeypatch):
-    http_port, tls_port = free_port(), free_port()
     domain = DOMAINS[0]
-    with Pebble(
-        http_port=http_port, tls_port=tls_port, base_dir=tmp_path / "pebble", extra_env=NO_REUSE
-    ) as pebble:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pebble.ca_bundle_path))
-        gw = acme_gateway(
-            tmp_path,
-            (http_port, tls_port),
-            {
-                "Workers": 2,
-                "LetsEncryptDomains": [domain],
-                "ACMEDirectory": pebble.directory_url,
-                "ACMEChallenge": "http-01",
-            },
-        )
-        with gw:
-            old = every_worker_serves(gw, domain)
-            pids = {w: worker_pid(gw, w) for w in WORKERS}
+    config = {"LetsEncryptDomains": [domain], "ACMEChallenge": "http-01"}
+    with two_workers_with_pebble(tmp_path, monkeypatch, config) as (_, gw, tls_port):
+        old = every_worker_serves(gw, domain)
+        pids = {w: worker_pid(gw, w) for w in WORKERS}
 
-            # A forced renewal (`tls renew`: the admin socket is the store process's).
-            cli = [sys.executable, "-m", "sfpltracker", "--config", str(gw.config_path), "tls"]
-            out = subprocess.run(
-                [*cli, "renew", domain], capture_output=True, timeout=120, cwd=ROOT
-            )
-            assert out.returncode == 0, out.stderr
-            (status,) = json.loads(out.stdout)["acme"]
-            new = int(status["serial"], 16)
-            assert new != old
-            # Every worker presents it on fresh connections, none restarted.
-            certs = by_worker(tls_port, domain)
-            assert {w: c.serial_number for w, c in certs.items()} == {w: new for w in WORKERS}
-            assert {w: worker_pid(gw, w) for w in WORKERS} == pids
+        # A forced renewal (`tls renew`: the admin socket is the store process's).
+        cli = [sys.executable, "-m", "sfpltracker", "--config", str(gw.config_path), "tls"]
+        out = subprocess.run([*cli, "renew", domain], capture_output=True, timeout=120, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        (status,) = json.loads(out.stdout)["acme"]
+        new = int(status["serial"], 16)
+        assert new != old
+        # Every worker presents it on fresh connections, none restarted.
+        certs = by_worker(tls_port, domain)
+        assert {w: c.serial_number for w, c in certs.items()} == {w: new for w in WORKERS}
+        assert {w: worker_pid(gw, w) for w in WORKERS} == pids
 
-            # The store process's ACME counters, on a worker's /metrics (reported each second).
-            def metric() -> str:
-                return gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
+        # The store process's ACME counters, on a worker's /metrics (reported each second).
+        def metric() -> str:
+            return gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
 
-            issued = re.compile(r"^sfpl_acme_certificates_issued_total 2\.0$", re.M)
-            wait_until(lambda: issued.search(metric()), 10, "2 issued on /metrics", metric)
+        issued = re.compile(r"^sfpl_acme_certificates_issued_total 2\.0$", re.M)
+        wait_until(lambda: issued.search(metric()), 10, "2 issued on /metrics", metric)
 
-            # A worker killed and started again serves the current certificate too.
-            os.kill(pids["w1"], signal.SIGKILL)
-            wait_until(lambda: worker_pid(gw, "w1") not in (None, pids["w1"]), 60, "w1 restarted")
-            certs = by_worker(tls_port, domain)
-            assert {w: c.serial_number for w, c in certs.items()} == {w: new for w in WORKERS}
+        # A worker killed and started again serves the current certificate too.
+        os.kill(pids["w1"], signal.SIGKILL)
+        wait_until(lambda: worker_pid(gw, "w1") not in (None, pids["w1"]), 60, "w1 restarted")
+        certs = by_worker(tls_port, domain)
+        assert {w: c.serial_number for w, c in certs.items()} == {w: new for w in WORKERS}
 
 
 def test_two_workers_answer_tls_alpn01(tmp_path, monkeypatch):
-    http_port, tls_port = free_port(), free_port()
     domain = DOMAINS[1]
-    with Pebble(
-        http_port=http_port, tls_port=tls_port, base_dir=tmp_path / "pebble", extra_env=NO_REUSE
-    ) as pebble:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pebble.ca_bundle_path))
-        gw = acme_gateway(
-            tmp_path,
-            (http_port, tls_port),
-            {
-                "Workers": 2,
-                "ProxyPort": "",  # no HTTP listener: "auto" uses tls-alpn-01
-                "LetsEncryptDomains": [domain],
-                "ACMEDirectory": pebble.directory_url,
-            },
-        )
-        with gw:
-            every_worker_serves(gw, domain)
-            assert "tls-alpn-01: presented the validation certificate" in gw.log_text()
+    # no HTTP listener: "auto" uses tls-alpn-01
+    config = {"ProxyPort": "", "LetsEncryptDomains": [domain]}
+    with two_workers_with_pebble(tmp_path, monkeypatch, config) as (_, gw, _port):
+        every_worker_serves(gw, domain)
+        assert "tls-alpn-01: presented the validation certificate" in gw.log_text()
