@@ -131,11 +131,18 @@ def drained(h: dict) -> bool:
 
 
 def events_table_dir(gw) -> Path:
+    return table_dir(gw, "events")
+
+
+def table_dir(gw, table: str) -> Path:
+    """The embedded store's directory of ``sfpla.table``: the query listener does not show
+    paths, so it is found from the table's UUID (chDB's Atomic layout store/abc/abc.../)."""
     rows = gw.query(
-        "SELECT arrayJoin(data_paths) AS p FROM system.tables "
-        "WHERE database = 'sfpla' AND name = 'events'"
+        f"SELECT toString(uuid) AS u FROM system.tables WHERE database = 'sfpla' AND name = '{table}'"
     )
-    return Path(rows[0]["p"])
+    found = list((Path(gw.config["DataDirectory"]) / "chdb").glob(f"store/*/{rows[0]['u']}"))
+    assert len(found) == 1, found
+    return found[0]
 
 
 @contextlib.contextmanager

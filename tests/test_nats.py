@@ -365,7 +365,7 @@ def test_jetstream_loader_finishes_a_batch_whose_view_part_failed(jetstream, gat
     in ``visitors``, the batcher gives up on it and its messages are redelivered. The loader
     must finish that batch (same rows, same token) before loading them, so that ``visitors``
     gets it once; inserting the redelivered rows with dedup alone would skip them for good."""
-    from tests.test_durability import store_writes_blocked
+    from tests.test_durability import store_writes_blocked, table_dir
 
     gw = gateway_factory(
         {
@@ -376,12 +376,7 @@ def test_jetstream_loader_finishes_a_batch_whose_view_part_failed(jetstream, gat
     first = events(5, "js_view_fault")
     assert post(gw, first).status == 200
     all_stored_once(gw, jetstream, {e["eid"] for e in first}, "js_view_fault")
-    visitors_dir = Path(
-        gw.query(
-            "SELECT arrayJoin(data_paths) AS p FROM system.tables "
-            "WHERE database = 'sfpla' AND name = 'visitors'"
-        )[0]["p"]
-    )
+    visitors_dir = table_dir(gw, "visitors")
     second = events(20, "js_view_fault")
     with store_writes_blocked(visitors_dir):
         assert post(gw, second).status == 200

@@ -21,6 +21,7 @@ import uuid
 import clickhouse_connect
 import pytest
 
+from sfpltracker.store.query_guard import SYSTEM_TABLES
 from tests.clickhouse_legacy import downgrade_schema
 from tests.gateway_process import ROOT, GatewayProcess
 from tests.servers import ClickHouseServer
@@ -179,6 +180,63 @@ def test_functions_telling_of_the_host_are_refused(gw):
     assert gw.query_raw("SELECT getSetting('max_threads') > 0", "TSV").body == b"1\n"
 
 
+def test_system_tables_do_not_show_the_hosts_paths(gw):
+    # Was 200 with the data directory (where secret.key is) in data_paths / data_path /
+    # metadata_path of system.tables and system.databases.
+    data = str(gw.workdir / "data").encode()
+    for sql in (
+        "SELECT * FROM system.tables",
+        "SELECT * FROM system.databases",
+        "SELECT data_paths FROM system.tables",
+        "SELECT arrayJoin(data_paths) AS p FROM system.tables WHERE database = 'sfpla'",
+        "SELECT t.metadata_path FROM system.tables AS t",
+        "SELECT system.databases.data_path FROM system.databases",
+        "SELECT `data_path` AS p FROM system.databases",
+        "SELECT name FROM system.tables WHERE has(data_paths, '/')",
+        "SELECT tables.* FROM system.tables",
+        "SELECT COLUMNS('path') FROM system.databases",
+        "SELECT * EXCEPT (name) FROM system.databases",
+        "SELECT x.3 FROM (SELECT tuple(*) AS x FROM system.databases)",
+        "SELECT name FROM sfpla.events AS e JOIN system.tables AS t ON 1 = 1 WHERE e.* != ''",
+        "SELECT 1 WHERE ('sfpla', 'Atomic', '/', '', '', '', '', 0) IN system.databases",
+    ):
+        r = gw.query_raw(sql, "TSV")
+        assert data not in r.body, (sql, r)
+        assert refused(r), (sql, r)
+        assert b"not readable" in r.body or b"is not allowed on system." in r.body, (sql, r)
+    # The tables that are all host configuration stay refused as a whole.
+    for table in ("parts", "disks", "detached_parts", "macros", "build_options",
+                  "server_settings", "storage_policies", "filesystem_cache"):  # fmt: skip
+        r = gw.query_raw(f"SELECT * FROM system.{table}", "TSV")
+        assert refused(r) and f"system.{table} is not readable".encode() in r.body, (table, r)
+    # What a schema browser reads is still answered.
+    names = gw.query("SELECT name, engine FROM system.tables WHERE database = 'sfpla'")
+    assert {"name": "events", "engine": "ReplacingMergeTree"} in names
+    assert {"name": "sfpla"} in gw.query("SELECT name FROM system.databases")
+    assert gw.query_raw("DESCRIBE TABLE system.tables", "TSV").body.startswith(b"database\t")
+    assert gw.query_raw("EXISTS TABLE system.databases", "TSV").body == b"1\n"
+
+
+def test_no_readable_system_table_or_view_shows_the_data_directory(gw):
+    # Every table of the allow-list, and every information_schema view, read whole.
+    data = str(gw.workdir / "data").encode()
+    views = gw.query(
+        "SELECT table_name AS t FROM information_schema.tables "
+        "WHERE table_schema = 'information_schema'"
+    )
+    assert len(views) > 3
+    tables = [f"system.{t}" for t in SYSTEM_TABLES] + [
+        f"information_schema.{v['t']}" for v in views
+    ]
+    answered = 0
+    for table in tables:
+        r = gw.query_raw(f"SELECT * FROM {table}", "TSV")
+        assert data not in r.body, (table, r)
+        assert r.status == 200 or refused(r), (table, r)
+        answered += r.status == 200
+    assert answered >= len(tables) - 2  # all but system.tables and system.databases
+
+
 def test_a_comment_cannot_smuggle_a_second_statement(gw):
     r = gw.query_raw("SELECT 41 # '\n; SELECT 42 --'", "TSV")
     assert b"42\n" not in r.body, r
@@ -307,6 +365,18 @@ def test_the_same_guard_in_front_of_a_clickhouse_server(tmp_path, monkeypatch, c
                 assert token.encode() not in r.body
             r = gw.query_raw("SELECT 1", "TSV", database="system")
             assert refused(r), r
+            # The server's paths (its data directory) stay hidden as in the embedded store.
+            for sql in (
+                "SELECT * FROM system.tables",
+                "SELECT data_path FROM system.tables",
+                "SELECT metadata_path FROM system.databases",
+                "SELECT * FROM system.databases",
+                "SELECT * FROM system.parts",
+            ):
+                r = gw.query_raw(sql, "TSV")
+                assert refused(r) and str(server.data_dir).encode() not in r.body, (sql, r)
+            rows = gw.query(f"SELECT name FROM system.tables WHERE database = '{database}'")
+            assert {"name": "events"} in rows
             time.sleep(0.3)
             assert counter.accepted == 0
             assert not (tmp_path / "written").exists()

@@ -10,6 +10,10 @@ against an allow-list:
   DATABASES / SETTINGS, DESCRIBE TABLE, EXISTS, SHOW CREATE TABLE;
 - every table read is in an allowed database (the tracker's) or one of ``SYSTEM_TABLES``
   (what clickhouse-connect and Grafana read when they connect), also on the right of ``IN``;
+- of those, ``system.tables`` and ``system.databases`` hold the host's paths (where the data,
+  and so ``DataDirectory``'s secrets, live): a query reading them names its columns - no
+  ``*``, no ``COLUMNS(...)``, not as a whole on the right of ``IN`` - and names none of
+  ``HIDDEN_COLUMNS`` (the names, engines and sizes a schema browser wants stay readable);
 - no table function at all (``file()``, ``url()``, ``s3()``, ``remote()``, ``numbers()``, ...);
 - no function of ``DENIED_FUNCTIONS`` (reading files, other tables by name, the network, the
   process), no user-defined function;
@@ -34,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sfpltracker.store.errors import StoreError
 
@@ -44,6 +48,11 @@ from sfpltracker.store.errors import StoreError
 SYSTEM_TABLES = frozenset(
     {"one", "settings", "databases", "tables", "columns", "functions", "data_type_families"}
 )
+# Columns of those that show the host: paths on its disk (ClickHouse 18.16 to 26).
+HIDDEN_COLUMNS = {
+    "tables": frozenset({"data_path", "data_paths", "metadata_path"}),
+    "databases": frozenset({"data_path", "metadata_path"}),
+}
 # Views over system.tables/columns that SQL tools (Grafana, BI tools) read.
 METADATA_DATABASES = frozenset({"information_schema", "INFORMATION_SCHEMA"})
 
@@ -125,6 +134,17 @@ NODE_TYPES = frozenset(
         "SampleRatio",
     }
 )
+# Nodes that stand for every column of a table (or all matching a pattern).
+STAR_NODES = frozenset(
+    {
+        "Asterisk",
+        "QualifiedAsterisk",
+        "ColumnsRegexpMatcher",
+        "ColumnsListMatcher",
+        "QualifiedColumnsRegexpMatcher",
+        "QualifiedColumnsListMatcher",
+    }
+)
 STATEMENTS = frozenset(
     {"SelectWithUnionQuery", "SelectIntersectExceptQuery", "ExplainQuery", "ShowTablesQuery"}
 )
@@ -203,6 +223,15 @@ class QueryRefused(Exception):
     """The query is not one the listener runs; the message says why (answered 403)."""
 
 
+@dataclass
+class _Reads:
+    """What one query's walk saw, for the rule of ``HIDDEN_COLUMNS``."""
+
+    hidden: dict[str, frozenset[str]] = field(default_factory=dict)  # table -> its hidden
+    star: str = ""  # the first ``*`` (or whole table after IN) seen
+    names: set[str] = field(default_factory=set)  # every identifier's parts, lower case
+
+
 @dataclass(frozen=True)
 class Checked:
     sql: str  # what to run: ClickHouse's formatting of the checked parse, without FORMAT
@@ -255,9 +284,10 @@ class QueryGuard:
 
     # -- entry ------------------------------------------------------------------------------
 
-    def check(self, conn, sql: str, database: str | None = None) -> Checked:
+    def check(self, conn, sql: str, database: str | None = None, *, rows: bool = True) -> Checked:
         """The statement to run for ``sql``; ``QueryRefused`` if it is not allowed,
-        ``StoreError`` (ClickHouse's syntax error) if it does not parse."""
+        ``StoreError`` (ClickHouse's syntax error) if it does not parse. ``rows=False``: the
+        statement answers no rows of the tables it names (DESCRIBE, EXISTS, SHOW CREATE)."""
         database = database or self.default
         if database not in self.databases:
             raise QueryRefused(
@@ -279,7 +309,9 @@ class QueryGuard:
             raise QueryRefused(
                 _not_allowed(str(tree.get("type") or "") if isinstance(tree, dict) else "")
             )
-        self._walk(tree)
+        reads = self._walk(tree)
+        if rows:
+            _check_hidden(reads)
         fmt_node = tree.get("format_ast")
         fmt = check_format(str(fmt_node.get("name", ""))) if fmt_node else None
         # Run ClickHouse's formatting of the checked parse, once sure that it says the same
@@ -299,7 +331,9 @@ class QueryGuard:
         (canonical,) = self._call(conn, SINGLE_LINE, q=sql)
         for prefix, checked_as in CHECKED_AS.items():
             if canonical.startswith(prefix):
-                inner = self.check(conn, checked_as + canonical[len(prefix) :], database)
+                inner = self.check(
+                    conn, checked_as + canonical[len(prefix) :], database, rows=False
+                )
                 if not inner.sql.startswith(checked_as):
                     raise QueryRefused(f"{prefix.strip()} takes a table name here")
                 return Checked(prefix + inner.sql[len(checked_as) :], inner.fmt, database)
@@ -324,7 +358,8 @@ class QueryGuard:
 
     # -- the allow-list ---------------------------------------------------------------------
 
-    def _walk(self, root: dict) -> None:
+    def _walk(self, root: dict) -> _Reads:
+        reads = _Reads()
         stack: list[tuple[dict | list, int]] = [(root, 0)]
         while stack:
             node, depth = stack.pop()
@@ -337,7 +372,7 @@ class QueryGuard:
                 continue
             kind = node.get("type")
             if kind is not None:
-                self._check_node(kind, node)
+                self._check_node(kind, node, reads)
             if kind == "Literal":
                 continue  # a value: data, not syntax
             for key, value in node.items():
@@ -345,8 +380,9 @@ class QueryGuard:
                     continue  # EXPLAIN's own options (header=1, ...): ClickHouse refuses others
                 if isinstance(value, dict | list):
                     stack.append((value, depth + 1))
+        return reads
 
-    def _check_node(self, kind: str, node: dict) -> None:
+    def _check_node(self, kind: str, node: dict, reads: _Reads) -> None:
         if kind not in NODE_TYPES:
             what = "SETTINGS" if kind == "SetQuery" else kind
             raise QueryRefused(f"{what} is not allowed in the query listener")
@@ -355,15 +391,22 @@ class QueryGuard:
         if kind == "TableExpression" and "table_function" in node:
             name = node["table_function"].get("name", "")
             raise QueryRefused(f"table functions are not allowed in the query listener ({name})")
+        if kind in STAR_NODES:
+            reads.star = reads.star or ("*" if "Asterisk" in kind else "COLUMNS(...)")
         if kind == "TableIdentifier":
-            self._check_table(node.get("name_parts") or [node.get("name", "")])
+            self._check_table(node.get("name_parts") or [node.get("name", "")], reads)
+        elif kind == "Identifier":
+            parts = node.get("name_parts") or str(node.get("name", "")).split(".")
+            reads.names.update(str(part).lower() for part in parts)
         elif kind == "Function":
             name = str(node.get("name", ""))
             self._check_function(name)
             if name.lower() in IN_FUNCTIONS:
                 args = (node.get("arguments") or {}).get("children") or []
                 if len(args) == 2 and args[1].get("type") == "Identifier":
-                    self._check_table(args[1].get("name_parts") or [args[1].get("name", "")])
+                    parts = args[1].get("name_parts") or [args[1].get("name", "")]
+                    if self._check_table(parts, reads):
+                        reads.star = reads.star or f"IN {'.'.join(parts)}"
         elif kind == "ColumnsApplyTransformer" and "func_name" in node:
             self._check_function(str(node["func_name"]))
         elif kind == "ExplainQuery":
@@ -374,15 +417,20 @@ class QueryGuard:
         elif kind == "ShowTablesQuery" and "from" in node:
             self._check_database(str(node["from"].get("name", "")))
 
-    def _check_table(self, parts: list[str]) -> None:
+    def _check_table(self, parts: list[str], reads: _Reads) -> bool:
+        """Refuses a table outside the allowed ones; True for one with ``HIDDEN_COLUMNS``."""
         if len(parts) == 1:
-            return  # the default database (an allowed one) or a WITH name
+            return False  # the default database (an allowed one) or a WITH name
         database, table = str(parts[0]), str(parts[-1])
         if database == "system" and table in SYSTEM_TABLES and len(parts) == 2:
-            return
+            if table in HIDDEN_COLUMNS:
+                reads.hidden[table] = HIDDEN_COLUMNS[table]
+                return True
+            return False
         if database in METADATA_DATABASES and len(parts) == 2:
-            return
+            return False
         self._check_database(database, f"{database}.{table}")
+        return False
 
     def _check_database(self, database: str, what: str | None = None) -> None:
         if database not in self.databases:
@@ -414,3 +462,24 @@ class QueryGuard:
             if origin != "System" or alias_to.lower() in DENIED_FUNCTIONS:
                 denied.add(name.lower())
         self._denied_names = frozenset(denied)
+
+
+def _check_hidden(reads: _Reads) -> None:
+    """A query reading a table with ``HIDDEN_COLUMNS`` names its columns, none of those.
+    By name wherever it is (an alias, a lambda's parameter): a name of this query may be the
+    column, and refusing a look-alike costs the analyst a rename."""
+    if not reads.hidden:
+        return
+    tables = ", ".join(f"system.{t}" for t in sorted(reads.hidden))
+    hidden = frozenset().union(*reads.hidden.values())
+    if reads.star:
+        raise QueryRefused(
+            f"{reads.star} is not allowed on {tables} in the query listener: name the columns "
+            f"({', '.join(sorted(hidden))} are not readable)"
+        )
+    named = sorted(reads.names & hidden)
+    if named:
+        raise QueryRefused(
+            f"{', '.join(named)} of {tables} is not readable in the query listener "
+            "(the host's paths)"
+        )
