@@ -15,9 +15,10 @@ figure over the last 30 days.
    the figures read ``events`` instead of the derived tables.
 
 ``--dir`` keeps the loaded store for another run (loading is skipped when it holds data);
-``--rebuild-rollups`` then drops the dashboard's rollups (``dash_*``) and fills them again from
-``events`` with their views' own SELECT, as a store made with the current schema holds them
-(a store loaded before a rollup existed, or before its sort key changed).
+``--rebuild-rollups`` then makes the dashboard's rollups (``dash_*``) again from ``events`` with
+their views' own SELECT, as a store made with the current schema holds them (a store loaded
+before a rollup existed, or before its sort key changed): ``dashboard/rollups.py``, the code
+of ``python -m sfpltracker dashboard rebuild``.
 ``--insert-cost`` times a 1,000-event INSERT into a new store with every materialized view on
 ``events`` and without the two the dashboard's speed added (``NEW_VIEWS``).
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sfpltracker.dashboard import rollups  # noqa: E402
 from sfpltracker.ingest.ids import short_hash  # noqa: E402
 from sfpltracker.store.embedded import store as embedded  # noqa: E402
 from sfpltracker.store.embedded.store import EmbeddedStore  # noqa: E402
@@ -220,24 +222,18 @@ def load(
     w.close()
 
 
-ROLLUPS = ("dash_daily", "dash_sessions", "dash_totals")
+ROLLUPS = tuple(r.table for r in rollups.rollups("sfpla"))
 NEW_VIEWS = ("dash_sessions_mv", "dash_totals_mv")  # added for the speed goal (issue 18)
 
 
 def rebuild_rollups(w) -> None:
-    """Each rollup made again as the schema declares it, filled from ``events`` by its view's
-    SELECT (what the view writes for every insert, so the same rows once merged)."""
-    statements = {s.name: s.sql for s in load_statements()}
-    for table in ROLLUPS:
-        began = time.perf_counter()
-        view = statements[f"{table}_mv"]
-        w.query(f"DROP TABLE IF EXISTS sfpla.{table}_mv")
-        w.query(f"DROP TABLE IF EXISTS sfpla.{table}")
-        w.query(statements[table])
-        select = view[re.search(r"\bAS\s+SELECT\b", view).start() + 2 :]
-        w.query(f"INSERT INTO sfpla.{table} {select}")
-        w.query(view)
-        print(f"{table}: rebuilt from events in {time.perf_counter() - began:.1f} s", flush=True)
+    """Each rollup made again as the schema declares it and filled from ``events`` by its
+    view's SELECT: ``dashboard/rollups.py``, which ``dashboard rebuild`` runs in a gateway."""
+    rollups.rebuild(
+        lambda statements: [w.query(sql, "TabSeparated").bytes().decode() for sql in statements],
+        "sfpla",
+        say=lambda line: print(line, flush=True),
+    )
 
 
 def merge(w) -> None:

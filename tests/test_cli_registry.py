@@ -35,6 +35,7 @@ EXPECTED_ADMIN = {
     "tls-status",
     "tls-renew",
     "export-run",
+    "dashboard-rebuild",
 }
 
 # Modules that registered commands as an import side effect, or import the lists.

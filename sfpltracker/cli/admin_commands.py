@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer
 
 from sfpltracker import admin, export, migrate
+from sfpltracker.dashboard import rollups
 from sfpltracker.edge.tls import commands as tls
 from sfpltracker.links import accounts
 from sfpltracker.privacy import commands as privacy
@@ -39,6 +40,7 @@ ADMIN_COMMANDS: Mapping[str, AdminCommand] = MappingProxyType(
         "tls-renew": tls.tls_renew,
         "migrate-page": migrate.migrate_page_command,
         "export-run": export.export_run,
+        "dashboard-rebuild": rollups.rebuild_command,
     }
 )
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sfpltracker import migrate
-from sfpltracker.cli import deadletter, links, privacy, store, tls
+from sfpltracker.cli import dashboard, deadletter, links, privacy, store, tls
 from sfpltracker.config import Config
 
 
@@ -63,6 +63,12 @@ COMMANDS: tuple[Command, ...] = (
         "list or replay the rows the store refused",
         deadletter.arguments,
         deadletter.run,
+    ),
+    Command(
+        "dashboard",
+        "the dashboard's rollups: rebuild from events",
+        dashboard.arguments,
+        dashboard.run,
     ),
     Command("tls", "certificates of the running gateway: status, renew", tls.arguments, tls.run),
     Command(

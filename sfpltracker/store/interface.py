@@ -133,6 +133,14 @@ class SyncingStore(Protocol):
     def sync(self) -> Deferred[Any]: ...
 
 
+@runtime_checkable
+class SerialStore(Protocol):
+    """A store whose writes run one at a time (chDB: one writer session): the statements
+    given to ``execute_together`` run back to back, with no insert between them."""
+
+    def execute_together(self, statements: list[str]) -> Deferred[list[bytes]]: ...
+
+
 def token_store(store: object) -> TokenStore | None:
     """``store`` as a ``TokenStore`` when it says ``insert_tokens = True``, else None.
 

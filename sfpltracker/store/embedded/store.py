@@ -55,7 +55,7 @@ from sfpltracker.store.deadletter import DeadLetters
 from sfpltracker.store.dedup import DEDUP_KEYS, drop_stored, keys_to_check
 from sfpltracker.store.embedded.dedup_logs import repair_if_unused
 from sfpltracker.store.errors import StoreError
-from sfpltracker.store.interface import Store, SyncingStore, TokenStore
+from sfpltracker.store.interface import SerialStore, Store, SyncingStore, TokenStore
 from sfpltracker.store.query_guard import QueryGuard
 from sfpltracker.store.rejects import (
     DataRejected,
@@ -191,7 +191,7 @@ def _error(exc: Exception) -> StoreError:
 
 
 class EmbeddedStore:
-    """A ``store.interface.Store``, a ``TokenStore`` and a ``SyncingStore``."""
+    """A ``store.interface.Store``, a ``TokenStore``, a ``SyncingStore`` and a ``SerialStore``."""
 
     kind = "embedded"
     insert_tokens: Literal[True] = True  # insert(token=) re-sends a batch idempotently
@@ -596,6 +596,21 @@ class EmbeddedStore:
 
         return self._on_writer(run)
 
+    def execute_together(self, statements: list[str]) -> defer.Deferred:
+        """Statements back to back on the writer session, as one job of the writer thread:
+        no insert runs between them (``SerialStore``; the dashboard's rollup rebuild)."""
+
+        def run():
+            answers = []
+            for sql in statements:
+                try:
+                    answers.append(self._writer.query(sql, "TabSeparated").bytes())
+                except Exception as e:
+                    raise _error(e) from None
+            return answers
+
+        return self._on_writer(run)
+
     # -- reads ------------------------------------------------------------------------------
 
     def query(
@@ -720,5 +735,7 @@ def _libc():
 
 if TYPE_CHECKING:  # mypy checks the contracts this store keeps (store/interface.py)
 
-    def _contracts(store: EmbeddedStore) -> tuple[Store, TokenStore, SyncingStore]:
-        return store, store, store
+    def _contracts(
+        store: EmbeddedStore,
+    ) -> tuple[Store, TokenStore, SyncingStore, SerialStore]:
+        return store, store, store, store
