@@ -173,3 +173,18 @@ def test_a_backlog_goes_out_in_one_insert_not_many_small_ones():
     held, store.held = store.held, None
     held.pop(0).callback(None)
     assert [n for _, n, _ in inserts(store)] == [10, 50]
+
+
+def test_events_per_second_counts_every_batch_of_the_last_minute():
+    # /health and /metrics report it on every probe. It was a sum over the last 4,096 batches
+    # kept: a minute of more batches than that (one event each: ~70 a second) read low.
+    clock, store, b = make("immediate")
+    for _ in range(6000):  # 6,000 batches of one row over 30 s
+        b.add("events", rows(1))
+        clock.advance(0.005)
+    assert b.stats.total_batches == 6000
+    assert b.report()["events_per_second"] == round(6000 / 30, 3)
+    clock.advance(40.0025)  # the batches of the first 10.0025 s (2,001) left the window
+    assert b.report()["events_per_second"] == round(3999 / 60, 3)
+    clock.advance(60)
+    assert b.report()["events_per_second"] == 0

@@ -105,6 +105,31 @@ class _Table:
 
 
 @dataclass
+class RecentRows:
+    """Rows stored in the last ``window`` seconds, as a running sum: each batch is added once
+    and taken off once it leaves the window, so reading it (every ``/health`` probe and
+    ``/metrics`` scrape) costs only the batches that left since, not a sum over the minute."""
+
+    window: float = 60.0
+    batches: deque = field(default_factory=deque)  # (when stored, rows), oldest first
+    rows: int = 0
+
+    def add(self, at: float, rows: int) -> None:
+        self.batches.append((at, rows))
+        self.rows += rows
+        self.expire(at)  # bounded by the batches of one window, read or not
+
+    def total(self, now: float) -> int:
+        self.expire(now)
+        return self.rows
+
+    def expire(self, now: float) -> None:
+        edge = now - self.window
+        while self.batches and self.batches[0][0] < edge:
+            self.rows -= self.batches.popleft()[1]
+
+
+@dataclass
 class BatchStats:
     total_batches: int = 0
     total_items: int = 0
@@ -112,7 +137,7 @@ class BatchStats:
     failed_attempts: int = 0
     flush_seconds: float = 0.0
     last_flush: float = 0.0
-    stored_times: deque = field(default_factory=lambda: deque(maxlen=4096))
+    recent: RecentRows = field(default_factory=RecentRows)  # events_per_second
     rows_by_table: dict = field(default_factory=dict)  # /metrics' mthreads_ops, ...
 
 
@@ -317,7 +342,7 @@ class Batcher:
         st.rows_by_table[t.name] = st.rows_by_table.get(t.name, 0) + len(rows)
         st.flush_seconds += elapsed
         st.last_flush = self.reactor.seconds()
-        st.stored_times.append((st.last_flush, len(rows)))
+        st.recent.add(st.last_flush, len(rows))
         if t.settings.Strategy == "adaptive":
             if elapsed > ADAPTIVE_SLOW_SECONDS:
                 t.target_size = max(ADAPTIVE_MIN_SIZE, t.target_size // 2)
@@ -391,11 +416,12 @@ class Batcher:
     def queued_bytes(self) -> int:
         return sum(t.bytes for t in self.tables.values())
 
-    def events_per_second(self, window: float = 60.0) -> float:
+    def events_per_second(self) -> float:
+        """Rows stored per second over the last minute (since the start, before one)."""
         now = self.reactor.seconds()
-        span = min(window, max(now - self.started, 1e-9))
-        stored = sum(n for at, n in self.stats.stored_times if at >= now - window)
-        return stored / span if span > 0 else 0.0
+        recent = self.stats.recent
+        span = min(recent.window, max(now - self.started, 1e-9))
+        return recent.total(now) / span
 
     def report(self) -> dict:
         """The seed README's ``batching`` object, with values that mean what they say."""

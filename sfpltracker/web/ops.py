@@ -195,8 +195,7 @@ def seed_metrics(gw, health: dict | None = None) -> dict:
     errors = c.get("events_rejected", 0) + batching["failed_batches"]
     health = health or gw.health()
     # The original rendered the last flush as RFC 3339 always (the epoch before any flush).
-    last_flush = gw.batcher.stats.last_flush
-    batching["last_flush_time"] = _rfc3339(last_flush) if last_flush else _rfc3339(0)
+    batching["last_flush_time"] = batching["last_flush_time"] or _rfc3339(0)
     return {
         "metrics": {
             "event_count": accepted,
