@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -286,7 +286,7 @@ class ClickHouseStore:
         self.threads.start()
         # Stop the threads with the reactor even if start() fails and stop() is never called.
         self._shutdown = self.reactor.addSystemEventTrigger(
-            "during", "shutdown", self._stop_threads, from_trigger=True
+            "during", "shutdown", self._stop_threads
         )
         d = self._run(self._load_schema)
 
@@ -314,18 +314,26 @@ class ClickHouseStore:
         return d
 
     def stop(self) -> defer.Deferred:
+        """Disconnect the idle clients and end the threads; fires once they have ended.
+        ``ThreadPool.stop()`` joins the threads, so it runs on a thread of its own: a query in
+        flight (a client's may run for ``QueryTimeoutSeconds``) ends on its thread while the
+        reactor keeps serving, rather than holding the reactor until it does."""
         d = self._run(self.clients.close)
 
         def stop_threads(result):
-            self._stop_threads()
-            return result
+            if self._shutdown is not None:
+                self.reactor.removeSystemEventTrigger(self._shutdown)
+                self._shutdown = None
+            if not self.threads.started:
+                return result
+            return deferToThread(self.threads.stop).addBoth(lambda _: result)
 
         d.addBoth(stop_threads)
         return d
 
-    def _stop_threads(self, from_trigger: bool = False) -> None:
-        if self._shutdown is not None and not from_trigger:
-            self.reactor.removeSystemEventTrigger(self._shutdown)
+    def _stop_threads(self) -> None:
+        """At reactor shutdown, for a store whose ``stop()`` never ran (a failed start): the
+        reactor's own thread pool is being stopped then, so this joins here."""
         self._shutdown = None
         if self.threads.started:
             self.threads.stop()
