@@ -8,7 +8,10 @@ COPY twisted ./twisted
 COPY static ./static
 COPY config.json tracker.tac ./
 # A regular (non-editable) install puts twisted/plugins/sfpltracker_plugin.py on sys.path.
-RUN pip install --no-cache-dir . && twistd --help | grep -q sfpltracker
+# Every store's extra (pyproject's optional-dependencies but "test"): chDB is a dependency,
+# DuckDB an extra (docs/duckdb.md); tests/test_setup.py checks the list.
+RUN pip install --no-cache-dir ".[duckdb]" && twistd --help | grep -q sfpltracker \
+    && python -c "import duckdb"
 # The query listener must be reachable from the host when published; bind it inside the
 # container on all interfaces and publish it only to localhost: -p 127.0.0.1:8123:8123
 ENV SFPL_QueryPort=0.0.0.0:8123

@@ -141,3 +141,19 @@ def test_the_readme_install_lists_the_twistd_plugin(tmp_path):
     assert where.stdout.strip().startswith(str(checkout / "sfpltracker")), where
 
     assert plugins_of_running_venv() == before  # the running venv was only read
+
+
+def test_the_dockerfile_installs_every_store_extra():
+    # The image installed ".", without the duckdb extra: Type "duckdb" failed at start in it.
+    import tomllib
+
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    stores = extras - {"test"}
+    assert "duckdb" in stores
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installs = re.findall(r"pip install [^\n]*?\"?\.\[([\w,\s-]+)\]\"?", dockerfile)
+    assert installs, "the Dockerfile's pip install names no extras"
+    named = {e.strip() for group in installs for e in group.split(",")}
+    assert stores <= named, f"the Dockerfile installs {sorted(named)}, not {sorted(stores - named)}"
