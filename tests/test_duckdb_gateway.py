@@ -157,3 +157,26 @@ def test_a_sigkill_mid_load_then_restart_stores_each_ack_once(tmp_path):
         print(f"replayed={replayed} resent={resent}")
     finally:
         gw.__exit__(None, None, None)
+
+
+def test_the_listener_does_not_show_the_hosts_paths(gw):
+    # Were 200 with the DuckDB file's path, the data and temporary directories.
+    data = str(gw.workdir / "data").encode()
+    for sql in (
+        "SELECT path FROM duckdb_databases()",
+        "SELECT * FROM duckdb_databases",
+        "SELECT name, value FROM duckdb_settings()",
+        "SELECT * FROM pragma_database_list",
+        "SELECT current_setting('allowed_paths')",
+        "SELECT * FROM (SELECT 1) AS a, (SELECT current_setting('temp_directory')) AS b",
+        "SELECT * FROM query('SELECT path FROM duckdb_databases()')",
+    ):
+        r = gw.query_raw(sql, "TabSeparated")
+        assert data not in r.body, (sql, r)
+        assert r.status == 403, (sql, r)
+        assert b"is not allowed" in r.body or b"not readable" in r.body, (sql, r)
+    assert gw.query("SELECT count(*) AS n FROM range(3)") == [{"n": 3}]
+    assert (
+        gw.query_raw("SELECT table_name FROM information_schema.tables", "TabSeparated").status
+        == 200
+    )

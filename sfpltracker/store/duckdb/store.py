@@ -22,7 +22,8 @@ loaded the database is closed to the outside: ``enable_external_access = false``
 no network, no extension loading or installing, no ``ATTACH``, no ``COPY``, no Python object
 scans) and ``lock_configuration = true`` (no ``SET`` undoes it). The query listener's queries
 are then parsed by DuckDB and run only as one ``SELECT`` (or ``EXPLAIN``) statement, in a
-read-only transaction (a ``SELECT`` may hold a data-modifying CTE), with
+read-only transaction (a ``SELECT`` may hold a data-modifying CTE; its parse must not read
+the host: ``_check_select``), with
 ``QueryTimeoutSeconds`` (the query is interrupted) and ``QueryMaxResultBytes``.
 """
 
@@ -72,6 +73,16 @@ THREADS = 2
 SYNTAX_ERROR, UNKNOWN_FORMAT, TIMEOUT_EXCEEDED, TOO_MANY_BYTES = 62, 73, 159, 396
 UNKNOWN_TABLE = 60
 READ_STATEMENTS = ("SELECT", "EXPLAIN")
+# What a listener SELECT may call in FROM: generators only. The others read the host
+# (duckdb_databases(), pragma_database_list: the file's path; duckdb_settings(): directories),
+# run a string as SQL (query(), query_table()) or reach files (blocked by the settings anyway).
+TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+# Scalar functions that tell of the host: a setting's value (temp_directory, the file's
+# allowed paths, secret_directory), the environment.
+HOST_FUNCTIONS = frozenset({"current_setting", "getenv"})
+# DuckDB's catalog views (duckdb_databases, duckdb_settings, ...) and pragma_* functions used
+# as tables: the same host facts without parentheses.
+HOST_TABLES = re.compile(r"^(duckdb_|pragma_)", re.IGNORECASE)
 
 
 def _duck():
@@ -489,6 +500,8 @@ class DuckDBStore:
             kind = statements[0].type.name
             if kind not in READ_STATEMENTS:
                 raise QueryRefused(f"only SELECT runs here, not {kind}")
+            if kind == "SELECT":
+                _check_select(cur, statements[0].query)
             timer = threading.Timer(float(limits.get("max_execution_time") or 0) or 1e9,
                                     cur.interrupt)  # fmt: skip
             timer.daemon = True
@@ -521,6 +534,41 @@ class DuckDBStore:
 
     def metric_families(self):
         yield dead_letter_family(self.stats["dead_letters"])
+
+
+def _check_select(cur, sql: str) -> None:
+    """Refuse a SELECT that reads the host rather than the tracker's data, on DuckDB's own
+    parse of it (``json_serialize_sql``): see ``TABLE_FUNCTIONS``, ``HOST_FUNCTIONS``,
+    ``HOST_TABLES``."""
+    try:
+        (parsed,) = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+        tree = json.loads(parsed)
+    except (_duck().Error, ValueError, RecursionError):
+        raise QueryRefused("the query listener cannot check this query") from None
+    if tree.get("error"):
+        raise QueryRefused(
+            f"the query listener cannot check this query: {tree.get('error_message')}"
+        )
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if kind == "TABLE_FUNCTION":
+            name = str((node.get("function") or {}).get("function_name", "")).lower()
+            if name not in TABLE_FUNCTIONS:
+                raise QueryRefused(f"table function {name}() is not allowed in the query listener")
+        elif kind == "BASE_TABLE" and HOST_TABLES.match(str(node.get("table_name", ""))):
+            raise QueryRefused(f"{node.get('table_name')} is not readable in the query listener")
+        elif node.get("class") == "FUNCTION":
+            name = str(node.get("function_name", "")).lower()
+            if name in HOST_FUNCTIONS:
+                raise QueryRefused(f"function {name} is not allowed in the query listener")
+        stack.extend(v for v in node.values() if isinstance(v, dict | list))
 
 
 def _quote(text: str) -> str:
