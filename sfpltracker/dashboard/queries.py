@@ -123,12 +123,19 @@ class Query:
 
 
 def event_conditions(
-    f: Filters, *, client_only: bool = True, dated: bool = True, start: date | None = None
+    f: Filters,
+    *,
+    client_only: bool = True,
+    dated: bool = True,
+    start: date | None = None,
+    filtered: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """The WHERE conditions on ``events`` for ``f`` (start may reach back further)."""
-    parts = ["bot = 0"]
+    """The WHERE conditions on ``events`` for ``f`` (start may reach back further); with
+    ``filtered``, on a table of ``events``' columns holding client events without bots only
+    (``dash_funnel``), so without the bot and server conditions."""
+    parts = [] if filtered else ["bot = 0"]
     params: dict[str, Any] = {}
-    if client_only:
+    if client_only and not filtered:
         parts.append("server = 0")
     if dated:
         parts.append(f"created_at >= {{start:{TS}}} AND created_at < {{end:{TS}}}")
@@ -145,13 +152,21 @@ def event_conditions(
     return " AND ".join(parts), params
 
 
-def derived_conditions(f: Filters, date_column: str) -> tuple[str, dict[str, Any]]:
-    """The WHERE conditions on a derived table keyed by ``hhash`` and a Date column."""
+def derived_conditions(
+    f: Filters, date_column: str, segments: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE conditions on a derived table keyed by ``hhash`` and a Date column; with
+    ``segments``, on its segment columns too (``dash_segments``)."""
     parts = [f"{date_column} >= {{start_day:Date}} AND {date_column} <= {{end_day:Date}}"]
     params: dict[str, Any] = {"start_day": f.start.isoformat(), "end_day": f.end.isoformat()}
     if f.host:
         parts.append("hhash = {hhash:String}")
         params["hhash"] = short_hash(f.host)
+    for name in SEGMENTS if segments else ():
+        value = getattr(f, name)
+        if value:
+            parts.append(f"{name} = {{{name}:String}}")
+            params[name] = value
     return " AND ".join(parts), params
 
 
@@ -178,27 +193,23 @@ def days(f: Filters) -> list[str]:
 # -- the figures -----------------------------------------------------------------------------
 
 
+def totals_table(f: Filters) -> str:
+    """The per-day totals: per host (``dash_totals``), or per host and combination of segment
+    values (``dash_segments``, schema/094_dashboard_segments.sql) for a segment filter."""
+    return "dash_segments" if f.segmented else "dash_totals"
+
+
 def overview(db: str, f: Filters) -> Query:
     """Visitors, sessions, events and page views of this period and the one before."""
     prev = f.previous()
-    if f.segmented:
-        where, params = event_conditions(f, start=prev.start)
-        params["cur"] = _ts(f.start)
-        sql = f"""
-SELECT if(created_at >= {{cur:{TS}}}, 'current', 'previous') AS period,
-       toUInt32(uniq(vid)) AS visitors, toUInt32(uniq(sid)) AS sessions,
-       toUInt32(count()) AS events, toUInt32(countIf(url != '')) AS pageviews
-FROM {db}.events WHERE {where}
-GROUP BY period"""
-    else:
-        where, params = derived_conditions(replace(f, start=prev.start), "day")
-        params["cur"] = f.start.isoformat()
-        sql = f"""
+    where, params = derived_conditions(replace(f, start=prev.start), "day", segments=True)
+    params["cur"] = f.start.isoformat()
+    sql = f"""
 SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period,
        toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
        toUInt32(uniqCombinedMerge(14)(sessions)) AS sessions,
        toUInt32(sum(events)) AS events, toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_totals WHERE {where}
+FROM {db}.{totals_table(f)} WHERE {where}
 GROUP BY period"""
     return Query(sql, params)
 
@@ -238,12 +249,12 @@ GROUP BY period"""
 
 
 def timeseries(db: str, f: Filters) -> Query:
-    if bucket(f) == "day" and not f.segmented:
-        where, params = derived_conditions(f, "day")
+    if bucket(f) == "day":
+        where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
 SELECT toString(day) AS t, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
        toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_totals WHERE {where}
+FROM {db}.{totals_table(f)} WHERE {where}
 GROUP BY t ORDER BY t"""
         return Query(sql, params)
     where, params = event_conditions(f)
@@ -438,8 +449,17 @@ def parse_steps(text: str) -> list[str]:
 
 
 def funnel(db: str, f: Filters, steps: list[str], window_seconds: int) -> Query:
-    """How many visitors did step 1, then 2, ... each within ``window_seconds`` of step 1."""
-    where, params = event_conditions(f)
+    """How many visitors did step 1, then 2, ... each within ``window_seconds`` of step 1.
+    Read from ``dash_funnel`` (schema/093_dashboard_funnel.sql): the client events without bots
+    that have an ename, sorted by visitor and time, so the grouping by visitor goes in order;
+    ``funnel_events`` is the same statement over ``events``."""
+    return funnel_events(db, f, steps, window_seconds, table="dash_funnel")
+
+
+def funnel_events(
+    db: str, f: Filters, steps: list[str], window_seconds: int, table: str = "events"
+) -> Query:
+    where, params = event_conditions(f, filtered=table != "events")
     names = [f"s{i}" for i in range(len(steps))]
     params.update(zip(names, steps, strict=True))
     params["window"] = window_seconds
@@ -449,7 +469,7 @@ def funnel(db: str, f: Filters, steps: list[str], window_seconds: int) -> Query:
 SELECT level, toUInt32(count()) AS visitors
 FROM (
     SELECT vid, windowFunnel({{window:UInt64}})(toDateTime(created_at), {conditions}) AS level
-    FROM {db}.events WHERE {where} AND ename IN ({listed})
+    FROM {db}.{table} WHERE {where} AND ename IN ({listed})
     GROUP BY vid
 )
 WHERE level > 0 GROUP BY level ORDER BY level"""
