@@ -61,7 +61,7 @@ def loaded(store):
 
 
 def rows_of(store, query: q.Query):
-    d = store.query(query.sql, "JSONEachRow", query.params)
+    d = store.query(query.sql, "JSONEachRow", query.params, settings=query.settings)
     return d.addCallback(lambda out: [json.loads(line) for line in out.decode().splitlines()])
 
 

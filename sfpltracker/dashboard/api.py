@@ -242,7 +242,7 @@ class DashboardResource(Resource):
     # -- figures -----------------------------------------------------------------------------
 
     def _rows(self, query: q.Query) -> defer.Deferred:
-        d = self.store.query(query.sql, "JSONEachRow", query.params)
+        d = self.store.query(query.sql, "JSONEachRow", query.params, settings=query.settings)
         d.addCallback(lambda data: [json.loads(x) for x in data.decode().splitlines() if x])
         return d
 

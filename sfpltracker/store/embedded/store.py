@@ -130,14 +130,8 @@ MERGE_TREE_SETTINGS = {
     "merge_max_block_size": 1024,
 }
 # Per query of a reader connection (the query listener, dashboards): one query cannot take
-# the engine's whole budget away from inserts. A GROUP BY on a table's sort key goes key by
-# key instead of filling a hash table (the dashboard's funnel on dash_funnel, sorted by
-# visitor: a hash table of every visitor spilled to disk past half the budget, 3-4x slower).
-READER_SETTINGS = {
-    "max_memory_usage": 96 * MIB,
-    "max_threads": 2,
-    "optimize_aggregation_in_order": 1,
-}
+# the engine's whole budget away from inserts.
+READER_SETTINGS = {"max_memory_usage": 96 * MIB, "max_threads": 2}
 
 
 def _arrow_type(ch_type: str) -> pa.DataType:
@@ -401,8 +395,10 @@ class EmbeddedStore:
         return deferToThreadPool(self.reactor, self.writer_pool, fn, *args)
 
     def _reader(self, limits=None):
-        """This reader thread's session; with ``limits``, its session for client queries."""
-        name = "conn" if not limits else "user_conn"
+        """This reader thread's session; with ``limits`` (settings), its session with them
+        (client queries; reads that ask for settings of their own): a readonly session takes
+        no settings per query."""
+        name = "conn" if not limits else "conn_" + repr(sorted(limits.items()))
         conn = getattr(self._local, name, None)
         if conn is None:
             import chdb
@@ -610,11 +606,13 @@ class EmbeddedStore:
         fmt: str = "JSONEachRow",
         params: dict[str, Any] | None = None,
         database: str | None = None,
+        settings: dict[str, int] | None = None,
     ) -> defer.Deferred:
-        """A read-only query on a reader thread; fires with the formatted bytes."""
+        """A read-only query on a reader thread; fires with the formatted bytes. ``settings``
+        on top of READER_SETTINGS (a session of their own)."""
 
         def run():
-            conn = self._reader()
+            conn = self._reader(settings)
             try:
                 conn.query(f"USE `{database or 'default'}`")
                 return conn.query(sql, fmt, params=escaped(params)).bytes()
