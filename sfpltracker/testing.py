@@ -206,7 +206,6 @@ class MemoryStore:
         fmt: str = "JSONEachRow",
         params: dict[str, Any] | None = None,
         database: str | None = None,
-        settings: dict[str, int] | None = None,  # ignored: no engine to tune
     ) -> defer.Deferred:
         self.queries.append(sql)
         if self.down:

@@ -61,7 +61,7 @@ def loaded(store):
 
 
 def rows_of(store, query: q.Query):
-    d = store.query(query.sql, "JSONEachRow", query.params, settings=query.settings)
+    d = store.query(query.sql, "JSONEachRow", query.params)
     return d.addCallback(lambda out: [json.loads(line) for line in out.decode().splitlines()])
 
 
@@ -74,7 +74,7 @@ STEPS = [
     ["d"],
     ["a", "nothing"],
 ]
-WINDOWS = [0, 1, 60, 3_600, 7 * 86_400]
+WINDOWS = [0, 1, 3_600, 7 * 86_400]
 FILTERS = [
     {},
     {"host": HOSTS[1]},
@@ -96,10 +96,16 @@ def test_funnel_from_its_table_equals_windowfunnel_over_events(loaded):
                     end=extra.get("end", DAY0 + timedelta(days=6)),
                     **{k: v for k, v in extra.items() if k not in ("start", "end")},
                 )
-                got = yield rows_of(store, q.funnel("sfpla", f, steps, window))
                 want = yield rows_of(store, q.funnel_events("sfpla", f, steps, window))
-                assert got == want, (steps, window, extra)
-                levels_seen |= {int(r["level"]) for r in want}
+                want = {r["level"]: r["visitors"] for r in want}
+                for parts in {1, q.funnel_parts(f), 16}:
+                    got: dict[int, int] = {}
+                    for part in range(parts):
+                        query = q.funnel("sfpla", f, steps, window, part, parts)
+                        for r in (yield rows_of(store, query)):
+                            got[r["level"]] = got.get(r["level"], 0) + r["visitors"]
+                    assert got == want, (steps, window, extra, parts)
+                levels_seen |= set(want)
     assert levels_seen == {1, 2, 3, 4, 5}  # the data reaches every level of some funnel
 
 

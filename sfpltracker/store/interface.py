@@ -83,11 +83,8 @@ class Store(Protocol):
         fmt: str = "JSONEachRow",
         params: dict[str, Any] | None = None,
         database: str | None = None,
-        settings: dict[str, int] | None = None,
     ) -> Deferred[bytes]:
-        """A read-only query; fires with the formatted bytes. ``settings``: ClickHouse settings
-        that make this read cheaper on the embedded store (whose readers take none per query);
-        the other stores may ignore them: the answer never depends on them."""
+        """A read-only query; fires with the formatted bytes."""
         ...
 
     def user_query(

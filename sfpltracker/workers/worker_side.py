@@ -161,9 +161,7 @@ class RemoteStore:
     def without_stored(self, table, rows) -> defer.Deferred:
         return defer.fail(StoreError("a worker does not load its spool"))
 
-    def query(
-        self, sql, fmt="JSONEachRow", params=None, database=None, settings=None
-    ) -> defer.Deferred:  # settings: hints for the embedded store's readers only
+    def query(self, sql, fmt="JSONEachRow", params=None, database=None) -> defer.Deferred:
         d = self.link.call(cmds.Query, sql=sql, fmt=fmt, params=params or {}, database=database)
         return d.addCallback(lambda r: r["body"])
 

@@ -672,9 +672,6 @@ class ClickHouseStore:
         fmt: str = "JSONEachRow",
         params: dict[str, Any] | None = None,
         database: str | None = None,
-        # ignored: a read on a server has the server's memory, not the embedded readers' 96
-        # MiB (what the dashboard's funnel setting is for); 18.16 lacks such settings
-        settings: dict[str, int] | None = None,
     ) -> defer.Deferred:
         """A read-only query (``readonly = 1`` on the server); fires with ``fmt`` bytes.
         ``params`` bind ``{name:Type}`` placeholders on the server (any server the schema

@@ -450,7 +450,6 @@ class DuckDBStore:
         fmt: str = "JSONEachRow",
         params: dict[str, Any] | None = None,
         database: str | None = None,
-        settings: dict[str, int] | None = None,  # ignored: DuckDB: ClickHouse settings do not apply
     ) -> defer.Deferred:
         """One of the tracker's reads (ClickHouse-flavoured: ``dialect.translate``)."""
 

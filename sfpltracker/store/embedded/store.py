@@ -395,10 +395,8 @@ class EmbeddedStore:
         return deferToThreadPool(self.reactor, self.writer_pool, fn, *args)
 
     def _reader(self, limits=None):
-        """This reader thread's session; with ``limits`` (settings), its session with them
-        (client queries; reads that ask for settings of their own): a readonly session takes
-        no settings per query."""
-        name = "conn" if not limits else "conn_" + repr(sorted(limits.items()))
+        """This reader thread's session; with ``limits``, its session for client queries."""
+        name = "conn" if not limits else "user_conn"
         conn = getattr(self._local, name, None)
         if conn is None:
             import chdb
@@ -606,13 +604,11 @@ class EmbeddedStore:
         fmt: str = "JSONEachRow",
         params: dict[str, Any] | None = None,
         database: str | None = None,
-        settings: dict[str, int] | None = None,
     ) -> defer.Deferred:
-        """A read-only query on a reader thread; fires with the formatted bytes. ``settings``
-        on top of READER_SETTINGS (a session of their own)."""
+        """A read-only query on a reader thread; fires with the formatted bytes."""
 
         def run():
-            conn = self._reader(settings)
+            conn = self._reader()
             try:
                 conn.query(f"USE `{database or 'default'}`")
                 return conn.query(sql, fmt, params=escaped(params)).bytes()
