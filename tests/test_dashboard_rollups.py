@@ -118,8 +118,27 @@ def test_funnel_table_holds_the_client_events_with_an_ename(loaded):
 
 
 @pytest_twisted.inlineCallbacks
-def test_segment_totals_equal_events(loaded):
+def test_segment_table_equals_events_per_combination(loaded):
     store, rows = loaded
+    key = "toString(day) AS d, hhash, toString(country) AS c, toString(device) AS dev, source, medium, campaign"
+    got = yield rows_of(store, q.Query(
+        f"SELECT {key}, toUInt32(uniqCombinedMerge(14)(visitors)) AS v, toUInt32(uniqCombinedMerge(14)"
+        f"(sessions)) AS s, toUInt32(sum(events)) AS e, toUInt32(sum(pageviews)) AS p FROM "
+        f"sfpla.dash_segments GROUP BY d, hhash, c, dev, source, medium, campaign ORDER BY ALL", {},
+    ))  # fmt: skip
+    want = yield rows_of(store, q.Query(
+        f"SELECT toDate(created_at) AS day, {key}, toUInt32(count(DISTINCT vid)) AS v, "
+        f"toUInt32(count(DISTINCT sid)) AS s, toUInt32(count()) AS e, toUInt32(countIf(url != '')) "
+        f"AS p FROM sfpla.events WHERE bot = 0 AND server = 0 "
+        f"GROUP BY day, d, hhash, c, dev, source, medium, campaign ORDER BY d, hhash, c, dev, source, medium, campaign", {},
+    ))  # fmt: skip
+    assert got == [{k: v for k, v in r.items() if k != "day"} for r in want] and len(got) > 100
+    yield from segment_figures_equal_events(store)
+
+
+def segment_figures_equal_events(store):
+    """The overview and its daily series with segment filters (read from dash_segments)
+    equal the same figures over events."""
     for extra in FILTERS[1:4]:
         f = q.Filters(start=DAY0 + timedelta(days=3), end=DAY0 + timedelta(days=5), **extra)
         got = {r["period"]: r for r in (yield rows_of(store, q.overview("sfpla", f)))}
@@ -140,21 +159,3 @@ def test_segment_totals_equal_events(loaded):
             f"WHERE {where} GROUP BY t ORDER BY t", params,
         ))  # fmt: skip
         assert series == want and want, extra
-
-
-@pytest_twisted.inlineCallbacks
-def test_segment_table_equals_events_per_combination(loaded):
-    store, rows = loaded
-    key = "toString(day) AS d, hhash, toString(country) AS c, toString(device) AS dev, source, medium, campaign"
-    got = yield rows_of(store, q.Query(
-        f"SELECT {key}, toUInt32(uniqCombinedMerge(14)(visitors)) AS v, toUInt32(uniqCombinedMerge(14)"
-        f"(sessions)) AS s, toUInt32(sum(events)) AS e, toUInt32(sum(pageviews)) AS p FROM "
-        f"sfpla.dash_segments GROUP BY d, hhash, c, dev, source, medium, campaign ORDER BY ALL", {},
-    ))  # fmt: skip
-    want = yield rows_of(store, q.Query(
-        f"SELECT toDate(created_at) AS day, {key}, toUInt32(count(DISTINCT vid)) AS v, "
-        f"toUInt32(count(DISTINCT sid)) AS s, toUInt32(count()) AS e, toUInt32(countIf(url != '')) "
-        f"AS p FROM sfpla.events WHERE bot = 0 AND server = 0 "
-        f"GROUP BY day, d, hhash, c, dev, source, medium, campaign ORDER BY d, hhash, c, dev, source, medium, campaign", {},
-    ))  # fmt: skip
-    assert got == [{k: v for k, v in r.items() if k != "day"} for r in want] and len(got) > 100

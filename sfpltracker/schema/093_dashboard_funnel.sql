@@ -1,12 +1,12 @@
 -- The dashboard's funnel table (sfpltracker/dashboard/queries.py, funnel()): the client events
 -- without bots that have an ename, with only the columns a funnel reads (the visitor, time,
--- ename, host and the segment columns), sorted by visitor and time. windowFunnel groups by
--- visitor: on `events` (sorted by day) that was a hash table of every visitor of the range,
--- which past half the reader's 96 MiB spills to disk (goals with steps over 30 days of 10M
--- events: ~1.2 s). Read in this order, the grouping goes visitor by visitor
--- (optimize_aggregation_in_order, a reader setting) and each visitor's events come in time
--- order. The rows are the events' own (a ReplacingMergeTree keyed by eid like events), so the
--- funnel over them is the funnel over events (tests/test_dashboard_rollups.py).
+-- ename, host and the segment columns), sorted by visitor. windowFunnel groups by visitor: on
+-- `events` (sorted by day) that was one hash table of every visitor of the range, which past
+-- half the reader's 96 MiB spills to disk (goals with steps over 30 days of 10M events:
+-- ~1.2 s). Sorted by visitor, the funnel is asked in parts (vid ranges), each reading and
+-- grouping its own visitors' rows only. The rows are the events' own (a ReplacingMergeTree
+-- keyed by eid as events is), so the parts add up to the funnel over events
+-- (tests/test_dashboard_rollups.py).
 CREATE TABLE IF NOT EXISTS sfpla.dash_funnel
 (
     vid UUID,
