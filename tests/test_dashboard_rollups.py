@@ -137,8 +137,8 @@ def test_segment_table_equals_events_per_combination(loaded):
 
 
 def segment_figures_equal_events(store):
-    """The overview and its daily series with segment filters (read from dash_segments)
-    equal the same figures over events."""
+    """The overview and its daily series, countries and campaigns with segment filters (read
+    from dash_segments) equal the same figures over events."""
     for extra in FILTERS[1:4]:
         f = q.Filters(start=DAY0 + timedelta(days=3), end=DAY0 + timedelta(days=5), **extra)
         got = {r["period"]: r for r in (yield rows_of(store, q.overview("sfpla", f)))}
@@ -159,3 +159,19 @@ def segment_figures_equal_events(store):
             f"WHERE {where} GROUP BY t ORDER BY t", params,
         ))  # fmt: skip
         assert series == want and want, extra
+        where, params = q.event_conditions(f)
+        got = yield rows_of(store, q.countries("sfpla", f))
+        want = yield rows_of(store, q.Query(
+            f"SELECT toString(country) AS country, toUInt32(count(DISTINCT vid)) AS visitors, "
+            f"toUInt32(count()) AS events FROM sfpla.events WHERE {where} GROUP BY country "
+            f"ORDER BY visitors DESC, events DESC, country LIMIT 10", params,
+        ))  # fmt: skip
+        assert got == want and want, extra
+        got = yield rows_of(store, q.campaigns("sfpla", f))
+        want = yield rows_of(store, q.Query(
+            f"SELECT source, medium, campaign, toUInt32(count(DISTINCT vid)) AS visitors, "
+            f"toUInt32(count()) AS events FROM sfpla.events WHERE {where} AND (source != '' OR "
+            f"medium != '' OR campaign != '') GROUP BY source, medium, campaign "
+            f"ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT 10", params,
+        ))  # fmt: skip
+        assert got == want, extra

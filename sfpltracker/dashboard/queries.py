@@ -7,8 +7,8 @@ fixed fragments chosen here. What is counted (docs/dashboard.md):
 - the *traffic* figures count client events without bots (``server = 0 AND bot = 0``), the
   same events the derived tables (``hits``, ``referrers``, ``outcomes``) are made from, so a
   page reads a derived table when no segment filter (source/medium/campaign, country, device)
-  is set and ``events`` otherwise (the overview ``dash_segments``; the funnel always
-  ``dash_funnel``), with equal answers;
+  is set and ``events`` otherwise (the overview, campaigns and countries
+  ``dash_segments``; the funnel always ``dash_funnel``), with equal answers;
 - a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
   event, its duration the time between its first and last event;
 - ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
@@ -361,11 +361,12 @@ FROM {db}.dash_daily WHERE {where} AND dim = 'campaign'
 GROUP BY value ORDER BY visitors DESC, events DESC, source, medium, campaign
 LIMIT {{limit:UInt32}}"""
         return Query(sql, params)
-    where, params = event_conditions(f)
+    where, params = derived_conditions(f, "day", segments=True)
     params["limit"] = f.limit
     sql = f"""
-SELECT source, medium, campaign, toUInt32(uniq(vid)) AS visitors, toUInt32(count()) AS events
-FROM {db}.events WHERE {where} AND (source != '' OR medium != '' OR campaign != '')
+SELECT source, medium, campaign, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_segments WHERE {where} AND (source != '' OR medium != '' OR campaign != '')
 GROUP BY source, medium, campaign
 ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
@@ -374,12 +375,12 @@ ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT {{limit:UInt
 def countries(db: str, f: Filters) -> Query:
     if not f.segmented:
         return _by_dim(db, f, "country", "country")
-    where, params = event_conditions(f)
+    where, params = derived_conditions(f, "day", segments=True)
     params["limit"] = f.limit
     sql = f"""
-SELECT toString(country) AS country, toUInt32(uniq(vid)) AS visitors,
-       toUInt32(count()) AS events
-FROM {db}.events WHERE {where}
+SELECT toString(country) AS country, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_segments WHERE {where}
 GROUP BY country ORDER BY visitors DESC, events DESC, country LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
 

@@ -1,5 +1,5 @@
 -- The dashboard's totals per segment (sfpltracker/dashboard/queries.py: the overview and its
--- daily series with a segment filter): per day, host and combination of the segment columns
+-- daily series, campaigns and countries with a segment filter): per day, host and combination of the segment columns
 -- (country, device, source, medium, campaign), the visitors and sessions as uniqCombined(14)
 -- states (as dash_totals), events and page views of client events without bots. A segment
 -- filter then merges the states of its combinations instead of reading every event of the
