@@ -453,7 +453,7 @@ def parse_steps(text: str) -> list[str]:
 # The funnel's visitors are split into parts (vid ranges) answered one query each, each
 # grouping a part's visitors only: windowFunnel's states of every visitor of 30 days of 10M
 # events passed half the reader's 96 MiB and spilled to disk (~1.2 s); a part's do not.
-FUNNEL_DAYS_PER_PART = 2
+FUNNEL_DAYS_PER_PART = 7
 MAX_FUNNEL_PARTS = 128
 
 
