@@ -178,6 +178,8 @@ DERIVED = {
     "dash_daily": ("sumIf(events, dim = 'all')", "events", f"countIf({CLIENT})"),
     "dash_sessions": ("sum(events)", "events", f"countIf({CLIENT})"),
     "dash_totals": ("sum(events)", "events", f"countIf({CLIENT})"),
+    "dash_funnel": ("count()", "events", f"countIf({CLIENT} AND ename != '')"),
+    "dash_segments": ("sum(events)", "events", f"countIf({CLIENT})"),
     "ltv": (
         "sum(paid)",
         "payments",

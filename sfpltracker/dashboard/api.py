@@ -331,12 +331,17 @@ class DashboardResource(Resource):
     @defer.inlineCallbacks
     def _goals(self, f, steps, window):
         wanted = [self._rows(q.goals(self.db, f)), self._rows(q.outcomes(self.db, f))]
-        if steps:
-            wanted.append(self._rows(q.funnel(self.db, f, steps, window)))
+        parts = q.funnel_parts(f) if steps else 0
+        wanted += [
+            self._rows(q.funnel(self.db, f, steps, window, part, parts)) for part in range(parts)
+        ]
         got = yield defer.gatherResults(wanted, consumeErrors=True)
         answer = {"enames": got[0], "outcomes": got[1], "funnel": []}
         if steps:
-            levels = {int(r["level"]): r["visitors"] for r in got[2]}
+            levels: dict[int, int] = {}
+            for rows in got[2:]:  # the parts' visitors are disjoint: their counts add up
+                for r in rows:
+                    levels[int(r["level"])] = levels.get(int(r["level"]), 0) + int(r["visitors"])
             answer["funnel"] = [
                 {"step": s, "visitors": sum(n for lvl, n in levels.items() if lvl > i)}
                 for i, s in enumerate(steps)

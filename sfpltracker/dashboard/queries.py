@@ -7,7 +7,8 @@ fixed fragments chosen here. What is counted (docs/dashboard.md):
 - the *traffic* figures count client events without bots (``server = 0 AND bot = 0``), the
   same events the derived tables (``hits``, ``referrers``, ``outcomes``) are made from, so a
   page reads a derived table when no segment filter (source/medium/campaign, country, device)
-  is set and ``events`` otherwise, with equal answers;
+  is set and ``events`` otherwise (the overview, campaigns and countries
+  ``dash_segments``; the funnel always ``dash_funnel``), with equal answers;
 - a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
   event, its duration the time between its first and last event;
 - ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
@@ -123,12 +124,19 @@ class Query:
 
 
 def event_conditions(
-    f: Filters, *, client_only: bool = True, dated: bool = True, start: date | None = None
+    f: Filters,
+    *,
+    client_only: bool = True,
+    dated: bool = True,
+    start: date | None = None,
+    filtered: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """The WHERE conditions on ``events`` for ``f`` (start may reach back further)."""
-    parts = ["bot = 0"]
+    """The WHERE conditions on ``events`` for ``f`` (start may reach back further); with
+    ``filtered``, on a table of ``events``' columns holding client events without bots only
+    (``dash_funnel``), so without the bot and server conditions."""
+    parts = [] if filtered else ["bot = 0"]
     params: dict[str, Any] = {}
-    if client_only:
+    if client_only and not filtered:
         parts.append("server = 0")
     if dated:
         parts.append(f"created_at >= {{start:{TS}}} AND created_at < {{end:{TS}}}")
@@ -145,13 +153,21 @@ def event_conditions(
     return " AND ".join(parts), params
 
 
-def derived_conditions(f: Filters, date_column: str) -> tuple[str, dict[str, Any]]:
-    """The WHERE conditions on a derived table keyed by ``hhash`` and a Date column."""
+def derived_conditions(
+    f: Filters, date_column: str, segments: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE conditions on a derived table keyed by ``hhash`` and a Date column; with
+    ``segments``, on its segment columns too (``dash_segments``)."""
     parts = [f"{date_column} >= {{start_day:Date}} AND {date_column} <= {{end_day:Date}}"]
     params: dict[str, Any] = {"start_day": f.start.isoformat(), "end_day": f.end.isoformat()}
     if f.host:
         parts.append("hhash = {hhash:String}")
         params["hhash"] = short_hash(f.host)
+    for name in SEGMENTS if segments else ():
+        value = getattr(f, name)
+        if value:
+            parts.append(f"{name} = {{{name}:String}}")
+            params[name] = value
     return " AND ".join(parts), params
 
 
@@ -178,27 +194,23 @@ def days(f: Filters) -> list[str]:
 # -- the figures -----------------------------------------------------------------------------
 
 
+def totals_table(f: Filters) -> str:
+    """The per-day totals: per host (``dash_totals``), or per host and combination of segment
+    values (``dash_segments``, schema/094_dashboard_segments.sql) for a segment filter."""
+    return "dash_segments" if f.segmented else "dash_totals"
+
+
 def overview(db: str, f: Filters) -> Query:
     """Visitors, sessions, events and page views of this period and the one before."""
     prev = f.previous()
-    if f.segmented:
-        where, params = event_conditions(f, start=prev.start)
-        params["cur"] = _ts(f.start)
-        sql = f"""
-SELECT if(created_at >= {{cur:{TS}}}, 'current', 'previous') AS period,
-       toUInt32(uniq(vid)) AS visitors, toUInt32(uniq(sid)) AS sessions,
-       toUInt32(count()) AS events, toUInt32(countIf(url != '')) AS pageviews
-FROM {db}.events WHERE {where}
-GROUP BY period"""
-    else:
-        where, params = derived_conditions(replace(f, start=prev.start), "day")
-        params["cur"] = f.start.isoformat()
-        sql = f"""
+    where, params = derived_conditions(replace(f, start=prev.start), "day", segments=True)
+    params["cur"] = f.start.isoformat()
+    sql = f"""
 SELECT if(day >= {{cur:Date}}, 'current', 'previous') AS period,
        toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
        toUInt32(uniqCombinedMerge(14)(sessions)) AS sessions,
        toUInt32(sum(events)) AS events, toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_totals WHERE {where}
+FROM {db}.{totals_table(f)} WHERE {where}
 GROUP BY period"""
     return Query(sql, params)
 
@@ -238,12 +250,12 @@ GROUP BY period"""
 
 
 def timeseries(db: str, f: Filters) -> Query:
-    if bucket(f) == "day" and not f.segmented:
-        where, params = derived_conditions(f, "day")
+    if bucket(f) == "day":
+        where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
 SELECT toString(day) AS t, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
        toUInt32(sum(pageviews)) AS pageviews
-FROM {db}.dash_totals WHERE {where}
+FROM {db}.{totals_table(f)} WHERE {where}
 GROUP BY t ORDER BY t"""
         return Query(sql, params)
     where, params = event_conditions(f)
@@ -349,11 +361,12 @@ FROM {db}.dash_daily WHERE {where} AND dim = 'campaign'
 GROUP BY value ORDER BY visitors DESC, events DESC, source, medium, campaign
 LIMIT {{limit:UInt32}}"""
         return Query(sql, params)
-    where, params = event_conditions(f)
+    where, params = derived_conditions(f, "day", segments=True)
     params["limit"] = f.limit
     sql = f"""
-SELECT source, medium, campaign, toUInt32(uniq(vid)) AS visitors, toUInt32(count()) AS events
-FROM {db}.events WHERE {where} AND (source != '' OR medium != '' OR campaign != '')
+SELECT source, medium, campaign, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_segments WHERE {where} AND (source != '' OR medium != '' OR campaign != '')
 GROUP BY source, medium, campaign
 ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
@@ -362,12 +375,12 @@ ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT {{limit:UInt
 def countries(db: str, f: Filters) -> Query:
     if not f.segmented:
         return _by_dim(db, f, "country", "country")
-    where, params = event_conditions(f)
+    where, params = derived_conditions(f, "day", segments=True)
     params["limit"] = f.limit
     sql = f"""
-SELECT toString(country) AS country, toUInt32(uniq(vid)) AS visitors,
-       toUInt32(count()) AS events
-FROM {db}.events WHERE {where}
+SELECT toString(country) AS country, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_segments WHERE {where}
 GROUP BY country ORDER BY visitors DESC, events DESC, country LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
 
@@ -437,9 +450,47 @@ def parse_steps(text: str) -> list[str]:
     return steps
 
 
-def funnel(db: str, f: Filters, steps: list[str], window_seconds: int) -> Query:
-    """How many visitors did step 1, then 2, ... each within ``window_seconds`` of step 1."""
+# The funnel's visitors are split into parts (vid ranges) answered one query each, each
+# grouping a part's visitors only: windowFunnel's states of every visitor of 30 days of 10M
+# events passed half the reader's 96 MiB and spilled to disk (~1.2 s); a part's do not.
+FUNNEL_DAYS_PER_PART = 7
+MAX_FUNNEL_PARTS = 128
+
+
+def funnel_parts(f: Filters) -> int:
+    return min(MAX_FUNNEL_PARTS, max(1, f.days // FUNNEL_DAYS_PER_PART))
+
+
+def _vid_bound(i: int, parts: int) -> str:
+    # Only the 9th byte varies, so the bounds increase in any byte order a UUID compares by;
+    # ClickHouse compares it first, so the parts are alike in size.
+    return f"00000000-0000-0000-{i * 256 // parts:02x}00-000000000000"
+
+
+def funnel(
+    db: str, f: Filters, steps: list[str], window_seconds: int, part: int = 0, parts: int = 1
+) -> Query:
+    """Part ``part`` of ``parts`` of the funnel: for the visitors of that vid range, how many
+    did step 1, then 2, ... each within ``window_seconds`` of step 1 (per level reached; the
+    parts add up). Read from ``dash_funnel`` (schema/093_dashboard_funnel.sql): the client
+    events without bots that have an ename, sorted by visitor, so a part reads its visitors'
+    rows only. ``funnel_events`` is the same over ``events``."""
+    where, params = event_conditions(f, filtered=True)
+    if part > 0:
+        where += " AND vid >= toUUID({vid_from:String})"
+        params["vid_from"] = _vid_bound(part, parts)
+    if part < parts - 1:
+        where += " AND vid < toUUID({vid_to:String})"
+        params["vid_to"] = _vid_bound(part + 1, parts)
+    return _funnel(db, "dash_funnel", where, params, steps, window_seconds)
+
+
+def funnel_events(db: str, f: Filters, steps: list[str], window_seconds: int) -> Query:
     where, params = event_conditions(f)
+    return _funnel(db, "events", where, params, steps, window_seconds)
+
+
+def _funnel(db, table, where, params, steps, window_seconds) -> Query:
     names = [f"s{i}" for i in range(len(steps))]
     params.update(zip(names, steps, strict=True))
     params["window"] = window_seconds
@@ -449,7 +500,7 @@ def funnel(db: str, f: Filters, steps: list[str], window_seconds: int) -> Query:
 SELECT level, toUInt32(count()) AS visitors
 FROM (
     SELECT vid, windowFunnel({{window:UInt64}})(toDateTime(created_at), {conditions}) AS level
-    FROM {db}.events WHERE {where} AND ename IN ({listed})
+    FROM {db}.{table} WHERE {where} AND ename IN ({listed})
     GROUP BY vid
 )
 WHERE level > 0 GROUP BY level ORDER BY level"""

@@ -312,3 +312,20 @@ SELECT created_at::DATE AS day, hhash, count(DISTINCT vid)::UBIGINT AS visitors,
 FROM sfpla.events
 WHERE server = 0 AND bot = 0
 GROUP BY created_at::DATE, hhash;
+
+-- The dashboard's funnel table (schema/093_dashboard_funnel.sql): the client events without
+-- bots that have an ename, with the columns a funnel reads.
+CREATE OR REPLACE VIEW sfpla.dash_funnel AS
+SELECT vid, created_at, eid, ename, hostname, source, medium, campaign, country, device
+FROM sfpla.events
+WHERE server = 0 AND bot = 0 AND ename != '';
+
+-- The dashboard's totals per segment (schema/094_dashboard_segments.sql): plain distinct
+-- counts here (ClickHouse keeps uniqCombined states).
+CREATE OR REPLACE VIEW sfpla.dash_segments AS
+SELECT created_at::DATE AS day, hhash, country, device, source, medium, campaign,
+       count(DISTINCT vid)::UBIGINT AS visitors, count(DISTINCT sid)::UBIGINT AS sessions,
+       count(*)::UBIGINT AS events, (count(*) FILTER (WHERE url != ''))::UBIGINT AS pageviews
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY created_at::DATE, hhash, country, device, source, medium, campaign;
