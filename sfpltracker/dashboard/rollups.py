@@ -171,10 +171,12 @@ def _fill(run: Run, db: str, r: Rollup, since: datetime.date | None) -> None:
                     ]
                 )
                 columns = ", ".join(f"`{c}`" for c in names.splitlines())
+                # A rollup of days has `day`; one of events' own rows (dash_funnel) their time.
+                row_day = "day" if "day" in names.splitlines() else "toDate(created_at)"
                 run(
                     [
                         f"INSERT INTO {new} ({columns}) SELECT {columns} FROM {table} "
-                        f"WHERE day < {day} AND _part IN ({_in_list(kept_parts)})"
+                        f"WHERE {row_day} < {day} AND _part IN ({_in_list(kept_parts)})"
                     ]
                 )
         if event_parts:
