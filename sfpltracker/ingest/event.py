@@ -47,6 +47,12 @@ from sfpltracker.privacy.ip import IPPolicy
 Enricher = Callable[[dict, RequestInfo], None]
 Record = tuple[str, dict[str, Any]]
 
+# The inputs that make a keyed-hash column (``email`` -> ``ehash``, or ``ehash`` itself, ...):
+# an event with none of them skips that step.
+_PRIVATE_INPUTS = frozenset(PRIVATE_FIELDS) | frozenset(
+    key for key, (column, _) in EVENT_COERCERS.items() if column in PRIVATE_FIELDS.values()
+)
+
 # ``json.dumps(..., separators=...)`` builds a new encoder on every call; this one is shared
 # (same settings: ASCII-only, compact).
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -260,11 +266,14 @@ class EventModel:
             raw = {**extra, **raw}
         row: dict[str, Any] = {}
         params: dict[str, Any] = {}
-        explicit_params = to_json_object(raw.get("params"))
-        if explicit_params:
-            params.update(explicit_params)
+        explicit_params = raw.get("params")
+        if explicit_params is not None:
+            explicit_params = to_json_object(explicit_params)
+            if explicit_params:
+                params.update(explicit_params)
+        coercer = EVENT_COERCERS.get
         for key, value in raw.items():
-            spec = EVENT_COERCERS.get(key)
+            spec = coercer(key)
             if spec is not None:
                 typed = spec[1](value)
                 if typed is not None:
@@ -289,13 +298,15 @@ class EventModel:
                 row["cflags"] = cookie_flags
 
         # E-mail, user name, phone: only their keyed hashes are stored, never the value.
-        for key, column in PRIVATE_FIELDS.items():
-            sent = row.get(column)
-            if sent is not None and not looks_hashed(sent.strip()):
-                row[column] = self.hash_private(sent) if sent.strip() else ""
-            value = raw.get(key)
-            if not row.get(column) and isinstance(value, str) and value.strip():
-                row[column] = self.hash_private(value)
+        # (Skipped when the event has none of those inputs: most events.)
+        if not _PRIVATE_INPUTS.isdisjoint(raw):
+            for key, column in PRIVATE_FIELDS.items():
+                sent = row.get(column)
+                if sent is not None and not looks_hashed(sent.strip()):
+                    row[column] = self.hash_private(sent) if sent.strip() else ""
+                value = raw.get(key)
+                if not row.get(column) and isinstance(value, str) and value.strip():
+                    row[column] = self.hash_private(value)
         if "url" not in row and req.page_url:
             row["url"] = req.page_url
         if self.normalise_url is not None:
@@ -321,7 +332,8 @@ class EventModel:
         for enrich in self.enrichers:
             enrich(row, req)
         if not row.get("country"):  # the original's last resort: the client's time zone
-            country = tz_country(row.get("tz"))
+            tz = row.get("tz")
+            country = tz_country(tz) if tz else None
             if country:
                 row["country"] = country
         if self.drop_bots and row.get("bot"):
