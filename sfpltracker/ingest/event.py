@@ -138,10 +138,11 @@ class EventModel:
                 cookieless=True,
                 day_key=self.cookieless.day_key(day),
             )
-        cookie_vid = parse_uuid(req.cookies.get("vid"))
-        sent_vid = parse_uuid(first.get("vid")) or parse_uuid(req.original_inputs.get("vid"))
+        cookies = req.cookies
+        cookie_vid = _uuid_or_none(cookies.get("vid"))
+        sent_vid = _uuid_or_none(first.get("vid")) or _uuid_or_none(req.original_inputs.get("vid"))
         vid = cookie_vid or sent_vid or uuid4()
-        sid = parse_uuid(req.cookies.get("sid")) or parse_uuid(first.get("sid")) or uuid4()
+        sid = _uuid_or_none(cookies.get("sid")) or _uuid_or_none(first.get("sid")) or uuid4()
         return Visitor(
             vid,
             sid,
@@ -172,14 +173,18 @@ class EventModel:
         ``with_user_agent=False`` when the user agent is the backend's own.
         """
         raws: list[Any] = []
+        first = None  # the first event: the ids the client sent
         for item in items:
             if isinstance(item, dict):
-                raws.append({**base, **lower_keys(item)} if base else lower_keys(item))
-            else:
-                raws.append(item)
+                if not item:  # a GET's one item: its fields are all in ``base``
+                    item = {**base} if base else {}
+                else:
+                    item = {**base, **lower_keys(item)} if base else lower_keys(item)
+                if first is None:
+                    first = item
+            raws.append(item)
         if visitor is None or visitor.cookieless:
-            first = next((r for r in raws if isinstance(r, dict)), base or {})
-            visitor = self.visitor(req, first, server=server)
+            visitor = self.visitor(req, first if first is not None else base or {}, server=server)
         records: list[Record] = []
         eids: list[str | None] = []
         problems: list[str] = []
@@ -285,12 +290,12 @@ class EventModel:
             row["ename"] = raw["content"].strip().lower()
             row.pop("content", None)
 
-        row["eid"] = parse_uuid(raw.get("eid")) or uuid7(req.now_ms)
+        row["eid"] = _uuid_or_none(raw.get("eid")) or uuid7(req.now_ms)
         if visitor.from_cookie or visitor.cookieless:
             row["vid"] = visitor.vid
         else:
-            row["vid"] = parse_uuid(raw.get("vid")) or visitor.vid
-        row["sid"] = parse_uuid(raw.get("sid")) or visitor.sid
+            row["vid"] = _uuid_or_none(raw.get("vid")) or visitor.vid
+        row["sid"] = _uuid_or_none(raw.get("sid")) or visitor.sid
         if "cflags" not in row:
             consent = req.cookies.get("CookieConsent")
             cookie_flags = to_int(consent) if consent is not None else None
@@ -343,6 +348,11 @@ class EventModel:
     def hash_private(self, text: str) -> str:
         """Keyed hash of an e-mail address (never stored in the clear)."""
         return hash_private(self.hash_key, text)
+
+
+def _uuid_or_none(value: Any) -> str | None:
+    """``parse_uuid(value)``, without the call for an absent value (most ids of most events)."""
+    return parse_uuid(value) if value else None
 
 
 def _params_text(params: dict[str, Any]) -> str:
