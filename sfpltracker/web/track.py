@@ -183,8 +183,9 @@ class TrackResource(IngestResource):
 def _query_and_path(request, cfg) -> dict[str, str]:
     """A GET's fields: the REST path pairs after the route, then the query (which wins)."""
     fields = path_pairs(_rest_of_path(request, 3))
-    query = request.uri.decode("latin-1").partition("?")[2]
-    fields.update(query_pairs(query, cfg.IgnoreQueryParamsKey))
+    if b"?" in request.uri:  # (most tracking calls have none)
+        query = request.uri.decode("latin-1").partition("?")[2]
+        fields.update(query_pairs(query, cfg.IgnoreQueryParamsKey))
     return fields
 
 
