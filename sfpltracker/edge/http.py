@@ -223,15 +223,33 @@ _SPECIAL_CASE = {
 }
 
 
-def _canonical(name: bytes, _cache: dict = {}) -> bytes:  # noqa: B006 - a deliberate cache
+_CANONICAL: dict[bytes, bytes] = {}
+
+
+def _canonical(name: bytes) -> bytes:
     """``content-type`` -> ``Content-Type`` (as Twisted writes names), cached per name."""
-    out = _cache.get(name)
+    out = _CANONICAL.get(name)
     if out is None:
         out = b"-".join(p[:1].upper() + p[1:] for p in name.lower().split(b"-"))
         out = _SPECIAL_CASE.get(out, out)
-        if len(_cache) < 256:
-            _cache[name] = out
+        if len(_CANONICAL) < 256:
+            _CANONICAL[name] = out
     return out
+
+
+# A status line per code, made once (the answer's first line, without its reason override).
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(code: int, message: bytes | None) -> bytes:
+    if not message:
+        line = _STATUS_LINES.get(code)
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown"))
+            if len(_STATUS_LINES) < 64:
+                _STATUS_LINES[code] = line
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (code, message)
 
 
 def _json_error(reason: str) -> bytes:
@@ -250,7 +268,6 @@ class FastRequest:
         "uri",
         "path",
         "clientproto",
-        "requestHeaders",
         "code",
         "code_message",
         "headers_out",
@@ -275,7 +292,6 @@ class FastRequest:
         self.uri = parsed.url
         self.path = parsed.url.split(b"?", 1)[0]
         self.clientproto = parsed.version
-        self.requestHeaders = _HeaderView(parsed)
         self.code = 200
         self.code_message = None
         self.headers_out: dict[bytes, bytes] = {}
@@ -299,6 +315,10 @@ class FastRequest:
         if isinstance(name, str):
             name = name.encode("latin-1")
         return self.parsed.header(name.lower())
+
+    @property
+    def requestHeaders(self) -> _HeaderView:  # noqa: N802 - Twisted's name
+        return _HeaderView(self.parsed)
 
     def getClientAddress(self):  # noqa: N802
         return self.protocol.peer
@@ -334,6 +354,19 @@ class FastRequest:
                         cookies[k] = v
             self._cookies_in = cookies
         return self._cookies_in
+
+    def header_dict(self) -> dict[str, str]:
+        """``RequestInfo.headers`` (web/common.py ``request_info``): lower-cased names, each
+        header's first value, as text: what the ``RequestHeaders`` view reads of a
+        ``twisted.web`` request, as a dict (ingestion reads a handful of them per request)."""
+        return {k.decode("latin-1"): v[0].decode("latin-1") for k, v in self.parsed.headers.items()}
+
+    def cookie_dict(self) -> dict[str, str]:
+        """``RequestInfo.cookies``: ``received_cookies`` as text (as ``RequestCookies`` reads)."""
+        cookies = self.received_cookies
+        if not cookies:
+            return {}
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in cookies.items()}
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -862,9 +895,7 @@ class FastHTTPProtocol(Protocol):
         about to follow, unless the route set its Content-Length)."""
         code = request.code
         headers = request.headers_out
-        out = [
-            b"HTTP/1.1 %d %s\r\n" % (code, request.code_message or RESPONSES.get(code, b"Unknown"))
-        ]
+        out = [_status_line(code, request.code_message)]
         if b"server" not in headers:  # a proxied answer keeps its upstream's
             out.append(_SERVER)
         if b"date" not in headers:
@@ -881,10 +912,11 @@ class FastHTTPProtocol(Protocol):
             out.append(b"Content-Length: %d\r\n" % length)
         if self.factory.hsts and self.secure:
             headers[b"strict-transport-security"] = HSTS_VALUE
+        canonical = _CANONICAL.get
         for name, value in headers.items():
-            out.append(b"%s: %s\r\n" % (_canonical(name), value))
+            out += (canonical(name) or _canonical(name), b": ", value, b"\r\n")
         for cookie in request.cookies:
-            out.append(b"Set-Cookie: %s\r\n" % cookie)
+            out += (b"Set-Cookie: ", cookie, b"\r\n")
         if not request.parsed.keep_alive:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
@@ -1113,6 +1145,9 @@ class FastHTTPFactory(Factory):
         # sites, 404). A proxied request with a body, or a WebSocket upgrade, is handed to
         # twisted.web before it gets here (streamed as it arrives).
         self.fallbacks = root.render_fallbacks
+        # Host values host_problem() found well-formed (a site's requests carry a few):
+        # checked once each instead of by regular expression on every request.
+        self._good_hosts: set[bytes] = set()
 
     def buildProtocol(self, addr):  # noqa: N802
         p = self.protocol()
@@ -1146,8 +1181,12 @@ class FastHTTPFactory(Factory):
             return None
         else:
             route = self.fallbacks  # a proxy route's bodiless GET/HEAD too (edge/proxy.py)
-        if host_problem(request) is not None:
-            return None  # EdgeFront answers it (a missing Host too)
+        hosts = parsed.headers.get(b"host")
+        if hosts is None or len(hosts) != 1 or hosts[0] not in self._good_hosts:
+            if host_problem(request) is not None:
+                return None  # EdgeFront answers it (a missing Host too)
+            if hosts is not None and len(self._good_hosts) < 256:
+                self._good_hosts.add(hosts[0])  # one Host header, well-formed: not again
         return route
 
 

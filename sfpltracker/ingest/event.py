@@ -47,6 +47,12 @@ from sfpltracker.privacy.ip import IPPolicy
 Enricher = Callable[[dict, RequestInfo], None]
 Record = tuple[str, dict[str, Any]]
 
+# The inputs that make a keyed-hash column (``email`` -> ``ehash``, or ``ehash`` itself, ...):
+# an event with none of them skips that step.
+_PRIVATE_INPUTS = frozenset(PRIVATE_FIELDS) | frozenset(
+    key for key, (column, _) in EVENT_COERCERS.items() if column in PRIVATE_FIELDS.values()
+)
+
 # ``json.dumps(..., separators=...)`` builds a new encoder on every call; this one is shared
 # (same settings: ASCII-only, compact).
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -132,10 +138,11 @@ class EventModel:
                 cookieless=True,
                 day_key=self.cookieless.day_key(day),
             )
-        cookie_vid = parse_uuid(req.cookies.get("vid"))
-        sent_vid = parse_uuid(first.get("vid")) or parse_uuid(req.original_inputs.get("vid"))
+        cookies = req.cookies
+        cookie_vid = _uuid_or_none(cookies.get("vid"))
+        sent_vid = _uuid_or_none(first.get("vid")) or _uuid_or_none(req.original_inputs.get("vid"))
         vid = cookie_vid or sent_vid or uuid4()
-        sid = parse_uuid(req.cookies.get("sid")) or parse_uuid(first.get("sid")) or uuid4()
+        sid = _uuid_or_none(cookies.get("sid")) or _uuid_or_none(first.get("sid")) or uuid4()
         return Visitor(
             vid,
             sid,
@@ -166,14 +173,18 @@ class EventModel:
         ``with_user_agent=False`` when the user agent is the backend's own.
         """
         raws: list[Any] = []
+        first = None  # the first event: the ids the client sent
         for item in items:
             if isinstance(item, dict):
-                raws.append({**base, **lower_keys(item)} if base else lower_keys(item))
-            else:
-                raws.append(item)
+                if not item:  # a GET's one item: its fields are all in ``base``
+                    item = {**base} if base else {}
+                else:
+                    item = {**base, **lower_keys(item)} if base else lower_keys(item)
+                if first is None:
+                    first = item
+            raws.append(item)
         if visitor is None or visitor.cookieless:
-            first = next((r for r in raws if isinstance(r, dict)), base or {})
-            visitor = self.visitor(req, first, server=server)
+            visitor = self.visitor(req, first if first is not None else base or {}, server=server)
         records: list[Record] = []
         eids: list[str | None] = []
         problems: list[str] = []
@@ -260,11 +271,14 @@ class EventModel:
             raw = {**extra, **raw}
         row: dict[str, Any] = {}
         params: dict[str, Any] = {}
-        explicit_params = to_json_object(raw.get("params"))
-        if explicit_params:
-            params.update(explicit_params)
+        explicit_params = raw.get("params")
+        if explicit_params is not None:
+            explicit_params = to_json_object(explicit_params)
+            if explicit_params:
+                params.update(explicit_params)
+        coercer = EVENT_COERCERS.get
         for key, value in raw.items():
-            spec = EVENT_COERCERS.get(key)
+            spec = coercer(key)
             if spec is not None:
                 typed = spec[1](value)
                 if typed is not None:
@@ -276,12 +290,12 @@ class EventModel:
             row["ename"] = raw["content"].strip().lower()
             row.pop("content", None)
 
-        row["eid"] = parse_uuid(raw.get("eid")) or uuid7(req.now_ms)
+        row["eid"] = _uuid_or_none(raw.get("eid")) or uuid7(req.now_ms)
         if visitor.from_cookie or visitor.cookieless:
             row["vid"] = visitor.vid
         else:
-            row["vid"] = parse_uuid(raw.get("vid")) or visitor.vid
-        row["sid"] = parse_uuid(raw.get("sid")) or visitor.sid
+            row["vid"] = _uuid_or_none(raw.get("vid")) or visitor.vid
+        row["sid"] = _uuid_or_none(raw.get("sid")) or visitor.sid
         if "cflags" not in row:
             consent = req.cookies.get("CookieConsent")
             cookie_flags = to_int(consent) if consent is not None else None
@@ -289,13 +303,15 @@ class EventModel:
                 row["cflags"] = cookie_flags
 
         # E-mail, user name, phone: only their keyed hashes are stored, never the value.
-        for key, column in PRIVATE_FIELDS.items():
-            sent = row.get(column)
-            if sent is not None and not looks_hashed(sent.strip()):
-                row[column] = self.hash_private(sent) if sent.strip() else ""
-            value = raw.get(key)
-            if not row.get(column) and isinstance(value, str) and value.strip():
-                row[column] = self.hash_private(value)
+        # (Skipped when the event has none of those inputs: most events.)
+        if not _PRIVATE_INPUTS.isdisjoint(raw):
+            for key, column in PRIVATE_FIELDS.items():
+                sent = row.get(column)
+                if sent is not None and not looks_hashed(sent.strip()):
+                    row[column] = self.hash_private(sent) if sent.strip() else ""
+                value = raw.get(key)
+                if not row.get(column) and isinstance(value, str) and value.strip():
+                    row[column] = self.hash_private(value)
         if "url" not in row and req.page_url:
             row["url"] = req.page_url
         if self.normalise_url is not None:
@@ -321,7 +337,8 @@ class EventModel:
         for enrich in self.enrichers:
             enrich(row, req)
         if not row.get("country"):  # the original's last resort: the client's time zone
-            country = tz_country(row.get("tz"))
+            tz = row.get("tz")
+            country = tz_country(tz) if tz else None
             if country:
                 row["country"] = country
         if self.drop_bots and row.get("bot"):
@@ -331,6 +348,11 @@ class EventModel:
     def hash_private(self, text: str) -> str:
         """Keyed hash of an e-mail address (never stored in the clear)."""
         return hash_private(self.hash_key, text)
+
+
+def _uuid_or_none(value: Any) -> str | None:
+    """``parse_uuid(value)``, without the call for an absent value (most ids of most events)."""
+    return parse_uuid(value) if value else None
 
 
 def _params_text(params: dict[str, Any]) -> str:

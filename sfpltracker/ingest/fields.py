@@ -240,11 +240,15 @@ def tz_country(tz: Any) -> str | None:
 
 
 def _lower(value: Any) -> str | None:
+    if type(value) is str:  # nearly always: the other types go through to_str
+        return value.strip().lower()
     s = to_str(value)
     return s.strip().lower() if s is not None else None
 
 
 def _upper(value: Any) -> str | None:
+    if type(value) is str:
+        return value.strip().upper()
     s = to_str(value)
     return s.strip().upper() if s is not None else None
 

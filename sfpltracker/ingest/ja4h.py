@@ -72,10 +72,17 @@ def _fingerprint(
     return f"{a}_{b}_{c}_{c}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _go_names(header_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The canonical names Go's header map holds for these names (cached: clients send the
+    same headers in the same order on every request)."""
+    return tuple(canonical_name(n) for n in header_names if n.lower() not in _NOT_IN_GO_MAP)
+
+
 def ja4h(method: str, version: str, header_names: Iterable[str], headers: Mapping[str, str]) -> str:
     """The fingerprint of a request: its method (``GET``), protocol (``HTTP/1.1``), the names of
     its headers (any case, each once) and a mapping of lower-cased names to first values."""
-    names = tuple(canonical_name(n) for n in header_names if n.lower() not in _NOT_IN_GO_MAP)
+    names = _go_names(tuple(header_names))
     cookie = headers.get("cookie") or ""
     cookies = tuple(cookie_names(cookie)) if cookie else ()
     referer = bool(headers.get("referer"))

@@ -29,8 +29,15 @@ def path_pairs(rest: str) -> dict[str, str]:
     ``rest`` is the path after the route prefix. An odd trailing key is ignored; values keep
     their case; segments are percent-decoded after splitting, so ``%2F`` stays inside a value.
     """
-    parts = [unquote(p) for p in rest.strip("/").split("/")] if rest.strip("/") else []
-    return {parts[i].lower(): parts[i + 1] for i in range(0, len(parts) - 1, 2) if parts[i]}
+    rest = rest.strip("/")
+    if not rest:
+        return {}
+    parts = rest.split("/")
+    if "%" in rest:  # most paths have nothing encoded: no unquote() per segment then
+        parts = [unquote(p) for p in parts]
+    # an odd trailing key has no value: zip stops before it
+    pairs = zip(parts[::2], parts[1::2], strict=False)
+    return {key.lower(): value for key, value in pairs if key}
 
 
 def query_pairs(query: str, ignore_key: str) -> dict[str, str]:

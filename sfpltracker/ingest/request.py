@@ -19,6 +19,24 @@ from sfpltracker.ingest.ja4h import ja4h
 _INTERNAL = re.compile(r"/(tr|img|pub|str|rdr|xrdr|ltv|ppi|rpi)/v?\d*|/tr/v\d+/")
 
 
+class _once:  # noqa: N801 - used as a decorator, like functools.cached_property
+    """``functools.cached_property`` without its lock (Python 3.11 takes an ``RLock`` on every
+    first read, three times per request here): the value is computed on first read and kept
+    in the instance's ``__dict__``, which later reads find before this descriptor. Two threads
+    reading a fresh ``RequestInfo`` at once would both compute the same value: harmless."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.fn(instance)
+        return value
+
+
 @dataclass
 class RequestInfo:
     ip: str = ""  # the client's full IP (after TrustedProxies); never stored as is by default
@@ -33,7 +51,7 @@ class RequestInfo:
     method: str = "GET"
     version: str = "HTTP/1.1"
 
-    @functools.cached_property
+    @_once
     def original_inputs(self) -> dict:
         """The original's lowest-priority event inputs, read once per request (a batch shares
         them): the ``User`` header's JSON object (keys lower-cased), then the ``ehash``
@@ -45,7 +63,7 @@ class RequestInfo:
             found["ehash"] = ehash
         return found
 
-    @functools.cached_property
+    @_once
     def ja4h(self) -> str:
         """The request's JA4H fingerprint as the original computed it (``ingest/ja4h.py``),
         once per request (a batch's events share it)."""
@@ -56,7 +74,7 @@ class RequestInfo:
         """The UTC day of the request (YYYY-MM-DD), for daily-rotating ids."""
         return utc_day(self.now_ms // 86_400_000)
 
-    @functools.cached_property
+    @_once
     def page_url(self) -> str:
         """``uri`` when it can be an event's page ``url`` (not a path of the tracking API
         itself), else "". Worked out once per request, not once per event of a batch."""
@@ -83,8 +101,10 @@ def utc_day(day_number: int) -> str:
     return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day_number)).isoformat()
 
 
+@functools.lru_cache(maxsize=1024)
 def host_only(host: str) -> str:
-    """``Example.COM:8443`` -> ``example.com``; ``[::1]:80`` -> ``::1``."""
+    """``Example.COM:8443`` -> ``example.com``; ``[::1]:80`` -> ``::1``. (Cached: a site's
+    requests carry one or two Host values.)"""
     host = host.strip().lower()
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host

@@ -55,6 +55,9 @@ class RequestHeaders(Mapping[str, str]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def __bool__(self) -> bool:  # ``if req.headers``: without counting them all
+        return any(values for _, values in self._raw.getAllRawHeaders())
+
     def __repr__(self) -> str:
         return f"RequestHeaders({dict(self)!r})"
 
@@ -98,14 +101,24 @@ class RequestCookies(Mapping[str, str]):
 
 
 def request_info(request, gateway, *, now_ms: int | None = None) -> RequestInfo:
-    """The ``RequestInfo`` of a Twisted request (peer, trusted forwarded headers, cookies)."""
-    headers = RequestHeaders(request.requestHeaders)
+    """The ``RequestInfo`` of a Twisted request (peer, trusted forwarded headers, cookies).
+
+    The fast layer's ``FastRequest`` hands over plain dicts of its headers and cookies
+    (``header_dict``/``cookie_dict``: the same names and values the views give, read with
+    a dict lookup); a ``twisted.web`` request is read through the views."""
+    header_dict = getattr(request, "header_dict", None)
+    if header_dict is not None:
+        headers: Mapping[str, str] = header_dict()
+        cookies: Mapping[str, str] = request.cookie_dict()
+    else:
+        headers = RequestHeaders(request.requestHeaders)
+        cookies = RequestCookies(request.received_cookies)
     peer = getattr(request.getClientAddress(), "host", "") or ""
     trusted = gateway.trusted_proxies
     ip = trusted.client_ip(peer, headers)
     host = headers.get("host", "")
     https = request.isSecure()
-    if peer in trusted:
+    if trusted.networks and peer in trusted:
         host = headers.get("x-forwarded-host", host).split(",")[0]
         https = https or headers.get("x-forwarded-proto", "").lower() == "https"
     return RequestInfo(
@@ -114,7 +127,7 @@ def request_info(request, gateway, *, now_ms: int | None = None) -> RequestInfo:
         user_agent=headers.get("user-agent", ""),
         uri=request.uri.decode("latin-1"),
         https=https,
-        cookies=RequestCookies(request.received_cookies),
+        cookies=cookies,
         headers=headers,
         now_ms=gateway.now_ms() if now_ms is None else now_ms,
         method=request.method.decode("latin-1"),

@@ -137,6 +137,9 @@ class LimitedRequest(server.Request):
     max_body = 1048576
     body_too_large = False
     _received = 0
+    # web/common.py request_info reads the headers through views (the fast layer's
+    # FastRequest has plain dicts instead): said here so the lookup never misses.
+    header_dict = None
 
     def render(self, resrc):
         super().render(_Headless(resrc) if self.method == b"HEAD" else resrc)

@@ -10,6 +10,7 @@ and answers.
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from typing import Any
 
@@ -109,7 +110,12 @@ class IngestResource(Resource):
                 log.failure("intake failed", failure)
                 finish(request, error(request, 503, "events cannot be accepted now", 5))
 
-        d.addCallbacks(accepted, refused)
+        if d.called and not d.paused and d.result is None:
+            # Acknowledged already (the memory intake, a JetStream ack that came first): the
+            # answer is written now, without running it through the Deferred's callback loop.
+            accepted(None)
+        else:
+            d.addCallbacks(accepted, refused)
         return NOT_DONE_YET
 
 
@@ -177,8 +183,9 @@ class TrackResource(IngestResource):
 def _query_and_path(request, cfg) -> dict[str, str]:
     """A GET's fields: the REST path pairs after the route, then the query (which wins)."""
     fields = path_pairs(_rest_of_path(request, 3))
-    query = request.uri.decode("latin-1").partition("?")[2]
-    fields.update(query_pairs(query, cfg.IgnoreQueryParamsKey))
+    if b"?" in request.uri:  # (most tracking calls have none)
+        query = request.uri.decode("latin-1").partition("?")[2]
+        fields.update(query_pairs(query, cfg.IgnoreQueryParamsKey))
     return fields
 
 
@@ -193,12 +200,18 @@ def set_visitor_cookies(request, visitor, https: bool, cfg) -> None:
 
 def visitor_cookies(visitor, https: bool, cfg) -> tuple[bytes, bytes]:
     """The ``Set-Cookie`` values of ``vid`` and ``sid`` (also on a WebSocket upgrade)."""
+    vid_tail, sid_tail = _cookie_tails(cfg.VisitorCookieDays, cfg.SessionMinutes, https)
+    return b"vid=" + visitor.vid.encode() + vid_tail, b"sid=" + visitor.sid.encode() + sid_tail
+
+
+@functools.lru_cache(maxsize=8)
+def _cookie_tails(days: int, minutes: int, https: bool) -> tuple[bytes, bytes]:
+    """What follows the ids in the ``vid``/``sid`` cookies: the same for every answer of a
+    config, so built once (per scheme) instead of formatted on every tracking call."""
     secure = b"; Secure" if https else b""
     return (
-        b"vid=%s; Path=/; Max-Age=%d%s; SameSite=lax"
-        % (visitor.vid.encode(), cfg.VisitorCookieDays * 86400, secure),
-        b"sid=%s; Path=/; Max-Age=%d%s; SameSite=lax"
-        % (visitor.sid.encode(), cfg.SessionMinutes * 60, secure),
+        b"; Path=/; Max-Age=%d%s; SameSite=lax" % (days * 86400, secure),
+        b"; Path=/; Max-Age=%d%s; SameSite=lax" % (minutes * 60, secure),
     )
 
 
