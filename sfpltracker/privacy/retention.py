@@ -4,9 +4,11 @@ Every data table (``catalogue.KEEP_TABLES`` aside) is pruned on the column that 
 (``created_at``, ``date``, ``day``, ``last_seen``, ...):
 
 - ``DataRetentionDays`` (0 = keep forever): rows older than that many days;
-- jurisdictions: in tables with a ``country`` column, rows located in a jurisdiction (its
+- jurisdictions: in tables of a person's rows (a ``country`` column next to one naming a
+  person: ``vid``, ``uid``, ``sid``, ``ehash``, ``ip``), rows located in a jurisdiction (its
   ``countries``, or ``<country>-<region>`` in its ``regions``) older than its
-  ``retention_days`` (0 = no limit of its own). The shorter of the two limits wins.
+  ``retention_days`` (0 = no limit of its own). The shorter of the two limits wins. Counts per
+  country (``dash_segments``: no row names anyone) are kept as the other rollups are.
 
 "Older than N days" means dated strictly before ``now - N * 86400 s`` (for a ``Date`` column:
 on a day before that instant's day). ``--logs-only`` restricts the run to the log tables.
@@ -29,6 +31,10 @@ from sfpltracker.privacy.catalogue import (
 )
 
 DAY_MS = 86_400_000
+
+
+# A row holding one of these names a person: a jurisdiction's retention applies to it.
+PERSON_COLUMNS = ("vid", "uid", "sid", "ehash", "ip")
 
 
 @dataclass
@@ -104,7 +110,7 @@ def plan(
             cutoff = now_ms - retention_days * DAY_MS
             conditions.append(f"`{column}` < {time_literal(kind, cutoff)}")
             rules.append(f"DataRetentionDays={retention_days}")
-        if table.has("country"):
+        if table.has("country") and any(table.has(c) for c in PERSON_COLUMNS):
             for j in jurisdictions:
                 if retention_days and j.retention_days >= retention_days:
                     continue  # the global limit is already shorter

@@ -6,7 +6,10 @@
 -- ~1.2 s). Sorted by visitor, the funnel is asked in parts (vid ranges), each reading and
 -- grouping its own visitors' rows only. The rows are the events' own (a ReplacingMergeTree
 -- keyed by eid as events is), so the parts add up to the funnel over events
--- (tests/test_dashboard_rollups.py).
+-- (tests/test_dashboard_rollups.py). The rows name a person, so they also carry the columns
+-- `forget` finds a subject by (uid, sid, ehash next to vid): erasing by a uid or an e-mail
+-- hash reaches this copy as it reaches events, and `region` for a jurisdiction's retention
+-- by region (CCPA: US-CA) (tests/test_privacy_cli.py).
 CREATE TABLE IF NOT EXISTS sfpla.dash_funnel
 (
     vid UUID,
@@ -18,7 +21,11 @@ CREATE TABLE IF NOT EXISTS sfpla.dash_funnel
     medium String,
     campaign String,
     country LowCardinality(String),
-    device LowCardinality(String)
+    device LowCardinality(String),
+    uid UUID,
+    sid UUID,
+    ehash String,
+    region String
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(created_at)
@@ -26,6 +33,7 @@ ORDER BY (vid, created_at, eid)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.dash_funnel_mv TO sfpla.dash_funnel AS
-SELECT vid, created_at, eid, ename, hostname, source, medium, campaign, country, device
+SELECT vid, created_at, eid, ename, hostname, source, medium, campaign, country, device,
+       uid, sid, ehash, region
 FROM sfpla.events
 WHERE server = 0 AND bot = 0 AND ename != '';

@@ -316,7 +316,8 @@ GROUP BY created_at::DATE, hhash;
 -- The dashboard's funnel table (schema/093_dashboard_funnel.sql): the client events without
 -- bots that have an ename, with the columns a funnel reads.
 CREATE OR REPLACE VIEW sfpla.dash_funnel AS
-SELECT vid, created_at, eid, ename, hostname, source, medium, campaign, country, device
+SELECT vid, created_at, eid, ename, hostname, source, medium, campaign, country, device,
+       uid, sid, ehash, region
 FROM sfpla.events
 WHERE server = 0 AND bot = 0 AND ename != '';
 
