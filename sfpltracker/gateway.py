@@ -38,7 +38,7 @@ from sfpltracker.notify.facebook import (
     total_families,
 )
 from sfpltracker.notify.nats import NatsNotifier, PublishingIntake, make_notifiers
-from sfpltracker.pipeline.batcher import Batcher
+from sfpltracker.pipeline.batcher import LOADER_HOLD, Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
 from sfpltracker.privacy import build_enrichers
 from sfpltracker.privacy.geoip import open_geoip
@@ -212,6 +212,7 @@ class Gateway:
         self.series: Any = None
         self.store_server: Any = None  # the store process's AMP server for its workers
         if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
+            self.batcher.hold = LOADER_HOLD  # the spool's loader: fewer, larger inserts
             from sfpltracker.workers.store_side import SeriesLoaders
 
             self.series = SeriesLoaders(

@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from sfpltracker.pipeline.batcher import Batcher
+from sfpltracker.pipeline.batcher import LOADER_HOLD, Batcher
 from sfpltracker.pipeline.loader import Loader
 from sfpltracker.pipeline.spool import MAGIC, Position, list_segments, scan_segment, segment_path
 from sfpltracker.pipeline.spool_intake import SERIES, SHUTDOWN_DRAIN_SECONDS
@@ -152,7 +152,7 @@ class SeriesLoaders:
             series = self.remote[name] = RemoteSeries(self.spool_dir / name, name, self._forget)
             scanned = yield deferToThread(series.scan)
             series.adopt(scanned)
-            batcher = Batcher(self.store, self.reactor, self.batching)
+            batcher = Batcher(self.store, self.reactor, self.batching, hold=LOADER_HOLD)
             loader = Loader(series, batcher, self.reactor, store=self.store)  # type: ignore[arg-type]
             loader.outputs.extend(self.outputs)
             loader.output_series = name  # its positions are its own (the outbox's replay marks)
