@@ -203,6 +203,17 @@ class SeriesLoaders:
         for name, c in list(self.connections.items()):
             if c is conn:
                 del self.connections[name]
+                self._rescan(name)
+
+    def _rescan(self, name: str) -> None:
+        """A worker's link dropped (it stopped or died): what it made durable since its last
+        ``Appended`` (sent at most every 50 ms) is loaded now, not at its next ``Hello``."""
+        series = self.remote.get(name)
+        if series is None:
+            return
+        d = deferToThread(series.scan)
+        d.addCallback(series.hello)
+        d.addErrback(lambda f: log.warn("spool {name}: rescan: {f}", name=name, f=f.value))
 
     @defer.inlineCallbacks
     def stop(self):
