@@ -38,7 +38,7 @@ from sfpltracker.notify.facebook import (
     total_families,
 )
 from sfpltracker.notify.nats import NatsNotifier, PublishingIntake, make_notifiers
-from sfpltracker.pipeline.batcher import Batcher
+from sfpltracker.pipeline.batcher import LOADER_HOLD, Batcher
 from sfpltracker.pipeline.intake import MemoryIntake
 from sfpltracker.privacy import build_enrichers
 from sfpltracker.privacy.geoip import open_geoip
@@ -208,20 +208,31 @@ class Gateway:
         # before it closes.
         self.components: list[Any] = [self.links]
         # The workers' spool series and their loaders: in the store process, and in a single
-        # process too, which so loads what workers left when Workers went from N to 1.
+        # process too, which so loads what workers left when Workers went from N to 1. With a
+        # JetStream (or memory) spool, what a spool-mode run left, its main series too.
         self.series: Any = None
         self.store_server: Any = None  # the store process's AMP server for its workers
-        if role.kind != "worker" and _spool_is_local(cfg, self.notifiers):
-            from sfpltracker.workers.store_side import SeriesLoaders
+        spool_local = _spool_is_local(cfg, self.notifiers)
+        if spool_local:
+            self.batcher.hold = LOADER_HOLD  # the spool's loader: fewer, larger inserts
+        if role.kind != "worker":
+            from sfpltracker.workers.store_side import SeriesLoaders, left_over
 
-            self.series = SeriesLoaders(
-                cfg.data_dir / "spool", self.store, reactor, cfg.Batching, self.outputs
-            )
-            self.components.append(self.series)
+            if spool_local or left_over(cfg.data_dir / "spool"):
+                self.series = SeriesLoaders(
+                    cfg.data_dir / "spool",
+                    self.store,
+                    reactor,
+                    cfg.Batching,
+                    self.outputs,
+                    left_over_only=not spool_local,
+                )
+                self.components.append(self.series)
         if role.kind == "store":  # the workers' store reads and writes (a JetStream spool too)
             from sfpltracker.workers.store_side import StoreServer
 
-            self.store_server = StoreServer(cfg.data_dir, self.store, self.series, reactor)
+            loading = self.series if spool_local else None  # workers write series only then
+            self.store_server = StoreServer(cfg.data_dir, self.store, loading, reactor)
             self.components.append(self.store_server)
         self.reporter: Any = None  # Workers > 1: counters to the supervisor, totals back
         if role.kind != "single":

@@ -8,7 +8,8 @@ where twistd would have: ``--logfile``, else standard output under ``-n``, else 
 
 One line per event, readable without Twisted: ``time`` (UTC, ISO 8601), ``level``,
 ``namespace``, ``text`` (the formatted message, as the text log shows it) and, for an error
-with a traceback, ``traceback``. Only the formatted message is written, not the event's raw
+with a traceback, ``traceback``; with ``Workers`` > 1, ``process`` (``supervisor``, ``store``,
+``w1``...), which a text line shows first in its brackets: ``[w1 sfpltracker.x#info]``. Only the formatted message is written, not the event's raw
 fields, so a JSON log holds no more than the text log (no raw IPs, no credentials).
 """
 
@@ -20,9 +21,30 @@ import sys
 from typing import IO, Any
 
 from twisted.application import service
-from twisted.logger import FileLogObserver, ILogObserver, formatEvent
+from twisted.logger import FileLogObserver, ILogObserver, formatEvent, globalLogPublisher
 from twisted.python import logfile
 from twisted.python.components import Componentized
+
+PROCESS_KEY = "sfpl_process"
+
+
+def name_process(name: str, publisher=globalLogPublisher) -> None:
+    """Every log event of this process names it (the processes of ``Workers`` > 1 write one
+    log). Added before twistd adds its own observer (the plugin's makeService runs first),
+    so it sees each event first: the event dict it marks is the one the text and JSON
+    observers then format."""
+
+    def mark(event: dict) -> None:
+        if PROCESS_KEY in event:
+            return
+        event[PROCESS_KEY] = name
+        system = event.get("log_system")
+        if system is None:  # what the text log shows without one
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
+        event["log_system"] = f"{name} {system}"
+
+    publisher.addObserver(mark)
 
 
 def json_line(event: dict[str, Any]) -> str:
@@ -34,6 +56,8 @@ def json_line(event: dict[str, Any]) -> str:
         "namespace": event.get("log_namespace", ""),
         "text": formatEvent(event),
     }
+    if PROCESS_KEY in event:
+        line["process"] = event[PROCESS_KEY]
     failure = event.get("log_failure")
     if failure is not None:
         line["traceback"] = failure.getTraceback()

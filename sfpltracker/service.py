@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from sfpltracker.config import Config, parse_listen
 from sfpltracker.edge.assembly import Edge
 from sfpltracker.gateway import Gateway
-from sfpltracker.tuning import tune_gc
+from sfpltracker.tuning import load_lazy_imports, tune_gc
 from sfpltracker.web.admin import AdminListener
 from sfpltracker.web.query import query_site
 from sfpltracker.web.site import GatewayRoot
@@ -100,6 +100,7 @@ class GatewayService(service.Service):
     @defer.inlineCallbacks
     def _start(self):
         yield self.gateway.start()
+        load_lazy_imports()  # before the listeners: see tuning.py
         if self.role.kind != "worker":  # admin commands run where the store is
             self.admin.start()
         for name, address, factory in self.listeners():

@@ -7,7 +7,7 @@ import dataclasses
 from twisted.python import usage
 
 from sfpltracker.config import ConfigError, load, worker_count
-from sfpltracker.logs import LogsAsJSON, twistd_log_file
+from sfpltracker.logs import LogsAsJSON, name_process, twistd_log_file
 from sfpltracker.notify import reactor as notify_reactor
 from sfpltracker.original_config import Mapped
 from sfpltracker.service import makeService as _make_service
@@ -83,6 +83,10 @@ def makeService(options):
         log_config_notes(options["warnings"])  # once: the children read the same file
     try:
         workers = worker_count(cfg) if role.kind == "single" else 0
+        if role.kind != "single":
+            name_process(role.name)  # a supervisor's child: "store", "w1", ...
+        elif workers > 1:
+            name_process("supervisor")
         if workers > 1:
             from sfpltracker.workers.supervisor import Supervisor
 

@@ -19,8 +19,20 @@ Together they took the collector from ~40 us to ~2 us of CPU per tracking call.
 from __future__ import annotations
 
 import gc
+import sys
 
 GEN0_THRESHOLD = 10_000
+
+
+def load_lazy_imports() -> None:
+    """Import now what the first insert would import: pyarrow loads pandas on its first
+    ``pa.array`` (~0.3 s of CPU holding the GIL, measured), which stalled the reactor of a
+    one-process gateway for that long a few seconds into serving (bench/latency.py's p99), and
+    left pandas' objects out of ``gc.freeze()``. Only where a store already loaded pyarrow (not
+    in a worker)."""
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        pa.array([""], type=pa.string())
 
 
 def tune_gc() -> None:

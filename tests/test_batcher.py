@@ -188,3 +188,37 @@ def test_events_per_second_counts_every_batch_of_the_last_minute():
     assert b.report()["events_per_second"] == round(3999 / 60, 3)
     clock.advance(60)
     assert b.report()["events_per_second"] == 0
+
+
+def test_a_spool_loaders_batcher_holds_its_size_trigger_after_an_insert():
+    # hold: rows from a spool are durable already, so MaxBatchSize does not cut a batch sooner
+    # than min(hold, MaxBatchTime) after the table's previous insert began
+    clock, store, b = make("hybrid", MaxBatchSize=5, MaxBatchTime=1.5)
+    b.hold = 2.0
+    b.add("events", rows(5))  # no insert yet: the size trigger fires at once
+    assert [n for _, n, _ in inserts(store)] == [5]
+    clock.advance(0.2)
+    b.add("events", rows(5))
+    b.add("events", rows(7))
+    assert len(inserts(store)) == 1  # held
+    clock.advance(1.29)
+    assert len(inserts(store)) == 1
+    clock.advance(0.02)  # 1.5 s (the table's MaxBatchTime, under the hold) after the insert
+    assert [n for _, n, _ in inserts(store)] == [5, 12]
+
+
+def test_a_held_table_flushes_at_once_when_hold_bytes_wait():
+    from sfpltracker.pipeline import batcher as batcher_module
+
+    clock, store, b = make("hybrid", MaxBatchSize=5, MaxBatchTime=2.0)
+    b.hold = 2.0
+    b.add("events", rows(5))
+    b.add("events", rows(5), size=batcher_module.HOLD_BYTES)  # as much as the loader may hold
+    assert [n for _, n, _ in inserts(store)] == [5, 5]
+
+
+def test_without_hold_the_size_trigger_flushes_at_once():
+    clock, store, b = make("hybrid", MaxBatchSize=5, MaxBatchTime=2.0)
+    b.add("events", rows(5))
+    b.add("events", rows(5))
+    assert [n for _, n, _ in inserts(store)] == [5, 5]

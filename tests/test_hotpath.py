@@ -372,3 +372,11 @@ def test_tune_gc_freezes_start_up_and_raises_the_first_threshold():
     before, after, frozen, gen0 = json.loads(out.stdout)
     assert after == [gen0, before[1], before[2]] and gen0 > before[0]
     assert frozen > 1000  # the modules loaded so far
+
+
+def test_the_store_loads_what_its_first_insert_would_before_it_serves(gateway):
+    # pyarrow imports pandas on its first array (~0.3 s of CPU holding the GIL): done before
+    # the listeners open, not a few seconds into serving, where it stalled every request.
+    maps = open(f"/proc/{gateway.proc.pid}/maps").read()
+    assert "pandas/_libs" in maps
+    assert gateway.http("GET", "/ping").status == 200

@@ -83,3 +83,30 @@ def test_tac_writes_json_lines(tmp_path, monkeypatch):
         assert int(rows[0]["n"]) == 1
     texts = [e["text"] for e in json_lines(gw.log_text())]
     assert any(re.match(r"sfpltracker \S+ ready", t) for t in texts), texts
+
+
+def _wait_ready(gw: GatewayProcess, count: int, pattern: str) -> None:
+    deadline = time.monotonic() + 60
+    while len(re.findall(pattern, gw.log_text())) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_with_workers_each_text_line_names_its_process(tmp_path):
+    # The supervisor, the store process and the workers write one log: each line says whose.
+    with GatewayProcess(tmp_path, {"Workers": 2}) as gw:
+        _wait_ready(gw, 3, r"sfpltracker \S+ ready")
+        exercise(gw)
+    text = gw.log_text()
+    for name in ("store", "w1", "w2"):
+        assert re.search(rf"\[{name} sfpltracker\.service#info\] sfpltracker \S+ ready", text)
+    assert re.search(r"\[supervisor sfpltracker\.workers\.supervisor#info\] supervisor:", text)
+
+
+def test_with_workers_each_json_line_names_its_process(tmp_path):
+    with GatewayProcess(tmp_path, {"Workers": 2, "LogFormat": "json"}) as gw:
+        _wait_ready(gw, 3, r"sfpltracker \S+ ready")
+        exercise(gw)
+    events = json_lines(gw.log_text())
+    ready = {e.get("process") for e in events if re.match(r"sfpltracker \S+ ready", e["text"])}
+    assert ready == {"store", "w1", "w2"}
+    assert {e.get("process") for e in events} == {"supervisor", "store", "w1", "w2"}

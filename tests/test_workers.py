@@ -345,3 +345,32 @@ def test_failed_logins_are_limited_over_all_workers_together(tmp_path):
         assert set(statuses) <= {401, 429}
         assert statuses.count(401) <= 4
         assert statuses.count(429) >= 8
+
+
+def test_the_store_process_gathers_a_series_rows_into_fewer_inserts(tmp_path):
+    # A chDB insert costs ~150 ms of CPU whatever its size: the store process's loader does not
+    # cut a batch at MaxBatchSize again within 2 s (its MaxBatchTime here) of the series'
+    # previous insert. The events are durable in the spool meanwhile; all are stored once.
+    batching = {"events": {"Strategy": "hybrid", "MaxBatchSize": 1, "MaxBatchTime": 30}}
+    with GatewayProcess(tmp_path, {"Workers": 2, "Batching": batching}) as gw:
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)  # one worker's
+
+        def track(name: str) -> None:
+            conn.request("GET", f"/tr/v1/tr/ename/{name}")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+
+        try:
+            track("first")
+            gw.wait_for(EVENTS_SQL, lambda r: int(r[0]["n"]) == 1)  # its own insert
+            for name in ("second", "third", "fourth"):  # each a batch of MaxBatchSize
+                track(name)
+                time.sleep(0.4)  # (time for an insert of its own, without the hold)
+        finally:
+            conn.close()
+        counts = stored(gw, ["first", "second", "third", "fourth"])
+        assert counts == {"n": 4, "u": 4}
+        wait_until(lambda: prom(gw, "sfpl_rows_stored") == 4, what="the totals")
+        # Without the hold each of the last three went in an insert of its own.
+        assert prom(gw, "sfpl_batches_stored") == 2

@@ -15,7 +15,15 @@ import pytest
 from tests.gateway_process import GatewayProcess
 from tests.servers import NatsServer
 from tests.test_nats import metric, wait_loader_idle
-from tests.test_workers import Load, assert_stored_once, health, process, wait_until
+from tests.test_workers import (
+    Load,
+    _alive,
+    assert_stored_once,
+    health,
+    process,
+    send,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -119,3 +127,28 @@ def test_a_store_outage_is_absorbed_by_the_stream_and_every_worker_says_degraded
     assert_stored_once(gw, load.acked)
     assert_views_count_once(gw, jetstream)
     wait_until(lambda: health(gw)["status"] == "ok", what="ok again")
+
+
+def test_series_left_by_a_spool_mode_run_are_loaded_after_the_switch(tmp_path, jetstream):
+    # Workers 2 with the local spool: the store process is killed before it inserts anything,
+    # then the supervisor; what the workers acknowledged stays in their series. Started again
+    # with JetStream as the spool (no process writes a series any more), the store process
+    # loads what was left: switching loses nothing.
+    held = {"events": {"MaxBatchTime": 600, "MaxBatchSize": 1_000_000}}
+    gw = GatewayProcess(tmp_path, {"Workers": 2, "Batching": held})
+    try:
+        gw.start()
+        wait_until(lambda: all(p["pid"] for p in health(gw)["processes"]), what="all up")
+        children = [p["pid"] for p in health(gw)["processes"]]
+        acked = send(gw, [f"left{i}" for i in range(60)])
+        assert len(acked) == 60
+        os.kill(process(gw, "store")["pid"], signal.SIGKILL)
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait(10)
+        wait_until(lambda: not any(_alive(pid) for pid in children), what="children gone")
+        entry = {"Type": "nats", "Hosts": [jetstream.url], "JetStream": True, "Timeout": 3}
+        gw.config.update({"Notify": [entry], "Batching": {"events": {"MaxBatchTime": 0.3}}})
+        gw.start()
+        assert_stored_once(gw, acked, timeout=45)
+    finally:
+        gw.__exit__(None, None, None)

@@ -49,6 +49,10 @@ ADAPTIVE_SLOW_SECONDS = 1.0
 ADAPTIVE_FAST_SECONDS = 0.1
 ADAPTIVE_MIN_SIZE = 10
 MAX_BACKOFF_SECONDS = 30.0
+# A spool loader's batcher (``hold``) flushes by size anyway once this much waits in a table:
+# half the loader's in-flight bound (loader.MAX_IN_FLIGHT_BYTES), so it never stalls on it.
+HOLD_BYTES = 4 * 1024 * 1024
+LOADER_HOLD = 2.0  # seconds: the events table's default MaxBatchTime
 
 # The original tracker's table settings (reference e.2) for the tables written here.
 DEFAULT_SETTINGS: dict[str, BatchSettings] = {
@@ -102,6 +106,7 @@ class _Table:
     timer: DelayedCall | None = None
     flushing: bool = False
     target_size: int = 0  # adaptive strategy's current size threshold
+    last_insert: float = float("-inf")  # when its last insert began (reactor seconds)
 
 
 @dataclass
@@ -142,10 +147,22 @@ class BatchStats:
 
 
 class Batcher:
-    def __init__(self, store, reactor, overrides: dict[str, BatchSettings] | None = None):
+    def __init__(
+        self,
+        store,
+        reactor,
+        overrides: dict[str, BatchSettings] | None = None,
+        hold: float = 0.0,
+    ):
         self.store = store
         self.reactor = reactor
         self.overrides = overrides or {}
+        # Seconds a table's size trigger waits after its previous insert began (at most its
+        # MaxBatchTime), unless HOLD_BYTES wait: set for a spool's loader, whose rows are
+        # durable already, so MaxBatchSize need not bound what waits in memory. A chDB insert
+        # costs ~150 ms of CPU whatever its size plus ~13 us a row (docs/performance.md), so
+        # at 1,300 events/s 1,000-row inserts cost ~5x the CPU of one insert per 2 s.
+        self.hold = hold
         self.tables: dict[str, _Table] = {}
         self.stats = BatchStats()
         self.breaker = CircuitBreaker(reactor)
@@ -216,12 +233,21 @@ class Batcher:
         if s.Strategy == "immediate":
             return True
         limit = self._threshold_rows(t)
-        if limit is not None and t.rows >= limit:
+        if limit is not None and t.rows >= limit and not self._holding(t):
             return True
         if s.Strategy in ("memory", "hybrid", "adaptive"):
             if t.bytes >= s.MaxMemoryMB * 1024 * 1024:
                 return True
         return False
+
+    def _hold_until(self, t: _Table) -> float:
+        return t.last_insert + min(self.hold, t.settings.MaxBatchTime)
+
+    def _holding(self, t: _Table) -> bool:
+        """Whether ``t``'s size trigger waits (``hold``) though MaxBatchSize rows are queued."""
+        return (
+            self.hold > 0 and t.bytes < HOLD_BYTES and self.reactor.seconds() < self._hold_until(t)
+        )
 
     def _max_wait(self, t: _Table) -> float:
         s = t.settings
@@ -239,14 +265,21 @@ class Batcher:
         self._arm_timer(t)
 
     def _arm_timer(self, t: _Table) -> None:
-        if t.timer is not None or not t.entries:
+        if not t.entries:
             return
+        now = self.reactor.seconds()
         if not self.breaker.allows():
-            delay = self.breaker.seconds_until_trial()
+            due = now + self.breaker.seconds_until_trial()
         else:
-            oldest = t.entries[0].queued_at
-            delay = max(0.0, oldest + self._max_wait(t) - self.reactor.seconds())
-        t.timer = self.reactor.callLater(delay, self._timer_fired, t)
+            due = t.entries[0].queued_at + self._max_wait(t)
+            limit = self._threshold_rows(t)
+            if limit is not None and t.rows >= limit:  # held: flushed when the hold ends
+                due = min(due, self._hold_until(t))
+        if t.timer is not None:
+            if t.timer.getTime() <= due:
+                return
+            t.timer.cancel()  # a hold ending sooner than the oldest row's time
+        t.timer = self.reactor.callLater(max(0.0, due - now), self._timer_fired, t)
 
     def _timer_fired(self, t: _Table) -> None:
         t.timer = None
@@ -292,6 +325,7 @@ class Batcher:
         if not entries:
             return
         t.flushing = True
+        t.last_insert = self.reactor.seconds()
         batch = _Batch(entries, [r for e in entries for r in e.rows], any(e.dedup for e in entries))
         if self.tokens:
             batch.token = f"sfpl-{uuid.uuid4().hex}"

@@ -23,9 +23,16 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from sfpltracker.pipeline.batcher import Batcher
+from sfpltracker.pipeline.batcher import LOADER_HOLD, Batcher
 from sfpltracker.pipeline.loader import Loader
-from sfpltracker.pipeline.spool import MAGIC, Position, list_segments, scan_segment, segment_path
+from sfpltracker.pipeline.spool import (
+    MAGIC,
+    Position,
+    list_segments,
+    load_committed,
+    scan_segment,
+    segment_path,
+)
 from sfpltracker.pipeline.spool_intake import SERIES, SHUTDOWN_DRAIN_SECONDS
 from sfpltracker.workers import protocol as cmds
 from sfpltracker.workers.tls_share import TlsShare
@@ -110,8 +117,11 @@ class RemoteSeries:
 class SeriesLoaders:
     """Every worker series in ``spool/``, each with its loader; a ``Gateway`` component."""
 
-    def __init__(self, spool_dir: Path, store, reactor, batching, outputs=()):
+    def __init__(self, spool_dir: Path, store, reactor, batching, outputs=(), left_over_only=False):
         self.spool_dir = Path(spool_dir)
+        # The spool is not local (JetStream, memory): no process writes a series any more;
+        # load what an earlier spool-mode run left, the single process's main series too.
+        self.left_over_only = left_over_only
         self.store = store
         self.reactor = reactor
         self.batching = batching
@@ -126,7 +136,7 @@ class SeriesLoaders:
     @defer.inlineCallbacks
     def start(self):
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        names = yield deferToThread(_series_names, self.spool_dir)
+        names = yield deferToThread(_series_names, self.spool_dir, self.left_over_only)
         for name in names:
             yield self.ensure(name)
         self.started = True
@@ -152,7 +162,7 @@ class SeriesLoaders:
             series = self.remote[name] = RemoteSeries(self.spool_dir / name, name, self._forget)
             scanned = yield deferToThread(series.scan)
             series.adopt(scanned)
-            batcher = Batcher(self.store, self.reactor, self.batching)
+            batcher = Batcher(self.store, self.reactor, self.batching, hold=LOADER_HOLD)
             loader = Loader(series, batcher, self.reactor, store=self.store)  # type: ignore[arg-type]
             loader.outputs.extend(self.outputs)
             loader.output_series = name  # its positions are its own (the outbox's replay marks)
@@ -193,6 +203,17 @@ class SeriesLoaders:
         for name, c in list(self.connections.items()):
             if c is conn:
                 del self.connections[name]
+                self._rescan(name)
+
+    def _rescan(self, name: str) -> None:
+        """A worker's link dropped (it stopped or died): what it made durable since its last
+        ``Appended`` (sent at most every 50 ms) is loaded now, not at its next ``Hello``."""
+        series = self.remote.get(name)
+        if series is None:
+            return
+        d = deferToThread(series.scan)
+        d.addCallback(series.hello)
+        d.addErrback(lambda f: log.warn("spool {name}: rescan: {f}", name=name, f=f.value))
 
     @defer.inlineCallbacks
     def stop(self):
@@ -245,13 +266,35 @@ class SeriesLoaders:
         return [b for _, _, b in self.series.values()]
 
 
-def _series_names(spool_dir: Path) -> list[str]:
-    """Worker series with a segment (a worker's first segment exists once it opened)."""
+def _series_names(spool_dir: Path, main_too: bool = False) -> list[str]:
+    """Worker series with a segment (a worker's first segment exists once it opened); with
+    ``main_too`` the single process's series as well."""
+    try:
+        entries = list(os.scandir(spool_dir))
+    except FileNotFoundError:
+        return []
     return sorted(
         e.name
-        for e in os.scandir(spool_dir)
-        if e.is_dir() and is_worker_series(e.name) and list_segments(Path(e.path))
+        for e in entries
+        if e.is_dir()
+        and (is_worker_series(e.name) or (main_too and e.name == SERIES))
+        and list_segments(Path(e.path))
     )
+
+
+def left_over(spool_dir: Path) -> bool:
+    """Whether a spool-mode run left records past a series' committed position."""
+    for name in _series_names(spool_dir, main_too=True):
+        directory = Path(spool_dir) / name
+        done = load_committed(directory) or Position(0, 0)
+        for seq in list_segments(directory):
+            try:
+                size = segment_path(directory, seq).stat().st_size
+            except FileNotFoundError:
+                continue
+            if size > len(MAGIC) and Position(seq, size) > done:
+                return True
+    return False
 
 
 class _StoreAMP(amp.AMP):

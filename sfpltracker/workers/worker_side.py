@@ -26,6 +26,8 @@ from sfpltracker.workers import protocol as cmds
 
 log = Logger()
 
+APPENDED_INTERVAL = 0.05  # seconds: how often a worker tells the store process its series grew
+
 
 class _WorkerAMP(amp.AMP):
     def __init__(self, link: StoreLink):
@@ -187,6 +189,7 @@ class WorkerIntake(SpoolIntake):
         self.link = link
         link.intake = self
         self._unsent_records = 0
+        self._appended_call = None
 
     @defer.inlineCallbacks
     def start(self):
@@ -203,6 +206,17 @@ class WorkerIntake(SpoolIntake):
         return d
 
     def _appended(self) -> None:
+        """After a group commit: tell the store process within ``APPENDED_INTERVAL``, once for
+        every commit meanwhile. Per commit (hundreds a second under load), the message and
+        the disk read it starts in the store process cost more than the loader needs: its
+        batches wait up to ``MaxBatchTime`` anyway."""
+        if self._appended_call is None:
+            self._appended_call = self.reactor.callLater(APPENDED_INTERVAL, self._send_appended)
+
+    def _send_appended(self) -> None:
+        if self._appended_call is not None and self._appended_call.active():
+            self._appended_call.cancel()
+        self._appended_call = None
         end = self.writer.end
         if self.link.notify(
             cmds.Appended,
@@ -222,7 +236,7 @@ class WorkerIntake(SpoolIntake):
         if not self.started:
             return
         yield self.writer.flush()
-        self._appended()  # the last commit's end, before the link closes
+        self._send_appended()  # the last commit's end, before the link closes
         yield self.writer.close()
 
     def store_unreachable(self) -> bool:

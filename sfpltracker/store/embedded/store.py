@@ -154,7 +154,8 @@ def _arrow_type(ch_type: str) -> pa.DataType:
 
 def to_arrow(rows: list[dict], columns: dict[str, str]) -> tuple[pa.Table, list[str]]:
     """Columnar Arrow data for ``rows``; only columns some row sets, missing values -> default."""
-    present = [c for c in columns if any(c in r for r in rows)]
+    keys = set().union(*rows)  # one pass in C, not a scan of the rows per column
+    present = [c for c in columns if c in keys]
     arrays = []
     for name in present:
         values = [r.get(name) for r in rows]
