@@ -397,6 +397,48 @@ def test_proxied_answers_keep_alive_and_pipelined_in_order(gw):
         assert head.lower().count(b"\r\ndate:") == 1, head
 
 
+def test_proxied_bodies_pipelined_answered_in_order_by_the_fast_layer(gw):
+    # Requests with bodies (a length, or chunked) among bodiless ones on one kept-alive
+    # connection: each body reaches the upstream whole, the answers come back in order, and
+    # the fast layer answers them all (no twisted.web Request for a proxied body).
+    big = PATTERN * 20  # 320 KiB
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"abc", big, b"z"))
+    requests = [
+        (b"POST", b"/api/echo/1", b"Content-Length: 5\r\n", b"hello"),
+        (b"PUT", b"/api/echo/2", b"Transfer-Encoding: chunked\r\n", chunked + b"0\r\n\r\n"),
+        (b"GET", b"/ping", b"", b""),
+        (b"PATCH", b"/api/echo/3", b"Content-Length: %d\r\n" % len(big), big),
+        (b"POST", b"/api/echo/4", b"Connection: close\r\nContent-Length: 2\r\n", b"ok"),
+    ]
+    sent = [b"hello", b"abc" + big + b"z", b"", big, b"ok"]
+    data = b"".join(
+        b"%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n%s" % (m, p, h, b) for m, p, h, b in requests
+    )
+    fast = "sfpl_http_fast_answers_total"
+    before = metric_value(
+        gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode(), fast
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    answers = _read_answers(got, [r[0] for r in requests])
+    assert [a[0] for a in answers] == [200] * 5
+    assert answers[2][2] == b"pong"
+    for (method, path, *_), body, (_, _, answer) in zip(requests, sent, answers, strict=True):
+        if path == b"/ping":
+            continue
+        echo = json.loads(answer)
+        assert (echo["method"].encode(), echo["uri"].encode()) == (method, path)
+        assert echo["body_len"] == len(body)
+        assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+    after = metric_value(
+        gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode(), fast
+    )
+    assert after - before == len(requests)
+
+
 def test_connect_to_a_proxied_route_is_405_not_502(gw):
     """A reverse proxy forwards no tunnels (found by the fuzzer: CONNECT with a body was a 502
     "RequestGenerationFailed", a 5xx for client input)."""

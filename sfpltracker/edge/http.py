@@ -6,10 +6,11 @@ ceiling of every route (docs/performance.md). This protocol parses with llhttp (
 of Node.js) and answers most requests with ``FastRequest``, a small object with the part of
 ``Request`` the resources use, so the same resource code builds the same rows and answers:
 ``/ping``, ``/health``, GET and POST ``/tr/v1/tr|str|img|ltv``, ``/tr/v1/rdr|xrdr``, and
-every GET/HEAD outside the API that is not a proxy route: the fallback chain itself (short
-links, hits and misses, static files streamed by ``twisted.web.static``'s producers, 404).
+every GET/HEAD outside the API: the fallback chain itself (short links, hits and misses,
+static files streamed by ``twisted.web.static``'s producers, proxied requests, 404), and
+proxied requests with a body (streamed to the proxy as it arrives, ``FastRequest.body_sink``).
 The rest (the admin API, ``/ppi/``, ``/pub/``, ``/status``, ``/metrics``, OPTIONS, the
-WebSocket upgrade, proxied routes) goes to the ``EdgeSite``'s resource tree through
+WebSocket upgrade) goes to the ``EdgeSite``'s resource tree through
 ``AdapterChannel``, which makes a real ``twisted.web`` request of the parsed one: those routes
 behave as behind ``EdgeChannel``.
 
@@ -162,7 +163,8 @@ class ParsedRequest:
         self.expect_continue = False
         self.continued = False
         self.streaming = False
-        self.request: Request | None = None  # of a streamed or adapted body, once started
+        # Of a streamed or adapted body, once started (a FastRequest: a proxied body).
+        self.request: Request | FastRequest | None = None
         self.upgrade = False
         self.fast: FastRequest | None = None  # answering it without twisted.web
 
@@ -266,6 +268,7 @@ class FastRequest:
         "sentLength",
         "defaultContentType",
         "_head_out",
+        "body_sink",
     )
 
     def __init__(self, protocol, parsed: ParsedRequest):
@@ -292,6 +295,7 @@ class FastRequest:
         self.defaultContentType = b"text/html"
         self.sentLength = 0
         self._head_out = b""  # a streamed answer's head, sent with the first body bytes
+        self.body_sink = None  # a proxied body's consumer (edge/proxy.py StreamedBody)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -411,6 +415,35 @@ class FastRequest:
             self._waiting = []
         self._waiting.append(d)
         return d
+
+    # -- a proxied request's body, as it arrives (what edge/streaming.py's StreamingRequest
+    # offers the proxy's StreamedBody): the protocol calls the two twisted.web names ----------
+
+    @property
+    def streaming(self) -> bool:
+        return self.parsed.streaming
+
+    @property
+    def declared_length(self) -> int | None:
+        return self.parsed.content_length  # None: chunked
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        if self.body_sink is not None and not self.finished:
+            self.body_sink.data(data)
+        # else: answered already, or nobody wants the body: dropped
+
+    def requestReceived(self, command, path, version) -> None:  # noqa: N802
+        """The streamed body has ended."""
+        if self.body_sink is not None:
+            self.body_sink.end()
+
+    def pause_reading(self) -> None:
+        if not self._disconnected:
+            self.protocol.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if not self._disconnected:
+            self.protocol.transport.resumeProducing()
 
     def connectionLost(self, reason) -> None:  # noqa: N802
         self._disconnected = True
@@ -811,7 +844,7 @@ class FastHTTPProtocol(Protocol):
                         self._queue.popleft()
                         self._active = item
                         self._reading_until = None  # the idle timeout guards the body
-                        self._adapt(item)
+                        self._respond(item)
                     return
                 self._queue.popleft()
                 self._active = item
@@ -853,6 +886,13 @@ class FastHTTPProtocol(Protocol):
             request.setResponseCode(500)
             request.headers_out = {b"content-type": b"application/json"}
             body = _json_error("internal error")
+        if parsed.streaming:  # a proxied body: what came of it so far, then the rest
+            parsed.request = request
+            for chunk in parsed.chunks:
+                request.handleContentChunk(chunk)
+            parsed.chunks = []
+            if parsed.complete:
+                request.requestReceived(parsed.method, parsed.url, parsed.version)
         if body is not NOT_DONE_YET:
             request.finished = True
             self.fast_answered(request, body)
@@ -885,7 +925,11 @@ class FastHTTPProtocol(Protocol):
             out.append(b"%s: %s\r\n" % (_canonical(name), value))
         for cookie in request.cookies:
             out.append(b"Set-Cookie: %s\r\n" % cookie)
-        if not request.parsed.keep_alive:
+        parsed = request.parsed
+        if parsed.streaming and not parsed.complete:
+            # Answered before its body ended: the rest is not read (as StreamingRequest).
+            parsed.keep_alive = False
+        if not parsed.keep_alive:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
         return out
@@ -1110,8 +1154,8 @@ class FastHTTPFactory(Factory):
             for name in (b"rdr", b"xrdr"):
                 self.api[b"GET", name] = self.api[b"POST", name] = root.api[name].render_GET
         # Paths outside the API: the fallback chain (short links, proxy routes, static
-        # sites, 404). A proxied request with a body, or a WebSocket upgrade, is handed to
-        # twisted.web before it gets here (streamed as it arrives).
+        # sites, 404), and a proxied request's streamed body. A WebSocket upgrade is handed to
+        # twisted.web.
         self.fallbacks = root.render_fallbacks
 
     def buildProtocol(self, addr):  # noqa: N802
@@ -1140,12 +1184,12 @@ class FastHTTPFactory(Factory):
             route = self.api.get((method, name))
             if route is None:
                 return None  # another API route or method: twisted.web
-        elif method not in (b"GET", b"HEAD") or path[:1] != b"/":
+        elif (method not in (b"GET", b"HEAD") and not parsed.streaming) or path[:1] != b"/":
             return None  # absolute-form targets: EdgeFront rewrites them
         elif path in self.other_ops or path.startswith(ACME_CHALLENGE):
             return None
         else:
-            route = self.fallbacks  # a proxy route's bodiless GET/HEAD too (edge/proxy.py)
+            route = self.fallbacks  # a proxy route's requests too (edge/proxy.py)
         if host_problem(request) is not None:
             return None  # EdgeFront answers it (a missing Host too)
         return route
