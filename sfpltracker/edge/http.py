@@ -903,7 +903,8 @@ class FastHTTPProtocol(Protocol):
         code = request.code
         headers = request.headers_out
         out = [
-            b"HTTP/1.1 %d %s\r\n" % (code, request.code_message or RESPONSES.get(code, b"Unknown"))
+            b"HTTP/1.1 %d %s\r\n"
+            % (code, request.code_message or RESPONSES.get(code, b"Unknown Status"))
         ]
         if b"server" not in headers:  # a proxied answer keeps its upstream's
             out.append(_SERVER)
@@ -1144,15 +1145,15 @@ class FastHTTPFactory(Factory):
         self.ops = {p: root.ops[p].render_GET for p in (b"/ping", b"/health")}
         self.other_ops = frozenset(root.ops) - frozenset(self.ops)  # /status, /metrics, ...
         self.prefix = root.prefix + b"/"
-        # (method, API route name) -> the resource's method. RateLimitPerDay counts the
-        # ingestion routes in EdgeFront: with it, they all go through the adapter.
+        # (method, API route name) -> the resource's method (ingestion routes all: with
+        # RateLimitPerDay, EdgeFront's count and 429 first).
         self.api: dict[tuple[bytes, bytes], Any] = {}
-        if front.limiter is None:
-            for name in (b"tr", b"str", b"img", b"ltv"):
-                self.api[b"GET", name] = root.api[name].render_GET
-                self.api[b"POST", name] = root.api[name].render_POST
-            for name in (b"rdr", b"xrdr"):
-                self.api[b"GET", name] = self.api[b"POST", name] = root.api[name].render_GET
+        limit = self._rate_limited
+        for name in (b"tr", b"str", b"img", b"ltv"):
+            self.api[b"GET", name] = limit(root.api[name].render_GET)
+            self.api[b"POST", name] = limit(root.api[name].render_POST)
+        for name in (b"rdr", b"xrdr"):
+            self.api[b"GET", name] = self.api[b"POST", name] = limit(root.api[name].render_GET)
         # Paths outside the API: the fallback chain (short links, proxy routes, static
         # sites, 404), and a proxied request's streamed body. A WebSocket upgrade is handed to
         # twisted.web.
@@ -1171,7 +1172,7 @@ class FastHTTPFactory(Factory):
         if protocol.over_limit or parsed.upgrade:
             return None
         if self.front.force_https and not protocol.secure:
-            return None
+            return self._insecure(request)
         path = request.path
         method = request.method
         route = self.ops.get(path)
@@ -1193,6 +1194,33 @@ class FastHTTPFactory(Factory):
         if host_problem(request) is not None:
             return None  # EdgeFront answers it (a missing Host too)
         return route
+
+    def _rate_limited(self, route):
+        """``route``, counted against RateLimitPerDay first when it is set (EdgeFront's)."""
+        if self.front.limiter is None:
+            return route
+        rate_limited = self.front.rate_limited
+
+        def limited(request):
+            answer = rate_limited(request)
+            return route(request) if answer is None else answer
+
+        return limited
+
+    def _insecure(self, request: FastRequest):
+        """ForceHTTPS on a plain listener: EdgeFront's 301 to https; what it would not
+        redirect (ACME challenges, behind a TLS proxy it trusts) and odd targets or hosts
+        go to it through twisted.web."""
+        path = request.path
+        if (
+            path[:1] != b"/"
+            or path.startswith(ACME_CHALLENGE)
+            or request.parsed.header(b"host") is None
+            or host_problem(request) is not None
+            or self.front._secure(request)
+        ):
+            return None
+        return self.front._redirect
 
 
 def fast_factory(site) -> FastHTTPFactory:
