@@ -358,7 +358,7 @@ class ProxyFallback:
         chunked = body is not None and length is None
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
-        elif body is not None:
+        elif length is not None:
             out.append(b"Content-Length: %d\r\n" % length)
         out.append(b"\r\n")
         relay = Relay(self, request, site, route)
