@@ -4,8 +4,8 @@
         [--layers twisted,fast]
 
 Servers, all on 127.0.0.1 with free ports, stopped at the end:
-- upstream: nginx (1 worker) answering ``GET /api/hello`` with a 6-byte body — the same
-  upstream for both proxies;
+- upstream: nginx (1 worker) answering ``/api/hello`` with a 6-byte body — the same
+  upstream for both proxies (``proxy POST`` sends it a 120-byte JSON body, wrk's Lua script);
 - nginx: ``proxy_pass`` to it (keep-alive upstream connections) and a static root;
 - sfpltracker: a real gateway process (``twistd``) whose ``Sites`` has the same proxy route
   and the same static root, once per ``--layers`` value of ``HTTPServer`` (``twisted``:
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.gateway_process import GatewayProcess, free_port  # noqa: E402
 
+POST_BODY = '{"ename":"bench","etyp":"post","vid":"' + "0" * 36 + '","params":{"n":1}}' + " " * 27
 PAGE = (b"<!doctype html><title>bench</title>\n" + b"<p>" + b"x" * 60 + b"</p>\n" * 60)[:4096]
 
 
@@ -97,10 +98,13 @@ class Nginx:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
+def wrk(
+    url: str, seconds: int, connections: int, script: str | None = None
+) -> tuple[float, float, int]:
     """(requests/s, p99 latency ms, non-2xx + socket errors) of one wrk run."""
+    extra = ["-s", script] if script else []
     out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", url],
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,
@@ -115,9 +119,10 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
     return rps, p99_ms, failures
 
 
-def measure(url: str, seconds: int, connections: int):
-    wrk(url, 2, connections)  # warm-up: connections, caches, the JIT-less interpreter's dicts
-    return wrk(url, seconds, connections)
+def measure(url: str, seconds: int, connections: int, script: str | None = None):
+    # warm-up: connections, caches, the JIT-less interpreter's dicts
+    wrk(url, 2, connections, script)
+    return wrk(url, seconds, connections, script)
 
 
 def main() -> int:
@@ -136,6 +141,12 @@ def main() -> int:
     static_root = work / "www"
     static_root.mkdir()
     (static_root / "page.html").write_bytes(PAGE)
+    post = work / "post.lua"
+    post.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = '{POST_BODY}'\n"
+    )
     up_port, nginx_port = free_port(), free_port()
 
     upstream = Nginx(
@@ -169,26 +180,27 @@ def main() -> int:
         "MaxConnections": 100000,
     }
     cases = [
-        ("proxy GET (6 B answer)", "/api/hello"),
-        ("static file (4 KiB html)", "/page.html"),
+        ("proxy GET (6 B answer)", "/api/hello", None),
+        ("proxy POST (120 B body)", "/api/hello", str(post)),
+        ("static file (4 KiB html)", "/page.html", None),
         # The ceiling of one CPython process: a fixed answer, no file, no upstream.
-        ("reference: GET /ping", "/ping"),
+        ("reference: GET /ping", "/ping", None),
     ]
     nginx_results, results = {}, {}
     try:
         with upstream, proxy:
             wait_port(up_port)
             wait_port(nginx_port)
-            for name, path in cases:
+            for name, path, script in cases:
                 url = f"http://127.0.0.1:{nginx_port}{path}"
-                nginx_results[name] = measure(url, args.seconds, args.connections)
+                nginx_results[name] = measure(url, args.seconds, args.connections, script)
             # The gateway behind each HTTP layer (HTTPServer), one process at a time.
             for layer in layers:
                 overrides = {**config, "HTTPServer": layer}
                 with GatewayProcess(work, overrides, name=f"gateway-{layer}") as gateway:
-                    for name, path in cases:
+                    for name, path, script in cases:
                         url = f"http://127.0.0.1:{gateway.port}{path}"
-                        results[layer, name] = measure(url, args.seconds, args.connections)
+                        results[layer, name] = measure(url, args.seconds, args.connections, script)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -202,7 +214,7 @@ def main() -> int:
     header += f"{'nginx p99':>11}"
     print(header)
     print("-" * len(header))
-    for name, _ in cases:
+    for name, _, _ in cases:
         n_rps, n_p99, n_bad = nginx_results[name]
         line = f"{name:<26}{n_rps:>13,.0f}"
         for layer in layers:

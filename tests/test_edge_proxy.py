@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import json
@@ -11,6 +12,7 @@ import time
 import warnings
 
 import pytest
+from websockets.asyncio.client import connect as ws_connect_async
 from websockets.sync.client import connect as ws_connect
 
 from tests.edge_helpers import (
@@ -238,12 +240,19 @@ def test_websocket_pass_through(gw):
 
 
 def test_websocket_pass_through_over_tls(gw):
-    ctx = insecure_tls()
-    with ws_connect(f"wss://127.0.0.1:{gw.tls_port}/ws", ssl=ctx, open_timeout=10) as ws:
-        assert json.loads(ws.recv(timeout=10))["x-forwarded-proto"] == "https"
-        for i in range(20):
-            ws.send(f"m{i}")
-            assert ws.recv(timeout=10) == f"m{i}"
+    # asyncio's client, not the sync one: the sync client reads its TLS socket in a thread
+    # while it writes the opening handshake from another, which Python's SSL sockets do not
+    # support; now and then its request never left (a handshake time-out: 1-2 in 120 under
+    # load here, and the gateway's log had no such request; websockets issue #1648).
+    async def talk():
+        url = f"wss://127.0.0.1:{gw.tls_port}/ws"
+        async with ws_connect_async(url, ssl=insecure_tls(), open_timeout=10) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["x-forwarded-proto"] == "https"
+            for i in range(20):
+                await ws.send(f"m{i}")
+                assert await asyncio.wait_for(ws.recv(), 10) == f"m{i}"
+
+    asyncio.run(talk())
 
 
 def test_gateway_routes_come_before_a_catch_all_proxy(gw):
@@ -395,6 +404,48 @@ def test_proxied_answers_keep_alive_and_pipelined_in_order(gw):
     assert answers[6][2] == b"status"
     for _, head, _ in answers:
         assert head.lower().count(b"\r\ndate:") == 1, head
+
+
+def test_proxied_bodies_pipelined_answered_in_order_by_the_fast_layer(gw):
+    # Requests with bodies (a length, or chunked) among bodiless ones on one kept-alive
+    # connection: each body reaches the upstream whole, the answers come back in order, and
+    # the fast layer answers them all (no twisted.web Request for a proxied body).
+    big = PATTERN * 20  # 320 KiB
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"abc", big, b"z"))
+    requests = [
+        (b"POST", b"/api/echo/1", b"Content-Length: 5\r\n", b"hello"),
+        (b"PUT", b"/api/echo/2", b"Transfer-Encoding: chunked\r\n", chunked + b"0\r\n\r\n"),
+        (b"GET", b"/ping", b"", b""),
+        (b"PATCH", b"/api/echo/3", b"Content-Length: %d\r\n" % len(big), big),
+        (b"POST", b"/api/echo/4", b"Connection: close\r\nContent-Length: 2\r\n", b"ok"),
+    ]
+    sent = [b"hello", b"abc" + big + b"z", b"", big, b"ok"]
+    data = b"".join(
+        b"%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n%s" % (m, p, h, b) for m, p, h, b in requests
+    )
+    fast = "sfpl_http_fast_answers_total"
+    before = metric_value(
+        gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode(), fast
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    answers = _read_answers(got, [r[0] for r in requests])
+    assert [a[0] for a in answers] == [200] * 5
+    assert answers[2][2] == b"pong"
+    for (method, path, *_), body, (_, _, answer) in zip(requests, sent, answers, strict=True):
+        if path == b"/ping":
+            continue
+        echo = json.loads(answer)
+        assert (echo["method"].encode(), echo["uri"].encode()) == (method, path)
+        assert echo["body_len"] == len(body)
+        assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+    after = metric_value(
+        gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode(), fast
+    )
+    assert after - before == len(requests)
 
 
 def test_connect_to_a_proxied_route_is_405_not_502(gw):

@@ -1,15 +1,20 @@
 """The proxy's upstream client (edge/upstream.py) against a real upstream on 127.0.0.1 that
 counts its connections and misbehaves on purpose; real gateway processes, both HTTP layers.
 
-What it must hold: kept-alive upstream connections are reused (GET and HEAD alike); a pooled
-connection the upstream closed is retried once on a fresh one; a client that does not read
-holds the upstream back instead of the gateway buffering the body; chunked answers and 1xx
-interim answers; an upstream reset mid-body closes the client's connection (never a 500).
+What it must hold: kept-alive upstream connections are reused (GET and HEAD alike, and after
+a POST); a pooled connection the upstream closed is retried once on a fresh one; a client that
+does not read holds the upstream back instead of the gateway buffering the body; chunked
+answers and 1xx interim answers; an upstream reset mid-body closes the client's connection
+(never a 500). Request bodies: many MB arrive byte-exact, a chunked upload goes on chunked,
+an upstream that does not read holds the client back, an upstream closing mid-upload is a
+502 or a cut connection (never a 500).
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import socket
 import socketserver
 import struct
@@ -37,6 +42,8 @@ class Upstream(socketserver.ThreadingTCPServer):
         self.connections = 0
         self.requests: list[str] = []
         self.big_sent = 0
+        self.release = threading.Event()  # /u/hold reads its body once this is set
+        self.release.set()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 
@@ -45,30 +52,113 @@ class Upstream(socketserver.ThreadingTCPServer):
         self.server_close()
 
 
+class Reader:
+    """Buffered reads from the upstream's socket: head lines, exact lengths, chunked bodies."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def fill(self) -> None:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise EOFError
+        self.buf += data
+
+    def head(self) -> bytes:
+        while b"\r\n\r\n" not in self.buf:
+            self.fill()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        return head
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self.fill()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def exact(self, n: int, digest) -> None:
+        while n:
+            if not self.buf:
+                self.fill()
+            part, self.buf = self.buf[:n], self.buf[n:]
+            digest.update(part)
+            n -= len(part)
+
+    def chunked(self, digest) -> int:
+        """A chunked body, strictly framed (a size line, the data, CRLF); its length."""
+        total = 0
+        while True:
+            size = int(self.line(), 16)  # ValueError on anything but a hex size
+            if size == 0:
+                while self.line():  # trailers, then the empty line
+                    pass
+                return total
+            self.exact(size, digest)
+            total += size
+            if self.line() != b"":
+                raise ValueError("chunk data not followed by CRLF")
+
+
 class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         server: Upstream = self.server  # type: ignore[assignment]
         with server.lock:
             server.connections += 1
         sock = self.request
-        buf = b""
+        reader = Reader(sock)
         served = 0
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = sock.recv(65536)
-                if not data:
+        try:
+            while True:
+                head = reader.head()
+                method, path = head.split(b" ")[:2]
+                with server.lock:
+                    server.requests.append(path.decode())
+                if path == b"/u/stale":
+                    if served:
+                        return  # as an upstream whose keep-alive timer fired: closed, no answer
+                    served += 1
+                if path in (b"/u/upload", b"/u/hold", b"/u/cut"):
+                    if not self.upload(reader, path, head):
+                        return
+                elif not self.answer(sock, method, path):
                     return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            method, path = head.split(b" ")[:2]
-            with server.lock:
-                server.requests.append(path.decode())
-            if path == b"/u/stale":
-                if served:
-                    return  # as an upstream whose keep-alive timer fired: closed, no answer
-                served += 1
-            if not self.answer(sock, method, path):
-                return
+        except (EOFError, OSError):
+            return
+
+    def upload(self, reader: Reader, path: bytes, head: bytes) -> bool:
+        """Read the request's body and answer what arrived; False closes the connection."""
+        server: Upstream = self.server  # type: ignore[assignment]
+        headers = {}
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if path == b"/u/hold":
+            server.release.wait(60)  # not reading meanwhile: the gateway must hold back
+        digest = hashlib.sha256()
+        if path == b"/u/cut":
+            reader.exact(1 << 20, digest)  # a MB of the body, then gone
+            reader.sock.close()
+            return False
+        chunked = headers.get(b"transfer-encoding") == b"chunked"
+        if chunked:
+            length = reader.chunked(digest)
+        else:
+            length = int(headers[b"content-length"])
+            reader.exact(length, digest)
+        body = json.dumps(
+            {
+                "length": length,
+                "sha256": digest.hexdigest(),
+                "chunked": chunked,
+                "content_length": headers.get(b"content-length", b"").decode(),
+            }
+        ).encode()
+        reader.sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        return True
 
     def answer(self, sock, method: bytes, path: bytes) -> bool:
         """Answer; False closes the connection."""
@@ -221,3 +311,164 @@ def test_a_client_not_reading_holds_the_upstream_back(gw, upstream):
     # Socket buffers on three sockets, the gateway's transport buffer: a few MB, not 64.
     assert held_back_at < 16 * 1024 * 1024
     assert got == BIG
+
+
+# -- request bodies --------------------------------------------------------------------------
+
+UPLOAD = 32 * 1024 * 1024
+
+
+def _body(total: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(total)
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and body of one answer with a Content-Length, read from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, b""
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head, rest
+
+
+def test_a_post_of_many_mb_arrives_byte_exact(gw):
+    body = _body(UPLOAD, 1)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=60)
+    conn.request("POST", "/u/upload", body=body, headers={"Content-Type": "x/y"})
+    resp = conn.getresponse()
+    got = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 200
+    assert got == {
+        "length": UPLOAD,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "chunked": False,
+        "content_length": str(UPLOAD),  # passed on as the client said it
+    }
+
+
+def test_a_chunked_upload_goes_on_chunked_byte_exact(gw):
+    body = _body(3 * 1024 * 1024 + 17, 2)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /u/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        sizes = [1, 2, 1000, 65536, 300_000]  # chunks small and large, in turn
+        at, i = 0, 0
+        while at < len(body):
+            part = body[at : at + sizes[i % len(sizes)]]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            at += len(part)
+            i += 1
+        sock.sendall(b"0\r\n\r\n")
+        head, answer = _answer(sock)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    got = json.loads(answer)
+    assert got["chunked"] is True and got["content_length"] == ""
+    assert got["length"] == len(body)
+    assert got["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_an_upstream_not_reading_holds_the_client_back(gw, upstream):
+    total = 64 * 1024 * 1024
+    sent = [0]
+    upstream.release.clear()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=60)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+
+    def send():
+        try:
+            sock.sendall(b"POST /u/hold HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % total)
+            for _ in range(total // len(BLOCK)):
+                sock.sendall(BLOCK)  # blocks while the gateway does not read
+                sent[0] += len(BLOCK)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        # Wait until the client cannot send more (the gateway stopped reading it).
+        last, still = -1, 0
+        deadline = time.monotonic() + 30
+        while still < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+        held_back_at = sent[0]
+        upstream.release.set()
+        sender.join(60)
+        head, answer = _answer(sock)
+    finally:
+        upstream.release.set()
+        sock.close()
+    # Socket buffers on three sockets, the gateway's transport buffer: a few MB, not 64.
+    assert held_back_at < 16 * 1024 * 1024
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert json.loads(answer)["length"] == total  # and then all of it went through
+
+
+def test_an_upstream_closing_mid_upload_is_a_502_or_a_cut_never_a_500(gw):
+    total = 16 * 1024 * 1024
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+
+    def send():
+        try:
+            sock.sendall(b"POST /u/cut HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % total)
+            for _ in range(total // len(BLOCK)):
+                sock.sendall(BLOCK)
+        except OSError:
+            pass  # the gateway closed: that is one of the right outcomes
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        head = b""
+        try:
+            head, _ = _answer(sock)
+        except ConnectionResetError:
+            pass  # cut: the gateway closed with the client's body unread
+    finally:
+        sock.close()
+        sender.join(30)
+    assert head == b"" or head.startswith(b"HTTP/1.1 502 "), head
+    # The gateway goes on serving, the route included.
+    fresh = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    assert _get(fresh, "/u/count")[0] == 200
+    fresh.close()
+
+
+def test_kept_alive_connections_after_a_post(gw, upstream):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    assert _get(conn, "/u/count")[0] == 200  # one kept-alive upstream connection at least
+    before = upstream.connections
+    answers = []
+    for i in range(6):
+        body = _body(1000 + i, 10 + i)
+        if i % 2:  # chunked (no length) and Content-Length in turn
+            conn.request("POST", "/u/upload", body=iter([body]), encode_chunked=True)
+        else:
+            conn.request("POST", "/u/upload", body=body)
+        resp = conn.getresponse()
+        answers.append((resp.status, json.loads(resp.read())["sha256"]))
+        assert answers[-1] == (200, hashlib.sha256(body).hexdigest())
+        # The next bodiless request, on the same connections both sides.
+        assert _get(conn, "/u/count")[0] == 200
+    conn.close()
+    assert upstream.connections == before

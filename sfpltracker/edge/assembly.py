@@ -219,7 +219,7 @@ class Edge:
         self._stopped = True
         if self.acme is not None:
             self.acme.stop()
-        return self.proxy.pool.closeCachedConnections()
+        self.proxy.close()
 
     # -- reporting ---------------------------------------------------------------------------
 

@@ -377,23 +377,33 @@ class EdgeFront(Resource):
         if self.hsts and secure:
             request.setHeader(b"strict-transport-security", HSTS_VALUE)
         if self.limiter is not None and self._is_ingestion(request):
-            ip = gw.trusted_proxies.client_ip(
-                getattr(request.getClientAddress(), "host", "") or "",
-                {
-                    "x-forwarded-for": header(request, "x-forwarded-for"),
-                    "x-real-ip": header(request, "x-real-ip"),
-                },
-            )
-            if not self.limiter.hit(ip):
-                gw.count("requests_rate_limited")
-                apply_cors(request, gw.cfg.AllowOrigin)
-                return error(
-                    request,
-                    429,
-                    "daily request limit reached (RateLimitPerDay)",
-                    retry_after=self.limiter.seconds_to_midnight(),
-                )
+            limited = self.rate_limited(request)
+            if limited is not None:
+                return limited
         return self.root.render(request)
+
+    def rate_limited(self, request) -> bytes | None:
+        """Count an ingestion request against its client's RateLimitPerDay: the 429 answer
+        when it is over, else None (the fast layer, edge/http.py, asks this too)."""
+        gw = self.gateway
+        assert self.limiter is not None
+        ip = gw.trusted_proxies.client_ip(
+            getattr(request.getClientAddress(), "host", "") or "",
+            {
+                "x-forwarded-for": header(request, "x-forwarded-for"),
+                "x-real-ip": header(request, "x-real-ip"),
+            },
+        )
+        if self.limiter.hit(ip):
+            return None
+        gw.count("requests_rate_limited")
+        apply_cors(request, gw.cfg.AllowOrigin)
+        return error(
+            request,
+            429,
+            "daily request limit reached (RateLimitPerDay)",
+            retry_after=self.limiter.seconds_to_midnight(),
+        )
 
     def _secure(self, request) -> bool:
         """HTTPS here, or at a trusted proxy in front (no redirect loop behind one)."""

@@ -6,10 +6,11 @@ ceiling of every route (docs/performance.md). This protocol parses with llhttp (
 of Node.js) and answers most requests with ``FastRequest``, a small object with the part of
 ``Request`` the resources use, so the same resource code builds the same rows and answers:
 ``/ping``, ``/health``, GET and POST ``/tr/v1/tr|str|img|ltv``, ``/tr/v1/rdr|xrdr``, and
-every GET/HEAD outside the API that is not a proxy route: the fallback chain itself (short
-links, hits and misses, static files streamed by ``twisted.web.static``'s producers, 404).
+every GET/HEAD outside the API: the fallback chain itself (short links, hits and misses,
+static files streamed by ``twisted.web.static``'s producers, proxied requests, 404), and
+proxied requests with a body (streamed to the proxy as it arrives, ``FastRequest.body_sink``).
 The rest (the admin API, ``/ppi/``, ``/pub/``, ``/status``, ``/metrics``, OPTIONS, the
-WebSocket upgrade, proxied routes) goes to the ``EdgeSite``'s resource tree through
+WebSocket upgrade) goes to the ``EdgeSite``'s resource tree through
 ``AdapterChannel``, which makes a real ``twisted.web`` request of the parsed one: those routes
 behave as behind ``EdgeChannel``.
 
@@ -162,7 +163,8 @@ class ParsedRequest:
         self.expect_continue = False
         self.continued = False
         self.streaming = False
-        self.request: Request | None = None  # of a streamed or adapted body, once started
+        # Of a streamed or adapted body, once started (a FastRequest: a proxied body).
+        self.request: Request | FastRequest | None = None
         self.upgrade = False
         self.fast: FastRequest | None = None  # answering it without twisted.web
 
@@ -245,7 +247,7 @@ def _status_line(code: int, message: bytes | None) -> bytes:
     if not message:
         line = _STATUS_LINES.get(code)
         if line is None:
-            line = b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown"))
+            line = b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown Status"))
             if len(_STATUS_LINES) < 64:
                 _STATUS_LINES[code] = line
         return line
@@ -283,6 +285,7 @@ class FastRequest:
         "sentLength",
         "defaultContentType",
         "_head_out",
+        "body_sink",
     )
 
     def __init__(self, protocol, parsed: ParsedRequest):
@@ -308,6 +311,7 @@ class FastRequest:
         self.defaultContentType = b"text/html"
         self.sentLength = 0
         self._head_out = b""  # a streamed answer's head, sent with the first body bytes
+        self.body_sink = None  # a proxied body's consumer (edge/proxy.py StreamedBody)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -444,6 +448,35 @@ class FastRequest:
             self._waiting = []
         self._waiting.append(d)
         return d
+
+    # -- a proxied request's body, as it arrives (what edge/streaming.py's StreamingRequest
+    # offers the proxy's StreamedBody): the protocol calls the two twisted.web names ----------
+
+    @property
+    def streaming(self) -> bool:
+        return self.parsed.streaming
+
+    @property
+    def declared_length(self) -> int | None:
+        return self.parsed.content_length  # None: chunked
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        if self.body_sink is not None and not self.finished:
+            self.body_sink.data(data)
+        # else: answered already, or nobody wants the body: dropped
+
+    def requestReceived(self, command, path, version) -> None:  # noqa: N802
+        """The streamed body has ended."""
+        if self.body_sink is not None:
+            self.body_sink.end()
+
+    def pause_reading(self) -> None:
+        if not self._disconnected:
+            self.protocol.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if not self._disconnected:
+            self.protocol.transport.resumeProducing()
 
     def connectionLost(self, reason) -> None:  # noqa: N802
         self._disconnected = True
@@ -844,7 +877,7 @@ class FastHTTPProtocol(Protocol):
                         self._queue.popleft()
                         self._active = item
                         self._reading_until = None  # the idle timeout guards the body
-                        self._adapt(item)
+                        self._respond(item)
                     return
                 self._queue.popleft()
                 self._active = item
@@ -886,6 +919,13 @@ class FastHTTPProtocol(Protocol):
             request.setResponseCode(500)
             request.headers_out = {b"content-type": b"application/json"}
             body = _json_error("internal error")
+        if parsed.streaming:  # a proxied body: what came of it so far, then the rest
+            parsed.request = request
+            for chunk in parsed.chunks:
+                request.handleContentChunk(chunk)
+            parsed.chunks = []
+            if parsed.complete:
+                request.requestReceived(parsed.method, parsed.url, parsed.version)
         if body is not NOT_DONE_YET:
             request.finished = True
             self.fast_answered(request, body)
@@ -917,7 +957,11 @@ class FastHTTPProtocol(Protocol):
             out += (canonical(name) or _canonical(name), b": ", value, b"\r\n")
         for cookie in request.cookies:
             out += (b"Set-Cookie: ", cookie, b"\r\n")
-        if not request.parsed.keep_alive:
+        parsed = request.parsed
+        if parsed.streaming and not parsed.complete:
+            # Answered before its body ended: the rest is not read (as StreamingRequest).
+            parsed.keep_alive = False
+        if not parsed.keep_alive:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
         return out
@@ -1132,18 +1176,18 @@ class FastHTTPFactory(Factory):
         self.ops = {p: root.ops[p].render_GET for p in (b"/ping", b"/health")}
         self.other_ops = frozenset(root.ops) - frozenset(self.ops)  # /status, /metrics, ...
         self.prefix = root.prefix + b"/"
-        # (method, API route name) -> the resource's method. RateLimitPerDay counts the
-        # ingestion routes in EdgeFront: with it, they all go through the adapter.
+        # (method, API route name) -> the resource's method (ingestion routes all: with
+        # RateLimitPerDay, EdgeFront's count and 429 first).
         self.api: dict[tuple[bytes, bytes], Any] = {}
-        if front.limiter is None:
-            for name in (b"tr", b"str", b"img", b"ltv"):
-                self.api[b"GET", name] = root.api[name].render_GET
-                self.api[b"POST", name] = root.api[name].render_POST
-            for name in (b"rdr", b"xrdr"):
-                self.api[b"GET", name] = self.api[b"POST", name] = root.api[name].render_GET
+        limit = self._rate_limited
+        for name in (b"tr", b"str", b"img", b"ltv"):
+            self.api[b"GET", name] = limit(root.api[name].render_GET)
+            self.api[b"POST", name] = limit(root.api[name].render_POST)
+        for name in (b"rdr", b"xrdr"):
+            self.api[b"GET", name] = self.api[b"POST", name] = limit(root.api[name].render_GET)
         # Paths outside the API: the fallback chain (short links, proxy routes, static
-        # sites, 404). A proxied request with a body, or a WebSocket upgrade, is handed to
-        # twisted.web before it gets here (streamed as it arrives).
+        # sites, 404), and a proxied request's streamed body. A WebSocket upgrade is handed to
+        # twisted.web.
         self.fallbacks = root.render_fallbacks
         # Host values host_problem() found well-formed (a site's requests carry a few):
         # checked once each instead of by regular expression on every request.
@@ -1162,7 +1206,7 @@ class FastHTTPFactory(Factory):
         if protocol.over_limit or parsed.upgrade:
             return None
         if self.front.force_https and not protocol.secure:
-            return None
+            return self._insecure(request)
         path = request.path
         method = request.method
         route = self.ops.get(path)
@@ -1175,12 +1219,12 @@ class FastHTTPFactory(Factory):
             route = self.api.get((method, name))
             if route is None:
                 return None  # another API route or method: twisted.web
-        elif method not in (b"GET", b"HEAD") or path[:1] != b"/":
+        elif (method not in (b"GET", b"HEAD") and not parsed.streaming) or path[:1] != b"/":
             return None  # absolute-form targets: EdgeFront rewrites them
         elif path in self.other_ops or path.startswith(ACME_CHALLENGE):
             return None
         else:
-            route = self.fallbacks  # a proxy route's bodiless GET/HEAD too (edge/proxy.py)
+            route = self.fallbacks  # a proxy route's requests too (edge/proxy.py)
         hosts = parsed.headers.get(b"host")
         if hosts is None or len(hosts) != 1 or hosts[0] not in self._good_hosts:
             if host_problem(request) is not None:
@@ -1188,6 +1232,33 @@ class FastHTTPFactory(Factory):
             if hosts is not None and len(self._good_hosts) < 256:
                 self._good_hosts.add(hosts[0])  # one Host header, well-formed: not again
         return route
+
+    def _rate_limited(self, route):
+        """``route``, counted against RateLimitPerDay first when it is set (EdgeFront's)."""
+        if self.front.limiter is None:
+            return route
+        rate_limited = self.front.rate_limited
+
+        def limited(request):
+            answer = rate_limited(request)
+            return route(request) if answer is None else answer
+
+        return limited
+
+    def _insecure(self, request: FastRequest):
+        """ForceHTTPS on a plain listener: EdgeFront's 301 to https; what it would not
+        redirect (ACME challenges, behind a TLS proxy it trusts) and odd targets or hosts
+        go to it through twisted.web."""
+        path = request.path
+        if (
+            path[:1] != b"/"
+            or path.startswith(ACME_CHALLENGE)
+            or request.parsed.header(b"host") is None
+            or host_problem(request) is not None
+            or self.front._secure(request)
+        ):
+            return None
+        return self.front._redirect
 
 
 def fast_factory(site) -> FastHTTPFactory:

@@ -1,12 +1,10 @@
 """Reverse proxy: a site's proxy routes, streamed both ways, WebSockets passed through.
 
-Requests without a body go upstream through the lean client of edge/upstream.py (``Relay``
-is its client side); requests with a body through Twisted's ``Agent`` as below.
-
-Request bodies come from ``StreamingRequest`` chunk by chunk and go upstream as they arrive
-(the client is paused while the upstream cannot take more); response bodies go to the client
-as they arrive (the upstream is paused while the client cannot take more). So neither
-direction is ever held whole in memory.
+Requests go upstream through the lean client of edge/upstream.py (``Relay`` is its client
+side). Request bodies come from ``StreamingRequest`` chunk by chunk and go upstream as they
+arrive (``StreamedBody``: the client is paused while the upstream cannot take more); response
+bodies go to the client as they arrive (the upstream is paused while the client cannot take
+more). So neither direction is ever held whole in memory.
 
 Upstream requests carry ``X-Forwarded-For`` (the client, appended to what a trusted proxy
 sent), ``X-Forwarded-Proto`` and ``X-Forwarded-Host``, and ``Host`` is the upstream's, as the
@@ -23,16 +21,12 @@ from __future__ import annotations
 
 from twisted.internet import defer, endpoints, error, protocol
 from twisted.logger import Logger
-from twisted.web import client
 from twisted.web.client import (  # bound once: attribute access on the module is slow
-    PotentialDataLoss,
     RequestGenerationFailed,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseNeverReceived,
 )
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from sfpltracker.edge.limits import DailyLimiter
@@ -193,79 +187,6 @@ class StreamedBody:
             self.done.errback(defer.CancelledError())
 
 
-@implementer(IAgentEndpointFactory)
-class UpstreamEndpoints:
-    """Endpoints for upstreams, made once per (scheme, host, port).
-
-    Agent's default factory builds a new endpoint (with IDNA checks of the host name) for
-    every request, even when the pool then reuses a kept-alive connection; proxying the same
-    few upstreams over and over, that was a third of the time spent per request.
-    """
-
-    def __init__(self, reactor, connect_timeout: float):
-        self.reactor = reactor
-        self.connect_timeout = connect_timeout
-        self.tls_policy = client.BrowserLikePolicyForHTTPS()
-        self._cache: dict[tuple[bytes, bytes, int], object] = {}
-
-    def endpointForURI(self, uri):  # noqa: N802 - Twisted's interface
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._cache.get(key)
-        if endpoint is None:
-            host = uri.host.decode("ascii")
-            endpoint = endpoints.HostnameEndpoint(
-                self.reactor, host, uri.port, timeout=self.connect_timeout
-            )
-            if uri.scheme == b"https":
-                creator = self.tls_policy.creatorForNetloc(uri.host, uri.port)
-                endpoint = endpoints.wrapClientTLS(creator, endpoint)
-            self._cache[key] = endpoint
-        return endpoint
-
-
-class BodyRelay(protocol.Protocol):
-    """Writes the upstream's response body to the client as it arrives."""
-
-    def __init__(self, request, reactor, timeout: float, done: defer.Deferred):
-        self.request = request
-        self.reactor = reactor
-        self.timeout = timeout
-        self.done = done
-        self.timer = None
-
-    def connectionMade(self):  # noqa: N802
-        self.request.registerProducer(self.transport, True)
-        self._arm()
-
-    def _arm(self):
-        if self.timer is not None and self.timer.active():
-            self.timer.reset(self.timeout)
-        else:
-            self.timer = self.reactor.callLater(self.timeout, self._stalled)
-
-    def _stalled(self):
-        log.info("proxy: upstream stalled mid-response; cutting the connection")
-        self.transport.stopProducing()
-
-    def dataReceived(self, data):  # noqa: N802
-        self._arm()
-        if not self.request._disconnected:
-            self.request.write(data)
-
-    def connectionLost(self, reason):  # noqa: N802
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        request = self.request
-        if not request._disconnected:
-            request.unregisterProducer()
-            if reason.check(ResponseDone, PotentialDataLoss):
-                finish(request, b"")
-            else:
-                # The response is cut short; closing without finishing tells the client.
-                request.channel.transport.loseConnection()
-        self.done.callback(None)
-
-
 def _nothing() -> None:
     pass
 
@@ -352,13 +273,8 @@ class ProxyFallback:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.track = track
-        self.pool = client.HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 64
-        # Bodiless requests: the lean client (edge/upstream.py), its own pool of 64 a host.
+        # The lean client (edge/upstream.py): kept-alive connections, at most 64 idle a host.
         self.upstreams = UpstreamPool(reactor, connect_timeout, max_idle=64)
-        self.agent = client.Agent.usingEndpointFactory(
-            reactor, UpstreamEndpoints(reactor, connect_timeout), pool=self.pool
-        )
         self.errors = {"502": 0, "504": 0}
         # Sites' DailyLimit: one in-memory counter per site (keyed hashes of IPs, edge/limits.py).
         self.limiters = {
@@ -403,80 +319,15 @@ class ProxyFallback:
 
     def _forward(self, request, site, route):
         request.defaultContentType = None  # the upstream's Content-Type or none at all
-        streamed = None
         if getattr(request, "streaming", False):
-            streamed = body = StreamedBody(request, self.stats)
-        elif body_too_large(request):
+            body = StreamedBody(request, self.stats)
+            return self._fetch(request, site, route, body, request.declared_length)
+        if body_too_large(request):
             return json_error(request, 413, "request body larger than MaxBodyBytes")
-        else:
-            data = read_body(request)
-            if not data and request.method not in (b"POST", b"PUT", b"PATCH"):
-                return self._fetch(request, site, route)
-            body = BytesBody(data)
-        headers = Headers(dict(upstream_headers(request, route, self.gateway.trusted_proxies)))
-        d = self.agent.request(request.method, route.url(request.uri), headers, body)
-        # (d.called says little here: with a pooled connection d fires at once, chained.)
-        state = {"timed_out": False, "timer": None, "gone": False, "answered": False}
-
-        def start_timer(_=None):
-            if not state["answered"]:
-                state["timer"] = self.reactor.callLater(self.read_timeout, timed_out)
-
-        def timed_out():
-            state["timed_out"] = True
-            d.cancel()
-
-        if streamed is not None:
-            # The wait for the answer starts once the whole body has been sent.
-            streamed.done.addCallbacks(start_timer, lambda _: None)
-        else:
-            start_timer()
-
-        def client_gone(_):
-            state["gone"] = True
-            if not state["answered"]:
-                d.cancel()
-
-        request.notifyFinish().addErrback(client_gone)
-        d.addCallbacks(
-            self._respond,
-            self._failed,
-            callbackArgs=(request, site, state),
-            errbackArgs=(request, route, state),
-        )
-        return NOT_DONE_YET
-
-    def _respond(self, response, request, site, state):
-        state["answered"] = True
-        if state["timer"] is not None and state["timer"].active():
-            state["timer"].cancel()
-        if state["gone"] or request._disconnected:
-            response.deliverBody(protocol.Protocol())  # discard; frees the connection
-            return None
-        request.setResponseCode(response.code, response.phrase)
-        for name, values in response.headers.getAllRawHeaders():
-            if name.lower() not in HOP_BY_HOP:
-                request.responseHeaders.setRawHeaders(name, values)
-        if (
-            response.length is not UNKNOWN_LENGTH
-            and request.method != b"HEAD"
-            and response.code not in (204, 304)  # no body; a length would mislead caches
-        ):
-            request.setHeader(b"content-length", str(response.length).encode())
-        if self.track is not None and site.track_proxied(request.path.decode("latin-1")):
-            self._track(request, response.code)
-        done = defer.Deferred()
-        response.deliverBody(BodyRelay(request, self.reactor, self.read_timeout, done))
-        return done
-
-    def _failed(self, failure, request, route, state):
-        state["answered"] = True
-        if state["timer"] is not None and state["timer"].active():
-            state["timer"].cancel()
-        if state["gone"] or request._disconnected:
-            return None
-        self._fail(request, route, failure, state["timed_out"])
-        return None
+        data = read_body(request)
+        if not data and request.method not in (b"POST", b"PUT", b"PATCH"):
+            return self._fetch(request, site, route)
+        return self._fetch(request, site, route, BytesBody(data), len(data))
 
     def _fail(self, request, route, failure, timed_out: bool) -> None:
         """Answer a request whose upstream did not answer (502/504, or 400)."""
@@ -497,19 +348,36 @@ class ProxyFallback:
         log.info("proxy: {upstream} failed: {why}", upstream=route.upstream, why=why)
         finish(request, json_error(request, 502, f"upstream unavailable: {why}"))
 
-    def _fetch(self, request, site, route):
-        """A bodiless request, through the lean client (edge/upstream.py)."""
+    def _fetch(self, request, site, route, body=None, length: int | None = None):
+        """The request upstream, through the lean client (edge/upstream.py); ``body`` (an
+        ``IBodyProducer``) of ``length`` bytes, or sent chunked when the length is None."""
         out = [request.method, b" ", route.target(request.uri), b" HTTP/1.1\r\n"]
         for name, values in upstream_headers(request, route, self.gateway.trusted_proxies):
             for value in values:
                 out += (name, b": ", value, b"\r\n")
+        chunked = body is not None and length is None
+        if chunked:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        elif length is not None:
+            out.append(b"Content-Length: %d\r\n" % length)
         out.append(b"\r\n")
         relay = Relay(self, request, site, route)
         request.notifyFinish().addErrback(relay.client_gone)
         relay.fetch = Fetch(
-            self.upstreams, route, request.method, b"".join(out), relay, self.read_timeout
+            self.upstreams,
+            route,
+            request.method,
+            b"".join(out),
+            relay,
+            self.read_timeout,
+            body,
+            chunked,
         )
         return NOT_DONE_YET
+
+    def close(self) -> None:
+        """Close the idle upstream connections (the service is stopping)."""
+        self.upstreams.close()
 
     def _track(self, request, status: int) -> None:
         """The original's ProxyUrlFilter rule: a server event for the proxied request."""

@@ -1,22 +1,29 @@
-"""A lean HTTP/1.1 client for the reverse proxy's bodiless requests (edge/proxy.py).
+"""A lean HTTP/1.1 client for the reverse proxy's requests (edge/proxy.py).
 
 Twisted's ``Agent`` costs far more per request than the proxying itself: a ``Request`` and
 ``Response`` object, a ``Headers`` copy each way, a pure-Python response parser, a chain of
-Deferreds and a ``TransportProxyProducer`` per answer. Proxied GET/HEAD requests (the bulk of
-proxied traffic) go through this instead: the request is written as one ``bytes``, the answer
-is parsed by llhttp (``httptools.HttpResponseParser``) and its body goes to the client as it
-arrives. Requests with a body (streamed as they arrive) and WebSocket tunnels stay on
-``Agent`` / the tunnel in edge/proxy.py.
+Deferreds and a ``TransportProxyProducer`` per answer. Proxied requests go through this
+instead: the request head is written as one ``bytes``, a request body (an ``IBodyProducer``:
+edge/proxy.py's ``StreamedBody`` or ``BytesBody``) follows as it arrives, the answer is parsed
+by llhttp (``httptools.HttpResponseParser``) and its body goes to the client as it arrives.
+WebSocket tunnels stay on the splice in edge/proxy.py.
 
 - Connections are kept alive and pooled per upstream (scheme, host, port); at most
   ``max_idle`` idle ones per upstream are kept, the rest are closed when they finish.
 - Back-pressure: the upstream connection is the client transport's producer while its body
-  is relayed (the client's full buffer pauses the upstream socket).
+  is relayed (the client's full buffer pauses the upstream socket); a request body's
+  producer is the upstream transport's while it is sent (the upstream's full buffer pauses
+  reading from the client).
+- A request body goes as it came: with its Content-Length, or chunked (re-framed chunk by
+  chunk) when the client sent it chunked.
 - A pooled connection the upstream closed before answering (a stale keep-alive) is retried
-  once on a fresh connection: it only ever carries bodiless requests, so this is the rule of
-  RFC 9112 9.3.1 (and ``Agent``'s) for idempotent ones; other methods fail with 502.
-- ``timeout`` runs from the request to the answer's head (504), then between body chunks
-  while the client is reading (the connection is cut when the upstream stalls).
+  once on a fresh connection for a bodiless idempotent request: the rule of RFC 9112 9.3.1
+  (and ``Agent``'s). A request with a body is never sent twice: it fails with 502.
+- ``timeout`` runs from the request to the answer's head (504) — for a request with a body,
+  from its body's end —, then between body chunks while the client is reading (the
+  connection is cut when the upstream stalls).
+- An answer that ends before the request body has all been sent ends the exchange: the rest
+  of the body is not sent and the connection is not reused.
 - 1xx interim answers are skipped; an answer without a length ends with the connection.
 """
 
@@ -36,6 +43,10 @@ log = Logger()
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE"))
 _NO_BODY = frozenset((204, 304))
+
+
+def _ignore(_) -> None:
+    pass  # a body producer stopped by _stop_body (or by a lost connection): nothing to do
 
 
 class _HeadEnd(Exception):
@@ -170,6 +181,9 @@ class Fetch:
     - ``sink.failed(failure, timed_out)``: no answer (a connect error, the connection closed
       before the head — ``ResponseNeverReceived`` / ``ResponseFailed`` as ``Agent`` says —,
       or ``timed_out``).
+
+    ``body``: the request's body, an ``IBodyProducer`` whose ``startProducing`` gets this
+    object as its consumer (``head`` then says Content-Length, or chunked when ``chunked``).
     """
 
     __slots__ = (
@@ -195,9 +209,24 @@ class Fetch:
         "until_close",
         "interim",
         "reused",
+        "body",
+        "chunked",
+        "sending",
+        "sent",
+        "stopped",
     )
 
-    def __init__(self, pool: UpstreamPool, route, method: bytes, head: bytes, sink, timeout):
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        route,
+        method: bytes,
+        head: bytes,
+        sink,
+        timeout,
+        body=None,
+        chunked: bool = False,
+    ):
         self.pool = pool
         self.route = route
         self.key = (route.scheme, route.host, route.port)
@@ -218,7 +247,13 @@ class Fetch:
         self.keep_alive = False
         self.until_close = False
         self.interim = False
-        self.timer = self.reactor.callLater(timeout, self._timed_out)
+        self.body = body
+        self.chunked = chunked
+        self.sending = False  # the body's producer is running
+        self.sent = body is None  # the whole request is upstream
+        self.stopped = False  # the body's producer was stopped before the body's end
+        # With a body, the wait for the answer starts once it has been sent (_body_sent).
+        self.timer = self.reactor.callLater(timeout, self._timed_out) if self.sent else None
         conn = pool.take(self.key)
         self.reused = conn is not None
         if conn is not None:
@@ -255,7 +290,50 @@ class Fetch:
         # last write, before it let go of its producer): this answer must be read.
         conn.resumeProducing()
         self.parser = httptools.HttpResponseParser(self)
-        write_now(conn.transport, self.head)
+        body = self.body
+        if body is None:
+            write_now(conn.transport, self.head)
+            return
+        transport = conn.transport
+        # Queued, not sent: the body's first bytes (a small POST's all) go in the same send.
+        transport.write(self.head)
+        self.sending = True
+        # The upstream's full write buffer pauses the body's producer (reading the client).
+        transport.registerProducer(body, True)
+        body.startProducing(self).addCallbacks(self._body_sent, _ignore)
+
+    def write(self, data: bytes) -> None:
+        """A piece of the request body, from its producer (this is its consumer)."""
+        conn = self.conn
+        if not data or not self.sending or conn is None:
+            return
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        conn.transport.write(data)
+
+    def _body_sent(self, _) -> None:
+        if not self.sending:
+            return  # stopped (_end): the rest of the exchange is over
+        self.sending = False
+        self.sent = True
+        transport = self.conn.transport  # type: ignore[union-attr]
+        transport.unregisterProducer()
+        if self.chunked:
+            transport.write(b"0\r\n\r\n")
+        if not self.answered:
+            self.timer = self.reactor.callLater(self.timeout, self._timed_out)
+
+    def _stop_body(self) -> None:
+        """The exchange ended before the body was all sent: its producer stops."""
+        body = self.body
+        if body is None or self.sent or self.stopped:
+            return
+        self.stopped = True
+        conn = self.conn
+        if self.sending and conn is not None and not conn.lost:
+            conn.transport.unregisterProducer()
+        self.sending = False
+        body.stopProducing()
 
     # -- the upstream's bytes ----------------------------------------------------------------
 
@@ -305,7 +383,10 @@ class Fetch:
             length = None
         head_only = self.method == b"HEAD" or code in _NO_BODY
         self.until_close = length is None and not chunked and not head_only
-        self._rearm()
+        if self.timer is None:  # answered while the body is still going: time the body
+            self.timer = self.reactor.callLater(self.timeout, self._timed_out)
+        else:
+            self._rearm()
         conn = self.conn
         assert conn is not None
         if not self.sink.answer(code, self.phrase, self.headers, length, conn):
@@ -329,15 +410,17 @@ class Fetch:
             self._complete()
 
     def _complete(self) -> None:
-        """The answer has ended: the connection goes back to the pool if it can."""
+        """The answer has ended: the connection goes back to the pool if it can (not when the
+        request's body had not all been sent: the upstream would read its rest as a request)."""
         if self.finished:
             return
         conn = self.conn
+        sent = self.sent
         self._end()
         # Back in the pool before the client's answer ends: a pipelined next request can
         # take it at once.
         if conn is not None and not conn.lost:
-            if self.keep_alive:
+            if self.keep_alive and sent:
                 self.pool.release(conn)
             else:
                 conn.fetch = None
@@ -368,6 +451,7 @@ class Fetch:
         if (
             not self.received
             and not self.retried
+            and self.body is None
             and self.method in IDEMPOTENT
             and self.reused
             and self.conn is conn
@@ -421,6 +505,8 @@ class Fetch:
 
     def _end(self) -> None:
         self.finished = True
+        if self.body is not None:
+            self._stop_body()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
