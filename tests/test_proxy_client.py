@@ -24,6 +24,7 @@ import time
 import pytest
 
 from tests.gateway_process import GatewayProcess
+from tests.privacy_seed import seed
 
 BIG = 64 * 1024 * 1024
 BLOCK = bytes(range(256)) * 256  # 64 KiB
@@ -118,7 +119,7 @@ class Handler(socketserver.BaseRequestHandler):
                     if served:
                         return  # as an upstream whose keep-alive timer fired: closed, no answer
                     served += 1
-                if path in (b"/u/upload", b"/u/hold", b"/u/cut"):
+                if path in (b"/u/hold", b"/u/cut") or path.startswith(b"/u/upload"):
                     if not self.upload(reader, path, head):
                         return
                 elif not self.answer(sock, method, path):
@@ -472,3 +473,48 @@ def test_kept_alive_connections_after_a_post(gw, upstream):
         assert _get(conn, "/u/count")[0] == 200
     conn.close()
     assert upstream.connections == before
+
+
+@pytest.mark.parametrize("layer", ["fast", "twisted"])
+def test_a_body_sent_while_a_short_link_is_looked_up_reaches_the_upstream(
+    tmp_path, upstream, layer
+):
+    # Over 100,000 live links the link cache keeps the recent ones only (lru mode), so a cold
+    # path of a host with links is first looked up in the store (a Deferred) before the proxy
+    # route gets it; the body that arrives meanwhile must wait for the proxy, not vanish (the
+    # upstream then waited for bytes that never came: 504, on both layers).
+    sites = {"*": {"Proxy": {"/u/": f"http://127.0.0.1:{upstream.port}"}}}
+    overrides = {"Sites": sites, "ProxyTimeoutSeconds": 3, "HTTPServer": layer}
+    gw = GatewayProcess(tmp_path, overrides)
+    gw.config_path.write_text(json.dumps(gw.config))
+    now = int(time.time() * 1000)
+    links = [
+        {"urlfrom": f"links.test/go{i}", "urlto": "https://example.com/", "host": "links.test",
+         "path": f"/go{i}", "status": 302, "created_at": now, "updated_at": now}
+        for i in range(100_001)
+    ]  # fmt: skip
+    seed(tmp_path / "gw" / "data", {"redirects": links})
+    with gw:
+        metrics = gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
+        assert 'sfpl_shortlink_cached{mode="lru"}' in metrics  # the case this is about
+        for n, size in enumerate((5, 70_000, 3 * 1024 * 1024)):
+            body = _body(size, 10 + n)
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+            conn.request("POST", f"/u/upload/{n}", body=body, headers={"Host": "links.test"})
+            resp = conn.getresponse()
+            answer = resp.read()
+            conn.close()
+            assert resp.status == 200, (size, resp.status, answer)
+            got = json.loads(answer)
+            assert got["length"] == size and got["sha256"] == hashlib.sha256(body).hexdigest()
+        assert gw.http("GET", "/go7", headers={"Host": "links.test"}).status == 302
+        # A link answers a POST without taking its body: the body kept meanwhile goes, and
+        # the connection goes on (a small body, read whole) or closes (a large one, whose
+        # rest was never read), instead of hanging.
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+        for path, size in (("/go8", 1000), ("/go9", 1000), ("/go10", 300_000)):
+            conn.request("POST", path, body=_body(size, 20), headers={"Host": "links.test"})
+            resp = conn.getresponse()
+            resp.read()
+            assert (resp.status, resp.getheader("location")) == (302, "https://example.com/")
+        conn.close()

@@ -49,6 +49,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.server import version as _twisted_web_version
 
 from sfpltracker.edge.front import ACME_CHALLENGE, HSTS_VALUE, host_problem
+from sfpltracker.edge.streaming import keep_early
 
 log = Logger()
 
@@ -286,6 +287,8 @@ class FastRequest:
         "defaultContentType",
         "_head_out",
         "body_sink",
+        "_early_body",
+        "_body_ended",
     )
 
     def __init__(self, protocol, parsed: ParsedRequest):
@@ -312,6 +315,8 @@ class FastRequest:
         self.sentLength = 0
         self._head_out = b""  # a streamed answer's head, sent with the first body bytes
         self.body_sink = None  # a proxied body's consumer (edge/proxy.py StreamedBody)
+        self._early_body: list[bytes] | None = None  # body read before body_sink was set
+        self._body_ended = False  # requestReceived() came (the streamed body has ended)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -428,6 +433,7 @@ class FastRequest:
         if self.finished or self._disconnected:
             return
         self.finished = True
+        self.drop_early_body()
         if self._streamed:
             tail = self._head_out + (b"0\r\n\r\n" if self._chunked else b"")
             self._head_out = b""
@@ -461,12 +467,33 @@ class FastRequest:
         return self.parsed.content_length  # None: chunked
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
-        if self.body_sink is not None and not self.finished:
+        if self.finished:
+            self._early_body = None  # answered already: the body is not wanted
+        elif self.body_sink is not None:
             self.body_sink.data(data)
-        # else: answered already, or nobody wants the body: dropped
+        else:
+            # The route has not decided yet (a short link looked up in the store, then the
+            # proxy): kept for attach_body(), the client paused past EARLY_BODY_BYTES.
+            self._early_body = keep_early(self._early_body, data, self.pause_reading)
+
+    def attach_body(self, sink) -> None:
+        """``sink`` takes the body from here on, after what was read before it came."""
+        self.body_sink = sink
+        early, self._early_body = self._early_body, None
+        for chunk in early or ():
+            sink.data(chunk)
+        if self._body_ended:
+            sink.end()
+
+    def drop_early_body(self) -> None:
+        """Answered without taking the body: what was kept goes, the client is read again."""
+        if self._early_body is not None:
+            self._early_body = None
+            self.resume_reading()
 
     def requestReceived(self, command, path, version) -> None:  # noqa: N802
         """The streamed body has ended."""
+        self._body_ended = True
         if self.body_sink is not None:
             self.body_sink.end()
 
@@ -928,6 +955,7 @@ class FastHTTPProtocol(Protocol):
                 request.requestReceived(parsed.method, parsed.url, parsed.version)
         if body is not NOT_DONE_YET:
             request.finished = True
+            request.drop_early_body()
             self.fast_answered(request, body)
 
     def _head(self, request: FastRequest, length: int | None) -> list[bytes]:

@@ -139,8 +139,8 @@ class StreamedBody:
         self.ended = False
         self.done: defer.Deferred = defer.Deferred()
         self.sent = 0
-        request.body_sink = self
         request.pause_reading()
+        request.attach_body(self)  # what the client sent while the route was deciding first
 
     def data(self, chunk: bytes) -> None:
         if self.consumer is None:

@@ -20,12 +20,26 @@ import io
 
 from sfpltracker.web.site import LimitedRequest
 
+# Body bytes a request keeps while its route is still deciding (see keep_early) before it
+# stops reading its client: at most one more socket read arrives after the pause.
+EARLY_BODY_BYTES = 65536
+
+
+def keep_early(kept: list[bytes] | None, data: bytes, pause) -> list[bytes]:
+    """``kept`` + ``data``; ``pause()`` once they reach EARLY_BODY_BYTES."""
+    kept = kept if kept is not None else []
+    kept.append(data)
+    if sum(map(len, kept)) >= EARLY_BODY_BYTES:
+        pause()
+    return kept
+
 
 class StreamingRequest(LimitedRequest):
     streaming = False  # the body goes to ``body_sink`` as it arrives
     body_sink = None
     declared_length: int | None = None
     _body_done = True
+    _early_body: list[bytes] | None = None
 
     def gotLength(self, length):
         wants = getattr(getattr(self.channel, "site", None), "wants_stream", None)
@@ -44,9 +58,21 @@ class StreamingRequest(LimitedRequest):
     def handleContentChunk(self, data):
         if not self.streaming:
             return super().handleContentChunk(data)
-        if self.body_sink is not None and not self.finished:
+        if self.finished:
+            self._early_body = None  # answered already: the body is not wanted
+        elif self.body_sink is not None:
             self.body_sink.data(data)
-        # else: answered already, or nobody wants the body: drop it
+        else:  # the route has not decided yet (keep_early)
+            self._early_body = keep_early(self._early_body, data, self.pause_reading)
+
+    def attach_body(self, sink) -> None:
+        """``sink`` takes the body from here on, after what was read before it came."""
+        self.body_sink = sink
+        early, self._early_body = self._early_body, None
+        for chunk in early or ():
+            sink.data(chunk)
+        if self._body_done:
+            sink.end()
 
     def requestReceived(self, command, path, version):
         if not self.streaming:
@@ -65,6 +91,9 @@ class StreamingRequest(LimitedRequest):
         super().write(data)
 
     def _cleanup(self):
+        if self._early_body is not None:  # answered without taking the body: read again
+            self._early_body = None
+            self.resume_reading()
         if self.streaming and not self._body_done:
             # Answered before the body ended: the rest of it is not wanted, and the channel
             # must not parse it as requests. Close once the answer is written and read
