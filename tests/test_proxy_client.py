@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import socket
 import socketserver
 import struct
@@ -425,6 +426,74 @@ def test_an_upstream_not_reading_holds_the_client_back(gw, upstream):
     assert json.loads(answer)["length"] == total  # and then all of it went through
 
 
+@pytest.fixture
+def own_upstream():
+    """An upstream of the test's own (the module's is shared by the gateways of the module)."""
+    up = Upstream()
+    yield up
+    up.stop()
+
+
+@pytest.mark.parametrize("layer", ["fast", "twisted"])
+def test_a_pipelined_body_waiting_its_turn_holds_the_client_back(tmp_path, own_upstream, layer):
+    # The second request's body waits while the first is answered (its upstream holds it):
+    # the gateway must stop reading the client, not keep the waiting body in memory.
+    sites = {"*": {"Proxy": {"/u/": f"http://127.0.0.1:{own_upstream.port}"}}}
+    with GatewayProcess(tmp_path, {"Sites": sites, "HTTPServer": layer}) as gw:
+        _pipelined_body_held_back(gw, own_upstream)
+
+
+def _pipelined_body_held_back(gw, upstream) -> None:
+    total = 64 * 1024 * 1024
+    sent = [0]
+    upstream.release.clear()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=60)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+
+    def send():
+        try:
+            sock.sendall(b"POST /u/hold HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\no")
+            time.sleep(0.5)  # the first body's upstream is connected and reading it
+            sock.sendall(b"k")
+            sock.sendall(
+                b"POST /u/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n" % total
+            )
+            for _ in range(total // len(BLOCK)):
+                sock.sendall(BLOCK)  # blocks while the gateway does not read
+                sent[0] += len(BLOCK)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        last, still = -1, 0
+        deadline = time.monotonic() + 30
+        while still < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+        held_back_at = sent[0]
+        upstream.release.set()
+        sender.join(60)
+        got = b""
+        while chunk := sock.recv(65536):  # both answers, then the close
+            got += chunk
+    finally:
+        upstream.release.set()
+        sock.close()
+    assert held_back_at < 16 * 1024 * 1024
+    answers = []
+    while got:
+        head, _, got = got.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        answers.append((head.split(b"\r\n")[0], json.loads(got[:length])["length"]))
+        got = got[length:]
+    # both answered, in order, and then all of the waiting body went through
+    assert answers == [(b"HTTP/1.1 200 OK", 2), (b"HTTP/1.1 200 OK", total)]
+
+
 def test_an_upstream_closing_mid_upload_is_a_502_or_a_cut_never_a_500(gw):
     total = 16 * 1024 * 1024
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
@@ -477,13 +546,13 @@ def test_kept_alive_connections_after_a_post(gw, upstream):
 
 @pytest.mark.parametrize("layer", ["fast", "twisted"])
 def test_a_body_sent_while_a_short_link_is_looked_up_reaches_the_upstream(
-    tmp_path, upstream, layer
+    tmp_path, own_upstream, layer
 ):
     # Over 100,000 live links the link cache keeps the recent ones only (lru mode), so a cold
     # path of a host with links is first looked up in the store (a Deferred) before the proxy
     # route gets it; the body that arrives meanwhile must wait for the proxy, not vanish (the
     # upstream then waited for bytes that never came: 504, on both layers).
-    sites = {"*": {"Proxy": {"/u/": f"http://127.0.0.1:{upstream.port}"}}}
+    sites = {"*": {"Proxy": {"/u/": f"http://127.0.0.1:{own_upstream.port}"}}}
     overrides = {"Sites": sites, "ProxyTimeoutSeconds": 3, "HTTPServer": layer}
     gw = GatewayProcess(tmp_path, overrides)
     gw.config_path.write_text(json.dumps(gw.config))

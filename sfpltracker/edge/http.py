@@ -49,7 +49,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.server import version as _twisted_web_version
 
 from sfpltracker.edge.front import ACME_CHALLENGE, HSTS_VALUE, host_problem
-from sfpltracker.edge.streaming import keep_early
+from sfpltracker.edge.streaming import EARLY_BODY_BYTES, keep_early
 
 log = Logger()
 
@@ -663,6 +663,7 @@ class FastHTTPProtocol(Protocol):
         self._reading = True  # False once the last request has been read
         self._lost = False
         self._paused = False
+        self._holding = False  # a queued proxied body past EARLY_BODY_BYTES: _paused until its turn
         self._dispatching = False
         self._upgraded = False
         self._held: bytes | None = None  # bytes after an upgrade request, until it is answered
@@ -852,6 +853,17 @@ class FastHTTPProtocol(Protocol):
                 413, f"request body larger than MaxBodyBytes ({self.factory.max_body_bytes})"
             )
         cur.chunks.append(body)
+        if cur.streaming and cur.size >= EARLY_BODY_BYTES and not self._holding:
+            # A proxied body waiting its turn behind an earlier request (pipelined): held up
+            # to EARLY_BODY_BYTES, then the client is not read until its turn (_dispatch);
+            # the read deadline is ours to wait out, not the client's (the idle timeout
+            # guards the body once it is streamed).
+            self._reading_until = None
+            self._holding = True
+            if not self._paused:
+                self._paused = True
+                if not self._write_paused:
+                    self.transport.pauseProducing()
 
     def on_message_complete(self):
         cur, self._cur = self._cur, None
@@ -901,6 +913,9 @@ class FastHTTPProtocol(Protocol):
                         item.continued = True
                         self.transport.write(_CONTINUE)
                     if item.streaming and item.request is None:
+                        # Its turn: the proxy reads the client again when its upstream is
+                        # ready (edge/proxy.py StreamedBody), or the answer does.
+                        self._holding = self._paused = False
                         self._queue.popleft()
                         self._active = item
                         self._reading_until = None  # the idle timeout guards the body
@@ -909,7 +924,12 @@ class FastHTTPProtocol(Protocol):
                 self._queue.popleft()
                 self._active = item
                 self._respond(item)
-            if self._paused and len(self._queue) <= MAX_PIPELINED // 2 and not self._closing:
+            if (
+                self._paused
+                and not self._holding
+                and len(self._queue) <= MAX_PIPELINED // 2
+                and not self._closing
+            ):
                 self._paused = False
                 if not self._write_paused:
                     self.transport.resumeProducing()

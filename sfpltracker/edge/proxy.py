@@ -165,10 +165,11 @@ class StreamedBody:
             self.stats["streamed_bytes"] += len(chunk)
             consumer.write(chunk)
         self.pending, self.pending_bytes = [], 0
+        # Undo the pause of __init__ also when the body has ended already: the client's
+        # next (pipelined) request is read then (it stayed paused: the connection hung).
+        self.request.resume_reading()
         if self.ended:
             self.done.callback(None)
-        else:
-            self.request.resume_reading()
         return self.done
 
     def pauseProducing(self):  # noqa: N802
