@@ -213,6 +213,19 @@ def gw(request, tmp_path_factory, upstream):
         yield gateway
 
 
+def _stalled(count, timeout: float) -> int:
+    """``count()`` once it has stopped growing for a second (a side blocked on a full buffer),
+    or after ``timeout`` seconds."""
+    last, still = -1, 0
+    deadline = time.monotonic() + timeout
+    while still < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = count()
+        still = still + 1 if now == last else 0
+        last = now
+    return count()
+
+
 def _get(conn: http.client.HTTPConnection, path: str, method: str = "GET"):
     conn.request(method, path)
     resp = conn.getresponse()
@@ -288,14 +301,7 @@ def test_a_client_not_reading_holds_the_upstream_back(gw, upstream):
     try:
         sock.sendall(b"GET /u/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         # Read nothing until the upstream cannot send more (its sendall blocks).
-        last, still = -1, 0
-        deadline = time.monotonic() + 20
-        while still < 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            now = upstream.big_sent
-            still = still + 1 if now == last else 0
-            last = now
-        held_back_at = upstream.big_sent
+        held_back_at = _stalled(lambda: upstream.big_sent, 20)
         # Then read it all: the whole body arrives.
         data = b""
         while b"\r\n\r\n" not in data:
@@ -407,13 +413,7 @@ def test_an_upstream_not_reading_holds_the_client_back(gw, upstream):
     sender.start()
     try:
         # Wait until the client cannot send more (the gateway stopped reading it).
-        last, still = -1, 0
-        deadline = time.monotonic() + 30
-        while still < 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            still = still + 1 if sent[0] == last else 0
-            last = sent[0]
-        held_back_at = sent[0]
+        held_back_at = _stalled(lambda: sent[0], 30)
         upstream.release.set()
         sender.join(60)
         head, answer = _answer(sock)
@@ -468,13 +468,7 @@ def _pipelined_body_held_back(gw, upstream) -> None:
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
     try:
-        last, still = -1, 0
-        deadline = time.monotonic() + 30
-        while still < 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            still = still + 1 if sent[0] == last else 0
-            last = sent[0]
-        held_back_at = sent[0]
+        held_back_at = _stalled(lambda: sent[0], 30)
         upstream.release.set()
         sender.join(60)
         got = b""
