@@ -91,6 +91,9 @@ class Upstream(resource.Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-upstream", b"yes")
         request.setHeader(b"keep-alive", b"timeout=5")
+        # A header the upstream names in its Connection header is for the gateway alone.
+        request.setHeader(b"connection", b"x-hop-private")
+        request.setHeader(b"x-hop-private", b"only for the next hop")
         headers = {
             k.decode().lower(): [v.decode() for v in vs]
             for k, vs in request.requestHeaders.getAllRawHeaders()

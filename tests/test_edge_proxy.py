@@ -89,6 +89,7 @@ def test_proxy_passes_request_and_answer_with_forwarded_headers(gw, upstream):
     # The upstream's headers come back; its hop-by-hop ones do not.
     assert r.header("x-upstream") == "yes"
     assert r.header("keep-alive") is None
+    assert r.header("x-hop-private") is None
     assert r.header("content-type") == "application/json"
 
 

@@ -218,9 +218,14 @@ class Relay:
             return False
         request.setResponseCode(code, phrase)
         grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
+        # Headers the upstream names in its own Connection header are hop-by-hop too (RFC 9110 7.6.1).
+        dropped = HOP_BY_HOP
+        for name, value in headers:
+            if name.lower() == b"connection":
+                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
         for name, value in headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
+            if lname in dropped:
                 continue
             seen = grouped.get(lname)
             if seen is None:
