@@ -41,9 +41,9 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 
 from sfpltracker import admin
 from sfpltracker.store.interface import SerialStore, database_of
-from sfpltracker.store.schema import load_statements
+from sfpltracker.store.schema import REBUILD_SUFFIX, load_statements
 
-SUFFIX = "__rebuild"
+SUFFIX = REBUILD_SUFFIX
 PART_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 _rebuilding: set = set()  # the stores a rebuild runs on (one at a time each)

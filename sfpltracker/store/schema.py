@@ -123,6 +123,32 @@ def load_statements(
     return statements
 
 
+# ``dashboard rebuild`` (dashboard/rollups.py) builds ``<t>__rebuild`` and its view
+# ``<t>_mv__rebuild`` and stops merges of ``events`` meanwhile.
+REBUILD_SUFFIX = "__rebuild"
+
+
+def interrupted_rebuild(database: str, table_names) -> list[str]:
+    """Statements undoing what a rebuild stopped midway (the gateway killed) left: its view
+    would fill a table no one reads on every insert, and on a ClickHouse server merges of
+    ``events`` would stay stopped (parts pile up until inserts are refused). Empty when
+    nothing was left."""
+    left = [n for n in table_names if n.endswith(REBUILD_SUFFIX)]
+    if not left:
+        return []
+    views = sorted(n for n in left if n.removesuffix(REBUILD_SUFFIX).endswith("_mv"))
+    tables = sorted(set(left) - set(views))
+    return (
+        [f"DROP TABLE IF EXISTS {database}.{n}" for n in views + tables]
+        + [f"SYSTEM START MERGES {database}.events"]
+        + [
+            f"SYSTEM START MERGES {database}.{n.removesuffix(REBUILD_SUFFIX)}"
+            for n in tables
+            if n.removesuffix(REBUILD_SUFFIX) in table_names
+        ]
+    )
+
+
 JSON_BOUNDS = "(json bounds)"  # the ``file`` of the statements json_type_changes() makes
 # A JSON column of a CREATE TABLE (one column per line, the convention of our schema files).
 _JSON_COLUMN = re.compile(r"^\s+`?(\w+)`?\s+(JSON(?:\(.*\))?)\s*,?\s*$", re.MULTILINE)

@@ -72,6 +72,7 @@ from sfpltracker.store.schema import (
     JSON_BOUNDS,
     cluster_engine_changes,
     engine_changes,
+    interrupted_rebuild,
     json_type_changes,
     load_statements,
     parse_version,
@@ -226,6 +227,7 @@ class ClickHouseStore:
         self.quote_64bit = False
         self.legacy: LegacyDialect | None = None  # reads adapted for a server older than 25.3
         self._schema_loaded = False
+        self._rebuild_leftovers_checked = False
         self._schema_lock = threading.Lock()
         self._last_host = ""
         self._shutdown = None
@@ -412,6 +414,11 @@ class ClickHouseStore:
                 self._call(client, statement.sql)
             except StoreError as e:
                 raise StoreError(f"schema: {statement.sql}: {e}", e.code or -1) from None
+        if not self._rebuild_leftovers_checked:  # only at start: a reload may run beside one
+            self._rebuild_leftovers_checked = True
+            for sql in interrupted_rebuild(self.database, dict(rows)):
+                log.warn("store: undoing an interrupted dashboard rebuild: {sql}", sql=sql)
+                self._call(client, sql)
 
     def _tell_engine_changes(self, client, statements) -> None:
         """A cluster table made by an older schema with an engine since changed: a warning at

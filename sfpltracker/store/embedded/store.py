@@ -69,6 +69,7 @@ from sfpltracker.store.rejects import (
 from sfpltracker.store.schema import (
     DEFAULT_DATABASE,
     engine_changes,
+    interrupted_rebuild,
     json_type_changes,
     load_statements,
 )
@@ -215,6 +216,7 @@ class EmbeddedStore:
         self._reads_running = 0
         self._stopping = False
         self._inserts = 0
+        self._rebuild_leftovers_checked = False
         self.deadletters = DeadLetters(Path(data_dir) / "deadletter")
         self.stats: dict[str, Counter] = {"dead_letters": Counter()}
         self.guard = QueryGuard({database}, database)
@@ -328,6 +330,11 @@ class EmbeddedStore:
                 self._writer.query(statement.sql)
             except Exception as e:
                 raise StoreError(f"schema: {statement.sql}: {e}") from None
+        if not self._rebuild_leftovers_checked:  # only at start: a reload may run beside one
+            self._rebuild_leftovers_checked = True
+            for sql in interrupted_rebuild(self.database, stored):
+                log.warn("store: undoing an interrupted dashboard rebuild: {sql}", sql=sql)
+                self._writer.query(sql)
 
     def _bound_json_columns(self, statements) -> None:
         """Bring JSON columns of tables an older schema created to the declared (bounded) type:
