@@ -172,9 +172,14 @@ def test_functions_telling_of_the_host_are_refused(gw):
         "SELECT getOSKernelVersion()",
         "SELECT filesystemAvailable(), filesystemCapacity(), filesystemUnreserved()",
         "SELECT * APPLY getServerSetting FROM (SELECT 'path' AS p)",
+        "SELECT hostName()",
+        "SELECT FQDN()",
+        "SELECT fullHostName()",
+        "SELECT displayName()",
     ):
         r = gw.query_raw(sql, "TSV")
         assert data.encode() not in r.body and b"Linux" not in r.body, (sql, r)
+        assert r.body.strip() != socket.gethostname().encode(), (sql, r)
         assert refused(r) and b"is not allowed" in r.body, (sql, r)
     # A query setting is not the host's: still answered.
     assert gw.query_raw("SELECT getSetting('max_threads') > 0", "TSV").body == b"1\n"

@@ -89,6 +89,12 @@ DENIED_FUNCTIONS = frozenset(
         "filesystemavailable",
         "filesystemcapacity",
         "filesystemunreserved",
+        # The machine's name and the server's macros (shard/replica host names).
+        "hostname",
+        "fqdn",
+        "fullhostname",
+        "getmacro",
+        "displayname",
     }
 )
 DENIED_PREFIXES = ("dict",)
