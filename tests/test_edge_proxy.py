@@ -27,6 +27,11 @@ from tests.gateway_process import GatewayProcess
 from tests.servers import free_port
 
 MB = 1024 * 1024
+# Peak-RSS growth (KiB) a streamed 50 MB body may show. Measured (6 downloads of 50 MB on one
+# gateway, RSS sampled every 20 ms): a step of ~16 MB in 1-2 of them, kept afterwards, at
+# different downloads from run to run (also with MALLOC_MMAP_THRESHOLD_ fixed), with nothing
+# held by the proxy; under load it failed the former 10 MB bound in 1 of 3 runs of this file.
+RSS_NOISE = 30 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +167,10 @@ def test_50mb_upload_is_streamed_not_buffered(gw):
     echo = json.loads(body)
     assert echo["body_len"] == 50 * MB and echo["body_sha256"] == sha
     grown = peak_rss_kib(gw.proc.pid) - before
-    # Buffering the body would add 50 MB (plus copies); streaming stays within a few MB.
-    assert grown < 10 * 1024, f"peak RSS grew by {grown} KiB"
+    # Buffering the body would add 50 MB (plus copies). The bytes held are bounded exactly by
+    # the metric below; the process's RSS (chDB's threads live in it) also takes one-off steps
+    # of up to ~16 MB that no proxying causes (RSS_NOISE), so it bounds only against buffering.
+    assert grown < RSS_NOISE, f"peak RSS grew by {grown} KiB"
     metrics = gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode()
     assert metric_value(metrics, "sfpl_proxy_request_body_bytes_total") >= 50 * MB
     assert metric_value(metrics, "sfpl_proxy_request_body_pending_peak_bytes") < 1 * MB
@@ -198,7 +205,8 @@ def test_50mb_download_is_streamed(gw):
     for _ in range(50 * MB // len(PATTERN)):
         expected.update(PATTERN)
     assert digest.hexdigest() == expected.hexdigest()
-    assert peak_rss_kib(gw.proc.pid) - before < 10 * 1024
+    grown = peak_rss_kib(gw.proc.pid) - before
+    assert grown < RSS_NOISE, f"peak RSS grew by {grown} KiB"  # buffering: 50 MB or more
 
 
 def test_upstream_down_is_502_and_slow_upstream_is_504(gw):
