@@ -225,7 +225,7 @@ def load(
 ROLLUPS = tuple(r.table for r in rollups.rollups("sfpla"))
 # The views --insert-cost weighs: the latest the dashboard's speed added (issue 18; before
 # them dash_sessions_mv and dash_totals_mv, docs/performance.md).
-NEW_VIEWS = ("dash_funnel_mv", "dash_segments_mv")
+NEW_VIEWS = ("dash_funnel_mv", "dash_segments_mv", "dash_goals_mv")
 
 
 def rebuild_rollups(w) -> None:

@@ -1,7 +1,7 @@
 """The packaged schema, downgraded for Debian's clickhouse-server 18.16 (tests and benchmarks).
 
 18.16 is a real server speaking the native protocol, but older than the schema's SQL: it has
-no DateTime64, JSON, Bool, LowCardinality (without a setting), skipping indexes,
+no DateTime64, JSON, Bool, LowCardinality (without a setting), skipping indexes, codecs,
 SimpleAggregateFunction or ``non_replicated_deduplication_window``. ``downgrade_schema(dir)``
 writes a copy of ``schema/`` with each of those replaced by what 18.16 has (DateTime,
 String ...), so the driver path (inserts, failover, outages, dead letters) is tested on tables
@@ -25,6 +25,7 @@ _REWRITES = [
     (r"toDateTime64\(('[^']*'),\s*\d+(?:,\s*('[^']*'))?\)", r"toDateTime(\1, \2)"),
     (r"LowCardinality\((\w+)\)", r"\1"),
     (r"\bBool\b", "UInt8"),
+    (r"\s+CODEC\([^()]*\)", ""),  # column codecs came with 19.x
     (r"(?m)^(\s+\w+)\s+JSON(?:\([^)]*\))?(,?)$", r"\1 String\2"),  # JSON(max_dynamic_...) too
     (r"(?m)^\s+INDEX\s+.*$\n?", ""),
     (r",(\s*\n\))", r"\1"),  # the comma left before ")" by a removed INDEX line

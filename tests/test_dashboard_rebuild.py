@@ -2,8 +2,9 @@
 ``events`` in a running gateway, while events keep arriving (dashboard/rollups.py).
 
 A real gateway stores the known data of tests/dashboard_data.py; with it stopped, the rollups
-are corrupted in a separate process on the same data directory (``dash_sessions`` emptied,
-``dash_totals`` doubled, ``dash_daily`` made again with the older sort key and empty) and a
+are corrupted in a separate process on the same data directory (``dash_sessions`` and
+``dash_goals`` emptied, ``dash_totals`` doubled, ``dash_daily`` made again with the older sort
+key and ``dash_funnel`` with the older DateTime64 time, both empty) and a
 few events of three days ago are inserted. The restarted gateway answers wrong figures; the
 CLI's rebuild (``--since`` today, then whole) runs through its admin socket while a client
 keeps sending events; afterwards every rollup equals SQL over ``events`` and the dashboard's
@@ -43,6 +44,16 @@ for sql in (
        pageviews SimpleAggregateFunction(sum, UInt64))
        ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(day)
        ORDER BY (day, hhash, dim, value)''',
+    "TRUNCATE TABLE sfpla.dash_goals",
+    "DROP TABLE sfpla.dash_funnel_mv",
+    "DROP TABLE sfpla.dash_funnel",
+    # the time of a store made before: DateTime64 (the table keeps it until rebuilt)
+    '''CREATE TABLE sfpla.dash_funnel (vid UUID, created_at DateTime64(3, 'UTC'), eid UUID,
+       ename LowCardinality(String), hostname LowCardinality(String), source String,
+       medium String, campaign String, country LowCardinality(String),
+       device LowCardinality(String), uid UUID, sid UUID, ehash String, region String)
+       ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(created_at)
+       ORDER BY (vid, created_at, eid)''',
 ):
     w.query(sql)
 store._load_schema()  # the view again (the table exists: its old key stays)
@@ -93,6 +104,15 @@ def rollups_equal_events(gw: GatewayProcess) -> None:
         expect = q(f"SELECT toString({dim}) AS value, count() AS n FROM sfpla.events "
                    f"WHERE {CLIENT}{only_set} GROUP BY value ORDER BY value")  # fmt: skip
         assert got == expect, dim
+    goals = q("SELECT toString(ename) AS e, outcome, sum(events) AS n, uniqMerge(visitors) AS v "
+              "FROM sfpla.dash_goals GROUP BY e, outcome ORDER BY e, outcome")  # fmt: skip
+    assert goals == q(f"SELECT toString(ename) AS e, outcome, count() AS n, uniqExact(vid) AS v "
+                      f"FROM sfpla.events WHERE {CLIENT} AND (ename != '' OR outcome != '') "
+                      f"GROUP BY e, outcome ORDER BY e, outcome")  # fmt: skip
+    funnel = q("SELECT toString(eid) AS eid, toUInt32(created_at) AS t FROM sfpla.dash_funnel "
+               "ORDER BY eid")  # fmt: skip
+    assert funnel == q(f"SELECT toString(eid) AS eid, toUInt32(toDateTime(created_at)) AS t "
+                       f"FROM sfpla.events WHERE {CLIENT} AND ename != '' ORDER BY eid")  # fmt: skip
     sessions = q("SELECT toString(day) AS d, toString(sid) AS s, events, entry.2 AS entry "
                  "FROM sfpla.dash_sessions FINAL ORDER BY d, s")  # fmt: skip
     assert sessions == q(
@@ -121,6 +141,9 @@ def test_rebuild_in_a_running_gateway_equals_events(tmp_path):
         assert dash.get("overview")["current"]["events"] != truth["events"]  # corrupted
         key = "SELECT sorting_key AS k FROM system.tables WHERE database = 'sfpla' AND name = "
         assert gw.query(key + "'dash_daily'") == [{"k": "day, hhash, dim, value"}]
+        time_type = ("SELECT type AS t FROM system.columns WHERE database = 'sfpla' "
+                     "AND table = 'dash_funnel' AND name = 'created_at'")  # fmt: skip
+        assert gw.query(time_type) == [{"t": "DateTime64(3, 'UTC')"}]
 
         # Events keep arriving while the rollups are rebuilt: each stored once in them.
         sent: list[int] = []
@@ -152,7 +175,7 @@ def test_rebuild_in_a_running_gateway_equals_events(tmp_path):
         assert partial.returncode == 0, partial.stderr
         assert "dash_daily: rebuilt from " + today in partial.stdout, partial.stdout
         assert whole.returncode == 0, whole.stderr
-        assert {"dash_daily", "dash_sessions", "dash_totals"} <= {
+        assert {"dash_daily", "dash_sessions", "dash_totals", "dash_funnel", "dash_goals"} <= {
             line.split(":")[0] for line in whole.stdout.splitlines()
         }
         assert sent
@@ -163,6 +186,7 @@ def test_rebuild_in_a_running_gateway_equals_events(tmp_path):
         gw.wait_settled()
         rollups_equal_events(gw)
         assert gw.query(key + "'dash_daily'") == [{"k": "dim, day, hhash, value"}]
+        assert gw.query(time_type) == [{"t": "DateTime('UTC')"}]  # as the schema declares now
         left = gw.query("SELECT name FROM system.tables WHERE database = 'sfpla' "
                         "AND name LIKE '%rebuild%'")  # fmt: skip
         assert left == []

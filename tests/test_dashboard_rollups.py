@@ -1,9 +1,9 @@
-"""The dashboard's funnel and segment tables (schema/093, 094) on real chDB: filled by their
-materialized views from inserts through the store, the funnel read from ``dash_funnel`` equals
-the same ``windowFunnel`` over ``events``, and the overview's segment totals from
-``dash_segments`` equal ``events``, on varied generated data: repeated and out-of-order steps,
-events of one second, bots and server events, two hosts, rows inserted out of time order in
-several batches (several parts).
+"""The dashboard's funnel, segment and goal tables (schema/093, 094, 098) on real chDB: filled
+by their materialized views from inserts through the store, the funnel read from
+``dash_funnel`` equals the same ``windowFunnel`` over ``events``, the overview's segment totals
+from ``dash_segments`` and the goals and outcomes from ``dash_goals`` equal ``events``, on
+varied generated data: repeated and out-of-order steps, events of one second, bots and server
+events, two hosts, rows inserted out of time order in several batches (several parts).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def generated(seed: int = 7, visitors: int = 60) -> list[dict]:
                     "country": country if rng.random() < 0.9 else "FR", "device": device,
                     "source": source, "medium": "cpc" if source == "google" else "",
                     "campaign": "spring" if source else "",
+                    "outcome": rng.choice(["", "", "", "lead", "sale"]),
                     "bot": int(rng.random() < 0.05), "server": int(rng.random() < 0.05),
                 })  # fmt: skip
     rng.shuffle(rows)  # not in time order, as batches of several gateways may arrive
@@ -175,3 +176,40 @@ def segment_figures_equal_events(store):
             f"ORDER BY visitors DESC, events DESC, source, medium, campaign LIMIT 10", params,
         ))  # fmt: skip
         assert got == want, extra
+
+
+@pytest_twisted.inlineCallbacks
+def test_goal_table_equals_events_per_combination(loaded):
+    store, rows = loaded
+    key = (
+        "toString(day) AS d, hhash, toString(country) AS c, toString(device) AS dev, source, "
+        "medium, campaign, toString(ename) AS e, outcome"
+    )
+    group = "d, hhash, c, dev, source, medium, campaign, e, outcome"
+    got = yield rows_of(store, q.Query(
+        f"SELECT {key}, toUInt32(uniqMerge(visitors)) AS v, toUInt32(sum(events)) AS n "
+        f"FROM sfpla.dash_goals GROUP BY {group} ORDER BY {group}", {},
+    ))  # fmt: skip
+    want = yield rows_of(store, q.Query(
+        f"SELECT toDate(created_at) AS day, {key}, toUInt32(count(DISTINCT vid)) AS v, "
+        f"toUInt32(count()) AS n FROM sfpla.events WHERE bot = 0 AND server = 0 "
+        f"AND (ename != '' OR outcome != '') GROUP BY day, {group} ORDER BY {group}", {},
+    ))  # fmt: skip
+    assert got == [{k: v for k, v in r.items() if k != "day"} for r in want] and len(got) > 100
+    # the goals and outcomes with segment filters (read from dash_goals) equal SQL over events
+    for extra in FILTERS[2:4] + [{"host": HOSTS[0], "country": "US"}]:
+        f = q.Filters(start=DAY0 + timedelta(days=1), end=DAY0 + timedelta(days=4), **extra)
+        where, params = q.event_conditions(f)
+        got = yield rows_of(store, q.goals("sfpla", f))
+        want = yield rows_of(store, q.Query(
+            f"SELECT toString(ename) AS ename, toUInt32(count()) AS events, toUInt32(count("
+            f"DISTINCT vid)) AS visitors FROM sfpla.events WHERE {where} AND ename != '' "
+            f"GROUP BY ename ORDER BY events DESC, ename LIMIT 10", params,
+        ))  # fmt: skip
+        assert got == want and want, extra
+        got = yield rows_of(store, q.outcomes("sfpla", f))
+        want = yield rows_of(store, q.Query(
+            f"SELECT outcome, toUInt32(count()) AS events FROM sfpla.events WHERE {where} "
+            f"AND outcome != '' GROUP BY outcome ORDER BY events DESC, outcome LIMIT 10", params,
+        ))  # fmt: skip
+        assert got == want and want, extra

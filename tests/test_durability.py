@@ -180,6 +180,11 @@ DERIVED = {
     "dash_totals": ("sum(events)", "events", f"countIf({CLIENT})"),
     "dash_funnel": ("count()", "events", f"countIf({CLIENT} AND ename != '')"),
     "dash_segments": ("sum(events)", "events", f"countIf({CLIENT})"),
+    "dash_goals": (
+        "sum(events)",
+        "events",
+        f"countIf({CLIENT} AND (ename != '' OR outcome != ''))",
+    ),
     "ltv": (
         "sum(paid)",
         "payments",

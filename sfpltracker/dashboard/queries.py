@@ -8,7 +8,8 @@ fixed fragments chosen here. What is counted (docs/dashboard.md):
   same events the derived tables (``hits``, ``referrers``, ``outcomes``) are made from, so a
   page reads a derived table when no segment filter (source/medium/campaign, country, device)
   is set and ``events`` otherwise (the overview, campaigns and countries
-  ``dash_segments``; the funnel always ``dash_funnel``), with equal answers;
+  ``dash_segments``, goals and outcomes ``dash_goals``; the funnel always ``dash_funnel``),
+  with equal answers;
 - a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
   event, its duration the time between its first and last event;
 - ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
@@ -32,6 +33,7 @@ MAX_DAYS = 3660
 MAX_STEPS = 8
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 TS = "DateTime64(3, 'UTC')"
+TS_S = "DateTime('UTC')"  # in seconds: dash_funnel
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -409,6 +411,8 @@ GROUP BY kind, name ORDER BY kind, visitors DESC, events DESC, name LIMIT {{limi
 
 
 def goals(db: str, f: Filters) -> Query:
+    """Events and visitors per ename: from ``dash_daily`` without a segment filter, from
+    ``dash_goals`` (schema/098_dashboard_goals.sql) with one."""
     if not f.segmented:
         where, params = derived_conditions(f, "day")
         params["limit"] = f.limit
@@ -417,20 +421,24 @@ SELECT value AS ename, toUInt32(sum(events)) AS events, toUInt32(uniqMerge(visit
 FROM {db}.dash_daily WHERE {where} AND dim = 'ename'
 GROUP BY value ORDER BY events DESC, ename LIMIT {{limit:UInt32}}"""
         return Query(sql, params)
-    where, params = event_conditions(f)
+    where, params = derived_conditions(f, "day", segments=True)
     params["limit"] = f.limit
     sql = f"""
-SELECT toString(ename) AS ename, toUInt32(count()) AS events, toUInt32(uniq(vid)) AS visitors
-FROM {db}.events WHERE {where} AND ename != ''
+SELECT toString(ename) AS ename, toUInt32(sum(events)) AS events,
+       toUInt32(uniqMerge(visitors)) AS visitors
+FROM {db}.dash_goals WHERE {where} AND ename != ''
 GROUP BY ename ORDER BY events DESC, ename LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
 
 
 def outcomes(db: str, f: Filters) -> Query:
+    """Events per outcome: from ``outcomes`` without a segment filter, from ``dash_goals``
+    with one."""
     if f.segmented:
-        where, params = event_conditions(f)
+        where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
-SELECT outcome, toUInt32(count()) AS events FROM {db}.events WHERE {where} AND outcome != ''
+SELECT outcome, toUInt32(sum(events)) AS events FROM {db}.dash_goals
+WHERE {where} AND outcome != ''
 GROUP BY outcome ORDER BY events DESC, outcome LIMIT {{limit:UInt32}}"""
     else:
         where, params = derived_conditions(f, "created")
@@ -473,9 +481,17 @@ def funnel(
     """Part ``part`` of ``parts`` of the funnel: for the visitors of that vid range, how many
     did step 1, then 2, ... each within ``window_seconds`` of step 1 (per level reached; the
     parts add up). Read from ``dash_funnel`` (schema/093_dashboard_funnel.sql): the client
-    events without bots that have an ename, sorted by visitor, so a part reads its visitors'
-    rows only. ``funnel_events`` is the same over ``events``."""
-    where, params = event_conditions(f, filtered=True)
+    events without bots that have an ename, sorted by visitor, with their time in seconds
+    (what windowFunnel reads), so a part reads its visitors' rows only. ``funnel_events`` is
+    the same over ``events``."""
+    where, params = event_conditions(f, dated=False, filtered=True)
+    # Whole days in seconds, compared as the column's own type: a DateTime64 bound made
+    # every row's time a DateTime64 first. A store whose table still has the DateTime64
+    # column (made before, docs/dashboard.md) compares it with these as well.
+    dated = f"created_at >= {{start_s:{TS_S}}} AND created_at < {{end_s:{TS_S}}}"
+    where = f"{dated} AND {where}" if where else dated
+    params["start_s"] = _ts(f.start)[:19]
+    params["end_s"] = _ts(f.end + timedelta(days=1))[:19]
     if part > 0:
         where += " AND vid >= toUUID({vid_from:String})"
         params["vid_from"] = _vid_bound(part, parts)

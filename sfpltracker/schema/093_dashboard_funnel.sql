@@ -10,10 +10,15 @@
 -- `forget` finds a subject by (uid, sid, ehash next to vid): erasing by a uid or an e-mail
 -- hash reaches this copy as it reaches events, and `region` for a jurisdiction's retention
 -- by region (CCPA: US-CA) (tests/test_privacy_cli.py).
+-- The time is kept in seconds, the precision windowFunnel reads (it was a DateTime64 turned
+-- into seconds per row): with a delta codec the column a funnel reads is a third the size,
+-- and the funnel of 30 days of 10M events takes ~30% less CPU (docs/performance.md). A
+-- store made before keeps its DateTime64 column (same answers, slower) until `dashboard
+-- rebuild` makes the table again as declared here.
 CREATE TABLE IF NOT EXISTS sfpla.dash_funnel
 (
     vid UUID,
-    created_at DateTime64(3, 'UTC'),
+    created_at DateTime('UTC') CODEC(Delta, LZ4),
     eid UUID,
     ename LowCardinality(String),
     hostname LowCardinality(String),
@@ -33,7 +38,7 @@ ORDER BY (vid, created_at, eid)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.dash_funnel_mv TO sfpla.dash_funnel AS
-SELECT vid, created_at, eid, ename, hostname, source, medium, campaign, country, device,
-       uid, sid, ehash, region
+SELECT vid, toDateTime(created_at, 'UTC') AS created_at, eid, ename, hostname, source, medium,
+       campaign, country, device, uid, sid, ehash, region
 FROM sfpla.events
 WHERE server = 0 AND bot = 0 AND ename != '';

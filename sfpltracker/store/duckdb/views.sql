@@ -314,7 +314,8 @@ WHERE server = 0 AND bot = 0
 GROUP BY created_at::DATE, hhash;
 
 -- The dashboard's funnel table (schema/093_dashboard_funnel.sql): the client events without
--- bots that have an ename, with the columns a funnel reads.
+-- bots that have an ename, with the columns a funnel reads (ClickHouse keeps the time in
+-- seconds).
 CREATE OR REPLACE VIEW sfpla.dash_funnel AS
 SELECT vid, created_at, eid, ename, hostname, source, medium, campaign, country, device,
        uid, sid, ehash, region
@@ -330,3 +331,12 @@ SELECT created_at::DATE AS day, hhash, country, device, source, medium, campaign
 FROM sfpla.events
 WHERE server = 0 AND bot = 0
 GROUP BY created_at::DATE, hhash, country, device, source, medium, campaign;
+
+-- The dashboard's goals per segment (schema/098_dashboard_goals.sql): plain distinct counts
+-- here (ClickHouse keeps uniq states).
+CREATE OR REPLACE VIEW sfpla.dash_goals AS
+SELECT created_at::DATE AS day, hhash, country, device, source, medium, campaign, ename,
+       outcome, count(DISTINCT vid)::UBIGINT AS visitors, count(*)::UBIGINT AS events
+FROM sfpla.events
+WHERE server = 0 AND bot = 0 AND (ename != '' OR outcome != '')
+GROUP BY created_at::DATE, hhash, country, device, source, medium, campaign, ename, outcome;
