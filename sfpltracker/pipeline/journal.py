@@ -95,6 +95,10 @@ class JournalBatch:
     keys: list[Any] | None = None  # ... whose dedup key is one of these (None: all of them)
     boot: str | None = None  # the kernel's boot id when it was begun (set by the journal)
     rows: list[dict] | None = None  # or the rows themselves (a source without a spool)
+    # A batch of several series (the store process's one batcher for every worker series):
+    # each entry's (series, start, end) in the batch's order. The batch is begun in the
+    # journal of every series it holds rows of, ``lo``/``hi`` being that series' own span.
+    spans: list[tuple[str, Position, Position]] | None = None
 
     def to_record(self) -> dict:
         record = {
@@ -106,6 +110,8 @@ class JournalBatch:
             "keys": self.keys,
             "boot": self.boot,
         }
+        if self.spans is not None:
+            record["spans"] = [[name, *lo, *hi] for name, lo, hi in self.spans]
         if self.rows is not None:
             # JSON, not MessagePack: the rows came from JSON (a JetStream message), so they come
             # back identical, ints past 64 bits included.
@@ -115,6 +121,7 @@ class JournalBatch:
     @classmethod
     def from_record(cls, rec: dict) -> JournalBatch:
         rows = rec.get("rows")
+        spans = rec.get("spans")
         return cls(
             rec["token"],
             rec["table"],
@@ -123,6 +130,9 @@ class JournalBatch:
             rec.get("keys"),
             rec.get("boot"),
             None if rows is None else json.loads(rows),
+            None
+            if spans is None
+            else [(name, Position(a, b), Position(c, d)) for name, a, b, c, d in spans],
         )
 
     def __post_init__(self):
@@ -182,6 +192,7 @@ class InsertJournal:
 
     def __init__(self, directory: Path, blocking=None):
         self.path = Path(directory) / self.FILE
+        self.series = self.path.parent.name  # the spool series it belongs to
         self._blocking = blocking or deferToThread
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -320,7 +331,14 @@ class InsertJournal:
 
 
 @defer.inlineCallbacks
-def finish(store, journal: InsertJournal, batch: JournalBatch, rows: list[dict], who: str):
+def finish(
+    store,
+    journal: InsertJournal,
+    batch: JournalBatch,
+    rows: list[dict],
+    who: str,
+    own: list[dict] | None = None,
+):
     """Finish ``batch`` (in doubt; ``rows``: exactly the rows it sent) in ``store``.
 
     If any of them reached the source table, they are sent again with the batch's token: the
@@ -328,11 +346,16 @@ def finish(store, journal: InsertJournal, batch: JournalBatch, rows: list[dict],
     was committed (a view commits after its source) and the caller loads them as new rows.
     Fires with what was done: ``"empty"``, ``"settled"`` (nothing had landed), ``"resent"``
     or ``"after_reboot"`` (not re-sent: see the module docstring). ``who`` prefixes the logs.
+
+    ``own``: for a batch of several series, the rows of the caller's series. Whether the
+    source part landed is asked of these only: another series' loader may have settled the
+    same batch already and loaded its rows anew, and they must not pass for the batch's.
     """
-    if not rows:
+    check = rows if own is None else own
+    if not rows or not check:
         return "empty"
-    fresh = yield store.without_stored(batch.table, rows)
-    if len(fresh) == len(rows):
+    fresh = yield store.without_stored(batch.table, check)
+    if len(fresh) == len(check):
         log.info(
             "{who}: an interrupted insert of {n} {table} rows had not landed; not re-sent",
             who=who,
@@ -357,7 +380,7 @@ def finish(store, journal: InsertJournal, batch: JournalBatch, rows: list[dict],
         who=who,
         n=len(rows),
         table=batch.table,
-        landed=len(rows) - len(fresh),
+        landed=len(check) - len(fresh),
     )
     return "resent"
 
