@@ -4,6 +4,7 @@ every worker's series go into one insert, and a crash in the middle of it is sti
 Real files (``tmp_path``), ``MemoryReactorClock``, "threads" run at once; the store is
 test_journal's ``PiecesStore`` (a source table and one view, each part written once per
 insert token, and a switch that ends an insert between the two parts, as a crash does).
+The last test runs a real gateway with two workers on chDB.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from sfpltracker.config import BatchSettings
 from sfpltracker.pipeline.batcher import Batcher
 from sfpltracker.pipeline.journal import InsertJournal, JournalBatch
 from sfpltracker.pipeline.loader import Loader
-from sfpltracker.pipeline.spool import Position
+from sfpltracker.pipeline.spool import Position, encode_frame
+from tests.gateway_process import GatewayProcess
 from tests.test_journal import PiecesStore, calls
-from tests.test_spool import _spool, fired, now, open_writer
+from tests.test_spool import _spool, event, fired, now, open_writer
+from tests.test_workers import EVENTS_SQL, prom, wait_until
 
 WAIT = 1.0  # MaxBatchTime: what both loaders take within it goes in one insert
 
@@ -117,3 +120,21 @@ def test_spans_survive_the_journal_record():
     assert (
         JournalBatch.from_record(JournalBatch("t", "events", None, None).to_record()).spans is None
     )
+
+
+def test_the_store_process_loads_every_worker_series_in_one_insert(tmp_path):
+    # Two workers' series left by an earlier run (3 events each): the store process takes
+    # both within MaxBatchTime and stores them in one insert (one batcher per series made two).
+    clock = MemoryReactorClock()
+    spool = tmp_path / "gw" / "data" / "spool"
+    for name in ("w1", "w2"):
+        writer = open_writer(spool / name, clock)
+        for n in range(3):
+            fired(writer.append(encode_frame([event(n)], 1000), 1))
+            clock.advance(writer.commit_window)
+    batching = {"events": {"Strategy": "hybrid", "MaxBatchSize": 1000, "MaxBatchTime": 10}}
+    with GatewayProcess(tmp_path, {"Workers": 2, "Batching": batching}) as gw:
+        gw.wait_for(EVENTS_SQL, lambda r: int(r[0]["n"]) == 6, timeout=60)
+        wait_until(lambda: prom(gw, "sfpl_rows_stored") == 6, what="the totals")
+        assert prom(gw, "sfpl_batches_stored") == 1
+        assert int(gw.query(EVENTS_SQL)[0]["n"]) == 6
