@@ -331,14 +331,7 @@ class InsertJournal:
 
 
 @defer.inlineCallbacks
-def finish(
-    store,
-    journal: InsertJournal,
-    batch: JournalBatch,
-    rows: list[dict],
-    who: str,
-    own: list[dict] | None = None,
-):
+def finish(store, journal: InsertJournal, batch: JournalBatch, rows: list[dict], who: str):
     """Finish ``batch`` (in doubt; ``rows``: exactly the rows it sent) in ``store``.
 
     If any of them reached the source table, they are sent again with the batch's token: the
@@ -347,15 +340,27 @@ def finish(
     Fires with what was done: ``"empty"``, ``"settled"`` (nothing had landed), ``"resent"``
     or ``"after_reboot"`` (not re-sent: see the module docstring). ``who`` prefixes the logs.
 
-    ``own``: for a batch of several series, the rows of the caller's series. Whether the
-    source part landed is asked of these only: another series' loader may have settled the
-    same batch already and loaded its rows anew, and they must not pass for the batch's.
+    A batch of several series (``spans``) is begun in each series' journal, and each of their
+    loaders finishes it on its own: it is sent again whole with its token whether or not any of
+    it landed. A loader that found nothing landed and loaded its rows anew would leave the next
+    loader unable to tell those rows from the batch's (the source part of a batch spanning two
+    months is two parts, so "landed" is not one answer either); with the token, the first
+    re-send writes every missing part and the later ones are skipped whole.
     """
-    check = rows if own is None else own
-    if not rows or not check:
+    if not rows:
         return "empty"
-    fresh = yield store.without_stored(batch.table, check)
-    if len(fresh) == len(check):
+    if batch.spans is not None and journal.same_boot(batch):
+        yield store.insert(batch.table, rows, token=batch.token)
+        log.info(
+            "{who}: re-sent an interrupted insert of {n} {table} rows of several spool "
+            "series with its token (the parts that landed are skipped)",
+            who=who,
+            n=len(rows),
+            table=batch.table,
+        )
+        return "resent"
+    fresh = yield store.without_stored(batch.table, rows)
+    if len(fresh) == len(rows):
         log.info(
             "{who}: an interrupted insert of {n} {table} rows had not landed; not re-sent",
             who=who,
@@ -380,7 +385,7 @@ def finish(
         who=who,
         n=len(rows),
         table=batch.table,
-        landed=len(check) - len(fresh),
+        landed=len(rows) - len(fresh),
     )
     return "resent"
 

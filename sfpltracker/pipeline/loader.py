@@ -438,10 +438,7 @@ class Loader:
         """Send the batch again with its token if any of its rows reached the source table."""
         sizes = dict(self.writer.sizes)
         rows = yield self._blocking(_rows_of, self.directory, batch, sizes)
-        own = None
-        if batch.spans is not None:  # a batch of several series: landed or not, by its own
-            own = yield self._blocking(_rows_of, self.directory, batch, sizes, True)
-        done = yield finish(store, self.journal, batch, rows, "spool", own=own)
+        done = yield finish(store, self.journal, batch, rows, "spool")
         if done == "settled":
             self.settled_batches += 1  # the replay loads these rows as new ones
         elif done == "after_reboot":
@@ -497,13 +494,11 @@ class Loader:
         return max(0.0, self.reactor.seconds() - self.oldest_ms / 1000)
 
 
-def _rows_of(
-    directory: Path, batch: JournalBatch, sizes: dict[int, int], own_only: bool = False
-) -> list[dict]:
+def _rows_of(directory: Path, batch: JournalBatch, sizes: dict[int, int]) -> list[dict]:
     """The rows ``batch`` sent: its table's rows in the frames [lo, hi), in spool order, less
     those it left out as already stored. A batch of several series (``spans``): the rows of
     every span in the batch's order, the other series read from their directories next to
-    this one (``own_only``: of this series alone)."""
+    this one."""
     assert batch.lo is not None and batch.hi is not None  # a batch journaled with its spool span
     if batch.spans is None:
         return _span_rows(directory, batch, batch.lo, batch.hi, sizes)
@@ -512,11 +507,12 @@ def _rows_of(
     for name, lo, hi in batch.spans:
         if name == directory.name:
             rows += _span_rows(directory, batch, lo, hi, sizes)
-        elif not own_only:
+        else:
             other = directory.parent / name
             if name not in others:
                 # Frames in a batch were durable before they were read: the sizes on disk
-                # hold them whole (a segment that is gone was loaded: its batch is settled).
+                # hold them whole. A segment is gone only once its loader finished the batch
+                # (re-sent whole): this re-send is then skipped whole by the token.
                 others[name] = _sizes_on_disk(other)
             rows += _span_rows(other, batch, lo, hi, others[name])
     return rows
