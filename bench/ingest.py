@@ -12,7 +12,9 @@ CPU columns (from ``/proc``, so less noisy than req/s on a shared machine): micr
 the server's main thread per request during the wrk run (for the gateway: the reactor thread,
 where HTTP and the per-request Python work run), and of the whole process per event from the
 start of the run until the events are stored (for the gateway: reactor + spool writer +
-loader + chDB inserts).
+loader + chDB inserts). With ``--workers`` past 1 two more tables split the process tree's CPU
+by role and the store process's by kind of thread (reactor, Python threads, chDB's pools,
+merges).
 """
 
 from __future__ import annotations
