@@ -300,6 +300,9 @@ class TreeCpu:
         self.tick = os.sysconf("SC_CLK_TCK")
         self.total = 0.0
         self.by_pid: dict[int, float] = {}
+        # (pid, thread name) -> seconds; the main thread is named "main". Threads that ended
+        # meanwhile are missing here (chDB's pools come and go) but counted in ``by_pid``.
+        self.by_thread: dict[tuple[int, str], float] = {}
 
     def _read(self) -> dict[int, float]:
         out = {}
@@ -312,14 +315,37 @@ class TreeCpu:
             out[p] = (int(fields[11]) + int(fields[12])) / self.tick
         return out
 
+    def _threads(self, pids) -> dict[tuple[int, int], tuple[str, float]]:
+        out = {}
+        for p in pids:
+            try:
+                tids = os.listdir(f"/proc/{p}/task")
+            except FileNotFoundError:
+                continue
+            for t in tids:
+                try:
+                    with open(f"/proc/{p}/task/{t}/stat") as f:
+                        text = f.read()
+                except FileNotFoundError:
+                    continue
+                name = "main" if t == str(p) else text[text.index("(") + 1 : text.rindex(")")]
+                fields = text.rsplit(")", 1)[1].split()
+                out[(p, int(t))] = (name, (int(fields[11]) + int(fields[12])) / self.tick)
+        return out
+
     def start(self) -> TreeCpu:
         self._start = self._read()
+        self._start_threads = self._threads(self._start)
         return self
 
     def stop(self) -> TreeCpu:
         end = self._read()
         self.by_pid = {p: v - self._start.get(p, 0.0) for p, v in end.items()}
         self.total = sum(self.by_pid.values())
+        self.by_thread = {}
+        for (p, t), (name, v) in self._threads(end).items():
+            used = v - self._start_threads.get((p, t), (name, 0.0))[1]
+            self.by_thread[(p, name)] = self.by_thread.get((p, name), 0.0) + used
         return self
 
 

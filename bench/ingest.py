@@ -12,7 +12,9 @@ CPU columns (from ``/proc``, so less noisy than req/s on a shared machine): micr
 the server's main thread per request during the wrk run (for the gateway: the reactor thread,
 where HTTP and the per-request Python work run), and of the whole process per event from the
 start of the run until the events are stored (for the gateway: reactor + spool writer +
-loader + chDB inserts).
+loader + chDB inserts). With ``--workers`` past 1 two more tables split the process tree's CPU
+by role and the store process's by kind of thread (reactor, Python threads, chDB's pools,
+merges).
 """
 
 from __future__ import annotations
@@ -74,6 +76,27 @@ class Meter:
             by_role.get("supervisor", 0.0) * per,
         ]
 
+    def store_threads(self, name: str, stored: int) -> list:
+        """The store process's CPU per stored event by kind of thread."""
+        store = [pid for pid, role in self.pids.items() if role == "store"]
+        kinds = dict.fromkeys(STORE_THREADS, 0.0)
+        for (pid, thread), seconds in self.cpu.by_thread.items():
+            if pid in store:
+                kinds[STORE_THREAD_KIND.get(thread, "chDB pools")] += seconds
+        # Threads that ended during the run (chDB's pools come and go) count in the process.
+        kinds["ended threads"] = sum(self.cpu.by_pid.get(p, 0.0) for p in store) - sum(
+            kinds.values()
+        )
+        per = 1e6 / max(1, stored)
+        return [name, *(v * per for v in kinds.values())]
+
+
+# The store process's threads by name (Linux thread names, 15 characters): the reactor;
+# Python's threads (the chDB writer, which converts rows to Arrow and runs the insert's
+# pipeline, the spool reads and decoding, chDB readers); chDB's merges; the rest of chDB's pools.
+STORE_THREAD_KIND = {"main": "reactor", "python": "Python threads", "MergeMutate": "merges"}
+STORE_THREADS = ["reactor", "Python threads", "chDB pools", "merges", "ended threads"]
+
 
 def _processes(gw: GatewayProcess) -> list[dict]:
     deadline = time.monotonic() + 30
@@ -121,6 +144,7 @@ def main() -> None:
     # Each gateway case behind twisted.web's HTTPChannel and behind edge/http.py, with each
     # Workers value.
     split: list[str] = []
+    threads: list[list] = []
     for layer in args.layers.split(","):
         for n in [int(w) for w in args.workers.split(",")]:
             overrides = {"HTTPServer": layer, "Workers": n}
@@ -141,6 +165,7 @@ def main() -> None:
                     rows.append([name, r, answered, stored, cpu])
                     if n > 1:
                         split.append(meter.split(name, stored))
+                        threads.append(meter.store_threads(name, stored))
 
     out = []
     for name, r, answered, stored, cpu in rows:
@@ -189,6 +214,9 @@ def main() -> None:
                 split,
             )
         )
+    if threads:
+        print()
+        print(table(["case", *(f"store: {k} us/event" for k in STORE_THREADS)], threads))
     print(f"\n{args.connections} connections, {args.seconds}s per case, wrk on the same machine.")
     print(
         "events/s counts stored rows for the gateway. Stored may exceed 2xx: requests in flight "

@@ -93,7 +93,7 @@ class _Batch:
     dedup: bool  # some rows may be stored already
     token: str | None = None  # insert_deduplication_token: the same for every attempt
     prepared: bool = False  # rows filtered (if dedup) and journaled: fixed from now on
-    journal: InsertJournal | None = None  # the journal holding its begin record
+    journals: list[InsertJournal] = field(default_factory=list)  # holding its begin record
 
 
 @dataclass
@@ -350,6 +350,7 @@ class Batcher:
             if batch.dedup:
                 batch.rows = yield self.store.without_stored(table, batch.rows)
             journal = _journal_of(batch.entries)
+            spans = _series_spans(batch.entries) if journal is None else None
             key = DEDUP_KEYS.get(table)
             if journal is not None and key is not None and batch.rows:
                 first, last = batch.entries[0].origin, batch.entries[-1].origin
@@ -359,7 +360,21 @@ class Batcher:
                 else:  # no copy to rebuild it from: the rows go into the journal
                     record = JournalBatch(batch.token, table, None, None, rows=batch.rows)
                 yield journal.begin(record)
-                batch.journal = journal
+                batch.journals = [journal]
+            elif spans and key is not None and batch.rows:
+                # Rows of several spool series (one batcher for them all: one insert, one
+                # set of view parts, instead of one per series): begun in each series'
+                # journal, every record naming every entry's span, so whichever loader
+                # finishes the batch after a crash rebuilds all of its rows in order.
+                keys = [r.get(key) for r in batch.rows] if batch.dedup else None
+                order = [(s.journal.series, s.start, s.end) for s in spans]
+                for j in dict.fromkeys(s.journal for s in spans):
+                    own = [s for s in spans if s.journal is j]
+                    record = JournalBatch(
+                        batch.token, table, own[0].start, own[-1].end, keys, spans=order
+                    )
+                    yield j.begin(record)
+                    batch.journals.append(j)
             batch.prepared = True
         if not batch.rows:
             return 0
@@ -382,8 +397,8 @@ class Batcher:
                 t.target_size = max(ADAPTIVE_MIN_SIZE, t.target_size // 2)
             elif elapsed < ADAPTIVE_FAST_SECONDS:
                 t.target_size = min(t.settings.MaxBatchSize * 4, int(t.target_size * 1.25) + 1)
-        if batch.journal is not None:
-            batch.journal.end(batch.token or "").addErrback(_journal_failed)
+        for journal in batch.journals:
+            journal.end(batch.token or "").addErrback(_journal_failed)
         t.flushing = False
         for e in entries:
             e.deferred.callback(len(e.rows))
@@ -415,8 +430,8 @@ class Batcher:
             tries=attempt + 1,
             error=failure.getErrorMessage(),
         )
-        if batch.journal is not None:
-            batch.journal.doubt(batch.token or "")  # it may be half stored: the loader finishes it
+        for journal in batch.journals:
+            journal.doubt(batch.token or "")  # it may be half stored: the loader finishes it
         t.flushing = False
         for e in entries:
             e.deferred.errback(StoreRefused(failure.getErrorMessage()))
@@ -495,6 +510,14 @@ def _journal_of(entries: list[_Entry]) -> InsertJournal | None:
     ):
         return None
     return first.journal
+
+
+def _series_spans(entries: list[_Entry]) -> list[Span] | None:
+    """Every entry's span, when each comes from a spool series (of more than one journal)."""
+    spans = [e.origin for e in entries]
+    if all(isinstance(s, Span) for s in spans):
+        return spans  # type: ignore[return-value]
+    return None
 
 
 def _also_fire(result: object, other: defer.Deferred[None]) -> object:

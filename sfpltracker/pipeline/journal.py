@@ -95,6 +95,10 @@ class JournalBatch:
     keys: list[Any] | None = None  # ... whose dedup key is one of these (None: all of them)
     boot: str | None = None  # the kernel's boot id when it was begun (set by the journal)
     rows: list[dict] | None = None  # or the rows themselves (a source without a spool)
+    # A batch of several series (the store process's one batcher for every worker series):
+    # each entry's (series, start, end) in the batch's order. The batch is begun in the
+    # journal of every series it holds rows of, ``lo``/``hi`` being that series' own span.
+    spans: list[tuple[str, Position, Position]] | None = None
 
     def to_record(self) -> dict:
         record = {
@@ -106,6 +110,8 @@ class JournalBatch:
             "keys": self.keys,
             "boot": self.boot,
         }
+        if self.spans is not None:
+            record["spans"] = [[name, *lo, *hi] for name, lo, hi in self.spans]
         if self.rows is not None:
             # JSON, not MessagePack: the rows came from JSON (a JetStream message), so they come
             # back identical, ints past 64 bits included.
@@ -115,6 +121,7 @@ class JournalBatch:
     @classmethod
     def from_record(cls, rec: dict) -> JournalBatch:
         rows = rec.get("rows")
+        spans = rec.get("spans")
         return cls(
             rec["token"],
             rec["table"],
@@ -123,6 +130,9 @@ class JournalBatch:
             rec.get("keys"),
             rec.get("boot"),
             None if rows is None else json.loads(rows),
+            None
+            if spans is None
+            else [(name, Position(a, b), Position(c, d)) for name, a, b, c, d in spans],
         )
 
     def __post_init__(self):
@@ -182,6 +192,7 @@ class InsertJournal:
 
     def __init__(self, directory: Path, blocking=None):
         self.path = Path(directory) / self.FILE
+        self.series = self.path.parent.name  # the spool series it belongs to
         self._blocking = blocking or deferToThread
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -328,9 +339,26 @@ def finish(store, journal: InsertJournal, batch: JournalBatch, rows: list[dict],
     was committed (a view commits after its source) and the caller loads them as new rows.
     Fires with what was done: ``"empty"``, ``"settled"`` (nothing had landed), ``"resent"``
     or ``"after_reboot"`` (not re-sent: see the module docstring). ``who`` prefixes the logs.
+
+    A batch of several series (``spans``) is begun in each series' journal, and each of their
+    loaders finishes it on its own: it is sent again whole with its token whether or not any of
+    it landed. A loader that found nothing landed and loaded its rows anew would leave the next
+    loader unable to tell those rows from the batch's (the source part of a batch spanning two
+    months is two parts, so "landed" is not one answer either); with the token, the first
+    re-send writes every missing part and the later ones are skipped whole.
     """
     if not rows:
         return "empty"
+    if batch.spans is not None and journal.same_boot(batch):
+        yield store.insert(batch.table, rows, token=batch.token)
+        log.info(
+            "{who}: re-sent an interrupted insert of {n} {table} rows of several spool "
+            "series with its token (the parts that landed are skipped)",
+            who=who,
+            n=len(rows),
+            table=batch.table,
+        )
+        return "resent"
     fresh = yield store.without_stored(batch.table, rows)
     if len(fresh) == len(rows):
         log.info(

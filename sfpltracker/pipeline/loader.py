@@ -46,6 +46,7 @@ from sfpltracker.pipeline.spool import (
     Position,
     ReadResult,
     SpoolWriter,
+    list_segments,
     load_committed,
     read_frames,
     save_committed,
@@ -495,11 +496,44 @@ class Loader:
 
 def _rows_of(directory: Path, batch: JournalBatch, sizes: dict[int, int]) -> list[dict]:
     """The rows ``batch`` sent: its table's rows in the frames [lo, hi), in spool order, less
-    those it left out as already stored."""
+    those it left out as already stored. A batch of several series (``spans``): the rows of
+    every span in the batch's order, the other series read from their directories next to
+    this one."""
+    assert batch.lo is not None and batch.hi is not None  # a batch journaled with its spool span
+    if batch.spans is None:
+        return _span_rows(directory, batch, batch.lo, batch.hi, sizes)
+    rows: list[dict] = []
+    others: dict[str, dict[int, int]] = {}
+    for name, lo, hi in batch.spans:
+        if name == directory.name:
+            rows += _span_rows(directory, batch, lo, hi, sizes)
+        else:
+            other = directory.parent / name
+            if name not in others:
+                # Frames in a batch were durable before they were read: the sizes on disk
+                # hold them whole. A segment is gone only once its loader finished the batch
+                # (re-sent whole): this re-send is then skipped whole by the token.
+                others[name] = _sizes_on_disk(other)
+            rows += _span_rows(other, batch, lo, hi, others[name])
+    return rows
+
+
+def _sizes_on_disk(directory: Path) -> dict[int, int]:
+    sizes = {}
+    for seq in list_segments(directory):
+        try:
+            sizes[seq] = segment_path(directory, seq).stat().st_size
+        except FileNotFoundError:
+            continue
+    return sizes
+
+
+def _span_rows(
+    directory: Path, batch: JournalBatch, lo: Position, hi: Position, sizes: dict[int, int]
+) -> list[dict]:
     key = DEDUP_KEYS.get(batch.table)
     rows: list[dict] = []
-    pos, hi = batch.lo, batch.hi
-    assert pos is not None and hi is not None  # a batch journaled with its spool span
+    pos = lo
     while pos < hi:
         result = read_frames(directory, pos, sizes, READ_CHUNK_BYTES)
         if result.next <= pos:

@@ -2,8 +2,11 @@
 
 Each worker writes its own series ``spool/<worker>``; here one ``Loader`` per series (the same
 loader as the single process's, with its insert journal in the series' directory) reads it
-into the store through a batcher of its own, so a batch's rows come from one journal (the
-journal can rebuild and re-send a batch cut short by a crash only from one series).
+into the store through one batcher shared by every series: a chDB insert costs ~100 ms of
+CPU for its materialized views whatever its size, so N workers' rows go in one insert per
+``MaxBatchTime``, not N. A batch holding rows of several series is begun in each of their
+journals with every entry's span (``JournalBatch.spans``), so the loader of any of them can
+rebuild the whole batch and finish it after a crash.
 
 A loader may read a series only as far as its writer made it durable. ``RemoteSeries`` is the
 loader's view of a writer in another process: at start-up the segments on disk (the last one
@@ -127,6 +130,8 @@ class SeriesLoaders:
         self.batching = batching
         self.outputs = list(outputs)
         self.series: dict[str, tuple[RemoteSeries, Loader, Batcher]] = {}
+        # One batcher for every series: one insert (and one part per view) for all of them.
+        self.batcher = Batcher(store, reactor, batching, hold=LOADER_HOLD)
         # Known at once, so the durable ends sent while its loader starts are not lost.
         self.remote: dict[str, RemoteSeries] = {}
         self._adding: dict[str, defer.Deferred] = {}
@@ -162,7 +167,7 @@ class SeriesLoaders:
             series = self.remote[name] = RemoteSeries(self.spool_dir / name, name, self._forget)
             scanned = yield deferToThread(series.scan)
             series.adopt(scanned)
-            batcher = Batcher(self.store, self.reactor, self.batching, hold=LOADER_HOLD)
+            batcher = self.batcher
             loader = Loader(series, batcher, self.reactor, store=self.store)  # type: ignore[arg-type]
             loader.outputs.extend(self.outputs)
             loader.output_series = name  # its positions are its own (the outbox's replay marks)
@@ -218,18 +223,20 @@ class SeriesLoaders:
     @defer.inlineCallbacks
     def stop(self):
         """Load what the workers made durable (they stop first), then stop the loaders."""
-        for series, loader, batcher in list(self.series.values()):
-            try:
-                yield loader.drain(SHUTDOWN_DRAIN_SECONDS)
-                if loader.pending_records > 0:
-                    log.info(
-                        "spool {name}: {n} records stay for the next start",
-                        name=series.name,
-                        n=loader.pending_records,
-                    )
-            finally:
-                yield loader.stop()
-                batcher.stop()
+        try:
+            for series, loader, _ in list(self.series.values()):
+                try:
+                    yield loader.drain(SHUTDOWN_DRAIN_SECONDS)
+                    if loader.pending_records > 0:
+                        log.info(
+                            "spool {name}: {n} records stay for the next start",
+                            name=series.name,
+                            n=loader.pending_records,
+                        )
+                finally:
+                    yield loader.stop()
+        finally:
+            self.batcher.stop()
 
     # -- numbers ------------------------------------------------------------------------------
 
@@ -263,7 +270,7 @@ class SeriesLoaders:
         )
 
     def batchers(self) -> list[Batcher]:
-        return [b for _, _, b in self.series.values()]
+        return [self.batcher] if self.series else []
 
 
 def _series_names(spool_dir: Path, main_too: bool = False) -> list[str]:
