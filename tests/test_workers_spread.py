@@ -15,6 +15,8 @@ import ssl
 import time
 from collections import Counter
 
+import pytest
+
 from tests.gateway_process import GatewayProcess
 from tests.servers import free_port
 from tests.test_workers import Load, assert_stored_once, health, process, wait_until
@@ -140,3 +142,26 @@ def test_connections_made_while_a_worker_is_dead_wait_for_it_and_are_answered(tm
         assert served["w1"] > 0 and served["w2"] > 0, served
         assert load.non_2xx == []
         assert_stored_once(gw, load.acked + names)
+
+
+def test_a_second_gateway_on_the_same_port_is_refused_not_sharing_it(tmp_path):
+    with GatewayProcess(tmp_path, {"Workers": 2}, name="first") as first:
+        second = GatewayProcess(tmp_path, {"Workers": 2}, name="second")
+        second.config["ProxyPort"] = first.config["ProxyPort"]
+        # Both would bind with SO_REUSEPORT as the same user: the kernel would let the second
+        # take a share of the first's connections if it did not check the port first.
+        try:
+            with pytest.raises(RuntimeError, match="gateway exited"):
+                second.start()
+        finally:
+            second.__exit__(None, None, None)
+        assert "Address already in use" in second.log_text()
+        # The first gateway's workers take every connection (each new: any socket of its).
+        names = [f"a{i}" for i in range(20)]
+        for name in names:
+            conn = http.client.HTTPConnection("127.0.0.1", first.port, timeout=10)
+            try:
+                track(conn, name)
+            finally:
+                conn.close()
+        assert_stored_once(first, names)
