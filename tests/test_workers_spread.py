@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -17,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import GatewayProcess, http_request
 from tests.servers import free_port
 from tests.test_workers import Load, assert_stored_once, health, process, wait_until
 
@@ -56,7 +57,12 @@ def over_tls(raw: socket.socket) -> http.client.HTTPConnection:
 
 def test_a_burst_of_keep_alive_connections_is_spread_over_both_workers(tmp_path):
     tls_port = free_port()
-    with GatewayProcess(tmp_path, {"Workers": 2, "ProxyPortTLS": f"127.0.0.1:{tls_port}"}) as gw:
+    config = {
+        "Workers": 2,
+        "ProxyPortTLS": f"127.0.0.1:{tls_port}",
+        "ProxyExceptHTTP": "127.0.0.1:0",  # a free port: every worker's socket on the same one
+    }
+    with GatewayProcess(tmp_path, config) as gw:
         wait_until(lambda: all(p["pid"] for p in health(gw)["processes"]), what="all up")
         conns = [
             http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30) for _ in range(CONNECTIONS)
@@ -91,6 +97,11 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_both_workers(tmp_path)
         assert set(served) == {"w1", "w2"}, served
         assert set(served_tls) == {"w1", "w2"}, served_tls
         assert_stored_once(gw, acked)
+        ports = dict(
+            re.findall(r"\[(w\d) \S+\] ProxyExceptHTTP listening on [\d.]+:(\d+)", gw.log_text())
+        )
+        assert set(ports) == {"w1", "w2"} and len(set(ports.values())) == 1, ports
+        assert http_request(int(ports["w1"]), "GET", "/ping").status == 200
 
 
 def _exited(pid: int) -> bool:
