@@ -65,13 +65,18 @@ class Meter:
 
     def split(self, name: str, stored: int) -> list:
         by_role: dict[str, float] = {}
+        by_worker: list[float] = []
         for pid, seconds in self.cpu.by_pid.items():
             role = self.pids.get(pid, "supervisor" if pid == self.gw.proc.pid else "other")
             by_role[role] = by_role.get(role, 0.0) + seconds
+            if role == "worker":
+                by_worker.append(seconds)
         per = 1e6 / max(1, stored)
         return [
             name,
             by_role.get("worker", 0.0) * per,
+            # how evenly the connections were spread: 1/N when even, 1.0 when one took all
+            max(by_worker, default=0.0) / max(1e-9, sum(by_worker)),
             by_role.get("store", 0.0) * per,
             by_role.get("supervisor", 0.0) * per,
         ]
@@ -210,7 +215,13 @@ def main() -> None:
         print()
         print(
             table(
-                ["case", "workers CPU us/event", "store process CPU us/event", "supervisor"],
+                [
+                    "case",
+                    "workers CPU us/event",
+                    "busiest worker's share",
+                    "store process CPU us/event",
+                    "supervisor",
+                ],
                 split,
             )
         )

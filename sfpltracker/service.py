@@ -7,7 +7,6 @@ listening, flush what was accepted, close the store.
 
 from __future__ import annotations
 
-import os
 import socket
 
 from twisted.application import service
@@ -40,8 +39,13 @@ def listen(reactor, listen: str, factory, fd: int | None = None) -> defer.Deferr
     if fd is None:
         return tcp_endpoint(reactor, listen).listen(factory)
     family = socket.AF_INET6 if ":" in parse_listen(listen)[0] else socket.AF_INET
-    port = reactor.adoptStreamPort(fd, family, factory)
-    os.close(fd)  # the port holds its own copy
+    sock = socket.socket(family, socket.SOCK_STREAM, fileno=fd)
+    # A worker's socket may be bound but not yet listening (workers/supervisor.py: a slot's
+    # new sockets join the kernel's SO_REUSEPORT group once served); on a listening socket
+    # listen() only sets the backlog again.
+    sock.listen(1024)
+    port = reactor.adoptStreamPort(sock.fileno(), family, factory)
+    sock.close()  # the port holds its own copy
     return defer.succeed(port)
 
 

@@ -90,7 +90,10 @@ def health(gw) -> dict:
 
 
 def worker_pid(gw, name: str):
-    return next(p["pid"] for p in health(gw)["processes"] if p["name"] == name)
+    # A worker just (re)started answers before the supervisor's first totals reach it (no
+    # "processes" yet): connections the kernel queued on its socket meanwhile are its first.
+    processes = health(gw).get("processes", [])
+    return next((p["pid"] for p in processes if p["name"] == name), None)
 
 
 @contextlib.contextmanager

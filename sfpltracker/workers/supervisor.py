@@ -1,13 +1,20 @@
 """The supervisor (``Workers`` > 1): binds the listening sockets once, runs the processes.
 
 Twisted's documented pattern for a multi-process server: the parent binds each port, starts
-children with ``reactor.spawnProcess(..., childFDs=...)`` handing them the listening socket,
-and each child serves it with ``reactor.adoptStreamPort``; the kernel gives each connection to
-one of the processes accepting on it. Children are ``twistd sfpltracker`` again with ``--role``:
+children with ``reactor.spawnProcess(..., childFDs=...)`` handing them a listening socket, and
+each child serves it with ``reactor.adoptStreamPort``. Children are ``twistd sfpltracker``
+again with ``--role``:
 
 - one store process: the store, the loaders of every spool series, the query listener (its
   socket), admin commands; started first, the workers follow once it reported in;
-- N workers: the edge listeners (their sockets) and ingestion into their own series.
+- N workers: the edge listeners and ingestion into their own series. Each edge listener is N
+  ``SO_REUSEPORT`` sockets on one address, one per worker slot: the kernel hashes each new
+  connection to one of them, so a burst of keep-alive connections is spread evenly (with one
+  shared socket the first worker awake accepted up to ``numberAccepts`` at once and kept
+  them). The supervisor keeps every socket open: connections that reach a dead worker's
+  socket wait in its queue for the restarted worker. A slot given up as failing at start-up
+  has its sockets closed (new connections go to the live workers) and, for its next try,
+  bound again but not listening: the worker listens when it serves them.
 
 A child that exits is started again after a backoff that doubles while it keeps dying soon
 after start (0.5 s up to 30 s), so a worker that cannot start is not restarted in a hot loop;
@@ -53,16 +60,42 @@ TWISTD = "from twisted.scripts.twistd import run; run()"
 MAX_OVER_LIMIT = 10000  # clients over RateLimitPerDay sent back in one answer
 
 
-def bind(address: str, backlog: int = 1024) -> socket.socket:
-    interface, port = parse_listen(address)
+def bind(
+    address: str,
+    backlog: int = 1024,
+    *,
+    port: int | None = None,
+    reuseport: bool = False,
+    listen: bool = True,
+) -> socket.socket:
+    interface, configured = parse_listen(address)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((interface, port))
-    sock.listen(backlog)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, configured if port is None else port))
+        if listen:
+            sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     sock.set_inheritable(True)  # handed to the children under the same descriptor number
     return sock
+
+
+def bind_group(address: str, n: int) -> list[socket.socket]:
+    """``n`` listening ``SO_REUSEPORT`` sockets on ``address``, all on the port of the first
+    (a configured port 0: the free port the kernel chose for it)."""
+    if parse_listen(address)[1]:
+        # Refused (address in use) if anything listens there: SO_REUSEPORT alone would let a
+        # second gateway of the same user share the port silently instead of failing.
+        bind(address, listen=False).close()
+    first = bind(address, reuseport=True)
+    port = first.getsockname()[1]
+    return [first, *(bind(address, port=port, reuseport=True) for _ in range(n - 1))]
 
 
 @dataclass
@@ -71,7 +104,8 @@ class Slot:
 
     role: str
     name: str
-    fds: dict[str, int]
+    # listener name -> the socket this slot's child serves; the supervisor keeps it open
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
     proc: _Child | None = None
     pid: int = 0
     started_at: float = 0.0
@@ -82,6 +116,15 @@ class Slot:
     base: dict[str, int] = field(default_factory=dict)  # the dead incarnations' totals
     current: dict[str, int] = field(default_factory=dict)
     status: str = "starting"
+
+    @property
+    def fds(self) -> dict[str, int]:
+        return {name: sock.fileno() for name, sock in self.sockets.items()}
+
+    def close_sockets(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets = {}
 
     def totals(self) -> dict[str, int]:
         out = dict(self.base)
@@ -123,9 +166,9 @@ class Supervisor(service.Service):
         self.config_path = str(Path(config_path).resolve())
         self.reactor = reactor
         self.argv = list(argv)  # twistd options passed on to the children (--logfile)
-        self.sockets: dict[str, socket.socket] = {}
-        self.store = Slot("store", "store", {})
-        self.workers = [Slot("worker", f"w{i + 1}", {}) for i in range(workers)]
+        self.edge_ports: dict[str, int] = {}  # edge listener -> its port (bound, never 0)
+        self.store = Slot("store", "store")
+        self.workers = [Slot("worker", f"w{i + 1}") for i in range(workers)]
         self.stopping = False
         self.port = None
         # RateLimitPerDay over every worker: one key for their client digests (in memory and
@@ -143,13 +186,14 @@ class Supervisor(service.Service):
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         # Created once here, so no two children race to create different ones.
         load_or_create_secret(cfg.data_dir / "secret.key")
-        for name in (*EDGE_LISTENERS, "QueryPort"):
-            address = getattr(cfg, name)
-            if address:
-                self.sockets[name] = bind(address)
-        self.store.fds = {n: s.fileno() for n, s in self.sockets.items() if n == "QueryPort"}
-        for slot in self.workers:
-            slot.fds = {n: s.fileno() for n, s in self.sockets.items() if n in EDGE_LISTENERS}
+        for name in EDGE_LISTENERS:
+            if getattr(cfg, name):
+                group = bind_group(getattr(cfg, name), len(self.workers))
+                self.edge_ports[name] = group[0].getsockname()[1]
+                for slot, sock in zip(self.workers, group, strict=True):
+                    slot.sockets[name] = sock
+        if cfg.QueryPort:  # the store process alone serves it: one socket
+            self.store.sockets["QueryPort"] = bind(cfg.QueryPort)
         self._listen_amp()
         self.spawn(self.store)
         d = self._store_reported
@@ -159,7 +203,9 @@ class Supervisor(service.Service):
         log.info(
             "supervisor: {n} workers and a store process on {listeners}",
             n=len(self.workers),
-            listeners=", ".join(f"{n} {getattr(cfg, n)}" for n in self.sockets),
+            listeners=", ".join(
+                f"{n} {getattr(cfg, n)}" for n in (*EDGE_LISTENERS, "QueryPort") if getattr(cfg, n)
+            ),
         )
 
     def _listen_amp(self) -> None:
@@ -199,6 +245,13 @@ class Supervisor(service.Service):
         slot.respawn = None
         if self.stopping:
             return
+        if slot.role == "worker" and not slot.sockets and self.edge_ports:
+            try:
+                slot.sockets = self._bind_again()
+            except OSError as e:  # the port was taken meanwhile (no live worker held it)
+                log.error("supervisor: cannot bind {name}'s sockets: {e}", name=slot.name, e=e)
+                slot.respawn = self.reactor.callLater(MAX_BACKOFF, self.spawn, slot)
+                return
         child = _Child(self, slot)
         child_fds: dict[int, object] = {0: "w", 1: 1, 2: 2}
         child_fds.update({fd: fd for fd in slot.fds.values()})  # same numbers in the child
@@ -238,6 +291,10 @@ class Supervisor(service.Service):
         slot.restarts += 1
         if slot.quick_deaths >= FAILING_AFTER:
             slot.status = "failing"
+            # Given up for now: its share of new connections goes to the live workers (what
+            # waits on its sockets is refused), until a later try serves new sockets.
+            if slot.role == "worker":
+                slot.close_sockets()
             log.error(
                 "supervisor: {role} {name} keeps dying at start-up ({n} times in a row, last "
                 "{why}); next try in {delay:.1f} s",
@@ -257,6 +314,21 @@ class Supervisor(service.Service):
                 delay=delay,
             )
         slot.respawn = self.reactor.callLater(delay, self.spawn, slot)
+
+    def _bind_again(self) -> dict[str, socket.socket]:
+        """New sockets for a worker slot whose sockets were closed, bound to the edge ports but
+        not listening: they join the kernel's group only once its worker listens (adopts them),
+        so a try that fails again leaves no connections waiting on them."""
+        cfg = self.cfg
+        out: dict[str, socket.socket] = {}
+        try:
+            for name, port in self.edge_ports.items():
+                out[name] = bind(getattr(cfg, name), port=port, reuseport=True, listen=False)
+        except OSError:
+            for sock in out.values():
+                sock.close()
+            raise
+        return out
 
     # -- numbers ------------------------------------------------------------------------------
 
@@ -323,10 +395,12 @@ class Supervisor(service.Service):
             if slot.respawn is not None and slot.respawn.active():
                 slot.respawn.cancel()
         # Workers first: they commit what they acknowledged; then the store loads it.
+        # The children hold their own copies: each socket closes (new connections refused,
+        # not left waiting) as soon as its child stops listening.
+        for slot in self.slots():
+            slot.close_sockets()
         yield self._stop([s for s in self.workers])
         yield self._stop([self.store])
-        for sock in self.sockets.values():
-            sock.close()
         if self.port is not None:
             yield self.port.stopListening()
         log.info("supervisor: every process stopped")
