@@ -58,7 +58,7 @@ _PRIVATE_INPUTS = frozenset(PRIVATE_FIELDS) | frozenset(
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-@dataclass
+@dataclass(slots=True)
 class Visitor:
     """Who a request is from, decided once per request (a batch shares one visitor)."""
 
@@ -75,7 +75,7 @@ class Visitor:
     minted: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Ingested:
     """What the input items of one request (or WebSocket message) became."""
 
@@ -126,7 +126,8 @@ class EventModel:
             vid = parse_uuid(first.get("vid")) or parse_uuid(req.cookies.get("vid")) or uuid4()
             sid = parse_uuid(first.get("sid")) or parse_uuid(req.cookies.get("sid")) or uuid4()
             return Visitor(vid, sid, cookies_allowed=False, from_cookie=False)
-        if not self.cookie_policy.cookies_allowed(req.headers, req.cookies):
+        cookies = req.cookies
+        if self.cookie_policy.refusal(req.headers, cookies) is not None:
             day = req.day
             vid = self.cookieless.visitor_id(day, req.host, req.ip, req.user_agent)
             sid = parse_uuid(first.get("sid")) or self.cookieless.session_id(day, vid)
@@ -138,17 +139,26 @@ class EventModel:
                 cookieless=True,
                 day_key=self.cookieless.day_key(day),
             )
-        cookies = req.cookies
-        cookie_vid = _uuid_or_none(cookies.get("vid"))
-        sent_vid = _uuid_or_none(first.get("vid")) or _uuid_or_none(req.original_inputs.get("vid"))
+        # (``x and parse_uuid(x)``: most of these ids are absent, and a call costs more)
+        cookie_vid = cookies.get("vid")
+        cookie_vid = cookie_vid and parse_uuid(cookie_vid)
+        sent_vid = first.get("vid")
+        sent_vid = sent_vid and parse_uuid(sent_vid)
+        if not sent_vid:
+            sent_vid = req.original_inputs.get("vid")
+            sent_vid = sent_vid and parse_uuid(sent_vid)
         vid = cookie_vid or sent_vid or uuid4()
-        sid = _uuid_or_none(cookies.get("sid")) or _uuid_or_none(first.get("sid")) or uuid4()
+        sid = cookies.get("sid")
+        sid = sid and parse_uuid(sid)
+        if not sid:
+            sid = first.get("sid")
+            sid = (sid and parse_uuid(sid)) or uuid4()
         return Visitor(
             vid,
             sid,
             cookies_allowed=True,
-            from_cookie=cookie_vid is not None,
-            minted=cookie_vid is None and sent_vid is None,
+            from_cookie=bool(cookie_vid),
+            minted=not cookie_vid and not sent_vid,
         )
 
     def records(
@@ -270,12 +280,12 @@ class EventModel:
         if extra:
             raw = {**extra, **raw}
         row: dict[str, Any] = {}
-        params: dict[str, Any] = {}
+        params: dict[str, Any] | None = None  # made when the event has custom fields
         explicit_params = raw.get("params")
         if explicit_params is not None:
             explicit_params = to_json_object(explicit_params)
             if explicit_params:
-                params.update(explicit_params)
+                params = dict(explicit_params)
         coercer = EVENT_COERCERS.get
         for key, value in raw.items():
             spec = coercer(key)
@@ -284,23 +294,30 @@ class EventModel:
                 if typed is not None:
                     row[spec[0]] = typed
             elif key not in NOT_PARAMS:
+                if params is None:
+                    params = {}
                 params[key] = value
 
         if "ename" not in row and isinstance(raw.get("content"), str) and raw["content"]:
             row["ename"] = raw["content"].strip().lower()
             row.pop("content", None)
 
-        row["eid"] = _uuid_or_none(raw.get("eid")) or uuid7(req.now_ms)
+        # (``x and parse_uuid(x)``: most events send none of these ids, and a call costs more)
+        sent = raw.get("eid")
+        row["eid"] = (sent and parse_uuid(sent)) or uuid7(req.now_ms)
         if visitor.from_cookie or visitor.cookieless:
             row["vid"] = visitor.vid
         else:
-            row["vid"] = _uuid_or_none(raw.get("vid")) or visitor.vid
-        row["sid"] = _uuid_or_none(raw.get("sid")) or visitor.sid
+            sent = raw.get("vid")
+            row["vid"] = (sent and parse_uuid(sent)) or visitor.vid
+        sent = raw.get("sid")
+        row["sid"] = (sent and parse_uuid(sent)) or visitor.sid
         if "cflags" not in row:
             consent = req.cookies.get("CookieConsent")
-            cookie_flags = to_int(consent) if consent is not None else None
-            if cookie_flags is not None:
-                row["cflags"] = cookie_flags
+            if consent is not None:
+                cookie_flags = to_int(consent)
+                if cookie_flags is not None:
+                    row["cflags"] = cookie_flags
 
         # E-mail, user name, phone: only their keyed hashes are stored, never the value.
         # (Skipped when the event has none of those inputs: most events.)
@@ -312,16 +329,19 @@ class EventModel:
                 value = raw.get(key)
                 if not row.get(column) and isinstance(value, str) and value.strip():
                     row[column] = self.hash_private(value)
-        if "url" not in row and req.page_url:
-            row["url"] = req.page_url
+        if "url" not in row:
+            page_url = req.page_url
+            if page_url:
+                row["url"] = page_url
         if self.normalise_url is not None:
             for column in ("url", "last"):
                 if row.get(column):
                     row[column] = self.normalise_url(row[column])
 
+        host = req.host
         row["created_at"] = req.now_ms
-        row["hhash"] = short_hash(req.host)
-        row["hostname"] = req.host
+        row["hhash"] = short_hash(host)
+        row["hostname"] = host
         row["ja4h"] = req.ja4h
         if visitor.minted and not server and row["vid"] == visitor.vid:
             row["new_vid"] = 1
@@ -329,8 +349,12 @@ class EventModel:
         # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
         # full ``req.ip``, which is never put in a row unless IPMode is "full".
         row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
-        ua = req.user_agent.strip().lower() if with_user_agent else ""
-        row["bhash"] = short_hash(ua) if ua else ""
+        ua = req.user_agent
+        if ua and with_user_agent:
+            ua = ua.strip().lower()
+            row["bhash"] = short_hash(ua) if ua else ""
+        else:
+            row["bhash"] = ""
         row["params"] = _params_text(params) if params else "{}"
         row["server"] = 1 if server else 0
         row["bot"] = 0
@@ -338,10 +362,11 @@ class EventModel:
             enrich(row, req)
         if not row.get("country"):  # the original's last resort: the client's time zone
             tz = row.get("tz")
-            country = tz_country(tz) if tz else None
-            if country:
-                row["country"] = country
-        if self.drop_bots and row.get("bot"):
+            if tz:
+                country = tz_country(tz)
+                if country:
+                    row["country"] = country
+        if self.drop_bots and row["bot"]:
             return None
         return row
 
