@@ -10,6 +10,7 @@ from typing import Any
 from twisted.web.server import NOT_DONE_YET
 
 from sfpltracker.ingest.request import RequestInfo, host_only
+from sfpltracker.privacy.ip import canonical_ip
 
 
 def header(request, name: str, default: str = "") -> str:
@@ -115,7 +116,8 @@ def request_info(request, gateway, *, now_ms: int | None = None) -> RequestInfo:
         cookies = RequestCookies(request.received_cookies)
     peer = getattr(request.getClientAddress(), "host", "") or ""
     trusted = gateway.trusted_proxies
-    ip = trusted.client_ip(peer, headers)
+    # Without trusted proxies the client is the peer (what ``client_ip`` finds, in one call).
+    ip = trusted.client_ip(peer, headers) if trusted.networks else canonical_ip(peer) or peer
     host = headers.get("host", "")
     https = request.isSecure()
     if trusted.networks and peer in trusted:
@@ -178,7 +180,9 @@ def apply_cors(request, allow_origin: str) -> None:
     a request that names its Origin gets that origin echoed (when allowed) with credentials.
     ``AllowOrigin`` may be ``*`` or a comma-separated list of origins.
     """
-    origin = header(request, "origin")
+    origin = request.getHeader(b"origin")  # (as ``header()`` reads it, inlined: every call)
+    if isinstance(origin, bytes):
+        origin = origin.decode("latin-1")
     allowed = _allowed_origins(allow_origin)
     if origin and ("*" in allowed or origin in allowed):
         request.setHeader(b"access-control-allow-origin", origin.encode("latin-1"))

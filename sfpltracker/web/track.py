@@ -134,7 +134,11 @@ class TrackResource(IngestResource):
     def render_GET(self, request):
         started = time.monotonic_ns()
         apply_cors(request, self.cfg.AllowOrigin)
-        return self._ingest(request, [{}], _query_and_path(request, self.cfg), started)
+        fields = _path_fields(request.path)  # shared between requests: read only
+        if b"?" in request.uri:  # (most tracking calls have none)
+            query = request.uri.decode("latin-1").partition("?")[2]
+            fields = {**fields, **query_pairs(query, self.cfg.IgnoreQueryParamsKey)}
+        return self._ingest(request, [{}], fields, started)
 
     def render_POST(self, request):
         started = time.monotonic_ns()
@@ -180,6 +184,15 @@ class TrackResource(IngestResource):
             return b""
 
         return self._submit(request, got.records, answer)
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_fields(path: bytes) -> dict[str, str]:
+    """The REST path pairs of a ``/tr/v1/<route>/...`` path. Cached: a site's pages send the
+    same few paths over and over. The dict is shared by every request with that path, so it
+    is never modified (``EventModel.records`` copies its ``base``)."""
+    parts = path.decode("latin-1").split("/", 4)
+    return path_pairs(parts[4] if len(parts) > 4 else "")
 
 
 def _query_and_path(request, cfg) -> dict[str, str]:
