@@ -993,7 +993,8 @@ class FastHTTPProtocol(Protocol):
                 request.requestReceived(parsed.method, parsed.url, parsed.version)
         if body is not NOT_DONE_YET:
             request.finished = True
-            request.drop_early_body()
+            if request._early_body is not None:
+                request.drop_early_body()
             self.fast_answered(request, body)
 
     def _head(self, request: FastRequest, length: int | None) -> list[bytes]:

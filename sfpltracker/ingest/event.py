@@ -199,15 +199,14 @@ class EventModel:
         eids: list[str | None] = []
         problems: list[str] = []
         accepted = 0
+        columns = self.request_columns(req, visitor, with_user_agent)  # the same for each event
         for n, raw in enumerate(raws):
             if not isinstance(raw, dict):
                 problems.append(f"event {n}: {item_problem(raw)}")
                 eids.append(None)
                 continue
             try:
-                row = self.event_row(
-                    raw, req, visitor, server=server, with_user_agent=with_user_agent
-                )
+                row = self.event_row(raw, req, visitor, server=server, columns=columns)
             except BadInput as e:  # beyond a bound: this event alone is refused
                 problems.append(f"event {n}: {e}")
                 eids.append(None)
@@ -260,6 +259,21 @@ class EventModel:
         row = agreed_row(body, req, vid, self.ip_policy, self.enrichers)
         return Consent(("agreed", row), vid, granted, cookies_allowed)
 
+    def request_columns(
+        self, req: RequestInfo, visitor: Visitor, with_user_agent: bool = True
+    ) -> tuple:
+        """The columns every event of a request shares, worked out once per request:
+        ``created_at, hhash, hostname, ja4h, ip, iphash, bhash``."""
+        host = req.host
+        # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
+        # full ``req.ip``, which is never put in a row unless IPMode is "full".
+        ip, iphash = self.ip_policy.stored(req.ip, visitor.day_key)
+        ua = req.user_agent
+        if ua and with_user_agent:
+            ua = ua.strip().lower()
+        bhash = short_hash(ua) if ua and with_user_agent else ""
+        return req.now_ms, short_hash(host), host, req.ja4h, ip, iphash, bhash
+
     def event_row(
         self,
         raw: dict[str, Any],
@@ -268,11 +282,13 @@ class EventModel:
         *,
         server: bool,
         with_user_agent: bool = True,
+        columns: tuple | None = None,
     ) -> dict[str, Any] | None:
         """The ``events`` row for ``raw`` (keys lower-cased), or None when it is dropped (bot).
 
-        Raises ``BadInput`` for an event beyond the params bounds (``MaxParamsKeys``,
-        ``MaxParamsBytes``): that event alone is refused.
+        ``columns``: ``request_columns()`` of this request, visitor and ``with_user_agent``
+        (made here when not given). Raises ``BadInput`` for an event beyond the params bounds
+        (``MaxParamsKeys``, ``MaxParamsBytes``): that event alone is refused.
         """
         # The original's lowest-priority inputs: the ``User`` header (a JSON object), then the
         # ``ehash`` cookie; anything the event itself sends wins.
@@ -338,23 +354,19 @@ class EventModel:
                 if row.get(column):
                     row[column] = self.normalise_url(row[column])
 
-        host = req.host
-        row["created_at"] = req.now_ms
-        row["hhash"] = short_hash(host)
-        row["hostname"] = host
-        row["ja4h"] = req.ja4h
+        if columns is None:
+            columns = self.request_columns(req, visitor, with_user_agent)
+        created_at, hhash, hostname, ja4h, ip, iphash, bhash = columns
+        row["created_at"] = created_at
+        row["hhash"] = hhash
+        row["hostname"] = hostname
+        row["ja4h"] = ja4h
         if visitor.minted and not server and row["vid"] == visitor.vid:
             row["new_vid"] = 1
             visitor.minted = False  # once per visitor, not per event of its batch
-        # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
-        # full ``req.ip``, which is never put in a row unless IPMode is "full".
-        row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
-        ua = req.user_agent
-        if ua and with_user_agent:
-            ua = ua.strip().lower()
-            row["bhash"] = short_hash(ua) if ua else ""
-        else:
-            row["bhash"] = ""
+        row["ip"] = ip
+        row["iphash"] = iphash
+        row["bhash"] = bhash
         row["params"] = _params_text(params) if params else "{}"
         row["server"] = 1 if server else 0
         row["bot"] = 0

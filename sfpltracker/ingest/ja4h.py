@@ -45,6 +45,13 @@ def cookie_names(cookie_header: str) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=4096)
+def _cookie_name_tuple(cookie_header: str) -> tuple[str, ...]:
+    """``cookie_names`` of a header, cached: a visitor sends the same Cookie header with each
+    of its events (its vid and sid do not change within a session)."""
+    return tuple(cookie_names(cookie_header))
+
+
 def _sha12(text: str) -> str:
     return hashlib.sha256(text.encode("latin-1", "replace")).hexdigest()[:12]
 
@@ -84,7 +91,7 @@ def ja4h(method: str, version: str, header_names: Iterable[str], headers: Mappin
     its headers (any case, each once) and a mapping of lower-cased names to first values."""
     names = _go_names(tuple(header_names))
     cookie = headers.get("cookie") or ""
-    cookies = tuple(cookie_names(cookie)) if cookie else ()
+    cookies = _cookie_name_tuple(cookie) if cookie else ()
     referer = bool(headers.get("referer"))
     return _fingerprint(
         method, version, names, bool(cookie), cookies, referer,

@@ -78,9 +78,16 @@ class RequestInfo:
     def page_url(self) -> str:
         """``uri`` when it can be an event's page ``url`` (not a path of the tracking API
         itself), else "". Worked out once per request, not once per event of a batch."""
-        if self.uri and not _INTERNAL.search(self.uri.split("?", 1)[0]):
+        if self.uri and not _internal(self.uri.split("?", 1)[0]):
             return self.uri
         return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _internal(path: str) -> bool:
+    """Is ``path`` one of the tracking API's own? (Cached: every call of a tracking route asks,
+    with the same few paths.)"""
+    return _INTERNAL.search(path) is not None
 
 
 @functools.lru_cache(maxsize=1024)
