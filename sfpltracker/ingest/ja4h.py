@@ -45,13 +45,6 @@ def cookie_names(cookie_header: str) -> list[str]:
     return names
 
 
-@functools.lru_cache(maxsize=4096)
-def _cookie_name_tuple(cookie_header: str) -> tuple[str, ...]:
-    """``cookie_names`` of a header, cached: a visitor sends the same Cookie header with each
-    of its events (its vid and sid do not change within a session)."""
-    return tuple(cookie_names(cookie_header))
-
-
 def _sha12(text: str) -> str:
     return hashlib.sha256(text.encode("latin-1", "replace")).hexdigest()[:12]
 
@@ -89,11 +82,20 @@ def _go_names(header_names: tuple[str, ...]) -> tuple[str, ...]:
 def ja4h(method: str, version: str, header_names: Iterable[str], headers: Mapping[str, str]) -> str:
     """The fingerprint of a request: its method (``GET``), protocol (``HTTP/1.1``), the names of
     its headers (any case, each once) and a mapping of lower-cased names to first values."""
-    names = _go_names(tuple(header_names))
-    cookie = headers.get("cookie") or ""
-    cookies = _cookie_name_tuple(cookie) if cookie else ()
-    referer = bool(headers.get("referer"))
-    return _fingerprint(
-        method, version, names, bool(cookie), cookies, referer,
-        headers.get("accept-language") or "",
+    return _ja4h(
+        method, version, tuple(header_names), headers.get("cookie") or "",
+        bool(headers.get("referer")), headers.get("accept-language") or "",
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _ja4h(
+    method: str, version: str, header_names: tuple[str, ...], cookie: str, referer: bool,
+    accept_language: str,
+) -> str:  # fmt: skip
+    """``ja4h()`` of what it reads of a request, cached: a client sends the same header names
+    (and, within a session, the same Cookie header) with each of its events."""
+    cookies = tuple(cookie_names(cookie)) if cookie else ()
+    return _fingerprint(
+        method, version, _go_names(header_names), bool(cookie), cookies, referer, accept_language
+    )
