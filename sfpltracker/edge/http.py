@@ -447,7 +447,8 @@ class FastRequest:
         if self.finished or self._disconnected:
             return
         self.finished = True
-        self.drop_early_body()
+        if self._early_body is not None:
+            self.drop_early_body()
         if self._streamed:
             tail = self._head_out + (b"0\r\n\r\n" if self._chunked else b"")
             self._head_out = b""
@@ -455,7 +456,8 @@ class FastRequest:
                 write_now(self.protocol.transport, tail)
             self.protocol.stream_done(self)
         else:
-            self.protocol.fast_answered(self, b"".join(self._body))
+            body = self._body
+            self.protocol.fast_answered(self, body[0] if len(body) == 1 else b"".join(body))
         waiting, self._waiting = self._waiting, None
         for d in waiting or ():
             d.callback(None)
