@@ -153,13 +153,9 @@ class EventModel:
         if not sid:
             sid = first.get("sid")
             sid = (sid and parse_uuid(sid)) or uuid4()
-        return Visitor(
-            vid,
-            sid,
-            cookies_allowed=True,
-            from_cookie=bool(cookie_vid),
-            minted=not cookie_vid and not sent_vid,
-        )
+        # (positional: keyword arguments make instantiation cost a dict; see request_info)
+        minted = not cookie_vid and not sent_vid
+        return Visitor(vid, sid, True, bool(cookie_vid), False, None, minted)
 
     def records(
         self,

@@ -39,6 +39,7 @@ class _once:  # noqa: N801 - used as a decorator, like functools.cached_property
 
 @dataclass
 class RequestInfo:
+    # (web/common.py request_info() passes these positionally, in this order)
     ip: str = ""  # the client's full IP (after TrustedProxies); never stored as is by default
     host: str = ""  # lower-cased, port stripped
     user_agent: str = ""
