@@ -384,6 +384,10 @@ def test_rest_path_fields_are_parsed_once_per_path_and_no_request_changes_them(e
     info = track._path_fields.cache_info()
     assert (info.misses, info.hits) == (1, 2) and info.maxsize == 1024
     assert track._path_fields(path) == {"ename": "Page_View", "app": "shop"}
+    long = b"/tr/v1/tr/ename/long/xid/" + b"x" * 600  # not kept: the cache stays small
+    channel.dataReceived(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % long)
+    assert gateway.intake.records[-1][1]["xid"] == "x" * 600
+    assert track._path_fields.cache_info().currsize == 1
 
 
 def test_a_batch_works_out_its_request_columns_once(edge):
@@ -471,6 +475,11 @@ def test_ja4h_is_cached_per_request_shape_and_equals_its_parts():
     cookies = tuple(ja4h.cookie_names(headers["cookie"]))
     assert got == ja4h._fingerprint("GET", "HTTP/1.1", names, True, cookies, True, "en-GB,en;q=0.9")
     assert got.startswith("ge11cr02engb_") and cookies == ("vid", "sid")
+    big = {**headers, "cookie": "a=" + "x" * 2000}  # not kept: the cache stays small
+    assert ja4h.ja4h("GET", "HTTP/1.1", big, big) == ja4h._fingerprint(
+        "GET", "HTTP/1.1", names, True, ("a",), True, "en-GB,en;q=0.9"
+    )
+    assert ja4h._ja4h.cache_info().currsize == 1
 
 
 # -- the garbage collector ------------------------------------------------------------------

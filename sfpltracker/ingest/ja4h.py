@@ -82,10 +82,16 @@ def _go_names(header_names: tuple[str, ...]) -> tuple[str, ...]:
 def ja4h(method: str, version: str, header_names: Iterable[str], headers: Mapping[str, str]) -> str:
     """The fingerprint of a request: its method (``GET``), protocol (``HTTP/1.1``), the names of
     its headers (any case, each once) and a mapping of lower-cased names to first values."""
-    return _ja4h(
-        method, version, tuple(header_names), headers.get("cookie") or "",
+    cookie = headers.get("cookie") or ""
+    # (a long Cookie header is not kept: the cache stays small whatever clients send)
+    fingerprint = _ja4h if len(cookie) <= _CACHED_COOKIE else _ja4h.__wrapped__
+    return fingerprint(
+        method, version, tuple(header_names), cookie,
         bool(headers.get("referer")), headers.get("accept-language") or "",
     )  # fmt: skip
+
+
+_CACHED_COOKIE = 1024
 
 
 @functools.lru_cache(maxsize=4096)

@@ -79,8 +79,11 @@ class RequestInfo:
     def page_url(self) -> str:
         """``uri`` when it can be an event's page ``url`` (not a path of the tracking API
         itself), else "". Worked out once per request, not once per event of a batch."""
-        if self.uri and not _internal(self.uri.split("?", 1)[0]):
-            return self.uri
+        if self.uri:
+            path = self.uri.split("?", 1)[0]
+            internal = _internal if len(path) <= 512 else _internal.__wrapped__  # (kept small)
+            if not internal(path):
+                return self.uri
         return ""
 
 

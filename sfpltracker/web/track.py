@@ -134,7 +134,9 @@ class TrackResource(IngestResource):
     def render_GET(self, request):
         started = time.monotonic_ns()
         apply_cors(request, self.cfg.AllowOrigin)
-        fields = _path_fields(request.path)  # shared between requests: read only
+        path = request.path
+        # Shared between requests with the same path: read only. (A long path is not kept.)
+        fields = _path_fields(path) if len(path) <= 512 else _path_fields.__wrapped__(path)
         if b"?" in request.uri:  # (most tracking calls have none)
             query = request.uri.decode("latin-1").partition("?")[2]
             fields = {**fields, **query_pairs(query, self.cfg.IgnoreQueryParamsKey)}
