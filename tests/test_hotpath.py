@@ -359,6 +359,129 @@ def test_post_bodies_are_not_parsed_as_forms(edge):
     assert head.startswith(b"HTTP/1.1 400 ") and b"malformed JSON" in answer
 
 
+# -- per-request work done once (issue 13, main-thread CPU per GET) ---------------------------
+
+
+def test_rest_path_fields_are_parsed_once_per_path_and_no_request_changes_them(edge):
+    """The REST path pairs of a GET are cached per path and shared by its requests: a query
+    string (or anything else) of one request never shows in the next one's row."""
+    from sfpltracker.web import track
+
+    clock, gateway, site = edge
+    track._path_fields.cache_clear()
+    channel, transport = connect(site)
+    path = b"/tr/v1/tr/ename/Page_View/app/shop"
+    channel.dataReceived(b"GET %s?utm_source=News&app=web HTTP/1.1\r\nHost: a\r\n\r\n" % path)
+    for _ in range(2):
+        channel.dataReceived(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path)
+    assert transport.value().count(b"HTTP/1.1 200 ") == 3
+    rows = [row for _, row in gateway.intake.records]
+    assert [(r["ename"], r["app"], r.get("source")) for r in rows] == [
+        ("page_view", "web", "news"),  # the query wins over the path, as before
+        ("page_view", "shop", None),
+        ("page_view", "shop", None),
+    ]
+    info = track._path_fields.cache_info()
+    assert (info.misses, info.hits) == (1, 2) and info.maxsize == 1024
+    assert track._path_fields(path) == {"ename": "Page_View", "app": "shop"}
+    long = b"/tr/v1/tr/ename/long/xid/" + b"x" * 600  # not kept: the cache stays small
+    channel.dataReceived(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % long)
+    assert gateway.intake.records[-1][1]["xid"] == "x" * 600
+    assert track._path_fields.cache_info().currsize == 1
+
+
+def test_a_batch_works_out_its_request_columns_once(edge):
+    """``created_at, hhash, hostname, ja4h, ip, iphash, bhash`` are the same for every event
+    of a request: made once per request, and equal to what ``event_row`` makes alone."""
+    clock, gateway, site = edge
+    events = gateway.events
+    made = []
+    request_columns = events.request_columns
+    events.request_columns = lambda *a, **k: made.append(request_columns(*a, **k)) or made[-1]
+    body = json.dumps([{"ename": "a"}, {"ename": "b", "ip": "1.2.3.4"}, {"ename": "c"}]).encode()
+    channel, transport = connect(site)
+    channel.dataReceived(
+        b"POST /tr/v1/tr/ HTTP/1.1\r\nHost: Shop.Example:80\r\nUser-Agent: Curl/8 \r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert len(made) == 1
+    names = ("created_at", "hhash", "hostname", "ja4h", "ip", "iphash", "bhash")
+    rows = [row for _, row in gateway.intake.records]
+    assert [tuple(r[n] for n in names) for r in rows] == [made[0]] * 3
+    assert made[0][2] == "shop.example" and made[0][6] and made[0][4] == "127.0.0.0"
+    del events.request_columns
+    req = RequestInfo(
+        ip="127.0.0.1",
+        host="shop.example",
+        user_agent="Curl/8 ",
+        now_ms=5,
+        cookies={"vid": str(uuid.uuid4()), "sid": str(uuid.uuid4())},  # (no new_vid)
+    )
+    visitor = events.visitor(req, {})
+    alone = events.event_row({"ename": "a"}, req, visitor, server=False)
+    given = events.event_row(
+        {"ename": "a"}, req, visitor, server=False, columns=events.request_columns(req, visitor)
+    )
+    assert {**alone, "eid": ""} == {**given, "eid": ""}
+    assert alone["bhash"] and alone["created_at"] == 5 and alone["hostname"] == "shop.example"
+    server = events.event_row({"ename": "a"}, req, visitor, server=True, with_user_agent=False)
+    assert server["bhash"] == ""  # the backend's own user agent is not the visitor's
+
+
+def test_an_answer_s_first_lines_are_made_once_per_second(monkeypatch):
+    """Status line, ``Server`` and ``Date`` of the fast layer's answers: the same bytes for
+    every answer of a second and status code, what they were written from before."""
+    from twisted.web.http import datetimeToString
+
+    from sfpltracker.edge import http
+
+    now = [1_795_000_000.25]
+    monkeypatch.setattr(http.time, "time", lambda: now[0])
+    dates = http._DateCache()
+    first = dates.head(200)
+    assert first == (
+        b"HTTP/1.1 200 OK\r\n"
+        + http._SERVER
+        + b"Date: "
+        + datetimeToString(1_795_000_000)
+        + b"\r\n"
+    )
+    assert dates.head(200) is first
+    assert dates.head(404).startswith(b"HTTP/1.1 404 Not Found\r\nServer: ")
+    now[0] += 1
+    later = dates.head(200)
+    assert later != first and datetimeToString(1_795_000_001) in later
+    for code in range(100, 600):
+        dates.head(code)
+    assert len(dates._heads) <= 64
+
+
+def test_ja4h_is_cached_per_request_shape_and_equals_its_parts():
+    from sfpltracker.ingest import ja4h
+
+    headers = {
+        "host": "a",
+        "user-agent": "x",
+        "cookie": "vid=1; sid=2; bad name=3",
+        "referer": "https://r/",
+        "accept-language": "en-GB,en;q=0.9",
+    }
+    ja4h._ja4h.cache_clear()
+    got = ja4h.ja4h("GET", "HTTP/1.1", headers, headers)
+    assert ja4h.ja4h("GET", "HTTP/1.1", headers, headers) == got
+    assert ja4h._ja4h.cache_info().hits == 1
+    names = ja4h._go_names(tuple(headers))
+    cookies = tuple(ja4h.cookie_names(headers["cookie"]))
+    assert got == ja4h._fingerprint("GET", "HTTP/1.1", names, True, cookies, True, "en-GB,en;q=0.9")
+    assert got.startswith("ge11cr02engb_") and cookies == ("vid", "sid")
+    big = {**headers, "cookie": "a=" + "x" * 2000}  # not kept: the cache stays small
+    assert ja4h.ja4h("GET", "HTTP/1.1", big, big) == ja4h._fingerprint(
+        "GET", "HTTP/1.1", names, True, ("a",), True, "en-GB,en;q=0.9"
+    )
+    assert ja4h._ja4h.cache_info().currsize == 1
+
+
 # -- the garbage collector ------------------------------------------------------------------
 
 

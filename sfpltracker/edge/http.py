@@ -197,18 +197,32 @@ class _HeaderView:
 
 
 class _DateCache:
-    """The ``Date`` header's value, formatted once per second instead of per answer."""
+    """The ``Date`` header's value, formatted once per second instead of per answer; and
+    per status code, an answer's first lines (status, ``Server``, ``Date``) of that second."""
 
     def __init__(self):
         self._second = -1
         self._value = b""
+        self._heads: dict[int, bytes] = {}
 
     def __call__(self) -> bytes:
         now = int(time.time())
         if now != self._second:
             self._second = now
             self._value = datetimeToString(now)
+            self._heads = {}
         return self._value
+
+    def head(self, code: int) -> bytes:
+        """``HTTP/1.1 <code> <reason>``, ``Server`` and ``Date`` lines, as ``_head`` writes
+        them for an answer whose route set none of them (nearly every one)."""
+        date = self()
+        line = self._heads.get(code)
+        if line is None:
+            line = _status_line(code, None) + _SERVER + b"Date: " + date + b"\r\n"
+            if len(self._heads) < 64:
+                self._heads[code] = line
+        return line
 
 
 _date = _DateCache()
@@ -433,7 +447,8 @@ class FastRequest:
         if self.finished or self._disconnected:
             return
         self.finished = True
-        self.drop_early_body()
+        if self._early_body is not None:
+            self.drop_early_body()
         if self._streamed:
             tail = self._head_out + (b"0\r\n\r\n" if self._chunked else b"")
             self._head_out = b""
@@ -441,7 +456,8 @@ class FastRequest:
                 write_now(self.protocol.transport, tail)
             self.protocol.stream_done(self)
         else:
-            self.protocol.fast_answered(self, b"".join(self._body))
+            body = self._body
+            self.protocol.fast_answered(self, body[0] if len(body) == 1 else b"".join(body))
         waiting, self._waiting = self._waiting, None
         for d in waiting or ():
             d.callback(None)
@@ -825,17 +841,20 @@ class FastHTTPProtocol(Protocol):
         # HTTP/1.0 answers close the connection, as behind twisted.web.
         cur.keep_alive = version == "1.1" and p.should_keep_alive()
         cur.upgrade = p.should_upgrade()
-        cl = cur.header(b"content-length")
-        cur.content_length = int(cl) if cl is not None else None
-        cur.chunked = b"transfer-encoding" in cur.headers
+        headers = cur.headers
+        cl = headers.get(b"content-length")  # (ParsedRequest.header(), inlined: per request)
+        cur.content_length = int(cl[-1]) if cl else None
+        cur.chunked = b"transfer-encoding" in headers
         has_body = cur.chunked or bool(cur.content_length)
         if has_body and f.site.wants_stream(_HostView(cur), cur.method, cur.url):
             cur.streaming = True  # a proxied body: streamed as it arrives, no MaxBodyBytes
         elif (cur.content_length or 0) > f.max_body_bytes:
             raise _Refuse(413, f"request body larger than MaxBodyBytes ({f.max_body_bytes})")
-        expect = cur.header(b"expect")
+        expect = headers.get(b"expect")
         cur.expect_continue = (
-            expect is not None and expect.lower() == b"100-continue" and cur.version == b"HTTP/1.1"
+            expect is not None
+            and expect[-1].lower() == b"100-continue"
+            and cur.version == b"HTTP/1.1"
         )
         self._queue.append(cur)
         if cur.streaming or cur.expect_continue:
@@ -958,7 +977,8 @@ class FastHTTPProtocol(Protocol):
             self._adapt(parsed)
             return
         parsed.fast = request
-        self.factory.gateway.count("http_fast_answers")
+        counters = self.factory.gateway.counters  # (gw.count(), inlined: per request)
+        counters["http_fast_answers"] = counters.get("http_fast_answers", 0) + 1
         try:
             body = route(request)
         except Exception:
@@ -975,7 +995,8 @@ class FastHTTPProtocol(Protocol):
                 request.requestReceived(parsed.method, parsed.url, parsed.version)
         if body is not NOT_DONE_YET:
             request.finished = True
-            request.drop_early_body()
+            if request._early_body is not None:
+                request.drop_early_body()
             self.fast_answered(request, body)
 
     def _head(self, request: FastRequest, length: int | None) -> list[bytes]:
@@ -983,11 +1004,14 @@ class FastHTTPProtocol(Protocol):
         about to follow, unless the route set its Content-Length)."""
         code = request.code
         headers = request.headers_out
-        out = [_status_line(code, request.code_message)]
-        if b"server" not in headers:  # a proxied answer keeps its upstream's
-            out.append(_SERVER)
-        if b"date" not in headers:
-            out.append(b"Date: %s\r\n" % _date())
+        if request.code_message is None and b"server" not in headers and b"date" not in headers:
+            out = [_date.head(code)]  # the same three lines, made once per second
+        else:
+            out = [_status_line(code, request.code_message)]
+            if b"server" not in headers:  # a proxied answer keeps its upstream's
+                out.append(_SERVER)
+            if b"date" not in headers:
+                out.append(b"Date: %s\r\n" % _date())
         if (
             b"content-type" not in headers
             and request.defaultContentType is not None

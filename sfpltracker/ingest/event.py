@@ -58,7 +58,7 @@ _PRIVATE_INPUTS = frozenset(PRIVATE_FIELDS) | frozenset(
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-@dataclass
+@dataclass(slots=True)
 class Visitor:
     """Who a request is from, decided once per request (a batch shares one visitor)."""
 
@@ -75,7 +75,7 @@ class Visitor:
     minted: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Ingested:
     """What the input items of one request (or WebSocket message) became."""
 
@@ -126,7 +126,8 @@ class EventModel:
             vid = parse_uuid(first.get("vid")) or parse_uuid(req.cookies.get("vid")) or uuid4()
             sid = parse_uuid(first.get("sid")) or parse_uuid(req.cookies.get("sid")) or uuid4()
             return Visitor(vid, sid, cookies_allowed=False, from_cookie=False)
-        if not self.cookie_policy.cookies_allowed(req.headers, req.cookies):
+        cookies = req.cookies
+        if self.cookie_policy.refusal(req.headers, cookies) is not None:
             day = req.day
             vid = self.cookieless.visitor_id(day, req.host, req.ip, req.user_agent)
             sid = parse_uuid(first.get("sid")) or self.cookieless.session_id(day, vid)
@@ -138,18 +139,23 @@ class EventModel:
                 cookieless=True,
                 day_key=self.cookieless.day_key(day),
             )
-        cookies = req.cookies
-        cookie_vid = _uuid_or_none(cookies.get("vid"))
-        sent_vid = _uuid_or_none(first.get("vid")) or _uuid_or_none(req.original_inputs.get("vid"))
+        # (``x and parse_uuid(x)``: most of these ids are absent, and a call costs more)
+        cookie_vid = cookies.get("vid")
+        cookie_vid = cookie_vid and parse_uuid(cookie_vid)
+        sent_vid = first.get("vid")
+        sent_vid = sent_vid and parse_uuid(sent_vid)
+        if not sent_vid:
+            sent_vid = req.original_inputs.get("vid")
+            sent_vid = sent_vid and parse_uuid(sent_vid)
         vid = cookie_vid or sent_vid or uuid4()
-        sid = _uuid_or_none(cookies.get("sid")) or _uuid_or_none(first.get("sid")) or uuid4()
-        return Visitor(
-            vid,
-            sid,
-            cookies_allowed=True,
-            from_cookie=cookie_vid is not None,
-            minted=cookie_vid is None and sent_vid is None,
-        )
+        sid = cookies.get("sid")
+        sid = sid and parse_uuid(sid)
+        if not sid:
+            sid = first.get("sid")
+            sid = (sid and parse_uuid(sid)) or uuid4()
+        # (positional: keyword arguments make instantiation cost a dict; see request_info)
+        minted = not cookie_vid and not sent_vid
+        return Visitor(vid, sid, True, bool(cookie_vid), False, None, minted)
 
     def records(
         self,
@@ -189,15 +195,14 @@ class EventModel:
         eids: list[str | None] = []
         problems: list[str] = []
         accepted = 0
+        columns = self.request_columns(req, visitor, with_user_agent)  # the same for each event
         for n, raw in enumerate(raws):
             if not isinstance(raw, dict):
                 problems.append(f"event {n}: {item_problem(raw)}")
                 eids.append(None)
                 continue
             try:
-                row = self.event_row(
-                    raw, req, visitor, server=server, with_user_agent=with_user_agent
-                )
+                row = self.event_row(raw, req, visitor, server=server, columns=columns)
             except BadInput as e:  # beyond a bound: this event alone is refused
                 problems.append(f"event {n}: {e}")
                 eids.append(None)
@@ -250,6 +255,21 @@ class EventModel:
         row = agreed_row(body, req, vid, self.ip_policy, self.enrichers)
         return Consent(("agreed", row), vid, granted, cookies_allowed)
 
+    def request_columns(
+        self, req: RequestInfo, visitor: Visitor, with_user_agent: bool = True
+    ) -> tuple:
+        """The columns every event of a request shares, worked out once per request:
+        ``created_at, hhash, hostname, ja4h, ip, iphash, bhash``."""
+        host = req.host
+        # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
+        # full ``req.ip``, which is never put in a row unless IPMode is "full".
+        ip, iphash = self.ip_policy.stored(req.ip, visitor.day_key)
+        ua = req.user_agent
+        if ua and with_user_agent:
+            ua = ua.strip().lower()
+        bhash = short_hash(ua) if ua and with_user_agent else ""
+        return req.now_ms, short_hash(host), host, req.ja4h, ip, iphash, bhash
+
     def event_row(
         self,
         raw: dict[str, Any],
@@ -258,11 +278,13 @@ class EventModel:
         *,
         server: bool,
         with_user_agent: bool = True,
+        columns: tuple | None = None,
     ) -> dict[str, Any] | None:
         """The ``events`` row for ``raw`` (keys lower-cased), or None when it is dropped (bot).
 
-        Raises ``BadInput`` for an event beyond the params bounds (``MaxParamsKeys``,
-        ``MaxParamsBytes``): that event alone is refused.
+        ``columns``: ``request_columns()`` of this request, visitor and ``with_user_agent``
+        (made here when not given). Raises ``BadInput`` for an event beyond the params bounds
+        (``MaxParamsKeys``, ``MaxParamsBytes``): that event alone is refused.
         """
         # The original's lowest-priority inputs: the ``User`` header (a JSON object), then the
         # ``ehash`` cookie; anything the event itself sends wins.
@@ -270,12 +292,12 @@ class EventModel:
         if extra:
             raw = {**extra, **raw}
         row: dict[str, Any] = {}
-        params: dict[str, Any] = {}
+        params: dict[str, Any] | None = None  # made when the event has custom fields
         explicit_params = raw.get("params")
         if explicit_params is not None:
             explicit_params = to_json_object(explicit_params)
             if explicit_params:
-                params.update(explicit_params)
+                params = dict(explicit_params)
         coercer = EVENT_COERCERS.get
         for key, value in raw.items():
             spec = coercer(key)
@@ -284,23 +306,30 @@ class EventModel:
                 if typed is not None:
                     row[spec[0]] = typed
             elif key not in NOT_PARAMS:
+                if params is None:
+                    params = {}
                 params[key] = value
 
         if "ename" not in row and isinstance(raw.get("content"), str) and raw["content"]:
             row["ename"] = raw["content"].strip().lower()
             row.pop("content", None)
 
-        row["eid"] = _uuid_or_none(raw.get("eid")) or uuid7(req.now_ms)
+        # (``x and parse_uuid(x)``: most events send none of these ids, and a call costs more)
+        sent = raw.get("eid")
+        row["eid"] = (sent and parse_uuid(sent)) or uuid7(req.now_ms)
         if visitor.from_cookie or visitor.cookieless:
             row["vid"] = visitor.vid
         else:
-            row["vid"] = _uuid_or_none(raw.get("vid")) or visitor.vid
-        row["sid"] = _uuid_or_none(raw.get("sid")) or visitor.sid
+            sent = raw.get("vid")
+            row["vid"] = (sent and parse_uuid(sent)) or visitor.vid
+        sent = raw.get("sid")
+        row["sid"] = (sent and parse_uuid(sent)) or visitor.sid
         if "cflags" not in row:
             consent = req.cookies.get("CookieConsent")
-            cookie_flags = to_int(consent) if consent is not None else None
-            if cookie_flags is not None:
-                row["cflags"] = cookie_flags
+            if consent is not None:
+                cookie_flags = to_int(consent)
+                if cookie_flags is not None:
+                    row["cflags"] = cookie_flags
 
         # E-mail, user name, phone: only their keyed hashes are stored, never the value.
         # (Skipped when the event has none of those inputs: most events.)
@@ -312,25 +341,28 @@ class EventModel:
                 value = raw.get(key)
                 if not row.get(column) and isinstance(value, str) and value.strip():
                     row[column] = self.hash_private(value)
-        if "url" not in row and req.page_url:
-            row["url"] = req.page_url
+        if "url" not in row:
+            page_url = req.page_url
+            if page_url:
+                row["url"] = page_url
         if self.normalise_url is not None:
             for column in ("url", "last"):
                 if row.get(column):
                     row[column] = self.normalise_url(row[column])
 
-        row["created_at"] = req.now_ms
-        row["hhash"] = short_hash(req.host)
-        row["hostname"] = req.host
-        row["ja4h"] = req.ja4h
+        if columns is None:
+            columns = self.request_columns(req, visitor, with_user_agent)
+        created_at, hhash, hostname, ja4h, ip, iphash, bhash = columns
+        row["created_at"] = created_at
+        row["hhash"] = hhash
+        row["hostname"] = hostname
+        row["ja4h"] = ja4h
         if visitor.minted and not server and row["vid"] == visitor.vid:
             row["new_vid"] = 1
             visitor.minted = False  # once per visitor, not per event of its batch
-        # IPMode applies here, before the row goes anywhere; enrichers (GeoIP) still see the
-        # full ``req.ip``, which is never put in a row unless IPMode is "full".
-        row["ip"], row["iphash"] = self.ip_policy.stored(req.ip, visitor.day_key)
-        ua = req.user_agent.strip().lower() if with_user_agent else ""
-        row["bhash"] = short_hash(ua) if ua else ""
+        row["ip"] = ip
+        row["iphash"] = iphash
+        row["bhash"] = bhash
         row["params"] = _params_text(params) if params else "{}"
         row["server"] = 1 if server else 0
         row["bot"] = 0
@@ -338,10 +370,11 @@ class EventModel:
             enrich(row, req)
         if not row.get("country"):  # the original's last resort: the client's time zone
             tz = row.get("tz")
-            country = tz_country(tz) if tz else None
-            if country:
-                row["country"] = country
-        if self.drop_bots and row.get("bot"):
+            if tz:
+                country = tz_country(tz)
+                if country:
+                    row["country"] = country
+        if self.drop_bots and row["bot"]:
             return None
         return row
 

@@ -82,11 +82,26 @@ def _go_names(header_names: tuple[str, ...]) -> tuple[str, ...]:
 def ja4h(method: str, version: str, header_names: Iterable[str], headers: Mapping[str, str]) -> str:
     """The fingerprint of a request: its method (``GET``), protocol (``HTTP/1.1``), the names of
     its headers (any case, each once) and a mapping of lower-cased names to first values."""
-    names = _go_names(tuple(header_names))
     cookie = headers.get("cookie") or ""
-    cookies = tuple(cookie_names(cookie)) if cookie else ()
-    referer = bool(headers.get("referer"))
-    return _fingerprint(
-        method, version, names, bool(cookie), cookies, referer,
-        headers.get("accept-language") or "",
+    # (a long Cookie header is not kept: the cache stays small whatever clients send)
+    fingerprint = _ja4h if len(cookie) <= _CACHED_COOKIE else _ja4h.__wrapped__
+    return fingerprint(
+        method, version, tuple(header_names), cookie,
+        bool(headers.get("referer")), headers.get("accept-language") or "",
     )  # fmt: skip
+
+
+_CACHED_COOKIE = 1024
+
+
+@functools.lru_cache(maxsize=4096)
+def _ja4h(
+    method: str, version: str, header_names: tuple[str, ...], cookie: str, referer: bool,
+    accept_language: str,
+) -> str:  # fmt: skip
+    """``ja4h()`` of what it reads of a request, cached: a client sends the same header names
+    (and, within a session, the same Cookie header) with each of its events."""
+    cookies = tuple(cookie_names(cookie)) if cookie else ()
+    return _fingerprint(
+        method, version, _go_names(header_names), bool(cookie), cookies, referer, accept_language
+    )

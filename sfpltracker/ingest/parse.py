@@ -121,4 +121,5 @@ def _bounded(item: Any, depth: int) -> Any:
 
 
 def lower_keys(obj: dict) -> dict:
-    return {str(k).lower(): v for k, v in obj.items()}
+    # (JSON keys are text already: ``str()`` only for the others)
+    return {(k if type(k) is str else str(k)).lower(): v for k, v in obj.items()}

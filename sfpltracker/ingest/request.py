@@ -39,6 +39,7 @@ class _once:  # noqa: N801 - used as a decorator, like functools.cached_property
 
 @dataclass
 class RequestInfo:
+    # (web/common.py request_info() passes these positionally, in this order)
     ip: str = ""  # the client's full IP (after TrustedProxies); never stored as is by default
     host: str = ""  # lower-cased, port stripped
     user_agent: str = ""
@@ -78,9 +79,19 @@ class RequestInfo:
     def page_url(self) -> str:
         """``uri`` when it can be an event's page ``url`` (not a path of the tracking API
         itself), else "". Worked out once per request, not once per event of a batch."""
-        if self.uri and not _INTERNAL.search(self.uri.split("?", 1)[0]):
-            return self.uri
+        if self.uri:
+            path = self.uri.split("?", 1)[0]
+            internal = _internal if len(path) <= 512 else _internal.__wrapped__  # (kept small)
+            if not internal(path):
+                return self.uri
         return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _internal(path: str) -> bool:
+    """Is ``path`` one of the tracking API's own? (Cached: every call of a tracking route asks,
+    with the same few paths.)"""
+    return _INTERNAL.search(path) is not None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -155,10 +155,13 @@ def note_acknowledged(gw, events: int, started_ns: int) -> None:
     (``time.monotonic_ns()``): the original's ``total_latency_ns`` and ``last_processed_unix``."""
     if events <= 0:
         return
-    gw.count("total_latency_ns", (time.monotonic_ns() - started_ns) * events)
-    gw.count("timed_events", events)
+    # (``gw.count``'s sums written out: this runs for every acknowledged request)
+    counters = gw.counters
+    latency = (time.monotonic_ns() - started_ns) * events
+    counters["total_latency_ns"] = counters.get("total_latency_ns", 0) + latency
+    counters["timed_events"] = counters.get("timed_events", 0) + events
     # a moment, not a count: kept with the counters so /metrics reads them together
-    gw.counters["last_processed_unix"] = int(time.time())
+    counters["last_processed_unix"] = int(time.time())
 
 
 def _rfc3339(seconds: float) -> str:

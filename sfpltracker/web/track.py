@@ -93,6 +93,13 @@ class IngestResource(Resource):
     def _submit(self, request, records, on_accepted):
         """Hand ``records`` to the intake; answer with ``on_accepted()`` or a 503."""
         d = self.gateway.intake.accept(records)
+        if d.called and not d.paused and d.result is None:
+            # Acknowledged already (the memory intake, a JetStream ack that came first): the
+            # answer is the render's return value, without the Deferred's callback loop nor a
+            # write() + finish() of its own (the layer writes it, Content-Length included).
+            body = on_accepted()
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return body
 
         def accepted(_):
             body = on_accepted()
@@ -110,12 +117,7 @@ class IngestResource(Resource):
                 log.failure("intake failed", failure)
                 finish(request, error(request, 503, "events cannot be accepted now", 5))
 
-        if d.called and not d.paused and d.result is None:
-            # Acknowledged already (the memory intake, a JetStream ack that came first): the
-            # answer is written now, without running it through the Deferred's callback loop.
-            accepted(None)
-        else:
-            d.addCallbacks(accepted, refused)
+        d.addCallbacks(accepted, refused)
         return NOT_DONE_YET
 
 
@@ -132,7 +134,13 @@ class TrackResource(IngestResource):
     def render_GET(self, request):
         started = time.monotonic_ns()
         apply_cors(request, self.cfg.AllowOrigin)
-        return self._ingest(request, [{}], _query_and_path(request, self.cfg), started)
+        path = request.path
+        # Shared between requests with the same path: read only. (A long path is not kept.)
+        fields = _path_fields(path) if len(path) <= 512 else _path_fields.__wrapped__(path)
+        if b"?" in request.uri:  # (most tracking calls have none)
+            query = request.uri.decode("latin-1").partition("?")[2]
+            fields = {**fields, **query_pairs(query, self.cfg.IgnoreQueryParamsKey)}
+        return self._ingest(request, [{}], fields, started)
 
     def render_POST(self, request):
         started = time.monotonic_ns()
@@ -154,15 +162,18 @@ class TrackResource(IngestResource):
             items, req, base, server=self.server_side, with_user_agent=not self.server_side
         )
         problems = got.problems
-        gw.count("events_rejected", len(problems))
-        if problems and not got.records:
-            return error(request, 400, "; ".join(problems[:5]))
+        if problems:
+            gw.count("events_rejected", len(problems))
+            if not got.records:
+                return error(request, 400, "; ".join(problems[:5]))
 
         def answer() -> bytes:
-            gw.count("events_accepted", got.accepted)
-            note_acknowledged(gw, got.accepted, started)
-            if self.client and got.visitor.cookies_allowed:
-                self._set_cookies(request, got.visitor, req.https)
+            accepted = got.accepted
+            gw.count("events_accepted", accepted)
+            note_acknowledged(gw, accepted, started)
+            visitor = got.visitor
+            if self.client and visitor.cookies_allowed:
+                request.cookies.extend(visitor_cookies(visitor, req.https, self.cfg))
             if problems:
                 request.setHeader(b"x-rejected-events", str(len(problems)).encode())
             if self.kind == "img":
@@ -176,8 +187,14 @@ class TrackResource(IngestResource):
 
         return self._submit(request, got.records, answer)
 
-    def _set_cookies(self, request, visitor, https: bool) -> None:
-        set_visitor_cookies(request, visitor, https, self.cfg)
+
+@functools.lru_cache(maxsize=1024)
+def _path_fields(path: bytes) -> dict[str, str]:
+    """The REST path pairs of a ``/tr/v1/<route>/...`` path. Cached: a site's pages send the
+    same few paths over and over. The dict is shared by every request with that path, so it
+    is never modified (``EventModel.records`` copies its ``base``)."""
+    parts = path.decode("latin-1").split("/", 4)
+    return path_pairs(parts[4] if len(parts) > 4 else "")
 
 
 def _query_and_path(request, cfg) -> dict[str, str]:
