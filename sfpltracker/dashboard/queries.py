@@ -219,20 +219,19 @@ def engagement(db: str, f: Filters) -> Query:
     """Sessions of one event (bounces) and the summed time from each session's first to last
     event, per ``period``. A session is a sid's events of one day on one host
     (``dash_sessions``, schema/091_dashboard_sessions.sql): without a segment filter its rows
-    are read with FINAL, one per session, for this period and the one before; with one,
-    ``events`` of this period only are grouped the same way (the caller asks for the previous
-    period on its own: each groups every session of its period within the reader's memory
-    cap; the slow figure on a large store, docs/dashboard.md)."""
+    are read with FINAL, one per session, for this period and the one before. With one, a
+    session is a sid's events of one day that have the segment, of any host, summed from its
+    rows per segment combination (``dash_session_segs``, schema/095), this period only (the
+    caller asks for the previous period on its own: each groups its period's sessions within
+    the reader's memory cap)."""
     if f.segmented:
-        # A session here is a sid's events of one day, whatever the host: with the host in
-        # the key (a String, or its hash) the grouping took 2x the time, and with the String
-        # more than the reader's 96 MiB (entry-exit, 30 days of DE on 10M events).
-        where, params = event_conditions(f)
+        # Not by host: with the host in the key the grouping took 2x the time (a String).
+        where, params = derived_conditions(f, "day", segments=True)
         sessions = f"""(
-    SELECT 'current' AS period, count() AS events, min(created_at) AS first_at,
-           max(created_at) AS last_at
-    FROM {db}.events WHERE {where}
-    GROUP BY sid, toDate(created_at)
+    SELECT 'current' AS period, sum(events) AS events, min(first_at) AS first_at,
+           max(last_at) AS last_at
+    FROM {db}.dash_session_segs WHERE {where}
+    GROUP BY sid, day
 )"""
     else:
         where, params = derived_conditions(replace(f, start=f.previous().start), "day")
@@ -290,9 +289,10 @@ WHERE {where} AND created_at >= now64(3, 'UTC') - INTERVAL 5 MINUTE"""
 
 def top_pages(db: str, f: Filters) -> Query:
     if f.segmented:
-        where, params = event_conditions(f)
+        where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
-SELECT url, toUInt32(count()) AS pageviews FROM {db}.events WHERE {where} AND url != ''
+SELECT value AS url, toUInt32(sum(events)) AS pageviews FROM {db}.dash_page_segs
+WHERE dim = 'page' AND {where}
 GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
     else:
         where, params = derived_conditions(f, "date")
@@ -304,14 +304,15 @@ GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
 
 
 def entry_exit(db: str, f: Filters) -> Query:
-    """Each session's first and last page (by time; a session as for ``engagement``): without
-    a segment filter the (time, url) pairs of ``dash_sessions`` FINAL."""
+    """Each session's first and last page (by time, then url; a session as for
+    ``engagement``): the (time, url) pairs of ``dash_sessions`` FINAL, or with a segment
+    filter the least and greatest of a session's rows in ``dash_session_segs``."""
     if f.segmented:
-        where, params = event_conditions(f)
+        where, params = derived_conditions(f, "day", segments=True)
         pages = f"""(
-    SELECT argMin(url, created_at) AS entry_url, argMax(url, created_at) AS exit_url
-    FROM {db}.events WHERE {where} AND url != ''
-    GROUP BY sid, toDate(created_at)
+    SELECT min(entry).2 AS entry_url, max(exit).2 AS exit_url
+    FROM {db}.dash_session_segs WHERE {where}
+    GROUP BY sid, day HAVING entry_url != ''
 )"""
     else:
         where, params = derived_conditions(f, "day")
@@ -334,10 +335,11 @@ REFERRER = "if(domain({c}) != '', domain({c}), {c})"
 
 def referrers(db: str, f: Filters) -> Query:
     if f.segmented:
-        where, params = event_conditions(f)
+        # the view stored each event's referring domain as the expression below makes it
+        where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
-SELECT {REFERRER.format(c="last")} AS referrer, toUInt32(count()) AS events
-FROM {db}.events WHERE {where} AND last != ''
+SELECT value AS referrer, toUInt32(sum(events)) AS events FROM {db}.dash_page_segs
+WHERE dim = 'referrer' AND {where}
 GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
     else:
         where, params = derived_conditions(f, "date")
@@ -396,11 +398,12 @@ SELECT toString(dim) AS kind, value AS name, toUInt32(uniqMerge(visitors)) AS vi
 FROM {db}.dash_daily WHERE {where} AND dim IN ('device', 'browser', 'os')
 GROUP BY kind, name ORDER BY kind, visitors DESC, events DESC, name LIMIT {{limit:UInt32}} BY kind"""
         return Query(sql, params)
-    where, params = event_conditions(f)
+    where, params = derived_conditions(f, "day", segments=True)
     params["limit"] = f.limit
     sql = f"""
-SELECT kind, name, toUInt32(uniq(vid)) AS visitors, toUInt32(count()) AS events
-FROM {db}.events
+SELECT kind, name, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_device_segs
 ARRAY JOIN ['device', 'browser', 'os'] AS kind,
            [toString(device), toString(browser), toString(os)] AS name
 WHERE {where}
