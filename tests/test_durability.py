@@ -180,6 +180,13 @@ DERIVED = {
     "dash_totals": ("sum(events)", "events", f"countIf({CLIENT})"),
     "dash_funnel": ("count()", "events", f"countIf({CLIENT} AND ename != '')"),
     "dash_segments": ("sum(events)", "events", f"countIf({CLIENT})"),
+    "dash_session_segs": ("sum(events)", "events", f"countIf({CLIENT})"),
+    "dash_page_segs": (
+        "sum(events)",
+        "events",
+        f"countIf(url != '' AND {CLIENT}) + countIf(last != '' AND {CLIENT})",
+    ),
+    "dash_device_segs": ("sum(events)", "events", f"countIf({CLIENT})"),
     "ltv": (
         "sum(paid)",
         "payments",
