@@ -105,7 +105,8 @@ def rollups_equal_events(gw: GatewayProcess) -> None:
     )  # fmt: skip
     # the per-segment rollups (schema/095-097)
     segs = q("SELECT toString(day) AS d, toString(country) AS c, toString(sid) AS s, "
-             "sum(events) AS events, min(entry).2 AS entry, max(exit).2 AS exit "
+             "sum(events) AS events, substring(min(entry), 17) AS entry, "
+             "substring(max(exit), 17) AS exit "
              "FROM sfpla.dash_session_segs GROUP BY d, c, s ORDER BY d, c, s")  # fmt: skip
     assert segs == q(
         f"SELECT toString(toDate(created_at)) AS d, toString(country) AS c, toString(sid) AS s, "

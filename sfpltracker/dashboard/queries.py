@@ -7,8 +7,10 @@ fixed fragments chosen here. What is counted (docs/dashboard.md):
 - the *traffic* figures count client events without bots (``server = 0 AND bot = 0``), the
   same events the derived tables (``hits``, ``referrers``, ``outcomes``) are made from, so a
   page reads a derived table when no segment filter (source/medium/campaign, country, device)
-  is set and ``events`` otherwise (the overview, campaigns and countries
-  ``dash_segments``; the funnel always ``dash_funnel``), with equal answers;
+  is set and one keyed by the segment columns otherwise (the overview, campaigns and
+  countries ``dash_segments``; engagement and entry/exit ``dash_session_segs``; pages and
+  referrers ``dash_page_segs``; devices ``dash_device_segs``; goals' enames and outcomes
+  ``events``; the funnel always ``dash_funnel``), with equal answers;
 - a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
   event, its duration the time between its first and last event;
 - ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
@@ -306,11 +308,12 @@ GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
 def entry_exit(db: str, f: Filters) -> Query:
     """Each session's first and last page (by time, then url; a session as for
     ``engagement``): the (time, url) pairs of ``dash_sessions`` FINAL, or with a segment
-    filter the least and greatest of a session's rows in ``dash_session_segs``."""
+    filter the least and greatest (time + url) key of a session's rows in
+    ``dash_session_segs`` (16 digits of time, then the url)."""
     if f.segmented:
         where, params = derived_conditions(f, "day", segments=True)
         pages = f"""(
-    SELECT min(entry).2 AS entry_url, max(exit).2 AS exit_url
+    SELECT substring(min(entry), 17) AS entry_url, substring(max(exit), 17) AS exit_url
     FROM {db}.dash_session_segs WHERE {where}
     GROUP BY sid, day HAVING entry_url != ''
 )"""
@@ -388,7 +391,8 @@ GROUP BY country ORDER BY visitors DESC, events DESC, country LIMIT {{limit:UInt
 
 
 def devices(db: str, f: Filters) -> Query:
-    """Devices, browsers and operating systems (bots are excluded by every figure)."""
+    """Devices, browsers and operating systems (bots are excluded by every figure); with a
+    segment filter from ``dash_device_segs`` (schema/097), a row per combination of them."""
     if not f.segmented:
         where, params = derived_conditions(f, "day")
         params["limit"] = f.limit

@@ -7,7 +7,12 @@
 -- the range by sid (engagement with country=DE over 30 days of 10M events: ~0.75 s on events).
 -- Sorted by day, host and country before the session: a country filter reads its own rows,
 -- and any filter groups them in key order (day, host, sid), one day's sessions at a time.
--- entry / exit as in dash_sessions (the sentinel when a row holds no page).
+-- entry / exit: the least / greatest key of its events with a url, a key being the event's time
+-- (epoch milliseconds + 10^14, 16 digits) followed by its url, so a String orders as the
+-- (time, url) pair does; a filter takes a session's least / greatest key and cuts the url out.
+-- min/max of a String merge ~2x faster than of dash_sessions' (time, url) tuples (entry/exit
+-- with country=DE over 30 days of 10M events: ~1.7 s -> ~0.9 s in one query). A row without
+-- a page holds '~' / '' (greater / less than every key).
 -- Its rows name a session (sid) and carry country and region: `forget` erases them with the
 -- subject's sessions and a jurisdiction's retention prunes them as it prunes events.
 CREATE TABLE IF NOT EXISTS sfpla.dash_session_segs
@@ -24,8 +29,8 @@ CREATE TABLE IF NOT EXISTS sfpla.dash_session_segs
     events SimpleAggregateFunction(sum, UInt64),
     first_at SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
     last_at SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
-    entry SimpleAggregateFunction(min, Tuple(DateTime64(3, 'UTC'), String)),
-    exit SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
+    entry SimpleAggregateFunction(min, String),
+    exit SimpleAggregateFunction(max, String)
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(day)
@@ -35,10 +40,11 @@ SETTINGS non_replicated_deduplication_window = 1000, index_granularity = 1024;
 CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.dash_session_segs_mv TO sfpla.dash_session_segs AS
 SELECT toDate(created_at) AS day, hhash, country, sid, device, source, medium, campaign, region,
        toUInt64(count()) AS events, min(created_at) AS first_at, max(created_at) AS last_at,
-       if(countIf(url != '') = 0, (toDateTime64('2299-12-31 00:00:00', 3, 'UTC'), ''),
-          minIf((created_at, url), url != '')) AS entry,
-       if(countIf(url != '') = 0, (toDateTime64(0, 3, 'UTC'), ''),
-          maxIf((created_at, url), url != '')) AS exit
+       if(countIf(url != '') = 0, '~', minIf(concat(leftPad(toString(
+           toUnixTimestamp64Milli(created_at) + 100000000000000), 16, '0'), url), url != ''))
+           AS entry,
+       maxIf(concat(leftPad(toString(toUnixTimestamp64Milli(created_at) + 100000000000000),
+           16, '0'), url), url != '') AS exit
 FROM sfpla.events
 WHERE server = 0 AND bot = 0
 GROUP BY day, hhash, country, sid, device, source, medium, campaign, region;

@@ -332,14 +332,15 @@ WHERE server = 0 AND bot = 0
 GROUP BY created_at::DATE, hhash, country, device, source, medium, campaign;
 
 -- The dashboard's per-session rollup by segment (schema/095_dashboard_session_segments.sql):
--- a row per day, host, segment combination and session, entry and exit as in dash_sessions.
+-- a row per day, host, segment combination and session; entry and exit as the least / greatest
+-- key of 16 digits of time (epoch ms + 10^14) and url ('~' / '' without a page).
 CREATE OR REPLACE VIEW sfpla.dash_session_segs AS
 SELECT created_at::DATE AS day, hhash, country, sid, device, source, medium, campaign, region,
        count(*)::UBIGINT AS events, min(created_at) AS first_at, max(created_at) AS last_at,
-       coalesce(min({'t': created_at, 'url': url}) FILTER (WHERE url != ''),
-                {'t': TIMESTAMP '2299-12-31 00:00:00', 'url': ''}) AS entry,
-       coalesce(max({'t': created_at, 'url': url}) FILTER (WHERE url != ''),
-                {'t': TIMESTAMP '1970-01-01 00:00:00', 'url': ''}) AS exit
+       coalesce(min(lpad(CAST(epoch_ms(created_at) + 100000000000000 AS VARCHAR), 16, '0')
+                    || url) FILTER (WHERE url != ''), '~') AS entry,
+       coalesce(max(lpad(CAST(epoch_ms(created_at) + 100000000000000 AS VARCHAR), 16, '0')
+                    || url) FILTER (WHERE url != ''), '') AS exit
 FROM sfpla.events
 WHERE server = 0 AND bot = 0
 GROUP BY created_at::DATE, hhash, country, sid, device, source, medium, campaign, region;
