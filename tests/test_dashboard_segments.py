@@ -160,6 +160,33 @@ def test_segment_figures_equal_sql_over_events(loaded):
 
 
 @pytest_twisted.inlineCallbacks
+def test_segment_figures_asked_in_parts_of_days_add_up(loaded, monkeypatch):
+    # As the API asks them with a segment filter (each part groups only its own sessions):
+    # parts of 2 days over the 8 days of data, each with sessions.
+    store, rows = loaded
+    monkeypatch.setattr(q, "SESSION_DAYS_PER_PART", 2)
+    for extra in FILTERS[1:]:
+        f = filters(extra)
+        parts = q.day_parts(f)
+        assert [(p.start, p.end) for p in parts][0] == (f.start, min(f.end, f.start + timedelta(1)))
+        assert sum(p.days for p in parts) == f.days
+        whole = yield rows_of(store, q.engagement("sfpla", f))
+        summed = {"sessions": 0, "bounces": 0, "duration_total": 0}
+        for part in parts:
+            for r in (yield rows_of(store, q.engagement("sfpla", part))):
+                for k in summed:
+                    summed[k] += r[k]
+        assert [{k: r[k] for k in summed} for r in whole] == [summed], extra
+        whole = yield rows_of(store, q.entry_exit("sfpla", f))
+        counts: dict = {}
+        for part in parts:
+            for r in (yield rows_of(store, q.entry_exit("sfpla", part, part=True))):
+                counts[(r["kind"], r["url"])] = counts.get((r["kind"], r["url"]), 0) + r["sessions"]
+        ranked = sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1]))
+        assert [{"kind": k, "url": u, "sessions": n} for (k, u), n in ranked] == whole, extra
+
+
+@pytest_twisted.inlineCallbacks
 def test_segment_tables_hold_every_client_event_once(loaded):
     store, rows = loaded
     client = [r for r in rows if not r["bot"] and not r["server"]]

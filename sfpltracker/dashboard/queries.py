@@ -217,15 +217,32 @@ GROUP BY period"""
     return Query(sql, params)
 
 
+# With a segment filter the per-session figures group a range's session rows by (sid, day):
+# over 30 days of a filter as wide as device=Mobile (~380 K sessions of 10M events) that
+# passed the reader's 96 MiB. Sessions are per day, so the range is asked in parts of days,
+# each grouping its own sessions, and the parts' counts add up.
+SESSION_DAYS_PER_PART = 7
+
+
+def day_parts(f: Filters) -> list[Filters]:
+    """``f``'s range in consecutive parts of at most ``SESSION_DAYS_PER_PART`` days."""
+    parts, start = [], f.start
+    while start <= f.end:
+        end = min(f.end, start + timedelta(days=SESSION_DAYS_PER_PART - 1))
+        parts.append(replace(f, start=start, end=end))
+        start = end + timedelta(days=1)
+    return parts
+
+
 def engagement(db: str, f: Filters) -> Query:
     """Sessions of one event (bounces) and the summed time from each session's first to last
     event, per ``period``. A session is a sid's events of one day on one host
     (``dash_sessions``, schema/091_dashboard_sessions.sql): without a segment filter its rows
     are read with FINAL, one per session, for this period and the one before. With one, a
     session is a sid's events of one day that have the segment, of any host, summed from its
-    rows per segment combination (``dash_session_segs``, schema/095), this period only (the
-    caller asks for the previous period on its own: each groups its period's sessions within
-    the reader's memory cap)."""
+    rows per segment combination (``dash_session_segs``, schema/095), this period only: the
+    caller asks for each part of days of both periods on its own (``day_parts``) and adds
+    them up."""
     if f.segmented:
         # Not by host: with the host in the key the grouping took 2x the time (a String).
         where, params = derived_conditions(f, "day", segments=True)
@@ -305,11 +322,12 @@ GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
 
 
-def entry_exit(db: str, f: Filters) -> Query:
+def entry_exit(db: str, f: Filters, part: bool = False) -> Query:
     """Each session's first and last page (by time, then url; a session as for
     ``engagement``): the (time, url) pairs of ``dash_sessions`` FINAL, or with a segment
     filter the least and greatest (time + url) key of a session's rows in
-    ``dash_session_segs`` (16 digits of time, then the url)."""
+    ``dash_session_segs`` (16 digits of time, then the url). With ``part``, every url's
+    count (a part of days, ``day_parts``: the caller adds the parts up and keeps the top)."""
     if f.segmented:
         where, params = derived_conditions(f, "day", segments=True)
         pages = f"""(
@@ -325,11 +343,12 @@ def entry_exit(db: str, f: Filters) -> Query:
     FROM {db}.dash_sessions FINAL WHERE {where} AND entry_url != ''
 )"""
     params["limit"] = f.limit
+    limit = "" if part else " LIMIT {limit:UInt32} BY kind"
     sql = f"""
 SELECT kind, url, toUInt32(count()) AS sessions
 FROM {pages}
 ARRAY JOIN ['entry', 'exit'] AS kind, [entry_url, exit_url] AS url
-GROUP BY kind, url ORDER BY kind, sessions DESC, url LIMIT {{limit:UInt32}} BY kind"""
+GROUP BY kind, url ORDER BY kind, sessions DESC, url{limit}"""
     return Query(sql, params)
 
 
