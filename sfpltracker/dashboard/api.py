@@ -278,14 +278,17 @@ class DashboardResource(Resource):
         """Bounce rate and visit duration, this period and the one before (with a segment
         filter: each in parts of days, added up)."""
         if f.segmented:
-            by_period = {}
-            for name, period in (("current", f), ("previous", f.previous())):
-                total = {"sessions": 0, "bounces": 0, "duration_total": 0}
-                for part in q.day_parts(period):
-                    for row in (yield self._rows(q.engagement(self.db, part))):
-                        for k in total:
-                            total[k] += int(row[k])
-                by_period[name] = total
+            # the parts queue for the store's reader threads (two run at a time)
+            periods = {"current": q.day_parts(f), "previous": q.day_parts(f.previous())}
+            asked = [(name, self._rows(q.engagement(self.db, part)))
+                     for name, parts in periods.items() for part in parts]  # fmt: skip
+            got = yield defer.gatherResults([d for _, d in asked], consumeErrors=True)
+            by_period = {name: {"sessions": 0, "bounces": 0, "duration_total": 0}
+                         for name in periods}  # fmt: skip
+            for (name, _), rows in zip(asked, got, strict=True):
+                for row in rows:
+                    for k in by_period[name]:
+                        by_period[name][k] += int(row[k])
         else:
             rows = yield self._rows(q.engagement(self.db, f))
             by_period = {row["period"]: row for row in rows}
@@ -309,8 +312,12 @@ class DashboardResource(Resource):
             }  # fmt: skip
         # In parts of days (as engagement), each url's sessions added up, then the top ones.
         counts: dict[tuple[str, str], int] = {}
-        for part in q.day_parts(f):
-            for r in (yield self._rows(q.entry_exit(self.db, part, part=True))):
+        got = yield defer.gatherResults(
+            [self._rows(q.entry_exit(self.db, part, part=True)) for part in q.day_parts(f)],
+            consumeErrors=True,
+        )
+        for rows in got:
+            for r in rows:
                 key = (r["kind"], r["url"])
                 counts[key] = counts.get(key, 0) + int(r["sessions"])
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1]))
