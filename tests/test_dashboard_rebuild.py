@@ -34,6 +34,9 @@ store._open_and_load()
 w = store._writer
 for sql in (
     "TRUNCATE TABLE sfpla.dash_sessions",
+    "TRUNCATE TABLE sfpla.dash_session_segs",
+    "INSERT INTO sfpla.dash_page_segs SELECT * FROM sfpla.dash_page_segs",
+    "TRUNCATE TABLE sfpla.dash_device_segs",
     "INSERT INTO sfpla.dash_totals SELECT * FROM sfpla.dash_totals",
     "DROP TABLE sfpla.dash_daily_mv",
     "DROP TABLE sfpla.dash_daily",
@@ -120,6 +123,31 @@ def rollups_equal_events(gw: GatewayProcess) -> None:
         f"argMinIf(url, created_at, url != '') AS entry FROM sfpla.events WHERE {CLIENT} "
         f"GROUP BY d, hhash, sid ORDER BY d, s"
     )  # fmt: skip
+    # the per-segment rollups (schema/095-097)
+    segs = q("SELECT toString(day) AS d, toString(country) AS c, toString(sid) AS s, "
+             "sum(events) AS events, substring(min(entry), 17) AS entry, "
+             "substring(max(exit), 17) AS exit "
+             "FROM sfpla.dash_session_segs GROUP BY d, c, s ORDER BY d, c, s")  # fmt: skip
+    assert segs == q(
+        f"SELECT toString(toDate(created_at)) AS d, toString(country) AS c, toString(sid) AS s, "
+        f"count() AS events, minIf((created_at, url), url != '').2 AS entry, "
+        f"maxIf((created_at, url), url != '').2 AS exit FROM sfpla.events WHERE {CLIENT} "
+        f"GROUP BY d, c, s ORDER BY d, c, s"
+    )  # fmt: skip
+    pages = q("SELECT dim, value, sum(events) AS n FROM sfpla.dash_page_segs "
+              "GROUP BY dim, value ORDER BY dim, value")  # fmt: skip
+    assert pages == q(
+        f"SELECT dim, value, count() AS n FROM sfpla.events ARRAY JOIN ['page', 'referrer'] "
+        f"AS dim, [url, if(domain(last) != '', domain(last), last)] AS value "
+        f"WHERE {CLIENT} AND value != '' GROUP BY dim, value ORDER BY dim, value"
+    )  # fmt: skip
+    devices = q("SELECT toString(device) AS d, toString(browser) AS b, sum(events) AS n, "
+                "uniqCombinedMerge(14)(visitors) AS v FROM sfpla.dash_device_segs "
+                "GROUP BY d, b ORDER BY d, b")  # fmt: skip
+    assert devices == q(
+        f"SELECT toString(device) AS d, toString(browser) AS b, count() AS n, uniqExact(vid) "
+        f"AS v FROM sfpla.events WHERE {CLIENT} GROUP BY d, b ORDER BY d, b"
+    )  # fmt: skip
 
 
 def test_rebuild_in_a_running_gateway_equals_events(tmp_path):
@@ -175,9 +203,16 @@ def test_rebuild_in_a_running_gateway_equals_events(tmp_path):
         assert partial.returncode == 0, partial.stderr
         assert "dash_daily: rebuilt from " + today in partial.stdout, partial.stdout
         assert whole.returncode == 0, whole.stderr
-        assert {"dash_daily", "dash_sessions", "dash_totals", "dash_funnel", "dash_goals"} <= {
-            line.split(":")[0] for line in whole.stdout.splitlines()
-        }
+        assert {
+            "dash_daily",
+            "dash_sessions",
+            "dash_totals",
+            "dash_session_segs",
+            "dash_page_segs",
+            "dash_device_segs",
+            "dash_funnel",
+            "dash_goals",
+        } <= {line.split(":")[0] for line in whole.stdout.splitlines()}
         assert sent
         gw.wait_for(
             "SELECT count() AS n FROM sfpla.events WHERE ename = 'during'",
@@ -196,6 +231,12 @@ def test_rebuild_in_a_running_gateway_equals_events(tmp_path):
                               f"FROM sfpla.events WHERE {CLIENT}"))[0]  # fmt: skip
         assert dash.get("overview")["current"] == truth
         assert dash.get("engagement")["current"]["sessions"] == truth["sessions"]
+        nl = ints(gw.query(f"SELECT uniqExact(sid, toDate(created_at)) AS sessions, "
+                           f"count() AS events FROM sfpla.events "
+                           f"WHERE {CLIENT} AND country = 'NL'"))[0]  # fmt: skip
+        assert dash.get("engagement", country="NL")["current"]["sessions"] == nl["sessions"] > 0
+        devices = dash.get("devices", country="NL")["device"]
+        assert sum(d["events"] for d in devices) == nl["events"]
         bad = cli(gw, "dashboard", "rebuild", "--since", "yesterday")
         assert bad.returncode != 0 and "since must be a date" in bad.stderr, bad
     # With no gateway running, the CLI opens the store itself and runs the same command.

@@ -185,6 +185,13 @@ DERIVED = {
         "events",
         f"countIf({CLIENT} AND (ename != '' OR outcome != ''))",
     ),
+    "dash_session_segs": ("sum(events)", "events", f"countIf({CLIENT})"),
+    "dash_page_segs": (
+        "sum(events)",
+        "events",
+        f"countIf(url != '' AND {CLIENT}) + countIf(last != '' AND {CLIENT})",
+    ),
+    "dash_device_segs": ("sum(events)", "events", f"countIf({CLIENT})"),
     "ltv": (
         "sum(paid)",
         "payments",

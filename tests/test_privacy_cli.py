@@ -116,7 +116,8 @@ def test_forget_erases_a_subject_from_every_table_and_export_subject_comes_first
             ips=[alice_ip["ip"]],
         )
         before = subject_left(gw, **ids)
-        for table in ("events", "visitors", "sessions", "payments", "ltv", "ltvu", "ltvv"):
+        for table in ("events", "visitors", "sessions", "payments", "ltv", "ltvu", "ltvv",
+                      "dash_sessions", "dash_session_segs", "dash_funnel"):  # fmt: skip
             assert before[table] > 0, (table, before)
         assert before["agreed"] == before["agreements"] == 1 and before["dailies"] >= 1
         bob_rows = gw.query(f"SELECT count() AS n FROM sfpla.events WHERE vid = '{bob}'")
@@ -199,11 +200,12 @@ def test_prune_deletes_exactly_the_rows_older_than_the_retention(tmp_path):
     seed(tmp_path / "gw" / "data", {"events": rows, "agreed": agreed})
 
     # DataRetentionDays is 0 (keep): only the jurisdictions' limits apply, to located rows
-    # (in events and in the dashboard's copy of them, dash_funnel; not in counts per country)
+    # (in events and in the dashboard's copies of them: dash_funnel's events, dash_session_segs'
+    # sessions per country and region, one row each here; not in counts per country)
     dry = cli(gw, "prune", "--dry-run")
-    assert "dry run: 8 rows in 2 tables would be deleted" in dry.stdout, dry.stdout
+    assert "dry run: 12 rows in 3 tables would be deleted" in dry.stdout, dry.stdout
     done = cli(gw, "prune")
-    assert "prune: 8 rows deleted from 2 tables" in done.stdout, done.stdout
+    assert "prune: 12 rows deleted from 3 tables" in done.stdout, done.stdout
     with gw:
         assert names(gw) == {r["ename"] for r in rows} - {
             "de_800",
@@ -213,6 +215,12 @@ def test_prune_deletes_exactly_the_rows_older_than_the_retention(tmp_path):
         }
         funnel = gw.query("SELECT ename FROM sfpla.dash_funnel")
         assert {r["ename"] for r in funnel} == names(gw)
+        sessions = gw.query("SELECT toString(day) AS d, country, region, sum(events) AS n FROM "
+                            "sfpla.dash_session_segs GROUP BY ALL ORDER BY ALL")  # fmt: skip
+        assert sessions == gw.query(
+            "SELECT toString(toDate(created_at)) AS d, country, region, count() AS n "
+            "FROM sfpla.events GROUP BY ALL ORDER BY ALL"
+        )
     # a 30-day retention on every table
     dry = cli(gw, "prune", "--days", "30", "--dry-run")
     assert "events" in dry.stdout and "hits" in dry.stdout and "jurisdictions" in dry.stdout

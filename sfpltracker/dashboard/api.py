@@ -275,13 +275,23 @@ class DashboardResource(Resource):
 
     @defer.inlineCallbacks
     def engagement(self, f: q.Filters, args):
-        """Bounce rate and visit duration, this period and the one before (from ``events``
-        with a segment filter: one after the other)."""
-        rows = yield self._rows(q.engagement(self.db, f))
-        by_period = {row["period"]: row for row in rows}
+        """Bounce rate and visit duration, this period and the one before (with a segment
+        filter: each in parts of days, added up)."""
         if f.segmented:
-            before = yield self._rows(q.engagement(self.db, f.previous()))
-            by_period["previous"] = before[0] if before else None
+            # the parts queue for the store's reader threads (two run at a time)
+            periods = {"current": q.day_parts(f), "previous": q.day_parts(f.previous())}
+            asked = [(name, self._rows(q.engagement(self.db, part)))
+                     for name, parts in periods.items() for part in parts]  # fmt: skip
+            got = yield defer.gatherResults([d for _, d in asked], consumeErrors=True)
+            by_period = {name: {"sessions": 0, "bounces": 0, "duration_total": 0}
+                         for name in periods}  # fmt: skip
+            for (name, _), rows in zip(asked, got, strict=True):
+                for row in rows:
+                    for k in by_period[name]:
+                        by_period[name][k] += int(row[k])
+        else:
+            rows = yield self._rows(q.engagement(self.db, f))
+            by_period = {row["period"]: row for row in rows}
         return {
             "current": _engagement(by_period.get("current")),
             "previous": _engagement(by_period.get("previous")),
@@ -293,9 +303,26 @@ class DashboardResource(Resource):
 
     @defer.inlineCallbacks
     def entry_exit(self, f, args):
-        rows = yield self._rows(q.entry_exit(self.db, f))
+        if not f.segmented:
+            rows = yield self._rows(q.entry_exit(self.db, f))
+            return {
+                kind: [{"url": r["url"], "sessions": r["sessions"]}
+                       for r in rows if r["kind"] == kind]
+                for kind in ("entry", "exit")
+            }  # fmt: skip
+        # In parts of days (as engagement), each url's sessions added up, then the top ones.
+        counts: dict[tuple[str, str], int] = {}
+        got = yield defer.gatherResults(
+            [self._rows(q.entry_exit(self.db, part, part=True)) for part in q.day_parts(f)],
+            consumeErrors=True,
+        )
+        for rows in got:
+            for r in rows:
+                key = (r["kind"], r["url"])
+                counts[key] = counts.get(key, 0) + int(r["sessions"])
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1]))
         return {
-            kind: [{"url": r["url"], "sessions": r["sessions"]} for r in rows if r["kind"] == kind]
+            kind: [{"url": url, "sessions": n} for (k, url), n in ranked if k == kind][: f.limit]
             for kind in ("entry", "exit")
         }
 

@@ -7,9 +7,10 @@ fixed fragments chosen here. What is counted (docs/dashboard.md):
 - the *traffic* figures count client events without bots (``server = 0 AND bot = 0``), the
   same events the derived tables (``hits``, ``referrers``, ``outcomes``) are made from, so a
   page reads a derived table when no segment filter (source/medium/campaign, country, device)
-  is set and ``events`` otherwise (the overview, campaigns and countries
-  ``dash_segments``, goals and outcomes ``dash_goals``; the funnel always ``dash_funnel``),
-  with equal answers;
+  is set and one keyed by the segment columns otherwise (the overview, campaigns and
+  countries ``dash_segments``; engagement and entry/exit ``dash_session_segs``; pages and
+  referrers ``dash_page_segs``; devices ``dash_device_segs``; goals' enames and outcomes
+  ``dash_goals``; the funnel always ``dash_funnel``), with equal answers;
 - a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
   event, its duration the time between its first and last event;
 - ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
@@ -217,24 +218,40 @@ GROUP BY period"""
     return Query(sql, params)
 
 
+# With a segment filter the per-session figures group a range's session rows by (sid, day):
+# over 30 days of a filter as wide as device=Mobile (~380 K sessions of 10M events) that
+# passed the reader's 96 MiB. Sessions are per day, so the range is asked in parts of days,
+# each grouping its own sessions, and the parts' counts add up.
+SESSION_DAYS_PER_PART = 7
+
+
+def day_parts(f: Filters) -> list[Filters]:
+    """``f``'s range in consecutive parts of at most ``SESSION_DAYS_PER_PART`` days."""
+    parts, start = [], f.start
+    while start <= f.end:
+        end = min(f.end, start + timedelta(days=SESSION_DAYS_PER_PART - 1))
+        parts.append(replace(f, start=start, end=end))
+        start = end + timedelta(days=1)
+    return parts
+
+
 def engagement(db: str, f: Filters) -> Query:
     """Sessions of one event (bounces) and the summed time from each session's first to last
     event, per ``period``. A session is a sid's events of one day on one host
     (``dash_sessions``, schema/091_dashboard_sessions.sql): without a segment filter its rows
-    are read with FINAL, one per session, for this period and the one before; with one,
-    ``events`` of this period only are grouped the same way (the caller asks for the previous
-    period on its own: each groups every session of its period within the reader's memory
-    cap; the slow figure on a large store, docs/dashboard.md)."""
+    are read with FINAL, one per session, for this period and the one before. With one, a
+    session is a sid's events of one day that have the segment, of any host, summed from its
+    rows per segment combination (``dash_session_segs``, schema/095), this period only: the
+    caller asks for each part of days of both periods on its own (``day_parts``) and adds
+    them up."""
     if f.segmented:
-        # A session here is a sid's events of one day, whatever the host: with the host in
-        # the key (a String, or its hash) the grouping took 2x the time, and with the String
-        # more than the reader's 96 MiB (entry-exit, 30 days of DE on 10M events).
-        where, params = event_conditions(f)
+        # Not by host: with the host in the key the grouping took 2x the time (a String).
+        where, params = derived_conditions(f, "day", segments=True)
         sessions = f"""(
-    SELECT 'current' AS period, count() AS events, min(created_at) AS first_at,
-           max(created_at) AS last_at
-    FROM {db}.events WHERE {where}
-    GROUP BY sid, toDate(created_at)
+    SELECT 'current' AS period, sum(events) AS events, min(first_at) AS first_at,
+           max(last_at) AS last_at
+    FROM {db}.dash_session_segs WHERE {where}
+    GROUP BY sid, day
 )"""
     else:
         where, params = derived_conditions(replace(f, start=f.previous().start), "day")
@@ -292,9 +309,10 @@ WHERE {where} AND created_at >= now64(3, 'UTC') - INTERVAL 5 MINUTE"""
 
 def top_pages(db: str, f: Filters) -> Query:
     if f.segmented:
-        where, params = event_conditions(f)
+        where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
-SELECT url, toUInt32(count()) AS pageviews FROM {db}.events WHERE {where} AND url != ''
+SELECT value AS url, toUInt32(sum(events)) AS pageviews FROM {db}.dash_page_segs
+WHERE dim = 'page' AND {where}
 GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
     else:
         where, params = derived_conditions(f, "date")
@@ -305,15 +323,18 @@ GROUP BY url ORDER BY pageviews DESC, url LIMIT {{limit:UInt32}}"""
     return Query(sql, params)
 
 
-def entry_exit(db: str, f: Filters) -> Query:
-    """Each session's first and last page (by time; a session as for ``engagement``): without
-    a segment filter the (time, url) pairs of ``dash_sessions`` FINAL."""
+def entry_exit(db: str, f: Filters, part: bool = False) -> Query:
+    """Each session's first and last page (by time, then url; a session as for
+    ``engagement``): the (time, url) pairs of ``dash_sessions`` FINAL, or with a segment
+    filter the least and greatest (time + url) key of a session's rows in
+    ``dash_session_segs`` (16 digits of time, then the url). With ``part``, every url's
+    count (a part of days, ``day_parts``: the caller adds the parts up and keeps the top)."""
     if f.segmented:
-        where, params = event_conditions(f)
+        where, params = derived_conditions(f, "day", segments=True)
         pages = f"""(
-    SELECT argMin(url, created_at) AS entry_url, argMax(url, created_at) AS exit_url
-    FROM {db}.events WHERE {where} AND url != ''
-    GROUP BY sid, toDate(created_at)
+    SELECT substring(min(entry), 17) AS entry_url, substring(max(exit), 17) AS exit_url
+    FROM {db}.dash_session_segs WHERE {where}
+    GROUP BY sid, day HAVING entry_url != ''
 )"""
     else:
         where, params = derived_conditions(f, "day")
@@ -323,11 +344,12 @@ def entry_exit(db: str, f: Filters) -> Query:
     FROM {db}.dash_sessions FINAL WHERE {where} AND entry_url != ''
 )"""
     params["limit"] = f.limit
+    limit = "" if part else " LIMIT {limit:UInt32} BY kind"
     sql = f"""
 SELECT kind, url, toUInt32(count()) AS sessions
 FROM {pages}
 ARRAY JOIN ['entry', 'exit'] AS kind, [entry_url, exit_url] AS url
-GROUP BY kind, url ORDER BY kind, sessions DESC, url LIMIT {{limit:UInt32}} BY kind"""
+GROUP BY kind, url ORDER BY kind, sessions DESC, url{limit}"""
     return Query(sql, params)
 
 
@@ -336,10 +358,11 @@ REFERRER = "if(domain({c}) != '', domain({c}), {c})"
 
 def referrers(db: str, f: Filters) -> Query:
     if f.segmented:
-        where, params = event_conditions(f)
+        # the view stored each event's referring domain as the expression below makes it
+        where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
-SELECT {REFERRER.format(c="last")} AS referrer, toUInt32(count()) AS events
-FROM {db}.events WHERE {where} AND last != ''
+SELECT value AS referrer, toUInt32(sum(events)) AS events FROM {db}.dash_page_segs
+WHERE dim = 'referrer' AND {where}
 GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
     else:
         where, params = derived_conditions(f, "date")
@@ -388,7 +411,8 @@ GROUP BY country ORDER BY visitors DESC, events DESC, country LIMIT {{limit:UInt
 
 
 def devices(db: str, f: Filters) -> Query:
-    """Devices, browsers and operating systems (bots are excluded by every figure)."""
+    """Devices, browsers and operating systems (bots are excluded by every figure); with a
+    segment filter from ``dash_device_segs`` (schema/097), a row per combination of them."""
     if not f.segmented:
         where, params = derived_conditions(f, "day")
         params["limit"] = f.limit
@@ -398,11 +422,12 @@ SELECT toString(dim) AS kind, value AS name, toUInt32(uniqMerge(visitors)) AS vi
 FROM {db}.dash_daily WHERE {where} AND dim IN ('device', 'browser', 'os')
 GROUP BY kind, name ORDER BY kind, visitors DESC, events DESC, name LIMIT {{limit:UInt32}} BY kind"""
         return Query(sql, params)
-    where, params = event_conditions(f)
+    where, params = derived_conditions(f, "day", segments=True)
     params["limit"] = f.limit
     sql = f"""
-SELECT kind, name, toUInt32(uniq(vid)) AS visitors, toUInt32(count()) AS events
-FROM {db}.events
+SELECT kind, name, toUInt32(uniqCombinedMerge(14)(visitors)) AS visitors,
+       toUInt32(sum(events)) AS events
+FROM {db}.dash_device_segs
 ARRAY JOIN ['device', 'browser', 'os'] AS kind,
            [toString(device), toString(browser), toString(os)] AS name
 WHERE {where}

@@ -8,7 +8,8 @@ Every data table (``catalogue.KEEP_TABLES`` aside) is pruned on the column that 
   person: ``vid``, ``uid``, ``sid``, ``ehash``, ``ip``), rows located in a jurisdiction (its
   ``countries``, or ``<country>-<region>`` in its ``regions``) older than its
   ``retention_days`` (0 = no limit of its own). The shorter of the two limits wins. Counts per
-  country (``dash_segments``: no row names anyone) are kept as the other rollups are.
+  country (``dash_segments``, ``dash_page_segs``, ``dash_device_segs``: no row names anyone)
+  are kept as the other rollups are; ``dash_session_segs`` (sid, country, region) is pruned.
 
 "Older than N days" means dated strictly before ``now - N * 86400 s`` (for a ``Date`` column:
 on a day before that instant's day). ``--logs-only`` restricts the run to the log tables.

@@ -29,9 +29,9 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS sfpla.dash_sessions_mv TO sfpla.dash_sess
 SELECT toDate(created_at) AS day, hhash, sid, toUInt64(count()) AS events,
        min(created_at) AS first_at, max(created_at) AS last_at,
        if(countIf(url != '') = 0, (toDateTime64('2299-12-31 00:00:00', 3, 'UTC'), ''),
-          (minIf(created_at, url != ''), argMinIf(url, created_at, url != ''))) AS entry,
+          minIf((created_at, url), url != '')) AS entry,
        if(countIf(url != '') = 0, (toDateTime64(0, 3, 'UTC'), ''),
-          (maxIf(created_at, url != ''), argMaxIf(url, created_at, url != ''))) AS exit
+          maxIf((created_at, url), url != '')) AS exit
 FROM sfpla.events
 WHERE server = 0 AND bot = 0
 GROUP BY day, hhash, sid;

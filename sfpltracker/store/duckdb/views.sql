@@ -340,3 +340,45 @@ SELECT created_at::DATE AS day, hhash, country, device, source, medium, campaign
 FROM sfpla.events
 WHERE server = 0 AND bot = 0 AND (ename != '' OR outcome != '')
 GROUP BY created_at::DATE, hhash, country, device, source, medium, campaign, ename, outcome;
+
+-- The dashboard's per-session rollup by segment (schema/095_dashboard_session_segments.sql):
+-- a row per day, host, segment combination and session; entry and exit as the least / greatest
+-- key of 16 digits of time (epoch ms + 10^14) and url ('~' / '' without a page).
+CREATE OR REPLACE VIEW sfpla.dash_session_segs AS
+SELECT created_at::DATE AS day, hhash, country, sid, device, source, medium, campaign, region,
+       count(*)::UBIGINT AS events, min(created_at) AS first_at, max(created_at) AS last_at,
+       coalesce(min(lpad(CAST(epoch_ms(created_at) + 100000000000000 AS VARCHAR), 16, '0')
+                    || url) FILTER (WHERE url != ''), '~') AS entry,
+       coalesce(max(lpad(CAST(epoch_ms(created_at) + 100000000000000 AS VARCHAR), 16, '0')
+                    || url) FILTER (WHERE url != ''), '') AS exit
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY created_at::DATE, hhash, country, sid, device, source, medium, campaign, region;
+
+-- The dashboard's pages and referrers by segment (schema/096_dashboard_page_segments.sql):
+-- dim 'page' (value: url) or 'referrer' (value: the host of `last`, or `last` without one).
+CREATE OR REPLACE VIEW sfpla.dash_page_segs AS
+SELECT dim, created_at::DATE AS day, hhash, country, device, source, medium, campaign, value,
+       count(*)::UBIGINT AS events
+FROM (
+    SELECT 'page' AS dim, url AS value, created_at, hhash, country, device, source, medium,
+           campaign, server, bot
+    FROM sfpla.events WHERE url != ''
+    UNION ALL
+    SELECT 'referrer' AS dim,
+           coalesce(nullif(regexp_extract(last, '^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)', 1), ''),
+                    last) AS value, created_at, hhash, country, device, source, medium,
+           campaign, server, bot
+    FROM sfpla.events WHERE last != ''
+)
+WHERE server = 0 AND bot = 0
+GROUP BY dim, created_at::DATE, hhash, country, device, source, medium, campaign, value;
+
+-- The dashboard's devices, browsers and OS by segment (schema/097_dashboard_device_segments.sql):
+-- plain distinct counts here (ClickHouse keeps uniqCombined states).
+CREATE OR REPLACE VIEW sfpla.dash_device_segs AS
+SELECT created_at::DATE AS day, hhash, country, device, browser, os, source, medium, campaign,
+       count(DISTINCT vid)::UBIGINT AS visitors, count(*)::UBIGINT AS events
+FROM sfpla.events
+WHERE server = 0 AND bot = 0
+GROUP BY created_at::DATE, hhash, country, device, browser, os, source, medium, campaign;
