@@ -190,6 +190,7 @@ class WorkerIntake(SpoolIntake):
         link.intake = self
         self._unsent_records = 0
         self._appended_call = None
+        self._told_segment = 0  # the newest segment the store process was told of
 
     @defer.inlineCallbacks
     def start(self):
@@ -218,6 +219,18 @@ class WorkerIntake(SpoolIntake):
             self._appended_call.cancel()
         self._appended_call = None
         end = self.writer.end
+        # A segment the writer finished since the last message goes first with its final
+        # size: the loader moves on to a newer segment from where it knows an older one to
+        # end, so without it the frames committed there meanwhile were never loaded (and
+        # the segment was deleted once the loader passed it).
+        for seq in sorted(s for s in self.writer.sizes if self._told_segment <= s < end.segment):
+            self.link.notify(
+                cmds.Appended,
+                series=self.series,
+                segment=seq,
+                offset=self.writer.sizes[seq],
+                records=0,
+            )
         if self.link.notify(
             cmds.Appended,
             series=self.series,
@@ -226,6 +239,7 @@ class WorkerIntake(SpoolIntake):
             records=self._unsent_records,
         ):
             self._unsent_records = 0
+            self._told_segment = end.segment
 
     def _written(self, end, records, accepted_ms, size) -> None:
         self._unsent_records += len(records)  # the store process's loader reads them from disk
