@@ -263,6 +263,8 @@ def test_metrics_are_totals_over_every_process_and_never_go_backwards(workers):
     # Whichever worker answers the scrape, it counts what every worker accepted.
     wait_until(lambda: prom(gw, "sfpl_events_accepted") == 120, what="totals")
     assert {prom(gw, "sfpl_events_accepted") for _ in range(10)} == {120}
+    # The edge's counters too (they were the answering worker's own: about half).
+    assert prom(gw, "sfpl_http_fast_answers") >= 120
     # The rows the store process's batchers stored, on a worker's /metrics too.
     wait_until(lambda: prom(gw, "sfpl_rows_stored") >= 120, what="rows stored")
     victim = process(gw, "w1")["pid"]

@@ -250,6 +250,7 @@ class Edge:
                 "Failed ACME attempts (each is retried)",
                 acme.get("acme_failures", 0),
             )
+        totals = gw.total_counters()  # Workers > 1: over every process
         for key, name, doc in (
             ("connections_refused", "sfpl_connections_refused", "Answered 503 over MaxConnections"),
             (
@@ -264,7 +265,7 @@ class Edge:
                 "Requests answered by HTTPServer fast without a twisted.web Request",
             ),
         ):
-            yield CounterMetricFamily(name, doc, gw.counters.get(key, 0))
+            yield CounterMetricFamily(name, doc, totals.get(key, 0))
         errors = CounterMetricFamily(
             "sfpl_proxy_upstream_errors", "Proxy answers 502/504", labels=["status"]
         )
