@@ -182,6 +182,16 @@ class BareTwisted:
         self.proc.wait(10)
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu_seconds(stat_text: str) -> float:
+    """utime + stime of a ``/proc/<pid>/stat`` (or ``.../task/<tid>/stat``) text, in seconds
+    (split after the last ")": a thread's name may hold spaces and parentheses)."""
+    fields = stat_text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 class CpuMeter:
     """CPU seconds a process used between ``start()`` and ``stop()``, from ``/proc``.
 
@@ -192,13 +202,11 @@ class CpuMeter:
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.tick = os.sysconf("SC_CLK_TCK")
         self.total = self.main = 0.0
 
     def _read(self, path: str) -> float:
         with open(path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+            return stat_cpu_seconds(f.read())
 
     def _now(self) -> tuple[float, float]:
         return (
@@ -297,7 +305,6 @@ class TreeCpu:
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.tick = os.sysconf("SC_CLK_TCK")
         self.total = 0.0
         self.by_pid: dict[int, float] = {}
         # (pid, thread name) -> seconds; the main thread is named "main". Threads that ended
@@ -309,10 +316,9 @@ class TreeCpu:
         for p in process_tree(self.pid):
             try:
                 with open(f"/proc/{p}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    out[p] = stat_cpu_seconds(f.read())
             except FileNotFoundError:
                 continue
-            out[p] = (int(fields[11]) + int(fields[12])) / self.tick
         return out
 
     def _threads(self, pids) -> dict[tuple[int, int], tuple[str, float]]:
@@ -329,8 +335,7 @@ class TreeCpu:
                 except FileNotFoundError:
                     continue
                 name = "main" if t == str(p) else text[text.index("(") + 1 : text.rindex(")")]
-                fields = text.rsplit(")", 1)[1].split()
-                out[(p, int(t))] = (name, (int(fields[11]) + int(fields[12])) / self.tick)
+                out[(p, int(t))] = (name, stat_cpu_seconds(text))
         return out
 
     def start(self) -> TreeCpu:
