@@ -21,6 +21,9 @@ from sfpltracker.workers import protocol as cmds
 log = Logger()
 
 INTERVAL = 1.0
+# How long start() waits for the supervisor's first answer (it is the parent: milliseconds
+# unless it is gone, and then this process serves with its own numbers rather than never).
+FIRST_ANSWER_WAIT = 10.0
 
 
 class Reporter:
@@ -50,15 +53,27 @@ class Reporter:
         )
         self._loop = task.LoopingCall(self.report)
         self._loop.clock = reactor
+        self._first_answer: defer.Deferred = defer.Deferred()
 
     def _connected(self, proto) -> None:
         self.proto = proto
         self.report()
 
     def start(self) -> defer.Deferred:
+        """Fires once the supervisor's totals are here (or after FIRST_ANSWER_WAIT): a worker
+        listens only then, so its first /health and /metrics already show every process
+        (the kernel hands a new connection to any worker, the one just started included)."""
         self.service.startService()
         self._loop.start(INTERVAL, now=False)
-        return defer.succeed(None)
+        first = self._first_answer
+        timeout = self.reactor.callLater(FIRST_ANSWER_WAIT, self._give_up_waiting)
+        first.addCallback(lambda _: timeout.active() and timeout.cancel())
+        return first
+
+    def _give_up_waiting(self) -> None:
+        if not self._first_answer.called:
+            log.warn("no totals from the supervisor yet: serving with this process's own")
+            self._first_answer.callback(None)
 
     def stop(self) -> defer.Deferred:
         if self._loop.running:
@@ -79,10 +94,16 @@ class Reporter:
         d = proto.callRemote(
             cmds.Report, role=self.role, ident=self.name, pid=os.getpid(), report=report
         )
-        return d.addCallbacks(self._answered, lambda f: None)
+        return d.addCallbacks(self._answered, self._failed)
+
+    def _failed(self, failure) -> None:
+        # kept quiet no more: a worker without totals shows its own counts on /metrics
+        log.warn("report to the supervisor failed: {why}", why=failure.getErrorMessage())
 
     def _answered(self, answer: dict) -> None:
         self.totals = answer["totals"]
+        if not self._first_answer.called:
+            self._first_answer.callback(None)
         limits = self.totals.pop("limits", None)
         if limits and self.limiter is not None:
             self.limiter.merge(*limits)
