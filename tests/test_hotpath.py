@@ -503,3 +503,25 @@ def test_the_store_loads_what_its_first_insert_would_before_it_serves(gateway):
     maps = open(f"/proc/{gateway.proc.pid}/maps").read()
     assert "pandas/_libs" in maps
     assert gateway.http("GET", "/ping").status == 200
+
+
+def test_short_hash_keeps_long_texts_out_of_its_cache():
+    """A client's long user agents are hashed like any other but not held: 4,096 of 16 KiB
+    would keep 64 MiB alive in the cache."""
+    import tracemalloc
+
+    from sfpltracker.ingest.ids import b36, fnv1a32, short_hash
+
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"
+    assert short_hash(ua) == b36(fnv1a32(ua))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            long_ua = f"{i:08d}" + "x" * 8_184
+            assert short_hash(long_ua) == b36(fnv1a32(long_ua))
+        del long_ua
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 400_000, f"{held} bytes held after hashing 200 long user agents"

@@ -128,10 +128,21 @@ def b36(n: int) -> str:
     return "".join(reversed(out))
 
 
-@functools.lru_cache(maxsize=4096)
+# Real hosts and user agents are well under this; a client's 16 KiB header is hashed but not
+# kept (4,096 of those would hold 64 MiB in the cache).
+SHORT_HASH_CACHED_CHARS = 512
+
+
 def short_hash(text: str) -> str:
     """The original's ``b36(FNV-1a-32(text))``: hhash of a host, bhash of a user agent.
 
     Cached: hosts and user agents repeat, and FNV in pure Python costs ~10 us for a user agent.
     """
+    if len(text) > SHORT_HASH_CACHED_CHARS:
+        return b36(fnv1a32(text))
+    return _short_hash_cached(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_hash_cached(text: str) -> str:
     return b36(fnv1a32(text))
