@@ -20,6 +20,8 @@ figure over the last 30 days.
 their views' own SELECT, as a store made with the current schema holds them (a store loaded
 before a rollup existed, or before its sort key changed): ``dashboard/rollups.py``, the code
 of ``python -m sfpltracker dashboard rebuild``.
+``--figures goals`` times only the figures named (comma-separated); next to each figure's
+p50 / p95 the median CPU the gateway's process tree used per request (``/proc``).
 ``--insert-cost`` times a 1,000-event INSERT into a new store with every materialized view on
 ``events`` and without the latest the dashboard's speed added (``NEW_VIEWS``).
 """
@@ -39,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import TreeCpu  # noqa: E402
 from sfpltracker.dashboard import rollups  # noqa: E402
 from sfpltracker.ingest.ids import short_hash  # noqa: E402
 from sfpltracker.store.embedded import store as embedded  # noqa: E402
@@ -302,24 +305,31 @@ def account(gw: GatewayProcess) -> dict:
     return dict(re.findall(r"^(\w+):\s*(\S+)$", out.stdout, re.M))
 
 
-def time_figures(gw: GatewayProcess, cookie: str, rounds: int, extra: str) -> list[tuple]:
+def time_figures(
+    gw: GatewayProcess, cookie: str, rounds: int, extra: str, only: set[str] | None = None
+) -> list[tuple]:
     rows = []
     for name, params in FIGURES:
+        if only and name not in only:
+            continue
         qs = "&".join(p for p in (params, extra) if p)
         path = f"/dashboard/api/{name}?{qs}"
-        took = []
+        took, cpu = [], []
         for i in range(rounds + 1):
             began = time.perf_counter()
+            meter = TreeCpu(gw.proc.pid).start()  # the gateway's CPU (one request at a time)
             r = http_request(gw.query_port, "GET", path, headers={"Cookie": cookie}, timeout=120)
             elapsed = (time.perf_counter() - began) * 1000
             if r.status != 200:
                 raise SystemExit(f"{path}: {r.status} {r.body[:300]!r}")
             if i:  # the first warms the caches
                 took.append(elapsed)
+                cpu.append(meter.stop().total * 1000)
         took.sort()
         p95 = took[min(len(took) - 1, round(0.95 * (len(took) - 1)))]
-        rows.append((name, extra or "-", statistics.median(took), p95))
-        print(f"  {name} {extra or '-'}: p50 {rows[-1][2]:.0f} ms, p95 {p95:.0f} ms", flush=True)
+        rows.append((name, extra or "-", statistics.median(took), p95, statistics.median(cpu)))
+        print(f"  {name} {extra or '-'}: p50 {rows[-1][2]:.0f} ms, p95 {p95:.0f} ms, "
+              f"gateway CPU p50 {rows[-1][4]:.0f} ms", flush=True)  # fmt: skip
     return rows
 
 
@@ -334,7 +344,12 @@ def main() -> None:
                         help="drop the dash_* rollups and fill them again from events")  # fmt: skip
     parser.add_argument("--insert-cost", action="store_true",
                         help="only time 1,000-event inserts with and without NEW_VIEWS")  # fmt: skip
+    parser.add_argument("--figures", default="",
+                        help="time only these figures (comma-separated, e.g. goals)")  # fmt: skip
     args = parser.parse_args()
+    only = {f for f in args.figures.split(",") if f}
+    if only - {name for name, _ in FIGURES}:
+        parser.error(f"--figures: unknown {sorted(only - {name for name, _ in FIGURES})}")
     if args.insert_cost:
         insert_cost()
         return
@@ -356,14 +371,14 @@ def main() -> None:
             gw.query_port, "GET", "/dashboard/api/overview", headers={"Cookie": cookie},
             timeout=120,
         ).body)["current"]))  # fmt: skip
-        rows = time_figures(gw, cookie, args.rounds, "")
+        rows = time_figures(gw, cookie, args.rounds, "", only)
         if not args.no_segment:
-            rows += time_figures(gw, cookie, args.rounds, "country=DE")
+            rows += time_figures(gw, cookie, args.rounds, "country=DE", only)
     print(f"\n/dashboard/api/ over the last 30 days, {args.rounds} requests each\n")
-    print("| figure | filter | p50 ms | p95 ms |")
-    print("|---|---|---:|---:|")
-    for name, extra, p50, p95 in rows:
-        print(f"| {name} | {extra} | {p50:.0f} | {p95:.0f} |")
+    print("| figure | filter | p50 ms | p95 ms | gateway CPU p50 ms |")
+    print("|---|---|---:|---:|---:|")
+    for name, extra, p50, p95, cpu in rows:
+        print(f"| {name} | {extra} | {p50:.0f} | {p95:.0f} | {cpu:.0f} |")
     if tmp is not None:
         tmp.cleanup()
 
