@@ -13,7 +13,9 @@ Routes (docs/dashboard.md):
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -310,20 +312,23 @@ class DashboardResource(Resource):
                        for r in rows if r["kind"] == kind]
                 for kind in ("entry", "exit")
             }  # fmt: skip
-        # In parts of days (as engagement), each url's sessions added up, then the top ones.
-        counts: dict[tuple[str, str], int] = {}
+        # In parts of days (as engagement), each url's sessions added up, then the top ones
+        # (a part holds every url of its days: ~12 K rows per 7 days of country=DE of 10 M
+        # events; only the top ones are ordered).
+        counts: dict[str, Counter] = {"entry": Counter(), "exit": Counter()}
         got = yield defer.gatherResults(
             [self._rows(q.entry_exit(self.db, part, part=True)) for part in q.day_parts(f)],
             consumeErrors=True,
         )
         for rows in got:
             for r in rows:
-                key = (r["kind"], r["url"])
-                counts[key] = counts.get(key, 0) + int(r["sessions"])
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1]))
+                counts[r["kind"]][r["url"]] += int(r["sessions"])
         return {
-            kind: [{"url": url, "sessions": n} for (k, url), n in ranked if k == kind][: f.limit]
-            for kind in ("entry", "exit")
+            kind: [
+                {"url": url, "sessions": n}
+                for url, n in heapq.nsmallest(f.limit, c.items(), key=lambda kv: (-kv[1], kv[0]))
+            ]
+            for kind, c in counts.items()
         }
 
     @defer.inlineCallbacks
