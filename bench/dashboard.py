@@ -5,10 +5,14 @@ figure over the last 30 days.
 
 1. Loads ``--events`` generated events (90 days up to today, in sessions of 1-5 events; pages,
    referrers, countries, devices, hosts and visitors skewed: a few are most of the traffic;
-   3% bot sessions, 1% arriving by one of 200 short links, some UTM campaigns and goals) plus
+   3% of visitors bots, 1% of sessions arriving by one of 200 short links, goals) plus
    payments, consent decisions and the short links into an embedded store, with
    ``INSERT ... SELECT`` on chDB itself (not through ingest): the materialized views fill the
-   derived tables as they do for the gateway's inserts.
+   derived tables as they do for the gateway's inserts. Each event carries what the gateway
+   stores for static/track.js's events (``EVENTS_SQL``): country, device, browser and OS are
+   the visitor's; a campaign session's (20%) utm source/medium/campaign are on its landing
+   event only (its url has the utm query; later pages have none); ``last`` is the outside
+   referrer (or none) of the landing event and the previous page for each later one.
 2. Starts a real gateway on that data directory, creates an account with the CLI, signs in to
    the dashboard and times each figure over HTTP on the query listener (``--rounds`` requests
    each, after one warm-up), without filters and with a segment filter (country), which makes
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -39,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import stat_cpu_seconds  # noqa: E402
 from sfpltracker.dashboard import rollups  # noqa: E402
 from sfpltracker.ingest.ids import short_hash  # noqa: E402
 from sfpltracker.store.embedded import store as embedded  # noqa: E402
@@ -321,13 +327,22 @@ def account(gw: GatewayProcess) -> dict:
     return dict(re.findall(r"^(\w+):\s*(\S+)$", out.stdout, re.M))
 
 
+def gateway_cpu(gw: GatewayProcess) -> float:
+    """CPU seconds the gateway's process has used (every thread: the reactor, chDB's)."""
+    return stat_cpu_seconds(Path(f"/proc/{gw.proc.pid}/stat").read_text())
+
+
 def time_figures(gw: GatewayProcess, cookie: str, rounds: int, extra: str) -> list[tuple]:
+    """Per figure: p50 and p95 of the wall time, and the gateway's CPU per request (less
+    bent by the other processes of a shared machine than the wall time)."""
     rows = []
     for name, params in FIGURES:
         qs = "&".join(p for p in (params, extra) if p)
         path = f"/dashboard/api/{name}?{qs}"
         took = []
         for i in range(rounds + 1):
+            if i == 1:
+                cpu = gateway_cpu(gw)
             began = time.perf_counter()
             r = http_request(gw.query_port, "GET", path, headers={"Cookie": cookie}, timeout=120)
             elapsed = (time.perf_counter() - began) * 1000
@@ -335,10 +350,12 @@ def time_figures(gw: GatewayProcess, cookie: str, rounds: int, extra: str) -> li
                 raise SystemExit(f"{path}: {r.status} {r.body[:300]!r}")
             if i:  # the first warms the caches
                 took.append(elapsed)
+        cpu_ms = (gateway_cpu(gw) - cpu) * 1000 / rounds
         took.sort()
         p95 = took[min(len(took) - 1, round(0.95 * (len(took) - 1)))]
-        rows.append((name, extra or "-", statistics.median(took), p95))
-        print(f"  {name} {extra or '-'}: p50 {rows[-1][2]:.0f} ms, p95 {p95:.0f} ms", flush=True)
+        rows.append((name, extra or "-", statistics.median(took), p95, cpu_ms))
+        print(f"  {name} {extra or '-'}: p50 {rows[-1][2]:.0f} ms, p95 {p95:.0f} ms, "
+              f"CPU {cpu_ms:.0f} ms", flush=True)  # fmt: skip
     return rows
 
 
@@ -379,10 +396,11 @@ def main() -> None:
         if not args.no_segment:
             rows += time_figures(gw, cookie, args.rounds, "country=DE")
     print(f"\n/dashboard/api/ over the last 30 days, {args.rounds} requests each\n")
-    print("| figure | filter | p50 ms | p95 ms |")
-    print("|---|---|---:|---:|")
-    for name, extra, p50, p95 in rows:
-        print(f"| {name} | {extra} | {p50:.0f} | {p95:.0f} |")
+    print(f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+    print("| figure | filter | p50 ms | p95 ms | gateway CPU ms |")
+    print("|---|---|---:|---:|---:|")
+    for name, extra, p50, p95, cpu in rows:
+        print(f"| {name} | {extra} | {p50:.0f} | {p95:.0f} | {cpu:.0f} |")
     if tmp is not None:
         tmp.cleanup()
 
