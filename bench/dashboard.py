@@ -5,10 +5,14 @@ figure over the last 30 days.
 
 1. Loads ``--events`` generated events (90 days up to today, in sessions of 1-5 events; pages,
    referrers, countries, devices, hosts and visitors skewed: a few are most of the traffic;
-   3% bot sessions, 1% arriving by one of 200 short links, some UTM campaigns and goals) plus
+   3% of visitors bots, 1% of sessions arriving by one of 200 short links, goals) plus
    payments, consent decisions and the short links into an embedded store, with
    ``INSERT ... SELECT`` on chDB itself (not through ingest): the materialized views fill the
-   derived tables as they do for the gateway's inserts.
+   derived tables as they do for the gateway's inserts. Each event carries what the gateway
+   stores for static/track.js's events (``EVENTS_SQL``): country, device, browser and OS are
+   the visitor's; a campaign session's (20%) utm source/medium/campaign are on its landing
+   event only (its url has the utm query; later pages have none); ``last`` is the outside
+   referrer (or none) of the landing event and the previous page for each later one.
 2. Starts a real gateway on that data directory, creates an account with the CLI, signs in to
    the dashboard and times each figure over HTTP on the query listener (``--rounds`` requests
    each, after one warm-up), without filters and with a segment filter (country), which makes
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -53,6 +58,15 @@ CHUNK = 1_000_000  # events per INSERT ... SELECT (bounded memory, progress show
 
 # numbers(n) -> one row per event: event `number` belongs to session intDiv(number, 5) at
 # position number % 5, kept when the position is below the session's length (1..5, mean 3).
+# What each event carries is what the gateway stores for static/track.js's events:
+# - country (GeoIP of the visitor's address), device, browser, OS and bot (its user agent) are a
+#   visitor's: drawn per visitor (skewed: a few countries are most visitors);
+# - source/medium/campaign come from the page's own utm_ query (track.js sends them from
+#   location.search; ingest keeps them per event, no session attribution): the landing event
+#   of a campaign session (20%) carries them and its url the query; the session's later pages
+#   have no utm query, so their events carry none;
+# - `last` is document.referrer: an outside site (or none) for the landing event, the previous
+#   page of the session for each later one (the gateway stores it as sent).
 EVENTS_SQL = """
 INSERT INTO sfpla.events (eid, vid, sid, hhash, hostname, created_at, url, last, source,
     medium, campaign, country, device, browser, os, bot, server, ename, etyp, outcome, rid,
@@ -65,16 +79,18 @@ SELECT
                              reinterpretAsString(cityHash64(s, 4)))) AS sid,
     hh AS hhash, host AS hostname,
     fromUnixTimestamp64Milli(toInt64({start_ms} + session_at + pos * 40000)) AS created_at,
-    concat('https://', host, if(page = 1, '/', concat('/p/', toString(page)))) AS url,
-    if(pos = 0 AND r(5) < 0.5, concat('https://', ref_domain, '/'), '') AS last,
-    if(utm, ['google', 'newsletter', 'facebook', 'twitter', 'partner'][1 + cityHash64(s, 6) % 5], '')
-        AS source,
-    if(utm, ['cpc', 'email', 'social', 'social', 'referral'][1 + cityHash64(s, 6) % 5], '')
-        AS medium,
-    if(utm, concat('campaign-', toString(cityHash64(s, 7) % 12)), '') AS campaign,
+    concat('https://', host, if(page = 1, '/', concat('/p/', toString(page))),
+           if(pos = 0, utm_query, '')) AS url,
+    if(pos = 0,
+       if(cityHash64(s, 5) % 2 = 0, concat('https://', ref_domain, '/'), ''),
+       concat('https://', host, if(prev_page = 1, '/', concat('/p/', toString(prev_page))),
+              if(pos = 1, utm_query, ''))) AS last,
+    if(utm AND pos = 0, src, '') AS source,
+    if(utm AND pos = 0, med, '') AS medium,
+    if(utm AND pos = 0, camp, '') AS campaign,
     ['US', 'DE', 'GB', 'FR', 'IN', 'BR', 'CA', 'NL', 'ES', 'IT', 'JP', 'AU', 'PL', 'SE', 'MX',
      'CH', 'AT', 'BE', 'DK', 'NO', 'FI', 'IE', 'PT', 'CZ', 'RO', 'KR', 'SG', 'ZA', 'AR', 'TR']
-        [toUInt32(pow(30, r(8))) ] AS country,
+        [toUInt32(pow(30, cityHash64(v, 8) / 18446744073709551615.0))] AS country,
     if(bot, 'Bot', ['Desktop', 'Desktop', 'Desktop', 'Mobile', 'Mobile', 'Tablet'][1 + cityHash64(v, 9) % 6])
         AS device,
     if(bot, 'Googlebot', ['Chrome', 'Chrome', 'Safari', 'Firefox', 'Edge', 'Chrome Mobile',
@@ -99,13 +115,21 @@ FROM (
            toUInt64(pow({visitors}, cityHash64(s, 15) / 18446744073709551615.0)) AS v,
            cityHash64(s, 16) % ({days} * 86400000) AS session_at,
            toUInt32(pow(2000, cityHash64(number, 17) / 18446744073709551615.0)) AS page,
+           -- the page of the session's previous event (its referrer; unused at position 0)
+           toUInt32(pow(2000, cityHash64(number - 1, 17) / 18446744073709551615.0)) AS prev_page,
            ['www.shop.example', 'blog.shop.example', 'docs.shop.example']
                [multiIf(cityHash64(s, 18) % 10 < 7, 1, cityHash64(s, 18) % 10 < 9, 2, 3)] AS host,
            {host_hashes} AS hh,
            concat('ref', toString(toUInt32(pow(200, cityHash64(s, 19) / 18446744073709551615.0))),
                   '.example') AS ref_domain,
            cityHash64(s, 20) % 5 = 0 AS utm,
-           toUInt8(cityHash64(s, 21) % 100 < 3) AS bot,
+           ['google', 'newsletter', 'facebook', 'twitter', 'partner'][1 + cityHash64(s, 6) % 5]
+               AS src,
+           ['cpc', 'email', 'social', 'social', 'referral'][1 + cityHash64(s, 6) % 5] AS med,
+           concat('campaign-', toString(cityHash64(s, 7) % 12)) AS camp,
+           if(utm, concat('?utm_source=', src, '&utm_medium=', med, '&utm_campaign=', camp), '')
+               AS utm_query,
+           toUInt8(cityHash64(v, 21) % 100 < 3) AS bot,  -- a bot is a visitor (its user agent)
            cityHash64(s, 22) % 100 = 0 AS link,
            cityHash64(s, 23) % 200 AS link_i
     FROM numbers({offset}, {count})
@@ -375,6 +399,7 @@ def main() -> None:
         if not args.no_segment:
             rows += time_figures(gw, cookie, args.rounds, "country=DE", only)
     print(f"\n/dashboard/api/ over the last 30 days, {args.rounds} requests each\n")
+    print(f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("| figure | filter | p50 ms | p95 ms | gateway CPU p50 ms |")
     print("|---|---|---:|---:|---:|")
     for name, extra, p50, p95, cpu in rows:

@@ -9,9 +9,11 @@ The expected numbers come from plain SQL through the query listener (``FINAL``, 
 from __future__ import annotations
 
 import datetime
+import json
 
 import pytest
 
+from sfpltracker.dashboard.api import json_rows
 from tests import dashboard_data as dd
 from tests.gateway_process import GatewayProcess, http_request
 
@@ -98,6 +100,24 @@ def test_pages_entry_exit_equal_sql(gw, dash):
                        f"FROM sfpla.events FINAL WHERE {CLIENT} AND url != '' GROUP BY sid) "
                        f"GROUP BY page ORDER BY sessions DESC, page")  # fmt: skip
         assert got[kind] == want
+
+
+def test_entry_exit_top_with_a_limit_equals_sql(gw, dash):
+    # With a segment filter the API adds the parts' counts up and keeps the top ``limit``:
+    # ties in sessions go by url, as ORDER BY sessions DESC, url (Desktop's exits are 2, 1, 1
+    # sessions: limit 2 cuts in the tie).
+    for segment in ({"device": "Desktop"}, {"country": "DE"}, {}):
+        for limit in (1, 2):
+            got = dash.get("entry-exit", limit=limit, **segment)
+            cond = "".join(f" AND {k} = '{v}'" for k, v in segment.items())
+            for kind, pick in (("entry", "min"), ("exit", "max")):
+                want = sql(gw, f"SELECT page AS url, count() AS sessions FROM (SELECT "
+                               f"{pick}((created_at, url)).2 AS page FROM sfpla.events FINAL "
+                               f"WHERE {CLIENT} AND url != ''{cond} GROUP BY sid) GROUP BY page "
+                               f"ORDER BY sessions DESC, page LIMIT {limit}")  # fmt: skip
+                assert got[kind] == want and want, (segment, limit, kind)
+    tied = dash.get("entry-exit", limit=3, device="Desktop")["exit"]
+    assert [e["sessions"] for e in tied] == [2, 1, 1], tied
 
 
 def test_session_rollup_equals_events_and_segments_count_alike(gw, dash):
@@ -405,3 +425,13 @@ def test_a_405_names_the_methods_that_work(dash, method, path, allowed):
         r = who.request(method, path)
         assert r.status == 405 and r.header("allow") == allowed, (method, path, r.status)
         assert r.json()["error"]
+
+
+def test_answers_read_as_one_json_array():
+    # The API reads a JSONEachRow answer in one parser call: a row's strings may hold what
+    # separates rows and values (an escaped newline, commas, braces), and no rows is [].
+    rows = [{"url": "https://s.test/a?x=1,2&y={}\n}{", "sessions": 3},
+            {"url": "https://s.test/ü\\n\"", "sessions": 1}]  # fmt: skip
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    assert json_rows(body) == rows
+    assert json_rows(b"") == [] and json_rows(b"\n") == []

@@ -345,11 +345,14 @@ def entry_exit(db: str, f: Filters, part: bool = False) -> Query:
 )"""
     params["limit"] = f.limit
     limit = "" if part else " LIMIT {limit:UInt32} BY kind"
+    # Both counts in one read of the sessions, each grouping its own column (an ARRAY JOIN
+    # of the two into (kind, url) rows took ~2x the CPU: ~290 vs ~160 ms without a filter).
     sql = f"""
-SELECT kind, url, toUInt32(count()) AS sessions
+SELECT if(grouping(entry_url) = 0, 'entry', 'exit') AS kind,
+       if(grouping(entry_url) = 0, entry_url, exit_url) AS url, toUInt32(count()) AS sessions
 FROM {pages}
-ARRAY JOIN ['entry', 'exit'] AS kind, [entry_url, exit_url] AS url
-GROUP BY kind, url ORDER BY kind, sessions DESC, url{limit}"""
+GROUP BY GROUPING SETS ((entry_url), (exit_url))
+ORDER BY kind, sessions DESC, url{limit}"""
     return Query(sql, params)
 
 
