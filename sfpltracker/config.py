@@ -203,7 +203,7 @@ class Config:
     # Processes (ARCHITECTURE.md "Processes"): 1 = everything in one process; N > 1 or "auto"
     # (the number of CPUs) = a supervisor, one store process and N ingest workers sharing the
     # listening sockets. Read it with ``worker_count()``.
-    Workers: int | str = 1
+    Workers: int | str = "auto"
 
     # Routes and request handling (section 3).
     ApiVersion: int = 1
@@ -357,6 +357,9 @@ def _workers(value: Any, where: str) -> int | str:
     )
 
 
+WORKER_SOCKET_PATH_MAX = 104  # the workers' UNIX sockets (workers/protocol.py); sun_path is 108
+
+
 def worker_count(cfg: Config) -> int:
     """How many ingest workers: ``Workers``, "auto" = the CPUs; 1 where workers cannot share
     the work (no edge listener)."""
@@ -372,6 +375,11 @@ def worker_count(cfg: Config) -> int:
 def _single_process_only(cfg: Config) -> str:
     if not (cfg.ProxyPort or cfg.ProxyExceptHTTP or cfg.ProxyPortTLS):
         return "no edge listener"
+    # The processes talk over UNIX sockets in DataDirectory (workers/protocol.py), whose
+    # paths the kernel bounds.
+    longest = Path(cfg.data_dir).resolve() / "supervisor.amp"
+    if len(os.fsencode(str(longest))) > WORKER_SOCKET_PATH_MAX:
+        return "a DataDirectory this long (its UNIX sockets' paths are over 104 bytes)"
     return ""
 
 

@@ -122,3 +122,22 @@ def test_a_batching_override_changes_only_the_keys_it_gives():
     assert events.MaxBatchSize == 7
     assert events.MaxBatchTime == DEFAULT_SETTINGS["events"].MaxBatchTime
     assert batcher.settings_for("agreed") == DEFAULT_SETTINGS["agreed"]
+
+
+def test_workers_default_to_one_per_cpu_where_they_can_run(tmp_path):
+    """Issue 14: ``Workers`` defaults to "auto" (the CPUs); "auto" runs one process where
+    workers cannot (no edge listener, or a DataDirectory too long for their UNIX sockets),
+    and an explicit count there is refused with the reason."""
+    import os
+
+    from sfpltracker.config import worker_count
+
+    cfg = load_dict({"DataDirectory": str(tmp_path)})
+    assert cfg.Workers == "auto" and worker_count(cfg) == os.cpu_count()
+    no_edge = {"ProxyPort": "", "ProxyPortTLS": "", "ProxyExceptHTTP": ""}
+    assert worker_count(load_dict({"DataDirectory": str(tmp_path), **no_edge})) == 1
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    assert worker_count(load_dict({"DataDirectory": str(deep)})) == 1
+    with pytest.raises(ConfigError, match="UNIX sockets"):
+        worker_count(load_dict({"DataDirectory": str(deep), "Workers": 2}))
+    assert worker_count(load_dict({"DataDirectory": str(tmp_path), "Workers": 1})) == 1

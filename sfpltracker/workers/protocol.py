@@ -20,12 +20,13 @@ from pathlib import Path
 
 from twisted.protocols import amp
 
+from sfpltracker.config import WORKER_SOCKET_PATH_MAX
 from sfpltracker.store.errors import StoreError
 
 CHUNK = 60000  # under AMP's 65,535-byte limit per value
 SUPERVISOR_SOCKET = "supervisor.amp"
 STORE_SOCKET = "store.amp"
-MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux
+MAX_SOCKET_PATH = WORKER_SOCKET_PATH_MAX  # sun_path is 108 bytes on Linux
 
 
 def socket_path(data_dir: Path, name: str) -> str:
