@@ -404,6 +404,10 @@ class FastRequest:
             value = value.encode("latin-1")
         self.headers_out[name.lower()] = value
 
+    def set_headers(self, headers: dict[bytes, bytes]) -> None:
+        """``setHeader`` of each (lower-case names, bytes values), in one step."""
+        self.headers_out.update(headers)
+
     def write(self, data: bytes) -> None:
         if not data:
             return
