@@ -335,6 +335,12 @@ class FastRequest:
     # -- reading -----------------------------------------------------------------------------
 
     def getHeader(self, name):  # noqa: N802 - Twisted's interface
+        # The routes ask with lower-case bytes (several times a request): one lookup then.
+        values = self.parsed.headers.get(name)
+        if values is not None:
+            return values[-1]
+        if type(name) is bytes and name.islower():
+            return None
         if isinstance(name, str):
             name = name.encode("latin-1")
         return self.parsed.header(name.lower())
