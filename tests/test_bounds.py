@@ -138,3 +138,30 @@ def test_config_keys_and_their_checks():
     for key, value in (("MaxJSONDepth", 1), ("MaxParamsKeys", 0), ("MaxParamsBytes", 0)):
         with pytest.raises(ConfigError, match=key):
             load_dict({key: value})
+
+
+def test_params_text_kept_per_field_set_still_follows_the_limits_and_types(limits):
+    """``_params_text`` keeps the text of text-only field sets (a short link's clicks send the
+    same ones): a limit lowered later still refuses them, and other types are not mixed up."""
+    from sfpltracker.ingest.event import _params_text
+
+    fields = {"to": "https://example.com/landing", "relation": "redirect"}
+    text = _params_text(dict(fields))
+    assert json.loads(text) == fields
+    assert _params_text(dict(fields)) == text  # kept, the same text
+    limits(bounds.JsonLimits(params_bytes=len(text) - 1))
+    with pytest.raises(BadInput, match="MaxParamsBytes"):
+        _params_text(dict(fields))
+    limits(bounds.JsonLimits(keys=1))
+    with pytest.raises(BadInput, match="MaxParamsKeys"):
+        _params_text(dict(fields))
+    limits(bounds.JsonLimits())
+    # 1 == 1.0 == True as dict keys: each keeps its own JSON
+    for _ in range(2):
+        assert [_params_text({"n": v}) for v in ("1", 1, True, 1.0, "x")] == [
+            '{"n":1}',
+            '{"n":1}',
+            '{"n":true}',
+            '{"n":1.0}',
+            '{"n":"x"}',
+        ]

@@ -45,6 +45,10 @@ def gw(tmp_path_factory, site_dir):
             "CacheControl": "public, max-age=60",
             "TrackPages": True,
         },
+        # The same files under other sites' Cache-Control (the answer's headers are kept
+        # per file and Cache-Control: tests/test_edge_static.py::test_sites_sharing_a_root)
+        "same.test": {"Root": str(site_dir / "root"), "CacheControl": "no-cache"},
+        "bare.test": {"Root": str(site_dir / "root")},
         "*": {"Root": str(site_dir / "other")},
     }
     with GatewayProcess(
@@ -252,3 +256,23 @@ def test_static_files_are_served_by_the_fast_layer_in_order(gw):
         gw.http("GET", "/metrics", headers={"Accept": "text/plain"}).body.decode(), fast
     )
     assert after - before == 6
+
+
+def test_sites_sharing_a_root_keep_their_own_cache_control(gw):
+    """The headers of a file's answer are made once and kept per file and Cache-Control; two
+    more sites serve the same root with their own (or the default), asked in turns."""
+    expected = {
+        "static.test": "public, max-age=60",
+        "same.test": "no-cache",
+        "bare.test": "public, max-age=300",
+    }
+    for _ in range(3):
+        for host, cache_control in expected.items():
+            for path, ctype in (("/app.js", "text/javascript"), ("/index.html", "text/html")):
+                r = gw.http("GET", path, headers={"Host": host})
+                assert r.status == 200, (host, path)
+                assert r.header("cache-control") == cache_control, (host, path)
+                assert r.header("content-type").startswith(ctype)
+                assert r.header("etag") and r.header("last-modified")
+                assert r.header("accept-ranges") == "bytes"
+                assert r.header("vary") == ("Accept-Encoding" if path == "/app.js" else None)

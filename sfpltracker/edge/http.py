@@ -335,6 +335,12 @@ class FastRequest:
     # -- reading -----------------------------------------------------------------------------
 
     def getHeader(self, name):  # noqa: N802 - Twisted's interface
+        # The routes ask with lower-case bytes (several times a request): one lookup then.
+        values = self.parsed.headers.get(name)
+        if values is not None:
+            return values[-1]
+        if type(name) is bytes and name.islower():
+            return None
         if isinstance(name, str):
             name = name.encode("latin-1")
         return self.parsed.header(name.lower())
@@ -403,6 +409,10 @@ class FastRequest:
         if isinstance(value, str):
             value = value.encode("latin-1")
         self.headers_out[name.lower()] = value
+
+    def set_headers(self, headers: dict[bytes, bytes]) -> None:
+        """``setHeader`` of each (lower-case names, bytes values), in one step."""
+        self.headers_out.update(headers)
 
     def write(self, data: bytes) -> None:
         if not data:

@@ -104,6 +104,9 @@ class Variant:
     modified: int  # seconds
     last_modified: bytes
     content: bytes | None = None  # small files, read once per cache period
+    # The answer's headers that depend only on the file (and the site's Cache-Control, the
+    # key): made on the first request of the cache period, not on every one.
+    headers: dict[bytes | None, dict[bytes, bytes]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, path: Path, coding: bytes) -> Variant:
@@ -142,8 +145,6 @@ class FileCache:
         self._entries: dict[tuple[Path, str], tuple[float, Found]] = {}
 
     def find(self, root: Path, relative: str) -> Found:
-        if not possible_path(relative):  # not kept: a flood of 16 KB paths would fill the cache
-            return Found(None)
         key = (root, relative)
         now = self.clock.seconds()
         hit = self._entries.get(key)
@@ -151,6 +152,8 @@ class FileCache:
             if hit[0] > now:
                 return hit[1]
             self._forget(key)
+        elif not possible_path(relative):  # not kept: a flood of 16 KB paths would fill it
+            return Found(None)
         found = _resolve(root, relative)
         if len(self._entries) >= self.size:
             self._forget(next(iter(self._entries)))
@@ -213,7 +216,10 @@ class StaticFallback:
         site = self.router.site_for(request.getHeader(b"host"))
         if site is None or site.root is None or request.method not in (b"GET", b"HEAD"):
             return None
-        relative = unquote_to_bytes(request.path).decode("utf-8", "surrogateescape")
+        path = request.path
+        relative = (unquote_to_bytes(path) if b"%" in path else path).decode(
+            "utf-8", "surrogateescape"
+        )
         found = self.files.find(site.root, relative)
         if found.target is None:
             return None
@@ -233,17 +239,25 @@ class StaticFallback:
         etag, modified, size = variant.etag, variant.modified, variant.size
         ctype = found.ctype
 
-        headers = request.responseHeaders
-        headers.setRawHeaders(b"content-type", [ctype])
-        headers.setRawHeaders(b"etag", [etag])
-        headers.setRawHeaders(b"last-modified", [variant.last_modified])
-        headers.setRawHeaders(b"accept-ranges", [b"bytes"])
-        if site.cache_control:
-            headers.setRawHeaders(b"cache-control", [site.cache_control])
-        if len(found.variants) > 1:
-            headers.setRawHeaders(b"vary", [b"Accept-Encoding"])
-        if encoding:
-            headers.setRawHeaders(b"content-encoding", [encoding])
+        headers = variant.headers.get(site.cache_control)
+        if headers is None:
+            headers = {b"content-type": ctype, b"etag": etag}
+            headers[b"last-modified"] = variant.last_modified
+            headers[b"accept-ranges"] = b"bytes"
+            if site.cache_control:
+                headers[b"cache-control"] = site.cache_control
+            if len(found.variants) > 1:
+                headers[b"vary"] = b"Accept-Encoding"
+            if encoding:
+                headers[b"content-encoding"] = encoding
+            if len(variant.headers) < 8:
+                variant.headers[site.cache_control] = headers
+        set_headers = getattr(request, "set_headers", None)  # the fast layer's: one update
+        if set_headers is not None:
+            set_headers(headers)
+        else:
+            for name, value in headers.items():
+                request.setHeader(name, value)
 
         is_page = ctype.startswith(b"text/html") and request.method == b"GET"
         if self._not_modified(request, etag, modified):

@@ -396,9 +396,18 @@ def _params_text(params: dict[str, Any]) -> str:
     Raises ``BadInput`` (the event is refused, the others in its batch stand) beyond
     ``MaxParamsBytes`` or ``MaxParamsKeys``; the depth was bounded when the JSON was read.
     """
+    limits = bounds.LIMITS
+    # Events of one kind often send the same custom fields (a short link's clicks: ``to``,
+    # ``relation``): their text is kept, for text-only fields (a text's typed value depends on
+    # the text alone; 1 == 1.0 == True would mix other types up).
+    items = tuple(params.items())
+    key = items if all(type(k) is str and type(v) is str for k, v in items) else None
+    if key is not None:
+        text = _PARAMS_TEXT.get(key)
+        if text is not None and len(text) <= limits.params_bytes and text.count(":") <= limits.keys:
+            return text
     typed = {str(k): param_value(v) for k, v in params.items()}
     text = _COMPACT_JSON.encode(typed)
-    limits = bounds.LIMITS
     if len(text) > limits.params_bytes:
         raise BadInput(f"params larger than MaxParamsBytes ({limits.params_bytes})")
     # Every key is followed by a colon: with fewer colons than the limit, no need to count.
@@ -408,7 +417,17 @@ def _params_text(params: dict[str, Any]) -> str:
         unique = unique_json_paths(typed)
         if unique is not typed:
             text = _COMPACT_JSON.encode(unique)
+    if key is not None and len(text) <= _PARAMS_TEXT_MAX:
+        if len(_PARAMS_TEXT) >= _PARAMS_TEXT_SIZE:
+            _PARAMS_TEXT.clear()
+        _PARAMS_TEXT[key] = text
     return text
+
+
+# ``_params_text`` of text-only fields, per field set (bounded: entries and their size).
+_PARAMS_TEXT: dict[tuple, str] = {}
+_PARAMS_TEXT_SIZE = 1024
+_PARAMS_TEXT_MAX = 1024
 
 
 def hash_private(key: bytes, text: str) -> str:
