@@ -357,6 +357,22 @@ ORDER BY kind, sessions DESC, url{limit}"""
 
 
 REFERRER = "if(domain({c}) != '', domain({c}), {c})"
+# A host as Plausible compares a referrer with the site: without a leading "www."
+SITE = "if(startsWith({c}, 'www.'), substring({c}, 5), {c})"
+
+
+def _not_own_host(db: str, referrer: str) -> str:
+    """The condition that a referring domain is not the host its event was sent to.
+
+    Internal navigation (a page whose referrer is a page of the same site) is not a referral
+    (Plausible and Umami leave it out too); without this the site's own hosts lead the figure.
+    Compared as Plausible does: case-insensitively and without a leading "www." on either side
+    (www.example.com referring to example.com is internal); another tracked host
+    (blog.example.com referring to example.com) is a referral. ``hosts`` maps each hhash to
+    its host name. Filtering each row doubled the figure's time on the bench (~60 -> ~120 ms
+    without a segment filter), less than grouping by host and domain first (~150 ms)."""
+    own = f"SELECT hhash, {SITE.format(c='lower(hostname)')} FROM {db}.hosts"
+    return f"(hhash, {SITE.format(c=f'lower({referrer})')}) NOT IN ({own})"
 
 
 def referrers(db: str, f: Filters) -> Query:
@@ -365,13 +381,13 @@ def referrers(db: str, f: Filters) -> Query:
         where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
 SELECT value AS referrer, toUInt32(sum(events)) AS events FROM {db}.dash_page_segs
-WHERE dim = 'referrer' AND {where}
+WHERE dim = 'referrer' AND {where} AND {_not_own_host(db, "value")}
 GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
     else:
         where, params = derived_conditions(f, "date")
         sql = f"""
 SELECT {REFERRER.format(c="url")} AS referrer, toUInt32(sum(total)) AS events
-FROM {db}.referrers WHERE {where}
+FROM {db}.referrers WHERE {where} AND {_not_own_host(db, "referrer")}
 GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
     params["limit"] = f.limit
     return Query(sql, params)
