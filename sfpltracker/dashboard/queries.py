@@ -13,6 +13,7 @@ fixed fragments chosen here. What is counted (docs/dashboard.md):
   ``dash_goals``; the funnel always ``dash_funnel``), with equal answers;
 - a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
   event, its duration the time between its first and last event;
+- a referrer on the event's own host (``hosts``: hhash -> host name) is not a referral;
 - ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
 - short-link clicks are server events (``rid`` set), bots excluded;
 - revenue reads ``payments`` (FINAL: an updated payment counts once) and ``ltvu``; consent
@@ -366,7 +367,7 @@ def _not_own_host(db: str, referrer: str) -> str:
 
     Internal navigation (a page whose referrer is a page of the same site) is not a referral
     (Plausible and Umami leave it out too); without this the site's own hosts lead the figure.
-    Compared as Plausible does: case-insensitively and without a leading "www." on either side
+    Compared case-insensitively and, as Plausible does, without a leading "www." on either side
     (www.example.com referring to example.com is internal); another tracked host
     (blog.example.com referring to example.com) is a referral. ``hosts`` maps each hhash to
     its host name. Filtering each row doubled the figure's time on the bench (~60 -> ~120 ms
