@@ -36,27 +36,36 @@ UA = {
 VISITS = [
     ("v1", "desktop", [
         ("page_view", "https://shop.example/", "https://www.google.com/search", "google", "cpc", "spring", "DE", ""),
-        ("page_view", "https://shop.example/pricing", "", "google", "cpc", "spring", "DE", ""),
-        ("signup", "https://shop.example/signup", "", "", "", "", "DE", "lead"),
+        ("page_view", "https://shop.example/pricing", "https://shop.example/", "google", "cpc", "spring", "DE", ""),
+        ("signup", "https://shop.example/signup", "https://WWW.SHOP.EXAMPLE/pricing", "", "", "", "DE", "lead"),
         ("purchase", "https://shop.example/thanks", "", "", "", "", "DE", "sale"),
     ]),
     ("v2", "phone", [
         ("page_view", "https://shop.example/", "https://news.example/story", "newsletter", "email", "may", "US", ""),
-        ("signup", "https://shop.example/signup", "", "", "", "", "US", "lead"),
+        ("signup", "https://shop.example/signup", "https://blog.example/post", "", "", "", "US", "lead"),
     ]),
     ("v3", "android", [
         ("page_view", "https://shop.example/blog", "https://www.google.com/", "", "", "", "BR", ""),
     ]),
     ("v4", "desktop", [
         ("page_view", "https://shop.example/", "", "", "", "", "DE", ""),
-        ("page_view", "https://shop.example/blog", "", "", "", "", "DE", ""),
-        ("page_view", "https://shop.example/pricing", "", "", "", "", "DE", ""),
+        ("page_view", "https://shop.example/blog", "https://shop.example/", "", "", "", "DE", ""),
+        ("page_view", "https://shop.example/pricing", "https://blog.example/post", "", "", "", "DE", ""),
     ]),
     ("bot", "bot", [
         ("page_view", "https://shop.example/", "https://spam.example/", "spam", "bot", "x", "CN", ""),
         ("signup", "https://shop.example/signup", "", "", "", "", "CN", "lead"),
     ]),
 ]  # fmt: skip
+# The host each visitor's events are sent to (the Host header). A referrer on the event's own
+# host is internal navigation, not a referral: v1's second and third (www. or not, any case),
+# v2's second, v4's second; v4's third comes from another tracked host (blog.example): a
+# referral.
+HOSTS = {"v1": "www.shop.example", "v2": "blog.example"}
+HOST = "shop.example"
+# SQL over events: `last` is a referral, not the event's own host (any case, "www." or not)
+REFERRAL = ("last != '' AND lower(domain(last)) NOT IN (hostname, concat('www.', hostname)) "
+            "AND concat('www.', lower(domain(last))) != hostname")  # fmt: skip
 
 
 def load(gw: GatewayProcess) -> dict:
@@ -72,7 +81,8 @@ def load(gw: GatewayProcess) -> dict:
                                ("campaign", campaign), ("outcome", outcome)):  # fmt: skip
                 if value:
                     body[key] = value
-            r = gw.http("POST", "/tr/v1/tr/", json_body=body, headers={"User-Agent": UA[device]})
+            headers = {"User-Agent": UA[device], "Host": HOSTS.get(name, HOST)}
+            r = gw.http("POST", "/tr/v1/tr/", json_body=body, headers=headers)
             assert r.status == 200, r.body
             sent += 1
     uids = [str(uuid.uuid4()), str(uuid.uuid4())]

@@ -154,9 +154,12 @@ def test_session_rollup_equals_events_and_segments_count_alike(gw, dash):
 def test_sources_equal_sql(gw, dash):
     got = dash.get("referrers")["referrers"]
     assert got == sql(gw, f"SELECT domain(last) AS referrer, count() AS events FROM sfpla.events "
-                          f"FINAL WHERE {CLIENT} AND last != '' GROUP BY referrer "
+                          f"FINAL WHERE {CLIENT} AND {dd.REFERRAL} GROUP BY referrer "
                           f"ORDER BY events DESC, referrer")  # fmt: skip
-    assert {r["referrer"] for r in got} == {"www.google.com", "news.example"}  # no spam.example
+    # no spam.example (a bot), no shop.example (internal); blog.example is another tracked host
+    assert got == [{"referrer": "www.google.com", "events": 2},
+                   {"referrer": "blog.example", "events": 1},
+                   {"referrer": "news.example", "events": 1}]  # fmt: skip
     got = dash.get("campaigns")["campaigns"]
     assert got == sql(gw, f"SELECT source, medium, campaign, count(DISTINCT vid) AS visitors, "
                           f"count() AS events FROM sfpla.events FINAL WHERE {CLIENT} AND "
@@ -257,6 +260,20 @@ def test_segment_and_host_filters_equal_sql(gw, dash):
     assert got == [{"url": "http://go.example/spring", "pageviews": 3}]
     got = dash.get("referrers", host="go.example")["referrers"]
     assert got == []
+    # the referrers of one host, with and without a segment filter (dash_page_segs)
+    for segment, want in (({}, [("blog.example", 1), ("www.google.com", 1)]),
+                          ({"country": "DE"}, [("blog.example", 1)])):  # fmt: skip
+        got = dash.get("referrers", host="shop.example", **segment)["referrers"]
+        cond = "".join(f" AND {k} = '{v}'" for k, v in segment.items())
+        assert got == sql(gw, f"SELECT domain(last) AS referrer, count() AS events FROM "
+                              f"sfpla.events FINAL WHERE {CLIENT} AND {dd.REFERRAL} AND "
+                              f"hostname = 'shop.example'{cond} GROUP BY referrer "
+                              f"ORDER BY events DESC, referrer")  # fmt: skip
+        assert [(r["referrer"], r["events"]) for r in got] == want, segment
+    # every host, a segment filter: v1's (www.shop.example) and v4's shop.example are internal
+    got = dash.get("referrers", country="DE")["referrers"]
+    assert got == [{"referrer": "blog.example", "events": 1},
+                   {"referrer": "www.google.com", "events": 1}]  # fmt: skip
 
 
 def test_a_range_without_data_is_empty(dash):

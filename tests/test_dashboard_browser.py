@@ -89,7 +89,7 @@ def expected(gw, name: str) -> dict[str, object]:
               ["url", "pageviews"])  # fmt: skip
     elif name == "sources":
         table("referrers", f"SELECT domain(last) AS referrer, count() AS events FROM sfpla.events "
-                           f"FINAL WHERE {CLIENT} AND last != '' GROUP BY referrer "
+                           f"FINAL WHERE {CLIENT} AND {dd.REFERRAL} GROUP BY referrer "
                            f"ORDER BY events DESC, referrer", ["referrer", "events"])  # fmt: skip
         table("campaigns", f"SELECT source, campaign, count(DISTINCT vid) AS visitors FROM "
                            f"sfpla.events FINAL WHERE {CLIENT} AND source != '' GROUP BY source, "

@@ -13,6 +13,7 @@ fixed fragments chosen here. What is counted (docs/dashboard.md):
   ``dash_goals``; the funnel always ``dash_funnel``), with equal answers;
 - a page view is an event with a ``url``; a session is a ``sid``, a bounce a session of one
   event, its duration the time between its first and last event;
+- a referrer on the event's own host (``hosts``: hhash -> host name) is not a referral;
 - ``host`` is the host the event was sent to (``hostname``; ``hhash`` in the derived tables);
 - short-link clicks are server events (``rid`` set), bots excluded;
 - revenue reads ``payments`` (FINAL: an updated payment counts once) and ``ltvu``; consent
@@ -357,6 +358,22 @@ ORDER BY kind, sessions DESC, url{limit}"""
 
 
 REFERRER = "if(domain({c}) != '', domain({c}), {c})"
+# A host as Plausible compares a referrer with the site: without a leading "www."
+SITE = "if(startsWith({c}, 'www.'), substring({c}, 5), {c})"
+
+
+def _not_own_host(db: str, referrer: str) -> str:
+    """The condition that a referring domain is not the host its event was sent to.
+
+    Internal navigation (a page whose referrer is a page of the same site) is not a referral
+    (Plausible and Umami leave it out too); without this the site's own hosts lead the figure.
+    Compared case-insensitively and, as Plausible does, without a leading "www." on either side
+    (www.example.com referring to example.com is internal); another tracked host
+    (blog.example.com referring to example.com) is a referral. ``hosts`` maps each hhash to
+    its host name. Filtering each row doubled the figure's time on the bench (~60 -> ~120 ms
+    without a segment filter), less than grouping by host and domain first (~150 ms)."""
+    own = f"SELECT hhash, {SITE.format(c='lower(hostname)')} FROM {db}.hosts"
+    return f"(hhash, {SITE.format(c=f'lower({referrer})')}) NOT IN ({own})"
 
 
 def referrers(db: str, f: Filters) -> Query:
@@ -365,13 +382,13 @@ def referrers(db: str, f: Filters) -> Query:
         where, params = derived_conditions(f, "day", segments=True)
         sql = f"""
 SELECT value AS referrer, toUInt32(sum(events)) AS events FROM {db}.dash_page_segs
-WHERE dim = 'referrer' AND {where}
+WHERE dim = 'referrer' AND {where} AND {_not_own_host(db, "value")}
 GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
     else:
         where, params = derived_conditions(f, "date")
         sql = f"""
 SELECT {REFERRER.format(c="url")} AS referrer, toUInt32(sum(total)) AS events
-FROM {db}.referrers WHERE {where}
+FROM {db}.referrers WHERE {where} AND {_not_own_host(db, "referrer")}
 GROUP BY referrer ORDER BY events DESC, referrer LIMIT {{limit:UInt32}}"""
     params["limit"] = f.limit
     return Query(sql, params)

@@ -865,7 +865,8 @@ FIGURES = {
     "engagement": "bounce rate and mean visit duration, both periods",
     "pages": "top pages by page views",
     "entry-exit": "first and last page of each session",
-    "referrers": "referring domains",
+    "referrers": "referring domains: events per domain of `last`, without the event's own host "
+    "(internal navigation; case and a leading `www.` ignored)",
     "campaigns": "UTM source/medium/campaign: visitors, events",
     "countries": "visitors and events per country",
     "devices": "visitors and events per device, browser and OS",
