@@ -69,10 +69,13 @@ def test_two_workers_publish_and_the_store_process_loads_every_event_once(worker
     assert_stored_once(gw, load.acked)
     assert_views_count_once(gw, jetstream)
     # /metrics counts every worker's publishing and the store process's loading, whichever
-    # worker answers the scrape.
+    # worker answers the scrape: the answering worker's numbers as of the scrape, the other
+    # processes' as of their last report (each reports every second). Once one scrape shows
+    # every event, every process has reported since the load, and every scrape says the same.
     n = len(load.acked)
-    wait_until(lambda: metric(gw, "sfpl_jetstream_loaded_total") == n, what="loaded totals")
-    for name in ("sfpl_jetstream_published_total", "sfpl_jetstream_loaded_total"):
+    names = ("sfpl_jetstream_published_total", "sfpl_jetstream_loaded_total")
+    wait_until(lambda: all(metric(gw, name) == n for name in names), what="totals")
+    for name in names:
         assert {metric(gw, name) for _ in range(10)} == {n}
     # No local spool series: the stream is the spool.
     assert not (gw.workdir / "data" / "spool" / "w1").exists()

@@ -97,8 +97,9 @@ class Reporter:
         return d.addCallbacks(self._answered, self._failed)
 
     def _failed(self, failure) -> None:
-        # kept quiet no more: a worker without totals shows its own counts on /metrics
-        log.warn("report to the supervisor failed: {why}", why=failure.getErrorMessage())
+        # said, not swallowed: a worker without totals shows its own counts on /metrics
+        if self._loop.running:  # not the last report, sent as the supervisor stops us
+            log.warn("report to the supervisor failed: {why}", why=failure.getErrorMessage())
 
     def _answered(self, answer: dict) -> None:
         self.totals = answer["totals"]
