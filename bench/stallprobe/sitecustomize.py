@@ -9,7 +9,8 @@ process, workers), and this one then appends JSON lines to ``<dir>/<pid>.jsonl``
   anything else (callbacks, reading sockets, a GC pause) or waiting for a CPU;
 - ``gc``: a cyclic-GC collection of generation >= 1, or of any generation over 1 ms;
 - ``insert``: a chDB insert (``EmbeddedStore._send``, on the store's writer thread), start/time;
-- ``commit``: a spool group commit (write + ``fdatasync``) over 2 ms.
+- ``commit``: a spool group commit (write + ``fdatasync``, on its thread) over 2 ms;
+- ``roundtrip``: a group commit from the reactor's hand-off to its answer, over 2 ms.
 
 Times are ``time.time()`` so the bench can line them up with each request's.
 """
@@ -111,6 +112,42 @@ def _install(directory: str) -> None:
                     emit(kind, t=t0, ms=ms, thread_cpu_ms=(time.thread_time() - cpu0) * 1000)
 
         setattr(klass, method, wrapper)
+
+    def commit_round_trips() -> None:
+        """A group commit from the reactor's hand-off to its answer back on the reactor,
+        next to the write + fdatasync inside it: the rest is the thread hand-offs (GIL)."""
+        deadline = time.monotonic() + 60
+        module = "sfpltracker.pipeline.spool"
+        while getattr(sys.modules.get(module), "SpoolWriter", None) is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        klass = sys.modules[module].SpoolWriter
+        commit, committed = klass._commit, klass._committed
+
+        def timed_commit(self):
+            was = self._committing
+            commit(self)
+            if self._committing and not was:
+                self._probe_sent = (time.time(), time.perf_counter())
+
+        def timed_committed(self, group, sizes, waiting):
+            sent = getattr(self, "_probe_sent", None)
+            if sent is not None:
+                ms = (time.perf_counter() - sent[1]) * 1000
+                if ms >= 2.0:
+                    emit(
+                        "roundtrip",
+                        t=sent[0],
+                        ms=ms,
+                        write_fsync_ms=group.seconds * 1000,
+                        frames=len(sizes),
+                    )
+            return committed(self, group, sizes, waiting)
+
+        klass._commit, klass._committed = timed_commit, timed_committed
+
+    threading.Thread(target=commit_round_trips, name="stall-probe-patch", daemon=True).start()
 
     for spec in (
         # chDB inserts (the store's writer thread), every one
