@@ -1,6 +1,6 @@
 """Latency at fixed rates: GET tracking, Workers 1 vs 2 (or more), next to bare Twisted.
 
-    .venv/bin/python bench/latency.py [--seconds 8] [--workers 1,2] [--rates R1,R2]
+    .venv/bin/python bench/latency.py [--seconds 8] [--workers 1,2] [--rates R1,R2] [--config JSON]
 
 Debian's ``hey`` sends GET tracking requests at a fixed total rate over 50 connections and
 reports p50/p90/p99. Without ``--rates`` the rates are a quarter and a half of the maximum wrk
@@ -13,6 +13,7 @@ are the whole process tree's (supervisor, store process, workers) per request.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -27,10 +28,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--rates", default="", help="req/s, comma-separated (default: measured)")
     parser.add_argument("--layer", default="fast", help="HTTPServer of the gateway")
+    parser.add_argument("--config", default="{}", help="JSON overrides of the gateway config")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sfpl-latency-"))
     counts = [int(w) for w in args.workers.split(",")]
-    base = {"HTTPServer": args.layer}
+    base = {"HTTPServer": args.layer, **json.loads(args.config)}
 
     if args.rates:
         rates = [int(r) for r in args.rates.split(",")]
