@@ -7,7 +7,8 @@ reports p50/p90/p99. Without ``--rates`` the rates are a quarter and a half of t
 measures first against the one-process gateway (what issue 14 asks). Each gateway runs with
 its default batching, so the store's inserts happen during the run: with ``Workers: 1`` they
 share the reactor's interpreter, with workers they run in the store process. The CPU columns
-are the whole process tree's (supervisor, store process, workers) per request.
+are the whole process tree's (supervisor, store process, workers) per request. Measuring
+starts once every process of the gateway serves (``common.all_up``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import BareTwisted, GatewayProcess, TreeCpu, hey, table, wrk
+from common import BareTwisted, GatewayProcess, TreeCpu, all_up, hey, table, wrk
 
 PATH = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
 
@@ -51,6 +52,7 @@ def main() -> None:
             rows.append(["bare Twisted", rate, r, cpu.total * 1e6 / max(1, r.requests)])
     for n in counts:
         with GatewayProcess(work, {**base, "Workers": n}, name=f"gw-w{n}") as gw:
+            all_up(gw)
             for rate in rates:
                 cpu = TreeCpu(gw.proc.pid).start()
                 r = hey(f"http://127.0.0.1:{gw.port}{PATH}", rate, args.seconds)

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import GatewayProcess, process_tree
+from common import GatewayProcess, all_up, process_tree
 
 PATH = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
 PROBE = Path(__file__).resolve().parent / "stallprobe"
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--sample-ms", type=float, default=10.0, help="schedstat sampling")
     parser.add_argument("--episodes", type=int, default=12, help="worst episodes shown")
     parser.add_argument("--layer", default="fast")
+    parser.add_argument("--no-wait", action="store_true", help="start before all processes are up")
     parser.add_argument("--config", default="{}", help="JSON overrides of the gateway config")
     args = parser.parse_args()
 
@@ -175,6 +176,8 @@ def main() -> None:
     config = {"HTTPServer": args.layer, "Workers": args.workers, **json.loads(args.config)}
 
     with GatewayProcess(work, config, name="gw") as gw:
+        if not args.no_wait:
+            all_up(gw)
         sampler = SchedSampler(gw.proc.pid, args.sample_ms / 1000)
         sampler.start()
         url = f"http://127.0.0.1:{gw.port}{PATH}"
