@@ -354,9 +354,10 @@ class TreeCpu:
         return self
 
 
-def all_up(gw: GatewayProcess, timeout: float = 60) -> None:
+def all_up(gw: GatewayProcess, timeout: float = 60) -> list[dict]:
     """Wait until every process of the gateway serves (``/health``'s ``processes``: each with
-    a pid and past "starting"). ``GatewayProcess.start`` returns once one worker answers;
+    a pid and past "starting"), and return them ([] with ``Workers: 1``).
+    ``GatewayProcess.start`` returns once one worker answers;
     with ``Workers`` > 1 another may still be starting, and the connections the kernel hashes
     to its socket wait there meanwhile: measured from then, 1% of an 8 s run at 1,950 req/s
     waited ~0.6 s for it, the p99 of the run (docs/performance.md)."""
@@ -365,9 +366,9 @@ def all_up(gw: GatewayProcess, timeout: float = 60) -> None:
         health = json.loads(gw.http("GET", "/health").body)
         procs = health.get("processes")
         if procs is None and gw.config.get("Workers") == 1:
-            return
+            return []
         if procs and all(p["pid"] and p["status"] not in ("starting", "down") for p in procs):
-            return
+            return procs
         time.sleep(0.1)
     raise RuntimeError("the gateway's processes did not all come up")
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BareTwisted, CpuMeter, GatewayProcess, Nginx, TreeCpu, table, wrk
+from common import BareTwisted, CpuMeter, GatewayProcess, Nginx, TreeCpu, all_up, table, wrk
 
 BATCH = 20
 
@@ -53,7 +53,7 @@ class Meter:
 
     def __init__(self, gw: GatewayProcess, workers: int):
         self.gw, self.workers = gw, workers
-        self.pids = {p["pid"]: p["role"] for p in _processes(gw)} if workers > 1 else {}
+        self.pids = {p["pid"]: p["role"] for p in all_up(gw)} if workers > 1 else {}
         self.cpu = (TreeCpu if workers > 1 else CpuMeter)(gw.proc.pid).start()
         self.main = 0.0
 
@@ -107,16 +107,6 @@ class Meter:
 # pipeline, the spool reads and decoding, chDB readers); chDB's merges; the rest of chDB's pools.
 STORE_THREAD_KIND = {"main": "reactor", "python": "Python threads", "MergeMutate": "merges"}
 STORE_THREADS = ["reactor", "Python threads", "chDB pools", "merges", "ended threads"]
-
-
-def _processes(gw: GatewayProcess) -> list[dict]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        procs = json.loads(gw.http("GET", "/health").body).get("processes") or []
-        if procs and all(p["pid"] for p in procs):
-            return procs
-        time.sleep(0.2)
-    raise RuntimeError("the gateway's processes did not all come up")
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import all_up  # noqa: E402
 from params_column import random_key, random_params  # noqa: E402
 
 from tests.gateway_process import GatewayProcess  # noqa: E402
@@ -277,7 +278,7 @@ def run(
     def sample_forever(pid: int) -> None:
         workers: list[int] = []
         if gateway_workers > 1:
-            procs = _processes(gw)
+            procs = all_up(gw)
             pid = next(p["pid"] for p in procs if p["role"] == "store")
             workers = [p["pid"] for p in procs if p["role"] == "worker"]
         while not stop.is_set():
@@ -347,16 +348,6 @@ def run(
         sampler.join()
         result.max_part_files = max_part_files(gw.workdir / "data")
     return result
-
-
-def _processes(gw: GatewayProcess) -> list[dict]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        procs = json.loads(gw.http("GET", "/health").body).get("processes") or []
-        if procs and all(p["pid"] for p in procs):
-            return procs
-        time.sleep(0.2)
-    raise RuntimeError("the gateway's processes did not all come up")
 
 
 def report(result: SoakResult, log=print, every: int = 5) -> None:
