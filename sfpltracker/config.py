@@ -361,8 +361,8 @@ WORKER_SOCKET_PATH_MAX = 104  # the workers' UNIX sockets (workers/protocol.py);
 
 
 def worker_count(cfg: Config) -> int:
-    """How many ingest workers: ``Workers``, "auto" = the CPUs; 1 where workers cannot share
-    the work (no edge listener)."""
+    """How many ingest workers: ``Workers``, "auto" = the CPUs; 1 where workers cannot run
+    (no edge listener, or a DataDirectory too long for their UNIX sockets)."""
     single = _single_process_only(cfg)
     if cfg.Workers == "auto":
         return 1 if single else max(1, os.cpu_count() or 1)
@@ -379,7 +379,8 @@ def _single_process_only(cfg: Config) -> str:
     # paths the kernel bounds.
     longest = Path(cfg.data_dir).resolve() / "supervisor.amp"
     if len(os.fsencode(str(longest))) > WORKER_SOCKET_PATH_MAX:
-        return "a DataDirectory this long (its UNIX sockets' paths are over 104 bytes)"
+        limit = WORKER_SOCKET_PATH_MAX
+        return f"a DataDirectory this long (its UNIX sockets' paths are over {limit} bytes)"
     return ""
 
 

@@ -440,10 +440,10 @@ def _totals(row: dict | None) -> dict[str, Any]:
 
 
 def json_rows(data: bytes) -> list:
-    """The rows of a JSONEachRow (or JSONCompactEachRow) answer, read as one JSON array: one parser call instead of
-    one a row (entry/exit's parts with a segment filter are ~12 K rows each over 7 days of
-    10 M events: ~70 -> ~15 ms each). A row is one line (JSON escapes a newline in a string),
-    so the line breaks between rows are the array's commas."""
+    """The rows of a JSONEachRow (or JSONCompactEachRow) answer, read as one JSON array: one
+    parser call instead of one a row (entry/exit's parts with a segment filter are ~12 K rows
+    each over 7 days of 10 M events: ~70 -> ~15 ms each). A row is one line (JSON escapes a
+    newline in a string), so the line breaks between rows are the array's commas."""
     text = data.decode().strip()
     return json.loads(f"[{text.replace(chr(10), ',')}]") if text else []
 
