@@ -204,6 +204,11 @@ class Config:
     # (the number of CPUs) = a supervisor, one store process and N ingest workers sharing the
     # listening sockets. Read it with ``worker_count()``.
     Workers: int | str = "auto"
+    # With workers: how many nice levels below them the store process runs (0-19). The
+    # workers answer clients; the store only has to keep up on average (the spools hold the
+    # difference), so its chDB inserts wait while a burst of requests is served
+    # (docs/performance.md "The store process below the workers").
+    StoreNice: int = 10
 
     # Routes and request handling (section 3).
     ApiVersion: int = 1
@@ -537,6 +542,8 @@ def _validate(cfg: Config) -> None:
     _validate_urls(cfg)
     if cfg.MaxJSONDepth < 2:
         raise ConfigError("MaxJSONDepth: must be at least 2 (an event and its params)")
+    if not 0 <= cfg.StoreNice <= 19:
+        raise ConfigError(f"StoreNice: must be 0 to 19 (nice levels), got {cfg.StoreNice}")
 
 
 def _validate_urls(cfg: Config) -> None:

@@ -32,6 +32,8 @@ def test_defaults_match_the_contract():
         ({"Notify": [{"Type": "clickhouse", "Hots": []}]}, "Notify[0].Hots: unknown key"),
         ({"Batching": {"events": {"Strategy": "lazy"}}}, "Batching.events.Strategy"),
         ({"Batching": {"events": {"MaxBatchTime": "soon"}}}, "Batching.events.MaxBatchTime"),
+        ({"StoreNice": 20}, "StoreNice: must be 0 to 19"),
+        ({"StoreNice": -5}, "StoreNice: must be 0 to 19"),
     ],
 )
 def test_config_errors_name_the_key(data, message):
