@@ -1,6 +1,6 @@
 """Ingestion throughput: gateway vs nginx empty_gif vs a bare Twisted resource, in one run.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 50]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 50] [--workers 1,2] [--config JSON]
 
 (a) nginx `empty_gif` with an access log, (b) a bare twisted.web resource returning the GIF,
 (c) the gateway's GET REST-path tracking, (d) JSON POST batches of 20 events; (c) and (d) once
@@ -122,6 +122,7 @@ def main() -> None:
         help="Workers values to run the gateway cases with (e.g. 1,2); past 1 the CPU is the "
         "whole process tree's, split into workers and store process",
     )
+    parser.add_argument("--config", default="{}", help="JSON overrides of the gateway config")
     args = parser.parse_args()
     run = dict(seconds=args.seconds, connections=args.connections)
     work = Path(tempfile.mkdtemp(prefix="sfpl-bench-"))
@@ -148,7 +149,7 @@ def main() -> None:
     threads: list[list] = []
     for layer in args.layers.split(","):
         for n in [int(w) for w in args.workers.split(",")]:
-            overrides = {"HTTPServer": layer, "Workers": n}
+            overrides = {"HTTPServer": layer, "Workers": n, **json.loads(args.config)}
             tag = f"{layer}" if n == 1 else f"{layer}, Workers {n}"
             for case in ("get", "post"):
                 with GatewayProcess(work, overrides, name=f"gw-{case}-{layer}-{n}") as gw:

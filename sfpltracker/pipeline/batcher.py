@@ -45,6 +45,13 @@ log = Logger()
 
 SAFETY_FLUSH_FACTOR = 10
 MAX_INSERT_ROWS = 50_000
+# And at most this many bytes of rows (the spool frames' size, or the per-row estimate): what
+# an insert needs in the store grows with its bytes (the embedded store, ~9x the frames' bytes
+# across its materialized views, refused 50,000 page views, ~21 MB, with MEMORY_LIMIT_EXCEEDED
+# under its 192 MiB limit). Each loader holds at most loader.MAX_IN_FLIGHT_BYTES, but the
+# store process's one batcher takes from every worker's series: without this bound N series'
+# backlogs made a batch no retry could ever store, and its journal re-sent it for good.
+MAX_INSERT_BYTES = 8 * 1024 * 1024
 ADAPTIVE_SLOW_SECONDS = 1.0
 ADAPTIVE_FAST_SECONDS = 0.1
 ADAPTIVE_MIN_SIZE = 10
@@ -299,20 +306,27 @@ class Batcher:
     # -- flushing ---------------------------------------------------------------------------
 
     def _take(self, t: _Table) -> list[_Entry]:
-        """The entries of the next insert: everything waiting, up to ``MAX_INSERT_ROWS``.
+        """The entries of the next insert: everything waiting, up to ``MAX_INSERT_ROWS`` and
+        ``MAX_INSERT_BYTES`` (at least one entry).
 
         The strategy decides *when* a table flushes; the insert then takes all that waits (the
         original swapped out the whole buffer). An insert's cost is mostly fixed — a part for
         the table and one per materialized view — so under load a few large inserts keep up
         where many inserts of ``MaxBatchSize`` rows fall behind.
         """
-        limit = MAX_INSERT_ROWS
         taken: list[_Entry] = []
-        rows = 0
-        while t.entries and (not taken or rows + len(t.entries[0].rows) <= limit):
+        rows = size = 0
+        while t.entries and (
+            not taken
+            or (
+                rows + len(t.entries[0].rows) <= MAX_INSERT_ROWS
+                and size + t.entries[0].size <= MAX_INSERT_BYTES
+            )
+        ):
             e = t.entries.popleft()
             taken.append(e)
             rows += len(e.rows)
+            size += e.size
             t.rows -= len(e.rows)
             t.bytes -= e.size
         return taken
