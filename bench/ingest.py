@@ -14,7 +14,9 @@ where HTTP and the per-request Python work run), and of the whole process per ev
 start of the run until the events are stored (for the gateway: reactor + spool writer +
 loader + chDB inserts). With ``--workers`` past 1 two more tables split the process tree's CPU
 by role and the store process's by kind of thread (reactor, Python threads, chDB's pools,
-merges).
+merges). The last table says whether the store kept up: the rows stored when wrk stopped and
+how long until every event was (events/s counts what a run stored by the end, backlog
+included: a store that falls behind shows here, not there).
 """
 
 from __future__ import annotations
@@ -30,16 +32,23 @@ from common import BareTwisted, CpuMeter, GatewayProcess, Nginx, TreeCpu, all_up
 BATCH = 20
 
 
-def wait_drained(gw: GatewayProcess) -> None:
-    """Until the batcher has drained: the row count stops moving. A plain count() is read
-    from the parts' metadata, so polling it adds next to nothing to the store's CPU that is
-    being measured meanwhile (FINAL would merge every part on each poll)."""
-    last, stable_since = -1, time.monotonic()
+def rows_now(gw: GatewayProcess) -> int:
+    """A plain count(): read from the parts' metadata, so polling it adds next to nothing to
+    the store's CPU that is being measured meanwhile (FINAL would merge every part)."""
+    return gw.query("SELECT count() AS n FROM sfpla.events")[0]["n"]
+
+
+def wait_drained(gw: GatewayProcess) -> float:
+    """Until the batcher has drained: the row count stops moving. Returns the seconds until
+    it last moved (how far behind the load the store was when the load stopped)."""
+    began = time.monotonic()
+    last, stable_since = -1, began
     while time.monotonic() - stable_since < 3:
-        n = gw.query("SELECT count() AS n FROM sfpla.events")[0]["n"]
+        n = rows_now(gw)
         if n != last:
             last, stable_since = n, time.monotonic()
         time.sleep(0.5)
+    return stable_since - began
 
 
 def count_events(gw: GatewayProcess) -> int:
@@ -147,6 +156,7 @@ def main() -> None:
     # Workers value.
     split: list[str] = []
     threads: list[list] = []
+    behind: list[list] = []  # whether the store kept up with the load
     for layer in args.layers.split(","):
         for n in [int(w) for w in args.workers.split(",")]:
             overrides = {"HTTPServer": layer, "Workers": n, **json.loads(args.config)}
@@ -162,10 +172,12 @@ def main() -> None:
                         r = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
                         answered, name = r.ok * BATCH, f"(d) POST batches of {BATCH} [{tag}]"
                     meter.during_run()
-                    wait_drained(gw)
+                    at_end = rows_now(gw)
+                    drain_s = wait_drained(gw)
                     cpu = meter.until_stored()
                     stored = count_events(gw)
                     rows.append([name, r, answered, stored, cpu])
+                    behind.append([name, answered, at_end, 100 * (1 - at_end / answered), drain_s])
                     if n > 1:
                         split.append(meter.split(name, stored))
                         threads.append(meter.store_threads(name, stored))
@@ -226,6 +238,19 @@ def main() -> None:
     if threads:
         print()
         print(table(["case", *(f"store: {k} us/event" for k in STORE_THREADS)], threads))
+    print()
+    print(
+        table(
+            [
+                "case",
+                "events 2xx",
+                "rows stored when the load stopped",
+                "% behind",
+                "s until all stored",
+            ],
+            behind,
+        )
+    )
     print(f"\n{args.connections} connections, {args.seconds}s per case, wrk on the same machine.")
     print(
         "events/s counts stored rows for the gateway. Stored may exceed 2xx: requests in flight "

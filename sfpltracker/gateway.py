@@ -212,6 +212,7 @@ class Gateway:
         # JetStream (or memory) spool, what a spool-mode run left, its main series too.
         self.series: Any = None
         self.store_server: Any = None  # the store process's AMP server for its workers
+        self.priority: Any = None  # the store process's CPU priority (StoreNice)
         spool_local = _spool_is_local(cfg, self.notifiers)
         if spool_local:
             self.batcher.hold = LOADER_HOLD  # the spool's loader: fewer, larger inserts
@@ -234,6 +235,11 @@ class Gateway:
             loading = self.series if spool_local else None  # workers write series only then
             self.store_server = StoreServer(cfg.data_dir, self.store, loading, reactor)
             self.components.append(self.store_server)
+            if loading is not None and cfg.StoreNice > 0:  # the spools hold the difference
+                from sfpltracker.workers.store_priority import StorePriority
+
+                self.priority = StorePriority(reactor, cfg.StoreNice, loading.behind_seconds)
+                self.components.append(self.priority)
         self.reporter: Any = None  # Workers > 1: counters to the supervisor, totals back
         if role.kind != "single":
             from sfpltracker.workers.reporter import Reporter

@@ -76,17 +76,6 @@ def worker_config(cfg, role: Role):
     )
 
 
-def _below_the_workers(levels: int) -> None:
-    """The store process's inserts yield the CPUs to the workers' answers (``StoreNice``);
-    before the store starts any thread, so each inherits it."""
-    from twisted.logger import Logger
-
-    from sfpltracker.tuning import lower_priority
-
-    nice = lower_priority(levels)
-    Logger(namespace="sfpltracker.workers").info("store process at nice {nice}", nice=nice)
-
-
 def makeService(options):
     role = _role(options)
     cfg = worker_config(options["cfg"], role)
@@ -96,8 +85,6 @@ def makeService(options):
         workers = worker_count(cfg) if role.kind == "single" else 0
         if role.kind != "single":
             name_process(role.name)  # a supervisor's child: "store", "w1", ...
-        if role.kind == "store":
-            _below_the_workers(cfg.StoreNice)
         elif workers > 1:
             name_process("supervisor")
         if workers > 1:

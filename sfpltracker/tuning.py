@@ -19,7 +19,6 @@ Together they took the collector from ~40 us to ~2 us of CPU per tracking call.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
 GEN0_THRESHOLD = 10_000
@@ -41,24 +40,3 @@ def tune_gc() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
-
-
-def lower_priority(levels: int) -> int:
-    """Run this process ``levels`` nice levels lower (capped at 19); returns its nice value.
-
-    On Linux a nice value belongs to a thread and a new thread takes its creator's, so every
-    thread running now is moved and every later one (the reactor's pools, chDB's) inherits it.
-    Raising a nice value needs no privilege; lowering it back would."""
-    if levels <= 0:
-        return os.getpriority(os.PRIO_PROCESS, 0)
-    try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:  # no /proc (not Linux): nice is the process's there
-        return os.nice(levels)
-    for tid in threads:
-        try:
-            now = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, now + levels))
-        except ProcessLookupError:  # a thread that ended meanwhile
-            continue
-    return os.getpriority(os.PRIO_PROCESS, 0)

@@ -6,9 +6,12 @@ Real processes (``twistd sfpltracker``); nice values read from ``/proc/<pid>/tas
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from tests.gateway_process import ROOT, GatewayProcess
 from tests.test_workers import health, send, stored, wait_until
@@ -46,29 +49,84 @@ def test_the_store_process_and_every_thread_it_starts_run_below_the_workers(tmp_
         assert set(thread_nices(gw.proc.pid).values()) == {base}  # the supervisor
 
 
-def test_lower_priority_moves_running_threads_and_later_ones_inherit_it():
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        "this",
+        pytest.param(
+            "nobody",  # an unprivileged user: may lower a priority, not raise it back
+            marks=pytest.mark.skipif(
+                os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root's setpriv"
+            ),
+        ),
+    ],
+)
+def test_the_store_process_is_level_with_the_workers_while_it_is_behind(user):
+    # In a process of its own: nice values of pytest's threads are not touched.
     script = textwrap.dedent(
         """
         import os, threading
-        from sfpltracker.tuning import lower_priority
-        before = os.getpriority(os.PRIO_PROCESS, 0)
-        seen = {}
-        ready, go = threading.Event(), threading.Event()
-        def early():
-            ready.set(); go.wait()
-            seen["early"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        t = threading.Thread(target=early); t.start(); ready.wait()
-        got = lower_priority(3)
-        go.set(); t.join()
-        def late():
-            seen["late"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        t = threading.Thread(target=late); t.start(); t.join()
-        print(before, got, seen["early"], seen["late"], lower_priority(0))
+        from twisted.internet.task import Clock
+        from sfpltracker.workers import store_priority
+        from sfpltracker.workers.store_priority import StorePriority, may_raise_back
+
+        def nice(tid):
+            return os.getpriority(os.PRIO_PROCESS, tid)
+
+        base = nice(0)
+        ready, go, done = threading.Event(), threading.Event(), threading.Event()
+        tids = {}
+        def early(name, own):
+            tids[name] = threading.get_native_id()
+            if own is not None:  # a thread that chose its own priority (chDB's MemoryWorker)
+                os.setpriority(os.PRIO_PROCESS, tids[name], own)
+            ready.set(); done.wait()
+        threads = [threading.Thread(target=early, args=("early", None)),
+                   threading.Thread(target=early, args=("own", base + 15))]
+        for t in threads:
+            ready.clear(); t.start(); ready.wait()
+        behind = [0.0]
+        clock = Clock()
+        priority = StorePriority(clock, 10, lambda: behind[0])
+        priority.start()
+        seen = []
+        def state():
+            late = {}
+            t = threading.Thread(target=lambda: late.update(n=nice(threading.get_native_id())))
+            t.start(); t.join()
+            seen.append((nice(0), nice(tids["early"]), late["n"], nice(tids["own"])))
+        state()                                          # caught up at start
+        behind[0] = store_priority.BEHIND_SECONDS + 1; clock.advance(0.5); state()
+        behind[0] = store_priority.CAUGHT_UP_SECONDS + 1; clock.advance(0.5); state()
+        behind[0] = store_priority.CAUGHT_UP_SECONDS - 1; clock.advance(0.5); state()
+        done.set()
+        print(base, may_raise_back(base), seen)
         """
     )
+    prefix = AS_NOBODY if user == "nobody" else []
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    before = int(out[0])
-    want = min(19, before + 3)
-    assert [int(v) for v in out[1:]] == [want, want, want, want]
+        [*prefix, sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    base_text, may, seen_text = out.split(" ", 2)
+    if user == "nobody":
+        assert may == "False"
+    base, seen = int(base_text), eval(seen_text)  # noqa: S307 - our own script's list of tuples
+    own = min(19, base + 15)
+    low = min(19, base + 10)
+    if may == "True":
+        # main thread, a thread from before, a thread started after, one with its own priority
+        assert seen == [
+            (low, low, low, own),  # below the workers while caught up
+            (base, base, base, own),  # behind: level with them
+            (base, base, base, own),  # not yet caught up again (hysteresis)
+            (low, low, low, own),  # caught up: below again
+        ], seen
+    else:  # may not raise a priority back: never lowered (a load could starve the store)
+        assert seen == [(base, base, base, own)] * 4, seen

@@ -243,6 +243,10 @@ class SeriesLoaders:
     def store_failing(self) -> bool:
         return any(ld.store_failing for _, ld, _ in self.series.values())
 
+    def behind_seconds(self) -> float:
+        """How long the oldest acknowledged record of any series has waited to be stored."""
+        return max((ld.oldest_pending_age() for _, ld, _ in self.series.values()), default=0.0)
+
     def report(self) -> dict:
         return {
             name: {
