@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 
+from sfpltracker.workers.store_priority import may_raise_back
 from tests.gateway_process import ROOT, GatewayProcess
 from tests.test_workers import health, send, stored, wait_until
 
@@ -43,7 +44,9 @@ def test_the_store_process_and_every_thread_it_starts_run_below_the_workers(tmp_
         # where it may (as root): ClickHouse's choice, not the store's work.
         store = {k: v for k, v in thread_nices(pids["store"]).items() if "MemoryWorker" not in k}
         assert len(store) > 10, store  # the reactor's, the spool's and chDB's threads
-        assert set(store.values()) == {min(19, base + 10)}, store
+        # Lowered only where the process may raise it back (root here, as in CI).
+        want = min(19, base + 10) if may_raise_back(base) else base
+        assert set(store.values()) == {want}, store
         for worker in ("w1", "w2"):
             assert set(thread_nices(pids[worker]).values()) == {base}, worker
         assert set(thread_nices(gw.proc.pid).values()) == {base}  # the supervisor
