@@ -204,10 +204,10 @@ class Config:
     # (the number of CPUs) = a supervisor, one store process and N ingest workers sharing the
     # listening sockets. Read it with ``worker_count()``.
     Workers: int | str = "auto"
-    # With workers: how many nice levels below them the store process runs (0-19). The
-    # workers answer clients; the store only has to keep up on average (the spools hold the
-    # difference), so its chDB inserts wait while a burst of requests is served
-    # (docs/performance.md "The store process below the workers").
+    # With workers: how many nice levels below them the store process runs while it keeps up
+    # (0-19; level with them while it is behind: workers/store_priority.py). The workers
+    # answer clients; the store only has to keep up on average (the spools hold the
+    # difference), so its chDB inserts wait while a burst of requests is served.
     StoreNice: int = 10
 
     # Routes and request handling (section 3).
