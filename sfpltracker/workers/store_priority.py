@@ -84,8 +84,6 @@ class StorePriority:
         self._loop: task.LoopingCall | None = None
 
     def start(self):
-        if self.levels <= 0:
-            return None
         if not may_raise_back(self.base):
             log.warn(
                 "StoreNice: this process may not raise a thread's priority back (no "
@@ -112,12 +110,8 @@ class StorePriority:
             self._set(True, behind)
 
     @property
-    def low(self) -> int:
-        return min(19, self.base + self.levels)
-
-    @property
     def nice(self) -> int:
-        return self.low if self.lowered else self.base
+        return min(19, self.base + self.levels) if self.lowered else self.base
 
     def _set(self, lowered: bool, behind: float) -> None:
         was = self.nice
