@@ -1,6 +1,7 @@
 """Ingestion throughput: gateway vs nginx empty_gif vs a bare Twisted resource, in one run.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 50] [--workers 1,2] [--config JSON]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 50] [--workers 1,2] [--rounds N]
+        [--cases get,post] [--config JSON]
 
 (a) nginx `empty_gif` with an access log, (b) a bare twisted.web resource returning the GIF,
 (c) the gateway's GET REST-path tracking, (d) JSON POST batches of 20 events; (c) and (d) once
@@ -16,13 +17,17 @@ loader + chDB inserts). With ``--workers`` past 1 two more tables split the proc
 by role and the store process's by kind of thread (reactor, Python threads, chDB's pools,
 merges). The last table says whether the store kept up: the rows stored when wrk stopped and
 how long until every event was (events/s counts what a run stored by the end, backlog
-included: a store that falls behind shows here, not there).
+included: a store that falls behind shows here, not there). With ``--rounds N`` the gateway
+cases run N times, Workers values alternating, and a last table gives each round's events/s
+ratio and change of the tree's CPU per event against Workers 1 of the same round, and the
+medians: one run's ratio moves by 15% or more on this shared 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +35,12 @@ from pathlib import Path
 from common import BareTwisted, CpuMeter, GatewayProcess, Nginx, TreeCpu, all_up, table, wrk
 
 BATCH = 20
+GET_PATH = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
+POST_BODY = json.dumps([{"ename": "bench", "etyp": "batch", "n": i} for i in range(BATCH)])
+POST_SCRIPT = (
+    f"wrk.method = 'POST'\nwrk.body = {json.dumps(POST_BODY)}\n"
+    "wrk.headers['Content-Type'] = 'application/json'\n"
+)
 
 
 def rows_now(gw: GatewayProcess) -> int:
@@ -118,6 +129,59 @@ STORE_THREAD_KIND = {"main": "reactor", "python": "Python threads", "MergeMutate
 STORE_THREADS = ["reactor", "Python threads", "chDB pools", "merges", "ended threads"]
 
 
+def gateway_case(work: Path, case: str, overrides: dict, tag: str, run: dict) -> dict:
+    """A new gateway (its own data directory), one wrk run (``get``: the REST path; ``post``:
+    batches), drained and counted."""
+    n = overrides["Workers"]
+    with GatewayProcess(Path(tempfile.mkdtemp(dir=work)), overrides, name=f"gw-{case}-{n}") as gw:
+        meter = Meter(gw, n)
+        if case == "get":
+            r = wrk(f"http://127.0.0.1:{gw.port}{GET_PATH}", **run)
+            answered, name = r.ok, f"(c) gateway GET REST path [{tag}]"
+        else:
+            r = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=POST_SCRIPT, **run)
+            answered, name = r.ok * BATCH, f"(d) POST batches of {BATCH} [{tag}]"
+        meter.during_run()
+        at_end = rows_now(gw)
+        drain_s = wait_drained(gw)
+        cpu = meter.until_stored()
+        stored = count_events(gw)
+    return dict(
+        row=[name, r, answered, stored, cpu],
+        behind=[name, answered, at_end, 100 * (1 - at_end / answered), drain_s],
+        split=meter.split(name, stored) if n > 1 else None,
+        threads=meter.store_threads(name, stored) if n > 1 else None,
+    )
+
+
+def against_one_worker(rounds: list[dict]) -> list[list]:
+    """Each Workers value past 1 against Workers 1 of the same round, layer and case, and the
+    median over rounds (one run's ratio moves by +-15% on this shared 2-core machine)."""
+    one = {(x["round"], x["layer"], x["case"]): x for x in rounds if x["workers"] == 1}
+    pairs: dict[tuple, list[tuple[float, float]]] = {}
+    for x in rounds:
+        base = one.get((x["round"], x["layer"], x["case"]))
+        if x["workers"] > 1 and base:
+            key = (x["layer"], x["case"], x["workers"])
+            pairs.setdefault(key, []).append(
+                (x["per_s"] / base["per_s"], 100 * (x["cpu"] / base["cpu"] - 1))
+            )
+    out = []
+    for (layer, case, n), got in pairs.items():
+        speedups, growths = [p[0] for p in got], [p[1] for p in got]
+        out.append(
+            [
+                f"{case.upper()} [{layer}] Workers {n} / 1",
+                len(got),
+                ", ".join(f"{v:.2f}x" for v in speedups),
+                f"{statistics.median(speedups):.2f}x",
+                ", ".join(f"{v:+.0f}%" for v in growths),
+                f"{statistics.median(growths):+.1f}%",
+            ]
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
@@ -132,6 +196,14 @@ def main() -> None:
         "whole process tree's, split into workers and store process",
     )
     parser.add_argument("--config", default="{}", help="JSON overrides of the gateway config")
+    parser.add_argument("--cases", default="get,post", help="gateway cases: get, post")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the gateway cases this many times, alternating the Workers values, and "
+        "print each round's ratios to Workers 1 and their median",
+    )
     args = parser.parse_args()
     run = dict(seconds=args.seconds, connections=args.connections)
     work = Path(tempfile.mkdtemp(prefix="sfpl-bench-"))
@@ -147,40 +219,38 @@ def main() -> None:
         cpu.stop()
     rows.append(["(b) bare Twisted resource", b, b.ok, None, cpu])
 
-    body = json.dumps([{"ename": "bench", "etyp": "batch", "n": i} for i in range(BATCH)])
-    script = (
-        f"wrk.method = 'POST'\nwrk.body = {json.dumps(body)}\n"
-        "wrk.headers['Content-Type'] = 'application/json'\n"
-    )
     # Each gateway case behind twisted.web's HTTPChannel and behind edge/http.py, with each
-    # Workers value.
-    split: list[str] = []
+    # Workers value; with --rounds, the whole set again (alternated: W1, W2, W1, W2, ...).
+    split: list[list] = []
     threads: list[list] = []
     behind: list[list] = []  # whether the store kept up with the load
-    for layer in args.layers.split(","):
-        for n in [int(w) for w in args.workers.split(",")]:
-            overrides = {"HTTPServer": layer, "Workers": n, **json.loads(args.config)}
-            tag = f"{layer}" if n == 1 else f"{layer}, Workers {n}"
-            for case in ("get", "post"):
-                with GatewayProcess(work, overrides, name=f"gw-{case}-{layer}-{n}") as gw:
-                    meter = Meter(gw, n)
-                    if case == "get":
-                        path = "/tr/v1/tr/ename/page_view/etyp/view/app/bench"
-                        r = wrk(f"http://127.0.0.1:{gw.port}{path}", **run)
-                        answered, name = r.ok, f"(c) gateway GET REST path [{tag}]"
-                    else:
-                        r = wrk(f"http://127.0.0.1:{gw.port}/tr/v1/tr/", script=script, **run)
-                        answered, name = r.ok * BATCH, f"(d) POST batches of {BATCH} [{tag}]"
-                    meter.during_run()
-                    at_end = rows_now(gw)
-                    drain_s = wait_drained(gw)
-                    cpu = meter.until_stored()
-                    stored = count_events(gw)
-                    rows.append([name, r, answered, stored, cpu])
-                    behind.append([name, answered, at_end, 100 * (1 - at_end / answered), drain_s])
+    rounds: list[dict] = []  # per round, layer, case and Workers value: (events/s, CPU/event)
+    workers = [int(w) for w in args.workers.split(",")]
+    for round_no in range(1, args.rounds + 1):
+        for layer in args.layers.split(","):
+            for n in workers:
+                overrides = {"HTTPServer": layer, "Workers": n, **json.loads(args.config)}
+                tag = f"{layer}" if n == 1 else f"{layer}, Workers {n}"
+                if args.rounds > 1:
+                    tag += f", round {round_no}"
+                for case in args.cases.split(","):
+                    got = gateway_case(work, case, overrides, tag, run)
+                    rows.append(got["row"])
+                    behind.append(got["behind"])
                     if n > 1:
-                        split.append(meter.split(name, stored))
-                        threads.append(meter.store_threads(name, stored))
+                        split.append(got["split"])
+                        threads.append(got["threads"])
+                    r, answered, stored, cpu = got["row"][1:]
+                    rounds.append(
+                        dict(
+                            round=round_no,
+                            layer=layer,
+                            case=case,
+                            workers=n,
+                            per_s=stored / r.seconds,
+                            cpu=cpu.total * 1e6 / max(1, stored),
+                        )
+                    )
 
     out = []
     for name, r, answered, stored, cpu in rows:
@@ -251,6 +321,22 @@ def main() -> None:
             behind,
         )
     )
+    comparison = against_one_worker(rounds)
+    if comparison:
+        print()
+        print(
+            table(
+                [
+                    "events stored/s and tree CPU per event",
+                    "rounds",
+                    "events/s ratio per round",
+                    "median",
+                    "CPU/event change per round",
+                    "median",
+                ],
+                comparison,
+            )
+        )
     print(f"\n{args.connections} connections, {args.seconds}s per case, wrk on the same machine.")
     print(
         "events/s counts stored rows for the gateway. Stored may exceed 2xx: requests in flight "
