@@ -199,7 +199,12 @@ class Gateway:
         )
         for notifier in self.notifiers:  # "Consume": tic.* messages go through the intake too
             notifier.consume_into(self.intake, self.events.ip_policy)
-        self.links = ShortLinkService(cfg, self.store, reactor)
+        # With workers the store process polls the links' version and tells every worker.
+        store_link = getattr(self.store, "link", None) if role.kind == "worker" else None
+        poll = {"poll_seconds": None} if store_link is not None else {}
+        self.links = ShortLinkService(cfg, self.store, reactor, **poll)
+        if store_link is not None:
+            store_link.links = self.links.cache
         if self.outputs:
             output_sink(self.intake).outputs.extend(self.outputs)
         self.open_connections = 0
@@ -235,6 +240,7 @@ class Gateway:
             loading = self.series if spool_local else None  # workers write series only then
             self.store_server = StoreServer(cfg.data_dir, self.store, loading, reactor)
             self.components.append(self.store_server)
+            self.links.cache.listeners.append(self.store_server.links_version)
             if loading is not None and cfg.StoreNice > 0:  # the spools hold the difference
                 from sfpltracker.workers.store_priority import StorePriority
 

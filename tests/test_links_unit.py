@@ -297,6 +297,40 @@ def test_two_gateways_sharing_a_store_see_each_others_changes(store):
         yield b.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_worker_cache_is_told_the_version_only_the_store_process_polls(store):
+    """With workers the store process's cache polls and tells each worker's cache the
+    version it read: a worker never queries the version, and reloads only when it moved."""
+    clock = task.Clock()
+    repo_store, repo_worker = LinkRepository(store, reactor), LinkRepository(store, reactor)
+    polling = LinkCache(repo_store, clock)  # the store process's
+    worker = LinkCache(repo_worker, clock, poll_seconds=None)
+    reloads: list = []
+    polling.listeners.append(lambda version: reloads.append(worker.told(version)))
+    yield polling.start()
+    yield worker.start()  # its one version query, then the links
+    try:
+        queries, loaded = repo_worker.queries, worker.reloads
+        clock.advance(60)  # thirty poll intervals: a worker's cache has no loop of its own
+        yield polling.poll()
+        yield defer.gatherResults(reloads)
+        assert reloads  # told
+        assert (repo_worker.queries, worker.reloads) == (queries, loaded)  # the same version
+
+        link = make_link("go.example", "/told", "https://a.example/told")
+        yield repo_store.write(link, "create", "https://go.example/told", uuid4(), NOW)
+        assert worker.lookup("go.example/told") is None
+        before = worker.reloads
+        yield polling.poll()
+        yield defer.gatherResults(reloads)
+        assert worker.reloads == before + 1
+        assert worker.lookup("go.example/told").urlto == "https://a.example/told"
+        assert worker.version == polling.version
+    finally:
+        yield polling.stop()
+        yield worker.stop()
+
+
 def _fields(link: Link) -> dict:
     return {name: getattr(link, name) for name in Link.__slots__}
 

@@ -13,11 +13,15 @@ Two modes, chosen at every (re)load by how many live links the store holds:
 Freshness: a change made through this process is applied at once (``apply``). Changes made by
 other processes sharing the store are noticed by ``poll`` every ``poll_seconds`` (2 s), which
 reads a cheap version of the tables (see ``LinkRepository.version``) and reloads when it moved.
+With workers only the store process polls: it hands each version it reads to ``listeners``,
+which send it to every worker, whose cache (``poll_seconds=None``) reloads when ``told`` a
+version other than its own. One version query per interval however many workers there are.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -36,7 +40,7 @@ class LinkCache:
         max_index: int = 100_000,
         max_entries: int = 10_000,
         negative_ttl: float = 10.0,
-        poll_seconds: float = 2.0,
+        poll_seconds: float | None = 2.0,
     ):
         self.repo = repo
         self.clock = clock
@@ -55,16 +59,19 @@ class LinkCache:
         self._changes_during_reload: list[tuple[str, Link | None]] = []
         self._pending: dict[str, defer.Deferred] = {}
         self._loop: task.LoopingCall | None = None
+        # Called with every version a poll reads (the store process tells its workers).
+        self.listeners: list[Callable[[tuple], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> defer.Deferred:
-        """Load the links, then poll for changes by other processes."""
-        self._loop = task.LoopingCall(self.poll)
-        self._loop.clock = self.clock
-        self._loop.start(self.poll_seconds, now=False).addErrback(
-            lambda f: log.failure("short-link polling stopped", f)
-        )
+        """Load the links, then poll for changes by other processes (unless told them)."""
+        if self.poll_seconds is not None:
+            self._loop = task.LoopingCall(self.poll)
+            self._loop.clock = self.clock
+            self._loop.start(self.poll_seconds, now=False).addErrback(
+                lambda f: log.failure("short-link polling stopped", f)
+            )
         return self.poll()
 
     def stop(self) -> defer.Deferred:
@@ -167,14 +174,23 @@ class LinkCache:
         d = self.repo.version()
 
         def compare(version):
-            if version != self.version or self.hosts is None:
-                return self._reload(version)
+            for listener in self.listeners:
+                listener(version)
+            return self.told(version)
 
         d.addCallback(compare)
         d.addErrback(
             lambda f: log.warn("short links not refreshed: {why}", why=f.getErrorMessage())
         )
         return d
+
+    def told(self, version: tuple) -> defer.Deferred:
+        """The store's current version (read by ``poll``, or by the store process's poll and
+        sent here): reload when it is not the one loaded. A version told during a reload is
+        dropped: the next one (every poll interval) compares again."""
+        if self._reloading is None and (version != self.version or self.hosts is None):
+            return self._reload(version)
+        return defer.succeed(None)
 
     def _reload(self, version) -> defer.Deferred:
         self._changes_during_reload = []

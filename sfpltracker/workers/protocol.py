@@ -7,7 +7,7 @@ value, so ``BigBytes`` splits a value over numbered keys (query answers can be l
 Worker -> store process (``store.amp``): a series' durable end after each group commit
 (``Appended``, no answer: one per commit) and on (re)connecting (``Hello``); the store's reads
 and writes (``Query``, ``Insert``, ``Execute``, ``Ping``). Store process -> worker: segments the
-loader deleted (``Forget``); ACME's challenge answers and certificates (``AcmeHttp01``,
+loader deleted (``Forget``); the short links' version its poll read (``LinksVersion``); ACME's challenge answers and certificates (``AcmeHttp01``,
 ``AcmeAlpn``, ``TlsCertificate``: the store process obtains them, every worker serves them; see
 ``workers/tls_share.py``). Every process -> supervisor (``supervisor.amp``): its numbers
 (``Report``), answered with the totals over all processes.
@@ -128,6 +128,14 @@ class Forget(amp.Command):
     """The loader deleted these segments of the worker's series (its size on disk shrinks)."""
 
     arguments = [(b"series", amp.Unicode()), (b"segments", BigJSON())]
+    requiresAnswer = False
+
+
+class LinksVersion(amp.Command):
+    """The short links' version the store process read (every poll interval): a worker whose
+    links are of another version reloads them (links/cache.py ``told``)."""
+
+    arguments = [(b"version", BigJSON())]
     requiresAnswer = False
 
 

@@ -43,6 +43,11 @@ class _WorkerAMP(amp.AMP):
         self.link.forgotten(series, segments)
         return {}
 
+    @cmds.LinksVersion.responder
+    def links_version(self, version: list):
+        self.link.links_told(tuple(version))
+        return {}
+
     # ACME with workers (workers/tls_share.py): the store process obtains, every worker serves.
     @cmds.AcmeHttp01.responder
     def acme_http01(self, token: str, domain: str, key_authorization: str, remove: bool):
@@ -77,6 +82,7 @@ class StoreLink:
         self.proto: _WorkerAMP | None = None
         self.intake: WorkerIntake | None = None
         self.tls: Any = None  # tls_share.WorkerTls: set by the edge when it serves TLS
+        self.links: Any = None  # the short-link cache, told the store's version (the gateway)
         self.connects = 0
         factory = protocol.Factory.forProtocol(lambda: _WorkerAMP(self))
         self.service = ClientService(
@@ -111,6 +117,12 @@ class StoreLink:
         if self.tls is None:
             raise RuntimeError("this worker has no TLS listener")
         return self.tls
+
+    def links_told(self, version: tuple) -> None:
+        if self.links is not None:
+            self.links.told(version).addErrback(
+                lambda f: log.warn("short links not refreshed: {why}", why=f.getErrorMessage())
+            )
 
     def forgotten(self, series: str, segments: list[int]) -> None:
         if self.intake is not None and series == self.intake.series:
