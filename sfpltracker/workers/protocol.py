@@ -7,10 +7,11 @@ value, so ``BigBytes`` splits a value over numbered keys (query answers can be l
 Worker -> store process (``store.amp``): a series' durable end after each group commit
 (``Appended``, no answer: one per commit) and on (re)connecting (``Hello``); the store's reads
 and writes (``Query``, ``Insert``, ``Execute``, ``Ping``). Store process -> worker: segments the
-loader deleted (``Forget``); the short links' version its poll read (``LinksVersion``); ACME's challenge answers and certificates (``AcmeHttp01``,
-``AcmeAlpn``, ``TlsCertificate``: the store process obtains them, every worker serves them; see
-``workers/tls_share.py``). Every process -> supervisor (``supervisor.amp``): its numbers
-(``Report``), answered with the totals over all processes.
+loader deleted (``Forget``); the short links' version its poll read (``LinksVersion``); ACME's
+challenge answers and certificates (``AcmeHttp01``, ``AcmeAlpn``, ``TlsCertificate``: the store
+process obtains them, every worker serves them; see ``workers/tls_share.py``). Every process ->
+supervisor (``supervisor.amp``): its numbers (``Report``), answered with the totals over all
+processes.
 """
 
 from __future__ import annotations
