@@ -109,7 +109,7 @@ def main() -> None:
     )
     if args.rounds > 1:
         print()
-        print(table(["case", "rate", *MEDIAN_HEADERS], medians(rows)))
+        print(table(["case", "rate", *MEDIAN_HEADERS], medians(rows, bare_p99)))
     print(
         f"\nhey, 50 connections, {args.seconds}s per rate, on the same machine; "
         f"{args.rounds} round(s), cases alternating."
@@ -119,10 +119,10 @@ def main() -> None:
 MEDIAN_HEADERS = ["p99 ms per round", "median p99", "p99 vs bare per round", "median vs bare"]
 
 
-def medians(rows: list[list]) -> list[list]:
+def medians(rows: list[list], bare: dict[tuple[int, int], float]) -> list[list]:
     """Per case and rate: each round's p99, its ratio to bare Twisted's p99 of the same round
-    and rate, and their medians (one run's p99 moves by several ms on this shared machine)."""
-    bare = {(i, rate): r.p99_ms for i, name, rate, r, _ in rows if name == "bare Twisted"}
+    and rate (``bare``), and their medians (one run's p99 moves by several ms on this shared
+    machine)."""
     by_case: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for i, name, rate, r, _ in rows:
         by_case.setdefault((name, rate), []).append((r.p99_ms, r.p99_ms / bare[(i, rate)]))

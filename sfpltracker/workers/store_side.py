@@ -346,12 +346,10 @@ class _StoreAMP(amp.AMP):
 
     def connectionMade(self):
         super().connectionMade()
-        self.server.workers.add(self)
         self.server.tls.attach(self)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        self.server.workers.discard(self)
         self.server.tls.detach(self)
         if self.server.loaders is not None:
             self.server.loaders.disconnected(self)
@@ -367,14 +365,13 @@ class StoreServer:
         self.loaders = loaders
         self.reactor = reactor
         self.port = None
-        self.workers: set[_StoreAMP] = set()  # connected workers
         # ACME's challenge answers and certificates, pushed to every worker (tls_share.py).
         self.tls = TlsShare(reactor)
 
     def links_version(self, version: tuple) -> None:
         """Tell every worker the short links' version this process's cache just read: only
         this process polls the store for it (links/cache.py)."""
-        for conn in list(self.workers):
+        for conn in list(self.tls.conns):  # the connected workers (TlsShare keeps the set)
             try:
                 conn.callRemote(cmds.LinksVersion, version=list(version))
             except Exception:  # a connection going away; the next poll tells it again
