@@ -260,6 +260,12 @@ class NatsNotifier:
             )
             yield family(
                 CounterMetricFamily,
+                "sfpl_jetstream_copies",
+                "Messages a loader fetch held twice (delivered again after AckWait); loaded once",
+                st.copies,
+            )
+            yield family(
+                CounterMetricFamily,
                 "sfpl_jetstream_load_failed",
                 "Records the store refused (nak, redelivered)",
                 st.load_failed,

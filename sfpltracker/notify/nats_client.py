@@ -57,6 +57,7 @@ class NatsStats:
     load_failed: int = 0
     poison: int = 0
     resent: int = 0  # interrupted inserts sent again from the journal
+    copies: int = 0  # messages a fetch held twice (loaded once)
 
 
 class NatsClient:

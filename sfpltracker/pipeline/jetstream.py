@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet import defer
@@ -160,6 +161,7 @@ class JetStreamIntake:
             "loaded_records": st.loaded,
             "redelivered_records": st.redelivered,
             "resent_inserts": st.resent,
+            "fetched_twice_records": st.copies,
         }
 
     def close(self) -> defer.Deferred:
@@ -173,6 +175,52 @@ class JetStreamIntake:
 def _also_fire(result: object, other: defer.Deferred[None]) -> object:
     other.callback(None)
     return result
+
+
+@dataclass
+class Fetched:
+    """One message of a fetch: its row, and every copy of it the fetch held (each is acked)."""
+
+    key: str  # Nats-Msg-Id ("" when a publisher set none)
+    table: str
+    row: dict
+    copies: list
+    maybe_stored: bool  # delivered before: stored already, perhaps, so inserted with dedup
+
+
+def one_per_message(messages, in_flight: set[str]) -> tuple[list[Fetched], list]:
+    """The messages of one fetch, each once, and the poison (not JSON) to terminate.
+
+    A message whose key waits for the store already (``in_flight``: JetStream redelivered
+    it meanwhile) is left out; its first copy's ack settles it. A fetch can also hold *two
+    copies* of one message: nats-py keeps what arrives for a pull after its fetch returned
+    and hands it out with the next fetch, and when that comes after AckWait (the loader
+    waited for room, or for the store), JetStream has delivered the message again and the
+    next fetch holds both (shown on a real server in tests/test_jetstream_copies.py). Loaded
+    twice they were inserted twice, the first copy without dedup; so the copies are merged
+    into one row, marked as possibly stored, and every copy is acked.
+    """
+    fetched: dict[object, Fetched] = {}
+    poison = []
+    for msg in messages:
+        headers = msg.headers or {}
+        key = headers.get(MSG_ID_HEADER, "")
+        if key and key in in_flight:
+            continue
+        redelivered = msg.metadata.num_delivered > 1
+        same = fetched.get(key) if key else None
+        if same is not None:
+            same.copies.append(msg)
+            same.maybe_stored = True
+            continue
+        try:
+            row = json.loads(msg.data)
+        except ValueError:
+            poison.append(msg)
+            continue
+        table = headers.get(TABLE_HEADER, "events")
+        fetched[key or id(msg)] = Fetched(key, table, row, [msg], redelivered)
+    return list(fetched.values()), poison
 
 
 class JetStreamLoader:
@@ -307,42 +355,42 @@ class JetStreamLoader:
                 await asyncio.sleep(1)
 
     def _load(self, messages) -> None:
-        groups: dict[tuple[str, bool], list] = {}
-        for msg in messages:
-            headers = msg.headers or {}
-            key = headers.get(MSG_ID_HEADER, "")
-            if key and key in self.keys_in_flight:
-                continue  # redelivered while its first copy waits for the store: acked then
-            try:
-                row = json.loads(msg.data)
-            except ValueError:
-                self.stats.poison += 1
-                self._settle([msg], "term")
-                continue
-            redelivered = msg.metadata.num_delivered > 1
-            table = headers.get(TABLE_HEADER, "events")
-            groups.setdefault((table, redelivered), []).append((msg, row, key))
-        for (table, redelivered), items in groups.items():
-            rows = [row for _, row, _ in items]
-            msgs = [msg for msg, _, _ in items]
-            keys = [key for _, _, key in items if key]
+        groups: dict[tuple[str, bool], list[Fetched]] = {}
+        fetched, poison = one_per_message(messages, self.keys_in_flight)
+        twice = sum(len(item.copies) > 1 for item in fetched)
+        if twice:
+            self.stats.copies += twice
+            log.info(
+                "JetStream loader: a fetch held {n} message(s) twice (delivered again after "
+                "AckWait while the first copy waited in the client); each loaded once",
+                n=twice,
+            )
+        if poison:
+            self.stats.poison += len(poison)
+            self._settle(poison, "term")
+        for item in fetched:
+            groups.setdefault((item.table, item.maybe_stored), []).append(item)
+        for (table, maybe_stored), items in groups.items():
+            rows = [item.row for item in items]
+            msgs = [msg for item in items for msg in item.copies]
+            keys = [item.key for item in items if item.key]
             self.keys_in_flight.update(keys)
             self.outstanding += len(items)
-            if redelivered:
+            if maybe_stored:
                 # an earlier delivery may have been stored before its loader died: dedup
                 self.stats.redelivered += len(items)
-            d = self.batcher.add(table, rows, dedup=redelivered, origin=self.origin)
-            d.addCallbacks(self._stored, self._not_stored, (msgs,), {}, (msgs, table))
+            d = self.batcher.add(table, rows, dedup=maybe_stored, origin=self.origin)
+            d.addCallbacks(self._stored, self._not_stored, (msgs, len(items)), {}, (msgs, table))
             d.addBoth(self._done, len(items), keys)
 
-    def _stored(self, _, msgs) -> None:
-        self.stats.loaded += len(msgs)
+    def _stored(self, _, msgs, count: int) -> None:
+        self.stats.loaded += count
         self._settle(msgs, "ack")
 
     def _not_stored(self, failure, msgs, table) -> None:
         self.stats.load_failed += len(msgs)
         log.warn(
-            "JetStream loader: {n} {table} rows not stored ({why}); redelivered later",
+            "JetStream loader: {n} {table} messages not stored ({why}); redelivered later",
             n=len(msgs),
             table=table,
             why=failure.getErrorMessage(),
