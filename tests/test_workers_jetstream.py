@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -107,6 +108,27 @@ def test_store_process_sigkilled_workers_keep_acking_then_all_stored_once(worker
         load.wait_acked(100)  # the stream holds them while no loader runs (chDB opening)
         wait_until(lambda: process(gw, "store")["status"] == "ok", what="store back")
         load.wait_acked(100)
+    assert load.non_2xx == []
+    assert_stored_once(gw, load.acked)
+    assert_views_count_once(gw, jetstream)
+
+
+def test_store_process_stalled_past_ack_wait_stores_every_event_once(workers, jetstream):
+    """The store process stopped (SIGSTOP: a VM pause, a swap storm) longer than AckWait while
+    it loads: JetStream delivers what it had fetched again, and its client may hold both copies
+    of a message in one fetch (tests/test_jetstream_copies.py). Once it runs on, every
+    acknowledged event is stored once and the views count each once."""
+    gw = workers
+    with Load(gw, "p") as load:
+        for _ in range(3):
+            load.wait_acked(200)
+            pid = process(gw, "store")["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(3)  # AckWaitSeconds is 2
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        load.wait_acked(200)
     assert load.non_2xx == []
     assert_stored_once(gw, load.acked)
     assert_views_count_once(gw, jetstream)

@@ -15,6 +15,7 @@ loader on the same durable consumer shares the work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,8 +282,6 @@ class JetStreamLoader:
         return await js.pull_subscribe_bind(durable=self.durable, stream=self.entry.Stream)
 
     async def _run(self) -> None:
-        import nats.errors
-
         sub = None
         while not self._stopping:
             try:
@@ -294,15 +293,22 @@ class JetStreamLoader:
                 while self.outstanding >= MAX_OUTSTANDING:
                     self._room.clear()
                     await self._room.wait()
-                messages = await sub.fetch(batch=FETCH_BATCH, timeout=1)
+                try:
+                    messages = await sub.fetch(batch=FETCH_BATCH, timeout=1)
+                except TimeoutError:
+                    # Nothing to fetch. nats-py raises its own TimeoutError (a subclass) or
+                    # asyncio's; taken for an error, the loader subscribed again each time.
+                    continue
             except asyncio.CancelledError:
                 return
-            except nats.errors.TimeoutError:
-                continue
             except Exception as e:  # noqa: BLE001 - NATS away or consumer gone: try again
                 if self._stopping:
                     return
                 log.warn("JetStream loader: {error}", error=f"{type(e).__name__}: {e}")
+                if sub is not None:
+                    # Else it keeps taking what its pulls still deliver, for no one.
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
                 sub = None
                 await asyncio.sleep(1)
                 continue
