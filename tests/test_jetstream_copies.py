@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sfpltracker.notify.nats_client import MSG_ID_HEADER
+from sfpltracker.notify.nats_client import MSG_ID_HEADER, TABLE_HEADER
 from sfpltracker.pipeline.jetstream import one_per_message
 from tests.servers import NatsServer
 
@@ -45,10 +45,12 @@ async def two_copies_of_each(url: str, n: int):
     for i in range(n):
         payload = json.dumps({"eid": f"e{i}", "n": i}).encode()
         await js.publish("s", payload, headers={MSG_ID_HEADER: f"e{i}"})
+    # and one a publisher sent without a key (its copies share only the stream sequence)
+    await js.publish("s", b'{"id": "p", "n": 99}', headers={TABLE_HEADER: "payments"})
     sub = await nc.subscribe(nc.new_inbox())
-    first = await pull(nc, sub, n)
+    first = await pull(nc, sub, n + 1)
     await asyncio.sleep(ACK_WAIT + 0.5)
-    again = await pull(nc, sub, n)
+    again = await pull(nc, sub, n + 1)
     return nc, js, first, again
 
 
@@ -64,15 +66,16 @@ def test_a_fetch_holding_two_copies_loads_each_message_once_and_acks_both(tmp_pa
     async def scenario(url: str):
         nc, js, first, again = await two_copies_of_each(url, 10)
         try:
-            assert [m.metadata.num_delivered for m in first] == [1] * 10
-            assert [m.metadata.num_delivered for m in again] == [2] * 10
+            assert [m.metadata.num_delivered for m in first] == [1] * 11
+            assert [m.metadata.num_delivered for m in again] == [2] * 11
             fetched, poison = one_per_message(first + again, in_flight={"e3"})
             assert poison == []
             # e3 waits for the store in another batch: its copies are left to that batch.
-            assert [item.key for item in fetched] == [f"e{i}" for i in range(10) if i != 3]
-            assert [item.row["n"] for item in fetched] == [i for i in range(10) if i != 3]
+            keys = [f"e{i}" for i in range(10) if i != 3]
+            assert [item.key for item in fetched] == [*keys, ""]
+            assert [item.row["n"] for item in fetched] == [i for i in range(10) if i != 3] + [99]
             assert all(len(item.copies) == 2 and item.maybe_stored for item in fetched)
-            assert {item.table for item in fetched} == {"events"}
+            assert [item.table for item in fetched] == ["events"] * 9 + ["payments"]
             # Acking every copy settles every message but the one left to its batch.
             copies = [m for item in fetched for m in item.copies]
             assert await pending_after_acking(js, copies) == 1
@@ -98,7 +101,7 @@ def test_first_copies_alone_are_loaded_without_dedup_and_poison_is_set_apart(tmp
             )
             await js.publish("s", b'{"eid": "a"}', headers={MSG_ID_HEADER: "a"})
             await js.publish("s", b"not json", headers={MSG_ID_HEADER: "b"})
-            await js.publish("s", b'{"id": "c"}', headers={"Sfpl-Table": "payments"})
+            await js.publish("s", b'{"id": "c"}', headers={TABLE_HEADER: "payments"})
             sub = await nc.subscribe(nc.new_inbox())
             fetched, poison = one_per_message(await pull(nc, sub, 3), in_flight=set())
             assert [(i.key, i.table, i.maybe_stored, len(i.copies)) for i in fetched] == [

@@ -209,7 +209,9 @@ def one_per_message(messages, in_flight: set[str]) -> tuple[list[Fetched], list]
         if key and key in in_flight:
             continue
         redelivered = msg.metadata.num_delivered > 1
-        same = fetched.get(key) if key else None
+        # The copies share the key, and the stream sequence when a publisher set no key.
+        which = key or msg.metadata.sequence.stream
+        same = fetched.get(which)
         if same is not None:
             same.copies.append(msg)
             same.maybe_stored = True
@@ -220,7 +222,7 @@ def one_per_message(messages, in_flight: set[str]) -> tuple[list[Fetched], list]
             poison.append(msg)
             continue
         table = headers.get(TABLE_HEADER, "events")
-        fetched[key or id(msg)] = Fetched(key, table, row, [msg], redelivered)
+        fetched[which] = Fetched(key, table, row, [msg], redelivered)
     return list(fetched.values()), poison
 
 
