@@ -68,7 +68,7 @@ def test_a_fetch_holding_two_copies_loads_each_message_once_and_acks_both(tmp_pa
         try:
             assert [m.metadata.num_delivered for m in first] == [1] * 11
             assert [m.metadata.num_delivered for m in again] == [2] * 11
-            fetched, poison = one_per_message(first + again, in_flight={"e3"})
+            fetched, poison = one_per_message(first + again, in_flight={"e3"}, stored_before=0)
             assert poison == []
             # e3 waits for the store in another batch: its copies are left to that batch.
             keys = [f"e{i}" for i in range(10) if i != 3]
@@ -86,7 +86,7 @@ def test_a_fetch_holding_two_copies_loads_each_message_once_and_acks_both(tmp_pa
         asyncio.run(scenario(server.url))
 
 
-def test_first_copies_alone_are_loaded_without_dedup_and_poison_is_set_apart(tmp_path):
+def test_first_deliveries_of_new_messages_alone_are_loaded_without_dedup(tmp_path):
     async def scenario(url: str):
         import nats
 
@@ -103,12 +103,17 @@ def test_first_copies_alone_are_loaded_without_dedup_and_poison_is_set_apart(tmp
             await js.publish("s", b"not json", headers={MSG_ID_HEADER: "b"})
             await js.publish("s", b'{"id": "c"}', headers={TABLE_HEADER: "payments"})
             sub = await nc.subscribe(nc.new_inbox())
-            fetched, poison = one_per_message(await pull(nc, sub, 3), in_flight=set())
+            messages = await pull(nc, sub, 3)
+            fetched, poison = one_per_message(messages, in_flight=set(), stored_before=0)
             assert [(i.key, i.table, i.maybe_stored, len(i.copies)) for i in fetched] == [
                 ("a", "events", False, 1),
                 ("", "payments", False, 1),
             ]
             assert [m.data for m in poison] == [b"not json"]
+            # In the stream (sequence 1) when the loader subscribed: maybe stored by an earlier
+            # consumer although JetStream delivers it for the first time.
+            fetched, _ = one_per_message(messages, in_flight=set(), stored_before=1)
+            assert [(i.key, i.maybe_stored) for i in fetched] == [("a", True), ("", False)]
         finally:
             await nc.close()
 

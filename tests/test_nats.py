@@ -313,6 +313,62 @@ def test_jetstream_loader_killed_and_restarted_stores_every_event_once(jetstream
     print("redelivered:", metric(loader, "sfpl_jetstream_redelivered_total"))
 
 
+def delete_consumer(server: NatsServer, stream: str = "SFPL_EVENTS") -> None:
+    import nats
+
+    async def delete():
+        nc = await nats.connect(server.url)
+        try:
+            await nc.jetstream().delete_consumer(stream, f"{stream}_loader")
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
+def consumer_exists(server: NatsServer, stream: str = "SFPL_EVENTS") -> bool:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def exists():
+        nc = await nats.connect(server.url)
+        try:
+            await nc.jetstream().consumer_info(stream, f"{stream}_loader")
+            return True
+        except NotFoundError:
+            return False
+        finally:
+            await nc.close()
+
+    return asyncio.run(exists())
+
+
+def test_a_consumer_made_anew_delivers_the_stream_again_and_nothing_is_stored_twice(
+    jetstream, gateway_factory
+):
+    """The loader's durable consumer deleted (an operator, a reset): the loader makes it anew
+    and JetStream delivers the whole stream again, every message for the "first" time
+    (num_delivered 1). What is stored already must be found stored, and what is published
+    meanwhile loaded: visitors counts each event once."""
+    loader = gateway_factory(
+        {
+            "Notify": [nats_entry(jetstream, JetStream=True)],
+            "Batching": {"events": {"MaxBatchTime": 0.3}},
+        }
+    )
+    before = events(40, "anew")
+    assert post(loader, before).status == 200
+    all_stored_once(loader, jetstream, {e["eid"] for e in before}, "anew")
+    delete_consumer(jetstream)
+    after = events(10, "anew")
+    assert post(loader, after).status == 200
+    deadline = time.monotonic() + 30
+    while not consumer_exists(jetstream):
+        assert time.monotonic() < deadline, "the loader did not make its consumer anew"
+        time.sleep(0.2)
+    all_stored_once(loader, jetstream, {e["eid"] for e in before + after}, "anew")
+
+
 def test_jetstream_loader_finishes_a_half_stored_batch_from_its_journal(jetstream, gateway_factory):
     """What a SIGKILL between the events part and the views' parts leaves, made on purpose:
     the batch is in ``events`` (with its token), ``hits`` and ``visitors`` miss it, and the

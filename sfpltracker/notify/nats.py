@@ -255,7 +255,7 @@ class NatsNotifier:
             yield family(
                 CounterMetricFamily,
                 "sfpl_jetstream_redelivered",
-                "Records redelivered to the loader (inserted with dedup)",
+                "Records loaded with dedup (redelivered, or in the stream when the loader subscribed)",
                 st.redelivered,
             )
             yield family(

@@ -5,8 +5,10 @@ spool (``JetStreamIntake``): a record is acknowledged to the client once JetStre
 published with its ``eid`` as ``Nats-Msg-Id`` so a client's retry within the stream's duplicate
 window is dropped by the server. With ``"Loader": true`` (the default) the gateway also runs the
 loader (``JetStreamLoader``): a durable pull consumer with explicit acks that feeds the batcher
-and acks a message only once its row is in the store; a redelivered message (a loader died
-between insert and ack) is inserted with the store's dedup, so every eid is stored once, and a
+and acks a message only once its row is in the store; a message that may be stored already (a
+redelivery after a loader died between insert and ack, or one in the stream when the loader
+subscribed: ``one_per_message``) is inserted with the store's dedup, so every eid is stored
+once, and a
 batch the loader was inserting when it died is finished from its insert journal first, so the
 derived tables (views) count it once too. Several gateways can publish into one stream; every
 loader on the same durable consumer shares the work.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,8 @@ from sfpltracker.store.interface import TokenStore, token_store
 log = Logger()
 
 FETCH_BATCH = 1000  # messages per loader fetch
+CONSUMER_CHECK_SECONDS = 5.0  # while fetches come back empty, whether the consumer exists
+EVERYTHING = 2**63  # a stream sequence above any: every message may be stored already
 MAX_OUTSTANDING = 20_000  # loader messages fetched but not yet stored and acked
 
 
@@ -173,6 +178,13 @@ class JetStreamIntake:
         return defer.gatherResults(waits)
 
 
+async def _unsubscribe(sub) -> None:
+    """Else an abandoned subscription keeps taking what its pulls still deliver, for no one."""
+    if sub is not None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
 def _also_fire(result: object, other: defer.Deferred[None]) -> object:
     other.callback(None)
     return result
@@ -189,8 +201,18 @@ class Fetched:
     maybe_stored: bool  # delivered before: stored already, perhaps, so inserted with dedup
 
 
-def one_per_message(messages, in_flight: set[str]) -> tuple[list[Fetched], list]:
+def one_per_message(
+    messages, in_flight: set[str], stored_before: int
+) -> tuple[list[Fetched], list]:
     """The messages of one fetch, each once, and the poison (not JSON) to terminate.
+
+    A message may have been stored already (it is inserted with dedup) when JetStream
+    delivered it before (``num_delivered`` > 1), or when it was in the stream at the last
+    (re)subscription or (re)connection (stream sequence <= ``stored_before``): a delivery
+    count starts again at 1 when the consumer is made anew (deleted by an operator, then
+    re-created by the loader with DeliverPolicy ALL: the whole stream comes again), or when a
+    restarted nats-server lost the consumer's last acks and deliveries. Only a message
+    published since, and delivered for the first time, is certainly new.
 
     A message whose key waits for the store already (``in_flight``: JetStream redelivered
     it meanwhile) is left out; its first copy's ack settles it. A fetch can also hold *two
@@ -208,9 +230,10 @@ def one_per_message(messages, in_flight: set[str]) -> tuple[list[Fetched], list]
         key = headers.get(MSG_ID_HEADER, "")
         if key and key in in_flight:
             continue
-        redelivered = msg.metadata.num_delivered > 1
+        meta = msg.metadata
+        redelivered = meta.num_delivered > 1 or meta.sequence.stream <= stored_before
         # The copies share the key, and the stream sequence when a publisher set no key.
-        which = key or msg.metadata.sequence.stream
+        which = key or meta.sequence.stream
         same = fetched.get(which)
         if same is not None:
             same.copies.append(msg)
@@ -258,6 +281,12 @@ class JetStreamLoader:
         self._room: asyncio.Event = asyncio.Event()
         self._task: asyncio.Future | None = None
         self._stopping = False
+        # The stream's last sequence when this loader last subscribed or NATS last connected,
+        # and the connection it was read on (stats.connects): what the stream held then may
+        # have been stored already, delivered or not (see ``one_per_message``).
+        self.stored_before = EVERYTHING
+        self.stored_before_on: int | None = None
+        self._consumer_checked = 0.0
 
     def start(self) -> None:
         self._room = asyncio.Event()
@@ -292,14 +321,23 @@ class JetStreamLoader:
                 if sub is None:
                     sub = await self._subscribe()
                     log.info("JetStream loader consuming {stream}", stream=self.entry.Stream)
+                    self.stored_before_on = None
+                if self.stored_before_on != self.stats.connects:
+                    connection = self.stats.connects
+                    info = await self.client.js.stream_info(self.entry.Stream)
+                    self.stored_before = info.state.last_seq
+                    self.stored_before_on = connection
                 while self.outstanding >= MAX_OUTSTANDING:
                     self._room.clear()
                     await self._room.wait()
                 try:
                     messages = await sub.fetch(batch=FETCH_BATCH, timeout=1)
                 except TimeoutError:
-                    # Nothing to fetch. nats-py raises its own TimeoutError (a subclass) or
-                    # asyncio's; taken for an error, the loader subscribed again each time.
+                    # Nothing to fetch (nats-py raises its own TimeoutError or asyncio's) - or
+                    # no consumer any more: a pull for a deleted one gets no answer at all.
+                    if await self._consumer_gone():
+                        await _unsubscribe(sub)
+                        sub = None
                     continue
             except asyncio.CancelledError:
                 return
@@ -307,10 +345,7 @@ class JetStreamLoader:
                 if self._stopping:
                     return
                 log.warn("JetStream loader: {error}", error=f"{type(e).__name__}: {e}")
-                if sub is not None:
-                    # Else it keeps taking what its pulls still deliver, for no one.
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+                await _unsubscribe(sub)
                 sub = None
                 await asyncio.sleep(1)
                 continue
@@ -319,6 +354,25 @@ class JetStreamLoader:
             except asyncio.CancelledError:
                 return
             self._load(messages)
+
+    async def _consumer_gone(self) -> bool:
+        """Whether the durable consumer was deleted (asked at most every few seconds)."""
+        from nats.js.errors import NotFoundError
+
+        now = time.monotonic()
+        if now - self._consumer_checked < CONSUMER_CHECK_SECONDS:
+            return False
+        self._consumer_checked = now
+        try:
+            await self.client.js.consumer_info(self.entry.Stream, self.durable)
+        except NotFoundError:
+            log.warn(
+                "JetStream loader: consumer {name} was deleted; making it anew (what the "
+                "stream holds comes again and is loaded with dedup)",
+                name=self.durable,
+            )
+            return True
+        return False
 
     def _open_journal(self):
         self.journal.path.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +418,10 @@ class JetStreamLoader:
 
     def _load(self, messages) -> None:
         groups: dict[tuple[str, bool], list[Fetched]] = {}
-        fetched, poison = one_per_message(messages, self.keys_in_flight)
+        # NATS reconnected since the mark was read: anything fetched may be from before.
+        same_connection = self.stored_before_on == self.stats.connects
+        stored_before = self.stored_before if same_connection else EVERYTHING
+        fetched, poison = one_per_message(messages, self.keys_in_flight, stored_before)
         twice = sum(len(item.copies) > 1 for item in fetched)
         if twice:
             self.stats.copies += twice
