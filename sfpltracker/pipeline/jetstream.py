@@ -198,7 +198,7 @@ class Fetched:
     table: str
     row: dict
     copies: list
-    maybe_stored: bool  # delivered before: stored already, perhaps, so inserted with dedup
+    maybe_stored: bool  # delivered before, or older than the mark: inserted with dedup
 
 
 def one_per_message(
@@ -442,7 +442,6 @@ class JetStreamLoader:
             self.keys_in_flight.update(keys)
             self.outstanding += len(items)
             if maybe_stored:
-                # an earlier delivery may have been stored before its loader died: dedup
                 self.stats.redelivered += len(items)
             d = self.batcher.add(table, rows, dedup=maybe_stored, origin=self.origin)
             d.addCallbacks(self._stored, self._not_stored, (msgs, len(items)), {}, (msgs, table))
