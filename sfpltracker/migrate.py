@@ -14,7 +14,8 @@ anywhere resumes at the page after it.
 
 Why a resumed run never doubles a row: a page is built from the source alone (no clock, no
 random ids), so the page after a saved key is the same rows every time, and it is inserted
-with an insert token derived from the source, the table and that key. A page that landed but
+with an insert token derived from the source, the table and that key (one per chunk when a
+page is bigger than one insert may be: ``insert_chunks``). A page that landed but
 whose key was not saved yet (a kill between the two) is sent again with the same rows and the
 same token, and the store skips what landed - the table's part and every view's part
 (``store/embedded/store.py``); a store without tokens gets ``dedup=True`` (rows whose key is stored
@@ -67,6 +68,7 @@ from sfpltracker.fsutil import write_atomic
 from sfpltracker.ingest.fields import unique_json_paths
 from sfpltracker.ingest.ids import short_hash
 from sfpltracker.links.model import LinkInvalid, link_key, normalize_path, parse_from
+from sfpltracker.pipeline.batcher import MAX_INSERT_BYTES, MAX_INSERT_ROWS, estimate_row_bytes
 from sfpltracker.privacy.ip import IPPolicy
 
 DEFAULT_BATCH = 5000
@@ -530,6 +532,31 @@ def _without_stored(store, table: str, rows: list[dict], key: tuple[str, ...]):
     return [r for r in rows if tuple(str(r.get(k, "")) for k in key) not in stored]
 
 
+# A page goes to the store in inserts of at most the batcher's bounds, whatever ``--batch`` is:
+# a page of 100,000 events in one insert needs more memory than the embedded store has, and was
+# refused on every retry (the copy could not go on). Module names, so a test can lower them.
+INSERT_ROWS = MAX_INSERT_ROWS
+INSERT_BYTES = MAX_INSERT_BYTES
+
+
+def insert_chunks(rows: list[dict]) -> list[list[dict]]:
+    """``rows`` in order, cut where a chunk would pass ``INSERT_ROWS`` or ``INSERT_BYTES``.
+    From the rows alone: a page sent again is cut the same way, each chunk keeps its token."""
+    chunks: list[list[dict]] = []
+    chunk: list[dict] = []
+    size = 0
+    for row in rows:
+        n = estimate_row_bytes(row)
+        if chunk and (len(chunk) >= INSERT_ROWS or size + n > INSERT_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(row)
+        size += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 @defer.inlineCallbacks
 def copy_page(store, mapper: Mapper, source_url: str, name: str, after, limit: int):
     """Read one page of the original's ``name`` after key ``after`` and insert it here.
@@ -554,12 +581,15 @@ def copy_page(store, mapper: Mapper, source_url: str, name: str, after, limit: i
     stored = 0
     if name in CHECK_STORED and mapped:
         mapped = yield _without_stored(store, name, mapped, CHECK_STORED[name])
-    if mapped:
+    page = page_token(source.label, name, after, limit)
+    for i, chunk in enumerate(insert_chunks(mapped)):
         if getattr(store, "insert_tokens", False):
-            token = page_token(source.label, name, after, limit)
-            stored = yield store.insert(name, mapped, dedup=True, token=token)
+            # The first chunk keeps the page's token: a page of one chunk, as every page was
+            # before pages were cut, is recognised by a copy resumed across the upgrade.
+            token = page if i == 0 else f"{page}-{i}"
+            stored += yield store.insert(name, chunk, dedup=True, token=token)
         else:
-            stored = yield store.insert(name, mapped, dedup=True)
+            stored += yield store.insert(name, chunk, dedup=True)
     return {
         "read": len(rows),
         "stored": stored,

@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from sfpltracker.ingest.ids import short_hash
 from sfpltracker.links.model import link_key
@@ -507,6 +508,58 @@ def test_migrate_through_the_running_gateway(tmp_path, original):
         assert one(gw, "SELECT count() FROM sfpla.redirect_history") == len(
             rows["redirect_history"]
         )
+
+
+class FailsAfter:
+    """The real store, whose inserts fail after ``n`` of them (a crash mid-page, made certain)."""
+
+    def __init__(self, store, n: int):
+        self.store, self.left = store, n
+        self.chunks: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def insert(self, table, rows, **kw):
+        from twisted.internet import defer
+
+        from sfpltracker.store.errors import StoreError
+
+        if self.left == 0:
+            return defer.fail(StoreError("the process died here"))
+        self.left -= 1
+        self.chunks.append(len(rows))
+        return self.store.insert(table, rows, **kw)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_page_bigger_than_an_insert_goes_in_chunks_each_stored_once(
+    tmp_path, original, store, monkeypatch
+):
+    """A page is cut into inserts the store can take (the batcher's bounds; lowered here to 7
+    rows). A page cut short after 3 of its chunks and sent again (a resumed copy) is cut the
+    same way: the landed chunks are recognised by their tokens, nothing is stored twice in
+    ``events`` nor counted twice by a view."""
+    from sfpltracker import migrate
+    from sfpltracker.config import load_dict
+
+    ch, _ = original
+    monkeypatch.setattr(migrate, "INSERT_ROWS", 7)
+    mapper = migrate.Mapper(load_dict({"DataDirectory": str(tmp_path / "data")}))
+    url = f"clickhouse://default@{ch.host}:{ch.tcp_port}/sfpla"
+    crashing = FailsAfter(store, 3)
+    with pytest.raises(Exception, match="the process died here"):
+        yield migrate.copy_page(crashing, mapper, url, "events", None, 50)
+    assert crashing.chunks == [7, 7, 7]
+    resumed = FailsAfter(store, 1000)
+    page = yield migrate.copy_page(resumed, mapper, url, "events", None, 50)
+    assert resumed.chunks == [7] * 7 + [1]
+    assert page["read"] == 50 and not page["done"]
+    counts = yield store.execute(
+        "SELECT (SELECT count() FROM sfpla.events), (SELECT uniqExact(eid) FROM sfpla.events),"
+        " (SELECT sum(events) FROM sfpla.visitors) FORMAT TSV"
+    )
+    assert counts.decode().split() == ["50", "50", "50"]
 
 
 def test_migrate_refuses_a_source_that_is_not_a_clickhouse_url(tmp_path):

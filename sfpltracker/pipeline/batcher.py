@@ -217,7 +217,7 @@ class Batcher:
         if not rows:
             d.callback(0)
             return d
-        size = size or sum(_estimate(r) for r in rows)
+        size = size or sum(estimate_row_bytes(r) for r in rows)
         t.entries.append(_Entry(rows, size, d, self.reactor.seconds(), dedup, origin))
         t.rows += len(rows)
         t.bytes += size
@@ -549,6 +549,6 @@ def _rfc3339(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _estimate(row: dict) -> int:
+def estimate_row_bytes(row: dict) -> int:
     """Rough bytes of a row: string lengths plus 8 for anything else."""
     return sum(len(v) if isinstance(v, str) else 8 for v in row.values()) + 16 * len(row)
