@@ -271,6 +271,11 @@ def test_jetstream_two_publishers_one_loader(jetstream, gateway_factory):
         assert post(loader, batch).status == 200
         assert sent <= sub.wait_for(sent)  # real-time subscribers see JetStream events too
     all_stored_once(loader, jetstream, sent, "js_evt")
+    # A work queue: what the loader stored (and acked) left the stream; it does not grow.
+    deadline = time.monotonic() + 10
+    while (left := stream_messages(jetstream)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == 0
     # the publisher-only gateway stored nothing itself
     assert publisher.query("SELECT count() AS n FROM sfpla.events")[0]["n"] == 0
     assert metric(loader, "sfpl_jetstream_loaded_total") == len(sent)
@@ -313,6 +318,37 @@ def test_jetstream_loader_killed_and_restarted_stores_every_event_once(jetstream
     print("redelivered:", metric(loader, "sfpl_jetstream_redelivered_total"))
 
 
+def stream_messages(server: NatsServer, stream: str = "SFPL_EVENTS") -> int:
+    import nats
+
+    async def count():
+        nc = await nats.connect(server.url)
+        try:
+            return (await nc.jetstream().stream_info(stream)).state.messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def make_stream_as_before(server: NatsServer, stream: str = "SFPL_EVENTS") -> None:
+    """The stream as versions before the work queue made it: limits retention, no limit."""
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    async def make():
+        nc = await nats.connect(server.url)
+        try:
+            config = StreamConfig(
+                name=stream, subjects=[SUBJECT, f"{SUBJECT}.>"], storage=StorageType.FILE
+            )
+            await nc.jetstream().add_stream(config)
+        finally:
+            await nc.close()
+
+    asyncio.run(make())
+
+
 def delete_consumer(server: NatsServer, stream: str = "SFPL_EVENTS") -> None:
     import nats
 
@@ -349,7 +385,9 @@ def test_a_consumer_made_anew_delivers_the_stream_again_and_nothing_is_stored_tw
     """The loader's durable consumer deleted (an operator, a reset): the loader makes it anew
     and JetStream delivers the whole stream again, every message for the "first" time
     (num_delivered 1). What is stored already must be found stored, and what is published
-    meanwhile loaded: visitors counts each event once."""
+    meanwhile loaded: visitors counts each event once. The stream is one an earlier version
+    made (retention limits: a work queue would have deleted what was loaded)."""
+    make_stream_as_before(jetstream)
     loader = gateway_factory(
         {
             "Notify": [nats_entry(jetstream, JetStream=True)],

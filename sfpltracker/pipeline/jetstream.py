@@ -51,9 +51,18 @@ EVERYTHING = 2**63  # a stream sequence above any: every message may be stored a
 MAX_OUTSTANDING = 20_000  # loader messages fetched but not yet stored and acked
 
 
+_unbounded_warned: set[str] = set()
+
+
 async def ensure_stream(js, stream: str, subject: str) -> None:
-    """Create the stream if missing (idempotent; every gateway and loader calls it)."""
-    from nats.js.api import StorageType, StreamConfig
+    """Create the stream if missing (idempotent; every gateway and loader calls it).
+
+    As a work queue: JetStream deletes a message once the loader acked it (stored). With the
+    default retention (limits) and no limit every event ever published stayed in the stream,
+    until the NATS server's storage was full and every publish, so every request, failed.
+    A stream made so before is kept as it is (its retention cannot be changed): warned about.
+    """
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
     from nats.js.errors import BadRequestError, NotFoundError
 
     try:
@@ -62,6 +71,7 @@ async def ensure_stream(js, stream: str, subject: str) -> None:
         config = StreamConfig(
             name=stream,
             subjects=[subject, f"{subject}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
         )
@@ -71,6 +81,16 @@ async def ensure_stream(js, stream: str, subject: str) -> None:
             if e.err_code != 10058:
                 raise
         return
+    c = info.config
+    unbounded = not (c.max_age or (c.max_bytes or -1) > 0 or (c.max_msgs or -1) > 0)
+    if c.retention == RetentionPolicy.LIMITS and unbounded and stream not in _unbounded_warned:
+        _unbounded_warned.add(stream)
+        log.warn(
+            "JetStream stream {stream} keeps every message (retention limits, no limit): it "
+            "grows until NATS refuses publishes. Once it is drained, delete it and let the "
+            "gateway make it again as a work queue (docs/websocket-nats.md)",
+            stream=stream,
+        )
     if subject not in (info.config.subjects or []):
         log.warn(
             "JetStream stream {stream} exists without subject {subject}; events published "
