@@ -318,65 +318,50 @@ def test_jetstream_loader_killed_and_restarted_stores_every_event_once(jetstream
     print("redelivered:", metric(loader, "sfpl_jetstream_redelivered_total"))
 
 
-def stream_messages(server: NatsServer, stream: str = "SFPL_EVENTS") -> int:
+def on_jetstream(server: NatsServer, work):
+    """``await work(js)`` on a connection of its own (a test-side admin action)."""
     import nats
 
-    async def count():
+    async def run():
         nc = await nats.connect(server.url)
         try:
-            return (await nc.jetstream().stream_info(stream)).state.messages
+            return await work(nc.jetstream())
         finally:
             await nc.close()
 
-    return asyncio.run(count())
+    return asyncio.run(run())
 
 
-def make_stream_as_before(server: NatsServer, stream: str = "SFPL_EVENTS") -> None:
+STREAM = "SFPL_EVENTS"
+LOADER = f"{STREAM}_loader"
+
+
+def stream_messages(server: NatsServer) -> int:
+    async def count(js):
+        return (await js.stream_info(STREAM)).state.messages
+
+    return on_jetstream(server, count)
+
+
+def make_stream_as_before(server: NatsServer) -> None:
     """The stream as versions before the work queue made it: limits retention, no limit."""
-    import nats
     from nats.js.api import StorageType, StreamConfig
 
-    async def make():
-        nc = await nats.connect(server.url)
-        try:
-            config = StreamConfig(
-                name=stream, subjects=[SUBJECT, f"{SUBJECT}.>"], storage=StorageType.FILE
-            )
-            await nc.jetstream().add_stream(config)
-        finally:
-            await nc.close()
-
-    asyncio.run(make())
+    config = StreamConfig(name=STREAM, subjects=[SUBJECT, f"{SUBJECT}.>"], storage=StorageType.FILE)
+    on_jetstream(server, lambda js: js.add_stream(config))
 
 
-def delete_consumer(server: NatsServer, stream: str = "SFPL_EVENTS") -> None:
-    import nats
-
-    async def delete():
-        nc = await nats.connect(server.url)
-        try:
-            await nc.jetstream().delete_consumer(stream, f"{stream}_loader")
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
-
-
-def consumer_exists(server: NatsServer, stream: str = "SFPL_EVENTS") -> bool:
-    import nats
+def consumer_exists(server: NatsServer) -> bool:
     from nats.js.errors import NotFoundError
 
-    async def exists():
-        nc = await nats.connect(server.url)
+    async def exists(js):
         try:
-            await nc.jetstream().consumer_info(stream, f"{stream}_loader")
-            return True
+            await js.consumer_info(STREAM, LOADER)
         except NotFoundError:
             return False
-        finally:
-            await nc.close()
+        return True
 
-    return asyncio.run(exists())
+    return on_jetstream(server, exists)
 
 
 def test_a_consumer_made_anew_delivers_the_stream_again_and_nothing_is_stored_twice(
@@ -397,7 +382,7 @@ def test_a_consumer_made_anew_delivers_the_stream_again_and_nothing_is_stored_tw
     before = events(40, "anew")
     assert post(loader, before).status == 200
     all_stored_once(loader, jetstream, {e["eid"] for e in before}, "anew")
-    delete_consumer(jetstream)
+    on_jetstream(jetstream, lambda js: js.delete_consumer(STREAM, LOADER))
     after = events(10, "anew")
     assert post(loader, after).status == 200
     deadline = time.monotonic() + 30
