@@ -582,8 +582,9 @@ def copy_page(store, mapper: Mapper, source_url: str, name: str, after, limit: i
     if name in CHECK_STORED and mapped:
         mapped = yield _without_stored(store, name, mapped, CHECK_STORED[name])
     page = page_token(source.label, name, after, limit)
+    tokens = getattr(store, "insert_tokens", False)
     for i, chunk in enumerate(insert_chunks(mapped)):
-        if getattr(store, "insert_tokens", False):
+        if tokens:
             # The first chunk keeps the page's token: a page of one chunk, as every page was
             # before pages were cut, is recognised by a copy resumed across the upgrade.
             token = page if i == 0 else f"{page}-{i}"

@@ -464,15 +464,17 @@ class JetStreamLoader:
             if maybe_stored:
                 self.stats.redelivered += len(items)
             d = self.batcher.add(table, rows, dedup=maybe_stored, origin=self.origin)
-            d.addCallbacks(self._stored, self._not_stored, (msgs, len(items)), {}, (msgs, table))
+            d.addCallbacks(
+                self._stored, self._not_stored, (msgs, len(items)), {}, (msgs, len(items), table)
+            )
             d.addBoth(self._done, len(items), keys)
 
     def _stored(self, _, msgs, count: int) -> None:
         self.stats.loaded += count
         self._settle(msgs, "ack")
 
-    def _not_stored(self, failure, msgs, table) -> None:
-        self.stats.load_failed += len(msgs)
+    def _not_stored(self, failure, msgs, count: int, table) -> None:
+        self.stats.load_failed += count  # rows, as ``loaded`` (a fetch's copies count once)
         log.warn(
             "JetStream loader: {n} {table} messages not stored ({why}); redelivered later",
             n=len(msgs),
